@@ -1,0 +1,16 @@
+//! The deployment control plane's core.
+//!
+//! Pure modules (no I/O, no clock): `names`, `image`, `diagnostic`, `secrets`,
+//! `manifest::{raw, model, validate}`. Effectful edges behind small traits: `store`,
+//! `manifest::load`, `keys` (files).
+
+pub mod diagnostic;
+pub mod image;
+pub mod keys;
+pub mod manifest;
+pub mod names;
+pub mod secrets;
+pub mod store;
+
+/// The version recorded in receipts.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,70 @@
+//! The manifest set: control-plane settings, trust policy, environments and services.
+//!
+//! `raw` is the file format as written, `validate` the pure conversion into `model`,
+//! and [`load`] the one function here that touches the filesystem.
+
+pub mod model;
+pub mod raw;
+pub mod validate;
+
+pub use model::*;
+pub use validate::{validate, CONTROLPLANE_FILE};
+
+use crate::diagnostic::Diagnostic;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Files larger than this are not manifests; refusing them bounds memory.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+const MAX_FILES: usize = 2000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read manifest directory `{}`", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} problem(s) in manifest set `{}`", diagnostics.len(), dir.display())]
+    Invalid { dir: PathBuf, diagnostics: Vec<Diagnostic> },
+}
+
+/// Reads every file of the manifest directory `dir` and validates the set.
+pub fn load(dir: &Path) -> Result<ManifestSet, ManifestError> {
+    let files = read_tree(dir)?;
+    validate(dir, &files).map_err(|diagnostics| ManifestError::Invalid { dir: dir.to_path_buf(), diagnostics })
+}
+
+/// All files below `dir` (hidden ones skipped), keyed by their path relative to it.
+pub fn read_tree(dir: &Path) -> Result<BTreeMap<PathBuf, String>, ManifestError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ManifestError::Io { path, source }
+    };
+    let mut files = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).map_err(io(&d))? {
+            let entry = entry.map_err(io(&d))?;
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let meta = std::fs::metadata(&path).map_err(io(&path))?;
+            if meta.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if meta.len() > MAX_FILE_BYTES || files.len() >= MAX_FILES {
+                let e = std::io::Error::other(format!("over {MAX_FILE_BYTES} bytes or {MAX_FILES} files"));
+                return Err(ManifestError::Io { path, source: e });
+            }
+            let bytes = std::fs::read(&path).map_err(io(&path))?;
+            let rel = path.strip_prefix(dir).unwrap_or(&path).to_path_buf();
+            // Binary files (none belong here) are kept as lossy text so validation can name them.
+            files.insert(rel, String::from_utf8_lossy(&bytes).into_owned());
+        }
+    }
+    Ok(files)
+}

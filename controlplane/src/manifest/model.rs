@@ -1,0 +1,195 @@
+//! The validated manifest set: what the rest of the control plane works with.
+//!
+//! Every value here passed `validate`, so code that holds a `Host` may put its address,
+//! user and root into a remote command without re-checking them.
+
+use crate::image::Repository;
+use crate::names::{EnvName, HostName, SecretName, ServiceName, UserName};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A whole manifest directory, validated.
+#[derive(Debug, Clone)]
+pub struct ManifestSet {
+    /// The manifest directory; relative paths in settings are resolved against it.
+    pub dir: PathBuf,
+    pub settings: Settings,
+    pub registries: Vec<RegistrySettings>,
+    pub trust: TrustPolicy,
+    pub ssh: SshSettings,
+    /// In promotion order: each environment's `after` comes before it.
+    pub environments: Vec<Environment>,
+    pub services: BTreeMap<ServiceName, Service>,
+}
+
+impl ManifestSet {
+    pub fn environment(&self, name: &EnvName) -> Option<&Environment> {
+        self.environments.iter().find(|e| &e.name == name)
+    }
+
+    pub fn service(&self, name: &ServiceName) -> Option<&Service> {
+        self.services.get(name)
+    }
+
+    /// `path` from a manifest, resolved against the manifest directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        self.dir.join(path)
+    }
+
+    pub fn registry(&self, host: &str) -> Option<&RegistrySettings> {
+        self.registries.iter().find(|r| r.host == host)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub state: StateUrl,
+    pub receipts_dir: PathBuf,
+    pub receipt_key: PathBuf,
+    /// Name of the environment variable holding the receipt key's password.
+    pub receipt_key_password_env: Option<String>,
+    pub receipt_public_key: PathBuf,
+    /// Name of the environment variable naming the operator (defaults to `USER`).
+    pub operator_env: String,
+}
+
+/// Where the state store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateUrl {
+    /// A SQLite file, relative to the manifest directory unless absolute.
+    Sqlite(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    pub host: String,
+    /// Plain HTTP: allowed only for registries listed so.
+    pub insecure: bool,
+    /// Names of environment variables with the credentials; never the values.
+    pub username_env: Option<String>,
+    pub password_env: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrustPolicy {
+    /// Cosign public keys (PEM), by the file they came from.
+    pub keys: Vec<TrustedKey>,
+    /// Builder ids a provenance attestation may name.
+    pub builders: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrustedKey {
+    pub path: PathBuf,
+    pub pem: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SshSettings {
+    /// Private key the control plane logs in with (a path, never inline).
+    pub identity: PathBuf,
+    pub concurrency: usize,
+    pub connect_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Environment {
+    pub name: EnvName,
+    /// The environment a release must have succeeded in first.
+    pub after: Option<EnvName>,
+    pub approvals: u32,
+    pub require_provenance: bool,
+    pub require_sbom: bool,
+    pub rollout: Rollout,
+    pub hosts: Vec<Host>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Rollout {
+    pub batch: BatchSize,
+    pub health_timeout_secs: u64,
+}
+
+/// How many hosts change at once; the first batch is the canary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum BatchSize {
+    Count(usize),
+    Percent(u8),
+}
+
+impl BatchSize {
+    /// Hosts per batch for a fleet of `hosts` (at least one).
+    pub fn per_batch(self, hosts: usize) -> usize {
+        match self {
+            Self::Count(n) => n.max(1),
+            Self::Percent(p) => (hosts * usize::from(p)).div_ceil(100).max(1),
+        }
+    }
+}
+
+/// A golden VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Host {
+    pub name: HostName,
+    pub address: String,
+    pub port: u16,
+    pub user: UserName,
+    pub host_key: HostKey,
+    pub root: RemotePath,
+}
+
+/// A pinned SSH host public key, `algorithm base64`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostKey {
+    pub algorithm: String,
+    pub key: String,
+}
+
+impl fmt::Display for HostKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.algorithm, self.key)
+    }
+}
+
+/// An absolute path on a golden VM made only of safe characters.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct RemotePath(pub(crate) String);
+
+impl RemotePath {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RemotePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub name: ServiceName,
+    pub repository: Repository,
+    /// argv run on the host as `activate... <service> <release-dir>`.
+    pub activate: Vec<String>,
+    /// argv run on the host as `health... <service>`; exit 0 means healthy.
+    pub health: Vec<String>,
+    /// argv run on the host as `probe... <service>`; prints the running image digest.
+    pub probe: Vec<String>,
+    pub templates: Vec<Template>,
+    pub secrets: Vec<SecretName>,
+    pub egress: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Template {
+    /// Path of the template in the manifest directory (for messages).
+    pub source: PathBuf,
+    pub text: String,
+    /// Relative path inside the release directory.
+    pub target: String,
+}

@@ -1,0 +1,121 @@
+//! The manifest files exactly as written: serde types, spans kept for error messages.
+//!
+//! Nothing here is trusted; `validate` turns these into the domain model. Every struct
+//! denies unknown fields, so a misspelt safety setting is an error, never a silent default.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub type S<T> = Spanned<T>;
+
+/// `controlplane.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneFile {
+    pub controlplane: S<Settings>,
+    #[serde(default)]
+    pub registry: Vec<S<Registry>>,
+    pub trust: S<Trust>,
+    pub ssh: S<Ssh>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub state: S<String>,
+    pub receipts: S<String>,
+    pub receipt_key: S<String>,
+    pub receipt_key_password_env: Option<S<String>>,
+    pub receipt_public_key: S<String>,
+    pub operator_env: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    pub host: S<String>,
+    #[serde(default)]
+    pub insecure: bool,
+    pub username_env: Option<S<String>>,
+    pub password_env: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trust {
+    pub keys: S<Vec<S<String>>>,
+    #[serde(default)]
+    pub builders: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ssh {
+    pub identity: S<String>,
+    pub concurrency: Option<S<i64>>,
+    pub connect_timeout_secs: Option<S<i64>>,
+}
+
+/// `environments/<name>.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentFile {
+    pub after: Option<S<String>>,
+    pub approvals: Option<S<i64>>,
+    #[serde(default)]
+    pub require_provenance: bool,
+    #[serde(default)]
+    pub require_sbom: bool,
+    pub rollout: S<Rollout>,
+    #[serde(default)]
+    pub host: Vec<S<Host>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollout {
+    pub batch: S<BatchValue>,
+    pub health_timeout_secs: Option<S<i64>>,
+}
+
+/// `batch = 2` or `batch = "34%"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum BatchValue {
+    Count(i64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    pub name: S<String>,
+    pub address: S<String>,
+    pub port: Option<S<i64>>,
+    pub user: S<String>,
+    pub host_key: S<String>,
+    pub root: S<String>,
+}
+
+/// `services/<name>.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    pub image: S<String>,
+    pub activate: S<Vec<S<String>>>,
+    pub health: S<Vec<S<String>>>,
+    pub probe: S<Vec<S<String>>>,
+    #[serde(default)]
+    pub template: Vec<S<Template>>,
+    #[serde(default)]
+    pub secrets: Vec<S<String>>,
+    #[serde(default)]
+    pub egress: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Template {
+    pub source: S<String>,
+    pub target: S<String>,
+}

@@ -1,0 +1,663 @@
+//! Turns the files of a manifest directory into a [`ManifestSet`], or into every
+//! problem found in them. Pure: the caller reads the files.
+
+use super::model::*;
+use super::raw::{self, S};
+use crate::diagnostic::{Diagnostic, LineIndex};
+use crate::image::{ImageError, Repository};
+use crate::names::{EnvName, HostName, SecretName, ServiceName, UserName};
+use crate::secrets::find_secret;
+use base64::Engine as _;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+/// The settings file every manifest set has.
+pub const CONTROLPLANE_FILE: &str = "controlplane.toml";
+
+/// Validates the files of manifest directory `dir` (paths in `files` are relative to it).
+pub fn validate(dir: &Path, files: &BTreeMap<PathBuf, String>) -> Result<ManifestSet, Vec<Diagnostic>> {
+    let mut v = Validator { dir, files, diags: Vec::new() };
+    let set = v.run();
+    if v.diags.is_empty() {
+        Ok(set.expect("a manifest set without diagnostics is complete"))
+    } else {
+        Err(v.diags)
+    }
+}
+
+struct Validator<'a> {
+    dir: &'a Path,
+    files: &'a BTreeMap<PathBuf, String>,
+    diags: Vec<Diagnostic>,
+}
+
+/// Where a value came from, for one diagnostic.
+struct At<'f> {
+    file: &'f Path,
+    index: &'f LineIndex,
+}
+
+impl<'a> Validator<'a> {
+    fn run(&mut self) -> Option<ManifestSet> {
+        for (path, text) in self.files {
+            if path.extension().is_some_and(|e| e == "toml") {
+                self.scan_toml_for_secrets(path, text);
+            } else if path.starts_with("templates") {
+                self.scan_text_for_secrets(path, text);
+            }
+        }
+        let cp = self.control_plane();
+        let envs = self.environments();
+        let services = self.services();
+        let (settings, registries, trust, ssh) = cp?;
+        Some(ManifestSet {
+            dir: self.dir.to_path_buf(),
+            settings,
+            registries,
+            trust,
+            ssh,
+            environments: envs?,
+            services: services?,
+        })
+    }
+
+    fn push(&mut self, file: &Path, loc: (usize, usize), field: &str, message: String, hint: Option<String>) {
+        self.diags.push(Diagnostic {
+            file: self.dir.join(file),
+            line: loc.0,
+            column: loc.1,
+            field: field.to_owned(),
+            message,
+            hint,
+        });
+    }
+
+    fn err<T>(&mut self, at: &At<'_>, v: &S<T>, field: &str, message: String, hint: Option<&str>) {
+        let loc = at.index.locate(v.span().start);
+        self.push(at.file, loc, field, message, hint.map(str::to_owned));
+    }
+
+    /// Parses one TOML file into its as-written type, reporting a syntax or type error.
+    fn parse<T: DeserializeOwned>(&mut self, path: &Path) -> Option<(T, LineIndex)> {
+        let text = self.files.get(path)?;
+        let index = LineIndex::new(text);
+        match toml::from_str::<T>(text) {
+            Ok(v) => Some((v, index)),
+            Err(e) => {
+                let offset = e.span().map_or(0, |s| s.start);
+                let field = field_at(text, offset);
+                let message = e.message().trim_end().replace('\n', " ");
+                let hint = hint_for_parse_error(&message);
+                self.push(path, index.locate(offset), &field, message, hint);
+                None
+            }
+        }
+    }
+
+    // ---- secrets -------------------------------------------------------------------
+
+    fn scan_toml_for_secrets(&mut self, path: &Path, text: &str) {
+        let Ok(doc) = toml_edit::Document::parse(text) else { return };
+        let index = LineIndex::new(text);
+        let mut found = Vec::new();
+        walk_strings(doc.as_item(), String::new(), &mut |field, value, span| {
+            // Host keys are public and high-entropy by nature.
+            if field.ends_with("host_key") {
+                return;
+            }
+            if let Some(kind) = find_secret(value) {
+                found.push((field, kind, span));
+            }
+        });
+        for (field, kind, span) in found {
+            let loc = index.locate(span.map_or(0, |s| s.start));
+            self.push(
+                path,
+                loc,
+                &field,
+                format!("looks like a secret value: {}", kind.describe()),
+                Some(
+                    "manifests hold secret *names* only: list the name under `secrets = [...]` of the \
+                     service and provide the value on the host"
+                        .into(),
+                ),
+            );
+        }
+    }
+
+    fn scan_text_for_secrets(&mut self, path: &Path, text: &str) {
+        for (n, line) in text.lines().enumerate() {
+            if let Some(kind) = find_secret(line) {
+                self.push(
+                    path,
+                    (n + 1, 1),
+                    "",
+                    format!("template contains a secret value: {}", kind.describe()),
+                    Some("templates are rendered into release directories; reference the secret by name".into()),
+                );
+            }
+        }
+    }
+
+    // ---- controlplane.toml ---------------------------------------------------------
+
+    fn control_plane(&mut self) -> Option<(Settings, Vec<RegistrySettings>, TrustPolicy, SshSettings)> {
+        let path = Path::new(CONTROLPLANE_FILE);
+        if !self.files.contains_key(path) {
+            self.push(
+                path,
+                (0, 0),
+                "",
+                "missing: every manifest set has a `controlplane.toml`".into(),
+                Some("run `agentctl init` to scaffold one, or point `--manifests` at the right directory".into()),
+            );
+            return None;
+        }
+        let (file, index) = self.parse::<raw::ControlPlaneFile>(path)?;
+        let at = At { file: path, index: &index };
+        let before = self.diags.len();
+
+        let s = file.controlplane.get_ref();
+        let state = self.state_url(&at, &s.state);
+        let receipt_key = PathBuf::from(s.receipt_key.get_ref());
+        if stays_inside(&receipt_key) {
+            self.err(
+                &at,
+                &s.receipt_key,
+                "controlplane.receipt_key",
+                "the receipt-signing private key would sit inside the manifest directory, which is committed".into(),
+                Some("keep it outside, e.g. `../state/receipt.key`"),
+            );
+        }
+        let receipt_key_password_env = self.env_var_name(&at, s.receipt_key_password_env.as_ref(), "controlplane.receipt_key_password_env");
+        let operator_env = self
+            .env_var_name(&at, s.operator_env.as_ref(), "controlplane.operator_env")
+            .unwrap_or_else(|| "USER".into());
+        let receipt_public_key = PathBuf::from(s.receipt_public_key.get_ref());
+        self.public_key(&at, &s.receipt_public_key, "controlplane.receipt_public_key");
+        let settings = Settings {
+            state: state.unwrap_or(StateUrl::Sqlite(PathBuf::new())),
+            receipts_dir: PathBuf::from(s.receipts.get_ref()),
+            receipt_key,
+            receipt_key_password_env,
+            receipt_public_key,
+            operator_env,
+        };
+
+        let mut registries: Vec<RegistrySettings> = Vec::new();
+        for (i, r) in file.registry.iter().enumerate() {
+            let r = r.get_ref();
+            let field = format!("registry[{i}]");
+            let host = r.host.get_ref();
+            if !valid_registry_host(host) {
+                self.err(&at, &r.host, &format!("{field}.host"), format!("`{host}` is not a registry host: expected `host[:port]`"), Some("write e.g. `127.0.0.1:5000` or `ghcr.io`"));
+            } else if registries.iter().any(|x| &x.host == host) {
+                self.err(&at, &r.host, &format!("{field}.host"), format!("registry `{host}` is listed twice"), Some("merge the two `[[registry]]` entries"));
+            }
+            registries.push(RegistrySettings {
+                host: host.clone(),
+                insecure: r.insecure,
+                username_env: self.env_var_name(&at, r.username_env.as_ref(), &format!("{field}.username_env")),
+                password_env: self.env_var_name(&at, r.password_env.as_ref(), &format!("{field}.password_env")),
+            });
+        }
+
+        let t = file.trust.get_ref();
+        if t.keys.get_ref().is_empty() {
+            self.err(&at, &t.keys, "trust.keys", "no trusted keys: nothing could ever be promoted".into(), Some("list the cosign public key(s) CI signs with, e.g. `keys = [\"trust/release.pub\"]`"));
+        }
+        let mut keys = Vec::new();
+        for (i, k) in t.keys.get_ref().iter().enumerate() {
+            if let Some(pem) = self.public_key(&at, k, &format!("trust.keys[{i}]")) {
+                keys.push(TrustedKey { path: PathBuf::from(k.get_ref()), pem });
+            }
+        }
+        let mut builders = Vec::new();
+        for (i, b) in t.builders.iter().enumerate() {
+            if b.get_ref().trim().is_empty() {
+                self.err(&at, b, &format!("trust.builders[{i}]"), "empty builder id".into(), Some("write the builder id provenance names, e.g. `https://github.com/actions/runner`"));
+            }
+            builders.push(b.get_ref().clone());
+        }
+
+        let ssh = file.ssh.get_ref();
+        let identity = PathBuf::from(ssh.identity.get_ref());
+        if stays_inside(&identity) {
+            self.err(&at, &ssh.identity, "ssh.identity", "the SSH private key would sit inside the manifest directory, which is committed".into(), Some("keep it outside, e.g. `../state/ssh/id_ed25519`"));
+        }
+        let concurrency = self.ranged(&at, ssh.concurrency.as_ref(), "ssh.concurrency", 1, 256, 16);
+        let connect_timeout_secs = self.ranged(&at, ssh.connect_timeout_secs.as_ref(), "ssh.connect_timeout_secs", 1, 120, 10);
+
+        (self.diags.len() == before).then(|| {
+            (
+                settings,
+                registries,
+                TrustPolicy { keys, builders },
+                SshSettings { identity, concurrency: concurrency as usize, connect_timeout_secs: connect_timeout_secs as u64 },
+            )
+        })
+    }
+
+    fn state_url(&mut self, at: &At<'_>, v: &S<String>) -> Option<StateUrl> {
+        let url = v.get_ref();
+        if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            if !path.is_empty() {
+                return Some(StateUrl::Sqlite(PathBuf::from(path)));
+            }
+        }
+        let hint = if url.starts_with("postgres") {
+            "PostgreSQL is not supported yet; use `sqlite:../state/controlplane.db`"
+        } else {
+            "write `sqlite:PATH` (relative to the manifest directory), e.g. `sqlite:../state/controlplane.db`"
+        };
+        self.err(at, v, "controlplane.state", format!("`{url}` is not a state URL"), Some(hint));
+        None
+    }
+
+    fn env_var_name(&mut self, at: &At<'_>, v: Option<&S<String>>, field: &str) -> Option<String> {
+        let v = v?;
+        match SecretName::new(v.get_ref()) {
+            Ok(_) => Some(v.get_ref().clone()),
+            Err(_) => {
+                self.err(at, v, field, format!("`{}` is not an environment variable name", v.get_ref()), Some("name the variable that holds the value, e.g. `REGISTRY_PASSWORD`; never the value itself"));
+                None
+            }
+        }
+    }
+
+    /// A PEM public key file inside the manifest directory.
+    fn public_key(&mut self, at: &At<'_>, v: &S<String>, field: &str) -> Option<String> {
+        let rel = Path::new(v.get_ref());
+        match self.files.get(&normalize(rel)) {
+            Some(pem) if pem.contains("-----BEGIN PUBLIC KEY-----") => Some(pem.clone()),
+            Some(_) => {
+                self.err(at, v, field, format!("`{}` is not a PEM public key", rel.display()), Some("expected a `-----BEGIN PUBLIC KEY-----` file as `cosign generate-key-pair` or `agentctl keys generate` writes"));
+                None
+            }
+            None => {
+                self.err(at, v, field, format!("`{}` does not exist in the manifest directory", rel.display()), Some("public keys live inside the manifest directory, e.g. `trust/release.pub`"));
+                None
+            }
+        }
+    }
+
+    fn ranged(&mut self, at: &At<'_>, v: Option<&S<i64>>, field: &str, min: i64, max: i64, default: i64) -> i64 {
+        match v {
+            None => default,
+            Some(x) if (min..=max).contains(x.get_ref()) => *x.get_ref(),
+            Some(x) => {
+                self.err(at, x, field, format!("{} is out of range: expected {min} to {max}", x.get_ref()), None);
+                default
+            }
+        }
+    }
+
+    // ---- environments --------------------------------------------------------------
+
+    fn named_files(&mut self, folder: &str) -> Vec<(PathBuf, String)> {
+        let mut out = Vec::new();
+        for path in self.files.keys() {
+            let in_folder = path.parent() == Some(Path::new(folder)) && path.extension().is_some_and(|e| e == "toml");
+            if in_folder {
+                let stem = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+                out.push((path.clone(), stem));
+            }
+        }
+        out
+    }
+
+    fn environments(&mut self) -> Option<Vec<Environment>> {
+        let before = self.diags.len();
+        let mut envs = Vec::new();
+        let mut afters = Vec::new();
+        let mut seen_hosts: BTreeMap<(String, u16), (EnvName, HostName)> = BTreeMap::new();
+        for (path, stem) in self.named_files("environments") {
+            let name = match EnvName::new(&stem) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.push(&path, (0, 0), "", format!("file name: {e}"), Some("rename the file; the environment is called after it".into()));
+                    continue;
+                }
+            };
+            let Some((file, index)) = self.parse::<raw::EnvironmentFile>(&path) else { continue };
+            let at = At { file: &path, index: &index };
+            let after = file.after.as_ref().and_then(|a| match EnvName::new(a.get_ref()) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    self.err(&at, a, "after", e.to_string(), None);
+                    None
+                }
+            });
+            if let Some(a) = &file.after {
+                afters.push((path.clone(), index.locate(a.span().start), name.clone(), a.get_ref().clone()));
+            }
+            let approvals = self.ranged(&at, file.approvals.as_ref(), "approvals", 0, 10, 0) as u32;
+            let rollout = self.rollout(&at, &file.rollout);
+            let mut hosts: Vec<Host> = Vec::new();
+            for (i, h) in file.host.iter().enumerate() {
+                let Some(host) = self.host(&at, h.get_ref(), i) else { continue };
+                if hosts.iter().any(|x| x.name == host.name) {
+                    self.err(&at, &h.get_ref().name, &format!("host[{i}].name"), format!("duplicate host `{}` in environment `{name}`", host.name), Some("host names are unique within an environment"));
+                }
+                let endpoint = (host.address.clone(), host.port);
+                if let Some((env, other)) = seen_hosts.get(&endpoint) {
+                    self.err(&at, &h.get_ref().address, &format!("host[{i}].address"), format!("`{}:{}` is already host `{other}` of environment `{env}`", host.address, host.port), Some("each golden VM belongs to one environment"));
+                } else {
+                    seen_hosts.insert(endpoint, (name.clone(), host.name.clone()));
+                }
+                hosts.push(host);
+            }
+            if file.host.is_empty() {
+                self.push(&path, (1, 1), "host", "no hosts: an environment needs at least one `[[host]]`".into(), None);
+            }
+            envs.push(Environment {
+                name,
+                after,
+                approvals,
+                require_provenance: file.require_provenance,
+                require_sbom: file.require_sbom,
+                rollout: rollout.unwrap_or(Rollout { batch: BatchSize::Count(1), health_timeout_secs: 30 }),
+                hosts,
+            });
+        }
+        // Files that failed to parse still name an environment: no cascade of "does not exist".
+        let known: Vec<String> = self.named_files("environments").into_iter().map(|(_, stem)| stem).collect();
+        for (path, loc, env, after) in afters {
+            if !known.contains(&after) {
+                self.push(&path, loc, "after", format!("environment `{env}` comes after `{after}`, which does not exist"), Some(format!("known environments: {}", known.join(", "))));
+            }
+        }
+        let ordered = order_environments(envs);
+        match ordered {
+            Ok(envs) if self.diags.len() == before => Some(envs),
+            Ok(_) => None,
+            Err(cycle) => {
+                self.push(Path::new("environments"), (0, 0), "after", format!("environments form a cycle: {}", cycle.join(" -> ")), Some("one environment must come first (no `after`)".into()));
+                None
+            }
+        }
+    }
+
+    fn rollout(&mut self, at: &At<'_>, r: &S<raw::Rollout>) -> Option<Rollout> {
+        let r = r.get_ref();
+        let batch = match r.batch.get_ref() {
+            raw::BatchValue::Count(n) if *n >= 1 => Some(BatchSize::Count(*n as usize)),
+            raw::BatchValue::Text(t) => t
+                .strip_suffix('%')
+                .and_then(|p| p.parse::<u8>().ok())
+                .filter(|p| (1..=100).contains(p))
+                .map(BatchSize::Percent),
+            raw::BatchValue::Count(_) => None,
+        };
+        if batch.is_none() {
+            self.err(at, &r.batch, "rollout.batch", "expected a host count of at least 1 or a percentage from 1% to 100%".into(), Some("write `batch = 2` or `batch = \"34%\"`"));
+        }
+        let timeout = self.ranged(at, r.health_timeout_secs.as_ref(), "rollout.health_timeout_secs", 1, 3600, 30);
+        Some(Rollout { batch: batch?, health_timeout_secs: timeout as u64 })
+    }
+
+    fn host(&mut self, at: &At<'_>, h: &raw::Host, i: usize) -> Option<Host> {
+        let f = |s: &str| format!("host[{i}].{s}");
+        let before = self.diags.len();
+        let name = HostName::new(h.name.get_ref()).map_err(|e| self.err(at, &h.name, &f("name"), e.to_string(), None)).ok();
+        if !valid_address(h.address.get_ref()) {
+            self.err(at, &h.address, &f("address"), format!("`{}` is not an IP address or host name", h.address.get_ref().escape_debug()), Some("write e.g. `127.0.0.1` or `vm-1.internal`"));
+        }
+        let port = self.ranged(at, h.port.as_ref(), &f("port"), 1, 65535, 22) as u16;
+        let user = UserName::new(h.user.get_ref()).map_err(|e| self.err(at, &h.user, &f("user"), e.to_string(), None)).ok();
+        let host_key = parse_host_key(h.host_key.get_ref());
+        if host_key.is_none() {
+            self.err(at, &h.host_key, &f("host_key"), "expected a pinned SSH host public key, `ssh-ed25519 AAAA...`".into(), Some("copy the host's `/etc/ssh/ssh_host_ed25519_key.pub` (algorithm and key, no comment) from a trusted channel"));
+        }
+        let root = remote_path(h.root.get_ref());
+        if root.is_none() {
+            self.err(at, &h.root, &f("root"), format!("`{}` is not a safe absolute path", h.root.get_ref().escape_debug()), Some("use an absolute path of letters, digits, `.`, `_`, `-` and `/`, with no `..`, e.g. `/srv/agents`"));
+        }
+        if self.diags.len() != before {
+            return None;
+        }
+        Some(Host { name: name?, address: h.address.get_ref().clone(), port, user: user?, host_key: host_key?, root: root? })
+    }
+
+    // ---- services ------------------------------------------------------------------
+
+    fn services(&mut self) -> Option<BTreeMap<ServiceName, Service>> {
+        let before = self.diags.len();
+        let mut out = BTreeMap::new();
+        for (path, stem) in self.named_files("services") {
+            let name = match ServiceName::new(&stem) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.push(&path, (0, 0), "", format!("file name: {e}"), Some("rename the file; the service is called after it".into()));
+                    continue;
+                }
+            };
+            let Some((file, index)) = self.parse::<raw::ServiceFile>(&path) else { continue };
+            let at = At { file: &path, index: &index };
+            if let Some(svc) = self.service(&at, name.clone(), &file) {
+                out.insert(name, svc);
+            }
+        }
+        (self.diags.len() == before).then_some(out)
+    }
+
+    fn service(&mut self, at: &At<'_>, name: ServiceName, f: &raw::ServiceFile) -> Option<Service> {
+        let repository = match Repository::new(f.image.get_ref()) {
+            Ok(r) => Some(r),
+            Err(e @ ImageError::RepositoryWithVersion(_)) => {
+                self.err(at, &f.image, "image", format!("{e}: image references here are not pinned; a tag is mutable"), Some("write the repository alone (`127.0.0.1:5000/demo/api`); a release pins the digest: `agentctl release add SERVICE REPO@sha256:...`"));
+                None
+            }
+            Err(e) => {
+                self.err(at, &f.image, "image", e.to_string(), None);
+                None
+            }
+        };
+        let activate = self.argv(at, &f.activate, "activate");
+        let health = self.argv(at, &f.health, "health");
+        let probe = self.argv(at, &f.probe, "probe");
+        let mut templates: Vec<Template> = Vec::new();
+        for (i, t) in f.template.iter().enumerate() {
+            let t = t.get_ref();
+            let source = normalize(Path::new(t.source.get_ref()));
+            let text = self.files.get(&source).cloned();
+            match &text {
+                None => self.err(at, &t.source, &format!("template[{i}].source"), format!("template `{}` does not exist in the manifest directory", t.source.get_ref()), Some("templates live under `templates/` in the manifest directory")),
+                Some(text) => {
+                    if let Err(e) = tera::Tera::default().add_raw_template("t", text) {
+                        let cause = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
+                        self.err(at, &t.source, &format!("template[{i}].source"), format!("template `{}` does not parse: {}", t.source.get_ref(), cause.replace('\n', " ")), None);
+                    }
+                }
+            }
+            let target = t.target.get_ref();
+            let target_ok = relative_path_ok(target) && target != "release.json";
+            if !target_ok {
+                self.err(at, &t.target, &format!("template[{i}].target"), format!("`{}` is not a safe path inside the release directory", target.escape_debug()), Some("use a relative path without `..` (and not `release.json`, which the control plane writes), e.g. `config/app.env`"));
+            } else if templates.iter().any(|x| x.target == *target) {
+                self.err(at, &t.target, &format!("template[{i}].target"), format!("two templates render to `{target}`"), None);
+            }
+            templates.push(Template { source, text: text.unwrap_or_default(), target: target.clone() });
+        }
+        let mut secrets = Vec::new();
+        for (i, s) in f.secrets.iter().enumerate() {
+            match SecretName::new(s.get_ref()) {
+                Ok(n) => secrets.push(n),
+                Err(e) => self.err(at, s, &format!("secrets[{i}]"), e.to_string(), None),
+            }
+        }
+        for (i, e) in f.egress.iter().enumerate() {
+            if !valid_egress(e.get_ref()) {
+                self.err(at, e, &format!("egress[{i}]"), format!("`{}` is not an egress rule", e.get_ref().escape_debug()), Some("write `host:port`, e.g. `api.example.com:443`"));
+            }
+        }
+        Some(Service {
+            name,
+            repository: repository?,
+            activate: activate?,
+            health: health?,
+            probe: probe?,
+            templates,
+            secrets,
+            egress: f.egress.iter().map(|e| e.get_ref().clone()).collect(),
+        })
+    }
+
+    fn argv(&mut self, at: &At<'_>, v: &S<Vec<S<String>>>, field: &str) -> Option<Vec<String>> {
+        if v.get_ref().is_empty() {
+            self.err(at, v, field, "empty command".into(), Some("write the program and its arguments as a list, e.g. `[\"/usr/local/bin/agent-runtime\", \"activate\"]`"));
+            return None;
+        }
+        let mut out = Vec::new();
+        for (i, a) in v.get_ref().iter().enumerate() {
+            let arg = a.get_ref();
+            if arg.is_empty() || arg.contains('\0') || arg.contains('\n') || arg.len() > 1024 {
+                self.err(at, a, &format!("{field}[{i}]"), "arguments must be non-empty single lines under 1024 bytes".into(), None);
+                return None;
+            }
+            out.push(arg.clone());
+        }
+        Some(out)
+    }
+}
+
+/// Environments in promotion order, or the cycle that prevents one.
+fn order_environments(mut envs: Vec<Environment>) -> Result<Vec<Environment>, Vec<String>> {
+    envs.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out: Vec<Environment> = Vec::new();
+    while !envs.is_empty() {
+        let ready = envs.iter().position(|e| match &e.after {
+            None => true,
+            Some(a) => out.iter().any(|o| &o.name == a) || !envs.iter().any(|x| &x.name == a),
+        });
+        match ready {
+            Some(i) => out.push(envs.remove(i)),
+            None => return Err(envs.iter().map(|e| e.name.to_string()).collect()),
+        }
+    }
+    Ok(out)
+}
+
+/// Calls `f(field path, value, span)` for every string value under `item`.
+fn walk_strings(item: &toml_edit::Item, path: String, f: &mut dyn FnMut(String, &str, Option<std::ops::Range<usize>>)) {
+    use toml_edit::{Item, Value};
+    fn walk_value(v: &Value, path: String, f: &mut dyn FnMut(String, &str, Option<std::ops::Range<usize>>)) {
+        match v {
+            Value::String(s) => f(path, s.value(), s.span()),
+            Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    walk_value(x, format!("{path}[{i}]"), f);
+                }
+            }
+            Value::InlineTable(t) => {
+                for (k, x) in t.iter() {
+                    walk_value(x, join(&path, k), f);
+                }
+            }
+            _ => {}
+        }
+    }
+    fn join(path: &str, key: &str) -> String {
+        if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+    }
+    match item {
+        Item::Value(v) => walk_value(v, path, f),
+        Item::Table(t) => {
+            for (k, x) in t.iter() {
+                walk_strings(x, join(&path, k), f);
+            }
+        }
+        Item::ArrayOfTables(a) => {
+            for (i, t) in a.iter().enumerate() {
+                for (k, x) in t.iter() {
+                    walk_strings(x, join(&format!("{path}[{i}]"), k), f);
+                }
+            }
+        }
+        Item::None => {}
+    }
+}
+
+/// The key a parse error points into: the left side of `key = value` on that line, or
+/// the table header.
+fn field_at(text: &str, offset: usize) -> String {
+    let start = text[..offset.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("");
+    if let Some((key, _)) = line.split_once('=') {
+        return key.trim().to_owned();
+    }
+    line.trim().trim_matches(|c| c == '[' || c == ']').to_owned()
+}
+
+fn hint_for_parse_error(message: &str) -> Option<String> {
+    if message.starts_with("unknown field") {
+        Some("check the spelling: unknown fields are refused so that a typo never switches a setting off".into())
+    } else if message.starts_with("missing field") {
+        Some("add the field; see manifests/ in the project for a commented example".into())
+    } else if message.contains("invalid type") {
+        Some("check the value's type (quoted string, number, list, table)".into())
+    } else {
+        None
+    }
+}
+
+/// True when `p`, relative to the manifest directory, stays inside it.
+fn stays_inside(p: &Path) -> bool {
+    !p.is_absolute() && !p.components().any(|c| matches!(c, Component::ParentDir))
+}
+
+fn normalize(p: &Path) -> PathBuf {
+    p.components().filter(|c| !matches!(c, Component::CurDir)).collect()
+}
+
+fn valid_registry_host(s: &str) -> bool {
+    let (host, port) = s.rsplit_once(':').unwrap_or((s, "1"));
+    valid_address(host) && port.parse::<u16>().is_ok_and(|p| p > 0)
+}
+
+fn valid_address(s: &str) -> bool {
+    if s.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty() && !l.starts_with('-') && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+fn valid_egress(s: &str) -> bool {
+    let Some((host, port)) = s.rsplit_once(':') else { return false };
+    let host = host.strip_prefix("*.").unwrap_or(host);
+    valid_address(host) && port.parse::<u16>().is_ok_and(|p| p > 0)
+}
+
+fn parse_host_key(s: &str) -> Option<HostKey> {
+    const ALGORITHMS: &[&str] = &["ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa"];
+    let mut parts = s.split(' ');
+    let (algorithm, key) = (parts.next()?, parts.next()?);
+    let blob = base64::engine::general_purpose::STANDARD.decode(key).ok()?;
+    // The blob starts with its own algorithm name: a key pasted under the wrong label is wrong.
+    let named = blob.get(4..4 + algorithm.len())? == algorithm.as_bytes();
+    (parts.next().is_none() && ALGORITHMS.contains(&algorithm) && named)
+        .then(|| HostKey { algorithm: algorithm.into(), key: key.into() })
+}
+
+fn safe_component(c: &str) -> bool {
+    !c.is_empty() && c != "." && c != ".." && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+fn remote_path(s: &str) -> Option<RemotePath> {
+    let rest = s.strip_prefix('/')?;
+    (s.len() <= 200 && !rest.is_empty() && rest.trim_end_matches('/').split('/').all(safe_component))
+        .then(|| RemotePath(s.trim_end_matches('/').to_owned()))
+}
+
+/// A relative path of safe components, for files inside a release directory.
+pub fn relative_path_ok(s: &str) -> bool {
+    s.len() <= 200 && !s.starts_with('/') && s.split('/').all(safe_component)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,130 @@
+use super::*;
+
+/// The repository's example manifest set, in memory.
+pub(crate) fn example() -> BTreeMap<PathBuf, String> {
+    let files: &[(&str, &str)] = &[
+        ("controlplane.toml", include_str!("../../../../manifests/controlplane.toml")),
+        ("environments/staging.toml", include_str!("../../../../manifests/environments/staging.toml")),
+        ("environments/prod.toml", include_str!("../../../../manifests/environments/prod.toml")),
+        ("services/api.toml", include_str!("../../../../manifests/services/api.toml")),
+        ("templates/api.env.tera", include_str!("../../../../manifests/templates/api.env.tera")),
+        ("trust/release.pub", include_str!("../../../../manifests/trust/release.pub")),
+        ("trust/receipts.pub", include_str!("../../../../manifests/trust/receipts.pub")),
+    ];
+    files.iter().map(|(p, t)| (PathBuf::from(p), (*t).to_owned())).collect()
+}
+
+/// Replaces `from` by `to` in `file` of the example and returns the diagnostics.
+fn diags(file: &str, from: &str, to: &str) -> Vec<Diagnostic> {
+    let mut files = example();
+    let text = files.get_mut(Path::new(file)).unwrap_or_else(|| panic!("no {file}"));
+    assert!(text.contains(from), "{file} has no {from:?}");
+    *text = text.replacen(from, to, 1);
+    validate(Path::new("m"), &files).err().unwrap_or_default()
+}
+
+/// Expects exactly one diagnostic at `line` naming `field` with `message` in it.
+fn check(file: &str, from: &str, to: &str, line: usize, field: &str, message: &str) {
+    let d = diags(file, from, to);
+    assert_eq!(d.len(), 1, "{file}: {from:?} -> {to:?}: {d:#?}");
+    let d = &d[0];
+    assert_eq!(d.file, Path::new("m").join(file));
+    assert_eq!((d.line, d.field.as_str()), (line, field), "{d}");
+    assert!(d.message.contains(message), "{d}");
+}
+
+#[test]
+fn example_is_valid() {
+    let set = validate(Path::new("m"), &example()).unwrap_or_else(|d| panic!("{d:#?}"));
+    let names: Vec<_> = set.environments.iter().map(|e| e.name.to_string()).collect();
+    assert_eq!(names, ["staging", "prod"]);
+    assert_eq!(set.environments.iter().map(|e| e.hosts.len()).sum::<usize>(), 3);
+    let api = &set.services[&ServiceName::new("api").unwrap()];
+    assert_eq!(api.repository.as_str(), "127.0.0.1:5000/demo/api");
+    assert_eq!(api.templates[0].target, "config/api.env");
+    assert_eq!(set.environments[1].rollout.batch, BatchSize::Percent(50));
+}
+
+#[test]
+fn field_errors_name_line_and_field() {
+    let cp = "controlplane.toml";
+    let prod = "environments/prod.toml";
+    let svc = "services/api.toml";
+    check(cp, "state = \"sqlite:", "state = \"mysql:", 6, "controlplane.state", "is not a state URL");
+    check(cp, "receipt_key = \"../state/receipt.key\"", "receipt_key = \"receipt.key\"", 11, "controlplane.receipt_key", "inside the manifest directory");
+    check(cp, "keys = [\"trust/release.pub\"]", "keys = [\"trust/nope.pub\"]", 28, "trust.keys[0]", "does not exist");
+    check(cp, "keys = [\"trust/release.pub\"]", "keys = []", 28, "trust.keys", "no trusted keys");
+    check(cp, "concurrency = 16", "concurrency = 0", 36, "ssh.concurrency", "out of range");
+    check(cp, "identity = \"../state/ssh/id_ed25519\"", "identity = \"id\"", 35, "ssh.identity", "inside the manifest directory");
+    check(prod, "after = \"staging\"", "after = \"stage\"", 2, "after", "does not exist");
+    check(prod, "batch = \"50%\"", "batch = \"150%\"", 8, "rollout.batch", "percentage");
+    check(prod, "name = \"prod-2\"", "name = \"prod-1\"", 20, "host[1].name", "duplicate host");
+    check(prod, "port = 2203", "port = 2202", 21, "host[1].address", "is already host `prod-1`");
+    check("environments/staging.toml", "port = 2201", "port = 2202", 12, "host[0].address", "is already host `prod-1`");
+    check(prod, "name = \"prod-2\"", "name = \"prod;2\"", 20, "host[1].name", "not a valid name");
+    check(prod, "user = \"deploy\"", "user = \"-oProxyCommand=x\"", 15, "host[0].user", "not a valid login");
+    check(prod, "root = \"/srv/agents\"", "root = \"/srv/../etc\"", 17, "host[0].root", "safe absolute path");
+    check(prod, "host_key = \"ssh-ed25519 ", "host_key = \"ssh-rsa ", 16, "host[0].host_key", "pinned SSH host public key");
+    check(svc, "image = \"127.0.0.1:5000/demo/api\"", "image = \"127.0.0.1:5000/demo/api:latest\"", 5, "image", "not pinned");
+    check(svc, "activate = [\"agent-runtime\", \"activate\"]", "activate = []", 9, "activate", "empty command");
+    check(svc, "secrets = [\"API_TOKEN\"]", "secrets = [\"api token\"]", 16, "secrets[0]", "secret name");
+    check(svc, "egress = [\"api.example.com:443\"]", "egress = [\"api.example.com\"]", 18, "egress[0]", "egress rule");
+    check(svc, "target = \"config/api.env\"", "target = \"../../etc/passwd\"", 23, "template[0].target", "safe path");
+    check(svc, "source = \"templates/api.env.tera\"", "source = \"templates/none.tera\"", 22, "template[0].source", "does not exist");
+}
+
+#[test]
+fn parse_errors_name_line_and_field() {
+    let svc = "services/api.toml";
+    check(svc, "egress = [", "egres = [", 18, "egres", "unknown field `egres`");
+    check(svc, "probe = [\"agent-runtime\", \"running\"]", "probe = \"agent-runtime running\"", 13, "probe", "invalid type");
+    check(svc, "image = \"127.0.0.1:5000/demo/api\"", "image = \"127.0.0.1:5000/demo/api", 5, "image", "");
+    check("environments/prod.toml", "port = 2202", "port = \"2202\"", 14, "port", "invalid type");
+    check("environments/staging.toml", "require_sbom = false", "require_sbom = false\nrequire_sbom = true", 5, "require_sbom", "duplicate key");
+}
+
+#[test]
+fn secret_values_are_refused() {
+    let svc = "services/api.toml";
+    let d = diags(svc, "secrets = [\"API_TOKEN\"]", "secrets = [\"API_TOKEN\", \"ghp_abcdefghijklmnopqrstuvwxyz0123\"]");
+    assert!(d.iter().any(|d| d.field == "secrets[1]" && d.message.contains("`ghp_`") && d.line == 16), "{d:#?}");
+    let d = diags("templates/api.env.tera", "SERVICE=", "TOKEN=sk-live-abcdefghijklmnopqrstuv\nSERVICE=");
+    assert!(d.iter().any(|d| d.line == 2 && d.message.contains("secret")), "{d:#?}");
+    let d = diags("controlplane.toml", "operator_env = \"USER\"", "operator_env = \"USER\"\n# x\n");
+    assert!(d.is_empty());
+}
+
+#[test]
+fn every_problem_of_a_run_is_reported() {
+    let mut files = example();
+    for (file, from, to) in [
+        ("environments/prod.toml", "batch = \"50%\"", "batch = 0"),
+        ("environments/prod.toml", "user = \"deploy\"", "user = \"x y\""),
+        ("services/api.toml", "egress = [\"api.example.com:443\"]", "egress = [\"nope\"]"),
+    ] {
+        let t = files.get_mut(Path::new(file)).unwrap();
+        *t = t.replacen(from, to, 1);
+    }
+    let d = validate(Path::new("m"), &files).unwrap_err();
+    assert_eq!(d.len(), 3, "{d:#?}");
+}
+
+#[test]
+fn missing_controlplane_file_and_cycles() {
+    let mut files = example();
+    files.remove(Path::new("controlplane.toml"));
+    let d = validate(Path::new("m"), &files).unwrap_err();
+    assert!(d[0].message.contains("missing"), "{d:#?}");
+
+    let d = diags("environments/staging.toml", "approvals = 0", "after = \"prod\"\napprovals = 0");
+    assert!(d.iter().any(|d| d.message.contains("cycle")), "{d:#?}");
+}
+
+#[test]
+fn batch_sizes() {
+    assert_eq!(BatchSize::Percent(34).per_batch(3), 2);
+    assert_eq!(BatchSize::Percent(1).per_batch(3), 1);
+    assert_eq!(BatchSize::Percent(100).per_batch(50), 50);
+    assert_eq!(BatchSize::Count(2).per_batch(5), 2);
+    assert_eq!(BatchSize::Count(0).per_batch(5), 1);
+}

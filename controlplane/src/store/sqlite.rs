@@ -1,0 +1,437 @@
+//! The SQLite store: one file, created on first use, migrated on open.
+
+use super::*;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::{Row, SqlitePool};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn q(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { what, source }
+}
+
+fn time(row: &SqliteRow, col: &'static str) -> Result<DateTime<Utc>, StoreError> {
+    let s: String = row.try_get(col).map_err(q(col))?;
+    DateTime::parse_from_rfc3339(&s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt { what: col, detail: e.to_string() })
+}
+
+fn ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path` and migrates it.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let url = path.display().to_string();
+        let open = |source| StoreError::Open { url: url.clone(), source };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| open(sqlx::Error::Io(e)))?;
+        }
+        let opts = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(open)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10));
+        Self::connect(opts).await.map_err(|e| match e {
+            StoreError::Query { source, .. } => open(source),
+            other => other,
+        })
+    }
+
+    /// Opens the database only if its file exists (for read-only commands that must not
+    /// create state, such as a dry-run on a fresh checkout).
+    pub async fn open_existing(path: &Path) -> Result<Option<Self>, StoreError> {
+        if path.exists() {
+            Self::open(path).await.map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// A private in-memory database, for tests.
+    pub async fn in_memory() -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::from_str("sqlite::memory:").map_err(q("open"))?;
+        Self::connect(opts).await
+    }
+
+    async fn connect(opts: SqliteConnectOptions) -> Result<Self, StoreError> {
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await.map_err(q("connect"))?;
+        MIGRATOR.run(&pool).await.map_err(StoreError::Migrate)?;
+        Ok(Self { pool })
+    }
+
+    fn release_from(row: &SqliteRow) -> Result<ReleaseRecord, StoreError> {
+        let g = |c: &'static str| row.try_get::<String, _>(c).map_err(q(c));
+        Ok(ReleaseRecord {
+            service: g("service")?,
+            digest: g("digest")?,
+            repository: g("repository")?,
+            source_commit: g("source_commit")?,
+            signer_key_id: g("signer_key_id")?,
+            provenance: row.try_get("provenance").map_err(q("provenance"))?,
+            sbom: row.try_get("sbom").map_err(q("sbom"))?,
+            evidence: g("evidence")?,
+            added_at: time(row, "added_at")?,
+            added_by: g("added_by")?,
+        })
+    }
+
+    fn deployment_from(row: &SqliteRow) -> Result<DeploymentRecord, StoreError> {
+        let g = |c: &'static str| row.try_get::<String, _>(c).map_err(q(c));
+        Ok(DeploymentRecord {
+            environment: g("environment")?,
+            service: g("service")?,
+            host: g("host")?,
+            release_id: g("release_id")?,
+            digest: g("digest")?,
+            source_commit: g("source_commit")?,
+            content_hash: g("content_hash")?,
+            rollback_target: row.try_get("rollback_target").map_err(q("rollback_target"))?,
+            plan_id: g("plan_id")?,
+            updated_at: time(row, "updated_at")?,
+        })
+    }
+
+    fn receipt_from(row: &SqliteRow) -> Result<ReceiptIndexEntry, StoreError> {
+        let g = |c: &'static str| row.try_get::<String, _>(c).map_err(q(c));
+        let o = |c: &'static str| row.try_get::<Option<String>, _>(c).map_err(q(c));
+        Ok(ReceiptIndexEntry {
+            seq: row.try_get("seq").map_err(q("seq"))?,
+            kind: g("kind")?,
+            file: g("file")?,
+            sha256: g("sha256")?,
+            plan_id: o("plan_id")?,
+            environment: o("environment")?,
+            service: o("service")?,
+            created_at: time(row, "created_at")?,
+        })
+    }
+
+    fn lock_from(row: &SqliteRow) -> Result<LockRecord, StoreError> {
+        let g = |c: &'static str| row.try_get::<String, _>(c).map_err(q(c));
+        Ok(LockRecord {
+            environment: g("environment")?,
+            service: g("service")?,
+            holder_user: g("holder_user")?,
+            holder_host: g("holder_host")?,
+            holder_pid: row.try_get("holder_pid").map_err(q("holder_pid"))?,
+            plan_id: g("plan_id")?,
+            since: time(row, "since")?,
+        })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn put_release(&self, r: &ReleaseRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO releases (service, digest, repository, source_commit, signer_key_id, provenance, sbom, evidence, added_at, added_by)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (service, digest) DO UPDATE SET repository = excluded.repository,
+               source_commit = excluded.source_commit, signer_key_id = excluded.signer_key_id,
+               provenance = excluded.provenance, sbom = excluded.sbom, evidence = excluded.evidence,
+               added_at = excluded.added_at, added_by = excluded.added_by",
+        )
+        .bind(&r.service)
+        .bind(&r.digest)
+        .bind(&r.repository)
+        .bind(&r.source_commit)
+        .bind(&r.signer_key_id)
+        .bind(&r.provenance)
+        .bind(&r.sbom)
+        .bind(&r.evidence)
+        .bind(ts(&r.added_at))
+        .bind(&r.added_by)
+        .execute(&self.pool)
+        .await
+        .map_err(q("put release"))?;
+        Ok(())
+    }
+
+    async fn release(&self, service: &str, digest: &str) -> Result<Option<ReleaseRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM releases WHERE service = ? AND digest = ?")
+            .bind(service)
+            .bind(digest)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("get release"))?;
+        row.as_ref().map(Self::release_from).transpose()
+    }
+
+    async fn releases(&self, service: &str) -> Result<Vec<ReleaseRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM releases WHERE service = ? ORDER BY added_at, digest")
+            .bind(service)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("list releases"))?;
+        rows.iter().map(Self::release_from).collect()
+    }
+
+    async fn put_deployment(&self, d: &DeploymentRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO deployments (environment, service, host, release_id, digest, source_commit, content_hash, rollback_target, plan_id, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (environment, service, host) DO UPDATE SET release_id = excluded.release_id,
+               digest = excluded.digest, source_commit = excluded.source_commit,
+               content_hash = excluded.content_hash, rollback_target = excluded.rollback_target,
+               plan_id = excluded.plan_id, updated_at = excluded.updated_at",
+        )
+        .bind(&d.environment)
+        .bind(&d.service)
+        .bind(&d.host)
+        .bind(&d.release_id)
+        .bind(&d.digest)
+        .bind(&d.source_commit)
+        .bind(&d.content_hash)
+        .bind(&d.rollback_target)
+        .bind(&d.plan_id)
+        .bind(ts(&d.updated_at))
+        .execute(&self.pool)
+        .await
+        .map_err(q("put deployment"))?;
+        Ok(())
+    }
+
+    async fn deployments(&self, environment: &str, service: &str) -> Result<Vec<DeploymentRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM deployments WHERE environment = ? AND service = ? ORDER BY host")
+            .bind(environment)
+            .bind(service)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("list deployments"))?;
+        rows.iter().map(Self::deployment_from).collect()
+    }
+
+    async fn all_deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM deployments ORDER BY environment, service, host")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("list deployments"))?;
+        rows.iter().map(Self::deployment_from).collect()
+    }
+
+    async fn append_receipt(&self, e: &ReceiptIndexEntry) -> Result<(), StoreError> {
+        let res = sqlx::query(
+            "INSERT INTO receipts (seq, kind, file, sha256, plan_id, environment, service, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(e.seq)
+        .bind(&e.kind)
+        .bind(&e.file)
+        .bind(&e.sha256)
+        .bind(&e.plan_id)
+        .bind(&e.environment)
+        .bind(&e.service)
+        .bind(ts(&e.created_at))
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(StoreError::SequenceTaken(e.seq)),
+            Err(source) => Err(StoreError::Query { what: "append receipt", source }),
+        }
+    }
+
+    async fn receipt_head(&self) -> Result<Option<ReceiptIndexEntry>, StoreError> {
+        let row = sqlx::query("SELECT * FROM receipts ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("receipt head"))?;
+        row.as_ref().map(Self::receipt_from).transpose()
+    }
+
+    async fn receipts(&self) -> Result<Vec<ReceiptIndexEntry>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM receipts ORDER BY seq").fetch_all(&self.pool).await.map_err(q("list receipts"))?;
+        rows.iter().map(Self::receipt_from).collect()
+    }
+
+    async fn try_lock(&self, l: &LockRecord) -> Result<Result<(), LockRecord>, StoreError> {
+        // INSERT OR IGNORE is atomic in SQLite: exactly one of two racing writers inserts.
+        let done = sqlx::query(
+            "INSERT OR IGNORE INTO locks (environment, service, holder_user, holder_host, holder_pid, plan_id, since) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&l.environment)
+        .bind(&l.service)
+        .bind(&l.holder_user)
+        .bind(&l.holder_host)
+        .bind(l.holder_pid)
+        .bind(&l.plan_id)
+        .bind(ts(&l.since))
+        .execute(&self.pool)
+        .await
+        .map_err(q("take lock"))?;
+        if done.rows_affected() == 1 {
+            return Ok(Ok(()));
+        }
+        match self.lock_holder(&l.environment, &l.service).await? {
+            Some(holder) => Ok(Err(holder)),
+            // Released between our insert and read: try once more.
+            None => Box::pin(self.try_lock(l)).await,
+        }
+    }
+
+    async fn lock_holder(&self, environment: &str, service: &str) -> Result<Option<LockRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM locks WHERE environment = ? AND service = ?")
+            .bind(environment)
+            .bind(service)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("read lock"))?;
+        row.as_ref().map(Self::lock_from).transpose()
+    }
+
+    async fn unlock(&self, environment: &str, service: &str, plan_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM locks WHERE environment = ? AND service = ? AND plan_id = ?")
+            .bind(environment)
+            .bind(service)
+            .bind(plan_id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("release lock"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn force_unlock(&self, environment: &str, service: &str) -> Result<Option<LockRecord>, StoreError> {
+        let holder = self.lock_holder(environment, service).await?;
+        sqlx::query("DELETE FROM locks WHERE environment = ? AND service = ?")
+            .bind(environment)
+            .bind(service)
+            .execute(&self.pool)
+            .await
+            .map_err(q("force unlock"))?;
+        Ok(holder)
+    }
+
+    async fn approve(&self, a: &Approval) -> Result<(), StoreError> {
+        sqlx::query("INSERT OR IGNORE INTO approvals (plan_id, approver, approved_at) VALUES (?, ?, ?)")
+            .bind(&a.plan_id)
+            .bind(&a.approver)
+            .bind(ts(&a.approved_at))
+            .execute(&self.pool)
+            .await
+            .map_err(q("approve"))?;
+        Ok(())
+    }
+
+    async fn approvals(&self, plan_id: &str) -> Result<Vec<Approval>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM approvals WHERE plan_id = ? ORDER BY approved_at, approver")
+            .bind(plan_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("list approvals"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(Approval {
+                    plan_id: row.try_get("plan_id").map_err(q("plan_id"))?,
+                    approver: row.try_get("approver").map_err(q("approver"))?,
+                    approved_at: time(row, "approved_at")?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s, 123_000).unwrap()
+    }
+
+    #[tokio::test]
+    async fn round_trips_every_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("state/cp.db")).await.unwrap();
+
+        let rel = ReleaseRecord {
+            service: "api".into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            repository: "127.0.0.1:5000/demo/api".into(),
+            source_commit: "0123456789abcdef0123456789abcdef01234567".into(),
+            signer_key_id: "sha256:k".into(),
+            provenance: Some("sha256:p".into()),
+            sbom: None,
+            evidence: "{\"sig\":1}".into(),
+            added_at: t(1),
+            added_by: "ci".into(),
+        };
+        store.put_release(&rel).await.unwrap();
+        assert_eq!(store.release("api", &rel.digest).await.unwrap(), Some(rel.clone()));
+        assert_eq!(store.releases("api").await.unwrap(), vec![rel.clone()]);
+        assert_eq!(store.release("web", &rel.digest).await.unwrap(), None);
+
+        let dep = DeploymentRecord {
+            environment: "prod".into(),
+            service: "api".into(),
+            host: "vm-1".into(),
+            release_id: "r-1".into(),
+            digest: rel.digest.clone(),
+            source_commit: rel.source_commit.clone(),
+            content_hash: "sha256:c".into(),
+            rollback_target: Some("r-0".into()),
+            plan_id: "p-1".into(),
+            updated_at: t(2),
+        };
+        store.put_deployment(&dep).await.unwrap();
+        let moved = DeploymentRecord { release_id: "r-2".into(), rollback_target: Some("r-1".into()), ..dep.clone() };
+        store.put_deployment(&moved).await.unwrap();
+        assert_eq!(store.deployments("prod", "api").await.unwrap(), vec![moved.clone()]);
+        assert_eq!(store.all_deployments().await.unwrap(), vec![moved]);
+
+        let e = ReceiptIndexEntry {
+            seq: 1,
+            kind: "apply".into(),
+            file: "000001-apply.json".into(),
+            sha256: "ab".into(),
+            plan_id: Some("p-1".into()),
+            environment: Some("prod".into()),
+            service: None,
+            created_at: t(3),
+        };
+        store.append_receipt(&e).await.unwrap();
+        assert!(matches!(store.append_receipt(&e).await, Err(StoreError::SequenceTaken(1))));
+        let e2 = ReceiptIndexEntry { seq: 2, ..e.clone() };
+        store.append_receipt(&e2).await.unwrap();
+        assert_eq!(store.receipts().await.unwrap(), vec![e, e2.clone()]);
+        assert_eq!(store.receipt_head().await.unwrap(), Some(e2));
+
+        let lock = LockRecord {
+            environment: "prod".into(),
+            service: "api".into(),
+            holder_user: "alice".into(),
+            holder_host: "laptop".into(),
+            holder_pid: 42,
+            plan_id: "p-1".into(),
+            since: t(4),
+        };
+        assert_eq!(store.try_lock(&lock).await.unwrap(), Ok(()));
+        let other = LockRecord { holder_user: "bob".into(), plan_id: "p-2".into(), ..lock.clone() };
+        assert_eq!(store.try_lock(&other).await.unwrap(), Err(lock.clone()));
+        assert!(!store.unlock("prod", "api", "p-2").await.unwrap());
+        assert!(store.unlock("prod", "api", "p-1").await.unwrap());
+        assert_eq!(store.try_lock(&other).await.unwrap(), Ok(()));
+        assert_eq!(store.force_unlock("prod", "api").await.unwrap(), Some(other));
+        assert_eq!(store.lock_holder("prod", "api").await.unwrap(), None);
+
+        let a = Approval { plan_id: "p-1".into(), approver: "carol".into(), approved_at: t(5) };
+        store.approve(&a).await.unwrap();
+        store.approve(&a).await.unwrap();
+        assert_eq!(store.approvals("p-1").await.unwrap(), vec![a]);
+
+        // Reopening keeps everything (the migration is not re-run destructively).
+        drop(store);
+        let again = SqliteStore::open(&dir.path().join("state/cp.db")).await.unwrap();
+        assert_eq!(again.releases("api").await.unwrap(), vec![rel]);
+    }
+}
