@@ -1,1 +1,78 @@
-fn main() {}
+//! `agentctl`: parses, resolves settings, calls the `controlplane` library, renders.
+
+mod cli;
+mod commands;
+mod failure;
+mod render;
+
+use clap::Parser as _;
+use cli::{Cli, Command, KeysCommand};
+use failure::Failure;
+use render::Report;
+use std::io::{IsTerminal as _, Write as _};
+use std::process::ExitCode;
+
+/// Resolved global settings every command receives.
+#[derive(Debug)]
+pub struct Globals {
+    pub manifests: std::path::PathBuf,
+    pub json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // clap's own exit for --help/--version is success; usage errors are 2.
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    init_tracing(cli.verbose);
+    let globals = Globals { manifests: cli.manifests, json: cli.json };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(run(cli.command, &globals));
+    let mut stdout = std::io::stdout().lock();
+    match result {
+        Ok(report) => {
+            let _ = writeln!(stdout, "{}", report.render(globals.json));
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            if let Some(out) = &failure.output {
+                let _ = writeln!(stdout, "{out}");
+            }
+            eprintln!("{failure}");
+            failure.exit_code()
+        }
+    }
+}
+
+async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
+    match command {
+        Command::Init { dir } => commands::init::run(&dir).await,
+        Command::Check => commands::check::run(g),
+        Command::Keys { command: KeysCommand::Generate { out } } => commands::keys::generate(&out),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "agentctl", &mut buf);
+            Ok(Report::text(String::from_utf8_lossy(&buf).trim_end().to_owned()))
+        }
+    }
+}
+
+/// Logs go to stderr; `AGENTCTL_LOG` overrides `-v`; no colour when `NO_COLOR` is set
+/// or stderr is not a terminal.
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,agentctl=info,controlplane=info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTCTL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let color = std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(color).with_target(false).init();
+}

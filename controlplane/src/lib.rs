@@ -6,6 +6,7 @@
 
 pub mod diagnostic;
 pub mod image;
+pub mod init;
 pub mod keys;
 pub mod manifest;
 pub mod names;

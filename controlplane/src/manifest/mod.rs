@@ -3,6 +3,7 @@
 //! `raw` is the file format as written, `validate` the pure conversion into `model`,
 //! and [`load`] the one function here that touches the filesystem.
 
+pub mod example;
 pub mod model;
 pub mod raw;
 pub mod validate;

@@ -639,7 +639,8 @@ fn parse_host_key(s: &str) -> Option<HostKey> {
     let (algorithm, key) = (parts.next()?, parts.next()?);
     let blob = base64::engine::general_purpose::STANDARD.decode(key).ok()?;
     // The blob starts with its own algorithm name: a key pasted under the wrong label is wrong.
-    let named = blob.get(4..4 + algorithm.len())? == algorithm.as_bytes();
+    let len = u32::from_be_bytes(blob.get(..4)?.try_into().ok()?) as usize;
+    let named = len == algorithm.len() && blob.get(4..4 + len)? == algorithm.as_bytes();
     (parts.next().is_none() && ALGORITHMS.contains(&algorithm) && named)
         .then(|| HostKey { algorithm: algorithm.into(), key: key.into() })
 }

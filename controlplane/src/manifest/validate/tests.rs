@@ -2,16 +2,7 @@ use super::*;
 
 /// The repository's example manifest set, in memory.
 pub(crate) fn example() -> BTreeMap<PathBuf, String> {
-    let files: &[(&str, &str)] = &[
-        ("controlplane.toml", include_str!("../../../../manifests/controlplane.toml")),
-        ("environments/staging.toml", include_str!("../../../../manifests/environments/staging.toml")),
-        ("environments/prod.toml", include_str!("../../../../manifests/environments/prod.toml")),
-        ("services/api.toml", include_str!("../../../../manifests/services/api.toml")),
-        ("templates/api.env.tera", include_str!("../../../../manifests/templates/api.env.tera")),
-        ("trust/release.pub", include_str!("../../../../manifests/trust/release.pub")),
-        ("trust/receipts.pub", include_str!("../../../../manifests/trust/receipts.pub")),
-    ];
-    files.iter().map(|(p, t)| (PathBuf::from(p), (*t).to_owned())).collect()
+    super::super::example::FILES.iter().map(|(p, t)| (PathBuf::from(p), (*t).to_owned())).collect()
 }
 
 /// Replaces `from` by `to` in `file` of the example and returns the diagnostics.

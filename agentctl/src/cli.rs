@@ -1,0 +1,67 @@
+//! The command line as clap sees it. Nothing here decides anything.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Deployment control plane with signed promotion.
+///
+/// Every command that could change something is a dry-run unless given `--apply`.
+/// Exit codes: 0 done / in sync, 1 operation failed, 2 invalid input or usage,
+/// 3 drift found, 4 refused by policy.
+#[derive(Debug, Parser)]
+#[command(name = "agentctl", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// The manifest set to use.
+    #[arg(long, global = true, default_value = "manifests", env = "AGENTCTL_MANIFESTS")]
+    pub manifests: PathBuf,
+
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More log output on stderr (repeat for more); `AGENTCTL_LOG` sets a filter.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Scaffold a manifest set, the state database and signing keys in DIR.
+    ///
+    /// Creates DIR/manifests (a commented example), DIR/state (SQLite database,
+    /// receipt- and release-signing keys encrypted with `AGENTCTL_RECEIPT_KEY_PASSWORD`,
+    /// an SSH client key) and DIR/receipts. Refuses to touch anything that exists.
+    Init {
+        /// Where to scaffold.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Validate the manifest set: fields, references, pinning, secret values.
+    ///
+    /// Reports every problem with file, line, column and field; exits 2 if any.
+    Check,
+    /// Cosign-format signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Generate an ECDSA P-256 key pair: PREFIX.key (encrypted with `COSIGN_PASSWORD`)
+    /// and PREFIX.pub, readable by cosign.
+    Generate {
+        /// Path prefix of the two files.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}

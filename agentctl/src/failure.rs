@@ -1,0 +1,64 @@
+//! How a command fails: an exit code from DESIGN.md, the error chain, and a hint.
+
+use std::fmt;
+use std::process::ExitCode;
+
+/// The exit codes of the CLI contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    Failed = 1,
+    Invalid = 2,
+    Drift = 3,
+    Refused = 4,
+}
+
+/// A failed command: what to print and how to exit.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: Code,
+    pub error: anyhow::Error,
+    pub hint: Option<String>,
+    /// Printed on stdout before the error (for `--json`, the document).
+    pub output: Option<String>,
+}
+
+impl Failure {
+    pub fn new(code: Code, error: impl Into<anyhow::Error>) -> Self {
+        Self { code, error: error.into(), hint: None, output: None }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn with_output(mut self, output: String) -> Self {
+        self.output = Some(output);
+        self
+    }
+
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(self.code as u8)
+    }
+}
+
+/// `error:` / `Caused by:` / `hint:` layout.
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "error: {}", self.error)?;
+        for cause in self.error.chain().skip(1) {
+            write!(f, "\n  Caused by: {cause}")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, "\nhint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Anything unexpected is an operation failure (exit 1).
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Self::new(Code::Failed, e)
+    }
+}

@@ -1,0 +1,138 @@
+//! `agentctl check` and `init` through the real binary: exit codes, located messages,
+//! and nothing written on bad input.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_agentctl");
+
+/// Every file under `dir` with its bytes, so "nothing changed" is checked exactly.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn copy_example(to: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    for (rel, bytes) in snapshot(&src) {
+        let dst = to.join("manifests").join(rel);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::write(dst, bytes).unwrap();
+    }
+}
+
+fn check(dir: &Path, json: bool) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--manifests").arg(dir.join("manifests")).arg("check");
+    if json {
+        cmd.arg("--json");
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn example_manifest_set_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_example(dir.path());
+    let out = check(dir.path(), false);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("staging -> prod"));
+}
+
+/// (file, text to replace, replacement, expected `file:line`, expected field)
+const CASES: &[(&str, &str, &str, &str, &str)] = &[
+    ("services/api.toml", "image = \"127.0.0.1:5000/demo/api\"", "image = \"127.0.0.1:5000/demo/api", "services/api.toml:5", "image"),
+    ("services/api.toml", "egress = [", "egres = [", "services/api.toml:18", "egres"),
+    ("services/api.toml", "probe = [\"agent-runtime\", \"running\"]", "probe = 7", "services/api.toml:13", "probe"),
+    ("services/api.toml", "image = \"127.0.0.1:5000/demo/api\"", "image = \"127.0.0.1:5000/demo/api:v2\"", "services/api.toml:5", "image"),
+    ("services/api.toml", "image = \"127.0.0.1:5000/demo/api\"", "image = \"127.0.0.1:5000/demo/api@sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"", "services/api.toml:5", "image"),
+    ("services/api.toml", "secrets = [\"API_TOKEN\"]", "secrets = [\"ghp_0123456789abcdefghijABCDEFGHIJ\"]", "services/api.toml:16", "secrets[0]"),
+    ("services/api.toml", "secrets = [\"API_TOKEN\"]", "secrets = [\"-----BEGIN OPENSSH PRIVATE KEY-----\"]", "services/api.toml:16", "secrets[0]"),
+    ("services/api.toml", "egress = [\"api.example.com:443\"]", "egress = [\"AKIAIOSFODNN7EXAMPLE:443\"]", "services/api.toml:18", "egress[0]"),
+    ("services/api.toml", "target = \"config/api.env\"", "target = \"../escape\"", "services/api.toml:23", "template[0].target"),
+    ("services/api.toml", "activate = [\"agent-runtime\", \"activate\"]", "activate = []", "services/api.toml:9", "activate"),
+    ("environments/prod.toml", "name = \"prod-2\"", "name = \"prod-1\"", "environments/prod.toml:20", "host[1].name"),
+    ("environments/prod.toml", "after = \"staging\"", "after = \"qa\"", "environments/prod.toml:2", "after"),
+    ("environments/prod.toml", "port = 2202", "port = 70000", "environments/prod.toml:14", "host[0].port"),
+    ("environments/prod.toml", "name = \"prod-2\"", "name = \"prod-2; rm -rf /\"", "environments/prod.toml:20", "host[1].name"),
+    ("environments/prod.toml", "root = \"/srv/agents\"", "root = \"relative/path\"", "environments/prod.toml:17", "host[0].root"),
+    ("environments/prod.toml", "host_key = \"ssh-ed25519 AAAA", "host_key = \"ssh-ed25519 BBBB", "environments/prod.toml:16", "host[0].host_key"),
+    ("environments/prod.toml", "batch = \"50%\"", "batch = \"half\"", "environments/prod.toml:8", "rollout.batch"),
+    ("environments/prod.toml", "require_sbom = true", "require_sbom = \"yes\"", "environments/prod.toml:5", "require_sbom"),
+    ("environments/prod.toml", "approvals = 1", "aprovals = 1", "environments/prod.toml:3", "aprovals"),
+    ("controlplane.toml", "state = \"sqlite:../state/controlplane.db\"", "state = \"postgres://db/cp\"", "controlplane.toml:6", "controlplane.state"),
+    ("controlplane.toml", "\ninsecure = true", "\ninsecure = yes", "controlplane.toml:22", "insecure"),
+    ("controlplane.toml", "keys = [\"trust/release.pub\"]", "keys = [\"trust/missing.pub\"]", "controlplane.toml:28", "trust.keys[0]"),
+    ("controlplane.toml", "receipt_key = \"../state/receipt.key\"", "receipt_key = \"keys/receipt.key\"", "controlplane.toml:11", "controlplane.receipt_key"),
+];
+
+#[test]
+fn malformed_manifests_exit_2_with_location_and_change_nothing() {
+    assert!(CASES.len() >= 20);
+    for (file, from, to, location, field) in CASES {
+        let dir = tempfile::tempdir().unwrap();
+        copy_example(dir.path());
+        let path = dir.path().join("manifests").join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "case {file}: {from:?} not found");
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+        let before = snapshot(dir.path());
+
+        let out = check(dir.path(), false);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{file} {to}: {stderr}");
+        assert!(stderr.contains(location), "{to}: expected `{location}` in:\n{stderr}");
+        assert!(stderr.contains(&format!("field `{field}`")), "{to}: expected field `{field}` in:\n{stderr}");
+        assert!(stderr.contains("hint:"), "{stderr}");
+        assert_eq!(snapshot(dir.path()), before, "{to}: check changed files");
+        assert!(!dir.path().join("state").exists() && !dir.path().join("receipts").exists());
+
+        let out = check(dir.path(), true);
+        assert_eq!(out.status.code(), Some(2));
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints one document");
+        assert_eq!(doc["ok"], false);
+        assert!(doc["diagnostics"][0]["line"].as_u64().unwrap() > 0);
+    }
+}
+
+#[test]
+fn init_refuses_an_existing_directory_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN).arg("init").arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = std::fs::metadata(dir.path().join("state/receipt.key")).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("PRIVATE KEY"), "the private key is never printed");
+
+    let before = snapshot(dir.path());
+    let out = Command::new(BIN).arg("init").arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    assert_eq!(snapshot(dir.path()), before);
+
+    let out = Command::new(BIN).arg("--manifests").arg(dir.path().join("manifests")).arg("check").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_exits_0() {
+    let out = Command::new(BIN).arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let out = Command::new(BIN).args(["completions", "bash"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("agentctl"));
+}
