@@ -10,7 +10,10 @@ pub mod init;
 pub mod keys;
 pub mod manifest;
 pub mod names;
+pub mod registry;
+pub mod remote;
 pub mod secrets;
+pub mod ssh;
 pub mod store;
 
 /// The version recorded in receipts.

@@ -32,7 +32,8 @@ pub fn find_secret(text: &str) -> Option<SecretKind> {
     if text.contains("PRIVATE KEY-----") {
         return Some(SecretKind::PrivateKeyBlock);
     }
-    text.split(|c: char| !(c.is_ascii_alphanumeric() || "+/_-".contains(c)))
+    // `/` separates path components, which are not one token.
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || "+_-".contains(c)))
         .find_map(classify_token)
 }
 
@@ -47,7 +48,7 @@ fn classify_token(token: &str) -> Option<SecretKind> {
     }
     let has = |f: fn(&u8) -> bool| token.as_bytes().iter().any(f);
     let mixed = has(u8::is_ascii_uppercase) && has(u8::is_ascii_lowercase) && has(u8::is_ascii_digit);
-    (token.len() >= 32 && mixed && shannon_entropy(token) >= 4.0).then_some(SecretKind::HighEntropy)
+    (token.len() >= 24 && mixed && shannon_entropy(token) >= 4.0).then_some(SecretKind::HighEntropy)
 }
 
 /// Bits per character of `s`.
@@ -94,6 +95,7 @@ mod tests {
             "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
             "/srv/agents/runtime-root",
             "API_TOKEN",
+            "/tmp/agentlab-N20hnR/hosts/prod-1/root",
             "the quick brown fox jumps over the lazy dog",
             "0123456789abcdef0123456789abcdef01234567",
         ] {

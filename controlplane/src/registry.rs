@@ -1,0 +1,233 @@
+//! The OCI registry edge: manifests and blobs by digest, over oci-client.
+//!
+//! Errors keep "the registry said no such thing" apart from "the registry could not be
+//! asked", so that an outage is never reported as a missing signature.
+
+use crate::image::{Digest, Repository};
+use crate::manifest::RegistrySettings;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Manifests bigger than this are refused: a registry is not trusted to bound itself.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// Blobs the control plane reads (signature payloads, attestations) are small.
+pub const MAX_BLOB_BYTES: usize = 16 << 20;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry `{registry}` is unreachable")]
+    Unreachable {
+        registry: String,
+        #[source]
+        source: OciDistributionError,
+    },
+    #[error("registry `{registry}` answered with an error")]
+    Failed {
+        registry: String,
+        #[source]
+        source: OciDistributionError,
+    },
+    #[error("registry `{registry}` sent {what} over the size limit of {limit} bytes")]
+    TooLarge { registry: String, what: &'static str, limit: usize },
+    #[error("registry `{registry}` sent content whose digest is `{actual}`, not the requested `{expected}`")]
+    DigestMismatch { registry: String, expected: String, actual: String },
+    #[error("credentials for registry `{registry}`: environment variable `{var}` is not set")]
+    MissingCredential { registry: String, var: String },
+}
+
+/// A registry client for the registries a manifest set lists.
+#[derive(Clone)]
+pub struct Registry {
+    client: Arc<Client>,
+    settings: Vec<RegistrySettings>,
+    round_trips: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("registries", &self.settings.len()).finish()
+    }
+}
+
+impl Registry {
+    /// Plain HTTP is used only for registries listed with `insecure = true`.
+    pub fn new(settings: &[RegistrySettings]) -> Self {
+        let insecure: Vec<String> = settings.iter().filter(|r| r.insecure).map(|r| r.host.clone()).collect();
+        let config = ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(insecure),
+            connect_timeout: Some(std::time::Duration::from_secs(5)),
+            read_timeout: Some(std::time::Duration::from_secs(30)),
+            use_monolithic_push: true,
+            ..ClientConfig::default()
+        };
+        Self { client: Arc::new(Client::new(config)), settings: settings.to_vec(), round_trips: Arc::default() }
+    }
+
+    /// The underlying client, for sigstore's cosign verification.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Requests sent so far (an upper bound for chunked uploads: one per call).
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, n: u64) {
+        self.round_trips.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Credentials from the environment variables the manifests name.
+    pub fn auth(&self, repo: &Repository) -> Result<RegistryAuth, RegistryError> {
+        let Some(s) = self.settings.iter().find(|r| r.host == repo.registry()) else { return Ok(RegistryAuth::Anonymous) };
+        let var = |name: &String| {
+            std::env::var(name).map_err(|_| RegistryError::MissingCredential { registry: s.host.clone(), var: name.clone() })
+        };
+        match (&s.username_env, &s.password_env) {
+            (Some(u), Some(p)) => Ok(RegistryAuth::Basic(var(u)?, var(p)?)),
+            (None, Some(p)) => Ok(RegistryAuth::Bearer(var(p)?)),
+            _ => Ok(RegistryAuth::Anonymous),
+        }
+    }
+
+    fn reference(repo: &Repository, tag_or_digest: &str) -> Reference {
+        if tag_or_digest.starts_with("sha256:") {
+            Reference::with_digest(repo.registry().into(), repo.path().into(), tag_or_digest.into())
+        } else {
+            Reference::with_tag(repo.registry().into(), repo.path().into(), tag_or_digest.into())
+        }
+    }
+
+    fn classify(repo: &Repository, e: OciDistributionError) -> RegistryError {
+        let registry = repo.registry().to_owned();
+        let unreachable = match &e {
+            OciDistributionError::RequestError(r) => r.is_connect() || r.is_timeout() || r.is_request(),
+            OciDistributionError::ServerError { code, .. } => *code >= 500,
+            OciDistributionError::IoError(_) => true,
+            _ => false,
+        };
+        if unreachable {
+            RegistryError::Unreachable { registry, source: e }
+        } else {
+            RegistryError::Failed { registry, source: e }
+        }
+    }
+
+    fn is_not_found(e: &OciDistributionError) -> bool {
+        match e {
+            OciDistributionError::ImageManifestNotFoundError(_) => true,
+            OciDistributionError::ServerError { code, .. } => *code == 404,
+            OciDistributionError::RegistryError { envelope, .. } => envelope
+                .errors
+                .iter()
+                .any(|x| matches!(x.code, oci_client::errors::OciErrorCode::ManifestUnknown | oci_client::errors::OciErrorCode::NameUnknown | oci_client::errors::OciErrorCode::BlobUnknown)),
+            _ => false,
+        }
+    }
+
+    /// The manifest at `tag_or_digest`, its digest checked, or `None` if there is none.
+    pub async fn manifest(&self, repo: &Repository, tag_or_digest: &str) -> Result<Option<(Vec<u8>, Digest)>, RegistryError> {
+        let auth = self.auth(repo)?;
+        self.count(1);
+        let r = self.client.pull_manifest_raw(&Self::reference(repo, tag_or_digest), &auth, &[OCI_MANIFEST, "application/vnd.docker.distribution.manifest.v2+json"]).await;
+        let (bytes, _) = match r {
+            Ok(x) => x,
+            Err(e) if Self::is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(Self::classify(repo, e)),
+        };
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(RegistryError::TooLarge { registry: repo.registry().into(), what: "a manifest", limit: MAX_MANIFEST_BYTES });
+        }
+        let digest = Digest::of(&bytes);
+        if tag_or_digest.starts_with("sha256:") && digest.as_str() != tag_or_digest {
+            return Err(RegistryError::DigestMismatch { registry: repo.registry().into(), expected: tag_or_digest.into(), actual: digest.to_string() });
+        }
+        Ok(Some((bytes, digest)))
+    }
+
+    /// The blob `digest`, checked against its digest and bounded in size.
+    pub async fn blob(&self, repo: &Repository, digest: &Digest) -> Result<Vec<u8>, RegistryError> {
+        self.auth(repo)?;
+        self.count(1);
+        let mut out = Vec::new();
+        self.client
+            .pull_blob(&Self::reference(repo, digest.as_str()), digest.as_str(), &mut out)
+            .await
+            .map_err(|e| Self::classify(repo, e))?;
+        if out.len() > MAX_BLOB_BYTES {
+            return Err(RegistryError::TooLarge { registry: repo.registry().into(), what: "a blob", limit: MAX_BLOB_BYTES });
+        }
+        let actual = Digest::of(&out);
+        if &actual != digest {
+            return Err(RegistryError::DigestMismatch { registry: repo.registry().into(), expected: digest.to_string(), actual: actual.to_string() });
+        }
+        Ok(out)
+    }
+
+    /// Uploads `data` as a blob; returns its digest.
+    pub async fn push_blob(&self, repo: &Repository, data: &[u8]) -> Result<Digest, RegistryError> {
+        let auth = self.auth(repo)?;
+        let digest = Digest::of(data);
+        let reference = Self::reference(repo, digest.as_str());
+        self.client.store_auth_if_needed(repo.registry(), &auth).await;
+        self.count(2);
+        self.client.push_blob(&reference, data, digest.as_str()).await.map_err(|e| Self::classify(repo, e))?;
+        Ok(digest)
+    }
+
+    /// Uploads a manifest under `tag` (or by digest when `tag` is `None`); returns its digest.
+    pub async fn push_manifest(&self, repo: &Repository, tag: Option<&str>, manifest: Vec<u8>) -> Result<Digest, RegistryError> {
+        let auth = self.auth(repo)?;
+        let digest = Digest::of(&manifest);
+        let reference = Self::reference(repo, tag.unwrap_or(digest.as_str()));
+        self.client.store_auth_if_needed(repo.registry(), &auth).await;
+        self.count(1);
+        let content_type = OCI_MANIFEST.parse().expect("a static header value");
+        self.client.push_manifest_raw(&reference, manifest, content_type).await.map_err(|e| Self::classify(repo, e))?;
+        Ok(digest)
+    }
+
+    /// Pushes an image or artifact (config + layers) and returns the manifest digest.
+    pub async fn push_artifact(&self, repo: &Repository, tag: Option<&str>, artifact: &Artifact) -> Result<Digest, RegistryError> {
+        let config = self.push_blob(repo, &artifact.config).await?;
+        let mut layers = Vec::new();
+        for layer in &artifact.layers {
+            let digest = self.push_blob(repo, &layer.data).await?;
+            let mut desc = serde_json::json!({ "mediaType": layer.media_type, "digest": digest, "size": layer.data.len() });
+            if !layer.annotations.is_empty() {
+                desc["annotations"] = serde_json::to_value(&layer.annotations).expect("string map");
+            }
+            layers.push(desc);
+        }
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": { "mediaType": artifact.config_media_type, "digest": config, "size": artifact.config.len() },
+            "layers": layers,
+        });
+        self.push_manifest(repo, tag, serde_json::to_vec(&manifest).expect("JSON")).await
+    }
+}
+
+/// An image or artifact to push: config blob and layers.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    pub config_media_type: String,
+    pub config: Vec<u8>,
+    pub layers: Vec<Layer>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub media_type: String,
+    pub data: Vec<u8>,
+    pub annotations: std::collections::BTreeMap<String, String>,
+}

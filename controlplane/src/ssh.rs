@@ -1,0 +1,222 @@
+//! The SSH edge: one multiplexed session per host (openssh, process-mux), host keys
+//! pinned from the manifests, output bounded. The only module that imports openssh.
+
+use crate::manifest::Host;
+use crate::remote::RemoteCommand;
+use async_trait::async_trait;
+use openssh::{KnownHosts, SessionBuilder, Stdio};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("host `{host}` refused the connection")]
+    Refused { host: String },
+    #[error("host `{host}` did not answer within {secs} s")]
+    Timeout { host: String, secs: u64 },
+    #[error("SECURITY: host `{host}` presented a host key that does not match the pinned key; not connecting")]
+    HostKeyMismatch { host: String },
+    #[error("host `{host}` rejected our SSH key for user `{user}`")]
+    AuthFailed { host: String, user: String },
+    #[error("cannot connect to host `{host}`: {detail}")]
+    Connect { host: String, detail: String },
+    #[error("command on host `{host}` failed to run: {detail}")]
+    Run { host: String, detail: String },
+    #[error("host `{host}` sent more than {limit} bytes of output")]
+    OutputTooLarge { host: String, limit: usize },
+    #[error("cannot prepare SSH client files in `{}`", path.display())]
+    Local {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SshError {
+    /// Classifies what `ssh` printed when a connection failed.
+    pub fn from_ssh_message(host: &Host, message: &str, timeout_secs: u64) -> Self {
+        let host_name = host.name.to_string();
+        let m = message.to_ascii_lowercase();
+        if m.contains("host key verification failed") || m.contains("remote host identification has changed") || m.contains("no matching host key") {
+            Self::HostKeyMismatch { host: host_name }
+        } else if m.contains("connection refused") {
+            Self::Refused { host: host_name }
+        } else if m.contains("timed out") || m.contains("timeout") {
+            Self::Timeout { host: host_name, secs: timeout_secs }
+        } else if m.contains("permission denied") {
+            Self::AuthFailed { host: host_name, user: host.user.to_string() }
+        } else {
+            Self::Connect { host: host_name, detail: message.trim().lines().last().unwrap_or("").to_owned() }
+        }
+    }
+}
+
+/// What a remote command produced, bounded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutput {
+    /// `None` when the remote process was killed by a signal.
+    pub status: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl CommandOutput {
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+}
+
+/// Running commands on one host: what `apply` and `probe` need from SSH.
+#[async_trait]
+pub trait Remote: Send + Sync {
+    fn host(&self) -> &Host;
+    /// Runs `cmd` with `stdin`, keeping at most `limit` bytes of stdout, within `timeout`.
+    async fn run(&self, cmd: &RemoteCommand, stdin: Option<&[u8]>, limit: usize, timeout: Duration) -> Result<CommandOutput, SshError>;
+}
+
+/// The `known_hosts` line that pins `host`'s key.
+pub fn known_hosts_line(host: &Host) -> String {
+    let name = if host.port == 22 { host.address.clone() } else { format!("[{}]:{}", host.address, host.port) };
+    format!("{name} {}", host.host_key)
+}
+
+/// Client-side files: a known_hosts with exactly the pinned keys, the identity.
+#[derive(Debug)]
+pub struct SshClient {
+    dir: tempfile::TempDir,
+    identity: PathBuf,
+    connect_timeout: Duration,
+}
+
+impl SshClient {
+    pub fn new<'a>(hosts: impl IntoIterator<Item = &'a Host>, identity: &Path, connect_timeout: Duration) -> Result<Self, SshError> {
+        let tmp = std::env::temp_dir();
+        let local = |source| SshError::Local { path: tmp.clone(), source };
+        let dir = tempfile::Builder::new().prefix("agentctl-ssh-").tempdir().map_err(local)?;
+        let lines: Vec<String> = hosts.into_iter().map(known_hosts_line).collect();
+        std::fs::write(dir.path().join("known_hosts"), lines.join("\n") + "\n").map_err(local)?;
+        std::fs::write(dir.path().join("config"), "").map_err(local)?;
+        Ok(Self { dir, identity: identity.to_path_buf(), connect_timeout })
+    }
+
+    pub fn known_hosts(&self) -> PathBuf {
+        self.dir.path().join("known_hosts")
+    }
+
+    /// `ssh` options for a fresh, non-multiplexed connection (used by probes).
+    pub fn ssh_args(&self, host: &Host) -> Vec<String> {
+        let secs = self.connect_timeout.as_secs().max(1);
+        let o = |s: String| ["-o".to_owned(), s];
+        let mut args = vec!["-F".to_owned(), self.dir.path().join("config").display().to_string(), "-T".to_owned()];
+        for opt in [
+            "BatchMode=yes".to_owned(),
+            "StrictHostKeyChecking=yes".to_owned(),
+            format!("UserKnownHostsFile={}", self.known_hosts().display()),
+            "GlobalKnownHostsFile=/dev/null".to_owned(),
+            "IdentitiesOnly=yes".to_owned(),
+            "ControlMaster=no".to_owned(),
+            "ControlPath=none".to_owned(),
+            format!("ConnectTimeout={secs}"),
+            "LogLevel=ERROR".to_owned(),
+        ] {
+            args.extend(o(opt));
+        }
+        args.extend(["-i".to_owned(), self.identity.display().to_string(), "-p".to_owned(), host.port.to_string()]);
+        args.extend(["-l".to_owned(), host.user.to_string(), host.address.clone()]);
+        args
+    }
+
+    /// Opens the one session used for every command to `host` in this run.
+    #[tracing::instrument(skip_all, fields(host = %host.name))]
+    pub async fn connect(&self, host: &Host) -> Result<SshSession, SshError> {
+        let mut b = SessionBuilder::default();
+        b.user(host.user.to_string())
+            .port(host.port)
+            .keyfile(&self.identity)
+            .known_hosts_check(KnownHosts::Strict)
+            .user_known_hosts_file(self.known_hosts())
+            .config_file(self.dir.path().join("config"))
+            .connect_timeout(self.connect_timeout)
+            .control_directory(self.dir.path());
+        let secs = self.connect_timeout.as_secs();
+        let session = tokio::time::timeout(self.connect_timeout + Duration::from_secs(5), b.connect(&host.address))
+            .await
+            .map_err(|_| SshError::Timeout { host: host.name.to_string(), secs })?
+            .map_err(|e| SshError::from_ssh_message(host, &error_chain(&e), secs))?;
+        Ok(SshSession { host: host.clone(), session })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// An open, multiplexed connection to one host.
+#[derive(Debug)]
+pub struct SshSession {
+    host: Host,
+    session: openssh::Session,
+}
+
+impl SshSession {
+    pub async fn close(self) {
+        let _ = self.session.close().await;
+    }
+}
+
+#[async_trait]
+impl Remote for SshSession {
+    fn host(&self) -> &Host {
+        &self.host
+    }
+
+    async fn run(&self, cmd: &RemoteCommand, stdin: Option<&[u8]>, limit: usize, timeout: Duration) -> Result<CommandOutput, SshError> {
+        let host = self.host.name.to_string();
+        let run_err = |detail: String| SshError::Run { host: host.clone(), detail };
+        let mut command = self.session.command(cmd.program.as_str());
+        for a in &cmd.args {
+            command.arg(a);
+        }
+        command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let work = async {
+            let mut child = command.spawn().await.map_err(|e| run_err(error_chain(&e)))?;
+            if let (Some(data), Some(mut pipe)) = (stdin, child.stdin().take()) {
+                pipe.write_all(data).await.map_err(|e| run_err(e.to_string()))?;
+                pipe.shutdown().await.map_err(|e| run_err(e.to_string()))?;
+            }
+            let mut out = child.stdout().take().expect("stdout is piped");
+            let mut err = child.stderr().take().expect("stderr is piped");
+            let (stdout, stderr) = tokio::join!(read_bounded(&mut out, limit), read_bounded(&mut err, 64 * 1024));
+            let stdout = stdout.map_err(|e| run_err(e.to_string()))?;
+            let stderr = stderr.map_err(|e| run_err(e.to_string()))?;
+            let status = child.wait().await.map_err(|e| run_err(error_chain(&e)))?;
+            Ok::<_, SshError>((status, stdout, stderr))
+        };
+        let (status, stdout, stderr) = tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| SshError::Timeout { host: host.clone(), secs: timeout.as_secs() })??;
+        let Some(stdout) = stdout else { return Err(SshError::OutputTooLarge { host, limit }) };
+        let stderr = String::from_utf8_lossy(&stderr.unwrap_or_default()).into_owned();
+        Ok(CommandOutput { status: status.code(), stdout, stderr })
+    }
+}
+
+/// Reads at most `limit` bytes; `None` if there was more.
+pub async fn read_bounded<R: tokio::io::AsyncRead + Unpin>(r: &mut R, limit: usize) -> std::io::Result<Option<Vec<u8>>> {
+    let mut buf = Vec::new();
+    (&mut *r).take(limit as u64 + 1).read_to_end(&mut buf).await?;
+    if buf.len() > limit {
+        // Drain the rest so the remote process is not blocked on a full pipe.
+        tokio::io::copy(r, &mut tokio::io::sink()).await?;
+        return Ok(None);
+    }
+    Ok(Some(buf))
+}

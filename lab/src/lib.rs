@@ -1,0 +1,482 @@
+//! A lab of real parts on loopback: Debian's `docker-registry` and N golden VMs, each a
+//! real `sshd` with its own host key, runtime root and runtime shim. Tests hold a
+//! [`Lab`] and everything stops when it is dropped (also when the test panics);
+//! `cargo xtask lab up` keeps one running for an operator.
+
+mod image;
+
+pub use image::{build_image, TestImage};
+
+use controlplane::image::{PinnedImage, Repository};
+use controlplane::manifest::RegistrySettings;
+use controlplane::registry::Registry;
+use serde::{Deserialize, Serialize};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SSHD: &str = "/usr/sbin/sshd";
+pub const REGISTRY: &str = "/usr/bin/docker-registry";
+/// The login golden VMs are reached as when the lab runs as root: a minimal `/bin/sh`
+/// account, so no shell rc file is read per command.
+pub const LAB_USER: &str = "agentlab";
+/// Debian packages the lab needs.
+pub const PACKAGES: &[&str] = &["openssh-server", "openssh-client", "docker-registry"];
+const RUNTIME_SHIM: &str = include_str!("agent-runtime.sh");
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("`{0}` is not installed; install the Debian packages {packages}", packages = PACKAGES.join(" "))]
+    Missing(&'static str),
+    #[error("lab I/O on `{}`", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed: {detail}")]
+    Command { command: String, detail: String },
+    #[error("{what} did not start within {secs} s; its log: {log}")]
+    Start { what: String, secs: u64, log: String },
+    #[error(transparent)]
+    Init(#[from] controlplane::init::InitError),
+    #[error(transparent)]
+    Registry(#[from] controlplane::registry::RegistryError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LabError + '_ {
+    move |source| LabError::Io { path: path.to_path_buf(), source }
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    /// Golden VMs in all.
+    pub hosts: usize,
+    /// How many of them form `staging`; the rest are `prod`.
+    pub staging: usize,
+    pub registry: bool,
+    /// Keep the lab in this directory (for `lab up`); `None`: a temporary directory.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for LabConfig {
+    fn default() -> Self {
+        Self { hosts: 3, staging: 1, registry: true, dir: None }
+    }
+}
+
+/// One golden VM.
+#[derive(Debug, Serialize, Deserialize, Clone)]
+pub struct VmInfo {
+    pub name: String,
+    pub environment: String,
+    pub port: u16,
+    pub pid: u32,
+    /// `ssh-ed25519 AAAA...`, as pinned in the manifests.
+    pub host_key: String,
+    /// The host's directory: sshd config, keys, `root/` and `runtime/`.
+    pub dir: PathBuf,
+}
+
+impl VmInfo {
+    /// The runtime root the manifests name.
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+    /// The runtime shim's state.
+    pub fn runtime(&self) -> PathBuf {
+        self.dir.join("runtime")
+    }
+}
+
+/// What `lab up` records so `lab down` and `lab status` can find everything.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LabInfo {
+    pub dir: PathBuf,
+    pub user: String,
+    pub registry: Option<RegistryInfo>,
+    pub hosts: Vec<VmInfo>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone)]
+pub struct RegistryInfo {
+    pub port: u16,
+    pub pid: u32,
+}
+
+impl RegistryInfo {
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// A running lab. Dropping it stops every process and removes its directory
+/// (unless it was started with a fixed `dir` and then [`Lab::detach`]ed).
+#[derive(Debug)]
+pub struct Lab {
+    pub info: LabInfo,
+    children: Vec<Child>,
+    tmp: Option<tempfile::TempDir>,
+    keep: bool,
+}
+
+impl Lab {
+    /// Starts a registry and golden VMs, scaffolds a project (manifests, state, keys,
+    /// receipts) in the lab directory and points the manifests at the lab.
+    pub async fn start(cfg: LabConfig) -> Result<Lab, LabError> {
+        for bin in [SSHD, "/usr/bin/ssh-keygen"].into_iter().chain(cfg.registry.then_some(REGISTRY)) {
+            if !Path::new(bin).exists() {
+                return Err(LabError::Missing(bin));
+            }
+        }
+        let (tmp, dir) = match &cfg.dir {
+            Some(d) => (None, d.clone()),
+            None => {
+                let t = tempfile::Builder::new().prefix("agentlab-").tempdir().map_err(io(Path::new("/tmp")))?;
+                let d = t.path().to_path_buf();
+                (Some(t), d)
+            }
+        };
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let user = lab_user()?;
+        let mut lab = Lab { info: LabInfo { dir: dir.clone(), user: user.clone(), registry: None, hosts: Vec::new() }, children: Vec::new(), tmp, keep: false };
+        // World-traversable, so the lab user can reach its runtime root under it.
+        set_mode(&dir, 0o755)?;
+        controlplane::init::scaffold(&dir, b"").await?;
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).map_err(io(&bin))?;
+        write_mode(&bin.join("agent-runtime"), RUNTIME_SHIM.as_bytes(), 0o755)?;
+        let client_pub = std::fs::read_to_string(dir.join("state/ssh/id_ed25519.pub")).map_err(io(&dir))?;
+        if is_root() {
+            std::fs::create_dir_all("/run/sshd").map_err(io(Path::new("/run/sshd")))?;
+        }
+
+        let started = Instant::now();
+        for i in 0..cfg.hosts {
+            let (name, env) = if i < cfg.staging { (format!("stage-{}", i + 1), "staging") } else { (format!("prod-{}", i + 1 - cfg.staging), "prod") };
+            let (vm, child) = start_vm(&dir, &name, env, &user, &client_pub)?;
+            lab.children.push(child);
+            lab.info.hosts.push(vm);
+        }
+        if cfg.registry {
+            let (reg, child) = start_registry(&dir)?;
+            lab.children.push(child);
+            lab.info.registry = Some(reg);
+        }
+        // Wait for every listener at once: the processes start in parallel.
+        let ports: Vec<(String, u16)> = lab
+            .info
+            .hosts
+            .iter()
+            .map(|h| (format!("golden VM `{}`", h.name), h.port))
+            .chain(lab.info.registry.iter().map(|r| ("registry".to_owned(), r.port)))
+            .collect();
+        for (what, port) in ports {
+            wait_listening(&what, port, &dir, started)?;
+        }
+        lab.write_manifests()?;
+        lab.write_info()?;
+        Ok(lab)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.info.dir
+    }
+
+    pub fn manifests(&self) -> PathBuf {
+        self.dir().join("manifests")
+    }
+
+    pub fn registry_host(&self) -> String {
+        self.info.registry.as_ref().map(RegistryInfo::host).unwrap_or_default()
+    }
+
+    /// The release-signing key `init` made (password: empty).
+    pub fn release_key(&self) -> PathBuf {
+        self.dir().join("state/release.key")
+    }
+
+    pub fn host(&self, name: &str) -> &VmInfo {
+        self.info.hosts.iter().find(|h| h.name == name).unwrap_or_else(|| panic!("no lab host `{name}`"))
+    }
+
+    /// A registry client that knows the lab registry is plain HTTP.
+    pub fn registry_client(&self) -> Registry {
+        Registry::new(&[RegistrySettings { host: self.registry_host(), insecure: true, username_env: None, password_env: None }])
+    }
+
+    /// Builds an image whose single layer holds `content` and pushes it as `path:tag`.
+    pub async fn push_image(&self, path: &str, tag: &str, content: &str) -> Result<PinnedImage, LabError> {
+        let repo = Repository::new(&format!("{}/{path}", self.registry_host())).expect("lab repository names are valid");
+        let img = build_image(content);
+        let digest = self.registry_client().push_artifact(&repo, Some(tag), &img.artifact).await?;
+        Ok(PinnedImage { repository: repo, digest })
+    }
+
+    /// Stops a host's sshd (to make it unreachable).
+    pub fn stop_host(&mut self, name: &str) {
+        let pid = self.host(name).pid;
+        if let Some(c) = self.children.iter_mut().find(|c| c.id() == pid) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the registry (to test outages).
+    pub fn stop_registry(&mut self) {
+        if let Some(pid) = self.info.registry.as_ref().map(|r| r.pid) {
+            if let Some(c) = self.children.iter_mut().find(|c| c.id() == pid) {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    /// Leaves the processes and the directory in place (for `lab up`).
+    pub fn detach(mut self) -> LabInfo {
+        self.keep = true;
+        if let Some(t) = self.tmp.take() {
+            let _ = t.keep();
+        }
+        self.children.clear();
+        std::mem::replace(&mut self.info, LabInfo { dir: PathBuf::new(), user: String::new(), registry: None, hosts: Vec::new() })
+    }
+
+    fn write_info(&self) -> Result<(), LabError> {
+        let path = self.dir().join("lab.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&self.info).expect("JSON")).map_err(io(&path))
+    }
+
+    /// Points the scaffolded manifests at this lab: registry, hosts, runtime shim.
+    fn write_manifests(&self) -> Result<(), LabError> {
+        let m = self.manifests();
+        if self.info.registry.is_some() {
+            self.point_at_registry(&m)?;
+        }
+        self.write_environments(&m)
+    }
+
+    fn point_at_registry(&self, m: &Path) -> Result<(), LabError> {
+        let cp = m.join("controlplane.toml");
+        let text = std::fs::read_to_string(&cp).map_err(io(&cp))?;
+        let text = text.replace("host = \"127.0.0.1:5000\"", &format!("host = \"{}\"", self.registry_host()));
+        std::fs::write(&cp, text).map_err(io(&cp))?;
+
+        let svc = m.join("services/api.toml");
+        let text = std::fs::read_to_string(&svc).map_err(io(&svc))?;
+        let text = text.replace("image = \"127.0.0.1:5000/demo/api\"", &format!("image = \"{}/demo/api\"", self.registry_host()));
+        std::fs::write(&svc, text).map_err(io(&svc))
+    }
+
+    fn write_environments(&self, m: &Path) -> Result<(), LabError> {
+        for env in ["staging", "prod"] {
+            let mut out = String::from("# Written by the lab: golden VMs on loopback.\n");
+            if env == "prod" {
+                out.push_str("after = \"staging\"\napprovals = 0\n");
+            } else {
+                out.push_str("approvals = 0\n");
+            }
+            out.push_str("\n[rollout]\nbatch = 1\nhealth_timeout_secs = 10\n");
+            for h in self.info.hosts.iter().filter(|h| h.environment == env) {
+                out.push_str(&format!(
+                    "\n[[host]]\nname = \"{}\"\naddress = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\nhost_key = \"{}\"\nroot = \"{}\"\n",
+                    h.name,
+                    h.port,
+                    self.info.user,
+                    h.host_key,
+                    h.root().display()
+                ));
+            }
+            let path = m.join(format!("environments/{env}.toml"));
+            if out.contains("[[host]]") {
+                std::fs::write(&path, out).map_err(io(&path))?;
+            } else {
+                std::fs::remove_file(&path).map_err(io(&path))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+        }
+        for c in &mut self.children {
+            let _ = c.wait();
+        }
+        if self.tmp.is_none() && !self.info.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.info.dir);
+        }
+    }
+}
+
+/// Stops a lab that `lab up` left running and removes its directory.
+pub fn down(dir: &Path) -> Result<LabInfo, LabError> {
+    let path = dir.join("lab.json");
+    let info: LabInfo = serde_json::from_slice(&std::fs::read(&path).map_err(io(&path))?)
+        .map_err(|e| LabError::Command { command: format!("read {}", path.display()), detail: e.to_string() })?;
+    let pids: Vec<u32> = info.hosts.iter().map(|h| h.pid).chain(info.registry.iter().map(|r| r.pid)).collect();
+    for pid in &pids {
+        let _ = Command::new("kill").arg(pid.to_string()).stderr(Stdio::null()).status();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_dir_all(dir).map_err(io(dir))?;
+    Ok(info)
+}
+
+/// Whether process `pid` exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+}
+
+/// Whether something listens on 127.0.0.1:`port`.
+pub fn listening(port: u16) -> bool {
+    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// The account golden VMs are logged in to: a dedicated `/bin/sh` user when root.
+fn lab_user() -> Result<String, LabError> {
+    if !is_root() {
+        let out = Command::new("id").arg("-un").output().map_err(|e| LabError::Command { command: "id -un".into(), detail: e.to_string() })?;
+        return Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    }
+    let exists = Command::new("id").arg(LAB_USER).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !exists {
+        let out = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/bin/sh", LAB_USER])
+            .output()
+            .map_err(|e| LabError::Command { command: "useradd".into(), detail: e.to_string() })?;
+        // Exit 9: created concurrently by a parallel test.
+        if !out.status.success() && out.status.code() != Some(9) {
+            return Err(LabError::Command { command: "useradd".into(), detail: String::from_utf8_lossy(&out.stderr).into() });
+        }
+    }
+    // `*`: no password can match, but the account is not locked (sshd refuses locked ones).
+    run(Command::new("usermod").args(["--password", "*", LAB_USER]))?;
+    Ok(LAB_USER.to_owned())
+}
+
+fn free_port() -> Result<u16, LabError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(io(Path::new("127.0.0.1:0")))?;
+    Ok(l.local_addr().map_err(io(Path::new("127.0.0.1:0")))?.port())
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), LabError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io(path))
+}
+
+fn write_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), LabError> {
+    std::fs::write(path, bytes).map_err(io(path))?;
+    set_mode(path, mode)
+}
+
+fn run(cmd: &mut Command) -> Result<(), LabError> {
+    let out = cmd.output().map_err(|e| LabError::Command { command: format!("{cmd:?}"), detail: e.to_string() })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(LabError::Command { command: format!("{cmd:?}"), detail: String::from_utf8_lossy(&out.stderr).into() })
+    }
+}
+
+fn start_vm(lab: &Path, name: &str, env: &str, user: &str, client_pub: &str) -> Result<(VmInfo, Child), LabError> {
+    let dir = lab.join("hosts").join(name);
+    for d in [dir.join("root"), dir.join("runtime")] {
+        std::fs::create_dir_all(&d).map_err(io(&d))?;
+    }
+    set_mode(&dir.join("root"), 0o755)?;
+    set_mode(&dir, 0o755)?;
+    set_mode(&lab.join("hosts"), 0o755)?;
+    if is_root() {
+        run(Command::new("chown").arg(format!("{user}:")).arg(dir.join("root")).arg(dir.join("runtime")))?;
+    }
+    let key = dir.join("ssh_host_ed25519_key");
+    run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "", "-f"]).arg(&key))?;
+    let pubkey = std::fs::read_to_string(key.with_extension("pub")).map_err(io(&key))?;
+    let host_key = pubkey.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    write_mode(&dir.join("authorized_keys"), client_pub.as_bytes(), 0o644)?;
+    let port = free_port()?;
+    let config = format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {key}\nPidFile {pid}\nAuthorizedKeysFile {auth}\n\
+         StrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+         PubkeyAuthentication yes\nUsePAM no\nX11Forwarding no\nPrintMotd no\nPrintLastLog no\nAllowUsers {user}\n\
+         MaxSessions 200\nMaxStartups 500:30:1000\nLogLevel ERROR\n\
+         SetEnv AGENT_RUNTIME_DIR={runtime} PATH={bin}:/usr/local/bin:/usr/bin:/bin\n",
+        key = key.display(),
+        pid = dir.join("sshd.pid").display(),
+        auth = dir.join("authorized_keys").display(),
+        runtime = dir.join("runtime").display(),
+        bin = lab.join("bin").display(),
+    );
+    let cfg = dir.join("sshd_config");
+    std::fs::write(&cfg, config).map_err(io(&cfg))?;
+    let log = std::fs::File::create(dir.join("sshd.log")).map_err(io(&dir))?;
+    let child = Command::new(SSHD)
+        .arg("-D")
+        .arg("-e")
+        .arg("-f")
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| LabError::Command { command: SSHD.into(), detail: e.to_string() })?;
+    let vm = VmInfo { name: name.into(), environment: env.into(), port, pid: child.id(), host_key, dir };
+    Ok((vm, child))
+}
+
+fn start_registry(lab: &Path) -> Result<(RegistryInfo, Child), LabError> {
+    let dir = lab.join("registry");
+    std::fs::create_dir_all(dir.join("storage")).map_err(io(&dir))?;
+    let port = free_port()?;
+    let config = format!(
+        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+        dir.join("storage").display()
+    );
+    let cfg = dir.join("config.yml");
+    std::fs::write(&cfg, config).map_err(io(&cfg))?;
+    let log = std::fs::File::create(dir.join("registry.log")).map_err(io(&dir))?;
+    let child = Command::new(REGISTRY)
+        .arg("serve")
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| LabError::Command { command: REGISTRY.into(), detail: e.to_string() })?;
+    Ok((RegistryInfo { port, pid: child.id() }, child))
+}
+
+fn wait_listening(what: &str, port: u16, lab: &Path, since: Instant) -> Result<(), LabError> {
+    let limit = Duration::from_secs(20);
+    while since.elapsed() < limit {
+        if listening(port) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log = std::fs::read_dir(lab.join("hosts"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("sshd.log")).ok())
+        .chain(std::fs::read_to_string(lab.join("registry/registry.log")).ok())
+        .collect::<Vec<_>>()
+        .join("\n");
+    Err(LabError::Start { what: what.into(), secs: limit.as_secs(), log })
+}
