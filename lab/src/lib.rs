@@ -360,13 +360,27 @@ fn lab_user() -> Result<String, LabError> {
             .args(["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/bin/sh", LAB_USER])
             .output()
             .map_err(|e| LabError::Command { command: "useradd".into(), detail: e.to_string() })?;
-        // Exit 9: created concurrently by a parallel test.
-        if !out.status.success() && out.status.code() != Some(9) {
+        // Exit 9: created concurrently by a parallel test; exit 10: /etc/passwd was locked
+        // by that creation, so check again below.
+        let raced = Command::new("id").arg(LAB_USER).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+        if !out.status.success() && !raced {
             return Err(LabError::Command { command: "useradd".into(), detail: String::from_utf8_lossy(&out.stderr).into() });
         }
     }
     // `*`: no password can match, but the account is not locked (sshd refuses locked ones).
-    run(Command::new("usermod").args(["--password", "*", LAB_USER]))?;
+    // Parallel test processes may race on /etc/passwd's lock: retry a few times.
+    let locked = || {
+        Command::new("getent").args(["shadow", LAB_USER]).output().is_ok_and(|o| o.stdout.split(|b| *b == b':').nth(1).is_some_and(|p| p.starts_with(b"!")))
+    };
+    for attempt in 1.. {
+        if !locked() {
+            break;
+        }
+        match run(Command::new("usermod").args(["--password", "*", LAB_USER])) {
+            Err(e) if attempt >= 20 => return Err(e),
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
     Ok(LAB_USER.to_owned())
 }
 

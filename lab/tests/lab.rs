@@ -85,3 +85,20 @@ async fn a_lab_is_stopped_when_the_test_panics() {
     assert!(!lab::alive(pid));
     assert!(!lab_dir.exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lab_down_stops_a_detached_lab() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("lab");
+    let lab = Lab::start(LabConfig { hosts: 3, staging: 1, registry: true, dir: Some(dir.clone()) }).await.unwrap();
+    let info = lab.detach();
+    let pids: Vec<u32> = info.hosts.iter().map(|h| h.pid).chain(info.registry.iter().map(|r| r.pid)).collect();
+    let ports: Vec<u16> = info.hosts.iter().map(|h| h.port).chain(info.registry.iter().map(|r| r.port)).collect();
+    assert!(pids.iter().all(|p| lab::alive(*p)), "detached processes keep running");
+    assert!(dir.join("lab.json").exists());
+
+    lab::down(&dir).unwrap();
+    assert!(!dir.exists());
+    assert!(pids.iter().all(|p| !lab::alive(*p)));
+    assert!(ports.iter().all(|p| !lab::listening(*p)));
+}

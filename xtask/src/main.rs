@@ -1,0 +1,152 @@
+//! `cargo xtask`: the project's tasks.
+//!
+//! - `setup`: install the Debian packages the lab and tests need (as root), or say which.
+//! - `lab up|down|status`: a lab left running for an operator to try commands on.
+//! - `quickstart`: the main job end to end with the real `agentctl` on a fresh lab.
+//! - `test`: `setup`, then the whole test suite.
+
+mod quickstart;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use lab::{Lab, LabConfig};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the Debian packages the lab needs (apt-get, as root).
+    Setup,
+    /// A lab of real parts on loopback: a registry and golden VMs.
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+    /// Bring up a lab and run the main job end to end with the real `agentctl`.
+    Quickstart {
+        /// Keep the lab running afterwards (in `lab-run/`).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Install what the tests need, then run them all.
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Start a lab and leave it running.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        hosts: usize,
+        /// How many of the hosts form `staging` (the rest are `prod`).
+        #[arg(long, default_value_t = 1)]
+        staging: usize,
+        #[arg(long, default_value = "lab-run")]
+        dir: PathBuf,
+    },
+    /// Stop the lab and remove its directory.
+    Down {
+        #[arg(long, default_value = "lab-run")]
+        dir: PathBuf,
+    },
+    /// Show what runs.
+    Status {
+        #[arg(long, default_value = "lab-run")]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    match cli.task {
+        Task::Setup => setup(),
+        Task::Lab { command } => rt.block_on(lab_command(command)),
+        Task::Quickstart { keep } => {
+            setup()?;
+            rt.block_on(quickstart::run(keep))
+        }
+        Task::Test { args } => {
+            setup()?;
+            let status = Command::new(env!("CARGO")).args(["test", "--workspace"]).args(&args).status()?;
+            if !status.success() {
+                bail!("tests failed");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Installs missing Debian packages (root), or names them (not root).
+pub fn setup() -> anyhow::Result<()> {
+    let needed: &[(&str, &str)] = &[
+        ("openssh-server", "/usr/sbin/sshd"),
+        ("openssh-client", "/usr/bin/ssh"),
+        ("docker-registry", lab::REGISTRY),
+        ("skopeo", "/usr/bin/skopeo"),
+        ("openssl", "/usr/bin/openssl"),
+    ];
+    let missing: Vec<&str> = needed.iter().filter(|(_, bin)| !Path::new(bin).exists()).map(|(p, _)| *p).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if !root {
+        bail!("missing Debian packages; run as root: apt-get update && apt-get install -y {}", missing.join(" "));
+    }
+    eprintln!("installing {}", missing.join(" "));
+    let ok = Command::new("apt-get").arg("update").arg("-q").status()?.success()
+        && Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive").status()?.success();
+    if !ok {
+        bail!("apt-get install {} failed", missing.join(" "));
+    }
+    Ok(())
+}
+
+async fn lab_command(cmd: LabCommand) -> anyhow::Result<()> {
+    match cmd {
+        LabCommand::Up { hosts, staging, dir } => {
+            setup()?;
+            if dir.exists() {
+                bail!("`{}` exists: run `cargo xtask lab down --dir {}` first", dir.display(), dir.display());
+            }
+            let dir = std::path::absolute(&dir)?;
+            let started = Instant::now();
+            let lab = Lab::start(LabConfig { hosts, staging, registry: true, dir: Some(dir.clone()) }).await?;
+            let elapsed = started.elapsed();
+            let info = lab.detach();
+            println!("lab up in {:.2} s: registry {} and {} golden VM(s) in `{}`", elapsed.as_secs_f64(), info.registry.as_ref().map(|r| r.host()).unwrap_or_default(), info.hosts.len(), dir.display());
+            println!("try: target/debug/agentctl --manifests {} check", dir.join("manifests").display());
+            println!("stop: cargo xtask lab down --dir {}", dir.display());
+            Ok(())
+        }
+        LabCommand::Down { dir } => {
+            let info = lab::down(&dir).with_context(|| format!("no lab in `{}`", dir.display()))?;
+            println!("lab down: stopped {} process(es), removed `{}`", info.hosts.len() + usize::from(info.registry.is_some()), dir.display());
+            Ok(())
+        }
+        LabCommand::Status { dir } => {
+            let path = dir.join("lab.json");
+            let info: lab::LabInfo = serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("no lab in `{}`", dir.display()))?)?;
+            if let Some(r) = &info.registry {
+                println!("registry  {}  pid {}  {}", r.host(), r.pid, if lab::alive(r.pid) { "up" } else { "DOWN" });
+            }
+            for h in &info.hosts {
+                println!("{:<10} {:<8} 127.0.0.1:{}  pid {}  {}", h.name, h.environment, h.port, h.pid, if lab::alive(h.pid) { "up" } else { "DOWN" });
+            }
+            Ok(())
+        }
+    }
+}
