@@ -29,9 +29,7 @@ impl Repository {
             return Err(ImageError::Repository(s.to_owned()));
         };
         let registry_ok = !registry.is_empty()
-            && registry
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+            && registry.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
             && (registry.contains('.') || registry.contains(':') || registry == "localhost");
         let path_ok = !path.is_empty()
             && path.split('/').all(|c| {
@@ -84,9 +82,9 @@ pub struct Digest(String);
 
 impl Digest {
     pub fn new(s: &str) -> Result<Self, ImageError> {
-        let ok = s.strip_prefix("sha256:").is_some_and(|h| {
-            h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        });
+        let ok = s
+            .strip_prefix("sha256:")
+            .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -147,10 +145,7 @@ impl fmt::Display for PinnedImage {
 impl ImageRef {
     pub fn parse(s: &str) -> Result<Self, ImageError> {
         if let Some((repo, digest)) = s.split_once('@') {
-            return Ok(Self::Pinned(PinnedImage {
-                repository: Repository::new(repo)?,
-                digest: Digest::new(digest)?,
-            }));
+            return Ok(Self::Pinned(PinnedImage { repository: Repository::new(repo)?, digest: Digest::new(digest)? }));
         }
         let last = last_segment(s);
         let (repo, tag) = match last.rsplit_once(':') {
@@ -207,7 +202,9 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(ImageRef::parse("127.0.0.1:5000/demo/api").unwrap(), ImageRef::Tagged { tag, .. } if tag == "latest"));
+        assert!(
+            matches!(ImageRef::parse("127.0.0.1:5000/demo/api").unwrap(), ImageRef::Tagged { tag, .. } if tag == "latest")
+        );
         assert!(ImageRef::parse("127.0.0.1:5000/demo/api@sha256:zz").is_err());
     }
 }

@@ -108,22 +108,8 @@ fn ssh_keygen(path: &Path) -> Result<(), InitError> {
     }
 }
 
-pub const RECEIPTS_README: &str = "\
-# receipts/
-
-One signed JSON receipt per apply, rollback, refused plan, approval and lock override,
-written by the control plane as `<seq>-<kind>.json` with a detached signature
-`<seq>-<kind>.json.sig` (ECDSA P-256 over SHA-256 of the file, base64, cosign `verify-blob`
-format). Each receipt carries the sha256 of the one before it, so the files form a chain.
-
-Verify the whole chain offline with only this directory and the public key:
-
-    agentctl receipts verify --dir receipts --key manifests/trust/receipts.pub
-
-or a single receipt with standard tools:
-
-    cosign verify-blob --key manifests/trust/receipts.pub --signature 000001-apply.json.sig 000001-apply.json
-";
+/// The README `init` puts in `receipts/`: the same as the repository's.
+pub const RECEIPTS_README: &str = include_str!("../../receipts/README.md");
 
 #[cfg(test)]
 mod tests {

@@ -3,8 +3,8 @@
 //! PKIX PEM. Used for release signatures and for receipts.
 
 use sha2::{Digest as _, Sha256};
-use sigstore::crypto::{CosignVerificationKey, SigStoreSigner, Signature, SigningScheme};
 use sigstore::crypto::signing_key::SigStoreKeyPair;
+use sigstore::crypto::{CosignVerificationKey, SigStoreSigner, Signature, SigningScheme};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
@@ -56,13 +56,15 @@ impl SigningKey {
 
     fn from_signer(signer: SigStoreSigner) -> Result<Self, sigstore::errors::SigstoreError> {
         let pem = signer.to_sigstore_keypair()?.public_key_to_pem()?;
-        let public = PublicKey::from_pem("generated", &pem).map_err(|e| sigstore::errors::SigstoreError::KeyParseError(e.to_string()))?;
+        let public = PublicKey::from_pem("generated", &pem)
+            .map_err(|e| sigstore::errors::SigstoreError::KeyParseError(e.to_string()))?;
         Ok(Self { signer, public })
     }
 
     /// Decrypts a cosign-format private key (ours or `cosign generate-key-pair`'s).
     pub fn from_encrypted_pem(path: &Path, pem: &[u8], password: &[u8]) -> Result<Self, KeyError> {
-        let err = |e: sigstore::errors::SigstoreError| KeyError::Private { path: path.to_path_buf(), detail: e.to_string() };
+        let err =
+            |e: sigstore::errors::SigstoreError| KeyError::Private { path: path.to_path_buf(), detail: e.to_string() };
         let pair = SigStoreKeyPair::from_encrypted_pem(pem, password).map_err(err)?;
         let signer = pair.to_sigstore_signer(&SCHEME).map_err(err)?;
         Self::from_signer(signer).map_err(err)
@@ -70,7 +72,8 @@ impl SigningKey {
 
     /// Reads and decrypts the private key at `path`.
     pub fn load(path: &Path, password: &[u8]) -> Result<Self, KeyError> {
-        let pem = Zeroizing::new(std::fs::read(path).map_err(|source| KeyError::Read { path: path.to_path_buf(), source })?);
+        let pem =
+            Zeroizing::new(std::fs::read(path).map_err(|source| KeyError::Read { path: path.to_path_buf(), source })?);
         Self::from_encrypted_pem(path, &pem, password)
     }
 
@@ -151,11 +154,17 @@ impl PublicKey {
         let err = |detail: String| KeyError::Public { name: name.to_owned(), detail };
         let key = CosignVerificationKey::from_pem(pem.as_bytes(), &SCHEME).map_err(|e| err(e.to_string()))?;
         let der = pem_body(pem).ok_or_else(|| err("no PEM body".into()))?;
-        Ok(Self { key, pem: pem.to_owned(), key_id: format!("sha256:{}", hex::encode(Sha256::digest(der))), name: name.to_owned() })
+        Ok(Self {
+            key,
+            pem: pem.to_owned(),
+            key_id: format!("sha256:{}", hex::encode(Sha256::digest(der))),
+            name: name.to_owned(),
+        })
     }
 
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: path.to_path_buf(), source })?;
+        let pem =
+            std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: path.to_path_buf(), source })?;
         Self::from_pem(&path.display().to_string(), &pem)
     }
 

@@ -87,9 +87,12 @@ impl Registry {
 
     /// Credentials from the environment variables the manifests name.
     pub fn auth(&self, repo: &Repository) -> Result<RegistryAuth, RegistryError> {
-        let Some(s) = self.settings.iter().find(|r| r.host == repo.registry()) else { return Ok(RegistryAuth::Anonymous) };
+        let Some(s) = self.settings.iter().find(|r| r.host == repo.registry()) else {
+            return Ok(RegistryAuth::Anonymous);
+        };
         let var = |name: &String| {
-            std::env::var(name).map_err(|_| RegistryError::MissingCredential { registry: s.host.clone(), var: name.clone() })
+            std::env::var(name)
+                .map_err(|_| RegistryError::MissingCredential { registry: s.host.clone(), var: name.clone() })
         };
         match (&s.username_env, &s.password_env) {
             (Some(u), Some(p)) => Ok(RegistryAuth::Basic(var(u)?, var(p)?)),
@@ -125,30 +128,53 @@ impl Registry {
         match e {
             OciDistributionError::ImageManifestNotFoundError(_) => true,
             OciDistributionError::ServerError { code, .. } => *code == 404,
-            OciDistributionError::RegistryError { envelope, .. } => envelope
-                .errors
-                .iter()
-                .any(|x| matches!(x.code, oci_client::errors::OciErrorCode::ManifestUnknown | oci_client::errors::OciErrorCode::NameUnknown | oci_client::errors::OciErrorCode::BlobUnknown)),
+            OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|x| {
+                matches!(
+                    x.code,
+                    oci_client::errors::OciErrorCode::ManifestUnknown
+                        | oci_client::errors::OciErrorCode::NameUnknown
+                        | oci_client::errors::OciErrorCode::BlobUnknown
+                )
+            }),
             _ => false,
         }
     }
 
     /// The manifest at `tag_or_digest`, its digest checked, or `None` if there is none.
-    pub async fn manifest(&self, repo: &Repository, tag_or_digest: &str) -> Result<Option<(Vec<u8>, Digest)>, RegistryError> {
+    pub async fn manifest(
+        &self,
+        repo: &Repository,
+        tag_or_digest: &str,
+    ) -> Result<Option<(Vec<u8>, Digest)>, RegistryError> {
         let auth = self.auth(repo)?;
         self.count(1);
-        let r = self.client.pull_manifest_raw(&Self::reference(repo, tag_or_digest), &auth, &[OCI_MANIFEST, "application/vnd.docker.distribution.manifest.v2+json"]).await;
+        let r = self
+            .client
+            .pull_manifest_raw(
+                &Self::reference(repo, tag_or_digest),
+                &auth,
+                &[OCI_MANIFEST, "application/vnd.docker.distribution.manifest.v2+json"],
+            )
+            .await;
         let (bytes, _) = match r {
             Ok(x) => x,
             Err(e) if Self::is_not_found(&e) => return Ok(None),
             Err(e) => return Err(Self::classify(repo, e)),
         };
         if bytes.len() > MAX_MANIFEST_BYTES {
-            return Err(RegistryError::TooLarge { registry: repo.registry().into(), what: "a manifest", limit: MAX_MANIFEST_BYTES });
+            return Err(RegistryError::TooLarge {
+                registry: repo.registry().into(),
+                what: "a manifest",
+                limit: MAX_MANIFEST_BYTES,
+            });
         }
         let digest = Digest::of(&bytes);
         if tag_or_digest.starts_with("sha256:") && digest.as_str() != tag_or_digest {
-            return Err(RegistryError::DigestMismatch { registry: repo.registry().into(), expected: tag_or_digest.into(), actual: digest.to_string() });
+            return Err(RegistryError::DigestMismatch {
+                registry: repo.registry().into(),
+                expected: tag_or_digest.into(),
+                actual: digest.to_string(),
+            });
         }
         Ok(Some((bytes, digest)))
     }
@@ -163,11 +189,19 @@ impl Registry {
             .await
             .map_err(|e| Self::classify(repo, e))?;
         if out.len() > MAX_BLOB_BYTES {
-            return Err(RegistryError::TooLarge { registry: repo.registry().into(), what: "a blob", limit: MAX_BLOB_BYTES });
+            return Err(RegistryError::TooLarge {
+                registry: repo.registry().into(),
+                what: "a blob",
+                limit: MAX_BLOB_BYTES,
+            });
         }
         let actual = Digest::of(&out);
         if &actual != digest {
-            return Err(RegistryError::DigestMismatch { registry: repo.registry().into(), expected: digest.to_string(), actual: actual.to_string() });
+            return Err(RegistryError::DigestMismatch {
+                registry: repo.registry().into(),
+                expected: digest.to_string(),
+                actual: actual.to_string(),
+            });
         }
         Ok(out)
     }
@@ -184,7 +218,12 @@ impl Registry {
     }
 
     /// Uploads a manifest under `tag` (or by digest when `tag` is `None`); returns its digest.
-    pub async fn push_manifest(&self, repo: &Repository, tag: Option<&str>, manifest: Vec<u8>) -> Result<Digest, RegistryError> {
+    pub async fn push_manifest(
+        &self,
+        repo: &Repository,
+        tag: Option<&str>,
+        manifest: Vec<u8>,
+    ) -> Result<Digest, RegistryError> {
         let auth = self.auth(repo)?;
         let digest = Digest::of(&manifest);
         let reference = Self::reference(repo, tag.unwrap_or(digest.as_str()));
@@ -196,12 +235,18 @@ impl Registry {
     }
 
     /// Pushes an image or artifact (config + layers) and returns the manifest digest.
-    pub async fn push_artifact(&self, repo: &Repository, tag: Option<&str>, artifact: &Artifact) -> Result<Digest, RegistryError> {
+    pub async fn push_artifact(
+        &self,
+        repo: &Repository,
+        tag: Option<&str>,
+        artifact: &Artifact,
+    ) -> Result<Digest, RegistryError> {
         let config = self.push_blob(repo, &artifact.config).await?;
         let mut layers = Vec::new();
         for layer in &artifact.layers {
             let digest = self.push_blob(repo, &layer.data).await?;
-            let mut desc = serde_json::json!({ "mediaType": layer.media_type, "digest": digest, "size": layer.data.len() });
+            let mut desc =
+                serde_json::json!({ "mediaType": layer.media_type, "digest": digest, "size": layer.data.len() });
             if !layer.annotations.is_empty() {
                 desc["annotations"] = serde_json::to_value(&layer.annotations).expect("string map");
             }

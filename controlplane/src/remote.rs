@@ -70,7 +70,12 @@ mod tests {
         let nasty = ["a b", "it's \"quoted\"", "$(touch /tmp/pwned)", "`id`", "x;y", "\\n", "*", "-rf"];
         let cmd = RemoteCommand::new("printf", std::iter::once("%s\\0").chain(nasty));
         let out = std::process::Command::new("sh").arg("-c").arg(cmd.shell_line()).output().unwrap();
-        let words: Vec<_> = out.stdout.split(|&b| b == 0).filter(|w| !w.is_empty()).map(|w| String::from_utf8_lossy(w).into_owned()).collect();
+        let words: Vec<_> = out
+            .stdout
+            .split(|&b| b == 0)
+            .filter(|w| !w.is_empty())
+            .map(|w| String::from_utf8_lossy(w).into_owned())
+            .collect();
         assert_eq!(words, nasty);
     }
 

@@ -23,8 +23,22 @@ impl SecretKind {
 
 /// Prefixes that credential issuers put on their tokens.
 const TOKEN_PREFIXES: &[&str] = &[
-    "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "sk-", "AKIA", "ASIA", "xoxb-",
-    "xoxp-", "xoxa-", "AIza", "npm_", "pypi-",
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "glpat-",
+    "sk-",
+    "AKIA",
+    "ASIA",
+    "xoxb-",
+    "xoxp-",
+    "xoxa-",
+    "AIza",
+    "npm_",
+    "pypi-",
 ];
 
 /// Returns the first secret-looking thing in `text`, if any.
@@ -33,8 +47,7 @@ pub fn find_secret(text: &str) -> Option<SecretKind> {
         return Some(SecretKind::PrivateKeyBlock);
     }
     // `/` separates path components, which are not one token.
-    text.split(|c: char| !(c.is_ascii_alphanumeric() || "+_-".contains(c)))
-        .find_map(classify_token)
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || "+_-".contains(c))).find_map(classify_token)
 }
 
 fn classify_token(token: &str) -> Option<SecretKind> {

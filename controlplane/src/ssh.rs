@@ -38,7 +38,10 @@ impl SshError {
     pub fn from_ssh_message(host: &Host, message: &str, timeout_secs: u64) -> Self {
         let host_name = host.name.to_string();
         let m = message.to_ascii_lowercase();
-        if m.contains("host key verification failed") || m.contains("remote host identification has changed") || m.contains("no matching host key") {
+        if m.contains("host key verification failed")
+            || m.contains("remote host identification has changed")
+            || m.contains("no matching host key")
+        {
             Self::HostKeyMismatch { host: host_name }
         } else if m.contains("connection refused") {
             Self::Refused { host: host_name }
@@ -72,7 +75,13 @@ impl CommandOutput {
 pub trait Remote: Send + Sync {
     fn host(&self) -> &Host;
     /// Runs `cmd` with `stdin`, keeping at most `limit` bytes of stdout, within `timeout`.
-    async fn run(&self, cmd: &RemoteCommand, stdin: Option<&[u8]>, limit: usize, timeout: Duration) -> Result<CommandOutput, SshError>;
+    async fn run(
+        &self,
+        cmd: &RemoteCommand,
+        stdin: Option<&[u8]>,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<CommandOutput, SshError>;
 }
 
 /// The `known_hosts` line that pins `host`'s key.
@@ -90,7 +99,11 @@ pub struct SshClient {
 }
 
 impl SshClient {
-    pub fn new<'a>(hosts: impl IntoIterator<Item = &'a Host>, identity: &Path, connect_timeout: Duration) -> Result<Self, SshError> {
+    pub fn new<'a>(
+        hosts: impl IntoIterator<Item = &'a Host>,
+        identity: &Path,
+        connect_timeout: Duration,
+    ) -> Result<Self, SshError> {
         let tmp = std::env::temp_dir();
         let local = |source| SshError::Local { path: tmp.clone(), source };
         let dir = tempfile::Builder::new().prefix("agentctl-ssh-").tempdir().map_err(local)?;
@@ -178,14 +191,23 @@ impl Remote for SshSession {
         &self.host
     }
 
-    async fn run(&self, cmd: &RemoteCommand, stdin: Option<&[u8]>, limit: usize, timeout: Duration) -> Result<CommandOutput, SshError> {
+    async fn run(
+        &self,
+        cmd: &RemoteCommand,
+        stdin: Option<&[u8]>,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<CommandOutput, SshError> {
         let host = self.host.name.to_string();
         let run_err = |detail: String| SshError::Run { host: host.clone(), detail };
         let mut command = self.session.command(cmd.program.as_str());
         for a in &cmd.args {
             command.arg(a);
         }
-        command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let work = async {
             let mut child = command.spawn().await.map_err(|e| run_err(error_chain(&e)))?;
             if let (Some(data), Some(mut pipe)) = (stdin, child.stdin().take()) {
@@ -210,7 +232,10 @@ impl Remote for SshSession {
 }
 
 /// Reads at most `limit` bytes; `None` if there was more.
-pub async fn read_bounded<R: tokio::io::AsyncRead + Unpin>(r: &mut R, limit: usize) -> std::io::Result<Option<Vec<u8>>> {
+pub async fn read_bounded<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    limit: usize,
+) -> std::io::Result<Option<Vec<u8>>> {
     let mut buf = Vec::new();
     (&mut *r).take(limit as u64 + 1).read_to_end(&mut buf).await?;
     if buf.len() > limit {

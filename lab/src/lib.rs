@@ -141,7 +141,12 @@ impl Lab {
         };
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let user = lab_user()?;
-        let mut lab = Lab { info: LabInfo { dir: dir.clone(), user: user.clone(), registry: None, hosts: Vec::new() }, children: Vec::new(), tmp, keep: false };
+        let mut lab = Lab {
+            info: LabInfo { dir: dir.clone(), user: user.clone(), registry: None, hosts: Vec::new() },
+            children: Vec::new(),
+            tmp,
+            keep: false,
+        };
         // World-traversable, so the lab user can reach its runtime root under it.
         set_mode(&dir, 0o755)?;
         controlplane::init::scaffold(&dir, b"").await?;
@@ -155,7 +160,11 @@ impl Lab {
 
         let started = Instant::now();
         for i in 0..cfg.hosts {
-            let (name, env) = if i < cfg.staging { (format!("stage-{}", i + 1), "staging") } else { (format!("prod-{}", i + 1 - cfg.staging), "prod") };
+            let (name, env) = if i < cfg.staging {
+                (format!("stage-{}", i + 1), "staging")
+            } else {
+                (format!("prod-{}", i + 1 - cfg.staging), "prod")
+            };
             let (vm, child) = start_vm(&dir, &name, env, &user, &client_pub)?;
             lab.children.push(child);
             lab.info.hosts.push(vm);
@@ -204,12 +213,18 @@ impl Lab {
 
     /// A registry client that knows the lab registry is plain HTTP.
     pub fn registry_client(&self) -> Registry {
-        Registry::new(&[RegistrySettings { host: self.registry_host(), insecure: true, username_env: None, password_env: None }])
+        Registry::new(&[RegistrySettings {
+            host: self.registry_host(),
+            insecure: true,
+            username_env: None,
+            password_env: None,
+        }])
     }
 
     /// Builds an image whose single layer holds `content` and pushes it as `path:tag`.
     pub async fn push_image(&self, path: &str, tag: &str, content: &str) -> Result<PinnedImage, LabError> {
-        let repo = Repository::new(&format!("{}/{path}", self.registry_host())).expect("lab repository names are valid");
+        let repo =
+            Repository::new(&format!("{}/{path}", self.registry_host())).expect("lab repository names are valid");
         let img = build_image(content);
         let digest = self.registry_client().push_artifact(&repo, Some(tag), &img.artifact).await?;
         Ok(PinnedImage { repository: repo, digest })
@@ -241,7 +256,10 @@ impl Lab {
             let _ = t.keep();
         }
         self.children.clear();
-        std::mem::replace(&mut self.info, LabInfo { dir: PathBuf::new(), user: String::new(), registry: None, hosts: Vec::new() })
+        std::mem::replace(
+            &mut self.info,
+            LabInfo { dir: PathBuf::new(), user: String::new(), registry: None, hosts: Vec::new() },
+        )
     }
 
     fn write_info(&self) -> Result<(), LabError> {
@@ -266,7 +284,8 @@ impl Lab {
 
         let svc = m.join("services/api.toml");
         let text = std::fs::read_to_string(&svc).map_err(io(&svc))?;
-        let text = text.replace("image = \"127.0.0.1:5000/demo/api\"", &format!("image = \"{}/demo/api\"", self.registry_host()));
+        let text = text
+            .replace("image = \"127.0.0.1:5000/demo/api\"", &format!("image = \"{}/demo/api\"", self.registry_host()));
         std::fs::write(&svc, text).map_err(io(&svc))
     }
 
@@ -336,7 +355,8 @@ pub fn down(dir: &Path) -> Result<LabInfo, LabError> {
 
 /// Whether process `pid` exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
 }
 
 /// Whether something listens on 127.0.0.1:`port`.
@@ -351,10 +371,18 @@ fn is_root() -> bool {
 /// The account golden VMs are logged in to: a dedicated `/bin/sh` user when root.
 fn lab_user() -> Result<String, LabError> {
     if !is_root() {
-        let out = Command::new("id").arg("-un").output().map_err(|e| LabError::Command { command: "id -un".into(), detail: e.to_string() })?;
+        let out = Command::new("id")
+            .arg("-un")
+            .output()
+            .map_err(|e| LabError::Command { command: "id -un".into(), detail: e.to_string() })?;
         return Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned());
     }
-    let exists = Command::new("id").arg(LAB_USER).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    let exists = Command::new("id")
+        .arg(LAB_USER)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
     if !exists {
         let out = Command::new("useradd")
             .args(["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/bin/sh", LAB_USER])
@@ -362,15 +390,26 @@ fn lab_user() -> Result<String, LabError> {
             .map_err(|e| LabError::Command { command: "useradd".into(), detail: e.to_string() })?;
         // Exit 9: created concurrently by a parallel test; exit 10: /etc/passwd was locked
         // by that creation, so check again below.
-        let raced = Command::new("id").arg(LAB_USER).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+        let raced = Command::new("id")
+            .arg(LAB_USER)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
         if !out.status.success() && !raced {
-            return Err(LabError::Command { command: "useradd".into(), detail: String::from_utf8_lossy(&out.stderr).into() });
+            return Err(LabError::Command {
+                command: "useradd".into(),
+                detail: String::from_utf8_lossy(&out.stderr).into(),
+            });
         }
     }
     // `*`: no password can match, but the account is not locked (sshd refuses locked ones).
     // Parallel test processes may race on /etc/passwd's lock: retry a few times.
     let locked = || {
-        Command::new("getent").args(["shadow", LAB_USER]).output().is_ok_and(|o| o.stdout.split(|b| *b == b':').nth(1).is_some_and(|p| p.starts_with(b"!")))
+        Command::new("getent")
+            .args(["shadow", LAB_USER])
+            .output()
+            .is_ok_and(|o| o.stdout.split(|b| *b == b':').nth(1).is_some_and(|p| p.starts_with(b"!")))
     };
     for attempt in 1.. {
         if !locked() {

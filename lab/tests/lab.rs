@@ -34,7 +34,10 @@ async fn lab_serves_images_and_hosts_with_pinned_keys() {
         assert!(out.success(), "{}", out.stderr);
         assert_eq!(String::from_utf8_lossy(&out.stdout), format!("I am {}", h.name));
         // The login has the lab's minimal environment: the runtime shim is on PATH.
-        let out = session.run(&RemoteCommand::new("agent-runtime", ["running", "api"]), None, 1024, Duration::from_secs(5)).await.unwrap();
+        let out = session
+            .run(&RemoteCommand::new("agent-runtime", ["running", "api"]), None, 1024, Duration::from_secs(5))
+            .await
+            .unwrap();
         assert!(out.success(), "{}", out.stderr);
         session.close().await;
     }
@@ -59,7 +62,8 @@ async fn dropping_a_lab_leaves_nothing_behind() {
     let lab = Lab::start(LabConfig { hosts: 4, staging: 2, registry: true, dir: None }).await.unwrap();
     let dir = lab.dir().to_path_buf();
     let pids: Vec<u32> = lab.info.hosts.iter().map(|h| h.pid).chain(lab.info.registry.iter().map(|r| r.pid)).collect();
-    let ports: Vec<u16> = lab.info.hosts.iter().map(|h| h.port).chain(lab.info.registry.iter().map(|r| r.port)).collect();
+    let ports: Vec<u16> =
+        lab.info.hosts.iter().map(|h| h.port).chain(lab.info.registry.iter().map(|r| r.port)).collect();
     assert!(pids.iter().all(|p| lab::alive(*p)));
     drop(lab);
     assert!(!dir.exists(), "lab directory removed");
@@ -74,7 +78,8 @@ async fn a_lab_is_stopped_when_the_test_panics() {
     let handle = tokio::spawn({
         let lab_dir = lab_dir.clone();
         async move {
-            let lab = Lab::start(LabConfig { hosts: 1, staging: 1, registry: false, dir: Some(lab_dir) }).await.unwrap();
+            let lab =
+                Lab::start(LabConfig { hosts: 1, staging: 1, registry: false, dir: Some(lab_dir) }).await.unwrap();
             let pid = lab.info.hosts[0].pid;
             std::fs::write(lab.dir().join("../pid"), pid.to_string()).unwrap();
             panic!("a failing test");

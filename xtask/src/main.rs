@@ -108,7 +108,12 @@ pub fn setup() -> anyhow::Result<()> {
     }
     eprintln!("installing {}", missing.join(" "));
     let ok = Command::new("apt-get").arg("update").arg("-q").status()?.success()
-        && Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive").status()?.success();
+        && Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()?
+            .success();
     if !ok {
         bail!("apt-get install {} failed", missing.join(" "));
     }
@@ -127,24 +132,43 @@ async fn lab_command(cmd: LabCommand) -> anyhow::Result<()> {
             let lab = Lab::start(LabConfig { hosts, staging, registry: true, dir: Some(dir.clone()) }).await?;
             let elapsed = started.elapsed();
             let info = lab.detach();
-            println!("lab up in {:.2} s: registry {} and {} golden VM(s) in `{}`", elapsed.as_secs_f64(), info.registry.as_ref().map(|r| r.host()).unwrap_or_default(), info.hosts.len(), dir.display());
+            println!(
+                "lab up in {:.2} s: registry {} and {} golden VM(s) in `{}`",
+                elapsed.as_secs_f64(),
+                info.registry.as_ref().map(|r| r.host()).unwrap_or_default(),
+                info.hosts.len(),
+                dir.display()
+            );
             println!("try: target/debug/agentctl --manifests {} check", dir.join("manifests").display());
             println!("stop: cargo xtask lab down --dir {}", dir.display());
             Ok(())
         }
         LabCommand::Down { dir } => {
             let info = lab::down(&dir).with_context(|| format!("no lab in `{}`", dir.display()))?;
-            println!("lab down: stopped {} process(es), removed `{}`", info.hosts.len() + usize::from(info.registry.is_some()), dir.display());
+            println!(
+                "lab down: stopped {} process(es), removed `{}`",
+                info.hosts.len() + usize::from(info.registry.is_some()),
+                dir.display()
+            );
             Ok(())
         }
         LabCommand::Status { dir } => {
             let path = dir.join("lab.json");
-            let info: lab::LabInfo = serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("no lab in `{}`", dir.display()))?)?;
+            let info: lab::LabInfo = serde_json::from_slice(
+                &std::fs::read(&path).with_context(|| format!("no lab in `{}`", dir.display()))?,
+            )?;
             if let Some(r) = &info.registry {
                 println!("registry  {}  pid {}  {}", r.host(), r.pid, if lab::alive(r.pid) { "up" } else { "DOWN" });
             }
             for h in &info.hosts {
-                println!("{:<10} {:<8} 127.0.0.1:{}  pid {}  {}", h.name, h.environment, h.port, h.pid, if lab::alive(h.pid) { "up" } else { "DOWN" });
+                println!(
+                    "{:<10} {:<8} 127.0.0.1:{}  pid {}  {}",
+                    h.name,
+                    h.environment,
+                    h.port,
+                    h.pid,
+                    if lab::alive(h.pid) { "up" } else { "DOWN" }
+                );
             }
             Ok(())
         }

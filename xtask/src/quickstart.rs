@@ -15,7 +15,12 @@ impl Agentctl {
     /// Runs `agentctl ARGS`, echoing the command and its output; fails unless it exits `want`.
     fn run(&self, args: &[&str], env: &[(&str, &str)], want: i32) -> anyhow::Result<String> {
         println!("\n$ agentctl {}", args.join(" "));
-        let out = Command::new(&self.bin).arg("--manifests").arg(&self.manifests).args(args).envs(env.iter().copied()).output()?;
+        let out = Command::new(&self.bin)
+            .arg("--manifests")
+            .arg(&self.manifests)
+            .args(args)
+            .envs(env.iter().copied())
+            .output()?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         print!("{stdout}");
         eprint!("{}", String::from_utf8_lossy(&out.stderr));
@@ -39,7 +44,12 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         }
     }
     let lab = Lab::start(LabConfig { hosts: 3, staging: 1, registry: true, dir }).await.context("starting the lab")?;
-    println!("lab: registry {} and {} golden VMs in `{}`", lab.registry_host(), lab.info.hosts.len(), lab.dir().display());
+    println!(
+        "lab: registry {} and {} golden VMs in `{}`",
+        lab.registry_host(),
+        lab.info.hosts.len(),
+        lab.dir().display()
+    );
     let ctl = Agentctl { bin, manifests: lab.manifests() };
 
     ctl.run(&["check"], &[], 0)?;

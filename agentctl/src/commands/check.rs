@@ -30,13 +30,22 @@ pub fn run(g: &Globals) -> Result<Report, Failure> {
         }
         Err(ManifestError::Invalid { dir, diagnostics }) => {
             let listing: Vec<String> = diagnostics.iter().map(|d| format!("{d}")).collect();
-            let error = anyhow::anyhow!("{} problem(s) in manifest set `{}`:\n{}", diagnostics.len(), dir.display(), listing.join("\n"));
-            let mut failure = Failure::new(Code::Invalid, error).hint("fix the fields named above; nothing was changed");
+            let error = anyhow::anyhow!(
+                "{} problem(s) in manifest set `{}`:\n{}",
+                diagnostics.len(),
+                dir.display(),
+                listing.join("\n")
+            );
+            let mut failure =
+                Failure::new(Code::Invalid, error).hint("fix the fields named above; nothing was changed");
             if g.json {
-                failure = failure.with_output(serde_json::to_string_pretty(&serde_json::json!({ "ok": false, "diagnostics": diagnostics }))?);
+                failure = failure.with_output(serde_json::to_string_pretty(
+                    &serde_json::json!({ "ok": false, "diagnostics": diagnostics }),
+                )?);
             }
             Err(failure)
         }
-        Err(e @ ManifestError::Io { .. }) => Err(Failure::new(Code::Invalid, e).hint("point `--manifests` at a manifest directory, or create one with `agentctl init`")),
+        Err(e @ ManifestError::Io { .. }) => Err(Failure::new(Code::Invalid, e)
+            .hint("point `--manifests` at a manifest directory, or create one with `agentctl init`")),
     }
 }

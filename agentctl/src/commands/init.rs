@@ -14,7 +14,8 @@ pub async fn run(dir: &Path) -> Result<Report, Failure> {
         tracing::warn!("{PASSWORD_ENV} is not set: the private keys are encrypted with an empty password");
     }
     let report = scaffold(dir, password.as_bytes()).await.map_err(|e| match e {
-        InitError::Exists(_) => Failure::new(Code::Invalid, e).hint("run `init` in an empty directory, or use the manifest set that is there"),
+        InitError::Exists(_) => Failure::new(Code::Invalid, e)
+            .hint("run `init` in an empty directory, or use the manifest set that is there"),
         other => Failure::new(Code::Failed, other),
     })?;
     let text = format!(

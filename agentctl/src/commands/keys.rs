@@ -12,12 +12,18 @@ pub fn generate(prefix: &Path) -> Result<Report, Failure> {
     };
     let key = SigningKey::generate()?;
     let (private, public) = key.write_pair(prefix, password.as_bytes()).map_err(|e| match e {
-        KeyError::Exists(_) => Failure::new(Code::Invalid, e).hint("choose another `--out` prefix; keys are never overwritten"),
+        KeyError::Exists(_) => {
+            Failure::new(Code::Invalid, e).hint("choose another `--out` prefix; keys are never overwritten")
+        }
         other => Failure::new(Code::Failed, other),
     })?;
     let id = &key.public().key_id;
     Ok(Report::new(
-        format!("wrote private key `{}` (encrypted) and public key `{}`\nkey id: {id}", private.display(), public.display()),
+        format!(
+            "wrote private key `{}` (encrypted) and public key `{}`\nkey id: {id}",
+            private.display(),
+            public.display()
+        ),
         serde_json::json!({ "private_key": private, "public_key": public, "key_id": id }),
     ))
 }

@@ -170,7 +170,8 @@ impl<'a> Validator<'a> {
                 Some("keep it outside, e.g. `../state/receipt.key`"),
             );
         }
-        let receipt_key_password_env = self.env_var_name(&at, s.receipt_key_password_env.as_ref(), "controlplane.receipt_key_password_env");
+        let receipt_key_password_env =
+            self.env_var_name(&at, s.receipt_key_password_env.as_ref(), "controlplane.receipt_key_password_env");
         let operator_env = self
             .env_var_name(&at, s.operator_env.as_ref(), "controlplane.operator_env")
             .unwrap_or_else(|| "USER".into());
@@ -191,9 +192,21 @@ impl<'a> Validator<'a> {
             let field = format!("registry[{i}]");
             let host = r.host.get_ref();
             if !valid_registry_host(host) {
-                self.err(&at, &r.host, &format!("{field}.host"), format!("`{host}` is not a registry host: expected `host[:port]`"), Some("write e.g. `127.0.0.1:5000` or `ghcr.io`"));
+                self.err(
+                    &at,
+                    &r.host,
+                    &format!("{field}.host"),
+                    format!("`{host}` is not a registry host: expected `host[:port]`"),
+                    Some("write e.g. `127.0.0.1:5000` or `ghcr.io`"),
+                );
             } else if registries.iter().any(|x| &x.host == host) {
-                self.err(&at, &r.host, &format!("{field}.host"), format!("registry `{host}` is listed twice"), Some("merge the two `[[registry]]` entries"));
+                self.err(
+                    &at,
+                    &r.host,
+                    &format!("{field}.host"),
+                    format!("registry `{host}` is listed twice"),
+                    Some("merge the two `[[registry]]` entries"),
+                );
             }
             registries.push(RegistrySettings {
                 host: host.clone(),
@@ -205,7 +218,13 @@ impl<'a> Validator<'a> {
 
         let t = file.trust.get_ref();
         if t.keys.get_ref().is_empty() {
-            self.err(&at, &t.keys, "trust.keys", "no trusted keys: nothing could ever be promoted".into(), Some("list the cosign public key(s) CI signs with, e.g. `keys = [\"trust/release.pub\"]`"));
+            self.err(
+                &at,
+                &t.keys,
+                "trust.keys",
+                "no trusted keys: nothing could ever be promoted".into(),
+                Some("list the cosign public key(s) CI signs with, e.g. `keys = [\"trust/release.pub\"]`"),
+            );
         }
         let mut keys = Vec::new();
         for (i, k) in t.keys.get_ref().iter().enumerate() {
@@ -216,7 +235,13 @@ impl<'a> Validator<'a> {
         let mut builders = Vec::new();
         for (i, b) in t.builders.iter().enumerate() {
             if b.get_ref().trim().is_empty() {
-                self.err(&at, b, &format!("trust.builders[{i}]"), "empty builder id".into(), Some("write the builder id provenance names, e.g. `https://github.com/actions/runner`"));
+                self.err(
+                    &at,
+                    b,
+                    &format!("trust.builders[{i}]"),
+                    "empty builder id".into(),
+                    Some("write the builder id provenance names, e.g. `https://github.com/actions/runner`"),
+                );
             }
             builders.push(b.get_ref().clone());
         }
@@ -224,17 +249,28 @@ impl<'a> Validator<'a> {
         let ssh = file.ssh.get_ref();
         let identity = PathBuf::from(ssh.identity.get_ref());
         if stays_inside(&identity) {
-            self.err(&at, &ssh.identity, "ssh.identity", "the SSH private key would sit inside the manifest directory, which is committed".into(), Some("keep it outside, e.g. `../state/ssh/id_ed25519`"));
+            self.err(
+                &at,
+                &ssh.identity,
+                "ssh.identity",
+                "the SSH private key would sit inside the manifest directory, which is committed".into(),
+                Some("keep it outside, e.g. `../state/ssh/id_ed25519`"),
+            );
         }
         let concurrency = self.ranged(&at, ssh.concurrency.as_ref(), "ssh.concurrency", 1, 256, 16);
-        let connect_timeout_secs = self.ranged(&at, ssh.connect_timeout_secs.as_ref(), "ssh.connect_timeout_secs", 1, 120, 10);
+        let connect_timeout_secs =
+            self.ranged(&at, ssh.connect_timeout_secs.as_ref(), "ssh.connect_timeout_secs", 1, 120, 10);
 
-        (self.diags.len() == before).then(|| {
+        (self.diags.len() == before).then_some({
             (
                 settings,
                 registries,
                 TrustPolicy { keys, builders },
-                SshSettings { identity, concurrency: concurrency as usize, connect_timeout_secs: connect_timeout_secs as u64 },
+                SshSettings {
+                    identity,
+                    concurrency: concurrency as usize,
+                    connect_timeout_secs: connect_timeout_secs as u64,
+                },
             )
         })
     }
@@ -260,7 +296,13 @@ impl<'a> Validator<'a> {
         match SecretName::new(v.get_ref()) {
             Ok(_) => Some(v.get_ref().clone()),
             Err(_) => {
-                self.err(at, v, field, format!("`{}` is not an environment variable name", v.get_ref()), Some("name the variable that holds the value, e.g. `REGISTRY_PASSWORD`; never the value itself"));
+                self.err(
+                    at,
+                    v,
+                    field,
+                    format!("`{}` is not an environment variable name", v.get_ref()),
+                    Some("name the variable that holds the value, e.g. `REGISTRY_PASSWORD`; never the value itself"),
+                );
                 None
             }
         }
@@ -276,7 +318,13 @@ impl<'a> Validator<'a> {
                 None
             }
             None => {
-                self.err(at, v, field, format!("`{}` does not exist in the manifest directory", rel.display()), Some("public keys live inside the manifest directory, e.g. `trust/release.pub`"));
+                self.err(
+                    at,
+                    v,
+                    field,
+                    format!("`{}` does not exist in the manifest directory", rel.display()),
+                    Some("public keys live inside the manifest directory, e.g. `trust/release.pub`"),
+                );
                 None
             }
         }
@@ -316,7 +364,13 @@ impl<'a> Validator<'a> {
             let name = match EnvName::new(&stem) {
                 Ok(n) => n,
                 Err(e) => {
-                    self.push(&path, (0, 0), "", format!("file name: {e}"), Some("rename the file; the environment is called after it".into()));
+                    self.push(
+                        &path,
+                        (0, 0),
+                        "",
+                        format!("file name: {e}"),
+                        Some("rename the file; the environment is called after it".into()),
+                    );
                     continue;
                 }
             };
@@ -338,11 +392,23 @@ impl<'a> Validator<'a> {
             for (i, h) in file.host.iter().enumerate() {
                 let Some(host) = self.host(&at, h.get_ref(), i) else { continue };
                 if hosts.iter().any(|x| x.name == host.name) {
-                    self.err(&at, &h.get_ref().name, &format!("host[{i}].name"), format!("duplicate host `{}` in environment `{name}`", host.name), Some("host names are unique within an environment"));
+                    self.err(
+                        &at,
+                        &h.get_ref().name,
+                        &format!("host[{i}].name"),
+                        format!("duplicate host `{}` in environment `{name}`", host.name),
+                        Some("host names are unique within an environment"),
+                    );
                 }
                 let endpoint = (host.address.clone(), host.port);
                 if let Some((env, other)) = seen_hosts.get(&endpoint) {
-                    self.err(&at, &h.get_ref().address, &format!("host[{i}].address"), format!("`{}:{}` is already host `{other}` of environment `{env}`", host.address, host.port), Some("each golden VM belongs to one environment"));
+                    self.err(
+                        &at,
+                        &h.get_ref().address,
+                        &format!("host[{i}].address"),
+                        format!("`{}:{}` is already host `{other}` of environment `{env}`", host.address, host.port),
+                        Some("each golden VM belongs to one environment"),
+                    );
                 } else {
                     seen_hosts.insert(endpoint, (name.clone(), host.name.clone()));
                 }
@@ -365,7 +431,13 @@ impl<'a> Validator<'a> {
         let known: Vec<String> = self.named_files("environments").into_iter().map(|(_, stem)| stem).collect();
         for (path, loc, env, after) in afters {
             if !known.contains(&after) {
-                self.push(&path, loc, "after", format!("environment `{env}` comes after `{after}`, which does not exist"), Some(format!("known environments: {}", known.join(", "))));
+                self.push(
+                    &path,
+                    loc,
+                    "after",
+                    format!("environment `{env}` comes after `{after}`, which does not exist"),
+                    Some(format!("known environments: {}", known.join(", "))),
+                );
             }
         }
         let ordered = order_environments(envs);
@@ -373,7 +445,13 @@ impl<'a> Validator<'a> {
             Ok(envs) if self.diags.len() == before => Some(envs),
             Ok(_) => None,
             Err(cycle) => {
-                self.push(Path::new("environments"), (0, 0), "after", format!("environments form a cycle: {}", cycle.join(" -> ")), Some("one environment must come first (no `after`)".into()));
+                self.push(
+                    Path::new("environments"),
+                    (0, 0),
+                    "after",
+                    format!("environments form a cycle: {}", cycle.join(" -> ")),
+                    Some("one environment must come first (no `after`)".into()),
+                );
                 None
             }
         }
@@ -391,7 +469,13 @@ impl<'a> Validator<'a> {
             raw::BatchValue::Count(_) => None,
         };
         if batch.is_none() {
-            self.err(at, &r.batch, "rollout.batch", "expected a host count of at least 1 or a percentage from 1% to 100%".into(), Some("write `batch = 2` or `batch = \"34%\"`"));
+            self.err(
+                at,
+                &r.batch,
+                "rollout.batch",
+                "expected a host count of at least 1 or a percentage from 1% to 100%".into(),
+                Some("write `batch = 2` or `batch = \"34%\"`"),
+            );
         }
         let timeout = self.ranged(at, r.health_timeout_secs.as_ref(), "rollout.health_timeout_secs", 1, 3600, 30);
         Some(Rollout { batch: batch?, health_timeout_secs: timeout as u64 })
@@ -400,24 +484,47 @@ impl<'a> Validator<'a> {
     fn host(&mut self, at: &At<'_>, h: &raw::Host, i: usize) -> Option<Host> {
         let f = |s: &str| format!("host[{i}].{s}");
         let before = self.diags.len();
-        let name = HostName::new(h.name.get_ref()).map_err(|e| self.err(at, &h.name, &f("name"), e.to_string(), None)).ok();
+        let name =
+            HostName::new(h.name.get_ref()).map_err(|e| self.err(at, &h.name, &f("name"), e.to_string(), None)).ok();
         if !valid_address(h.address.get_ref()) {
-            self.err(at, &h.address, &f("address"), format!("`{}` is not an IP address or host name", h.address.get_ref().escape_debug()), Some("write e.g. `127.0.0.1` or `vm-1.internal`"));
+            self.err(
+                at,
+                &h.address,
+                &f("address"),
+                format!("`{}` is not an IP address or host name", h.address.get_ref().escape_debug()),
+                Some("write e.g. `127.0.0.1` or `vm-1.internal`"),
+            );
         }
         let port = self.ranged(at, h.port.as_ref(), &f("port"), 1, 65535, 22) as u16;
-        let user = UserName::new(h.user.get_ref()).map_err(|e| self.err(at, &h.user, &f("user"), e.to_string(), None)).ok();
+        let user =
+            UserName::new(h.user.get_ref()).map_err(|e| self.err(at, &h.user, &f("user"), e.to_string(), None)).ok();
         let host_key = parse_host_key(h.host_key.get_ref());
         if host_key.is_none() {
             self.err(at, &h.host_key, &f("host_key"), "expected a pinned SSH host public key, `ssh-ed25519 AAAA...`".into(), Some("copy the host's `/etc/ssh/ssh_host_ed25519_key.pub` (algorithm and key, no comment) from a trusted channel"));
         }
         let root = remote_path(h.root.get_ref());
         if root.is_none() {
-            self.err(at, &h.root, &f("root"), format!("`{}` is not a safe absolute path", h.root.get_ref().escape_debug()), Some("use an absolute path of letters, digits, `.`, `_`, `-` and `/`, with no `..`, e.g. `/srv/agents`"));
+            self.err(
+                at,
+                &h.root,
+                &f("root"),
+                format!("`{}` is not a safe absolute path", h.root.get_ref().escape_debug()),
+                Some(
+                    "use an absolute path of letters, digits, `.`, `_`, `-` and `/`, with no `..`, e.g. `/srv/agents`",
+                ),
+            );
         }
         if self.diags.len() != before {
             return None;
         }
-        Some(Host { name: name?, address: h.address.get_ref().clone(), port, user: user?, host_key: host_key?, root: root? })
+        Some(Host {
+            name: name?,
+            address: h.address.get_ref().clone(),
+            port,
+            user: user?,
+            host_key: host_key?,
+            root: root?,
+        })
     }
 
     // ---- services ------------------------------------------------------------------
@@ -429,7 +536,13 @@ impl<'a> Validator<'a> {
             let name = match ServiceName::new(&stem) {
                 Ok(n) => n,
                 Err(e) => {
-                    self.push(&path, (0, 0), "", format!("file name: {e}"), Some("rename the file; the service is called after it".into()));
+                    self.push(
+                        &path,
+                        (0, 0),
+                        "",
+                        format!("file name: {e}"),
+                        Some("rename the file; the service is called after it".into()),
+                    );
                     continue;
                 }
             };
@@ -463,11 +576,23 @@ impl<'a> Validator<'a> {
             let source = normalize(Path::new(t.source.get_ref()));
             let text = self.files.get(&source).cloned();
             match &text {
-                None => self.err(at, &t.source, &format!("template[{i}].source"), format!("template `{}` does not exist in the manifest directory", t.source.get_ref()), Some("templates live under `templates/` in the manifest directory")),
+                None => self.err(
+                    at,
+                    &t.source,
+                    &format!("template[{i}].source"),
+                    format!("template `{}` does not exist in the manifest directory", t.source.get_ref()),
+                    Some("templates live under `templates/` in the manifest directory"),
+                ),
                 Some(text) => {
                     if let Err(e) = tera::Tera::default().add_raw_template("t", text) {
                         let cause = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
-                        self.err(at, &t.source, &format!("template[{i}].source"), format!("template `{}` does not parse: {}", t.source.get_ref(), cause.replace('\n', " ")), None);
+                        self.err(
+                            at,
+                            &t.source,
+                            &format!("template[{i}].source"),
+                            format!("template `{}` does not parse: {}", t.source.get_ref(), cause.replace('\n', " ")),
+                            None,
+                        );
                     }
                 }
             }
@@ -476,7 +601,13 @@ impl<'a> Validator<'a> {
             if !target_ok {
                 self.err(at, &t.target, &format!("template[{i}].target"), format!("`{}` is not a safe path inside the release directory", target.escape_debug()), Some("use a relative path without `..` (and not `release.json`, which the control plane writes), e.g. `config/app.env`"));
             } else if templates.iter().any(|x| x.target == *target) {
-                self.err(at, &t.target, &format!("template[{i}].target"), format!("two templates render to `{target}`"), None);
+                self.err(
+                    at,
+                    &t.target,
+                    &format!("template[{i}].target"),
+                    format!("two templates render to `{target}`"),
+                    None,
+                );
             }
             templates.push(Template { source, text: text.unwrap_or_default(), target: target.clone() });
         }
@@ -489,7 +620,13 @@ impl<'a> Validator<'a> {
         }
         for (i, e) in f.egress.iter().enumerate() {
             if !valid_egress(e.get_ref()) {
-                self.err(at, e, &format!("egress[{i}]"), format!("`{}` is not an egress rule", e.get_ref().escape_debug()), Some("write `host:port`, e.g. `api.example.com:443`"));
+                self.err(
+                    at,
+                    e,
+                    &format!("egress[{i}]"),
+                    format!("`{}` is not an egress rule", e.get_ref().escape_debug()),
+                    Some("write `host:port`, e.g. `api.example.com:443`"),
+                );
             }
         }
         Some(Service {
@@ -513,7 +650,13 @@ impl<'a> Validator<'a> {
         for (i, a) in v.get_ref().iter().enumerate() {
             let arg = a.get_ref();
             if arg.is_empty() || arg.contains('\0') || arg.contains('\n') || arg.len() > 1024 {
-                self.err(at, a, &format!("{field}[{i}]"), "arguments must be non-empty single lines under 1024 bytes".into(), None);
+                self.err(
+                    at,
+                    a,
+                    &format!("{field}[{i}]"),
+                    "arguments must be non-empty single lines under 1024 bytes".into(),
+                    None,
+                );
                 return None;
             }
             out.push(arg.clone());
@@ -540,9 +683,12 @@ fn order_environments(mut envs: Vec<Environment>) -> Result<Vec<Environment>, Ve
 }
 
 /// Calls `f(field path, value, span)` for every string value under `item`.
-fn walk_strings(item: &toml_edit::Item, path: String, f: &mut dyn FnMut(String, &str, Option<std::ops::Range<usize>>)) {
+/// Receives (field path, string value, span) while walking a document.
+type StringVisitor<'a> = dyn FnMut(String, &str, Option<std::ops::Range<usize>>) + 'a;
+
+fn walk_strings(item: &toml_edit::Item, path: String, f: &mut StringVisitor<'_>) {
     use toml_edit::{Item, Value};
-    fn walk_value(v: &Value, path: String, f: &mut dyn FnMut(String, &str, Option<std::ops::Range<usize>>)) {
+    fn walk_value(v: &Value, path: String, f: &mut StringVisitor<'_>) {
         match v {
             Value::String(s) => f(path, s.value(), s.span()),
             Value::Array(a) => {
@@ -559,7 +705,11 @@ fn walk_strings(item: &toml_edit::Item, path: String, f: &mut dyn FnMut(String, 
         }
     }
     fn join(path: &str, key: &str) -> String {
-        if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
     }
     match item {
         Item::Value(v) => walk_value(v, path, f),
@@ -623,7 +773,9 @@ fn valid_address(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.split('.').all(|l| {
-            !l.is_empty() && !l.starts_with('-') && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            !l.is_empty()
+                && !l.starts_with('-')
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         })
 }
 
@@ -634,7 +786,8 @@ fn valid_egress(s: &str) -> bool {
 }
 
 fn parse_host_key(s: &str) -> Option<HostKey> {
-    const ALGORITHMS: &[&str] = &["ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa"];
+    const ALGORITHMS: &[&str] =
+        &["ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa"];
     let mut parts = s.split(' ');
     let (algorithm, key) = (parts.next()?, parts.next()?);
     let blob = base64::engine::general_purpose::STANDARD.decode(key).ok()?;

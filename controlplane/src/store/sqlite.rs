@@ -251,7 +251,10 @@ impl Store for SqliteStore {
     }
 
     async fn receipts(&self) -> Result<Vec<ReceiptIndexEntry>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM receipts ORDER BY seq").fetch_all(&self.pool).await.map_err(q("list receipts"))?;
+        let rows = sqlx::query("SELECT * FROM receipts ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("list receipts"))?;
         rows.iter().map(Self::receipt_from).collect()
     }
 

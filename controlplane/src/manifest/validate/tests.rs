@@ -42,11 +42,25 @@ fn field_errors_name_line_and_field() {
     let prod = "environments/prod.toml";
     let svc = "services/api.toml";
     check(cp, "state = \"sqlite:", "state = \"mysql:", 6, "controlplane.state", "is not a state URL");
-    check(cp, "receipt_key = \"../state/receipt.key\"", "receipt_key = \"receipt.key\"", 11, "controlplane.receipt_key", "inside the manifest directory");
+    check(
+        cp,
+        "receipt_key = \"../state/receipt.key\"",
+        "receipt_key = \"receipt.key\"",
+        11,
+        "controlplane.receipt_key",
+        "inside the manifest directory",
+    );
     check(cp, "keys = [\"trust/release.pub\"]", "keys = [\"trust/nope.pub\"]", 28, "trust.keys[0]", "does not exist");
     check(cp, "keys = [\"trust/release.pub\"]", "keys = []", 28, "trust.keys", "no trusted keys");
     check(cp, "concurrency = 16", "concurrency = 0", 36, "ssh.concurrency", "out of range");
-    check(cp, "identity = \"../state/ssh/id_ed25519\"", "identity = \"id\"", 35, "ssh.identity", "inside the manifest directory");
+    check(
+        cp,
+        "identity = \"../state/ssh/id_ed25519\"",
+        "identity = \"id\"",
+        35,
+        "ssh.identity",
+        "inside the manifest directory",
+    );
     check(prod, "after = \"staging\"", "after = \"stage\"", 2, "after", "does not exist");
     check(prod, "batch = \"50%\"", "batch = \"150%\"", 8, "rollout.batch", "percentage");
     check(prod, "name = \"prod-2\"", "name = \"prod-1\"", 20, "host[1].name", "duplicate host");
@@ -55,29 +69,65 @@ fn field_errors_name_line_and_field() {
     check(prod, "name = \"prod-2\"", "name = \"prod;2\"", 20, "host[1].name", "not a valid name");
     check(prod, "user = \"deploy\"", "user = \"-oProxyCommand=x\"", 15, "host[0].user", "not a valid login");
     check(prod, "root = \"/srv/agents\"", "root = \"/srv/../etc\"", 17, "host[0].root", "safe absolute path");
-    check(prod, "host_key = \"ssh-ed25519 ", "host_key = \"ssh-rsa ", 16, "host[0].host_key", "pinned SSH host public key");
-    check(svc, "image = \"127.0.0.1:5000/demo/api\"", "image = \"127.0.0.1:5000/demo/api:latest\"", 5, "image", "not pinned");
+    check(
+        prod,
+        "host_key = \"ssh-ed25519 ",
+        "host_key = \"ssh-rsa ",
+        16,
+        "host[0].host_key",
+        "pinned SSH host public key",
+    );
+    check(
+        svc,
+        "image = \"127.0.0.1:5000/demo/api\"",
+        "image = \"127.0.0.1:5000/demo/api:latest\"",
+        5,
+        "image",
+        "not pinned",
+    );
     check(svc, "activate = [\"agent-runtime\", \"activate\"]", "activate = []", 9, "activate", "empty command");
     check(svc, "secrets = [\"API_TOKEN\"]", "secrets = [\"api token\"]", 16, "secrets[0]", "secret name");
     check(svc, "egress = [\"api.example.com:443\"]", "egress = [\"api.example.com\"]", 18, "egress[0]", "egress rule");
     check(svc, "target = \"config/api.env\"", "target = \"../../etc/passwd\"", 23, "template[0].target", "safe path");
-    check(svc, "source = \"templates/api.env.tera\"", "source = \"templates/none.tera\"", 22, "template[0].source", "does not exist");
+    check(
+        svc,
+        "source = \"templates/api.env.tera\"",
+        "source = \"templates/none.tera\"",
+        22,
+        "template[0].source",
+        "does not exist",
+    );
 }
 
 #[test]
 fn parse_errors_name_line_and_field() {
     let svc = "services/api.toml";
     check(svc, "egress = [", "egres = [", 18, "egres", "unknown field `egres`");
-    check(svc, "probe = [\"agent-runtime\", \"running\"]", "probe = \"agent-runtime running\"", 13, "probe", "invalid type");
+    check(
+        svc,
+        "probe = [\"agent-runtime\", \"running\"]",
+        "probe = \"agent-runtime running\"",
+        13,
+        "probe",
+        "invalid type",
+    );
     check(svc, "image = \"127.0.0.1:5000/demo/api\"", "image = \"127.0.0.1:5000/demo/api", 5, "image", "");
     check("environments/prod.toml", "port = 2202", "port = \"2202\"", 14, "port", "invalid type");
-    check("environments/staging.toml", "require_sbom = false", "require_sbom = false\nrequire_sbom = true", 5, "require_sbom", "duplicate key");
+    check(
+        "environments/staging.toml",
+        "require_sbom = false",
+        "require_sbom = false\nrequire_sbom = true",
+        5,
+        "require_sbom",
+        "duplicate key",
+    );
 }
 
 #[test]
 fn secret_values_are_refused() {
     let svc = "services/api.toml";
-    let d = diags(svc, "secrets = [\"API_TOKEN\"]", "secrets = [\"API_TOKEN\", \"ghp_abcdefghijklmnopqrstuvwxyz0123\"]");
+    let d =
+        diags(svc, "secrets = [\"API_TOKEN\"]", "secrets = [\"API_TOKEN\", \"ghp_abcdefghijklmnopqrstuvwxyz0123\"]");
     assert!(d.iter().any(|d| d.field == "secrets[1]" && d.message.contains("`ghp_`") && d.line == 16), "{d:#?}");
     let d = diags("templates/api.env.tera", "SERVICE=", "TOKEN=sk-live-abcdefghijklmnopqrstuv\nSERVICE=");
     assert!(d.iter().any(|d| d.line == 2 && d.message.contains("secret")), "{d:#?}");
