@@ -48,6 +48,41 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// CI: sign IMAGE@DIGEST and push the cosign signature (`sha256-<hex>.sig`).
+    ///
+    /// The key is a cosign-format private key; its password comes from `COSIGN_PASSWORD`.
+    /// Signatures already there are kept.
+    Sign {
+        image: String,
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// CI: push a signed in-toto attestation (provenance or SBOM) for IMAGE@DIGEST.
+    Attest {
+        image: String,
+        /// The predicate: a JSON file (SLSA provenance, SPDX or CycloneDX document).
+        #[arg(long)]
+        predicate: PathBuf,
+        #[arg(long = "type", value_enum)]
+        kind: PredicateType,
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Verify IMAGE@DIGEST against the trust policy (or only the keys given).
+    ///
+    /// Exit 0 when the signature verifies; exit 4 with the reason otherwise: not pinned,
+    /// no signature, untrusted key, signature for another image, registry unreachable.
+    Verify {
+        image: String,
+        /// Trust only these public keys instead of the policy's.
+        #[arg(long)]
+        key: Vec<PathBuf>,
+    },
+    /// Releases: verified, digest-pinned images of a service.
+    Release {
+        #[command(subcommand)]
+        command: ReleaseCommand,
+    },
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -64,4 +99,31 @@ pub enum KeysCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PredicateType {
+    Slsaprovenance,
+    Spdx,
+    Cyclonedx,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Verify IMAGE@DIGEST and record it as a release of SERVICE (with its evidence).
+    Add {
+        service: String,
+        image: String,
+        /// The source commit the image was built from.
+        #[arg(long)]
+        commit: String,
+        /// Expected provenance attestation layer digest (default: whatever verifies).
+        #[arg(long)]
+        provenance: Option<String>,
+        /// Expected SBOM attestation layer digest (default: whatever verifies).
+        #[arg(long)]
+        sbom: Option<String>,
+    },
+    /// List the recorded releases of SERVICE.
+    List { service: String },
 }

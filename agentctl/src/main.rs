@@ -6,7 +6,7 @@ mod failure;
 mod render;
 
 use clap::Parser as _;
-use cli::{Cli, Command, KeysCommand};
+use cli::{Cli, Command, KeysCommand, ReleaseCommand};
 use failure::Failure;
 use render::Report;
 use std::io::{IsTerminal as _, Write as _};
@@ -53,6 +53,22 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
         Command::Init { dir } => commands::init::run(&dir).await,
         Command::Check => commands::check::run(g),
         Command::Keys { command: KeysCommand::Generate { out } } => commands::keys::generate(&out),
+        Command::Sign { image, key } => commands::sign::sign(g, &image, &key).await,
+        Command::Attest { image, predicate, kind, key } => {
+            commands::sign::attest(g, &image, &predicate, kind, &key).await
+        }
+        Command::Verify { image, key } => commands::verify::run(g, &image, &key).await,
+        Command::Release { command: ReleaseCommand::Add { service, image, commit, provenance, sbom } } => {
+            let args = commands::release::AddArgs {
+                service: &service,
+                image: &image,
+                commit: &commit,
+                provenance: provenance.as_deref(),
+                sbom: sbom.as_deref(),
+            };
+            commands::release::add(g, args).await
+        }
+        Command::Release { command: ReleaseCommand::List { service } } => commands::release::list(g, &service).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut buf = Vec::new();

@@ -4,6 +4,7 @@
 //! `manifest::{raw, model, validate}`. Effectful edges behind small traits: `store`,
 //! `manifest::load`, `keys` (files).
 
+pub mod cosign;
 pub mod diagnostic;
 pub mod image;
 pub mod init;
@@ -13,8 +14,10 @@ pub mod names;
 pub mod registry;
 pub mod remote;
 pub mod secrets;
+pub mod sign;
 pub mod ssh;
 pub mod store;
+pub mod verify;
 
 /// The version recorded in receipts.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -39,6 +39,8 @@ pub enum RegistryError {
     TooLarge { registry: String, what: &'static str, limit: usize },
     #[error("registry `{registry}` sent content whose digest is `{actual}`, not the requested `{expected}`")]
     DigestMismatch { registry: String, expected: String, actual: String },
+    #[error("registry `{registry}` sent an invalid manifest: {detail}")]
+    Invalid { registry: String, detail: String },
     #[error("credentials for registry `{registry}`: environment variable `{var}` is not set")]
     MissingCredential { registry: String, var: String },
 }

@@ -61,6 +61,15 @@ enum LabCommand {
         #[arg(long, default_value = "lab-run")]
         dir: PathBuf,
     },
+    /// Build an image with one layer holding CONTENT and push it to the lab registry.
+    Push {
+        /// `path:tag` in the lab registry, e.g. `demo/api:v1`.
+        name: String,
+        #[arg(long)]
+        content: String,
+        #[arg(long, default_value = "lab-run")]
+        dir: PathBuf,
+    },
     /// Show what runs.
     Status {
         #[arg(long, default_value = "lab-run")]
@@ -152,11 +161,23 @@ async fn lab_command(cmd: LabCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        LabCommand::Push { name, content, dir } => {
+            let info = read_info(&dir)?;
+            let Some((path, tag)) = name.split_once(':') else { bail!("write NAME as `path:tag`, e.g. `demo/api:v1`") };
+            let registry = info.registry.as_ref().context("this lab has no registry")?.host();
+            let repo = controlplane::image::Repository::new(&format!("{registry}/{path}"))?;
+            let client = controlplane::registry::Registry::new(&[controlplane::manifest::RegistrySettings {
+                host: registry,
+                insecure: true,
+                username_env: None,
+                password_env: None,
+            }]);
+            let digest = client.push_artifact(&repo, Some(tag), &lab::build_image(&content).artifact).await?;
+            println!("{repo}@{digest}");
+            Ok(())
+        }
         LabCommand::Status { dir } => {
-            let path = dir.join("lab.json");
-            let info: lab::LabInfo = serde_json::from_slice(
-                &std::fs::read(&path).with_context(|| format!("no lab in `{}`", dir.display()))?,
-            )?;
+            let info = read_info(&dir)?;
             if let Some(r) = &info.registry {
                 println!("registry  {}  pid {}  {}", r.host(), r.pid, if lab::alive(r.pid) { "up" } else { "DOWN" });
             }
@@ -173,4 +194,9 @@ async fn lab_command(cmd: LabCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn read_info(dir: &Path) -> anyhow::Result<lab::LabInfo> {
+    let path = dir.join("lab.json");
+    Ok(serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("no lab in `{}`", dir.display()))?)?)
 }

@@ -1,5 +1,9 @@
-//! One module per subcommand.
+//! One module per subcommand, and the context they share.
 
 pub mod check;
+pub mod context;
 pub mod init;
 pub mod keys;
+pub mod release;
+pub mod sign;
+pub mod verify;

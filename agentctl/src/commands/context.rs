@@ -1,0 +1,75 @@
+//! What most commands need: the validated manifest set, a registry client, trusted keys,
+//! and the state store. Built once per run from the global flags.
+
+use crate::failure::{Code, Failure};
+use crate::Globals;
+use controlplane::keys::{PublicKey, SigningKey};
+use controlplane::manifest::{self, ManifestError, ManifestSet, StateUrl};
+use controlplane::registry::Registry;
+use controlplane::store::SqliteStore;
+use std::path::Path;
+
+pub struct Context {
+    pub set: ManifestSet,
+    pub registry: Registry,
+}
+
+impl Context {
+    pub fn load(g: &Globals) -> Result<Self, Failure> {
+        let set = manifest::load(&g.manifests).map_err(|e| match e {
+            ManifestError::Invalid { ref diagnostics, .. } => {
+                let list: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+                Failure::new(Code::Invalid, anyhow::anyhow!("{e}:\\n{}", list.join("\\n")))
+                    .hint("run `agentctl check` and fix the fields named")
+            }
+            ManifestError::Io { .. } => Failure::new(Code::Invalid, e)
+                .hint("point `--manifests` at a manifest directory, or create one with `agentctl init`"),
+        })?;
+        let registry = Registry::new(&set.registries);
+        Ok(Self { set, registry })
+    }
+
+    /// The trust policy's keys, or `keys` when given.
+    pub fn trusted_keys(&self, keys: &[std::path::PathBuf]) -> Result<Vec<PublicKey>, Failure> {
+        if keys.is_empty() {
+            self.set
+                .trust
+                .keys
+                .iter()
+                .map(|k| {
+                    PublicKey::from_pem(&k.path.display().to_string(), &k.pem)
+                        .map_err(|e| Failure::new(Code::Invalid, e))
+                })
+                .collect()
+        } else {
+            keys.iter().map(|p| PublicKey::load(p).map_err(|e| Failure::new(Code::Invalid, e))).collect()
+        }
+    }
+
+    /// The state store, created on first use.
+    pub async fn store(&self) -> Result<SqliteStore, Failure> {
+        let StateUrl::Sqlite(path) = &self.set.settings.state;
+        Ok(SqliteStore::open(&self.set.resolve(path)).await?)
+    }
+
+    /// The state store if it exists; read-only commands never create one.
+    pub async fn existing_store(&self) -> Result<Option<SqliteStore>, Failure> {
+        let StateUrl::Sqlite(path) = &self.set.settings.state;
+        Ok(SqliteStore::open_existing(&self.set.resolve(path)).await?)
+    }
+
+    /// Who is operating, for records and receipts.
+    pub fn operator(&self) -> String {
+        std::env::var(&self.set.settings.operator_env).unwrap_or_else(|_| "unknown".into())
+    }
+}
+
+/// A cosign private key, decrypted with `COSIGN_PASSWORD`.
+pub fn signing_key(path: &Path) -> Result<SigningKey, Failure> {
+    let Ok(password) = std::env::var("COSIGN_PASSWORD") else {
+        return Err(Failure::new(Code::Invalid, anyhow::anyhow!("`COSIGN_PASSWORD` is not set"))
+            .hint("set it to the key's password (it may be empty: `COSIGN_PASSWORD=`)"));
+    };
+    SigningKey::load(path, password.as_bytes())
+        .map_err(|e| Failure::new(Code::Invalid, e).hint("check the key file and `COSIGN_PASSWORD`"))
+}

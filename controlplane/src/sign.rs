@@ -1,0 +1,123 @@
+//! CI's side: pushing cosign signatures and attestations next to an image, keeping the
+//! ones already there (cosign appends; so do we).
+
+use crate::cosign::{self, Envelope, LayerDescriptor, PredicateKind};
+use crate::image::{Digest, PinnedImage, Repository};
+use crate::keys::SigningKey;
+use crate::registry::{Layer, Registry, RegistryError, OCI_CONFIG};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use std::collections::BTreeMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error("image `{0}` does not exist in its registry; push it before signing")]
+    ImageNotFound(PinnedImage),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// What a push did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Pushed {
+    /// `repo:sha256-<hex>.sig` or `.att`.
+    pub tag: String,
+    /// The new manifest's digest.
+    pub manifest: Digest,
+    /// The layer that holds our signature or attestation.
+    pub layer: Digest,
+    /// Layers that were there before and were kept.
+    pub kept: usize,
+    /// False when an identical layer was already there.
+    pub added: bool,
+}
+
+/// Signs `image` with `key` and pushes the signature to `sha256-<hex>.sig`.
+pub async fn sign(registry: &Registry, image: &PinnedImage, key: &SigningKey) -> Result<Pushed, SignError> {
+    ensure_exists(registry, image).await?;
+    let payload = cosign::simple_signing_payload(image);
+    let sig = B64.encode(key.sign(&payload));
+    let annotations: BTreeMap<String, String> = [(cosign::SIGNATURE_ANNOTATION.to_owned(), sig)].into();
+    let layer = Layer { media_type: cosign::SIMPLE_SIGNING_MEDIA_TYPE.into(), data: payload, annotations };
+    append(registry, &image.repository, &cosign::signature_tag(&image.digest), layer, Some(key)).await
+}
+
+/// Pushes a signed in-toto attestation of `kind` with `predicate` to `sha256-<hex>.att`.
+pub async fn attest(
+    registry: &Registry,
+    image: &PinnedImage,
+    kind: PredicateKind,
+    predicate: serde_json::Value,
+    key: &SigningKey,
+) -> Result<Pushed, SignError> {
+    ensure_exists(registry, image).await?;
+    let envelope: Envelope = cosign::attestation_envelope(image, kind, predicate, key);
+    let annotations: BTreeMap<String, String> =
+        [(cosign::PREDICATE_TYPE_ANNOTATION.to_owned(), kind.predicate_type().to_owned())].into();
+    let layer = Layer {
+        media_type: cosign::DSSE_MEDIA_TYPE.into(),
+        data: serde_json::to_vec(&envelope).expect("JSON"),
+        annotations,
+    };
+    append(registry, &image.repository, &cosign::attestation_tag(&image.digest), layer, None).await
+}
+
+async fn ensure_exists(registry: &Registry, image: &PinnedImage) -> Result<(), SignError> {
+    match registry.manifest(&image.repository, image.digest.as_str()).await? {
+        Some(_) => Ok(()),
+        None => Err(SignError::ImageNotFound(image.clone())),
+    }
+}
+
+/// Adds `layer` to the manifest at `tag`, keeping what is there. A layer identical to
+/// one there, or (with `signer`) a payload this key has already signed, is not added twice.
+async fn append(
+    registry: &Registry,
+    repo: &Repository,
+    tag: &str,
+    layer: Layer,
+    signer: Option<&SigningKey>,
+) -> Result<Pushed, SignError> {
+    let mut existing: Vec<LayerDescriptor> = Vec::new();
+    if let Some((manifest, digest)) = registry.manifest(repo, tag).await? {
+        existing = cosign::manifest_layers(&manifest)
+            .map_err(|detail| RegistryError::Invalid { registry: repo.registry().into(), detail })?;
+        let our_payload = Digest::of(&layer.data);
+        let signed_by_us = |e: &LayerDescriptor| {
+            let sig = e.annotations.get(cosign::SIGNATURE_ANNOTATION).and_then(|s| B64.decode(s.trim()).ok());
+            matches!((signer, sig), (Some(k), Some(sig)) if k.public().verify(&layer.data, &sig))
+        };
+        let already =
+            existing.iter().any(|e| e.digest == our_payload && (e.annotations == layer.annotations || signed_by_us(e)));
+        if already {
+            return Ok(Pushed {
+                tag: tag.into(),
+                manifest: digest,
+                layer: our_payload,
+                kept: existing.len(),
+                added: false,
+            });
+        }
+    }
+    let layer_digest = registry.push_blob(repo, &layer.data).await?;
+    let ours = LayerDescriptor {
+        media_type: layer.media_type.clone(),
+        digest: layer_digest.clone(),
+        size: layer.data.len() as u64,
+        annotations: layer.annotations.clone(),
+    };
+    let kept = existing.len();
+    let mut descriptors = existing;
+    descriptors.push(ours);
+    let all: Vec<Digest> = descriptors.iter().map(|d| d.digest.clone()).collect();
+    let config = cosign::empty_config(&all);
+    let config_digest = registry.push_blob(repo, &config).await?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": crate::registry::OCI_MANIFEST,
+        "config": { "mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len() },
+        "layers": descriptors,
+    });
+    let digest = registry.push_manifest(repo, Some(tag), serde_json::to_vec(&manifest).expect("JSON")).await?;
+    Ok(Pushed { tag: tag.into(), manifest: digest, layer: layer_digest, kept, added: true })
+}

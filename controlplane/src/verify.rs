@@ -1,0 +1,212 @@
+//! Verification of a release against the trust policy: digest pinning, the cosign
+//! signature, and provenance/SBOM attestations. The registry is asked through
+//! [`Registry`]; the decisions are `cosign`'s pure functions.
+//!
+//! sigstore's high-level cosign client logs and swallows fetch errors (a failed `.sig`
+//! fetch yields zero layers) and accepts an empty constraint list, so the fetching is
+//! done here, where "no signature" and "registry unreachable" stay distinct.
+
+use crate::cosign::{self, AttestationEvidence, FetchedLayer, SignatureEvidence, SignatureProblem};
+use crate::image::{Digest, ImageRef, PinnedImage, Repository};
+use crate::keys::PublicKey;
+use crate::registry::{Registry, RegistryError};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("image `{reference}` is not pinned by digest")]
+    NotPinned { reference: String, repository: Repository, resolves_to: Option<Digest> },
+    #[error("`{0}` is not an image reference")]
+    BadReference(String, #[source] crate::image::ImageError),
+    #[error("image `{0}` does not exist in its registry")]
+    ImageNotFound(PinnedImage),
+    #[error("image `{0}` has no signature")]
+    NoSignature(PinnedImage),
+    #[error("image `{0}` is signed, but by no trusted key")]
+    UntrustedKey(PinnedImage),
+    #[error(
+        "the signature found for `{image}` was made for another image digest, `{signed}` (copied from another image?)"
+    )]
+    OtherDigest { image: PinnedImage, signed: String },
+    #[error("the signature found for `{image}` names another repository, `{signed}`")]
+    OtherRepository { image: PinnedImage, signed: String },
+    #[error("the signature of `{image}` is malformed: {detail}")]
+    Malformed { image: PinnedImage, detail: String },
+    #[error("cannot verify `{image}`: the registry could not be asked")]
+    Registry {
+        image: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("policy requires a provenance attestation for `{0}`, and none verifies")]
+    MissingProvenance(PinnedImage),
+    #[error("policy requires an SBOM attestation for `{0}`, and none verifies")]
+    MissingSbom(PinnedImage),
+    #[error("provenance of `{image}` names source commit `{provenance}`, but the release is commit `{release}`")]
+    CommitMismatch { image: PinnedImage, release: String, provenance: String },
+    #[error("provenance of `{image}` was built by `{builder}`, which the trust policy does not allow")]
+    UntrustedBuilder { image: PinnedImage, builder: String },
+    #[error("no trusted keys to verify against")]
+    NoKeys,
+}
+
+impl VerifyError {
+    /// What to do about it.
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            Self::NotPinned { repository, resolves_to: Some(d), .. } => {
+                format!("pin it as `{repository}@{d}` (what the tag resolves to now)")
+            }
+            Self::NotPinned { .. } => "pin it as `REPOSITORY@sha256:...`".into(),
+            Self::NoSignature(i) => {
+                format!("sign it in CI: `agentctl sign {i} --key KEY` (or `cosign sign --key KEY {i}`)")
+            }
+            Self::UntrustedKey(_) => {
+                "sign with a key listed under `[trust] keys`, or add the signer's public key there".into()
+            }
+            Self::OtherDigest { .. } | Self::OtherRepository { .. } => {
+                "a signature is valid only for the exact repository and digest it names; sign this image".into()
+            }
+            Self::Registry { .. } => {
+                "check that the registry is up and reachable, then retry; nothing was changed".into()
+            }
+            Self::MissingProvenance(i) => {
+                format!("attach one: `agentctl attest {i} --type slsaprovenance --predicate FILE --key KEY`")
+            }
+            Self::MissingSbom(i) => format!("attach one: `agentctl attest {i} --type spdx --predicate FILE --key KEY`"),
+            Self::UntrustedBuilder { .. } => "add the builder id to `[trust] builders` if it is trusted".into(),
+            _ => return None,
+        })
+    }
+}
+
+/// What the environment's policy asks for beyond the signature.
+#[derive(Debug, Clone, Default)]
+pub struct Requirements {
+    pub provenance: bool,
+    pub sbom: bool,
+    /// The release's source commit; a provenance attestation must name it.
+    pub commit: Option<String>,
+}
+
+/// A release whose verification succeeded. Only [`Verifier::verify`] constructs one, so
+/// code that requires it can only ever see verified images.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verified {
+    pub image: PinnedImage,
+    pub signature: SignatureEvidence,
+    pub attestations: Vec<AttestationEvidence>,
+    #[serde(skip)]
+    _sealed: Sealed,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Sealed;
+
+impl Verified {
+    pub fn provenance(&self) -> Option<&AttestationEvidence> {
+        self.attestations.iter().find(|a| a.kind == cosign::PredicateKind::Slsaprovenance)
+    }
+    pub fn sbom(&self) -> Option<&AttestationEvidence> {
+        self.attestations.iter().find(|a| a.kind.is_sbom())
+    }
+}
+
+/// Verifies images against a set of trusted keys and builders.
+#[derive(Debug)]
+pub struct Verifier<'a> {
+    pub registry: &'a Registry,
+    pub keys: Vec<PublicKey>,
+    pub builders: Vec<String>,
+}
+
+impl Verifier<'_> {
+    /// Verifies `reference` (which must be `repo@sha256:...`).
+    #[tracing::instrument(skip_all, fields(image = %reference))]
+    pub async fn verify(&self, reference: &str, req: &Requirements) -> Result<Verified, VerifyError> {
+        if self.keys.is_empty() {
+            return Err(VerifyError::NoKeys);
+        }
+        let image = match ImageRef::parse(reference).map_err(|e| VerifyError::BadReference(reference.into(), e))? {
+            ImageRef::Pinned(p) => p,
+            ImageRef::Tagged { repository, tag } => {
+                let resolves_to = self.registry.manifest(&repository, &tag).await.ok().flatten().map(|(_, d)| d);
+                return Err(VerifyError::NotPinned { reference: reference.into(), repository, resolves_to });
+            }
+        };
+        self.verify_pinned(&image, req).await
+    }
+
+    pub async fn verify_pinned(&self, image: &PinnedImage, req: &Requirements) -> Result<Verified, VerifyError> {
+        let reg = |source| VerifyError::Registry { image: image.to_string(), source };
+        let repo = &image.repository;
+        if self.registry.manifest(repo, image.digest.as_str()).await.map_err(reg)?.is_none() {
+            return Err(VerifyError::ImageNotFound(image.clone()));
+        }
+        let sig_layers = self.layers(repo, &cosign::signature_tag(&image.digest)).await.map_err(reg)?;
+        let Some(sig_layers) = sig_layers else { return Err(VerifyError::NoSignature(image.clone())) };
+        let signature = cosign::evaluate_signatures(image, &sig_layers, &self.keys).map_err(|p| match p {
+            SignatureProblem::Empty => VerifyError::NoSignature(image.clone()),
+            SignatureProblem::UntrustedKey => VerifyError::UntrustedKey(image.clone()),
+            SignatureProblem::OtherDigest { signed } => VerifyError::OtherDigest { image: image.clone(), signed },
+            SignatureProblem::OtherRepository { signed } => {
+                VerifyError::OtherRepository { image: image.clone(), signed }
+            }
+            SignatureProblem::Malformed(detail) => VerifyError::Malformed { image: image.clone(), detail },
+        })?;
+
+        let att_layers =
+            self.layers(repo, &cosign::attestation_tag(&image.digest)).await.map_err(reg)?.unwrap_or_default();
+        let (attestations, problems) = cosign::evaluate_attestations(image, &att_layers, &self.keys);
+        if !problems.is_empty() {
+            tracing::warn!(?problems, "attestation layers that did not verify were ignored");
+        }
+        let verified = Verified { image: image.clone(), signature, attestations, _sealed: Sealed };
+        self.check_requirements(&verified, req)?;
+        Ok(verified)
+    }
+
+    fn check_requirements(&self, v: &Verified, req: &Requirements) -> Result<(), VerifyError> {
+        let image = &v.image;
+        for p in v.attestations.iter().filter(|a| a.kind == cosign::PredicateKind::Slsaprovenance) {
+            if let (Some(release), Some(named)) = (&req.commit, &p.commit) {
+                if release != named {
+                    return Err(VerifyError::CommitMismatch {
+                        image: image.clone(),
+                        release: release.clone(),
+                        provenance: named.clone(),
+                    });
+                }
+            }
+            if let Some(b) = &p.builder {
+                if !self.builders.contains(b) {
+                    return Err(VerifyError::UntrustedBuilder { image: image.clone(), builder: b.clone() });
+                }
+            }
+        }
+        if req.provenance {
+            let ok =
+                v.provenance().is_some_and(|p| p.builder.is_some() && (req.commit.is_none() || p.commit.is_some()));
+            if !ok {
+                return Err(VerifyError::MissingProvenance(image.clone()));
+            }
+        }
+        if req.sbom && v.sbom().is_none() {
+            return Err(VerifyError::MissingSbom(image.clone()));
+        }
+        Ok(())
+    }
+
+    /// The layers of the manifest at `tag`, with their blobs, or `None` if there is none.
+    async fn layers(&self, repo: &Repository, tag: &str) -> Result<Option<Vec<FetchedLayer>>, RegistryError> {
+        let Some((manifest, _)) = self.registry.manifest(repo, tag).await? else { return Ok(None) };
+        let descriptors = cosign::manifest_layers(&manifest)
+            .map_err(|detail| RegistryError::Invalid { registry: repo.registry().into(), detail })?;
+        let mut out = Vec::with_capacity(descriptors.len());
+        for d in descriptors {
+            let data = self.registry.blob(repo, &d.digest).await?;
+            out.push(FetchedLayer { media_type: d.media_type, digest: d.digest, annotations: d.annotations, data });
+        }
+        Ok(Some(out))
+    }
+}

@@ -1,0 +1,170 @@
+//! Shared test fixtures: a lab with the real `agentctl` binary pointed at it, and a
+//! registry proxy that can "die" after a number of requests.
+
+#![allow(dead_code, reason = "each test binary uses part of the fixtures")]
+
+use controlplane::image::{PinnedImage, Repository};
+use controlplane::registry::Registry;
+use lab::{Lab, LabConfig};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_agentctl");
+
+/// A lab and the binary.
+pub struct World {
+    pub lab: Lab,
+}
+
+impl World {
+    pub async fn start(cfg: LabConfig) -> Self {
+        Self { lab: Lab::start(cfg).await.expect("lab starts") }
+    }
+
+    pub fn manifests(&self) -> PathBuf {
+        self.lab.manifests()
+    }
+
+    /// `agentctl --manifests <lab> ARGS`, with the lab's (empty) key password.
+    pub fn agentctl(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--manifests")
+            .arg(self.manifests())
+            .args(args)
+            .env("COSIGN_PASSWORD", "")
+            .env("USER", "tester")
+            .output()
+            .unwrap()
+    }
+
+    pub fn release_key(&self) -> String {
+        self.lab.release_key().display().to_string()
+    }
+
+    /// Pushes an image and signs it with the trusted release key through the CLI.
+    pub async fn signed_image(&self, path: &str, content: &str) -> PinnedImage {
+        let img = self.lab.push_image(path, "latest", content).await.unwrap();
+        let out = self.agentctl(&["sign", &img.to_string(), "--key", &self.release_key()]);
+        assert_ok(&out);
+        img
+    }
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[track_caller]
+pub fn assert_ok(out: &Output) {
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{}\nstderr:\n{}", stdout(out), stderr(out));
+}
+
+#[track_caller]
+pub fn assert_exit(out: &Output, code: i32, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "stdout:\n{}\nstderr:\n{err}", stdout(out));
+    assert!(err.contains(needle), "expected `{needle}` in:\n{err}");
+}
+
+/// Copies the manifest at `from_tag` in `from` (and its blobs) to `to_tag` in `to`.
+pub async fn copy_tag(registry: &Registry, from: &Repository, from_tag: &str, to: &Repository, to_tag: &str) {
+    let (manifest, _) = registry.manifest(from, from_tag).await.unwrap().expect("source tag exists");
+    let v: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let mut digests = vec![v["config"]["digest"].as_str().unwrap().to_owned()];
+    digests.extend(v["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_owned()));
+    for d in digests {
+        let blob = registry.blob(from, &controlplane::image::Digest::new(&d).unwrap()).await.unwrap();
+        registry.push_blob(to, &blob).await.unwrap();
+    }
+    registry.push_manifest(to, Some(to_tag), manifest).await.unwrap();
+}
+
+/// A TCP proxy in front of a registry that forwards a budget of HTTP requests and then
+/// drops every connection, like a registry that stops mid-way.
+pub struct Proxy {
+    pub port: u16,
+    budget: Arc<AtomicI64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Proxy {
+    pub async fn start(target: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let budget = Arc::new(AtomicI64::new(-1));
+        let b = budget.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else { return };
+                if b.load(Ordering::SeqCst) == 0 {
+                    continue;
+                }
+                tokio::spawn(relay(client, target, b.clone()));
+            }
+        });
+        Self { port, budget, task }
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// From now on forward `n` more requests (`-1`: unlimited).
+    pub fn set_budget(&self, n: i64) {
+        self.budget.store(n, Ordering::SeqCst);
+    }
+}
+
+async fn relay(client: tokio::net::TcpStream, target: u16, budget: Arc<AtomicI64>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { return };
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let up = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let requests = buf[..n].windows(11).filter(|w| w == b" HTTP/1.1\r\n").count() as i64;
+            for _ in 0..requests {
+                let left = budget.load(Ordering::SeqCst);
+                if left == 0 {
+                    return;
+                }
+                if left > 0 {
+                    budget.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            if sw.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let down = async {
+        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+    };
+    tokio::select! { _ = up => {}, _ = down => {} }
+}
+
+/// An image reference string.
+pub fn s(img: &PinnedImage) -> String {
+    img.to_string()
+}
+
+pub fn lab3() -> LabConfig {
+    LabConfig::default()
+}

@@ -1,0 +1,284 @@
+//! Signed artifacts against the lab registry: every refusal has its own message and
+//! exit 4; formats are cosign's (checked by sigstore's own cosign client).
+
+mod common;
+
+use common::*;
+use controlplane::cosign;
+use controlplane::image::Repository;
+use lab::LabConfig;
+
+fn no_hosts() -> LabConfig {
+    LabConfig { hosts: 1, staging: 1, registry: true, dir: None }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_images_verify_and_signing_keeps_existing_signatures() {
+    let w = World::start(no_hosts()).await;
+    let img = w.signed_image("demo/api", "v1").await;
+    let out = w.agentctl(&["verify", &s(&img)]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("verified"));
+
+    // A second key (cosign format, from `keys generate`) adds a signature and keeps ours.
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("ci");
+    assert_ok(&w.agentctl(&["keys", "generate", "--out", prefix.to_str().unwrap()]));
+    let key = format!("{}.key", prefix.display());
+    let out = w.agentctl(&["sign", &s(&img), "--key", &key]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("1 kept"), "{}", stdout(&out));
+    assert_ok(&w.agentctl(&["verify", &s(&img), "--key", &format!("{}.pub", prefix.display())]));
+    assert_ok(&w.agentctl(&["verify", &s(&img)]));
+    // Signing again with the same key adds nothing.
+    assert!(stdout(&w.agentctl(&["sign", &s(&img), "--key", &key])).contains("nothing pushed"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tag_is_refused_with_the_digest_to_pin() {
+    let w = World::start(no_hosts()).await;
+    let img = w.lab.push_image("demo/api", "v2", "tagged").await.unwrap();
+    let out = w.agentctl(&["verify", &format!("{}:v2", img.repository)]);
+    assert_exit(&out, 4, "is not pinned by digest");
+    assert!(stderr(&out).contains(&format!("pin it as `{img}`")), "{}", stderr(&out));
+    assert_exit(&w.agentctl(&["sign", &format!("{}:v2", img.repository), "--key", &w.release_key()]), 4, "it is a tag");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unsigned_image_is_refused() {
+    let w = World::start(no_hosts()).await;
+    let img = w.lab.push_image("demo/api", "v1", "unsigned").await.unwrap();
+    assert_exit(&w.agentctl(&["verify", &s(&img)]), 4, "has no signature");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signature_by_an_untrusted_key_is_refused() {
+    let w = World::start(no_hosts()).await;
+    let img = w.lab.push_image("demo/api", "v1", "wrong key").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("rogue");
+    assert_ok(&w.agentctl(&["keys", "generate", "--out", prefix.to_str().unwrap()]));
+    assert_ok(&w.agentctl(&["sign", &s(&img), "--key", &format!("{}.key", prefix.display())]));
+    assert_exit(&w.agentctl(&["verify", &s(&img)]), 4, "signed, but by no trusted key");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signature_copied_from_another_digest_is_refused() {
+    let w = World::start(no_hosts()).await;
+    let signed = w.signed_image("demo/api", "good").await;
+    let victim = w.lab.push_image("demo/api", "evil", "evil").await.unwrap();
+    let reg = w.lab.registry_client();
+    let repo = &signed.repository;
+    copy_tag(&reg, repo, &cosign::signature_tag(&signed.digest), repo, &cosign::signature_tag(&victim.digest)).await;
+    let out = w.agentctl(&["verify", &s(&victim)]);
+    assert_exit(&out, 4, "was made for another image digest");
+    assert!(stderr(&out).contains(signed.digest.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signature_for_another_repository_is_refused() {
+    let w = World::start(no_hosts()).await;
+    // The same content under two names has one digest; sign it only as `demo/other`.
+    let other = w.signed_image("demo/other", "same bytes").await;
+    let api = w.lab.push_image("demo/api", "v1", "same bytes").await.unwrap();
+    assert_eq!(other.digest, api.digest);
+    let reg = w.lab.registry_client();
+    let tag = cosign::signature_tag(&api.digest);
+    copy_tag(&reg, &other.repository, &tag, &api.repository, &tag).await;
+    let out = w.agentctl(&["verify", &s(&api)]);
+    assert_exit(&out, 4, "names another repository");
+    assert!(stderr(&out).contains("demo/other"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_that_is_down_is_unreachable_not_unsigned() {
+    let mut w = World::start(no_hosts()).await;
+    let img = w.signed_image("demo/api", "v1").await;
+    w.lab.stop_registry();
+    let out = w.agentctl(&["verify", &s(&img)]);
+    assert_exit(&out, 4, "the registry could not be asked");
+    assert!(!stderr(&out).contains("no signature"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_that_stops_mid_way_is_unreachable_not_unsigned() {
+    let w = World::start(no_hosts()).await;
+    let port: u16 = w.lab.registry_host().rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = Proxy::start(port).await;
+    // Name the proxy as a (plain HTTP) registry in the manifests and push through it.
+    let cp = w.manifests().join("controlplane.toml");
+    let text = std::fs::read_to_string(&cp).unwrap();
+    let extra = format!("[[registry]]\nhost = \"{}\"\ninsecure = true\n\n[trust]", proxy.host());
+    std::fs::write(&cp, text.replacen("[trust]", &extra, 1)).unwrap();
+    let repo = Repository::new(&format!("{}/demo/api", proxy.host())).unwrap();
+    let client = controlplane::registry::Registry::new(&[controlplane::manifest::RegistrySettings {
+        host: proxy.host(),
+        insecure: true,
+        username_env: None,
+        password_env: None,
+    }]);
+    let digest =
+        client.push_artifact(&repo, Some("v1"), &lab::build_image("through the proxy").artifact).await.unwrap();
+    let img = format!("{repo}@{digest}");
+    assert_ok(&w.agentctl(&["sign", &img, "--key", &w.release_key()]));
+    assert_ok(&w.agentctl(&["verify", &img]));
+
+    // The image manifest and the `.sig` manifest answer; then the registry is gone.
+    proxy.set_budget(2);
+    let out = w.agentctl(&["verify", &img]);
+    assert_exit(&out, 4, "the registry could not be asked");
+    assert!(!stderr(&out).contains("no signature"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigstores_cosign_client_accepts_our_signatures() {
+    use sigstore::cosign::verification_constraint::{PublicKeyVerifier, VerificationConstraintVec};
+    use sigstore::cosign::{ClientBuilder, CosignCapabilities as _};
+    use sigstore::registry::{Auth, ClientConfig, ClientProtocol, OciReference};
+
+    let w = World::start(no_hosts()).await;
+    let img = w.signed_image("demo/api", "interop").await;
+    let config =
+        ClientConfig { protocol: ClientProtocol::HttpsExcept(vec![w.lab.registry_host()]), ..Default::default() };
+    let mut client = ClientBuilder::default().with_oci_client_config(config).build().unwrap();
+    let reference: OciReference = s(&img).parse().unwrap();
+    let layers = client.trusted_signature_layers(&Auth::Anonymous, &reference).await.unwrap();
+    assert_eq!(layers.len(), 1, "sigstore reads our `.sig` layer");
+    let public = std::fs::read(w.manifests().join("trust/release.pub")).unwrap();
+    let verifier = PublicKeyVerifier::new(&public, &sigstore::crypto::SigningScheme::ECDSA_P256_SHA256_ASN1).unwrap();
+    let constraints: VerificationConstraintVec = vec![Box::new(verifier)];
+    sigstore::cosign::verify_constraints(&layers, constraints.iter()).expect("sigstore verifies our signature");
+
+    // The same check with another key must fail: the check above is not vacuous.
+    let dir = tempfile::tempdir().unwrap();
+    let other = controlplane::keys::SigningKey::generate().unwrap();
+    let (_, public) = other.write_pair(&dir.path().join("o"), b"").unwrap();
+    let verifier = PublicKeyVerifier::new(
+        &std::fs::read(public).unwrap(),
+        &sigstore::crypto::SigningScheme::ECDSA_P256_SHA256_ASN1,
+    )
+    .unwrap();
+    let constraints: VerificationConstraintVec = vec![Box::new(verifier)];
+    assert!(sigstore::cosign::verify_constraints(&layers, constraints.iter()).is_err());
+}
+
+fn predicate_file(dir: &std::path::Path, commit: &str, builder: &str) -> String {
+    let p = dir.join(format!("prov-{commit}.json"));
+    let v = serde_json::json!({
+        "builder": { "id": builder },
+        "buildType": "https://github.com/actions/workflow",
+        "invocation": { "configSource": { "uri": "git+https://example.com/demo/api", "digest": { "sha1": commit } } },
+    });
+    std::fs::write(&p, v.to_string()).unwrap();
+    p.display().to_string()
+}
+
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+const OTHER_COMMIT: &str = "89abcdef0123456789abcdef0123456789abcdef";
+const BUILDER: &str = "https://github.com/actions/runner";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attestations_round_trip_and_release_add_records_the_evidence() {
+    let w = World::start(no_hosts()).await;
+    let img = w.signed_image("demo/api", "attested").await;
+    let dir = tempfile::tempdir().unwrap();
+    let prov = predicate_file(dir.path(), COMMIT, BUILDER);
+    assert_ok(&w.agentctl(&[
+        "attest",
+        &s(&img),
+        "--predicate",
+        &prov,
+        "--type",
+        "slsaprovenance",
+        "--key",
+        &w.release_key(),
+    ]));
+    let sbom = dir.path().join("sbom.json");
+    std::fs::write(&sbom, r#"{"spdxVersion":"SPDX-2.3","name":"api","packages":[]}"#).unwrap();
+    assert_ok(&w.agentctl(&[
+        "attest",
+        &s(&img),
+        "--predicate",
+        sbom.to_str().unwrap(),
+        "--type",
+        "spdx",
+        "--key",
+        &w.release_key(),
+    ]));
+
+    let out = w.agentctl(&["verify", &s(&img), "--json"]);
+    assert_ok(&out);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["verified"]["attestations"].as_array().unwrap().len(), 2);
+
+    let out = w.agentctl(&["release", "add", "api", &s(&img), "--commit", COMMIT, "--json"]);
+    assert_ok(&out);
+    let rec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(rec["provenance"].as_str().unwrap().starts_with("sha256:"));
+    assert!(rec["sbom"].as_str().unwrap().starts_with("sha256:"));
+    let evidence: serde_json::Value = serde_json::from_str(rec["evidence"].as_str().unwrap()).unwrap();
+    assert!(
+        evidence["signature"]["signature"].as_str().is_some(),
+        "the signature itself is kept for offline re-checks"
+    );
+    assert!(stdout(&w.agentctl(&["release", "list", "api"])).contains(img.digest.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provenance_naming_another_commit_is_refused_with_both_commits() {
+    let w = World::start(no_hosts()).await;
+    let img = w.signed_image("demo/api", "mismatch").await;
+    let dir = tempfile::tempdir().unwrap();
+    let prov = predicate_file(dir.path(), OTHER_COMMIT, BUILDER);
+    assert_ok(&w.agentctl(&[
+        "attest",
+        &s(&img),
+        "--predicate",
+        &prov,
+        "--type",
+        "slsaprovenance",
+        "--key",
+        &w.release_key(),
+    ]));
+    let out = w.agentctl(&["release", "add", "api", &s(&img), "--commit", COMMIT]);
+    assert_exit(&out, 4, OTHER_COMMIT);
+    assert!(stderr(&out).contains(COMMIT));
+    assert!(stdout(&w.agentctl(&["release", "list", "api"])).contains("0 release(s)"), "nothing recorded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provenance_from_an_untrusted_builder_is_refused() {
+    let w = World::start(no_hosts()).await;
+    let img = w.signed_image("demo/api", "builder").await;
+    let dir = tempfile::tempdir().unwrap();
+    let prov = predicate_file(dir.path(), COMMIT, "https://evil.example/builder");
+    assert_ok(&w.agentctl(&[
+        "attest",
+        &s(&img),
+        "--predicate",
+        &prov,
+        "--type",
+        "slsaprovenance",
+        "--key",
+        &w.release_key(),
+    ]));
+    assert_exit(&w.agentctl(&["release", "add", "api", &s(&img), "--commit", COMMIT]), 4, "evil.example");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn release_add_refuses_unsigned_images_and_other_repositories() {
+    let w = World::start(no_hosts()).await;
+    let unsigned = w.lab.push_image("demo/api", "u", "unsigned").await.unwrap();
+    assert_exit(&w.agentctl(&["release", "add", "api", &s(&unsigned), "--commit", COMMIT]), 4, "has no signature");
+    let elsewhere = w.signed_image("demo/web", "web").await;
+    assert_exit(
+        &w.agentctl(&["release", "add", "api", &s(&elsewhere), "--commit", COMMIT]),
+        2,
+        "is not in service `api`",
+    );
+    assert_exit(
+        &w.agentctl(&["release", "add", "api", &s(&unsigned), "--commit", "HEAD"]),
+        2,
+        "is not a source commit",
+    );
+}
