@@ -5,6 +5,7 @@
 //! - `quickstart`: the main job end to end with the real `agentctl` on a fresh lab.
 //! - `test`: `setup`, then the whole test suite.
 
+mod bench;
 mod quickstart;
 
 use anyhow::{bail, Context as _};
@@ -36,11 +37,27 @@ enum Task {
         #[arg(long)]
         keep: bool,
     },
+    /// Benchmarks against a fresh lab.
+    Bench {
+        #[command(subcommand)]
+        bench: BenchCommand,
+    },
     /// Install what the tests need, then run them all.
     Test {
         /// Extra arguments for `cargo test`.
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// `verify` of one image and of N images concurrently, with registry round trips.
+    Verify {
+        #[arg(long, default_value_t = 20)]
+        images: usize,
+        #[arg(long, default_value_t = 15)]
+        runs: usize,
     },
 }
 
@@ -86,6 +103,12 @@ fn main() -> anyhow::Result<()> {
         Task::Quickstart { keep } => {
             setup()?;
             rt.block_on(quickstart::run(keep))
+        }
+        Task::Bench { bench } => {
+            setup()?;
+            match bench {
+                BenchCommand::Verify { images, runs } => rt.block_on(bench::verify(images, runs)),
+            }
         }
         Task::Test { args } => {
             setup()?;
