@@ -83,6 +83,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ReleaseCommand,
     },
+    /// Receipts: list, show, verify the signed chain, report for auditors.
+    Receipts {
+        #[command(subcommand)]
+        command: ReceiptsCommand,
+    },
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -126,4 +131,41 @@ pub enum ReleaseCommand {
     },
     /// List the recorded releases of SERVICE.
     List { service: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReceiptsCommand {
+    /// One line per receipt.
+    List {
+        /// The receipts directory (default: the manifests' `receipts`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Print one receipt (by sequence number or file name).
+    Show {
+        id: String,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Check every signature and the whole hash chain, offline.
+    ///
+    /// Needs only the directory and the public key. When the manifests' state store is
+    /// available, its chain head is compared too, so that a removed tail is noticed.
+    /// Exit 0 when everything holds, 1 otherwise, naming each bad receipt.
+    Verify {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The receipt-signing public key (default: the manifests' `receipt_public_key`).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Write an HTML report: per environment and service, a timeline with the evidence.
+    Report {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
 }

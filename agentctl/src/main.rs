@@ -6,7 +6,7 @@ mod failure;
 mod render;
 
 use clap::Parser as _;
-use cli::{Cli, Command, KeysCommand, ReleaseCommand};
+use cli::{Cli, Command, KeysCommand, ReceiptsCommand, ReleaseCommand};
 use failure::Failure;
 use render::Report;
 use std::io::{IsTerminal as _, Write as _};
@@ -69,6 +69,12 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
             commands::release::add(g, args).await
         }
         Command::Release { command: ReleaseCommand::List { service } } => commands::release::list(g, &service).await,
+        Command::Receipts { command } => match command {
+            ReceiptsCommand::List { dir } => commands::receipts::list(g, dir.as_deref()).await,
+            ReceiptsCommand::Show { id, dir } => commands::receipts::show(g, &id, dir.as_deref()).await,
+            ReceiptsCommand::Verify { dir, key } => commands::receipts::verify(g, dir.as_deref(), key.as_deref()).await,
+            ReceiptsCommand::Report { out, dir, key } => commands::receipts::report(g, &out, dir.as_deref(), key.as_deref()).await,
+        },
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut buf = Vec::new();

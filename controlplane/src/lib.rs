@@ -4,6 +4,7 @@
 //! `manifest::{raw, model, validate}`. Effectful edges behind small traits: `store`,
 //! `manifest::load`, `keys` (files).
 
+pub mod canonical;
 pub mod cosign;
 pub mod diagnostic;
 pub mod image;
@@ -11,8 +12,11 @@ pub mod init;
 pub mod keys;
 pub mod manifest;
 pub mod names;
+pub mod receipt;
+pub mod receipt_log;
 pub mod registry;
 pub mod remote;
+pub mod report;
 pub mod secrets;
 pub mod sign;
 pub mod ssh;

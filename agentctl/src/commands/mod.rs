@@ -4,6 +4,7 @@ pub mod check;
 pub mod context;
 pub mod init;
 pub mod keys;
+pub mod receipts;
 pub mod release;
 pub mod sign;
 pub mod verify;

@@ -1,0 +1,133 @@
+//! `agentctl receipts list | show | verify | report`.
+
+use super::context::Context;
+use crate::failure::{Code, Failure};
+use crate::render::Report;
+use crate::Globals;
+use controlplane::keys::PublicKey;
+use controlplane::receipt::{self, ChainReport, Receipt, StoreHead};
+use controlplane::receipt_log::ReceiptLog;
+use controlplane::store::Store as _;
+use std::path::{Path, PathBuf};
+
+/// Where the receipts are, the key to check them with, and the store's head if any.
+struct Sources {
+    log: ReceiptLog,
+    key: Option<PublicKey>,
+    head: Option<StoreHead>,
+    store_note: &'static str,
+}
+
+async fn sources(g: &Globals, dir: Option<&Path>, key: Option<&Path>, need_key: bool) -> Result<Sources, Failure> {
+    // Manifests are optional for auditors who have only the receipts and the key.
+    let ctx = if dir.is_some() && key.is_some() { Context::load(g).ok() } else { Some(Context::load(g)?) };
+    let dir: PathBuf = match (dir, &ctx) {
+        (Some(d), _) => d.to_path_buf(),
+        (None, Some(c)) => c.set.resolve(&c.set.settings.receipts_dir),
+        (None, None) => unreachable!("a context is loaded when --dir is absent"),
+    };
+    let key = match (key, &ctx) {
+        (Some(k), _) => Some(PublicKey::load(k).map_err(|e| Failure::new(Code::Invalid, e))?),
+        (None, Some(c)) if need_key => Some(PublicKey::load(&c.set.resolve(&c.set.settings.receipt_public_key)).map_err(|e| Failure::new(Code::Invalid, e))?),
+        _ => None,
+    };
+    let mut head = None;
+    let mut store_note = "state store not available: a removed tail of the chain cannot be detected";
+    if let Some(c) = &ctx {
+        let same_dir = std::path::absolute(&dir).ok() == std::path::absolute(c.set.resolve(&c.set.settings.receipts_dir)).ok();
+        if same_dir {
+            if let Some(store) = c.existing_store().await? {
+                head = store.receipt_head().await?.map(|e| StoreHead { seq: e.seq as u64, sha256: e.sha256 });
+                store_note = "chain head compared with the state store";
+                if head.is_none() {
+                    head = Some(StoreHead { seq: 0, sha256: String::new() });
+                }
+            }
+        }
+    }
+    Ok(Sources { log: ReceiptLog::new(dir), key, head, store_note })
+}
+
+fn check(src: &Sources) -> Result<(ChainReport, Vec<Receipt>), Failure> {
+    let (files, orphans) = src.log.read()?;
+    let key = src.key.as_ref().expect("verify loads a key");
+    let report = receipt::verify_chain(&files, &orphans, key, src.head.as_ref());
+    let good: Vec<Receipt> = files.iter().filter_map(|f| receipt::verify_one(f, key).ok()).collect();
+    Ok((report, good))
+}
+
+pub async fn verify(g: &Globals, dir: Option<&Path>, key: Option<&Path>) -> Result<Report, Failure> {
+    let src = sources(g, dir, key, true).await?;
+    let (report, _) = check(&src)?;
+    let mut text = String::new();
+    for p in &report.problems {
+        text.push_str(&format!("BAD  {}: {}\n", p.receipt, p.problem));
+    }
+    for i in &report.incomplete {
+        text.push_str(&format!("note {i}: signature of an append that did not complete (crash?); ignored\n"));
+    }
+    let json = serde_json::json!({ "ok": report.ok(), "report": report, "store": src.store_note, "dir": src.log.dir() });
+    if report.ok() {
+        text.push_str(&format!(
+            "ok: {} receipt(s) in `{}` verify; chain head {} ({})",
+            report.receipts,
+            src.log.dir().display(),
+            report.head.as_deref().unwrap_or("none"),
+            src.store_note
+        ));
+        Ok(Report::new(text, json))
+    } else {
+        let out = if g.json { serde_json::to_string_pretty(&json)? } else { text.trim_end().to_owned() };
+        Err(Failure::new(Code::Failed, anyhow::anyhow!("{} problem(s) in the receipt chain in `{}`", report.problems.len(), src.log.dir().display()))
+            .with_output(out)
+            .hint("the receipts named above were edited, removed, reordered or forged; keep the directory as evidence"))
+    }
+}
+
+pub async fn list(g: &Globals, dir: Option<&Path>) -> Result<Report, Failure> {
+    let src = sources(g, dir, None, false).await?;
+    let (files, _) = src.log.read()?;
+    let mut rows = Vec::new();
+    let mut text = format!("{} receipt(s) in `{}`", files.len(), src.log.dir().display());
+    for f in &files {
+        match serde_json::from_slice::<Receipt>(&f.bytes) {
+            Ok(r) => {
+                text.push_str(&format!(
+                    "\n{:>6}  {:<13} {:<9} {}  {}/{}  by {}",
+                    r.seq,
+                    r.body.kind.as_str(),
+                    r.body.outcome,
+                    r.body.time,
+                    r.body.environment.as_deref().unwrap_or("-"),
+                    r.body.service.as_deref().unwrap_or("-"),
+                    r.body.operator
+                ));
+                rows.push(serde_json::to_value(&r)?);
+            }
+            Err(e) => text.push_str(&format!("\n{}  unreadable: {e}", f.name)),
+        }
+    }
+    Ok(Report::new(text, serde_json::Value::Array(rows)))
+}
+
+pub async fn show(g: &Globals, id: &str, dir: Option<&Path>) -> Result<Report, Failure> {
+    let src = sources(g, dir, None, false).await?;
+    let (files, _) = src.log.read()?;
+    let wanted = id.parse::<u64>().ok();
+    let file = files.iter().find(|f| f.name == id || f.name.trim_end_matches(".json") == id || wanted.is_some() && receipt::seq_of(&f.name) == wanted);
+    let Some(file) = file else {
+        return Err(Failure::new(Code::Invalid, anyhow::anyhow!("no receipt `{id}` in `{}`", src.log.dir().display())).hint("`agentctl receipts list` shows the sequence numbers"));
+    };
+    let value: serde_json::Value = serde_json::from_slice(&file.bytes)?;
+    Ok(Report::new(serde_json::to_string_pretty(&value)?, value))
+}
+
+pub async fn report(g: &Globals, out: &Path, dir: Option<&Path>, key: Option<&Path>) -> Result<Report, Failure> {
+    let src = sources(g, dir, key, true).await?;
+    let (chain, good) = check(&src)?;
+    let key_id = src.key.as_ref().map(|k| k.key_id.clone()).unwrap_or_default();
+    let html = controlplane::report::render(&src.log.dir().display().to_string(), &key_id, &good, &chain)?;
+    std::fs::write(out, html).map_err(|e| Failure::new(Code::Failed, anyhow::Error::new(e).context(format!("cannot write `{}`", out.display()))))?;
+    let text = format!("wrote `{}`: {} receipt(s), chain {}", out.display(), good.len(), if chain.ok() { "verifies" } else { "does NOT verify" });
+    Ok(Report::new(text, serde_json::json!({ "out": out, "receipts": good.len(), "ok": chain.ok() })))
+}
