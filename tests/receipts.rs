@@ -54,7 +54,8 @@ impl Project {
 }
 
 fn body(i: u64) -> ReceiptBody {
-    let kind = [ReceiptKind::Apply, ReceiptKind::Rollback, ReceiptKind::Refusal, ReceiptKind::Approval][(i % 4) as usize];
+    let kind =
+        [ReceiptKind::Apply, ReceiptKind::Rollback, ReceiptKind::Refusal, ReceiptKind::Approval][(i % 4) as usize];
     ReceiptBody {
         kind,
         time: format!("2026-11-23T12:{:02}:{:02}Z", (i / 60) % 60, i % 60),
@@ -70,7 +71,14 @@ fn body(i: u64) -> ReceiptBody {
             provenance: None,
             sbom: None,
         }),
-        hosts: vec![HostOutcome { host: "vm-1".into(), before: Some("r-a".into()), after: Some("r-b".into()), rollback_target: Some("r-a".into()), outcome: "changed".into(), detail: None }],
+        hosts: vec![HostOutcome {
+            host: "vm-1".into(),
+            before: Some("r-a".into()),
+            after: Some("r-b".into()),
+            rollback_target: Some("r-a".into()),
+            outcome: "changed".into(),
+            detail: None,
+        }],
         approvals: vec![],
         outcome: "succeeded".into(),
         detail: None,
@@ -78,7 +86,11 @@ fn body(i: u64) -> ReceiptBody {
 }
 
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()).map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())).collect()
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .collect()
 }
 
 fn restore(dir: &Path, snap: &BTreeMap<String, Vec<u8>>) {
@@ -116,65 +128,106 @@ async fn every_kind_of_tampering_is_caught_and_named() {
 
     type Tamper = Box<dyn Fn(&Path)>;
     let cases: Vec<(&str, Tamper, String)> = vec![
-        ("edit one byte of a body", Box::new({
-            let r50 = r50.clone();
-            move |d: &Path| {
-                let mut b = std::fs::read(d.join(&r50)).unwrap();
-                let i = b.iter().position(|&c| c == b'a').unwrap();
-                b[i] = b'b';
-                std::fs::write(d.join(&r50), b).unwrap();
-            }
-        }), r50.clone()),
-        ("replace a signature", Box::new({
-            let (r50, r51) = (r50.clone(), r51.clone());
-            move |d: &Path| std::fs::copy(d.join(format!("{r51}.sig")), d.join(format!("{r50}.sig"))).map(|_| ()).unwrap()
-        }), r50.clone()),
-        ("delete a middle receipt", Box::new({
-            let r50 = r50.clone();
-            move |d: &Path| {
-                std::fs::remove_file(d.join(&r50)).unwrap();
-                std::fs::remove_file(d.join(format!("{r50}.sig"))).unwrap();
-            }
-        }), "000050-*.json".into()),
-        ("delete the last receipt", Box::new({
-            let last = last.clone();
-            move |d: &Path| {
-                std::fs::remove_file(d.join(&last)).unwrap();
-                std::fs::remove_file(d.join(format!("{last}.sig"))).unwrap();
-            }
-        }), "000120-*.json".into()),
-        ("swap two receipts", Box::new({
-            let (r50, r51) = (r50.clone(), r51.clone());
-            move |d: &Path| {
-                for ext in ["", ".sig"] {
-                    let a = std::fs::read(d.join(format!("{r50}{ext}"))).unwrap();
-                    let b = std::fs::read(d.join(format!("{r51}{ext}"))).unwrap();
-                    std::fs::write(d.join(format!("{r50}{ext}")), b).unwrap();
-                    std::fs::write(d.join(format!("{r51}{ext}")), a).unwrap();
+        (
+            "edit one byte of a body",
+            Box::new({
+                let r50 = r50.clone();
+                move |d: &Path| {
+                    let mut b = std::fs::read(d.join(&r50)).unwrap();
+                    let i = b.iter().position(|&c| c == b'a').unwrap();
+                    b[i] = b'b';
+                    std::fs::write(d.join(&r50), b).unwrap();
                 }
-            }
-        }), r50.clone()),
-        ("insert a receipt signed by another key", Box::new({
-            let r50 = r50.clone();
-            let key = forged_key;
-            move |d: &Path| {
-                // A well-formed, correctly chained replacement: only the key gives it away.
-                let mut r: Receipt = serde_json::from_slice(&std::fs::read(d.join(&r50)).unwrap()).unwrap();
-                r.body.operator = "mallory".into();
-                let bytes = r.to_bytes();
-                std::fs::write(d.join(&r50), &bytes).unwrap();
-                std::fs::write(d.join(format!("{r50}.sig")), controlplane::receipt::signature_text(&key.sign(&bytes))).unwrap();
-            }
-        }), r50.clone()),
+            }),
+            r50.clone(),
+        ),
+        (
+            "replace a signature",
+            Box::new({
+                let (r50, r51) = (r50.clone(), r51.clone());
+                move |d: &Path| {
+                    std::fs::copy(d.join(format!("{r51}.sig")), d.join(format!("{r50}.sig"))).map(|_| ()).unwrap()
+                }
+            }),
+            r50.clone(),
+        ),
+        (
+            "delete a middle receipt",
+            Box::new({
+                let r50 = r50.clone();
+                move |d: &Path| {
+                    std::fs::remove_file(d.join(&r50)).unwrap();
+                    std::fs::remove_file(d.join(format!("{r50}.sig"))).unwrap();
+                }
+            }),
+            "000050-*.json".into(),
+        ),
+        (
+            "delete the last receipt",
+            Box::new({
+                let last = last.clone();
+                move |d: &Path| {
+                    std::fs::remove_file(d.join(&last)).unwrap();
+                    std::fs::remove_file(d.join(format!("{last}.sig"))).unwrap();
+                }
+            }),
+            "000120-*.json".into(),
+        ),
+        (
+            "swap two receipts",
+            Box::new({
+                let (r50, r51) = (r50.clone(), r51.clone());
+                move |d: &Path| {
+                    for ext in ["", ".sig"] {
+                        let a = std::fs::read(d.join(format!("{r50}{ext}"))).unwrap();
+                        let b = std::fs::read(d.join(format!("{r51}{ext}"))).unwrap();
+                        std::fs::write(d.join(format!("{r50}{ext}")), b).unwrap();
+                        std::fs::write(d.join(format!("{r51}{ext}")), a).unwrap();
+                    }
+                }
+            }),
+            r50.clone(),
+        ),
+        (
+            "insert a receipt signed by another key",
+            Box::new({
+                let r50 = r50.clone();
+                let key = forged_key;
+                move |d: &Path| {
+                    // A well-formed, correctly chained replacement: only the key gives it away.
+                    let mut r: Receipt = serde_json::from_slice(&std::fs::read(d.join(&r50)).unwrap()).unwrap();
+                    r.body.operator = "mallory".into();
+                    let bytes = r.to_bytes();
+                    std::fs::write(d.join(&r50), &bytes).unwrap();
+                    std::fs::write(
+                        d.join(format!("{r50}.sig")),
+                        controlplane::receipt::signature_text(&key.sign(&bytes)),
+                    )
+                    .unwrap();
+                }
+            }),
+            r50.clone(),
+        ),
     ];
     for (what, tamper, named) in cases {
         restore(&dir, &snap);
         tamper(&dir);
         let out = p.agentctl(&["receipts", "verify"]);
         assert_eq!(out.status.code(), Some(1), "{what}: must fail\n{}", stdout(&out));
-        assert!(stdout(&out).contains(&format!("BAD  {named}")), "{what}: expected `{named}` named in:\n{}", stdout(&out));
+        assert!(
+            stdout(&out).contains(&format!("BAD  {named}")),
+            "{what}: expected `{named}` named in:\n{}",
+            stdout(&out)
+        );
         // Auditors without the state store still see everything but a removed tail.
-        let out = p.agentctl(&["receipts", "verify", "--dir", dir.to_str().unwrap(), "--key", p.dir.join("manifests/trust/receipts.pub").to_str().unwrap()]);
+        let out = p.agentctl(&[
+            "receipts",
+            "verify",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--key",
+            p.dir.join("manifests/trust/receipts.pub").to_str().unwrap(),
+        ]);
         if what != "delete the last receipt" {
             assert_eq!(out.status.code(), Some(1), "{what} (offline): must fail\n{}", stdout(&out));
         }

@@ -73,7 +73,9 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
             ReceiptsCommand::List { dir } => commands::receipts::list(g, dir.as_deref()).await,
             ReceiptsCommand::Show { id, dir } => commands::receipts::show(g, &id, dir.as_deref()).await,
             ReceiptsCommand::Verify { dir, key } => commands::receipts::verify(g, dir.as_deref(), key.as_deref()).await,
-            ReceiptsCommand::Report { out, dir, key } => commands::receipts::report(g, &out, dir.as_deref(), key.as_deref()).await,
+            ReceiptsCommand::Report { out, dir, key } => {
+                commands::receipts::report(g, &out, dir.as_deref(), key.as_deref()).await
+            }
         },
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -71,7 +71,10 @@ mod tests {
 
     #[test]
     fn sorts_members_and_drops_whitespace() {
-        assert_eq!(c(r#"{ "b": 1, "a": [ true, null, "x" ], "c": { "z": 0, "y": -5 } }"#), r#"{"a":[true,null,"x"],"b":1,"c":{"y":-5,"z":0}}"#);
+        assert_eq!(
+            c(r#"{ "b": 1, "a": [ true, null, "x" ], "c": { "z": 0, "y": -5 } }"#),
+            r#"{"a":[true,null,"x"],"b":1,"c":{"y":-5,"z":0}}"#
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use sha2::{Digest as _, Sha256};
 use sigstore::crypto::signing_key::SigStoreKeyPair;
-use sigstore::crypto::{CosignVerificationKey, SigStoreSigner, Signature, SigningScheme};
+use sigstore::crypto::{CosignVerificationKey, SigStoreSigner, SigningScheme};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
@@ -135,7 +135,10 @@ pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
 /// A trusted public key, with the id receipts and releases refer to it by.
 #[derive(Clone)]
 pub struct PublicKey {
-    key: CosignVerificationKey,
+    /// The uncompressed P-256 point, for verification through aws-lc (the same library
+    /// rustls uses here): several times faster than the pure-Rust path, which matters
+    /// when an auditor checks a chain of ten thousand receipts.
+    point: Vec<u8>,
     pem: String,
     /// `sha256:` of the DER (SubjectPublicKeyInfo) encoding.
     pub key_id: String,
@@ -152,14 +155,17 @@ impl std::fmt::Debug for PublicKey {
 impl PublicKey {
     pub fn from_pem(name: &str, pem: &str) -> Result<Self, KeyError> {
         let err = |detail: String| KeyError::Public { name: name.to_owned(), detail };
-        let key = CosignVerificationKey::from_pem(pem.as_bytes(), &SCHEME).map_err(|e| err(e.to_string()))?;
+        // sigstore validates that this is a P-256 public key in PKIX form.
+        CosignVerificationKey::from_pem(pem.as_bytes(), &SCHEME).map_err(|e| err(e.to_string()))?;
         let der = pem_body(pem).ok_or_else(|| err("no PEM body".into()))?;
-        Ok(Self {
-            key,
-            pem: pem.to_owned(),
-            key_id: format!("sha256:{}", hex::encode(Sha256::digest(der))),
-            name: name.to_owned(),
-        })
+        // A P-256 SubjectPublicKeyInfo ends with the 65-byte uncompressed point.
+        let point = der
+            .get(der.len().saturating_sub(65)..)
+            .filter(|p| der.len() == 91 && p[0] == 4)
+            .ok_or_else(|| err("not an uncompressed P-256 key".into()))?
+            .to_vec();
+        let key_id = format!("sha256:{}", hex::encode(Sha256::digest(&der)));
+        Ok(Self { point, pem: pem.to_owned(), key_id, name: name.to_owned() })
     }
 
     pub fn load(path: &Path) -> Result<Self, KeyError> {
@@ -174,7 +180,8 @@ impl PublicKey {
 
     /// True when `signature` (ASN.1 DER) is this key's signature of `msg`.
     pub fn verify(&self, msg: &[u8], signature: &[u8]) -> bool {
-        self.key.verify_signature(Signature::Raw(signature), msg).is_ok()
+        use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &self.point).verify(msg, signature).is_ok()
     }
 }
 
@@ -187,6 +194,7 @@ fn pem_body(pem: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sigstore::crypto::Signature;
 
     #[test]
     fn generate_encrypt_load_sign_verify() {
@@ -208,6 +216,11 @@ mod tests {
         assert!(!public.verify(b"hellO", &sig));
         let other = SigningKey::generate().unwrap();
         assert!(!other.public().verify(b"hello", &sig));
+
+        // The fast path agrees with sigstore's own verification.
+        let sigstore_key = CosignVerificationKey::from_pem(public.pem().as_bytes(), &SCHEME).unwrap();
+        assert!(sigstore_key.verify_signature(Signature::Raw(&sig), b"hello").is_ok());
+        assert!(sigstore_key.verify_signature(Signature::Raw(&sig), b"hellO").is_err());
 
         assert!(matches!(key.write_pair(&dir.path().join("k"), b"pw"), Err(KeyError::Exists(_))));
     }

@@ -33,7 +33,9 @@ impl ReceiptKind {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Apply, Self::Rollback, Self::Refusal, Self::Approval, Self::LockOverride].into_iter().find(|k| k.as_str() == s)
+        [Self::Apply, Self::Rollback, Self::Refusal, Self::Approval, Self::LockOverride]
+            .into_iter()
+            .find(|k| k.as_str() == s)
     }
 }
 
@@ -150,6 +152,9 @@ pub struct ChainReport {
     pub problems: Vec<ChainProblem>,
     /// `.sig` files of an append that crashed before its receipt landed (harmless).
     pub incomplete: Vec<String>,
+    /// The receipts whose own signature and form verified, in file order.
+    #[serde(skip)]
+    pub verified: Vec<Receipt>,
 }
 
 impl ChainReport {
@@ -167,36 +172,49 @@ pub struct StoreHead {
 
 /// Checks every signature and link of a receipts directory's content. `files` are the
 /// `.json` receipts; `orphan_signatures` are `.sig` files without one.
-pub fn verify_chain(files: &[ReceiptFile], orphan_signatures: &[String], key: &PublicKey, store_head: Option<&StoreHead>) -> ChainReport {
-    let parsed = verify_receipts(files, key);
-    let mut problems: Vec<ChainProblem> = parsed.iter().filter_map(|(_, p)| p.clone()).collect();
-    let mut by_seq: BTreeMap<u64, Vec<&ReceiptFile>> = BTreeMap::new();
-    for (file, _) in parsed.iter().filter(|(_, p)| p.is_none()) {
-        by_seq.entry(seq_of(&file.name).unwrap_or(0)).or_default().push(file);
-    }
+pub fn verify_chain(
+    files: &[ReceiptFile],
+    orphan_signatures: &[String],
+    key: &PublicKey,
+    store_head: Option<&StoreHead>,
+) -> ChainReport {
+    let checked = check_files(files, key);
     let problem = |receipt: &str, problem: String| ChainProblem { receipt: receipt.to_owned(), problem };
-    let all_seqs: Vec<u64> = files.iter().filter_map(|f| seq_of(&f.name)).collect();
-    let last_seq = all_seqs.iter().copied().max().unwrap_or(0);
-    for seq in 1..=last_seq {
-        if !all_seqs.contains(&seq) {
-            problems.push(problem(&format!("{seq:06}-*.json"), format!("receipt {seq} is missing (deleted?); the chain runs to {last_seq}")));
+    let mut problems: Vec<ChainProblem> = Vec::new();
+    // Sequence number -> indexes of the files that claim it (by name).
+    let mut by_seq: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for (i, f) in files.iter().enumerate() {
+        match seq_of(&f.name) {
+            Some(seq) => by_seq.entry(seq).or_default().push(i),
+            None => problems.push(problem(&f.name, "not a receipt file name".into())),
+        }
+        if let Err(p) = &checked[i].receipt {
+            problems.push(problem(&f.name, p.clone()));
         }
     }
-    for (seq, group) in &by_seq {
-        if group.len() > 1 {
-            let names: Vec<_> = group.iter().map(|f| f.name.as_str()).collect();
-            problems.push(problem(&names.join(", "), format!("{} receipts claim sequence number {seq}", group.len())));
+    let last_seq = by_seq.keys().next_back().copied().unwrap_or(0);
+    for seq in 1..=last_seq {
+        match by_seq.get(&seq).map(Vec::as_slice) {
+            None => problems.push(problem(
+                &file_name_any(seq),
+                format!("receipt {seq} is missing (deleted?); the chain runs to {last_seq}"),
+            )),
+            Some([_]) => {}
+            Some(many) => {
+                let names: Vec<_> = many.iter().map(|&i| files[i].name.as_str()).collect();
+                problems
+                    .push(problem(&names.join(", "), format!("{} receipts claim sequence number {seq}", many.len())));
+            }
         }
     }
     // Links: each receipt names the hash of the file with the sequence number before it.
-    for f in files {
-        let Some(seq) = seq_of(&f.name) else { continue };
-        let Ok(r) = serde_json::from_slice::<Receipt>(&f.bytes) else { continue };
+    for (&seq, idx) in &by_seq {
+        let Some(Ok(r)) = idx.first().map(|&i| &checked[i].receipt) else { continue };
         let expected = if seq == 1 {
             None
         } else {
-            match files.iter().find(|p| seq_of(&p.name) == Some(seq - 1)) {
-                Some(p) => Some(hash(&p.bytes)),
+            match by_seq.get(&(seq - 1)) {
+                Some(prev) => Some(checked[prev[0]].hash.clone()),
                 None => continue, // already reported as missing
             }
         };
@@ -204,46 +222,62 @@ pub fn verify_chain(files: &[ReceiptFile], orphan_signatures: &[String], key: &P
             let what = match (&r.previous, &expected) {
                 (None, Some(_)) => "claims to be the first receipt, but is not".to_owned(),
                 (Some(_), None) => "names a predecessor, but is the first receipt".to_owned(),
-                _ => format!("names previous hash `{}`, but receipt {} hashes to `{}` (reordered, replaced or inserted?)", r.previous.clone().unwrap_or_default(), seq - 1, expected.clone().unwrap_or_default()),
+                _ => format!(
+                    "names previous hash `{}`, but receipt {} hashes to `{}` (reordered, replaced or inserted?)",
+                    r.previous.clone().unwrap_or_default(),
+                    seq - 1,
+                    expected.clone().unwrap_or_default()
+                ),
             };
-            problems.push(problem(&f.name, what));
+            problems.push(problem(&files[idx[0]].name, what));
         }
     }
-    let head_file = files.iter().find(|f| seq_of(&f.name) == Some(last_seq));
-    let head = head_file.map(|f| hash(&f.bytes));
+    let head = by_seq.get(&last_seq).map(|idx| checked[idx[0]].hash.clone());
     if let Some(h) = store_head {
         if h.seq > last_seq {
             problems.push(problem(&file_name_any(h.seq), format!("the state store's chain head is receipt {}, but the directory ends at {last_seq} (receipts removed from the tail?)", h.seq)));
         } else if h.seq < last_seq {
             problems.push(problem(&file_name_any(last_seq), format!("the directory runs to receipt {last_seq}, but the state store's head is {} (receipts not recorded by the control plane?)", h.seq)));
         } else if head.as_deref() != Some(h.sha256.as_str()) {
-            problems.push(problem(&file_name_any(last_seq), "the last receipt's hash differs from the state store's chain head (replaced?)".into()));
+            problems.push(problem(
+                &file_name_any(last_seq),
+                "the last receipt's hash differs from the state store's chain head (replaced?)".into(),
+            ));
         }
     }
-    let incomplete: Vec<String> = orphan_signatures.iter().filter(|s| seq_of(s).is_some_and(|n| n > last_seq)).cloned().collect();
+    let incomplete: Vec<String> =
+        orphan_signatures.iter().filter(|s| seq_of(s).is_some_and(|n| n > last_seq)).cloned().collect();
     for s in orphan_signatures.iter().filter(|s| !incomplete.contains(s)) {
         problems.push(problem(s, "a signature without its receipt (receipt deleted?)".into()));
     }
     problems.sort_by(|a, b| a.receipt.cmp(&b.receipt).then(a.problem.cmp(&b.problem)));
     problems.dedup();
-    ChainReport { receipts: files.len(), last_seq, head, problems, incomplete }
+    let verified = checked.into_iter().filter_map(|c| c.receipt.ok()).collect();
+    ChainReport { receipts: files.len(), last_seq, head, problems, incomplete, verified }
 }
 
 fn file_name_any(seq: u64) -> String {
     format!("{seq:06}-*.json")
 }
 
-/// Signature, format and name checks of each file on its own, on every core: signature
-/// verification dominates the cost of checking a long chain.
-fn verify_receipts<'a>(files: &'a [ReceiptFile], key: &PublicKey) -> Vec<(&'a ReceiptFile, Option<ChainProblem>)> {
-    let check = |f: &'a ReceiptFile| (f, verify_one(f, key).err().map(|problem| ChainProblem { receipt: f.name.clone(), problem }));
+/// One file checked on its own.
+struct Checked {
+    receipt: Result<Receipt, String>,
+    hash: String,
+}
+
+/// Signature, format and name checks and the hash of each file, on every core:
+/// signature verification dominates the cost of checking a long chain.
+fn check_files(files: &[ReceiptFile], key: &PublicKey) -> Vec<Checked> {
+    let check = |f: &ReceiptFile| Checked { receipt: verify_one(f, key), hash: hash(&f.bytes) };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if threads == 1 || files.len() < 64 {
         return files.iter().map(check).collect();
     }
     let chunk = files.len().div_ceil(threads);
     std::thread::scope(|s| {
-        let handles: Vec<_> = files.chunks(chunk).map(|c| s.spawn(move || c.iter().map(check).collect::<Vec<_>>())).collect();
+        let handles: Vec<_> =
+            files.chunks(chunk).map(|c| s.spawn(move || c.iter().map(check).collect::<Vec<_>>())).collect();
         handles.into_iter().flat_map(|h| h.join().expect("verification threads do not panic")).collect()
     })
 }
@@ -260,7 +294,11 @@ pub fn verify_one(f: &ReceiptFile, key: &PublicKey) -> Result<Receipt, String> {
         return Err("not in canonical form".into());
     }
     if r.file_name() != f.name {
-        return Err(format!("is receipt {} of kind `{}`, not what its file name says (renamed or swapped?)", r.seq, r.body.kind.as_str()));
+        return Err(format!(
+            "is receipt {} of kind `{}`, not what its file name says (renamed or swapped?)",
+            r.seq,
+            r.body.kind.as_str()
+        ));
     }
     Ok(r)
 }
@@ -285,7 +323,14 @@ mod tests {
             environment: Some("prod".into()),
             service: Some("api".into()),
             release: Some(ReceiptRelease { digest: format!("sha256:{n:064}"), ..Default::default() }),
-            hosts: vec![HostOutcome { host: "vm-1".into(), before: Some("r-0".into()), after: Some("r-1".into()), rollback_target: Some("r-0".into()), outcome: "changed".into(), detail: None }],
+            hosts: vec![HostOutcome {
+                host: "vm-1".into(),
+                before: Some("r-0".into()),
+                after: Some("r-1".into()),
+                rollback_target: Some("r-0".into()),
+                outcome: "changed".into(),
+                detail: None,
+            }],
             approvals: vec![],
             outcome: "succeeded".into(),
             detail: None,
@@ -296,7 +341,12 @@ mod tests {
     fn chain(key: &SigningKey, n: u64) -> Vec<ReceiptFile> {
         let mut out: Vec<ReceiptFile> = Vec::new();
         for seq in 1..=n {
-            let r = Receipt { seq, previous: out.last().map(|p| hash(&p.bytes)), controlplane_version: "0.1.0".into(), body: body(ReceiptKind::Apply, seq) };
+            let r = Receipt {
+                seq,
+                previous: out.last().map(|p| hash(&p.bytes)),
+                controlplane_version: "0.1.0".into(),
+                body: body(ReceiptKind::Apply, seq),
+            };
             let bytes = r.to_bytes();
             let signature = Some(signature_text(&key.sign(&bytes)).into_bytes());
             out.push(ReceiptFile { name: r.file_name(), bytes, signature });
@@ -336,7 +386,10 @@ mod tests {
         files[0].bytes = r.to_bytes();
         files[0].signature = Some(signature_text(&key.sign(&files[0].bytes)).into_bytes());
         let report = check(&files, &key, None);
-        assert!(report.problems.iter().any(|p| p.receipt == "000001-apply.json" && p.problem.contains("first receipt")), "{report:?}");
+        assert!(
+            report.problems.iter().any(|p| p.receipt == "000001-apply.json" && p.problem.contains("first receipt")),
+            "{report:?}"
+        );
     }
 
     #[test]

@@ -65,23 +65,56 @@ impl ReceiptLog {
             }
         }
         jsons.sort();
-        let mut files = Vec::with_capacity(jsons.len());
-        for name in jsons {
-            let path = self.dir.join(&name);
-            let bytes = std::fs::read(&path).map_err(io(&path))?;
-            let sig_name = format!("{name}.sig");
-            let signature = if sigs.remove(&sig_name) { Some(std::fs::read(self.dir.join(&sig_name)).map_err(io(&path))?) } else { None };
-            files.push(ReceiptFile { name, bytes, signature });
-        }
+        let with_sig: Vec<(String, bool)> = jsons
+            .into_iter()
+            .map(|n| {
+                let has = sigs.remove(&format!("{n}.sig"));
+                (n, has)
+            })
+            .collect();
+        // Reading ten thousand small files is syscall-bound: spread it over the cores.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        let chunk = with_sig.len().div_ceil(threads).max(1);
+        let files = std::thread::scope(|s| {
+            let handles: Vec<_> = with_sig
+                .chunks(chunk)
+                .map(|c| {
+                    s.spawn(move || c.iter().map(|(n, has)| self.read_one(n, *has)).collect::<Result<Vec<_>, _>>())
+                })
+                .collect();
+            let mut files = Vec::with_capacity(with_sig.len());
+            for h in handles {
+                files.extend(h.join().expect("reader threads do not panic")?);
+            }
+            Ok::<_, ReceiptError>(files)
+        })?;
         Ok((files, sigs.into_iter().collect()))
+    }
+
+    fn read_one(&self, name: &str, has_signature: bool) -> Result<ReceiptFile, ReceiptError> {
+        let path = self.dir.join(name);
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        let sig_path = self.dir.join(format!("{name}.sig"));
+        let signature = if has_signature { Some(std::fs::read(&sig_path).map_err(io(&sig_path))?) } else { None };
+        Ok(ReceiptFile { name: name.to_owned(), bytes, signature })
     }
 
     /// Appends a receipt for `body`: the next sequence number, chained to the current
     /// last receipt, signed, written crash-safely, and indexed in `store`.
-    pub async fn append(&self, body: ReceiptBody, key: &SigningKey, store: Option<&dyn Store>) -> Result<Receipt, ReceiptError> {
+    pub async fn append(
+        &self,
+        body: ReceiptBody,
+        key: &SigningKey,
+        store: Option<&dyn Store>,
+    ) -> Result<Receipt, ReceiptError> {
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let lock_path = self.dir.join(".lock");
-        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
         // Two control-plane processes never pick the same sequence number.
         lock.lock().map_err(io(&lock_path))?;
 
@@ -128,7 +161,8 @@ impl ReceiptLog {
         let Some((seq, name)) = last else { return Ok((0, None)) };
         let path = self.dir.join(&name);
         let bytes = std::fs::read(&path).map_err(io(&path))?;
-        serde_json::from_slice::<Receipt>(&bytes).map_err(|e| ReceiptError::BrokenHead { name: name.clone(), detail: e.to_string() })?;
+        serde_json::from_slice::<Receipt>(&bytes)
+            .map_err(|e| ReceiptError::BrokenHead { name: name.clone(), detail: e.to_string() })?;
         Ok((seq, Some(receipt::hash(&bytes))))
     }
 

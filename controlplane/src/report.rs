@@ -25,10 +25,14 @@ struct Group<'a> {
 pub fn render(dir: &str, key_id: &str, receipts: &[Receipt], chain: &ChainReport) -> Result<String, tera::Error> {
     let mut groups: BTreeMap<(String, String), Vec<Row<'_>>> = BTreeMap::new();
     for r in receipts {
-        let key = (r.body.environment.clone().unwrap_or_else(|| "-".into()), r.body.service.clone().unwrap_or_else(|| "-".into()));
+        let key = (
+            r.body.environment.clone().unwrap_or_else(|| "-".into()),
+            r.body.service.clone().unwrap_or_else(|| "-".into()),
+        );
         groups.entry(key).or_default().push(Row { receipt: r, file: r.file_name() });
     }
-    let groups: Vec<Group<'_>> = groups.into_iter().map(|((environment, service), receipts)| Group { environment, service, receipts }).collect();
+    let groups: Vec<Group<'_>> =
+        groups.into_iter().map(|((environment, service), receipts)| Group { environment, service, receipts }).collect();
     let mut ctx = tera::Context::new();
     ctx.insert("dir", dir);
     ctx.insert("key_id", key_id);

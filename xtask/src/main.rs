@@ -59,6 +59,13 @@ enum BenchCommand {
         #[arg(long, default_value_t = 15)]
         runs: usize,
     },
+    /// `receipts verify` over N receipts, in-process and through the binary.
+    Receipts {
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -108,6 +115,7 @@ fn main() -> anyhow::Result<()> {
             setup()?;
             match bench {
                 BenchCommand::Verify { images, runs } => rt.block_on(bench::verify(images, runs)),
+                BenchCommand::Receipts { count, runs } => rt.block_on(bench::receipts(count, runs)),
             }
         }
         Task::Test { args } => {

@@ -28,13 +28,17 @@ async fn sources(g: &Globals, dir: Option<&Path>, key: Option<&Path>, need_key: 
     };
     let key = match (key, &ctx) {
         (Some(k), _) => Some(PublicKey::load(k).map_err(|e| Failure::new(Code::Invalid, e))?),
-        (None, Some(c)) if need_key => Some(PublicKey::load(&c.set.resolve(&c.set.settings.receipt_public_key)).map_err(|e| Failure::new(Code::Invalid, e))?),
+        (None, Some(c)) if need_key => Some(
+            PublicKey::load(&c.set.resolve(&c.set.settings.receipt_public_key))
+                .map_err(|e| Failure::new(Code::Invalid, e))?,
+        ),
         _ => None,
     };
     let mut head = None;
     let mut store_note = "state store not available: a removed tail of the chain cannot be detected";
     if let Some(c) = &ctx {
-        let same_dir = std::path::absolute(&dir).ok() == std::path::absolute(c.set.resolve(&c.set.settings.receipts_dir)).ok();
+        let same_dir =
+            std::path::absolute(&dir).ok() == std::path::absolute(c.set.resolve(&c.set.settings.receipts_dir)).ok();
         if same_dir {
             if let Some(store) = c.existing_store().await? {
                 head = store.receipt_head().await?.map(|e| StoreHead { seq: e.seq as u64, sha256: e.sha256 });
@@ -48,17 +52,15 @@ async fn sources(g: &Globals, dir: Option<&Path>, key: Option<&Path>, need_key: 
     Ok(Sources { log: ReceiptLog::new(dir), key, head, store_note })
 }
 
-fn check(src: &Sources) -> Result<(ChainReport, Vec<Receipt>), Failure> {
+fn check(src: &Sources) -> Result<ChainReport, Failure> {
     let (files, orphans) = src.log.read()?;
     let key = src.key.as_ref().expect("verify loads a key");
-    let report = receipt::verify_chain(&files, &orphans, key, src.head.as_ref());
-    let good: Vec<Receipt> = files.iter().filter_map(|f| receipt::verify_one(f, key).ok()).collect();
-    Ok((report, good))
+    Ok(receipt::verify_chain(&files, &orphans, key, src.head.as_ref()))
 }
 
 pub async fn verify(g: &Globals, dir: Option<&Path>, key: Option<&Path>) -> Result<Report, Failure> {
     let src = sources(g, dir, key, true).await?;
-    let (report, _) = check(&src)?;
+    let report = check(&src)?;
     let mut text = String::new();
     for p in &report.problems {
         text.push_str(&format!("BAD  {}: {}\n", p.receipt, p.problem));
@@ -66,7 +68,8 @@ pub async fn verify(g: &Globals, dir: Option<&Path>, key: Option<&Path>) -> Resu
     for i in &report.incomplete {
         text.push_str(&format!("note {i}: signature of an append that did not complete (crash?); ignored\n"));
     }
-    let json = serde_json::json!({ "ok": report.ok(), "report": report, "store": src.store_note, "dir": src.log.dir() });
+    let json =
+        serde_json::json!({ "ok": report.ok(), "report": report, "store": src.store_note, "dir": src.log.dir() });
     if report.ok() {
         text.push_str(&format!(
             "ok: {} receipt(s) in `{}` verify; chain head {} ({})",
@@ -78,9 +81,16 @@ pub async fn verify(g: &Globals, dir: Option<&Path>, key: Option<&Path>) -> Resu
         Ok(Report::new(text, json))
     } else {
         let out = if g.json { serde_json::to_string_pretty(&json)? } else { text.trim_end().to_owned() };
-        Err(Failure::new(Code::Failed, anyhow::anyhow!("{} problem(s) in the receipt chain in `{}`", report.problems.len(), src.log.dir().display()))
-            .with_output(out)
-            .hint("the receipts named above were edited, removed, reordered or forged; keep the directory as evidence"))
+        Err(Failure::new(
+            Code::Failed,
+            anyhow::anyhow!(
+                "{} problem(s) in the receipt chain in `{}`",
+                report.problems.len(),
+                src.log.dir().display()
+            ),
+        )
+        .with_output(out)
+        .hint("the receipts named above were edited, removed, reordered or forged; keep the directory as evidence"))
     }
 }
 
@@ -114,9 +124,12 @@ pub async fn show(g: &Globals, id: &str, dir: Option<&Path>) -> Result<Report, F
     let src = sources(g, dir, None, false).await?;
     let (files, _) = src.log.read()?;
     let wanted = id.parse::<u64>().ok();
-    let file = files.iter().find(|f| f.name == id || f.name.trim_end_matches(".json") == id || wanted.is_some() && receipt::seq_of(&f.name) == wanted);
+    let file = files.iter().find(|f| {
+        f.name == id || f.name.trim_end_matches(".json") == id || wanted.is_some() && receipt::seq_of(&f.name) == wanted
+    });
     let Some(file) = file else {
-        return Err(Failure::new(Code::Invalid, anyhow::anyhow!("no receipt `{id}` in `{}`", src.log.dir().display())).hint("`agentctl receipts list` shows the sequence numbers"));
+        return Err(Failure::new(Code::Invalid, anyhow::anyhow!("no receipt `{id}` in `{}`", src.log.dir().display()))
+            .hint("`agentctl receipts list` shows the sequence numbers"));
     };
     let value: serde_json::Value = serde_json::from_slice(&file.bytes)?;
     Ok(Report::new(serde_json::to_string_pretty(&value)?, value))
@@ -124,10 +137,18 @@ pub async fn show(g: &Globals, id: &str, dir: Option<&Path>) -> Result<Report, F
 
 pub async fn report(g: &Globals, out: &Path, dir: Option<&Path>, key: Option<&Path>) -> Result<Report, Failure> {
     let src = sources(g, dir, key, true).await?;
-    let (chain, good) = check(&src)?;
+    let chain = check(&src)?;
+    let good = &chain.verified;
     let key_id = src.key.as_ref().map(|k| k.key_id.clone()).unwrap_or_default();
-    let html = controlplane::report::render(&src.log.dir().display().to_string(), &key_id, &good, &chain)?;
-    std::fs::write(out, html).map_err(|e| Failure::new(Code::Failed, anyhow::Error::new(e).context(format!("cannot write `{}`", out.display()))))?;
-    let text = format!("wrote `{}`: {} receipt(s), chain {}", out.display(), good.len(), if chain.ok() { "verifies" } else { "does NOT verify" });
+    let html = controlplane::report::render(&src.log.dir().display().to_string(), &key_id, good, &chain)?;
+    std::fs::write(out, html).map_err(|e| {
+        Failure::new(Code::Failed, anyhow::Error::new(e).context(format!("cannot write `{}`", out.display())))
+    })?;
+    let text = format!(
+        "wrote `{}`: {} receipt(s), chain {}",
+        out.display(),
+        good.len(),
+        if chain.ok() { "verifies" } else { "does NOT verify" }
+    );
     Ok(Report::new(text, serde_json::json!({ "out": out, "receipts": good.len(), "ok": chain.ok() })))
 }
