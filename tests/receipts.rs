@@ -61,7 +61,7 @@ fn body(i: u64) -> ReceiptBody {
         time: format!("2026-11-23T12:{:02}:{:02}Z", (i / 60) % 60, i % 60),
         operator: "alice".into(),
         plan_id: Some(format!("sha256:{i:064x}")),
-        environment: Some(if i % 2 == 0 { "staging" } else { "prod" }.into()),
+        environment: Some(if i.is_multiple_of(2) { "staging" } else { "prod" }.into()),
         service: Some("api".into()),
         release: Some(ReceiptRelease {
             repository: "127.0.0.1:5000/demo/api".into(),
