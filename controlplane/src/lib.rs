@@ -14,13 +14,16 @@ pub mod manifest;
 pub mod names;
 pub mod receipt;
 pub mod receipt_log;
+pub mod observe;
 pub mod registry;
+pub mod release;
 pub mod remote;
 pub mod report;
 pub mod secrets;
 pub mod sign;
 pub mod ssh;
 pub mod store;
+pub mod tarball;
 pub mod verify;
 
 /// The version recorded in receipts.

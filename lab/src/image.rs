@@ -29,31 +29,8 @@ pub fn build_image(content: &str) -> TestImage {
     }
 }
 
-/// A POSIX ustar archive with one regular file, every timestamp and id zero.
 fn tar_one_file(path: &str, data: &[u8]) -> Vec<u8> {
-    let mut header = [0u8; 512];
-    header[..path.len()].copy_from_slice(path.as_bytes());
-    let octal = |buf: &mut [u8], v: u64| {
-        let s = format!("{:0width$o}\0", v, width = buf.len() - 1);
-        buf.copy_from_slice(s.as_bytes());
-    };
-    octal(&mut header[100..108], 0o644);
-    octal(&mut header[108..116], 0);
-    octal(&mut header[116..124], 0);
-    octal(&mut header[124..136], data.len() as u64);
-    octal(&mut header[136..148], 0);
-    header[156] = b'0';
-    header[257..263].copy_from_slice(b"ustar\0");
-    header[263..265].copy_from_slice(b"00");
-    header[148..156].copy_from_slice(b"        ");
-    let sum: u64 = header.iter().map(|&b| u64::from(b)).sum();
-    let s = format!("{sum:06o}\0 ");
-    header[148..156].copy_from_slice(s.as_bytes());
-    let mut out = header.to_vec();
-    out.extend_from_slice(data);
-    out.resize(out.len().div_ceil(512) * 512, 0);
-    out.extend_from_slice(&[0u8; 1024]);
-    out
+    controlplane::tarball::tar(&[(path, data)])
 }
 
 #[cfg(test)]

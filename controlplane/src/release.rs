@@ -1,0 +1,203 @@
+//! A release directory's content, derived purely from its inputs: the files rendered
+//! from the service's templates and `release.json`. The release id is a hash of that
+//! content, so the same inputs always give the same directory and re-applying is a no-op.
+
+use crate::canonical;
+use crate::image::PinnedImage;
+use crate::manifest::Service;
+use crate::names::EnvName;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+
+/// The file every release directory carries, describing itself.
+pub const RELEASE_JSON: &str = "release.json";
+/// `release.json` larger than this is not ours: a probe refuses to believe it.
+pub const MAX_RELEASE_JSON: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    #[error("template `{template}` of service `{service}` does not render")]
+    Render {
+        service: String,
+        template: String,
+        #[source]
+        source: tera::Error,
+    },
+}
+
+/// What a release is made from.
+#[derive(Debug, Clone)]
+pub struct ReleaseInput<'a> {
+    pub service: &'a Service,
+    pub environment: &'a EnvName,
+    pub image: &'a PinnedImage,
+    pub source_commit: &'a str,
+    pub signer_key_id: &'a str,
+    pub provenance: Option<&'a str>,
+    pub sbom: Option<&'a str>,
+}
+
+/// `release.json`: what a golden VM's release directory says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseJson {
+    pub service: String,
+    pub environment: String,
+    pub release_id: String,
+    pub image: String,
+    pub digest: String,
+    pub source_commit: String,
+    pub signer_key_id: String,
+    pub provenance: Option<String>,
+    pub sbom: Option<String>,
+}
+
+/// The full content of a release directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseContent {
+    pub id: String,
+    pub json: ReleaseJson,
+    /// Relative path -> bytes, `release.json` included.
+    pub files: BTreeMap<String, Vec<u8>>,
+    /// What [`content_hash`] gives for `files`; a probe recomputes it on the host.
+    pub content_hash: String,
+}
+
+impl ReleaseContent {
+    /// The tar stream that stages this release.
+    pub fn tar(&self) -> Vec<u8> {
+        let files: Vec<(&str, &[u8])> = self.files.iter().map(|(p, b)| (p.as_str(), b.as_slice())).collect();
+        crate::tarball::tar(&files)
+    }
+}
+
+/// Renders the templates and derives the id and `release.json`.
+pub fn render(input: &ReleaseInput<'_>) -> Result<ReleaseContent, ReleaseError> {
+    let s = input.service;
+    let mut ctx = tera::Context::new();
+    ctx.insert("service", &serde_json::json!({
+        "name": s.name.as_str(),
+        // Names only: the runtime on the host resolves the values.
+        "secrets": s.secrets.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
+        "egress": s.egress,
+    }));
+    ctx.insert("environment", &serde_json::json!({ "name": input.environment.as_str() }));
+    ctx.insert("release", &serde_json::json!({
+        "image": input.image.to_string(),
+        "digest": input.image.digest.as_str(),
+        "commit": input.source_commit,
+    }));
+    let mut files = BTreeMap::new();
+    for t in &s.templates {
+        let text = tera::Tera::one_off(&t.text, &ctx, false).map_err(|source| ReleaseError::Render {
+            service: s.name.to_string(),
+            template: t.source.display().to_string(),
+            source,
+        })?;
+        files.insert(t.target.clone(), text.into_bytes());
+    }
+    // The id covers the image and every rendered file, nothing else.
+    let mut h = Sha256::new();
+    h.update(input.image.to_string().as_bytes());
+    for (path, bytes) in &files {
+        h.update(b"\0");
+        h.update(path.as_bytes());
+        h.update(b"\0");
+        h.update(Sha256::digest(bytes));
+    }
+    let id = format!("r-{}", &hex::encode(h.finalize())[..16]);
+    let json = ReleaseJson {
+        service: s.name.to_string(),
+        environment: input.environment.to_string(),
+        release_id: id.clone(),
+        image: input.image.to_string(),
+        digest: input.image.digest.to_string(),
+        source_commit: input.source_commit.to_owned(),
+        signer_key_id: input.signer_key_id.to_owned(),
+        provenance: input.provenance.map(str::to_owned),
+        sbom: input.sbom.map(str::to_owned),
+    };
+    files.insert(RELEASE_JSON.to_owned(), canonical::to_canonical(&json).expect("no floats"));
+    let content_hash = content_hash(&files);
+    Ok(ReleaseContent { id, json, files, content_hash })
+}
+
+/// `sha256:` of `find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum`:
+/// the same value the probe script computes on the host.
+pub fn content_hash(files: &BTreeMap<String, Vec<u8>>) -> String {
+    let mut lines: Vec<(String, String)> = files.iter().map(|(p, b)| (format!("./{p}"), hex::encode(Sha256::digest(b)))).collect();
+    lines.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let listing: String = lines.iter().map(|(p, h)| format!("{h}  {p}\n")).collect();
+    format!("sha256:{}", hex::encode(Sha256::digest(listing.as_bytes())))
+}
+
+/// A syntactically valid release id (`r-` and 16 hex digits).
+pub fn valid_id(id: &str) -> bool {
+    id.strip_prefix("r-").is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest;
+
+    pub(crate) fn example_service() -> manifest::ManifestSet {
+        let files = manifest::example::FILES.iter().map(|(p, t)| (std::path::PathBuf::from(p), (*t).to_owned())).collect();
+        manifest::validate(std::path::Path::new("m"), &files).unwrap()
+    }
+
+    fn input<'a>(set: &'a manifest::ManifestSet, env: &'a EnvName, image: &'a PinnedImage) -> ReleaseInput<'a> {
+        ReleaseInput {
+            service: set.services.values().next().unwrap(),
+            environment: env,
+            image,
+            source_commit: "0123456789abcdef0123456789abcdef01234567",
+            signer_key_id: "sha256:k",
+            provenance: None,
+            sbom: None,
+        }
+    }
+
+    fn image(content: &[u8]) -> PinnedImage {
+        PinnedImage { repository: crate::image::Repository::new("127.0.0.1:5000/demo/api").unwrap(), digest: crate::image::Digest::of(content) }
+    }
+
+    #[test]
+    fn same_inputs_same_release_and_different_inputs_differ() {
+        let set = example_service();
+        let env = EnvName::new("prod").unwrap();
+        let (a, b) = (image(b"a"), image(b"b"));
+        let r1 = render(&input(&set, &env, &a)).unwrap();
+        let r2 = render(&input(&set, &env, &a)).unwrap();
+        assert_eq!(r1, r2);
+        assert!(valid_id(&r1.id));
+        assert_ne!(render(&input(&set, &env, &b)).unwrap().id, r1.id);
+        let staging = EnvName::new("staging").unwrap();
+        assert_ne!(render(&input(&set, &staging, &a)).unwrap().id, r1.id, "the rendered env file differs");
+        let env_file = String::from_utf8(r1.files["config/api.env"].clone()).unwrap();
+        assert!(env_file.contains("SECRETS=API_TOKEN") && env_file.contains(a.digest.as_str()), "{env_file}");
+    }
+
+    #[test]
+    fn content_hash_matches_coreutils() {
+        let set = example_service();
+        let env = EnvName::new("prod").unwrap();
+        let img = image(b"a");
+        let r = render(&input(&set, &env, &img)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for (p, b) in &r.files {
+            let path = dir.path().join(p);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b).unwrap();
+        }
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("cd \"$1\" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64")
+            .arg("sh")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(format!("sha256:{}", String::from_utf8_lossy(&out.stdout).trim()), r.content_hash);
+    }
+}
