@@ -6,12 +6,15 @@
 
 pub mod canonical;
 pub mod cosign;
+pub mod deploy;
 pub mod diagnostic;
+pub mod drift;
 pub mod image;
 pub mod init;
 pub mod keys;
 pub mod manifest;
 pub mod names;
+pub mod plan;
 pub mod receipt;
 pub mod receipt_log;
 pub mod observe;
@@ -22,6 +25,7 @@ pub mod report;
 pub mod secrets;
 pub mod sign;
 pub mod ssh;
+pub mod steps;
 pub mod store;
 pub mod tarball;
 pub mod verify;

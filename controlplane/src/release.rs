@@ -138,13 +138,25 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 #[cfg(test)]
+pub(crate) mod tests_support {
+    use crate::manifest;
+
+    /// The example manifest set and its first host.
+    pub(crate) fn example() -> (manifest::ManifestSet, manifest::Host) {
+        let files = manifest::example::FILES.iter().map(|(p, t)| (std::path::PathBuf::from(p), (*t).to_owned())).collect();
+        let set = manifest::validate(std::path::Path::new("m"), &files).unwrap();
+        let host = set.environments[0].hosts[0].clone();
+        (set, host)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::manifest;
 
-    pub(crate) fn example_service() -> manifest::ManifestSet {
-        let files = manifest::example::FILES.iter().map(|(p, t)| (std::path::PathBuf::from(p), (*t).to_owned())).collect();
-        manifest::validate(std::path::Path::new("m"), &files).unwrap()
+    fn example_service() -> manifest::ManifestSet {
+        tests_support::example().0
     }
 
     fn input<'a>(set: &'a manifest::ManifestSet, env: &'a EnvName, image: &'a PinnedImage) -> ReleaseInput<'a> {

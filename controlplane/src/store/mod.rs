@@ -76,6 +76,22 @@ pub struct ReceiptIndexEntry {
     pub created_at: DateTime<Utc>,
 }
 
+/// A release that was applied in an environment, kept so it can be rolled back to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedRelease {
+    pub environment: String,
+    pub service: String,
+    pub release_id: String,
+    pub image: String,
+    pub digest: String,
+    pub source_commit: String,
+    pub content_hash: String,
+    pub signer_key_id: String,
+    pub provenance: Option<String>,
+    pub sbom: Option<String>,
+    pub applied_at: DateTime<Utc>,
+}
+
 /// Who holds the (environment, service) lock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockRecord {
@@ -105,6 +121,9 @@ pub trait Store: Send + Sync {
     async fn put_deployment(&self, d: &DeploymentRecord) -> Result<(), StoreError>;
     async fn deployments(&self, environment: &str, service: &str) -> Result<Vec<DeploymentRecord>, StoreError>;
     async fn all_deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError>;
+
+    async fn put_applied_release(&self, r: &AppliedRelease) -> Result<(), StoreError>;
+    async fn applied_release(&self, environment: &str, service: &str, release_id: &str) -> Result<Option<AppliedRelease>, StoreError>;
 
     /// Appends to the receipt index; fails with `SequenceTaken` if `seq` exists.
     async fn append_receipt(&self, e: &ReceiptIndexEntry) -> Result<(), StoreError>;

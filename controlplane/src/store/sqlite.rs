@@ -221,6 +221,53 @@ impl Store for SqliteStore {
         rows.iter().map(Self::deployment_from).collect()
     }
 
+    async fn put_applied_release(&self, r: &AppliedRelease) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO applied_releases (environment, service, release_id, image, digest, source_commit, content_hash, signer_key_id, provenance, sbom, applied_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&r.environment)
+        .bind(&r.service)
+        .bind(&r.release_id)
+        .bind(&r.image)
+        .bind(&r.digest)
+        .bind(&r.source_commit)
+        .bind(&r.content_hash)
+        .bind(&r.signer_key_id)
+        .bind(&r.provenance)
+        .bind(&r.sbom)
+        .bind(ts(&r.applied_at))
+        .execute(&self.pool)
+        .await
+        .map_err(q("put applied release"))?;
+        Ok(())
+    }
+
+    async fn applied_release(&self, environment: &str, service: &str, release_id: &str) -> Result<Option<AppliedRelease>, StoreError> {
+        let row = sqlx::query("SELECT * FROM applied_releases WHERE environment = ? AND service = ? AND release_id = ?")
+            .bind(environment)
+            .bind(service)
+            .bind(release_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("get applied release"))?;
+        let Some(row) = row else { return Ok(None) };
+        let g = |c: &'static str| row.try_get::<String, _>(c).map_err(q(c));
+        Ok(Some(AppliedRelease {
+            environment: g("environment")?,
+            service: g("service")?,
+            release_id: g("release_id")?,
+            image: g("image")?,
+            digest: g("digest")?,
+            source_commit: g("source_commit")?,
+            content_hash: g("content_hash")?,
+            signer_key_id: g("signer_key_id")?,
+            provenance: row.try_get("provenance").map_err(q("provenance"))?,
+            sbom: row.try_get("sbom").map_err(q("sbom"))?,
+            applied_at: time(&row, "applied_at")?,
+        }))
+    }
+
     async fn append_receipt(&self, e: &ReceiptIndexEntry) -> Result<(), StoreError> {
         let res = sqlx::query(
             "INSERT INTO receipts (seq, kind, file, sha256, plan_id, environment, service, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -426,6 +473,23 @@ mod tests {
         assert_eq!(store.try_lock(&other).await.unwrap(), Ok(()));
         assert_eq!(store.force_unlock("prod", "api").await.unwrap(), Some(other));
         assert_eq!(store.lock_holder("prod", "api").await.unwrap(), None);
+
+        let applied = AppliedRelease {
+            environment: "prod".into(),
+            service: "api".into(),
+            release_id: "r-1".into(),
+            image: "i".into(),
+            digest: "d".into(),
+            source_commit: "c".into(),
+            content_hash: "h".into(),
+            signer_key_id: "k".into(),
+            provenance: None,
+            sbom: Some("s".into()),
+            applied_at: t(6),
+        };
+        store.put_applied_release(&applied).await.unwrap();
+        assert_eq!(store.applied_release("prod", "api", "r-1").await.unwrap(), Some(applied));
+        assert_eq!(store.applied_release("prod", "api", "r-2").await.unwrap(), None);
 
         let a = Approval { plan_id: "p-1".into(), approver: "carol".into(), approved_at: t(5) };
         store.approve(&a).await.unwrap();

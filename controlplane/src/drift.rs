@@ -1,0 +1,200 @@
+//! Drift classification: what was recorded against what a host reports, re-derived
+//! from the host itself. Pure.
+
+use crate::observe::{Current, Observation};
+use crate::store::DeploymentRecord;
+use serde::Serialize;
+
+/// One field that differs, with both values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Difference {
+    pub field: &'static str,
+    pub recorded: String,
+    pub live: String,
+}
+
+/// How one (host, service) stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum Status {
+    InSync,
+    Drifted { differences: Vec<Difference> },
+    Missing { reason: String },
+    Tampered { reason: String },
+    Unreachable { reason: String, security: bool },
+    /// Nothing recorded and nothing live.
+    NotDeployed,
+}
+
+impl Status {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::InSync => "in-sync",
+            Self::Drifted { .. } => "drifted",
+            Self::Missing { .. } => "missing",
+            Self::Tampered { .. } => "tampered",
+            Self::Unreachable { .. } => "unreachable",
+            Self::NotDeployed => "not-deployed",
+        }
+    }
+
+    /// In sync, or rightly empty.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Self::InSync | Self::NotDeployed)
+    }
+
+    /// One line saying what is wrong.
+    pub fn detail(&self) -> String {
+        match self {
+            Self::InSync | Self::NotDeployed => String::new(),
+            Self::Drifted { differences } => differences
+                .iter()
+                .map(|d| format!("{}: recorded `{}`, live `{}`", d.field, d.recorded, d.live))
+                .collect::<Vec<_>>()
+                .join("; "),
+            Self::Missing { reason } | Self::Tampered { reason } => reason.clone(),
+            Self::Unreachable { reason, security: true } => format!("SECURITY: {reason}"),
+            Self::Unreachable { reason, .. } => reason.clone(),
+        }
+    }
+}
+
+fn or_none(s: Option<&str>) -> String {
+    s.unwrap_or("none").to_owned()
+}
+
+/// Classifies what `obs` shows for a service whose recorded state is `record`.
+pub fn classify(service: &str, record: Option<&DeploymentRecord>, obs: &Observation) -> Status {
+    let id = match &obs.current {
+        Current::Outside(t) => return Status::Tampered { reason: format!("`current` points outside the releases directory, at `{t}`") },
+        Current::Missing => {
+            return match record {
+                Some(r) if !r.release_id.is_empty() => Status::Missing { reason: format!("no `current` (recorded `{}`)", r.release_id) },
+                _ => Status::NotDeployed,
+            };
+        }
+        Current::Release(id) => id,
+    };
+    let Some(live_hash) = &obs.content_hash else {
+        return Status::Missing { reason: format!("`current` points at `releases/{id}`, which is gone") };
+    };
+    if !obs.odd_entries.is_empty() {
+        return Status::Tampered { reason: format!("release `{id}` contains entries that are not regular files: {}", obs.odd_entries.join(", ")) };
+    }
+    let json = match obs.release() {
+        Ok(Some(j)) => j,
+        Ok(None) => return Status::Tampered { reason: format!("release `{id}` has no `release.json`") },
+        Err(e) => return Status::Tampered { reason: format!("release `{id}`: {e}") },
+    };
+    if json.release_id != *id || json.service != service {
+        return Status::Tampered {
+            reason: format!("`release.json` says release `{}` of `{}`, but sits in `releases/{id}` of `{service}`", json.release_id, json.service),
+        };
+    }
+    let Some(r) = record.filter(|r| !r.release_id.is_empty()) else {
+        return Status::Drifted { differences: vec![Difference { field: "symlink target", recorded: "none".into(), live: format!("releases/{id}") }] };
+    };
+    let mut differences = Vec::new();
+    let mut diff = |field: &'static str, recorded: String, live: String| {
+        if recorded != live {
+            differences.push(Difference { field, recorded, live });
+        }
+    };
+    diff("symlink target", format!("releases/{}", r.release_id), format!("releases/{id}"));
+    diff("source commit", r.source_commit.clone(), json.source_commit.clone());
+    diff("image digest", r.digest.clone(), or_none(obs.running.as_deref()));
+    diff("content hash", r.content_hash.clone(), live_hash.clone());
+    if differences.is_empty() {
+        Status::InSync
+    } else {
+        Status::Drifted { differences }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::release::ReleaseJson;
+
+    const ID: &str = "r-0123456789abcdef";
+    const OTHER: &str = "r-fedcba9876543210";
+    const D: &str = "sha256:aaaa";
+
+    fn json(id: &str, service: &str, commit: &str) -> Vec<u8> {
+        let j = ReleaseJson {
+            service: service.into(),
+            environment: "prod".into(),
+            release_id: id.into(),
+            image: format!("r/x@{D}"),
+            digest: D.into(),
+            source_commit: commit.into(),
+            signer_key_id: "k".into(),
+            provenance: None,
+            sbom: None,
+        };
+        serde_json::to_vec(&j).unwrap()
+    }
+
+    fn obs(current: Current, json: Option<Vec<u8>>, hash: Option<&str>, running: Option<&str>) -> Observation {
+        Observation {
+            current,
+            release_json_sha256: None,
+            release_json: json,
+            content_hash: hash.map(str::to_owned),
+            odd_entries: vec![],
+            target_hash: None,
+            running: running.map(str::to_owned),
+        }
+    }
+
+    fn record() -> DeploymentRecord {
+        DeploymentRecord {
+            environment: "prod".into(),
+            service: "api".into(),
+            host: "vm-1".into(),
+            release_id: ID.into(),
+            digest: D.into(),
+            source_commit: "c1".into(),
+            content_hash: "sha256:h".into(),
+            rollback_target: None,
+            plan_id: "p".into(),
+            updated_at: chrono::DateTime::from_timestamp(0, 0).unwrap(),
+        }
+    }
+
+    fn healthy() -> Observation {
+        obs(Current::Release(ID.into()), Some(json(ID, "api", "c1")), Some("sha256:h"), Some(D))
+    }
+
+    fn check(o: Observation, want: &str, detail: &str) {
+        let s = classify("api", Some(&record()), &o);
+        assert_eq!(s.label(), want, "{s:?}");
+        assert!(s.detail().contains(detail), "{s:?}");
+    }
+
+    #[test]
+    fn classifies_every_case() {
+        check(healthy(), "in-sync", "");
+        check(obs(Current::Release(OTHER.into()), Some(json(OTHER, "api", "c1")), Some("sha256:h"), Some(D)), "drifted", "symlink target: recorded `releases/r-0123456789abcdef`, live `releases/r-fedcba9876543210`");
+        check(obs(Current::Release(ID.into()), Some(json(ID, "api", "c2")), Some("sha256:h"), Some(D)), "drifted", "source commit: recorded `c1`, live `c2`");
+        check(obs(Current::Release(ID.into()), Some(json(ID, "api", "c1")), Some("sha256:edited"), Some(D)), "drifted", "content hash");
+        check(obs(Current::Release(ID.into()), Some(json(ID, "api", "c1")), Some("sha256:h"), Some("sha256:other")), "drifted", "image digest: recorded `sha256:aaaa`, live `sha256:other`");
+        check(obs(Current::Release(ID.into()), Some(json(ID, "api", "c1")), Some("sha256:h"), None), "drifted", "live `none`");
+        check(obs(Current::Missing, None, None, None), "missing", "no `current`");
+        check(obs(Current::Release(ID.into()), None, None, None), "missing", "gone");
+        check(obs(Current::Outside("../../etc".into()), None, None, None), "tampered", "outside");
+        check(obs(Current::Release(ID.into()), Some(b"{not json".to_vec()), Some("sha256:h"), Some(D)), "tampered", "malformed");
+        check(obs(Current::Release(ID.into()), Some(json(OTHER, "api", "c1")), Some("sha256:h"), Some(D)), "tampered", "says release");
+        check(obs(Current::Release(ID.into()), Some(json(ID, "web", "c1")), Some("sha256:h"), Some(D)), "tampered", "of `web`");
+        check(obs(Current::Release(ID.into()), None, Some("sha256:h"), Some(D)), "tampered", "no `release.json`");
+        let mut odd = healthy();
+        odd.odd_entries = vec!["./link".into()];
+        check(odd, "tampered", "not regular files");
+    }
+
+    #[test]
+    fn nothing_recorded() {
+        assert_eq!(classify("api", None, &obs(Current::Missing, None, None, None)), Status::NotDeployed);
+        assert_eq!(classify("api", None, &healthy()).label(), "drifted");
+    }
+}

@@ -1,0 +1,344 @@
+//! Plans: a pure function of (desired release, recorded state, observed live state).
+//! A plan lists per host what changes, the rollback target (what is live now), the
+//! batches and the verification evidence. Its id is the hash of its canonical form, so a
+//! saved plan is applied exactly or refused.
+
+use crate::canonical;
+use crate::manifest::{Environment, Service};
+use crate::observe::{Current, Fingerprint, Observation};
+use crate::release::ReleaseContent;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const PLAN_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlanKind {
+    Promote,
+    Rollback,
+}
+
+/// The release a plan moves hosts to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedRelease {
+    pub release_id: String,
+    pub image: String,
+    pub digest: String,
+    pub source_commit: String,
+    pub signer_key_id: String,
+    pub provenance: Option<String>,
+    pub sbom: Option<String>,
+    pub content_hash: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Stage, swap, activate, health-check.
+    Change,
+    /// Already live and intact: nothing to do.
+    None,
+}
+
+/// One host in a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPlan {
+    pub host: String,
+    pub before: Option<String>,
+    pub after: String,
+    pub action: Action,
+    /// Where this host goes back to if it fails: what is live now.
+    pub rollback_target: Option<String>,
+    /// What the host reported when the plan was made.
+    pub observed: Fingerprint,
+}
+
+/// A plan, complete enough to be applied later exactly as shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub version: u32,
+    pub kind: PlanKind,
+    pub environment: String,
+    pub service: String,
+    pub release: PlannedRelease,
+    /// Rendered files (base64), empty for a rollback to a release already on the hosts.
+    pub files: BTreeMap<String, String>,
+    pub hosts: Vec<HostPlan>,
+    /// Host names per batch; the first batch is the canary.
+    pub batches: Vec<Vec<String>>,
+    pub approvals_required: u32,
+    pub health_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("host `{host}` cannot be planned: {reason}")]
+    HostUnfit { host: String, reason: String },
+    #[error("the way back is broken on host `{host}`: {reason}")]
+    RollbackTargetBroken { host: String, reason: String },
+}
+
+/// What a plan is computed from.
+#[derive(Debug)]
+pub struct PlanInput<'a> {
+    pub kind: PlanKind,
+    pub environment: &'a Environment,
+    pub service: &'a Service,
+    pub release: PlannedRelease,
+    /// The rendered release (for a promotion); `None` for a rollback.
+    pub content: Option<&'a ReleaseContent>,
+    /// Per host of the environment, in order.
+    pub observed: &'a [(String, Observation)],
+    /// Content hashes of releases the hosts may go back to, by release id.
+    pub known_hashes: &'a BTreeMap<String, String>,
+}
+
+/// Computes the plan.
+pub fn build(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
+    let mut hosts = Vec::new();
+    for (name, obs) in input.observed {
+        let unfit = |reason: String| PlanError::HostUnfit { host: name.clone(), reason };
+        let before = match &obs.current {
+            Current::Outside(t) => return Err(unfit(format!("`current` points outside the releases directory, at `{t}`; repair the host first"))),
+            Current::Missing => None,
+            Current::Release(id) => Some(id.clone()),
+        };
+        let in_place = before.as_deref() == Some(input.release.release_id.as_str())
+            && obs.content_hash.as_deref() == Some(input.release.content_hash.as_str())
+            && obs.running.as_deref() == Some(input.release.digest.as_str());
+        // The way back must be intact before anything changes.
+        if let (Some(target), false) = (&before, in_place) {
+            if obs.content_hash.is_none() {
+                return Err(PlanError::RollbackTargetBroken { host: name.clone(), reason: format!("`current` points at `releases/{target}`, which is gone") });
+            }
+            if let Some(known) = input.known_hashes.get(target) {
+                if obs.content_hash.as_ref() != Some(known) {
+                    return Err(PlanError::RollbackTargetBroken {
+                        host: name.clone(),
+                        reason: format!("release `{target}` was edited on the host (content hash {} instead of {known})", obs.content_hash.clone().unwrap_or_default()),
+                    });
+                }
+            }
+        }
+        if input.kind == PlanKind::Rollback && !in_place {
+            match &obs.target_hash {
+                None => return Err(PlanError::RollbackTargetBroken { host: name.clone(), reason: format!("release `{}` is no longer on the host", input.release.release_id) }),
+                Some(h) if *h != input.release.content_hash => {
+                    return Err(PlanError::RollbackTargetBroken {
+                        host: name.clone(),
+                        reason: format!("release `{}` on the host hashes to {h}, not the recorded {}", input.release.release_id, input.release.content_hash),
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        hosts.push(HostPlan {
+            host: name.clone(),
+            rollback_target: before.clone(),
+            before,
+            after: input.release.release_id.clone(),
+            action: if in_place { Action::None } else { Action::Change },
+            observed: obs.fingerprint(),
+        });
+    }
+    let changing: Vec<String> = hosts.iter().filter(|h| h.action == Action::Change).map(|h| h.host.clone()).collect();
+    let per = input.environment.rollout.batch.per_batch(input.environment.hosts.len());
+    let batches = changing.chunks(per).map(<[String]>::to_vec).collect();
+    let files = input.content.map(|c| c.files.iter().map(|(p, b)| (p.clone(), B64.encode(b))).collect()).unwrap_or_default();
+    Ok(Plan {
+        version: PLAN_VERSION,
+        kind: input.kind,
+        environment: input.environment.name.to_string(),
+        service: input.service.name.to_string(),
+        release: input.release.clone(),
+        files,
+        hosts,
+        batches,
+        approvals_required: input.environment.approvals,
+        health_timeout_secs: input.environment.rollout.health_timeout_secs,
+    })
+}
+
+impl Plan {
+    /// `sha256:` of the canonical JSON form.
+    pub fn id(&self) -> String {
+        crate::receipt::hash(&canonical::to_canonical(self).expect("plans hold no floats"))
+    }
+
+    pub fn is_noop(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// The rendered files, decoded.
+    pub fn decoded_files(&self) -> Result<BTreeMap<String, Vec<u8>>, String> {
+        self.files.iter().map(|(p, b)| B64.decode(b).map(|v| (p.clone(), v)).map_err(|_| format!("file `{p}` in the plan is not base64"))).collect()
+    }
+
+    /// A readable per-host diff, like `terraform plan`.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "plan {} ({})\n  {} `{}` in `{}` to release `{}`\n  image  {}\n  commit {}\n  signed by {}",
+            self.id(),
+            if self.kind == PlanKind::Promote { "promote" } else { "rollback" },
+            if self.kind == PlanKind::Promote { "promote" } else { "roll back" },
+            self.service,
+            self.environment,
+            self.release.release_id,
+            self.release.image,
+            self.release.source_commit,
+            self.release.signer_key_id,
+        );
+        if let Some(p) = &self.release.provenance {
+            out.push_str(&format!("\n  provenance {p}"));
+        }
+        if let Some(s) = &self.release.sbom {
+            out.push_str(&format!("\n  sbom {s}"));
+        }
+        out.push('\n');
+        for h in &self.hosts {
+            let before = h.before.as_deref().unwrap_or("(nothing)");
+            match h.action {
+                Action::Change => out.push_str(&format!("\n  ~ {:<12} {before} -> {}   (rollback target: {before})", h.host, h.after)),
+                Action::None => out.push_str(&format!("\n    {:<12} {} (already live, unchanged)", h.host, h.after)),
+            }
+        }
+        out.push('\n');
+        for (i, b) in self.batches.iter().enumerate() {
+            out.push_str(&format!("\n  batch {} of {}{}: {}", i + 1, self.batches.len(), if i == 0 { " (canary)" } else { "" }, b.join(", ")));
+        }
+        let changes = self.hosts.iter().filter(|h| h.action == Action::Change).count();
+        out.push_str(&format!("\n\n{changes} to change, {} unchanged.", self.hosts.len() - changes));
+        if self.approvals_required > 0 {
+            out.push_str(&format!(" Needs {} approval(s): `agentctl approve {} --as NAME`.", self.approvals_required, self.id()));
+        }
+        out
+    }
+}
+
+/// A saved plan: the plan and the id it had when shown, so an edited file is refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedPlan {
+    pub plan_id: String,
+    pub plan: Plan,
+}
+
+/// One thing that moved on a host since the plan was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Moved {
+    pub host: String,
+    pub field: &'static str,
+    pub planned: String,
+    pub now: String,
+}
+
+/// What changed between the plan's observations and `now` (per host, in order).
+pub fn staleness(plan: &Plan, now: &[(String, Observation)]) -> Vec<Moved> {
+    let mut moved = Vec::new();
+    let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
+    let planned: Vec<&str> = plan.hosts.iter().map(|h| h.host.as_str()).collect();
+    let current: Vec<&str> = now.iter().map(|(h, _)| h.as_str()).collect();
+    if planned != current {
+        moved.push(Moved { host: "*".into(), field: "hosts", planned: planned.join(","), now: current.join(",") });
+        return moved;
+    }
+    for (h, (_, obs)) in plan.hosts.iter().zip(now) {
+        let f = obs.fingerprint();
+        let mut cmp = |field: &'static str, a: &Option<String>, b: &Option<String>| {
+            if a != b {
+                moved.push(Moved { host: h.host.clone(), field, planned: show(a), now: show(b) });
+            }
+        };
+        cmp("current", &h.observed.current, &f.current);
+        cmp("release.json", &h.observed.release_json_sha256, &f.release_json_sha256);
+        cmp("running digest", &h.observed.running, &f.running);
+    }
+    moved
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::BatchSize;
+    use crate::release::tests_support::example;
+
+    const NEW: &str = "r-1111111111111111";
+    const OLD: &str = "r-0000000000000000";
+
+    fn release() -> PlannedRelease {
+        PlannedRelease {
+            release_id: NEW.into(),
+            image: "r/x@sha256:new".into(),
+            digest: "sha256:new".into(),
+            source_commit: "c".into(),
+            signer_key_id: "k".into(),
+            provenance: None,
+            sbom: None,
+            content_hash: "sha256:newhash".into(),
+        }
+    }
+
+    fn obs(current: Current, hash: Option<&str>, running: Option<&str>) -> Observation {
+        Observation {
+            current,
+            release_json: None,
+            release_json_sha256: None,
+            content_hash: hash.map(str::to_owned),
+            odd_entries: vec![],
+            target_hash: None,
+            running: running.map(str::to_owned),
+        }
+    }
+
+    fn plan_for(observed: Vec<(String, Observation)>, batch: BatchSize) -> Result<Plan, PlanError> {
+        let (set, _) = example();
+        let mut env = set.environments[1].clone();
+        env.rollout.batch = batch;
+        let hosts: Vec<_> = (0..observed.len()).map(|i| { let mut h = env.hosts[0].clone(); h.name = crate::names::HostName::new(&format!("vm-{i}")).unwrap(); h }).collect();
+        env.hosts = hosts;
+        let svc = set.services.values().next().unwrap();
+        let known = BTreeMap::from([(OLD.to_owned(), "sha256:oldhash".to_owned())]);
+        build(&PlanInput { kind: PlanKind::Promote, environment: &env, service: svc, release: release(), content: None, observed: &observed, known_hashes: &known })
+    }
+
+    #[test]
+    fn plans_changes_rollback_targets_and_batches() {
+        let observed = vec![
+            ("vm-0".to_owned(), obs(Current::Release(OLD.into()), Some("sha256:oldhash"), Some("sha256:old"))),
+            ("vm-1".to_owned(), obs(Current::Missing, None, None)),
+            ("vm-2".to_owned(), obs(Current::Release(NEW.into()), Some("sha256:newhash"), Some("sha256:new"))),
+            ("vm-3".to_owned(), obs(Current::Release(OLD.into()), Some("sha256:oldhash"), Some("sha256:old"))),
+        ];
+        let p = plan_for(observed, BatchSize::Count(2)).unwrap();
+        assert_eq!(p.hosts[0].rollback_target.as_deref(), Some(OLD));
+        assert_eq!(p.hosts[1].rollback_target, None);
+        assert_eq!(p.hosts[2].action, Action::None, "already live: idempotent");
+        assert_eq!(p.batches, vec![vec!["vm-0".to_owned(), "vm-1".to_owned()], vec!["vm-3".to_owned()]]);
+        assert!(p.render().contains("~ vm-0         r-0000000000000000 -> r-1111111111111111"), "{}", p.render());
+        assert_eq!(p.id(), p.clone().id(), "the id is a function of the content");
+    }
+
+    #[test]
+    fn refuses_tampered_hosts_and_broken_ways_back() {
+        let e = plan_for(vec![("vm-0".into(), obs(Current::Outside("../../etc".into()), None, None))], BatchSize::Count(1)).unwrap_err();
+        assert!(matches!(e, PlanError::HostUnfit { .. }), "{e}");
+        let e = plan_for(vec![("vm-0".into(), obs(Current::Release(OLD.into()), Some("sha256:edited"), None))], BatchSize::Count(1)).unwrap_err();
+        assert!(e.to_string().contains("was edited"), "{e}");
+        let e = plan_for(vec![("vm-0".into(), obs(Current::Release(OLD.into()), None, None))], BatchSize::Count(1)).unwrap_err();
+        assert!(e.to_string().contains("gone"), "{e}");
+    }
+
+    #[test]
+    fn a_plan_goes_stale_when_a_host_moves() {
+        let observed = vec![("vm-0".to_owned(), obs(Current::Release(OLD.into()), Some("sha256:oldhash"), Some("sha256:old")))];
+        let p = plan_for(observed.clone(), BatchSize::Count(1)).unwrap();
+        assert!(staleness(&p, &observed).is_empty());
+        let moved = vec![("vm-0".to_owned(), obs(Current::Release(NEW.into()), Some("sha256:x"), Some("sha256:old")))];
+        let s = staleness(&p, &moved);
+        assert_eq!(s, vec![Moved { host: "vm-0".into(), field: "current", planned: format!("releases/{OLD}"), now: format!("releases/{NEW}") }]);
+    }
+}
