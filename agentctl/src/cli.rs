@@ -83,6 +83,68 @@ pub enum Command {
         #[command(subcommand)]
         command: ReleaseCommand,
     },
+    /// Plan promoting a release of SERVICE to an environment; apply it with `--apply`.
+    ///
+    /// Without `--apply` nothing changes: not a host, not the state, not the receipts.
+    Promote {
+        service: String,
+        #[arg(long)]
+        env: String,
+        /// The release: `repo@sha256:...`, `sha256:...` or a unique digest prefix.
+        #[arg(long)]
+        release: String,
+        #[arg(long)]
+        apply: bool,
+        /// Save the plan to apply it later with `agentctl apply`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Apply a saved plan exactly, or refuse it as stale (exit 4).
+    Apply { plan: PathBuf },
+    /// Plan going back to the recorded rollback target (or `--to RELEASE`); `--apply` applies.
+    Rollback {
+        service: String,
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        apply: bool,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Approve a plan (by the id `promote` prints); writes a receipt.
+    Approve {
+        plan_id: String,
+        #[arg(long = "as")]
+        approver: String,
+    },
+    /// Show, or with `--force` take over, the (environment, service) lock; writes a receipt.
+    Unlock {
+        service: String,
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Probe every host and classify drift: in-sync, drifted, missing, tampered, unreachable.
+    ///
+    /// Exit 0 when all are in sync, 3 when anything is not.
+    Status {
+        /// Only this service.
+        service: Option<String>,
+        #[arg(long)]
+        env: Option<String>,
+        /// Probe again every SECONDS and print only what changed.
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<u64>,
+        /// Probes in flight at once (default: the manifests' `ssh.concurrency`).
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// Per-host timeout in seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
     /// Receipts: list, show, verify the signed chain, report for auditors.
     Receipts {
         #[command(subcommand)]

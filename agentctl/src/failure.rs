@@ -8,7 +8,6 @@ use std::process::ExitCode;
 pub enum Code {
     Failed = 1,
     Invalid = 2,
-    #[expect(dead_code, reason = "`status` exits 3 on drift; it lands with the status-probe issue")]
     Drift = 3,
     Refused = 4,
 }

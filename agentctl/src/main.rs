@@ -69,6 +69,27 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
             commands::release::add(g, args).await
         }
         Command::Release { command: ReleaseCommand::List { service } } => commands::release::list(g, &service).await,
+        Command::Promote { service, env, release, apply, out } => {
+            let target = commands::deploy::Target::Promote { release: &release };
+            commands::deploy::plan_and_maybe_apply(g, &service, &env, target, apply, out.as_deref()).await
+        }
+        Command::Rollback { service, env, to, apply, out } => {
+            let target = commands::deploy::Target::Rollback { to: to.as_deref() };
+            commands::deploy::plan_and_maybe_apply(g, &service, &env, target, apply, out.as_deref()).await
+        }
+        Command::Apply { plan } => commands::deploy::apply_saved(g, &plan).await,
+        Command::Approve { plan_id, approver } => commands::deploy::approve(g, &plan_id, &approver).await,
+        Command::Unlock { service, env, force } => commands::deploy::unlock(g, &service, &env, force).await,
+        Command::Status { service, env, watch, concurrency, timeout } => {
+            let args = commands::status::Args {
+                service: service.as_deref(),
+                env: env.as_deref(),
+                watch,
+                concurrency,
+                timeout,
+            };
+            commands::status::run(g, args).await
+        }
         Command::Receipts { command } => match command {
             ReceiptsCommand::List { dir } => commands::receipts::list(g, dir.as_deref()).await,
             ReceiptsCommand::Show { id, dir } => commands::receipts::show(g, &id, dir.as_deref()).await,

@@ -72,14 +72,24 @@ impl DeployError {
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            Self::Verify(_) | Self::Gate { .. } | Self::Stale { .. } | Self::Locked { .. } | Self::Approvals { .. } | Self::PlanTampered { .. } | Self::Plan(_)
+            Self::Verify(_)
+                | Self::Gate { .. }
+                | Self::Stale { .. }
+                | Self::Locked { .. }
+                | Self::Approvals { .. }
+                | Self::PlanTampered { .. }
+                | Self::Plan(_)
         )
     }
 
     pub fn is_invalid_input(&self) -> bool {
         matches!(
             self,
-            Self::UnknownEnvironment(_) | Self::UnknownService(_) | Self::UnknownRelease { .. } | Self::AmbiguousRelease { .. } | Self::UnknownRollbackRelease { .. }
+            Self::UnknownEnvironment(_)
+                | Self::UnknownService(_)
+                | Self::UnknownRelease { .. }
+                | Self::AmbiguousRelease { .. }
+                | Self::UnknownRollbackRelease { .. }
         )
     }
 }
@@ -108,10 +118,11 @@ impl Fleet {
     /// Connects to every host (bounded concurrency); the first failure is returned.
     pub async fn connect(ssh: &SshClient, hosts: &[Host], concurrency: usize) -> Result<Self, SshError> {
         use futures::StreamExt as _;
-        let results: Vec<_> = futures::stream::iter(hosts.iter().map(|h| async move { (h.name.to_string(), ssh.connect(h).await) }))
-            .buffered(concurrency.max(1))
-            .collect()
-            .await;
+        let results: Vec<_> =
+            futures::stream::iter(hosts.iter().map(|h| async move { (h.name.to_string(), ssh.connect(h).await) }))
+                .buffered(concurrency.max(1))
+                .collect()
+                .await;
         let mut sessions = BTreeMap::new();
         for (name, r) in results {
             sessions.insert(name, r?);
@@ -143,11 +154,17 @@ pub struct Deployer<'a> {
 
 impl<'a> Deployer<'a> {
     fn environment(&self, name: &str) -> Result<&'a Environment, DeployError> {
-        EnvName::new(name).ok().and_then(|n| self.set.environment(&n)).ok_or_else(|| DeployError::UnknownEnvironment(name.into()))
+        EnvName::new(name)
+            .ok()
+            .and_then(|n| self.set.environment(&n))
+            .ok_or_else(|| DeployError::UnknownEnvironment(name.into()))
     }
 
     fn service(&self, name: &str) -> Result<&'a Service, DeployError> {
-        ServiceName::new(name).ok().and_then(|n| self.set.service(&n)).ok_or_else(|| DeployError::UnknownService(name.into()))
+        ServiceName::new(name)
+            .ok()
+            .and_then(|n| self.set.service(&n))
+            .ok_or_else(|| DeployError::UnknownService(name.into()))
     }
 
     fn verifier(&self) -> Verifier<'_> {
@@ -163,17 +180,25 @@ impl<'a> Deployer<'a> {
         let all = self.store.releases(service.name.as_str()).await?;
         let needle = reference.rsplit('@').next().unwrap_or(reference);
         let needle = needle.strip_prefix("sha256:").unwrap_or(needle);
-        let matches: Vec<_> = all.into_iter().filter(|r| r.digest.trim_start_matches("sha256:").starts_with(needle) && !needle.is_empty()).collect();
+        let matches: Vec<_> = all
+            .into_iter()
+            .filter(|r| r.digest.trim_start_matches("sha256:").starts_with(needle) && !needle.is_empty())
+            .collect();
         match matches.len() {
             1 => Ok(matches.into_iter().next().expect("one")),
             0 => Err(DeployError::UnknownRelease { service: service.name.to_string(), reference: reference.into() }),
-            count => Err(DeployError::AmbiguousRelease { service: service.name.to_string(), reference: reference.into(), count }),
+            count => Err(DeployError::AmbiguousRelease {
+                service: service.name.to_string(),
+                reference: reference.into(),
+                count,
+            }),
         }
     }
 
     async fn verify_record(&self, env: &Environment, record: &ReleaseRecord) -> Result<Verified, DeployError> {
         let image = PinnedImage {
-            repository: Repository::new(&record.repository).map_err(|e| VerifyError::BadReference(record.repository.clone(), e))?,
+            repository: Repository::new(&record.repository)
+                .map_err(|e| VerifyError::BadReference(record.repository.clone(), e))?,
             digest: Digest::new(&record.digest).map_err(|e| VerifyError::BadReference(record.digest.clone(), e))?,
         };
         Ok(self.verifier().verify_pinned(&image, &Self::requirements(env, &record.source_commit)).await?)
@@ -184,27 +209,46 @@ impl<'a> Deployer<'a> {
         let Some(after) = &env.after else { return Ok(()) };
         let prev = self.set.environment(after).expect("validated reference");
         let recorded = self.store.deployments(after.as_str(), service.name.as_str()).await?;
-        let everywhere = prev.hosts.iter().all(|h| recorded.iter().any(|d| d.host == h.name.as_str() && d.digest == digest));
+        let everywhere =
+            prev.hosts.iter().all(|h| recorded.iter().any(|d| d.host == h.name.as_str() && d.digest == digest));
         if everywhere {
             Ok(())
         } else {
-            Err(DeployError::Gate { environment: env.name.to_string(), after: after.to_string(), digest: digest.into() })
+            Err(DeployError::Gate {
+                environment: env.name.to_string(),
+                after: after.to_string(),
+                digest: digest.into(),
+            })
         }
     }
 
     /// Observes `service` on every host of `env` (one round trip each).
-    pub async fn observe(&self, fleet: &Fleet, env: &Environment, service: &Service, targets: &BTreeMap<String, String>) -> Result<Vec<(String, Observation)>, DeployError> {
+    pub async fn observe(
+        &self,
+        fleet: &Fleet,
+        env: &Environment,
+        service: &Service,
+        targets: &BTreeMap<String, String>,
+    ) -> Result<Vec<(String, Observation)>, DeployError> {
         let futs = env.hosts.iter().map(|h| async move {
             let target = targets.get(h.name.as_str()).map(String::as_str);
             let cmd = observe::probe_command(h, service, target);
-            let out = fleet.session(h.name.as_str()).run(&cmd, None, observe::MAX_PROBE_OUTPUT, Duration::from_secs(30)).await?;
-            let obs = observe::parse(&out.stdout).map_err(|reason| DeployError::Probe { host: h.name.to_string(), reason })?;
+            let out = fleet
+                .session(h.name.as_str())
+                .run(&cmd, None, observe::MAX_PROBE_OUTPUT, Duration::from_secs(30))
+                .await?;
+            let obs = observe::parse(&out.stdout)
+                .map_err(|reason| DeployError::Probe { host: h.name.to_string(), reason })?;
             Ok::<_, DeployError>((h.name.to_string(), obs))
         });
         futures::future::join_all(futs).await.into_iter().collect()
     }
 
-    async fn known_hashes(&self, env: &Environment, service: &Service) -> Result<BTreeMap<String, String>, DeployError> {
+    async fn known_hashes(
+        &self,
+        env: &Environment,
+        service: &Service,
+    ) -> Result<BTreeMap<String, String>, DeployError> {
         let mut out = BTreeMap::new();
         for d in self.store.deployments(env.name.as_str(), service.name.as_str()).await? {
             if !d.release_id.is_empty() {
@@ -215,7 +259,13 @@ impl<'a> Deployer<'a> {
     }
 
     /// Plans a promotion of `reference` to `env`. Changes nothing anywhere.
-    pub async fn plan_promotion(&self, fleet: &Fleet, env_name: &str, service_name: &str, reference: &str) -> Result<Plan, DeployError> {
+    pub async fn plan_promotion(
+        &self,
+        fleet: &Fleet,
+        env_name: &str,
+        service_name: &str,
+        reference: &str,
+    ) -> Result<Plan, DeployError> {
         let env = self.environment(env_name)?;
         let service = self.service(service_name)?;
         let record = self.resolve_release(service, reference).await?;
@@ -242,11 +292,25 @@ impl<'a> Deployer<'a> {
             sbom: content.json.sbom.clone(),
             content_hash: content.content_hash.clone(),
         };
-        Ok(plan::build(&PlanInput { kind: PlanKind::Promote, environment: env, service, release: planned, content: Some(&content), observed: &observed, known_hashes: &known })?)
+        Ok(plan::build(&PlanInput {
+            kind: PlanKind::Promote,
+            environment: env,
+            service,
+            release: planned,
+            content: Some(&content),
+            observed: &observed,
+            known_hashes: &known,
+        })?)
     }
 
     /// Plans a rollback to the recorded rollback target, or to release `to`.
-    pub async fn plan_rollback(&self, fleet: &Fleet, env_name: &str, service_name: &str, to: Option<&str>) -> Result<Plan, DeployError> {
+    pub async fn plan_rollback(
+        &self,
+        fleet: &Fleet,
+        env_name: &str,
+        service_name: &str,
+        to: Option<&str>,
+    ) -> Result<Plan, DeployError> {
         let env = self.environment(env_name)?;
         let service = self.service(service_name)?;
         let (e, s) = (env.name.to_string(), service.name.to_string());
@@ -254,7 +318,8 @@ impl<'a> Deployer<'a> {
             Some(t) => t.to_owned(),
             None => {
                 let recorded = self.store.deployments(&e, &s).await?;
-                let mut targets: Vec<String> = recorded.iter().filter_map(|d| d.rollback_target.clone()).filter(|t| !t.is_empty()).collect();
+                let mut targets: Vec<String> =
+                    recorded.iter().filter_map(|d| d.rollback_target.clone()).filter(|t| !t.is_empty()).collect();
                 targets.sort();
                 targets.dedup();
                 match targets.len() {
@@ -264,11 +329,9 @@ impl<'a> Deployer<'a> {
                 }
             }
         };
-        let applied = self
-            .store
-            .applied_release(&e, &s, &target)
-            .await?
-            .ok_or_else(|| DeployError::UnknownRollbackRelease { environment: e.clone(), service: s.clone(), release: target.clone() })?;
+        let applied = self.store.applied_release(&e, &s, &target).await?.ok_or_else(|| {
+            DeployError::UnknownRollbackRelease { environment: e.clone(), service: s.clone(), release: target.clone() }
+        })?;
         // Going back is still a deployment: the image must still verify.
         let record = ReleaseRecord {
             service: s.clone(),
@@ -283,7 +346,8 @@ impl<'a> Deployer<'a> {
             added_by: String::new(),
         };
         let verified = self.verify_record(env, &record).await?;
-        let targets: BTreeMap<String, String> = env.hosts.iter().map(|h| (h.name.to_string(), target.clone())).collect();
+        let targets: BTreeMap<String, String> =
+            env.hosts.iter().map(|h| (h.name.to_string(), target.clone())).collect();
         let observed = self.observe(fleet, env, service, &targets).await?;
         let known = self.known_hashes(env, service).await?;
         let planned = PlannedRelease {
@@ -296,11 +360,25 @@ impl<'a> Deployer<'a> {
             sbom: applied.sbom,
             content_hash: applied.content_hash,
         };
-        Ok(plan::build(&PlanInput { kind: PlanKind::Rollback, environment: env, service, release: planned, content: None, observed: &observed, known_hashes: &known })?)
+        Ok(plan::build(&PlanInput {
+            kind: PlanKind::Rollback,
+            environment: env,
+            service,
+            release: planned,
+            content: None,
+            observed: &observed,
+            known_hashes: &known,
+        })?)
     }
 
     /// Applies `plan` exactly, or refuses it. Every outcome ends with a receipt.
-    pub async fn apply(&self, fleet: &Fleet, plan: &Plan, receipts: &ReceiptLog, receipt_key: &SigningKey) -> Result<ApplyReport, DeployError> {
+    pub async fn apply(
+        &self,
+        fleet: &Fleet,
+        plan: &Plan,
+        receipts: &ReceiptLog,
+        receipt_key: &SigningKey,
+    ) -> Result<ApplyReport, DeployError> {
         let plan_id = plan.id();
         let env = self.environment(&plan.environment)?;
         let service = self.service(&plan.service)?;
@@ -314,7 +392,10 @@ impl<'a> Deployer<'a> {
             sbom: plan.release.sbom.clone(),
         };
         let approvals = self.store.approvals(&plan_id).await?;
-        let approval_records: Vec<ApprovalRecord> = approvals.iter().map(|a| ApprovalRecord { approver: a.approver.clone(), at: a.approved_at.to_rfc3339() }).collect();
+        let approval_records: Vec<ApprovalRecord> = approvals
+            .iter()
+            .map(|a| ApprovalRecord { approver: a.approver.clone(), at: a.approved_at.to_rfc3339() })
+            .collect();
         let body = |outcome: &str, detail: Option<String>, hosts: Vec<HostOutcome>| ReceiptBody {
             kind: receipt_kind,
             time: now(),
@@ -352,7 +433,11 @@ impl<'a> Deployer<'a> {
             return refuse(e, Vec::new()).await;
         }
         if (approvals.len() as u32) < plan.approvals_required {
-            return refuse(DeployError::Approvals { plan: plan_id.clone(), need: plan.approvals_required, have: approvals.len() }, Vec::new()).await;
+            return refuse(
+                DeployError::Approvals { plan: plan_id.clone(), need: plan.approvals_required, have: approvals.len() },
+                Vec::new(),
+            )
+            .await;
         }
         // 2. The lock.
         let lock = LockRecord {
@@ -365,7 +450,11 @@ impl<'a> Deployer<'a> {
             since: chrono::Utc::now(),
         };
         if let Err(holder) = self.store.try_lock(&lock).await? {
-            return refuse(DeployError::Locked { environment: plan.environment.clone(), service: plan.service.clone(), holder }, Vec::new()).await;
+            return refuse(
+                DeployError::Locked { environment: plan.environment.clone(), service: plan.service.clone(), holder },
+                Vec::new(),
+            )
+            .await;
         }
         let result = self.apply_locked(fleet, plan, &plan_id, env, service, receipts, receipt_key, &body).await;
         self.store.unlock(&plan.environment, &plan.service, &plan_id).await?;
@@ -385,8 +474,11 @@ impl<'a> Deployer<'a> {
         body: &(dyn Fn(&str, Option<String>, Vec<HostOutcome>) -> ReceiptBody + Sync),
     ) -> Result<ApplyReport, DeployError> {
         // 3. Re-observe: a plan whose assumptions moved is refused.
-        let targets: BTreeMap<String, String> =
-            if plan.kind == PlanKind::Rollback { env.hosts.iter().map(|h| (h.name.to_string(), plan.release.release_id.clone())).collect() } else { BTreeMap::new() };
+        let targets: BTreeMap<String, String> = if plan.kind == PlanKind::Rollback {
+            env.hosts.iter().map(|h| (h.name.to_string(), plan.release.release_id.clone())).collect()
+        } else {
+            BTreeMap::new()
+        };
         let observed = self.observe(fleet, env, service, &targets).await?;
         let moved = plan::staleness(plan, &observed);
         if !moved.is_empty() {
@@ -397,9 +489,15 @@ impl<'a> Deployer<'a> {
             receipts.append(b, receipt_key, Some(self.store)).await?;
             return Err(e);
         }
-        let host = |name: &str| env.hosts.iter().find(|h| h.name.as_str() == name).expect("plan hosts are the environment's");
-        let existing: BTreeMap<String, DeploymentRecord> =
-            self.store.deployments(&plan.environment, &plan.service).await?.into_iter().map(|d| (d.host.clone(), d)).collect();
+        let host =
+            |name: &str| env.hosts.iter().find(|h| h.name.as_str() == name).expect("plan hosts are the environment's");
+        let existing: BTreeMap<String, DeploymentRecord> = self
+            .store
+            .deployments(&plan.environment, &plan.service)
+            .await?
+            .into_iter()
+            .map(|d| (d.host.clone(), d))
+            .collect();
 
         // 4. Record the way back before the first host is touched.
         for h in plan.hosts.iter().filter(|h| h.action == Action::Change) {
@@ -440,8 +538,22 @@ impl<'a> Deployer<'a> {
             .hosts
             .iter()
             .map(|h| {
-                let (outcome, after) = if h.action == Action::None { ("unchanged", Some(h.after.clone())) } else { ("untouched", h.before.clone()) };
-                (h.host.clone(), HostOutcome { host: h.host.clone(), before: h.before.clone(), after, rollback_target: h.rollback_target.clone(), outcome: outcome.into(), detail: None })
+                let (outcome, after) = if h.action == Action::None {
+                    ("unchanged", Some(h.after.clone()))
+                } else {
+                    ("untouched", h.before.clone())
+                };
+                (
+                    h.host.clone(),
+                    HostOutcome {
+                        host: h.host.clone(),
+                        before: h.before.clone(),
+                        after,
+                        rollback_target: h.rollback_target.clone(),
+                        outcome: outcome.into(),
+                        detail: None,
+                    },
+                )
             })
             .collect();
 
@@ -453,7 +565,8 @@ impl<'a> Deployer<'a> {
             let stage_all = plan.hosts.iter().filter(|h| h.action == Action::Change).map(|h| {
                 let tar = &tar;
                 async move {
-                    let cmd = steps::stage(host(&h.host), service, &plan.release.release_id, &plan.release.content_hash);
+                    let cmd =
+                        steps::stage(host(&h.host), service, &plan.release.release_id, &plan.release.content_hash);
                     let out = fleet.session(&h.host).run(&cmd, Some(tar), STEP_OUTPUT_LIMIT, STEP_TIMEOUT).await;
                     (h.host.clone(), out)
                 }
@@ -468,7 +581,13 @@ impl<'a> Deployer<'a> {
                     Err(e) => e.to_string(),
                 };
                 let e = DeployError::Staging { host: name, reason };
-                let r = receipts.append(body("failed", Some(e.to_string()), outcomes.into_values().collect()), receipt_key, Some(self.store)).await?;
+                let r = receipts
+                    .append(
+                        body("failed", Some(e.to_string()), outcomes.into_values().collect()),
+                        receipt_key,
+                        Some(self.store),
+                    )
+                    .await?;
                 self.sink.event(&format!("receipt {}", r.file_name()));
                 return Err(e);
             }
@@ -477,7 +596,13 @@ impl<'a> Deployer<'a> {
         // 6. Batch by batch: swap, activate, health-check; a failed host goes back.
         let mut failure = None;
         for (i, batch) in plan.batches.iter().enumerate() {
-            self.sink.event(&format!("batch {} of {}{}: {}", i + 1, plan.batches.len(), if i == 0 { " (canary)" } else { "" }, batch.join(", ")));
+            self.sink.event(&format!(
+                "batch {} of {}{}: {}",
+                i + 1,
+                plan.batches.len(),
+                if i == 0 { " (canary)" } else { "" },
+                batch.join(", ")
+            ));
             let results = futures::future::join_all(batch.iter().map(|name| {
                 let h = plan.hosts.iter().find(|x| &x.host == name).expect("batch hosts are plan hosts");
                 self.move_host(fleet.session(name), host(name), service, plan, h.rollback_target.as_deref())
@@ -499,7 +624,10 @@ impl<'a> Deployer<'a> {
                                 digest: plan.release.digest.clone(),
                                 source_commit: plan.release.source_commit.clone(),
                                 content_hash: plan.release.content_hash.clone(),
-                                rollback_target: o.rollback_target.clone().or_else(|| prev.and_then(|p| p.rollback_target.clone())),
+                                rollback_target: o
+                                    .rollback_target
+                                    .clone()
+                                    .or_else(|| prev.and_then(|p| p.rollback_target.clone())),
                                 plan_id: plan_id.to_owned(),
                                 updated_at: chrono::Utc::now(),
                             })
@@ -510,8 +638,15 @@ impl<'a> Deployer<'a> {
                         o.outcome = if restored { "rolled-back".into() } else { "failed".into() };
                         o.after = if restored { o.before.clone() } else { None };
                         o.detail = Some(reason.clone());
-                        self.sink.event(&format!("{name}: FAILED: {reason}; {}", if restored { "rolled back" } else { "could not be rolled back" }));
-                        failure.get_or_insert(format!("host `{name}` failed in batch {} of {}: {reason}", i + 1, plan.batches.len()));
+                        self.sink.event(&format!(
+                            "{name}: FAILED: {reason}; {}",
+                            if restored { "rolled back" } else { "could not be rolled back" }
+                        ));
+                        failure.get_or_insert(format!(
+                            "host `{name}` failed in batch {} of {}: {reason}",
+                            i + 1,
+                            plan.batches.len()
+                        ));
                     }
                 }
             }
@@ -521,19 +656,38 @@ impl<'a> Deployer<'a> {
         }
         let hosts: Vec<HostOutcome> = outcomes.into_values().collect();
         let succeeded = failure.is_none();
-        let r = receipts.append(body(if succeeded { "succeeded" } else { "failed" }, failure.clone(), hosts.clone()), receipt_key, Some(self.store)).await?;
+        let r = receipts
+            .append(
+                body(if succeeded { "succeeded" } else { "failed" }, failure.clone(), hosts.clone()),
+                receipt_key,
+                Some(self.store),
+            )
+            .await?;
         Ok(ApplyReport { plan_id: plan_id.to_owned(), succeeded, hosts, receipt: r.file_name(), failure })
     }
 
     /// Swap, activate and health-check one host; on failure put it back on `target`.
-    async fn move_host(&self, s: &SshSession, host: &Host, service: &Service, plan: &Plan, target: Option<&str>) -> Result<(), HostFailure> {
+    async fn move_host(
+        &self,
+        s: &SshSession,
+        host: &Host,
+        service: &Service,
+        plan: &Plan,
+        target: Option<&str>,
+    ) -> Result<(), HostFailure> {
         let id = &plan.release.release_id;
         let health_timeout = Duration::from_secs(plan.health_timeout_secs);
         let step = |cmd: crate::remote::RemoteCommand, timeout: Duration, what: &'static str| async move {
             match s.run(&cmd, None, STEP_OUTPUT_LIMIT, timeout).await {
                 Ok(o) if o.success() => Ok(()),
-                Ok(o) => Err(format!("{what} `{cmd}` exited with status {}: {}", o.status.map_or("signal".into(), |c| c.to_string()), o.stderr.trim())),
-                Err(SshError::Timeout { .. }) => Err(format!("{what} `{cmd}` did not finish within {} s", timeout.as_secs())),
+                Ok(o) => Err(format!(
+                    "{what} `{cmd}` exited with status {}: {}",
+                    o.status.map_or("signal".into(), |c| c.to_string()),
+                    o.stderr.trim()
+                )),
+                Err(SshError::Timeout { .. }) => {
+                    Err(format!("{what} `{cmd}` did not finish within {} s", timeout.as_secs()))
+                }
                 Err(e) => Err(format!("{what}: {e}")),
             }
         };
@@ -571,14 +725,19 @@ struct HostFailure {
 /// Each host and field that moved, old and new value, one per line.
 pub fn stale_detail(e: &DeployError) -> String {
     match e {
-        DeployError::Stale { moved, .. } => moved.iter().map(|m| format!("host `{}`: {} was `{}` when planned, is `{}` now", m.host, m.field, m.planned, m.now)).collect::<Vec<_>>().join("\n"),
+        DeployError::Stale { moved, .. } => moved
+            .iter()
+            .map(|m| format!("host `{}`: {} was `{}` when planned, is `{}` now", m.host, m.field, m.planned, m.now))
+            .collect::<Vec<_>>()
+            .join("\n"),
         other => other.to_string(),
     }
 }
 
 /// Reads a saved plan, refusing one whose content no longer matches its id.
 pub fn load_saved(text: &str) -> Result<Plan, DeployError> {
-    let saved: plan::SavedPlan = serde_json::from_str(text).map_err(|e| DeployError::PlanTampered { claimed: "?".into(), actual: format!("unreadable plan: {e}") })?;
+    let saved: plan::SavedPlan = serde_json::from_str(text)
+        .map_err(|e| DeployError::PlanTampered { claimed: "?".into(), actual: format!("unreadable plan: {e}") })?;
     let actual = saved.plan.id();
     if actual != saved.plan_id {
         return Err(DeployError::PlanTampered { claimed: saved.plan_id, actual });
@@ -591,5 +750,7 @@ fn now() -> String {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }

@@ -18,10 +18,19 @@ pub struct Difference {
 #[serde(tag = "status", rename_all = "kebab-case")]
 pub enum Status {
     InSync,
-    Drifted { differences: Vec<Difference> },
-    Missing { reason: String },
-    Tampered { reason: String },
-    Unreachable { reason: String, security: bool },
+    Drifted {
+        differences: Vec<Difference>,
+    },
+    Missing {
+        reason: String,
+    },
+    Tampered {
+        reason: String,
+    },
+    Unreachable {
+        reason: String,
+        security: bool,
+    },
     /// Nothing recorded and nothing live.
     NotDeployed,
 }
@@ -66,10 +75,14 @@ fn or_none(s: Option<&str>) -> String {
 /// Classifies what `obs` shows for a service whose recorded state is `record`.
 pub fn classify(service: &str, record: Option<&DeploymentRecord>, obs: &Observation) -> Status {
     let id = match &obs.current {
-        Current::Outside(t) => return Status::Tampered { reason: format!("`current` points outside the releases directory, at `{t}`") },
+        Current::Outside(t) => {
+            return Status::Tampered { reason: format!("`current` points outside the releases directory, at `{t}`") }
+        }
         Current::Missing => {
             return match record {
-                Some(r) if !r.release_id.is_empty() => Status::Missing { reason: format!("no `current` (recorded `{}`)", r.release_id) },
+                Some(r) if !r.release_id.is_empty() => {
+                    Status::Missing { reason: format!("no `current` (recorded `{}`)", r.release_id) }
+                }
                 _ => Status::NotDeployed,
             };
         }
@@ -79,7 +92,12 @@ pub fn classify(service: &str, record: Option<&DeploymentRecord>, obs: &Observat
         return Status::Missing { reason: format!("`current` points at `releases/{id}`, which is gone") };
     };
     if !obs.odd_entries.is_empty() {
-        return Status::Tampered { reason: format!("release `{id}` contains entries that are not regular files: {}", obs.odd_entries.join(", ")) };
+        return Status::Tampered {
+            reason: format!(
+                "release `{id}` contains entries that are not regular files: {}",
+                obs.odd_entries.join(", ")
+            ),
+        };
     }
     let json = match obs.release() {
         Ok(Some(j)) => j,
@@ -88,11 +106,20 @@ pub fn classify(service: &str, record: Option<&DeploymentRecord>, obs: &Observat
     };
     if json.release_id != *id || json.service != service {
         return Status::Tampered {
-            reason: format!("`release.json` says release `{}` of `{}`, but sits in `releases/{id}` of `{service}`", json.release_id, json.service),
+            reason: format!(
+                "`release.json` says release `{}` of `{}`, but sits in `releases/{id}` of `{service}`",
+                json.release_id, json.service
+            ),
         };
     }
     let Some(r) = record.filter(|r| !r.release_id.is_empty()) else {
-        return Status::Drifted { differences: vec![Difference { field: "symlink target", recorded: "none".into(), live: format!("releases/{id}") }] };
+        return Status::Drifted {
+            differences: vec![Difference {
+                field: "symlink target",
+                recorded: "none".into(),
+                live: format!("releases/{id}"),
+            }],
+        };
     };
     let mut differences = Vec::new();
     let mut diff = |field: &'static str, recorded: String, live: String| {
@@ -175,17 +202,49 @@ mod tests {
     #[test]
     fn classifies_every_case() {
         check(healthy(), "in-sync", "");
-        check(obs(Current::Release(OTHER.into()), Some(json(OTHER, "api", "c1")), Some("sha256:h"), Some(D)), "drifted", "symlink target: recorded `releases/r-0123456789abcdef`, live `releases/r-fedcba9876543210`");
-        check(obs(Current::Release(ID.into()), Some(json(ID, "api", "c2")), Some("sha256:h"), Some(D)), "drifted", "source commit: recorded `c1`, live `c2`");
-        check(obs(Current::Release(ID.into()), Some(json(ID, "api", "c1")), Some("sha256:edited"), Some(D)), "drifted", "content hash");
-        check(obs(Current::Release(ID.into()), Some(json(ID, "api", "c1")), Some("sha256:h"), Some("sha256:other")), "drifted", "image digest: recorded `sha256:aaaa`, live `sha256:other`");
-        check(obs(Current::Release(ID.into()), Some(json(ID, "api", "c1")), Some("sha256:h"), None), "drifted", "live `none`");
+        check(
+            obs(Current::Release(OTHER.into()), Some(json(OTHER, "api", "c1")), Some("sha256:h"), Some(D)),
+            "drifted",
+            "symlink target: recorded `releases/r-0123456789abcdef`, live `releases/r-fedcba9876543210`",
+        );
+        check(
+            obs(Current::Release(ID.into()), Some(json(ID, "api", "c2")), Some("sha256:h"), Some(D)),
+            "drifted",
+            "source commit: recorded `c1`, live `c2`",
+        );
+        check(
+            obs(Current::Release(ID.into()), Some(json(ID, "api", "c1")), Some("sha256:edited"), Some(D)),
+            "drifted",
+            "content hash",
+        );
+        check(
+            obs(Current::Release(ID.into()), Some(json(ID, "api", "c1")), Some("sha256:h"), Some("sha256:other")),
+            "drifted",
+            "image digest: recorded `sha256:aaaa`, live `sha256:other`",
+        );
+        check(
+            obs(Current::Release(ID.into()), Some(json(ID, "api", "c1")), Some("sha256:h"), None),
+            "drifted",
+            "live `none`",
+        );
         check(obs(Current::Missing, None, None, None), "missing", "no `current`");
         check(obs(Current::Release(ID.into()), None, None, None), "missing", "gone");
         check(obs(Current::Outside("../../etc".into()), None, None, None), "tampered", "outside");
-        check(obs(Current::Release(ID.into()), Some(b"{not json".to_vec()), Some("sha256:h"), Some(D)), "tampered", "malformed");
-        check(obs(Current::Release(ID.into()), Some(json(OTHER, "api", "c1")), Some("sha256:h"), Some(D)), "tampered", "says release");
-        check(obs(Current::Release(ID.into()), Some(json(ID, "web", "c1")), Some("sha256:h"), Some(D)), "tampered", "of `web`");
+        check(
+            obs(Current::Release(ID.into()), Some(b"{not json".to_vec()), Some("sha256:h"), Some(D)),
+            "tampered",
+            "malformed",
+        );
+        check(
+            obs(Current::Release(ID.into()), Some(json(OTHER, "api", "c1")), Some("sha256:h"), Some(D)),
+            "tampered",
+            "says release",
+        );
+        check(
+            obs(Current::Release(ID.into()), Some(json(ID, "web", "c1")), Some("sha256:h"), Some(D)),
+            "tampered",
+            "of `web`",
+        );
         check(obs(Current::Release(ID.into()), None, Some("sha256:h"), Some(D)), "tampered", "no `release.json`");
         let mut odd = healthy();
         odd.odd_entries = vec!["./link".into()];

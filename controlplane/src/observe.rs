@@ -49,7 +49,11 @@ echo "end"
 /// The remote command that observes `service` on `host`; `target` is a release id whose
 /// directory should also be hashed (the rollback target).
 pub fn probe_command(host: &Host, service: &Service, target: Option<&str>) -> RemoteCommand {
-    let mut args = vec![host.root.to_string(), service.name.to_string(), target.filter(|t| release::valid_id(t)).unwrap_or("-").to_owned()];
+    let mut args = vec![
+        host.root.to_string(),
+        service.name.to_string(),
+        target.filter(|t| release::valid_id(t)).unwrap_or("-").to_owned(),
+    ];
     args.extend(service.probe.iter().cloned());
     RemoteCommand::script(PROBE_SCRIPT, args)
 }
@@ -139,7 +143,9 @@ pub fn parse(output: &[u8]) -> Result<Observation, String> {
         if key == "end" {
             return if line == "end" { Ok(None) } else { Err("probe output is truncated".into()) };
         }
-        let value = line.strip_prefix(key).and_then(|r| r.strip_prefix(' ')).ok_or_else(|| format!("expected `{key}` in probe output, got `{}`", line.chars().take(40).collect::<String>()))?;
+        let value = line.strip_prefix(key).and_then(|r| r.strip_prefix(' ')).ok_or_else(|| {
+            format!("expected `{key}` in probe output, got `{}`", line.chars().take(40).collect::<String>())
+        })?;
         Ok((value != "-" && !value.is_empty()).then(|| value.to_owned()))
     };
     let decode = |v: Option<String>, what: &str| -> Result<Option<Vec<u8>>, String> {
@@ -191,7 +197,13 @@ mod tests {
 
     fn out(current: &str, json: &str, hash: &str, running: &str) -> Vec<u8> {
         let e = |s: &str| if s.is_empty() { "-".to_owned() } else { B64.encode(s) };
-        format!("agentctl-probe 1\ncurrent {}\njson {}\nhash {hash}\nodd \ntarget -\nrunning {}\nend\n", e(current), e(json), e(running)).into_bytes()
+        format!(
+            "agentctl-probe 1\ncurrent {}\njson {}\nhash {hash}\nodd \ntarget -\nrunning {}\nend\n",
+            e(current),
+            e(json),
+            e(running)
+        )
+        .into_bytes()
     }
 
     const H: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
@@ -239,7 +251,16 @@ mod tests {
         std::fs::create_dir_all(&rel).unwrap();
         std::fs::write(rel.join("release.json"), "{\"a\":1}").unwrap();
         std::os::unix::fs::symlink("releases/r-0123456789abcdef", root.join("api/current")).unwrap();
-        let cmd = RemoteCommand::script(PROBE_SCRIPT, [root.display().to_string(), "api".into(), "r-0123456789abcdef".into(), "echo".into(), "sha256:running".into()]);
+        let cmd = RemoteCommand::script(
+            PROBE_SCRIPT,
+            [
+                root.display().to_string(),
+                "api".into(),
+                "r-0123456789abcdef".into(),
+                "echo".into(),
+                "sha256:running".into(),
+            ],
+        );
         let o = std::process::Command::new(&cmd.program).args(&cmd.args).output().unwrap();
         let obs = parse(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
         assert_eq!(obs.current, Current::Release("r-0123456789abcdef".into()));

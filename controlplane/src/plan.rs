@@ -103,7 +103,11 @@ pub fn build(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     for (name, obs) in input.observed {
         let unfit = |reason: String| PlanError::HostUnfit { host: name.clone(), reason };
         let before = match &obs.current {
-            Current::Outside(t) => return Err(unfit(format!("`current` points outside the releases directory, at `{t}`; repair the host first"))),
+            Current::Outside(t) => {
+                return Err(unfit(format!(
+                    "`current` points outside the releases directory, at `{t}`; repair the host first"
+                )))
+            }
             Current::Missing => None,
             Current::Release(id) => Some(id.clone()),
         };
@@ -113,24 +117,38 @@ pub fn build(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
         // The way back must be intact before anything changes.
         if let (Some(target), false) = (&before, in_place) {
             if obs.content_hash.is_none() {
-                return Err(PlanError::RollbackTargetBroken { host: name.clone(), reason: format!("`current` points at `releases/{target}`, which is gone") });
+                return Err(PlanError::RollbackTargetBroken {
+                    host: name.clone(),
+                    reason: format!("`current` points at `releases/{target}`, which is gone"),
+                });
             }
             if let Some(known) = input.known_hashes.get(target) {
                 if obs.content_hash.as_ref() != Some(known) {
                     return Err(PlanError::RollbackTargetBroken {
                         host: name.clone(),
-                        reason: format!("release `{target}` was edited on the host (content hash {} instead of {known})", obs.content_hash.clone().unwrap_or_default()),
+                        reason: format!(
+                            "release `{target}` was edited on the host (content hash {} instead of {known})",
+                            obs.content_hash.clone().unwrap_or_default()
+                        ),
                     });
                 }
             }
         }
         if input.kind == PlanKind::Rollback && !in_place {
             match &obs.target_hash {
-                None => return Err(PlanError::RollbackTargetBroken { host: name.clone(), reason: format!("release `{}` is no longer on the host", input.release.release_id) }),
+                None => {
+                    return Err(PlanError::RollbackTargetBroken {
+                        host: name.clone(),
+                        reason: format!("release `{}` is no longer on the host", input.release.release_id),
+                    })
+                }
                 Some(h) if *h != input.release.content_hash => {
                     return Err(PlanError::RollbackTargetBroken {
                         host: name.clone(),
-                        reason: format!("release `{}` on the host hashes to {h}, not the recorded {}", input.release.release_id, input.release.content_hash),
+                        reason: format!(
+                            "release `{}` on the host hashes to {h}, not the recorded {}",
+                            input.release.release_id, input.release.content_hash
+                        ),
                     })
                 }
                 Some(_) => {}
@@ -148,7 +166,8 @@ pub fn build(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     let changing: Vec<String> = hosts.iter().filter(|h| h.action == Action::Change).map(|h| h.host.clone()).collect();
     let per = input.environment.rollout.batch.per_batch(input.environment.hosts.len());
     let batches = changing.chunks(per).map(<[String]>::to_vec).collect();
-    let files = input.content.map(|c| c.files.iter().map(|(p, b)| (p.clone(), B64.encode(b))).collect()).unwrap_or_default();
+    let files =
+        input.content.map(|c| c.files.iter().map(|(p, b)| (p.clone(), B64.encode(b))).collect()).unwrap_or_default();
     Ok(Plan {
         version: PLAN_VERSION,
         kind: input.kind,
@@ -175,7 +194,12 @@ impl Plan {
 
     /// The rendered files, decoded.
     pub fn decoded_files(&self) -> Result<BTreeMap<String, Vec<u8>>, String> {
-        self.files.iter().map(|(p, b)| B64.decode(b).map(|v| (p.clone(), v)).map_err(|_| format!("file `{p}` in the plan is not base64"))).collect()
+        self.files
+            .iter()
+            .map(|(p, b)| {
+                B64.decode(b).map(|v| (p.clone(), v)).map_err(|_| format!("file `{p}` in the plan is not base64"))
+            })
+            .collect()
     }
 
     /// A readable per-host diff, like `terraform plan`.
@@ -202,18 +226,30 @@ impl Plan {
         for h in &self.hosts {
             let before = h.before.as_deref().unwrap_or("(nothing)");
             match h.action {
-                Action::Change => out.push_str(&format!("\n  ~ {:<12} {before} -> {}   (rollback target: {before})", h.host, h.after)),
+                Action::Change => {
+                    out.push_str(&format!("\n  ~ {:<12} {before} -> {}   (rollback target: {before})", h.host, h.after))
+                }
                 Action::None => out.push_str(&format!("\n    {:<12} {} (already live, unchanged)", h.host, h.after)),
             }
         }
         out.push('\n');
         for (i, b) in self.batches.iter().enumerate() {
-            out.push_str(&format!("\n  batch {} of {}{}: {}", i + 1, self.batches.len(), if i == 0 { " (canary)" } else { "" }, b.join(", ")));
+            out.push_str(&format!(
+                "\n  batch {} of {}{}: {}",
+                i + 1,
+                self.batches.len(),
+                if i == 0 { " (canary)" } else { "" },
+                b.join(", ")
+            ));
         }
         let changes = self.hosts.iter().filter(|h| h.action == Action::Change).count();
         out.push_str(&format!("\n\n{changes} to change, {} unchanged.", self.hosts.len() - changes));
         if self.approvals_required > 0 {
-            out.push_str(&format!(" Needs {} approval(s): `agentctl approve {} --as NAME`.", self.approvals_required, self.id()));
+            out.push_str(&format!(
+                " Needs {} approval(s): `agentctl approve {} --as NAME`.",
+                self.approvals_required,
+                self.id()
+            ));
         }
         out
     }
@@ -298,11 +334,25 @@ mod tests {
         let (set, _) = example();
         let mut env = set.environments[1].clone();
         env.rollout.batch = batch;
-        let hosts: Vec<_> = (0..observed.len()).map(|i| { let mut h = env.hosts[0].clone(); h.name = crate::names::HostName::new(&format!("vm-{i}")).unwrap(); h }).collect();
+        let hosts: Vec<_> = (0..observed.len())
+            .map(|i| {
+                let mut h = env.hosts[0].clone();
+                h.name = crate::names::HostName::new(&format!("vm-{i}")).unwrap();
+                h
+            })
+            .collect();
         env.hosts = hosts;
         let svc = set.services.values().next().unwrap();
         let known = BTreeMap::from([(OLD.to_owned(), "sha256:oldhash".to_owned())]);
-        build(&PlanInput { kind: PlanKind::Promote, environment: &env, service: svc, release: release(), content: None, observed: &observed, known_hashes: &known })
+        build(&PlanInput {
+            kind: PlanKind::Promote,
+            environment: &env,
+            service: svc,
+            release: release(),
+            content: None,
+            observed: &observed,
+            known_hashes: &known,
+        })
     }
 
     #[test]
@@ -324,21 +374,37 @@ mod tests {
 
     #[test]
     fn refuses_tampered_hosts_and_broken_ways_back() {
-        let e = plan_for(vec![("vm-0".into(), obs(Current::Outside("../../etc".into()), None, None))], BatchSize::Count(1)).unwrap_err();
+        let e =
+            plan_for(vec![("vm-0".into(), obs(Current::Outside("../../etc".into()), None, None))], BatchSize::Count(1))
+                .unwrap_err();
         assert!(matches!(e, PlanError::HostUnfit { .. }), "{e}");
-        let e = plan_for(vec![("vm-0".into(), obs(Current::Release(OLD.into()), Some("sha256:edited"), None))], BatchSize::Count(1)).unwrap_err();
+        let e = plan_for(
+            vec![("vm-0".into(), obs(Current::Release(OLD.into()), Some("sha256:edited"), None))],
+            BatchSize::Count(1),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("was edited"), "{e}");
-        let e = plan_for(vec![("vm-0".into(), obs(Current::Release(OLD.into()), None, None))], BatchSize::Count(1)).unwrap_err();
+        let e = plan_for(vec![("vm-0".into(), obs(Current::Release(OLD.into()), None, None))], BatchSize::Count(1))
+            .unwrap_err();
         assert!(e.to_string().contains("gone"), "{e}");
     }
 
     #[test]
     fn a_plan_goes_stale_when_a_host_moves() {
-        let observed = vec![("vm-0".to_owned(), obs(Current::Release(OLD.into()), Some("sha256:oldhash"), Some("sha256:old")))];
+        let observed =
+            vec![("vm-0".to_owned(), obs(Current::Release(OLD.into()), Some("sha256:oldhash"), Some("sha256:old")))];
         let p = plan_for(observed.clone(), BatchSize::Count(1)).unwrap();
         assert!(staleness(&p, &observed).is_empty());
         let moved = vec![("vm-0".to_owned(), obs(Current::Release(NEW.into()), Some("sha256:x"), Some("sha256:old")))];
         let s = staleness(&p, &moved);
-        assert_eq!(s, vec![Moved { host: "vm-0".into(), field: "current", planned: format!("releases/{OLD}"), now: format!("releases/{NEW}") }]);
+        assert_eq!(
+            s,
+            vec![Moved {
+                host: "vm-0".into(),
+                field: "current",
+                planned: format!("releases/{OLD}"),
+                now: format!("releases/{NEW}")
+            }]
+        );
     }
 }

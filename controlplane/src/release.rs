@@ -76,18 +76,24 @@ impl ReleaseContent {
 pub fn render(input: &ReleaseInput<'_>) -> Result<ReleaseContent, ReleaseError> {
     let s = input.service;
     let mut ctx = tera::Context::new();
-    ctx.insert("service", &serde_json::json!({
-        "name": s.name.as_str(),
-        // Names only: the runtime on the host resolves the values.
-        "secrets": s.secrets.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
-        "egress": s.egress,
-    }));
+    ctx.insert(
+        "service",
+        &serde_json::json!({
+            "name": s.name.as_str(),
+            // Names only: the runtime on the host resolves the values.
+            "secrets": s.secrets.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
+            "egress": s.egress,
+        }),
+    );
     ctx.insert("environment", &serde_json::json!({ "name": input.environment.as_str() }));
-    ctx.insert("release", &serde_json::json!({
-        "image": input.image.to_string(),
-        "digest": input.image.digest.as_str(),
-        "commit": input.source_commit,
-    }));
+    ctx.insert(
+        "release",
+        &serde_json::json!({
+            "image": input.image.to_string(),
+            "digest": input.image.digest.as_str(),
+            "commit": input.source_commit,
+        }),
+    );
     let mut files = BTreeMap::new();
     for t in &s.templates {
         let text = tera::Tera::one_off(&t.text, &ctx, false).map_err(|source| ReleaseError::Render {
@@ -126,7 +132,8 @@ pub fn render(input: &ReleaseInput<'_>) -> Result<ReleaseContent, ReleaseError> 
 /// `sha256:` of `find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum`:
 /// the same value the probe script computes on the host.
 pub fn content_hash(files: &BTreeMap<String, Vec<u8>>) -> String {
-    let mut lines: Vec<(String, String)> = files.iter().map(|(p, b)| (format!("./{p}"), hex::encode(Sha256::digest(b)))).collect();
+    let mut lines: Vec<(String, String)> =
+        files.iter().map(|(p, b)| (format!("./{p}"), hex::encode(Sha256::digest(b)))).collect();
     lines.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     let listing: String = lines.iter().map(|(p, h)| format!("{h}  {p}\n")).collect();
     format!("sha256:{}", hex::encode(Sha256::digest(listing.as_bytes())))
@@ -134,7 +141,8 @@ pub fn content_hash(files: &BTreeMap<String, Vec<u8>>) -> String {
 
 /// A syntactically valid release id (`r-` and 16 hex digits).
 pub fn valid_id(id: &str) -> bool {
-    id.strip_prefix("r-").is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    id.strip_prefix("r-")
+        .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
 #[cfg(test)]
@@ -143,7 +151,8 @@ pub(crate) mod tests_support {
 
     /// The example manifest set and its first host.
     pub(crate) fn example() -> (manifest::ManifestSet, manifest::Host) {
-        let files = manifest::example::FILES.iter().map(|(p, t)| (std::path::PathBuf::from(p), (*t).to_owned())).collect();
+        let files =
+            manifest::example::FILES.iter().map(|(p, t)| (std::path::PathBuf::from(p), (*t).to_owned())).collect();
         let set = manifest::validate(std::path::Path::new("m"), &files).unwrap();
         let host = set.environments[0].hosts[0].clone();
         (set, host)
@@ -172,7 +181,10 @@ mod tests {
     }
 
     fn image(content: &[u8]) -> PinnedImage {
-        PinnedImage { repository: crate::image::Repository::new("127.0.0.1:5000/demo/api").unwrap(), digest: crate::image::Digest::of(content) }
+        PinnedImage {
+            repository: crate::image::Repository::new("127.0.0.1:5000/demo/api").unwrap(),
+            digest: crate::image::Digest::of(content),
+        }
     }
 
     #[test]

@@ -39,7 +39,10 @@ rm -f "$1/$2/current"
 "#;
 
 pub fn stage(host: &Host, service: &Service, id: &str, content_hash: &str) -> RemoteCommand {
-    RemoteCommand::script(STAGE, [host.root.to_string(), service.name.to_string(), id.to_owned(), content_hash.to_owned()])
+    RemoteCommand::script(
+        STAGE,
+        [host.root.to_string(), service.name.to_string(), id.to_owned(), content_hash.to_owned()],
+    )
 }
 
 pub fn swap(host: &Host, service: &Service, id: &str) -> RemoteCommand {
@@ -53,7 +56,10 @@ pub fn unset(host: &Host, service: &Service) -> RemoteCommand {
 /// `activate... <service> <release-dir>`.
 pub fn activate(host: &Host, service: &Service, id: &str) -> RemoteCommand {
     let dir = format!("{}/{}/releases/{id}", host.root, service.name);
-    RemoteCommand::new(&service.activate[0], service.activate[1..].iter().cloned().chain([service.name.to_string(), dir]))
+    RemoteCommand::new(
+        &service.activate[0],
+        service.activate[1..].iter().cloned().chain([service.name.to_string(), dir]),
+    )
 }
 
 /// `health... <service>`.
@@ -84,7 +90,10 @@ mod tests {
         let svc = set.services.values().next().unwrap();
         let dir = tempfile::tempdir().unwrap();
         host.root = crate::manifest::RemotePath(dir.path().display().to_string());
-        let files = std::collections::BTreeMap::from([("release.json".to_owned(), b"{}".to_vec()), ("a b/it's.txt".to_owned(), b"x".to_vec())]);
+        let files = std::collections::BTreeMap::from([
+            ("release.json".to_owned(), b"{}".to_vec()),
+            ("a b/it's.txt".to_owned(), b"x".to_vec()),
+        ]);
         let hash = crate::release::content_hash(&files);
         let tar = crate::tarball::tar(&files.iter().map(|(p, b)| (p.as_str(), b.as_slice())).collect::<Vec<_>>());
         let run = |cmd: RemoteCommand, stdin: &[u8]| {
@@ -102,13 +111,23 @@ mod tests {
         };
         let out = run(stage(&host, svc, "r-0123456789abcdef", &hash), &tar);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(std::fs::read(dir.path().join("api/releases/r-0123456789abcdef/a b/it's.txt")).unwrap(), b"x", "names with spaces and quotes arrive literally");
+        assert_eq!(
+            std::fs::read(dir.path().join("api/releases/r-0123456789abcdef/a b/it's.txt")).unwrap(),
+            b"x",
+            "names with spaces and quotes arrive literally"
+        );
         let again = run(stage(&host, svc, "r-0123456789abcdef", &hash), &tar);
         assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), "kept");
         let bad = run(stage(&host, svc, "r-1111111111111111", "sha256:0000"), &tar);
         assert!(!bad.status.success(), "a stream that does not hash as planned is refused");
         assert!(run(swap(&host, svc, "r-0123456789abcdef"), b"").status.success());
-        assert_eq!(std::fs::read_link(dir.path().join("api/current")).unwrap(), std::path::Path::new("releases/r-0123456789abcdef"));
-        assert!(!run(swap(&host, svc, "r-2222222222222222"), b"").status.success(), "cannot point at an unstaged release");
+        assert_eq!(
+            std::fs::read_link(dir.path().join("api/current")).unwrap(),
+            std::path::Path::new("releases/r-0123456789abcdef")
+        );
+        assert!(
+            !run(swap(&host, svc, "r-2222222222222222"), b"").status.success(),
+            "cannot point at an unstaged release"
+        );
     }
 }

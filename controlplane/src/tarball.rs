@@ -42,7 +42,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("a.tar");
         std::fs::write(&archive, super::tar(&[("a.txt", b"one"), ("sub/dir/b.txt", b"two 'quoted' $x")])).unwrap();
-        let out = std::process::Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(dir.path()).output().unwrap();
+        let out =
+            std::process::Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(dir.path()).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(std::fs::read(dir.path().join("a.txt")).unwrap(), b"one");
         assert_eq!(std::fs::read(dir.path().join("sub/dir/b.txt")).unwrap(), b"two 'quoted' $x");

@@ -2,9 +2,11 @@
 
 pub mod check;
 pub mod context;
+pub mod deploy;
 pub mod init;
 pub mod keys;
 pub mod receipts;
 pub mod release;
 pub mod sign;
+pub mod status;
 pub mod verify;

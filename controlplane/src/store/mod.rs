@@ -123,7 +123,12 @@ pub trait Store: Send + Sync {
     async fn all_deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError>;
 
     async fn put_applied_release(&self, r: &AppliedRelease) -> Result<(), StoreError>;
-    async fn applied_release(&self, environment: &str, service: &str, release_id: &str) -> Result<Option<AppliedRelease>, StoreError>;
+    async fn applied_release(
+        &self,
+        environment: &str,
+        service: &str,
+        release_id: &str,
+    ) -> Result<Option<AppliedRelease>, StoreError>;
 
     /// Appends to the receipt index; fails with `SequenceTaken` if `seq` exists.
     async fn append_receipt(&self, e: &ReceiptIndexEntry) -> Result<(), StoreError>;

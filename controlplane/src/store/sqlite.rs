@@ -243,14 +243,20 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn applied_release(&self, environment: &str, service: &str, release_id: &str) -> Result<Option<AppliedRelease>, StoreError> {
-        let row = sqlx::query("SELECT * FROM applied_releases WHERE environment = ? AND service = ? AND release_id = ?")
-            .bind(environment)
-            .bind(service)
-            .bind(release_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(q("get applied release"))?;
+    async fn applied_release(
+        &self,
+        environment: &str,
+        service: &str,
+        release_id: &str,
+    ) -> Result<Option<AppliedRelease>, StoreError> {
+        let row =
+            sqlx::query("SELECT * FROM applied_releases WHERE environment = ? AND service = ? AND release_id = ?")
+                .bind(environment)
+                .bind(service)
+                .bind(release_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(q("get applied release"))?;
         let Some(row) = row else { return Ok(None) };
         let g = |c: &'static str| row.try_get::<String, _>(c).map_err(q(c));
         Ok(Some(AppliedRelease {

@@ -1,0 +1,139 @@
+//! `status`: probe every host over a fresh SSH connection (a multiplexed connection
+//! could outlive the host's sshd and fool a liveness check), one round trip per
+//! (host, service), bounded concurrency and a per-host timeout, then classify.
+
+use crate::drift::{self, Status};
+use crate::manifest::{Environment, Host, Service};
+use crate::observe;
+use crate::ssh::{read_bounded, SshClient, SshError};
+use crate::store::DeploymentRecord;
+use futures::StreamExt as _;
+use serde::Serialize;
+use std::time::Duration;
+
+/// One (host, service) and how it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Row {
+    pub environment: String,
+    pub service: String,
+    pub host: String,
+    pub recorded: Option<String>,
+    pub live: Option<String>,
+    #[serde(flatten)]
+    pub status: Status,
+}
+
+/// How to probe.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeSettings {
+    pub concurrency: usize,
+    pub timeout: Duration,
+}
+
+/// Probes `pairs` and classifies each against `recorded`. `progress` is called after
+/// each probe with (done, total).
+pub async fn probe_all(
+    ssh: &SshClient,
+    pairs: &[(&Environment, &Host, &Service)],
+    recorded: &[DeploymentRecord],
+    settings: ProbeSettings,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Vec<Row> {
+    let total = pairs.len();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let done = &done;
+    futures::stream::iter(pairs.iter().map(|(env, host, service)| async move {
+        let rec = recorded.iter().find(|d| {
+            d.environment == env.name.as_str() && d.service == service.name.as_str() && d.host == host.name.as_str()
+        });
+        let status = match probe_one(ssh, host, service, settings.timeout).await {
+            Ok(obs) => (drift::classify(service.name.as_str(), rec, &obs), obs.release_id().map(str::to_owned)),
+            Err(e) => {
+                let security = matches!(e, SshError::HostKeyMismatch { .. });
+                (Status::Unreachable { reason: e.to_string(), security }, None)
+            }
+        };
+        progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, total);
+        Row {
+            environment: env.name.to_string(),
+            service: service.name.to_string(),
+            host: host.name.to_string(),
+            recorded: rec.map(|r| r.release_id.clone()).filter(|r| !r.is_empty()),
+            live: status.1,
+            status: status.0,
+        }
+    }))
+    .buffered(settings.concurrency.max(1))
+    .collect()
+    .await
+}
+
+/// One `ssh` process, one round trip.
+async fn probe_one(
+    ssh: &SshClient,
+    host: &Host,
+    service: &Service,
+    timeout: Duration,
+) -> Result<observe::Observation, SshError> {
+    let cmd = observe::probe_command(host, service, None);
+    let mut child = tokio::process::Command::new("ssh")
+        .args(ssh.ssh_args(host))
+        .arg("--")
+        .arg(cmd.shell_line())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| SshError::Connect { host: host.name.to_string(), detail: format!("cannot run ssh: {e}") })?;
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let work = async {
+        let (stdout, stderr) =
+            tokio::join!(read_bounded(&mut out, observe::MAX_PROBE_OUTPUT), read_bounded(&mut err, 16 * 1024));
+        let status = child.wait().await;
+        (stdout, stderr, status)
+    };
+    let (stdout, stderr, status) = tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| SshError::Timeout { host: host.name.to_string(), secs: timeout.as_secs() })?;
+    let run = |detail: String| SshError::Run { host: host.name.to_string(), detail };
+    let stderr = String::from_utf8_lossy(&stderr.map_err(|e| run(e.to_string()))?.unwrap_or_default()).into_owned();
+    let status = status.map_err(|e| run(e.to_string()))?;
+    if status.code() == Some(255) {
+        return Err(SshError::from_ssh_message(host, &stderr, timeout.as_secs()));
+    }
+    let stdout = stdout
+        .map_err(|e| run(e.to_string()))?
+        .ok_or(SshError::OutputTooLarge { host: host.name.to_string(), limit: observe::MAX_PROBE_OUTPUT })?;
+    observe::parse(&stdout).map_err(|reason| run(format!("probe answer cannot be believed: {reason}")))
+}
+
+/// `host  status  detail` lines and a summary.
+pub fn render(rows: &[Row]) -> String {
+    let mut out =
+        format!("{:<10} {:<10} {:<12} {:<13} {:<20} {}\n", "ENV", "SERVICE", "HOST", "STATUS", "LIVE", "DETAIL");
+    for r in rows {
+        out.push_str(&format!(
+            "{:<10} {:<10} {:<12} {:<13} {:<20} {}\n",
+            r.environment,
+            r.service,
+            r.host,
+            r.status.label(),
+            r.live.as_deref().unwrap_or("-"),
+            r.status.detail()
+        ));
+    }
+    let count = |l: &str| rows.iter().filter(|r| r.status.label() == l).count();
+    out.push_str(&format!(
+        "{} probed: {} in sync, {} drifted, {} missing, {} tampered, {} unreachable, {} not deployed",
+        rows.len(),
+        count("in-sync"),
+        count("drifted"),
+        count("missing"),
+        count("tampered"),
+        count("unreachable"),
+        count("not-deployed")
+    ));
+    out
+}
