@@ -54,7 +54,7 @@ pub enum DeployError {
     #[error("plan `{plan}` is stale: {} thing(s) moved since it was made", moved.len())]
     Stale { plan: String, moved: Vec<Moved> },
     #[error("`{service}` in `{environment}` is locked by {} on {} (pid {}, plan {}, since {})", holder.holder_user, holder.holder_host, holder.holder_pid, holder.plan_id, holder.since.to_rfc3339())]
-    Locked { environment: String, service: String, holder: LockRecord },
+    Locked { environment: String, service: String, holder: Box<LockRecord> },
     #[error("plan `{plan}` needs {need} approval(s) and has {have}")]
     Approvals { plan: String, need: u32, have: usize },
     #[error("no rollback target is recorded for `{service}` in `{environment}`")]
@@ -244,18 +244,21 @@ impl<'a> Deployer<'a> {
         futures::future::join_all(futs).await.into_iter().collect()
     }
 
-    async fn known_hashes(
+    /// Content hashes of recorded releases, and the release recorded per host.
+    async fn recorded(
         &self,
         env: &Environment,
         service: &Service,
-    ) -> Result<BTreeMap<String, String>, DeployError> {
-        let mut out = BTreeMap::new();
+    ) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>), DeployError> {
+        let mut hashes = BTreeMap::new();
+        let mut per_host = BTreeMap::new();
         for d in self.store.deployments(env.name.as_str(), service.name.as_str()).await? {
             if !d.release_id.is_empty() {
-                out.insert(d.release_id.clone(), d.content_hash.clone());
+                hashes.insert(d.release_id.clone(), d.content_hash.clone());
+                per_host.insert(d.host.clone(), d.release_id.clone());
             }
         }
-        Ok(out)
+        Ok((hashes, per_host))
     }
 
     /// Plans a promotion of `reference` to `env`. Changes nothing anywhere.
@@ -281,7 +284,7 @@ impl<'a> Deployer<'a> {
             sbom: verified.sbom().map(|p| p.layer.as_str()),
         })?;
         let observed = self.observe(fleet, env, service, &BTreeMap::new()).await?;
-        let known = self.known_hashes(env, service).await?;
+        let (known, recorded) = self.recorded(env, service).await?;
         let planned = PlannedRelease {
             release_id: content.id.clone(),
             image: verified.image.to_string(),
@@ -300,6 +303,7 @@ impl<'a> Deployer<'a> {
             content: Some(&content),
             observed: &observed,
             known_hashes: &known,
+            recorded: &recorded,
         })?)
     }
 
@@ -349,7 +353,7 @@ impl<'a> Deployer<'a> {
         let targets: BTreeMap<String, String> =
             env.hosts.iter().map(|h| (h.name.to_string(), target.clone())).collect();
         let observed = self.observe(fleet, env, service, &targets).await?;
-        let known = self.known_hashes(env, service).await?;
+        let (known, recorded) = self.recorded(env, service).await?;
         let planned = PlannedRelease {
             release_id: target,
             image: verified.image.to_string(),
@@ -368,7 +372,34 @@ impl<'a> Deployer<'a> {
             content: None,
             observed: &observed,
             known_hashes: &known,
+            recorded: &recorded,
         })?)
+    }
+
+    /// Records a refusal that happened before a plan existed (verification, gate), when
+    /// the operator asked to apply: every apply attempt ends with a receipt.
+    pub async fn record_refusal(
+        &self,
+        env: &str,
+        service: &str,
+        e: &DeployError,
+        receipts: &ReceiptLog,
+        receipt_key: &SigningKey,
+    ) -> Result<String, DeployError> {
+        let body = ReceiptBody {
+            kind: ReceiptKind::Refusal,
+            time: now(),
+            operator: self.operator.clone(),
+            plan_id: None,
+            environment: Some(env.to_owned()),
+            service: Some(service.to_owned()),
+            release: None,
+            hosts: Vec::new(),
+            approvals: Vec::new(),
+            outcome: "refused".into(),
+            detail: Some(e.to_string()),
+        };
+        Ok(receipts.append(body, receipt_key, Some(self.store)).await?.file_name())
     }
 
     /// Applies `plan` exactly, or refuses it. Every outcome ends with a receipt.
@@ -451,7 +482,11 @@ impl<'a> Deployer<'a> {
         };
         if let Err(holder) = self.store.try_lock(&lock).await? {
             return refuse(
-                DeployError::Locked { environment: plan.environment.clone(), service: plan.service.clone(), holder },
+                DeployError::Locked {
+                    environment: plan.environment.clone(),
+                    service: plan.service.clone(),
+                    holder: Box::new(holder),
+                },
                 Vec::new(),
             )
             .await;
@@ -471,7 +506,7 @@ impl<'a> Deployer<'a> {
         service: &Service,
         receipts: &ReceiptLog,
         receipt_key: &SigningKey,
-        body: &(dyn Fn(&str, Option<String>, Vec<HostOutcome>) -> ReceiptBody + Sync),
+        body: &ReceiptBodyFn<'_>,
     ) -> Result<ApplyReport, DeployError> {
         // 3. Re-observe: a plan whose assumptions moved is refused.
         let targets: BTreeMap<String, String> = if plan.kind == PlanKind::Rollback {
@@ -716,6 +751,9 @@ impl<'a> Deployer<'a> {
         Err(HostFailure { reason, restored })
     }
 }
+
+/// Builds a receipt body from (outcome, detail, per-host outcomes).
+type ReceiptBodyFn<'a> = dyn Fn(&str, Option<String>, Vec<HostOutcome>) -> ReceiptBody + Sync + 'a;
 
 struct HostFailure {
     reason: String,

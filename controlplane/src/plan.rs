@@ -95,6 +95,10 @@ pub struct PlanInput<'a> {
     pub observed: &'a [(String, Observation)],
     /// Content hashes of releases the hosts may go back to, by release id.
     pub known_hashes: &'a BTreeMap<String, String>,
+    /// The release recorded for each host: a host is left alone only when what is live
+    /// is also what was recorded (a host that reached the release in an apply that was
+    /// killed before its health check is checked again).
+    pub recorded: &'a BTreeMap<String, String>,
 }
 
 /// Computes the plan.
@@ -112,6 +116,7 @@ pub fn build(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
             Current::Release(id) => Some(id.clone()),
         };
         let in_place = before.as_deref() == Some(input.release.release_id.as_str())
+            && input.recorded.get(name) == Some(&input.release.release_id)
             && obs.content_hash.as_deref() == Some(input.release.content_hash.as_str())
             && obs.running.as_deref() == Some(input.release.digest.as_str());
         // The way back must be intact before anything changes.
@@ -344,6 +349,9 @@ mod tests {
         env.hosts = hosts;
         let svc = set.services.values().next().unwrap();
         let known = BTreeMap::from([(OLD.to_owned(), "sha256:oldhash".to_owned())]);
+        // Everything live is recorded, except where a test says otherwise.
+        let recorded: BTreeMap<String, String> =
+            observed.iter().filter_map(|(h, o)| o.release_id().map(|id| (h.clone(), id.to_owned()))).collect();
         build(&PlanInput {
             kind: PlanKind::Promote,
             environment: &env,
@@ -352,6 +360,7 @@ mod tests {
             content: None,
             observed: &observed,
             known_hashes: &known,
+            recorded: &recorded,
         })
     }
 

@@ -9,6 +9,7 @@
 #   $AGENT_RUNTIME_DIR/SERVICE.fail-health   exists: health checks fail
 #   $AGENT_RUNTIME_DIR/SERVICE.report        exists: `running` prints its content instead
 #   $AGENT_RUNTIME_DIR/SERVICE.hang-health   exists: health checks sleep for that many seconds
+#   $AGENT_RUNTIME_DIR/SERVICE.hang-activate exists: activation sleeps for that many seconds
 set -eu
 state="${AGENT_RUNTIME_DIR:?AGENT_RUNTIME_DIR is not set}"
 cmd="${1:?usage: agent-runtime activate|health|running SERVICE [RELEASE_DIR]}"
@@ -17,6 +18,7 @@ case "$service" in *[!a-z0-9-]*) echo "agent-runtime: bad service name" >&2; exi
 case "$cmd" in
 activate)
     release="${3:?missing RELEASE_DIR}"
+    if [ -e "$state/$service.hang-activate" ]; then sleep "$(cat "$state/$service.hang-activate")"; fi
     digest=$(grep -o '"digest":"sha256:[0-9a-f]*"' "$release/release.json" | head -n 1 | cut -d '"' -f 4)
     [ -n "$digest" ] || { echo "agent-runtime: no digest in $release/release.json" >&2; exit 1; }
     printf '%s\n' "$digest" > "$state/$service.running.tmp"

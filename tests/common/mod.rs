@@ -168,3 +168,103 @@ pub fn s(img: &PinnedImage) -> String {
 pub fn lab3() -> LabConfig {
     LabConfig::default()
 }
+
+pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+impl World {
+    /// Pushes, signs and records a release of `api` with `content`; returns its image.
+    pub async fn release(&self, content: &str) -> PinnedImage {
+        let img = self.signed_image("demo/api", content).await;
+        assert_ok(&self.agentctl(&["release", "add", "api", &img.to_string(), "--commit", COMMIT]));
+        img
+    }
+
+    pub fn promote(&self, env: &str, img: &PinnedImage, extra: &[&str]) -> Output {
+        let mut args = vec!["promote", "api", "--env", env, "--release", img.digest.as_str()];
+        args.extend_from_slice(extra);
+        self.agentctl(&args)
+    }
+
+    /// Every file and symlink under the lab's hosts (runtime roots and runtime state),
+    /// the state directory and the receipts, with their bytes or link targets.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+        let mut out = std::collections::BTreeMap::new();
+        for dir in [self.lab.dir().join("hosts"), self.lab.dir().join("state"), self.lab.dir().join("receipts")] {
+            let mut stack = vec![dir];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d).unwrap() {
+                    let p = e.unwrap().path();
+                    let meta = std::fs::symlink_metadata(&p).unwrap();
+                    let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                    // sshd's own files change as it runs; they are not the control plane's.
+                    if name == "sshd.log" || name == "sshd.pid" {
+                        continue;
+                    }
+                    if meta.file_type().is_symlink() {
+                        out.insert(p.clone(), std::fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes());
+                    } else if meta.is_dir() {
+                        out.insert(p.clone(), b"<dir>".to_vec());
+                        stack.push(p);
+                    } else {
+                        out.insert(p.clone(), std::fs::read(&p).unwrap());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Where `current` points on `host` (relative target), if anywhere.
+    pub fn current(&self, host: &str) -> Option<String> {
+        std::fs::read_link(self.lab.host(host).root().join("api/current")).ok().map(|p| p.display().to_string())
+    }
+
+    /// The image digest named by the `release.json` that `current` points at on `host`.
+    pub fn live_digest(&self, host: &str) -> Option<String> {
+        let dir = self.lab.host(host).root().join("api").join(self.current(host)?);
+        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("release.json")).ok()?).ok()?;
+        json["digest"].as_str().map(str::to_owned)
+    }
+
+    /// Touches a runtime-shim control file (`fail-health`, `hang-health`, ...).
+    pub fn runtime(&self, host: &str, control: &str, content: &str) {
+        std::fs::write(self.lab.host(host).runtime().join(format!("api.{control}")), content).unwrap();
+    }
+
+    pub fn clear_runtime(&self, host: &str, control: &str) {
+        let _ = std::fs::remove_file(self.lab.host(host).runtime().join(format!("api.{control}")));
+    }
+
+    pub fn receipts(&self) -> Vec<serde_json::Value> {
+        let out = self.agentctl(&["receipts", "list", "--json"]);
+        assert_ok(&out);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+    }
+}
+
+/// Asserts two snapshots are equal, naming only the paths that differ.
+#[track_caller]
+pub fn assert_same(
+    before: &std::collections::BTreeMap<PathBuf, Vec<u8>>,
+    after: &std::collections::BTreeMap<PathBuf, Vec<u8>>,
+    what: &str,
+) {
+    let changed: Vec<_> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|k| before.get(*k) != after.get(*k))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert!(changed.is_empty(), "{what}: changed {changed:?}");
+}
+
+/// Only the golden VMs' part of a snapshot.
+pub fn hosts_only(snap: std::collections::BTreeMap<PathBuf, Vec<u8>>) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    snap.into_iter().filter(|(p, _)| p.to_string_lossy().contains("/hosts/")).collect()
+}
+
+/// One environment `staging` (1 host) and `prod` (`prod` hosts), batch size 1.
+pub fn fleet(prod: usize) -> LabConfig {
+    LabConfig { hosts: 1 + prod, staging: 1, registry: true, dir: None }
+}

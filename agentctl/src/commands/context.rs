@@ -52,10 +52,16 @@ impl Context {
         Ok(SqliteStore::open(&self.set.resolve(path)).await?)
     }
 
-    /// The state store if it exists; read-only commands never create one.
+    /// The state store if it exists, writable (never created here).
     pub async fn existing_store(&self) -> Result<Option<SqliteStore>, Failure> {
         let StateUrl::Sqlite(path) = &self.set.settings.state;
         Ok(SqliteStore::open_existing(&self.set.resolve(path)).await?)
+    }
+
+    /// The state store if it exists, read-only: for dry-runs and probes.
+    pub async fn read_store(&self) -> Result<Option<SqliteStore>, Failure> {
+        let StateUrl::Sqlite(path) = &self.set.settings.state;
+        Ok(SqliteStore::open_read_only(&self.set.resolve(path)).await?)
     }
 
     /// Who is operating, for records and receipts.

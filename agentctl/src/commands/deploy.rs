@@ -60,7 +60,7 @@ async fn store_for(ctx: &Context, apply: bool) -> Result<SqliteStore, Failure> {
     if apply {
         return ctx.store().await;
     }
-    match ctx.existing_store().await? {
+    match ctx.read_store().await? {
         Some(s) => Ok(s),
         None => Ok(SqliteStore::in_memory().await?),
     }
@@ -147,6 +147,13 @@ pub async fn plan_and_maybe_apply(
         Ok(p) => p,
         Err(e) => {
             fleet.close().await;
+            if apply && e.is_refusal() {
+                let receipt = deployer
+                    .record_refusal(env_name, service, &e, &receipts(&ctx), &receipt_key(&ctx)?)
+                    .await
+                    .map_err(failure)?;
+                eprintln!("  · refusal recorded in receipt {receipt}");
+            }
             return Err(failure(e));
         }
     };

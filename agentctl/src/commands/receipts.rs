@@ -40,7 +40,7 @@ async fn sources(g: &Globals, dir: Option<&Path>, key: Option<&Path>, need_key: 
         let same_dir =
             std::path::absolute(&dir).ok() == std::path::absolute(c.set.resolve(&c.set.settings.receipts_dir)).ok();
         if same_dir {
-            if let Some(store) = c.existing_store().await? {
+            if let Some(store) = c.read_store().await? {
                 head = store.receipt_head().await?.map(|e| StoreHead { seq: e.seq as u64, sha256: e.sha256 });
                 store_note = "chain head compared with the state store";
                 if head.is_none() {

@@ -87,7 +87,7 @@ pub async fn add(g: &Globals, a: AddArgs<'_>) -> Result<Report, Failure> {
 
 pub async fn list(g: &Globals, service: &str) -> Result<Report, Failure> {
     let ctx = Context::load(g)?;
-    let releases = match ctx.existing_store().await? {
+    let releases = match ctx.read_store().await? {
         Some(store) => store.releases(service).await?,
         None => Vec::new(),
     };

@@ -63,7 +63,7 @@ pub async fn run(g: &Globals, a: Args<'_>) -> Result<Report, Failure> {
     };
     let mut previous: Option<Vec<Row>> = None;
     loop {
-        let recorded = match ctx.existing_store().await? {
+        let recorded = match ctx.read_store().await? {
             Some(store) => store.all_deployments().await?,
             None => Vec::new(),
         };

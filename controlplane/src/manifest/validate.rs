@@ -808,9 +808,17 @@ fn remote_path(s: &str) -> Option<RemotePath> {
         .then(|| RemotePath(s.trim_end_matches('/').to_owned()))
 }
 
-/// A relative path of safe components, for files inside a release directory.
+/// A relative path for files inside a release directory. Spaces and quotes are allowed
+/// (nothing builds a shell line from them); control characters, backslashes, leading
+/// `-` or `.` and `..` are not.
 pub fn relative_path_ok(s: &str) -> bool {
-    s.len() <= 200 && !s.starts_with('/') && s.split('/').all(safe_component)
+    let component_ok = |c: &str| {
+        !c.is_empty()
+            && !c.starts_with('.')
+            && !c.starts_with('-')
+            && c.chars().all(|ch| !ch.is_control() && ch != '\\')
+    };
+    s.len() <= 99 && !s.starts_with('/') && s.split('/').all(component_ok)
 }
 
 #[cfg(test)]

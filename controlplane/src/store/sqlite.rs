@@ -41,7 +41,7 @@ impl SqliteStore {
             .map_err(open)?
             .filename(path)
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
+            .journal_mode(SqliteJournalMode::Delete)
             .busy_timeout(Duration::from_secs(10));
         Self::connect(opts).await.map_err(|e| match e {
             StoreError::Query { source, .. } => open(source),
@@ -57,6 +57,26 @@ impl SqliteStore {
         } else {
             Ok(None)
         }
+    }
+
+    /// Opens an existing database read-only, without migrating: what dry-runs and
+    /// probes use, so that they cannot change a byte of the state.
+    pub async fn open_read_only(path: &Path) -> Result<Option<Self>, StoreError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let url = path.display().to_string();
+        let opts = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(|source| StoreError::Open { url: url.clone(), source })?
+            .filename(path)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts)
+            .await
+            .map_err(|source| StoreError::Open { url, source })?;
+        Ok(Some(Self { pool }))
     }
 
     /// A private in-memory database, for tests.

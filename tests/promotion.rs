@@ -1,0 +1,290 @@
+//! Promotion over SSH against the lab: dry-run changes nothing, apply moves every host,
+//! failures roll back, stale plans and held locks are refused, a killed apply leaves
+//! every host on the old or the new release, rollback restores.
+
+mod common;
+
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_changes_nothing_anywhere() {
+    let w = World::start(fleet(2)).await;
+    let img = w.release("v1").await;
+    let before = w.snapshot();
+    let out = w.promote("staging", &img, &[]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("dry-run: nothing was changed"));
+    assert!(stdout(&out).contains("stage-1"));
+    let out = w.promote("staging", &img, &["--json"]);
+    assert_ok(&out);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(doc["plan_id"].as_str().unwrap().starts_with("sha256:"));
+    assert_same(&before, &w.snapshot(), "hosts, state database and receipts are byte-identical");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_moves_every_host_status_agrees_and_reapplying_is_a_noop() {
+    let w = World::start(fleet(2)).await;
+    let img = w.release("v1").await;
+    // prod needs the release to have succeeded in staging first.
+    assert_exit(&w.promote("prod", &img, &["--apply"]), 4, "has not succeeded in `staging`");
+    assert_ok(&w.promote("staging", &img, &["--apply"]));
+    let out = w.promote("prod", &img, &["--apply"]);
+    assert_ok(&out);
+    let id = w.current("prod-1").unwrap();
+    assert_eq!(w.current("prod-2").unwrap(), id);
+    assert!(id.starts_with("releases/r-"));
+    let running = std::fs::read_to_string(w.lab.host("prod-1").runtime().join("api.running")).unwrap();
+    assert_eq!(running.trim(), img.digest.as_str(), "the runtime activated the release");
+
+    let out = w.agentctl(&["status"]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("3 in sync"), "{}", stdout(&out));
+
+    let hosts_before = hosts_only(w.snapshot());
+    let out = w.promote("prod", &img, &["--apply"]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("unchanged"), "{}", stdout(&out));
+    assert_same(&hosts_before, &hosts_only(w.snapshot()), "re-applying touches no host");
+    let receipts = w.receipts();
+    assert_eq!(receipts.len(), 4, "refusal, staging, prod, no-op prod");
+    assert_eq!(receipts[0]["kind"], "refusal");
+    assert_ok(&w.agentctl(&["receipts", "verify"]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_health_check_in_batch_two_rolls_that_host_back_and_stops() {
+    let w = World::start(fleet(3)).await;
+    let v1 = w.release("v1").await;
+    assert_ok(&w.promote("staging", &v1, &["--apply"]));
+    assert_ok(&w.promote("prod", &v1, &["--apply"]));
+    let old = w.current("prod-1").unwrap();
+    let v2 = w.release("v2").await;
+    assert_ok(&w.promote("staging", &v2, &["--apply"]));
+
+    w.runtime("prod-2", "fail-health", "");
+    let out = w.promote("prod", &v2, &["--apply"]);
+    assert_exit(&out, 1, "failed in batch 2 of 3");
+    assert_eq!(w.live_digest("prod-1").as_deref(), Some(v2.digest.as_str()), "batch 1 keeps the new release");
+    let new = w.current("prod-1").unwrap().replace("releases/", "");
+    assert_eq!(w.current("prod-2").unwrap(), old, "the failed host is back on its target");
+    assert_eq!(w.current("prod-3").unwrap(), old, "batch 3 is untouched");
+    let running = std::fs::read_to_string(w.lab.host("prod-2").runtime().join("api.running")).unwrap();
+    assert_eq!(running.trim(), v1.digest.as_str(), "the target was re-activated");
+
+    let receipts = w.receipts();
+    let last = receipts.last().unwrap();
+    assert_eq!(last["outcome"], "failed");
+    let outcome = |h: &str| last["hosts"].as_array().unwrap().iter().find(|x| x["host"] == h).unwrap().clone();
+    assert_eq!(outcome("prod-1")["outcome"], "changed");
+    assert_eq!(outcome("prod-1")["after"], new.as_str());
+    assert_eq!(outcome("prod-2")["outcome"], "rolled-back");
+    assert_eq!(outcome("prod-2")["after"], old.replace("releases/", "").as_str());
+    assert_eq!(outcome("prod-3")["outcome"], "untouched");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saved_plan_is_refused_as_stale_when_a_host_moved() {
+    let w = World::start(fleet(1)).await;
+    let img = w.release("v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.json");
+    assert_ok(&w.promote("staging", &img, &["--out", plan.to_str().unwrap()]));
+    // The runtime now reports another digest: the plan's assumptions no longer hold.
+    w.runtime("stage-1", "report", "sha256:0000000000000000000000000000000000000000000000000000000000000000");
+    let out = w.agentctl(&["apply", plan.to_str().unwrap()]);
+    assert_exit(&out, 4, "is stale");
+    assert!(
+        stdout(&out).contains("host `stage-1`: running digest was `none` when planned, is `sha256:0000"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(w.current("stage-1").is_none(), "nothing was applied");
+    assert_eq!(w.receipts().last().unwrap()["kind"], "refusal");
+
+    // An edited plan file is refused too.
+    w.clear_runtime("stage-1", "report");
+    let text =
+        std::fs::read_to_string(&plan).unwrap().replace("\"health_timeout_secs\": 10", "\"health_timeout_secs\": 11");
+    std::fs::write(&plan, text).unwrap();
+    assert_exit(&w.agentctl(&["apply", plan.to_str().unwrap()]), 4, "was edited");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn of_two_concurrent_applies_one_proceeds_and_the_other_names_the_holder() {
+    let w = World::start(fleet(1)).await;
+    let img = w.release("v1").await;
+    w.runtime("stage-1", "hang-health", "3");
+    let mut first = Command::new(BIN)
+        .arg("--manifests")
+        .arg(w.manifests())
+        .args(["promote", "api", "--env", "staging", "--release", img.digest.as_str(), "--apply"])
+        .env("USER", "alice")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_lock(&w).await;
+    let second = w.promote("staging", &img, &["--apply"]);
+    assert_exit(&second, 4, "is locked by alice");
+    assert!(stderr(&second).contains(&format!("pid {}", first.id())), "{}", stderr(&second));
+    let status = first.wait().unwrap();
+    assert!(status.success());
+}
+
+async fn wait_for_lock(w: &World) {
+    for _ in 0..200 {
+        let out = w.agentctl(&["unlock", "api", "--env", "staging"]);
+        if out.status.code() == Some(4) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the first apply never took the lock");
+}
+
+/// Starts an apply, waits until it swapped `host` away from `old` (the runtime shim then
+/// hangs in activation or health check), and kills it with SIGKILL.
+fn kill_during(w: &World, img: &str, host: &str, old: &str) {
+    let mut child = Command::new(BIN)
+        .arg("--manifests")
+        .arg(w.manifests())
+        .args(["promote", "api", "--env", "prod", "--release", img, "--apply"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // The shim hangs only after `current` was swapped: wait for the swap.
+    while w.current(host).as_deref() == Some(old) {
+        assert!(std::time::Instant::now() < deadline, "apply never swapped {host}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+/// No host may ever have a missing or half-written `current`: each points at a complete
+/// release directory (or is absent where nothing was ever deployed).
+fn assert_current_intact(w: &World, hosts: &[&str]) {
+    for h in hosts {
+        let link = w.lab.host(h).root().join("api/current");
+        let target = std::fs::read_link(&link).unwrap_or_else(|_| panic!("{h}: `current` is missing"));
+        let dir = link.parent().unwrap().join(&target);
+        assert!(dir.join("release.json").is_file(), "{h}: `current` -> {} is not a complete release", target.display());
+        let leftovers: Vec<_> = std::fs::read_dir(link.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".current"))
+            .collect();
+        assert!(leftovers.is_empty() || std::fs::read_link(&link).is_ok(), "{h}: {leftovers:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_any_point_leaves_old_or_new_and_a_second_apply_completes() {
+    let w = World::start(fleet(3)).await;
+    let v1 = w.release("v1").await;
+    assert_ok(&w.promote("staging", &v1, &["--apply"]));
+    assert_ok(&w.promote("prod", &v1, &["--apply"]));
+    let v2 = w.release("v2").await;
+    assert_ok(&w.promote("staging", &v2, &["--apply"]));
+    let hosts = ["prod-1", "prod-2", "prod-3"];
+    let old = w.current("prod-1").unwrap();
+
+    // Point 1: everything staged, prod-1 swapped, killed during its activation.
+    w.runtime("prod-1", "hang-activate", "30");
+    kill_during(&w, v2.digest.as_str(), "prod-1", &old);
+    w.clear_runtime("prod-1", "hang-activate");
+    assert_current_intact(&w, &hosts);
+    let out = w.agentctl(&["status", "--env", "prod"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+    let table = stdout(&out);
+    assert!(
+        table.lines().any(|l| l.contains("prod-1") && l.contains("drifted")),
+        "the next run sees which host moved:\n{table}"
+    );
+    assert!(table.lines().any(|l| l.contains("prod-2") && l.contains("in-sync")), "{table}");
+    // The dead holder's lock is taken over deliberately, with a receipt.
+    assert_exit(&w.promote("prod", &v2, &["--apply"]), 4, "is locked by");
+    assert_ok(&w.agentctl(&["unlock", "api", "--env", "prod", "--force"]));
+
+    // Point 2: prod-1 done and recorded, prod-2 swapped, killed during its health check.
+    w.runtime("prod-2", "hang-health", "30");
+    kill_during(&w, v2.digest.as_str(), "prod-2", &old);
+    w.clear_runtime("prod-2", "hang-health");
+    assert_current_intact(&w, &hosts);
+    let table = stdout(&w.agentctl(&["status", "--env", "prod"]));
+    assert!(table.lines().any(|l| l.contains("prod-1") && l.contains("in-sync")), "{table}");
+    assert!(table.lines().any(|l| l.contains("prod-2") && l.contains("drifted")), "{table}");
+    assert!(table.lines().any(|l| l.contains("prod-3") && l.contains("in-sync")), "{table}");
+    assert_ok(&w.agentctl(&["unlock", "api", "--env", "prod", "--force"]));
+
+    // A second apply completes and everything is in sync.
+    assert_ok(&w.promote("prod", &v2, &["--apply"]));
+    assert_ok(&w.agentctl(&["status"]));
+    let kinds: Vec<String> = w.receipts().iter().map(|r| r["kind"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "lock-override").count(), 2, "{kinds:?}");
+    assert_ok(&w.agentctl(&["receipts", "verify"]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_names_with_spaces_and_quotes_reach_the_host_literally() {
+    let w = World::start(fleet(1)).await;
+    let svc = w.manifests().join("services/api.toml");
+    let text = std::fs::read_to_string(&svc).unwrap();
+    std::fs::write(&svc, text + "\n[[template]]\nsource = \"templates/api.env.tera\"\ntarget = \"config/it's a \\\"quoted\\\" $(name).env\"\n").unwrap();
+    assert_ok(&w.agentctl(&["check"]));
+    let img = w.release("v1").await;
+    assert_ok(&w.promote("staging", &img, &["--apply"]));
+    let dir = w.lab.host("stage-1").root().join("api").join(w.current("stage-1").unwrap());
+    assert!(
+        dir.join("config/it's a \"quoted\" $(name).env").is_file(),
+        "{:?}",
+        std::fs::read_dir(dir.join("config")).unwrap().collect::<Vec<_>>()
+    );
+    assert_ok(&w.agentctl(&["status"]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_restores_the_previous_release_with_a_receipt() {
+    let w = World::start(fleet(1)).await;
+    let v1 = w.release("v1").await;
+    assert_ok(&w.promote("staging", &v1, &["--apply"]));
+    let old = w.current("stage-1").unwrap();
+    let v2 = w.release("v2").await;
+    assert_ok(&w.promote("staging", &v2, &["--apply"]));
+    assert_ne!(w.current("stage-1").unwrap(), old);
+
+    let before = w.snapshot();
+    let out = w.agentctl(&["rollback", "api", "--env", "staging"]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("roll back"), "{}", stdout(&out));
+    assert_same(&before, &w.snapshot(), "a rollback plan changes nothing");
+    assert_ok(&w.agentctl(&["rollback", "api", "--env", "staging", "--apply"]));
+    assert_eq!(w.current("stage-1").unwrap(), old);
+    let running = std::fs::read_to_string(w.lab.host("stage-1").runtime().join("api.running")).unwrap();
+    assert_eq!(running.trim(), v1.digest.as_str());
+    assert_eq!(w.receipts().last().unwrap()["kind"], "rollback");
+    assert_ok(&w.agentctl(&["status"]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_whose_way_back_is_broken_says_so_before_anything_changes() {
+    let w = World::start(fleet(1)).await;
+    let v1 = w.release("v1").await;
+    assert_ok(&w.promote("staging", &v1, &["--apply"]));
+    let old = w.current("stage-1").unwrap();
+    let v2 = w.release("v2").await;
+    assert_ok(&w.promote("staging", &v2, &["--apply"]));
+    // Someone edits the old release on the host.
+    let target = w.lab.host("stage-1").root().join("api").join(&old);
+    std::fs::write(target.join("config/api.env"), "edited").unwrap();
+    let before = hosts_only(w.snapshot());
+    let out = w.agentctl(&["rollback", "api", "--env", "staging", "--apply"]);
+    assert_exit(&out, 4, "the way back is broken on host `stage-1`");
+    assert_same(&before, &hosts_only(w.snapshot()), "no host changed");
+    assert_eq!(w.receipts().last().unwrap()["kind"], "refusal", "the refused apply is on record");
+}
