@@ -1,0 +1,93 @@
+//! `status` against the lab: each class is produced by really changing a host.
+
+mod common;
+
+use common::*;
+
+fn row<'a>(doc: &'a serde_json::Value, host: &str) -> &'a serde_json::Value {
+    doc["hosts"].as_array().unwrap().iter().find(|r| r["host"] == host).unwrap_or_else(|| panic!("no row for {host}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_class_is_detected_from_the_host_itself() {
+    let mut w = World::start(fleet(6)).await;
+    let v1 = w.release("v1").await;
+    assert_ok(&w.promote("staging", &v1, &["--apply"]));
+    assert_ok(&w.promote("prod", &v1, &["--apply"]));
+    let old = w.current("prod-1").unwrap();
+    let v2 = w.release("v2").await;
+    assert_ok(&w.promote("staging", &v2, &["--apply"]));
+    assert_ok(&w.promote("prod", &v2, &["--apply"]));
+    let out = w.agentctl(&["status"]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("7 in sync"), "{}", stdout(&out));
+
+    let dir = w.lab.dir().to_path_buf();
+    let root = |h: &str| dir.join("hosts").join(h).join("root/api");
+    // prod-1: `current` repointed at the previous release.
+    let link = root("prod-1").join("current");
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&old, &link).unwrap();
+    // prod-2: a file of the live release edited.
+    let live = root("prod-2").join(w.current("prod-2").unwrap());
+    std::fs::write(live.join("config/api.env"), "IMAGE=evil\n").unwrap();
+    // prod-3: the runtime runs something else.
+    w.runtime("prod-3", "report", "sha256:1111111111111111111111111111111111111111111111111111111111111111");
+    // prod-4: `current` deleted.
+    std::fs::remove_file(root("prod-4").join("current")).unwrap();
+    // prod-5: `current` pointed outside the releases directory.
+    let link = root("prod-5").join("current");
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("../../etc", &link).unwrap();
+    // prod-6: sshd stopped.
+    w.lab.stop_host("prod-6");
+    // stage-1: its host key changed (the manifests pin another key).
+    let env = w.manifests().join("environments/staging.toml");
+    let text = std::fs::read_to_string(&env).unwrap();
+    let other_key = w.lab.host("prod-1").host_key.clone();
+    std::fs::write(&env, text.replace(&w.lab.host("stage-1").host_key, &other_key)).unwrap();
+
+    let out = w.agentctl(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let check = |host: &str, status: &str, needle: &str| {
+        let r = row(&doc, host);
+        assert_eq!(r["status"], status, "{host}: {r}");
+        assert!(r.to_string().contains(needle), "{host}: expected `{needle}` in {r}");
+    };
+    check("prod-1", "drifted", "symlink target");
+    check("prod-2", "drifted", "content hash");
+    check("prod-3", "drifted", "sha256:1111");
+    check("prod-4", "missing", "no `current`");
+    check("prod-5", "tampered", "../../etc");
+    check("prod-6", "unreachable", "refused the connection");
+    check("stage-1", "unreachable", "SECURITY");
+    assert_eq!(row(&doc, "stage-1")["security"], true);
+
+    let out = w.agentctl(&["status"]);
+    assert_eq!(out.status.code(), Some(3));
+    let table = stdout(&out);
+    assert!(table.contains("0 in sync, 3 drifted, 1 missing, 1 tampered, 2 unreachable"), "{table}");
+    assert!(stderr(&out).contains("security incident"), "{}", stderr(&out));
+    // Nothing extra on a pipe: no progress indicator in the captured output.
+    assert!(!stderr(&out).contains("probing"));
+
+    // A malformed release.json is tampering too.
+    let live = root("prod-2").join(w.current("prod-2").unwrap());
+    std::fs::write(live.join("release.json"), "{not json").unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&w.agentctl(&["status", "--env", "prod", "--json"]).stdout).unwrap();
+    assert_eq!(row(&doc, "prod-2")["status"], "tampered");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_filters_by_environment_and_service() {
+    let w = World::start(fleet(1)).await;
+    let v1 = w.release("v1").await;
+    assert_ok(&w.promote("staging", &v1, &["--apply"]));
+    let out = w.agentctl(&["status", "--env", "staging", "api"]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("1 probed: 1 in sync"), "{}", stdout(&out));
+    // prod has nothing recorded and nothing live: not deployed, which is not drift.
+    assert_ok(&w.agentctl(&["status", "--env", "prod"]));
+    assert_exit(&w.agentctl(&["status", "--env", "qa"]), 2, "no environment `qa`");
+}
