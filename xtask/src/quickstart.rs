@@ -52,9 +52,51 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     );
     let ctl = Agentctl { bin, manifests: lab.manifests() };
 
-    ctl.run(&["check"], &[], 0)?;
-    let image = lab.push_image("demo/api", "v1", "quickstart release 1").await?;
-    println!("\npushed {image} (tag v1)");
+    let env: &[(&str, &str)] = &[("COSIGN_PASSWORD", ""), ("USER", "quickstart")];
+    let key = lab.release_key().display().to_string();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    ctl.run(&["check"], env, 0)?;
+
+    // CI: an image pushed by digest, signed, with provenance, recorded as a release.
+    let v1 = lab.push_image("demo/api", "v1", "quickstart release 1").await?.to_string();
+    println!("\npushed {v1}");
+    ctl.run(&["verify", &v1], env, 4)?;
+    ctl.run(&["sign", &v1, "--key", &key], env, 0)?;
+    let predicate = lab.dir().join("provenance.json");
+    std::fs::write(
+        &predicate,
+        serde_json::json!({
+            "builder": { "id": "https://github.com/actions/runner" },
+            "invocation": { "configSource": { "uri": "git+https://example.com/demo/api", "digest": { "sha1": commit } } },
+        })
+        .to_string(),
+    )?;
+    ctl.run(&["attest", &v1, "--predicate", &predicate.display().to_string(), "--type", "slsaprovenance", "--key", &key], env, 0)?;
+    ctl.run(&["verify", &v1], env, 0)?;
+    ctl.run(&["release", "add", "api", &v1, "--commit", commit], env, 0)?;
+
+    // Operator: plan (a dry-run), apply, promote on, check.
+    let digest = v1.rsplit('@').next().unwrap_or_default().to_owned();
+    ctl.run(&["promote", "api", "--env", "prod", "--release", &digest, "--apply"], env, 4)?;
+    ctl.run(&["promote", "api", "--env", "staging", "--release", &digest], env, 0)?;
+    ctl.run(&["promote", "api", "--env", "staging", "--release", &digest, "--apply"], env, 0)?;
+    ctl.run(&["promote", "api", "--env", "prod", "--release", &digest, "--apply"], env, 0)?;
+    ctl.run(&["status"], env, 0)?;
+
+    // A second release, then back.
+    let v2 = lab.push_image("demo/api", "v2", "quickstart release 2").await?.to_string();
+    ctl.run(&["sign", &v2, "--key", &key], env, 0)?;
+    ctl.run(&["release", "add", "api", &v2, "--commit", commit], env, 0)?;
+    let digest2 = v2.rsplit('@').next().unwrap_or_default().to_owned();
+    ctl.run(&["promote", "api", "--env", "staging", "--release", &digest2, "--apply"], env, 0)?;
+    ctl.run(&["rollback", "api", "--env", "staging", "--apply"], env, 0)?;
+    ctl.run(&["status"], env, 0)?;
+
+    // Auditor: the receipts, checked offline.
+    ctl.run(&["receipts", "list"], env, 0)?;
+    ctl.run(&["receipts", "verify"], env, 0)?;
+    let report = lab.dir().join("receipts-report.html");
+    ctl.run(&["receipts", "report", "--out", &report.display().to_string()], env, 0)?;
 
     println!("\nquickstart: ok");
     if keep {
