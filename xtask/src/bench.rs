@@ -165,3 +165,140 @@ pub async fn receipts(count: u64, runs: usize) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `agentctl status` over `hosts` lab hosts against (a) one plain `ssh` process per host
+/// in parallel running the same probe (the floor) and (b) Ansible running the same
+/// probe, with its default settings and with pipelining.
+pub async fn status(hosts: usize, runs: usize, ansible: bool) -> anyhow::Result<()> {
+    use std::process::{Command, Stdio};
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/{profile}/agentctl"));
+    anyhow::ensure!(bin.exists(), "build {} first", bin.display());
+    let lab = Lab::start(LabConfig { hosts, staging: 1, registry: true, dir: None }).await?;
+    let m = lab.manifests();
+    let ctl = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(&bin).arg("--manifests").arg(&m).args(args).env("COSIGN_PASSWORD", "").output()?)
+    };
+    let img = lab.push_image("demo/api", "v1", "bench").await?.to_string();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    for args in [
+        vec!["sign", img.as_str(), "--key", lab.release_key().to_str().unwrap_or_default()],
+        vec!["release", "add", "api", img.as_str(), "--commit", commit],
+        vec!["promote", "api", "--env", "staging", "--release", img.as_str(), "--apply"],
+        vec!["promote", "api", "--env", "prod", "--release", img.as_str(), "--apply"],
+    ] {
+        let out = ctl(&args)?;
+        anyhow::ensure!(out.status.success(), "`agentctl {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+
+    // agentctl status, with its peak resident memory.
+    let mut ours = Vec::new();
+    let mut peak_kib = 0u64;
+    for _ in 0..runs {
+        let t = Instant::now();
+        let mut child = Command::new(&bin).arg("--manifests").arg(&m).args(["status", "--concurrency", &hosts.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        let pid = child.id();
+        let status = loop {
+            if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                if let Some(kib) = s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()) {
+                    peak_kib = peak_kib.max(kib);
+                }
+            }
+            if let Some(s) = child.try_wait()? {
+                break s;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        ours.push(t.elapsed());
+        anyhow::ensure!(status.success(), "status found drift in a fresh lab");
+    }
+
+    // The floor: the same probe through plain ssh, one process per host, all at once.
+    let set = controlplane::manifest::load(&m)?;
+    let service = set.services.values().next().context_none("a service")?;
+    let identity = set.resolve(&set.ssh.identity);
+    let all_hosts: Vec<_> = set.environments.iter().flat_map(|e| e.hosts.clone()).collect();
+    let ssh = controlplane::ssh::SshClient::new(&all_hosts, &identity, Duration::from_secs(10))?;
+    let mut floor = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let children: Vec<_> = all_hosts
+            .iter()
+            .map(|h| {
+                Command::new("ssh")
+                    .args(ssh.ssh_args(h))
+                    .arg("--")
+                    .arg(controlplane::observe::probe_command(h, service, None).shell_line())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+            })
+            .collect::<Result<_, _>>()?;
+        for mut c in children {
+            anyhow::ensure!(c.wait()?.success(), "plain ssh probe failed");
+        }
+        floor.push(t.elapsed());
+    }
+    let (o, f) = (median(ours), median(floor));
+    println!("status benchmark ({} hosts, {runs} runs, medians, {profile} build)", all_hosts.len());
+    println!("  agentctl status:               {}  (peak RSS {:.1} MiB)", ms(o), peak_kib as f64 / 1024.0);
+    println!("  plain ssh, one process a host: {}  (floor; agentctl/floor = {:.2}x)", ms(f), o.as_secs_f64() / f.as_secs_f64());
+
+    if ansible {
+        let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-ansible");
+        let bin_dir = venv.join("bin");
+        if !bin_dir.join("ansible").exists() {
+            let ok = Command::new("python3").arg("-m").arg("venv").arg(&venv).status()?.success()
+                && Command::new(bin_dir.join("pip")).args(["install", "--quiet", "ansible-core"]).status()?.success();
+            anyhow::ensure!(ok, "could not install ansible-core into {}", venv.display());
+        }
+        let inventory = lab.dir().join("inventory.ini");
+        let mut inv = String::from("[lab]\n");
+        for h in &all_hosts {
+            inv.push_str(&format!("{} ansible_host={} ansible_port={} ansible_user={}\n", h.name, h.address, h.port, h.user));
+        }
+        inv.push_str(&format!(
+            "[lab:vars]\nansible_ssh_private_key_file={}\nansible_ssh_common_args='-o UserKnownHostsFile={} -o StrictHostKeyChecking=yes'\nansible_python_interpreter=/usr/bin/python3\n",
+            identity.display(),
+            ssh.known_hosts().display()
+        ));
+        std::fs::write(&inventory, inv)?;
+        // One ad-hoc command for the whole inventory: the probe with each host's own
+        // runtime root (the lab's layout puts it beside AGENT_RUNTIME_DIR).
+        let first = &all_hosts[0];
+        let line = controlplane::observe::probe_command(first, service, None).shell_line();
+        let probe = line.replace(&controlplane::remote::quote(first.root.as_str()), "\"$(dirname \"$AGENT_RUNTIME_DIR\")/root\"");
+        for (label, pipelining) in [("default settings", "False"), ("pipelining", "True")] {
+            let mut times = Vec::new();
+            for _ in 0..runs {
+                let t = Instant::now();
+                let out = Command::new(bin_dir.join("ansible"))
+                    .arg("lab")
+                    .arg("-i")
+                    .arg(&inventory)
+                    .args(["-m", "shell", "-a"])
+                    .arg(&probe)
+                    .env("ANSIBLE_PIPELINING", pipelining)
+                    // The lab login has no home directory; everything else is left at its default.
+                    .env("ANSIBLE_REMOTE_TMP", "/tmp/.ansible-agentlab")
+                    .env("ANSIBLE_LOCAL_TEMP", lab.dir().join("ansible-tmp"))
+                    .output()?;
+                times.push(t.elapsed());
+                anyhow::ensure!(out.status.success(), "ansible failed: {}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout).lines().take(12).collect::<Vec<_>>().join("\n"));
+            }
+            let a = median(times);
+            println!("  ansible ({label}):{} {}  (ansible/agentctl = {:.1}x)", " ".repeat(16usize.saturating_sub(label.len())), ms(a), a.as_secs_f64() / o.as_secs_f64());
+        }
+    }
+    Ok(())
+}
+
+trait ContextNone<T> {
+    fn context_none(self, what: &str) -> anyhow::Result<T>;
+}
+
+impl<T> ContextNone<T> for Option<T> {
+    fn context_none(self, what: &str) -> anyhow::Result<T> {
+        self.ok_or_else(|| anyhow::anyhow!("no {what}"))
+    }
+}

@@ -59,6 +59,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 15)]
         runs: usize,
     },
+    /// `status` over N lab hosts against plain parallel ssh (the floor) and Ansible.
+    Status {
+        #[arg(long, default_value_t = 50)]
+        hosts: usize,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Skip the Ansible comparison (it installs ansible-core from PyPI into a venv).
+        #[arg(long)]
+        no_ansible: bool,
+    },
     /// `receipts verify` over N receipts, in-process and through the binary.
     Receipts {
         #[arg(long, default_value_t = 10_000)]
@@ -116,6 +126,7 @@ fn main() -> anyhow::Result<()> {
             match bench {
                 BenchCommand::Verify { images, runs } => rt.block_on(bench::verify(images, runs)),
                 BenchCommand::Receipts { count, runs } => rt.block_on(bench::receipts(count, runs)),
+                BenchCommand::Status { hosts, runs, no_ansible } => rt.block_on(bench::status(hosts, runs, !no_ansible)),
             }
         }
         Task::Test { args } => {
