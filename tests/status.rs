@@ -75,7 +75,8 @@ async fn every_class_is_detected_from_the_host_itself() {
     // A malformed release.json is tampering too.
     let live = root("prod-2").join(w.current("prod-2").unwrap());
     std::fs::write(live.join("release.json"), "{not json").unwrap();
-    let doc: serde_json::Value = serde_json::from_slice(&w.agentctl(&["status", "--env", "prod", "--json"]).stdout).unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_slice(&w.agentctl(&["status", "--env", "prod", "--json"]).stdout).unwrap();
     assert_eq!(row(&doc, "prod-2")["status"], "tampered");
 }
 

@@ -188,7 +188,12 @@ pub async fn status(hosts: usize, runs: usize, ansible: bool) -> anyhow::Result<
         vec!["promote", "api", "--env", "prod", "--release", img.as_str(), "--apply"],
     ] {
         let out = ctl(&args)?;
-        anyhow::ensure!(out.status.success(), "`agentctl {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "`agentctl {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     // agentctl status, with its peak resident memory.
@@ -196,11 +201,22 @@ pub async fn status(hosts: usize, runs: usize, ansible: bool) -> anyhow::Result<
     let mut peak_kib = 0u64;
     for _ in 0..runs {
         let t = Instant::now();
-        let mut child = Command::new(&bin).arg("--manifests").arg(&m).args(["status", "--concurrency", &hosts.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        let mut child = Command::new(&bin)
+            .arg("--manifests")
+            .arg(&m)
+            .args(["status", "--concurrency", &hosts.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
         let pid = child.id();
         let status = loop {
             if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-                if let Some(kib) = s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()) {
+                if let Some(kib) = s
+                    .lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
                     peak_kib = peak_kib.max(kib);
                 }
             }
@@ -242,7 +258,11 @@ pub async fn status(hosts: usize, runs: usize, ansible: bool) -> anyhow::Result<
     let (o, f) = (median(ours), median(floor));
     println!("status benchmark ({} hosts, {runs} runs, medians, {profile} build)", all_hosts.len());
     println!("  agentctl status:               {}  (peak RSS {:.1} MiB)", ms(o), peak_kib as f64 / 1024.0);
-    println!("  plain ssh, one process a host: {}  (floor; agentctl/floor = {:.2}x)", ms(f), o.as_secs_f64() / f.as_secs_f64());
+    println!(
+        "  plain ssh, one process a host: {}  (floor; agentctl/floor = {:.2}x)",
+        ms(f),
+        o.as_secs_f64() / f.as_secs_f64()
+    );
 
     if ansible {
         let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-ansible");
@@ -255,7 +275,10 @@ pub async fn status(hosts: usize, runs: usize, ansible: bool) -> anyhow::Result<
         let inventory = lab.dir().join("inventory.ini");
         let mut inv = String::from("[lab]\n");
         for h in &all_hosts {
-            inv.push_str(&format!("{} ansible_host={} ansible_port={} ansible_user={}\n", h.name, h.address, h.port, h.user));
+            inv.push_str(&format!(
+                "{} ansible_host={} ansible_port={} ansible_user={}\n",
+                h.name, h.address, h.port, h.user
+            ));
         }
         inv.push_str(&format!(
             "[lab:vars]\nansible_ssh_private_key_file={}\nansible_ssh_common_args='-o UserKnownHostsFile={} -o StrictHostKeyChecking=yes'\nansible_python_interpreter=/usr/bin/python3\n",
@@ -267,7 +290,8 @@ pub async fn status(hosts: usize, runs: usize, ansible: bool) -> anyhow::Result<
         // runtime root (the lab's layout puts it beside AGENT_RUNTIME_DIR).
         let first = &all_hosts[0];
         let line = controlplane::observe::probe_command(first, service, None).shell_line();
-        let probe = line.replace(&controlplane::remote::quote(first.root.as_str()), "\"$(dirname \"$AGENT_RUNTIME_DIR\")/root\"");
+        let probe = line
+            .replace(&controlplane::remote::quote(first.root.as_str()), "\"$(dirname \"$AGENT_RUNTIME_DIR\")/root\"");
         for (label, pipelining) in [("default settings", "False"), ("pipelining", "True")] {
             let mut times = Vec::new();
             for _ in 0..runs {
@@ -284,10 +308,20 @@ pub async fn status(hosts: usize, runs: usize, ansible: bool) -> anyhow::Result<
                     .env("ANSIBLE_LOCAL_TEMP", lab.dir().join("ansible-tmp"))
                     .output()?;
                 times.push(t.elapsed());
-                anyhow::ensure!(out.status.success(), "ansible failed: {}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout).lines().take(12).collect::<Vec<_>>().join("\n"));
+                anyhow::ensure!(
+                    out.status.success(),
+                    "ansible failed: {}{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    String::from_utf8_lossy(&out.stdout).lines().take(12).collect::<Vec<_>>().join("\n")
+                );
             }
             let a = median(times);
-            println!("  ansible ({label}):{} {}  (ansible/agentctl = {:.1}x)", " ".repeat(16usize.saturating_sub(label.len())), ms(a), a.as_secs_f64() / o.as_secs_f64());
+            println!(
+                "  ansible ({label}):{} {}  (ansible/agentctl = {:.1}x)",
+                " ".repeat(16usize.saturating_sub(label.len())),
+                ms(a),
+                a.as_secs_f64() / o.as_secs_f64()
+            );
         }
     }
     Ok(())

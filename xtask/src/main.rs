@@ -126,7 +126,9 @@ fn main() -> anyhow::Result<()> {
             match bench {
                 BenchCommand::Verify { images, runs } => rt.block_on(bench::verify(images, runs)),
                 BenchCommand::Receipts { count, runs } => rt.block_on(bench::receipts(count, runs)),
-                BenchCommand::Status { hosts, runs, no_ansible } => rt.block_on(bench::status(hosts, runs, !no_ansible)),
+                BenchCommand::Status { hosts, runs, no_ansible } => {
+                    rt.block_on(bench::status(hosts, runs, !no_ansible))
+                }
             }
         }
         Task::Test { args } => {

@@ -71,7 +71,11 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         })
         .to_string(),
     )?;
-    ctl.run(&["attest", &v1, "--predicate", &predicate.display().to_string(), "--type", "slsaprovenance", "--key", &key], env, 0)?;
+    ctl.run(
+        &["attest", &v1, "--predicate", &predicate.display().to_string(), "--type", "slsaprovenance", "--key", &key],
+        env,
+        0,
+    )?;
     ctl.run(&["verify", &v1], env, 0)?;
     ctl.run(&["release", "add", "api", &v1, "--commit", commit], env, 0)?;
 
