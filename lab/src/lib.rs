@@ -479,9 +479,12 @@ fn start_vm(lab: &Path, name: &str, env: &str, user: &str, client_pub: &str) -> 
     let cfg = dir.join("sshd_config");
     std::fs::write(&cfg, config).map_err(io(&cfg))?;
     let log = std::fs::File::create(dir.join("sshd.log")).map_err(io(&dir))?;
+    // `-r`: no re-exec per connection, so measurements reflect the control plane more
+    // than sshd's own start-up (the lab is loopback-only and short-lived).
     let child = Command::new(SSHD)
         .arg("-D")
         .arg("-e")
+        .arg("-r")
         .arg("-f")
         .arg(&cfg)
         .stdin(Stdio::null())
