@@ -18,6 +18,21 @@ use std::time::Duration;
 /// Progress on stderr.
 struct StderrSink;
 
+static SINK: StderrSink = StderrSink;
+
+/// The job, wired to this run's manifests, store and SSH client.
+fn deployer<'a>(ctx: &'a Context, store: &'a SqliteStore, ssh: &'a SshClient) -> Result<Deployer<'a>, Failure> {
+    Ok(Deployer {
+        set: &ctx.set,
+        store,
+        registry: &ctx.registry,
+        keys: ctx.trusted_keys(&[])?,
+        ssh,
+        operator: ctx.operator(),
+        sink: &SINK,
+    })
+}
+
 impl Sink for StderrSink {
     fn event(&self, line: &str) {
         eprintln!("  · {line}");
@@ -128,16 +143,7 @@ pub async fn plan_and_maybe_apply(
     let env = environment(&ctx, env_name)?;
     let store = store_for(&ctx, apply).await?;
     let ssh = ssh_client(&ctx, env)?;
-    let sink = StderrSink;
-    let deployer = Deployer {
-        set: &ctx.set,
-        store: &store,
-        registry: &ctx.registry,
-        keys: ctx.trusted_keys(&[])?,
-        ssh: &ssh,
-        operator: ctx.operator(),
-        sink: &sink,
-    };
+    let deployer = deployer(&ctx, &store, &ssh)?;
     let fleet = Fleet::connect(&ssh, &env.hosts, ctx.set.ssh.concurrency).await.map_err(|e| failure(e.into()))?;
     let planned = match target {
         Target::Promote { release } => deployer.plan_promotion(&fleet, env_name, service, release).await,
@@ -215,16 +221,7 @@ pub async fn apply_saved(g: &Globals, path: &Path) -> Result<Report, Failure> {
     let env = environment(&ctx, &plan.environment)?;
     let store = ctx.store().await?;
     let ssh = ssh_client(&ctx, env)?;
-    let sink = StderrSink;
-    let deployer = Deployer {
-        set: &ctx.set,
-        store: &store,
-        registry: &ctx.registry,
-        keys: ctx.trusted_keys(&[])?,
-        ssh: &ssh,
-        operator: ctx.operator(),
-        sink: &sink,
-    };
+    let deployer = deployer(&ctx, &store, &ssh)?;
     let fleet = Fleet::connect(&ssh, &env.hosts, ctx.set.ssh.concurrency).await.map_err(|e| failure(e.into()))?;
     let result = apply_plan(&ctx, &deployer, &fleet, &plan).await;
     fleet.close().await;
