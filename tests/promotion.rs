@@ -288,3 +288,85 @@ async fn a_rollback_whose_way_back_is_broken_says_so_before_anything_changes() {
     assert_same(&before, &hosts_only(w.snapshot()), "no host changed");
     assert_eq!(w.receipts().last().unwrap()["kind"], "refusal", "the refused apply is on record");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_environment_that_requires_provenance_and_an_sbom_refuses_a_release_without() {
+    let w = World::start(fleet(1)).await;
+    let prod = w.manifests().join("environments/prod.toml");
+    let text = std::fs::read_to_string(&prod).unwrap();
+    std::fs::write(
+        &prod,
+        text.replacen("approvals = 0", "approvals = 0\nrequire_provenance = true\nrequire_sbom = true", 1),
+    )
+    .unwrap();
+    assert_ok(&w.agentctl(&["check"]));
+    let img = w.release("v1").await;
+    assert_ok(&w.promote("staging", &img, &["--apply"]));
+    let before = hosts_only(w.snapshot());
+    assert_exit(&w.promote("prod", &img, &[]), 4, "requires a provenance attestation");
+
+    // With provenance naming the release's commit but still no SBOM: refused for the SBOM.
+    let dir = tempfile::tempdir().unwrap();
+    let prov = dir.path().join("prov.json");
+    let predicate = serde_json::json!({
+        "builder": { "id": "https://github.com/actions/runner" },
+        "invocation": { "configSource": { "digest": { "sha1": COMMIT } } },
+    });
+    std::fs::write(&prov, predicate.to_string()).unwrap();
+    let key = w.release_key();
+    assert_ok(&w.agentctl(&[
+        "attest",
+        &img.to_string(),
+        "--predicate",
+        prov.to_str().unwrap(),
+        "--type",
+        "slsaprovenance",
+        "--key",
+        &key,
+    ]));
+    assert_exit(&w.promote("prod", &img, &["--apply"]), 4, "requires an SBOM attestation");
+    assert_same(&before, &hosts_only(w.snapshot()), "a refused promotion touches no host");
+
+    let sbom = dir.path().join("sbom.json");
+    std::fs::write(&sbom, r#"{"bomFormat":"CycloneDX","specVersion":"1.5","components":[]}"#).unwrap();
+    assert_ok(&w.agentctl(&[
+        "attest",
+        &img.to_string(),
+        "--predicate",
+        sbom.to_str().unwrap(),
+        "--type",
+        "cyclonedx",
+        "--key",
+        &key,
+    ]));
+    let out = w.promote("prod", &img, &["--apply"]);
+    assert_ok(&out);
+    let dir = w.lab.host("prod-1").root().join("api").join(w.current("prod-1").unwrap());
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("release.json")).unwrap()).unwrap();
+    assert!(
+        json["provenance"].as_str().unwrap().starts_with("sha256:")
+            && json["sbom"].as_str().unwrap().starts_with("sha256:")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_environment_that_needs_an_approval_applies_only_the_approved_plan() {
+    let w = World::start(fleet(1)).await;
+    let prod = w.manifests().join("environments/prod.toml");
+    let text = std::fs::read_to_string(&prod).unwrap();
+    std::fs::write(&prod, text.replacen("approvals = 0", "approvals = 1", 1)).unwrap();
+    let img = w.release("v1").await;
+    assert_ok(&w.promote("staging", &img, &["--apply"]));
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.json");
+    let out = w.promote("prod", &img, &["--out", plan.to_str().unwrap(), "--json"]);
+    assert_ok(&out);
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["plan_id"].as_str().unwrap().to_owned();
+    assert_exit(&w.agentctl(&["apply", plan.to_str().unwrap()]), 4, "needs 1 approval(s) and has 0");
+    assert!(w.current("prod-1").is_none());
+    assert_ok(&w.agentctl(&["approve", &id, "--as", "carol"]));
+    assert_ok(&w.agentctl(&["apply", plan.to_str().unwrap()]));
+    assert!(w.current("prod-1").is_some());
+    let last = w.receipts().last().unwrap().clone();
+    assert_eq!(last["approvals"][0]["approver"], "carol", "the receipt says who approved");
+}
