@@ -113,6 +113,18 @@ impl SshClient {
         Ok(Self { dir, identity: identity.to_path_buf(), connect_timeout })
     }
 
+    /// Restricts key exchange to `algorithms` (written into the client config that both
+    /// the multiplexed sessions and the probes use). `None`/empty keeps OpenSSH's defaults.
+    pub fn with_key_exchange(self, algorithms: Option<&[String]>) -> Result<Self, SshError> {
+        let config = self.dir.path().join("config");
+        let text = match algorithms {
+            Some(a) if !a.is_empty() => format!("KexAlgorithms {}\n", a.join(",")),
+            _ => String::new(),
+        };
+        std::fs::write(&config, text).map_err(|source| SshError::Local { path: config, source })?;
+        Ok(self)
+    }
+
     pub fn known_hosts(&self) -> PathBuf {
         self.dir.path().join("known_hosts")
     }

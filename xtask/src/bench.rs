@@ -169,13 +169,19 @@ pub async fn receipts(count: u64, runs: usize) -> anyhow::Result<()> {
 /// `agentctl status` over `hosts` lab hosts against (a) one plain `ssh` process per host
 /// in parallel running the same probe (the floor) and (b) Ansible running the same
 /// probe, with its default settings and with pipelining.
-pub async fn status(hosts: usize, runs: usize, ansible: bool) -> anyhow::Result<()> {
+pub async fn status(hosts: usize, runs: usize, ansible: bool, kex: Option<String>) -> anyhow::Result<()> {
     use std::process::{Command, Stdio};
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
     let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/{profile}/agentctl"));
     anyhow::ensure!(bin.exists(), "build {} first", bin.display());
     let lab = Lab::start(LabConfig { hosts, staging: 1, registry: true, dir: None }).await?;
     let m = lab.manifests();
+    if let Some(k) = &kex {
+        // The same key exchange for all three contenders.
+        let cp = m.join("controlplane.toml");
+        let text = std::fs::read_to_string(&cp)?.replace("[ssh]\n", &format!("[ssh]\nkey_exchange = [\"{k}\"]\n"));
+        std::fs::write(&cp, text)?;
+    }
     let ctl = |args: &[&str]| -> anyhow::Result<std::process::Output> {
         Ok(Command::new(&bin).arg("--manifests").arg(&m).args(args).env("COSIGN_PASSWORD", "").output()?)
     };
@@ -234,7 +240,8 @@ pub async fn status(hosts: usize, runs: usize, ansible: bool) -> anyhow::Result<
     let service = set.services.values().next().context_none("a service")?;
     let identity = set.resolve(&set.ssh.identity);
     let all_hosts: Vec<_> = set.environments.iter().flat_map(|e| e.hosts.clone()).collect();
-    let ssh = controlplane::ssh::SshClient::new(&all_hosts, &identity, Duration::from_secs(10))?;
+    let ssh = controlplane::ssh::SshClient::new(&all_hosts, &identity, Duration::from_secs(10))?
+        .with_key_exchange(set.ssh.key_exchange.as_deref())?;
     let mut floor = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
@@ -256,7 +263,11 @@ pub async fn status(hosts: usize, runs: usize, ansible: bool) -> anyhow::Result<
         floor.push(t.elapsed());
     }
     let (o, f) = (median(ours), median(floor));
-    println!("status benchmark ({} hosts, {runs} runs, medians, {profile} build)", all_hosts.len());
+    println!(
+        "status benchmark ({} hosts, {runs} runs, medians, {profile} build, key exchange: {})",
+        all_hosts.len(),
+        kex.as_deref().unwrap_or("OpenSSH default")
+    );
     println!("  agentctl status:               {}  (peak RSS {:.1} MiB)", ms(o), peak_kib as f64 / 1024.0);
     println!(
         "  plain ssh, one process a host: {}  (floor; agentctl/floor = {:.2}x)",
@@ -281,9 +292,10 @@ pub async fn status(hosts: usize, runs: usize, ansible: bool) -> anyhow::Result<
             ));
         }
         inv.push_str(&format!(
-            "[lab:vars]\nansible_ssh_private_key_file={}\nansible_ssh_common_args='-o UserKnownHostsFile={} -o StrictHostKeyChecking=yes'\nansible_python_interpreter=/usr/bin/python3\n",
+            "[lab:vars]\nansible_ssh_private_key_file={}\nansible_ssh_common_args='-o UserKnownHostsFile={} -o StrictHostKeyChecking=yes{}'\nansible_python_interpreter=/usr/bin/python3\n",
             identity.display(),
-            ssh.known_hosts().display()
+            ssh.known_hosts().display(),
+            kex.as_ref().map(|k| format!(" -o KexAlgorithms={k}")).unwrap_or_default()
         ));
         std::fs::write(&inventory, inv)?;
         // One ad-hoc command for the whole inventory: the probe with each host's own

@@ -68,6 +68,9 @@ enum BenchCommand {
         /// Skip the Ansible comparison (it installs ansible-core from PyPI into a venv).
         #[arg(long)]
         no_ansible: bool,
+        /// One SSH key-exchange algorithm for all contenders (default: OpenSSH's).
+        #[arg(long)]
+        kex: Option<String>,
     },
     /// `receipts verify` over N receipts, in-process and through the binary.
     Receipts {
@@ -126,8 +129,8 @@ fn main() -> anyhow::Result<()> {
             match bench {
                 BenchCommand::Verify { images, runs } => rt.block_on(bench::verify(images, runs)),
                 BenchCommand::Receipts { count, runs } => rt.block_on(bench::receipts(count, runs)),
-                BenchCommand::Status { hosts, runs, no_ansible } => {
-                    rt.block_on(bench::status(hosts, runs, !no_ansible))
+                BenchCommand::Status { hosts, runs, no_ansible, kex } => {
+                    rt.block_on(bench::status(hosts, runs, !no_ansible, kex))
                 }
             }
         }

@@ -94,7 +94,8 @@ fn ssh_client(ctx: &Context, env: &Environment) -> Result<SshClient, Failure> {
         &env.hosts,
         &ctx.set.resolve(&ctx.set.ssh.identity),
         Duration::from_secs(ctx.set.ssh.connect_timeout_secs),
-    )?)
+    )?
+    .with_key_exchange(ctx.set.ssh.key_exchange.as_deref())?)
 }
 
 fn receipt_key(ctx: &Context) -> Result<SigningKey, Failure> {

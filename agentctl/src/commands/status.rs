@@ -47,7 +47,8 @@ pub async fn run(g: &Globals, a: Args<'_>) -> Result<Report, Failure> {
         envs.iter().flat_map(|e| &e.hosts),
         &ctx.set.resolve(&ctx.set.ssh.identity),
         Duration::from_secs(ctx.set.ssh.connect_timeout_secs.min(a.timeout)),
-    )?;
+    )?
+    .with_key_exchange(ctx.set.ssh.key_exchange.as_deref())?;
     let settings = ProbeSettings {
         concurrency: a.concurrency.unwrap_or(ctx.set.ssh.concurrency),
         timeout: Duration::from_secs(a.timeout),

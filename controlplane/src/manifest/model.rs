@@ -92,6 +92,8 @@ pub struct SshSettings {
     pub identity: PathBuf,
     pub concurrency: usize,
     pub connect_timeout_secs: u64,
+    /// SSH key-exchange algorithms, in order; `None` keeps OpenSSH's defaults.
+    pub key_exchange: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]

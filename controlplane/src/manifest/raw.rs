@@ -54,6 +54,7 @@ pub struct Ssh {
     pub identity: S<String>,
     pub concurrency: Option<S<i64>>,
     pub connect_timeout_secs: Option<S<i64>>,
+    pub key_exchange: Option<S<Vec<S<String>>>>,
 }
 
 /// `environments/<name>.toml`.

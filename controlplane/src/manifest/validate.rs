@@ -260,6 +260,22 @@ impl<'a> Validator<'a> {
         let concurrency = self.ranged(&at, ssh.concurrency.as_ref(), "ssh.concurrency", 1, 256, 16);
         let connect_timeout_secs =
             self.ranged(&at, ssh.connect_timeout_secs.as_ref(), "ssh.connect_timeout_secs", 1, 120, 10);
+        let key_exchange = ssh.key_exchange.as_ref().map(|list| {
+            for (i, a) in list.get_ref().iter().enumerate() {
+                let ok = !a.get_ref().is_empty()
+                    && a.get_ref().bytes().all(|b| b.is_ascii_alphanumeric() || b"@.-_".contains(&b));
+                if !ok {
+                    self.err(
+                        &at,
+                        a,
+                        &format!("ssh.key_exchange[{i}]"),
+                        format!("`{}` is not an SSH key-exchange algorithm name", a.get_ref().escape_debug()),
+                        Some("e.g. `sntrup761x25519-sha512@openssh.com` or `curve25519-sha256` (see `ssh -Q kex`)"),
+                    );
+                }
+            }
+            list.get_ref().iter().map(|a| a.get_ref().clone()).collect::<Vec<_>>()
+        });
 
         (self.diags.len() == before).then_some({
             (
@@ -270,6 +286,7 @@ impl<'a> Validator<'a> {
                     identity,
                     concurrency: concurrency as usize,
                     connect_timeout_secs: connect_timeout_secs as u64,
+                    key_exchange,
                 },
             )
         })

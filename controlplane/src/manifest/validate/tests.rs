@@ -55,6 +55,14 @@ fn field_errors_name_line_and_field() {
     check(cp, "concurrency = 16", "concurrency = 0", 36, "ssh.concurrency", "out of range");
     check(
         cp,
+        "concurrency = 16\n",
+        "concurrency = 16\nkey_exchange = [\"curve25519-sha256; x\"]\n",
+        37,
+        "ssh.key_exchange[0]",
+        "key-exchange",
+    );
+    check(
+        cp,
         "identity = \"../state/ssh/id_ed25519\"",
         "identity = \"id\"",
         35,
