@@ -496,7 +496,7 @@ impl<'a> Deployer<'a> {
         result
     }
 
-    #[allow(clippy::too_many_arguments, reason = "one call site; the pieces are the apply's own state")]
+    #[expect(clippy::too_many_arguments, reason = "one call site; the pieces are the apply's own state")]
     async fn apply_locked(
         &self,
         fleet: &Fleet,
