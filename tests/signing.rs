@@ -173,7 +173,13 @@ fn predicate_file(dir: &std::path::Path, commit: &str, builder: &str) -> String 
     p.display().to_string()
 }
 
-const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+/// Pushes a SLSA provenance attestation naming `commit` and `builder` for `image`.
+fn attest_provenance(w: &World, image: &str, dir: &std::path::Path, commit: &str, builder: &str) {
+    let prov = predicate_file(dir, commit, builder);
+    let key = w.release_key();
+    assert_ok(&w.agentctl(&["attest", image, "--predicate", &prov, "--type", "slsaprovenance", "--key", &key]));
+}
+
 const OTHER_COMMIT: &str = "89abcdef0123456789abcdef0123456789abcdef";
 const BUILDER: &str = "https://github.com/actions/runner";
 
@@ -182,17 +188,7 @@ async fn attestations_round_trip_and_release_add_records_the_evidence() {
     let w = World::start(no_hosts()).await;
     let img = w.signed_image("demo/api", "attested").await;
     let dir = tempfile::tempdir().unwrap();
-    let prov = predicate_file(dir.path(), COMMIT, BUILDER);
-    assert_ok(&w.agentctl(&[
-        "attest",
-        &s(&img),
-        "--predicate",
-        &prov,
-        "--type",
-        "slsaprovenance",
-        "--key",
-        &w.release_key(),
-    ]));
+    attest_provenance(&w, &s(&img), dir.path(), COMMIT, BUILDER);
     let sbom = dir.path().join("sbom.json");
     std::fs::write(&sbom, r#"{"spdxVersion":"SPDX-2.3","name":"api","packages":[]}"#).unwrap();
     assert_ok(&w.agentctl(&[
@@ -229,17 +225,7 @@ async fn a_provenance_naming_another_commit_is_refused_with_both_commits() {
     let w = World::start(no_hosts()).await;
     let img = w.signed_image("demo/api", "mismatch").await;
     let dir = tempfile::tempdir().unwrap();
-    let prov = predicate_file(dir.path(), OTHER_COMMIT, BUILDER);
-    assert_ok(&w.agentctl(&[
-        "attest",
-        &s(&img),
-        "--predicate",
-        &prov,
-        "--type",
-        "slsaprovenance",
-        "--key",
-        &w.release_key(),
-    ]));
+    attest_provenance(&w, &s(&img), dir.path(), OTHER_COMMIT, BUILDER);
     let out = w.agentctl(&["release", "add", "api", &s(&img), "--commit", COMMIT]);
     assert_exit(&out, 4, OTHER_COMMIT);
     assert!(stderr(&out).contains(COMMIT));
@@ -251,17 +237,7 @@ async fn a_provenance_from_an_untrusted_builder_is_refused() {
     let w = World::start(no_hosts()).await;
     let img = w.signed_image("demo/api", "builder").await;
     let dir = tempfile::tempdir().unwrap();
-    let prov = predicate_file(dir.path(), COMMIT, "https://evil.example/builder");
-    assert_ok(&w.agentctl(&[
-        "attest",
-        &s(&img),
-        "--predicate",
-        &prov,
-        "--type",
-        "slsaprovenance",
-        "--key",
-        &w.release_key(),
-    ]));
+    attest_provenance(&w, &s(&img), dir.path(), COMMIT, "https://evil.example/builder");
     assert_exit(&w.agentctl(&["release", "add", "api", &s(&img), "--commit", COMMIT]), 4, "evil.example");
 }
 
