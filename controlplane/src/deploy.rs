@@ -63,6 +63,8 @@ pub enum DeployError {
     SplitRollbackTarget { environment: String, targets: String },
     #[error("release `{release}` was never applied to `{service}` in `{environment}`, so it cannot be rolled back to")]
     UnknownRollbackRelease { environment: String, service: String, release: String },
+    #[error("the plan's release `{planned}` is not what the manifests render for it now (`{rendered}`): templates, signer or attestations changed, or the plan file was forged")]
+    ContentMismatch { planned: String, rendered: String },
     #[error("staging failed on host `{host}`: {reason}; no host was changed")]
     Staging { host: String, reason: String },
 }
@@ -78,6 +80,7 @@ impl DeployError {
                 | Self::Locked { .. }
                 | Self::Approvals { .. }
                 | Self::PlanTampered { .. }
+                | Self::ContentMismatch { .. }
                 | Self::Plan(_)
         )
     }
@@ -460,8 +463,30 @@ impl<'a> Deployer<'a> {
             added_at: chrono::Utc::now(),
             added_by: String::new(),
         };
-        if let Err(e) = self.verify_record(env, &record).await {
-            return refuse(e, Vec::new()).await;
+        let verified = match self.verify_record(env, &record).await {
+            Ok(v) => v,
+            Err(e) => return refuse(e, Vec::new()).await,
+        };
+        // A promotion's files must be what the manifests render now for this release: a
+        // saved plan is data from outside and could carry anything.
+        if plan.kind == PlanKind::Promote {
+            let content = release::render(&ReleaseInput {
+                service,
+                environment: &env.name,
+                image: &verified.image,
+                source_commit: &plan.release.source_commit,
+                signer_key_id: &verified.signature.key_id,
+                provenance: verified.provenance().map(|p| p.layer.as_str()),
+                sbom: verified.sbom().map(|p| p.layer.as_str()),
+            })?;
+            let files_match = plan.decoded_files().is_ok_and(|f| f == content.files);
+            if content.id != plan.release.release_id
+                || content.content_hash != plan.release.content_hash
+                || !files_match
+            {
+                let e = DeployError::ContentMismatch { planned: plan.release.release_id.clone(), rendered: content.id };
+                return refuse(e, Vec::new()).await;
+            }
         }
         if (approvals.len() as u32) < plan.approvals_required {
             return refuse(
@@ -523,6 +548,25 @@ impl<'a> Deployer<'a> {
             b.kind = ReceiptKind::Refusal;
             receipts.append(b, receipt_key, Some(self.store)).await?;
             return Err(e);
+        }
+        // Going back: the target must still be intact where it will be swapped in.
+        if plan.kind == PlanKind::Rollback {
+            for (name, obs) in &observed {
+                let changing = plan.hosts.iter().any(|h| &h.host == name && h.action == Action::Change);
+                if changing && obs.target_hash.as_deref() != Some(plan.release.content_hash.as_str()) {
+                    let e = DeployError::Plan(PlanError::RollbackTargetBroken {
+                        host: name.clone(),
+                        reason: format!(
+                            "release `{}` changed or disappeared since the plan was made",
+                            plan.release.release_id
+                        ),
+                    });
+                    let mut b = body("refused", Some(e.to_string()), Vec::new());
+                    b.kind = ReceiptKind::Refusal;
+                    receipts.append(b, receipt_key, Some(self.store)).await?;
+                    return Err(e);
+                }
+            }
         }
         let host =
             |name: &str| env.hosts.iter().find(|h| h.name.as_str() == name).expect("plan hosts are the environment's");
