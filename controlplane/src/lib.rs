@@ -1,8 +1,11 @@
 //! The deployment control plane's core.
 //!
 //! Pure modules (no I/O, no clock): `names`, `image`, `diagnostic`, `secrets`,
-//! `manifest::{raw, model, validate}`. Effectful edges behind small traits: `store`,
-//! `manifest::load`, `keys` (files).
+//! `manifest::{raw, model, validate}`, `remote`, `canonical`, `cosign`, `release`,
+//! `tarball`, `observe`, `drift`, `plan`, `steps`, `receipt`, `report`.
+//! Effectful edges: `store` (trait + SQLite), `registry`, `ssh` (trait `Remote`), `status`,
+//! `receipt_log`, `keys`, `manifest::load`, `init`; `verify`, `sign` and `deploy`
+//! orchestrate the pure decisions over those edges. See docs/ARCHITECTURE.md.
 
 pub mod canonical;
 pub mod cosign;
