@@ -57,12 +57,9 @@ async fn apply_moves_every_host_status_agrees_and_reapplying_is_a_noop() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_health_check_in_batch_two_rolls_that_host_back_and_stops() {
     let w = World::start(fleet(3)).await;
-    let v1 = w.release("v1").await;
-    assert_ok(&w.promote("staging", &v1, &["--apply"]));
-    assert_ok(&w.promote("prod", &v1, &["--apply"]));
+    let v1 = w.deploy("v1", &["staging", "prod"]).await;
     let old = w.current("prod-1").unwrap();
-    let v2 = w.release("v2").await;
-    assert_ok(&w.promote("staging", &v2, &["--apply"]));
+    let v2 = w.deploy("v2", &["staging"]).await;
 
     w.runtime("prod-2", "fail-health", "");
     let out = w.promote("prod", &v2, &["--apply"]);
@@ -186,11 +183,8 @@ fn assert_current_intact(w: &World, hosts: &[&str]) {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_at_any_point_leaves_old_or_new_and_a_second_apply_completes() {
     let w = World::start(fleet(3)).await;
-    let v1 = w.release("v1").await;
-    assert_ok(&w.promote("staging", &v1, &["--apply"]));
-    assert_ok(&w.promote("prod", &v1, &["--apply"]));
-    let v2 = w.release("v2").await;
-    assert_ok(&w.promote("staging", &v2, &["--apply"]));
+    w.deploy("v1", &["staging", "prod"]).await;
+    let v2 = w.deploy("v2", &["staging"]).await;
     let hosts = ["prod-1", "prod-2", "prod-3"];
     let old = w.current("prod-1").unwrap();
 
@@ -237,8 +231,7 @@ async fn file_names_with_spaces_and_quotes_reach_the_host_literally() {
     let text = std::fs::read_to_string(&svc).unwrap();
     std::fs::write(&svc, text + "\n[[template]]\nsource = \"templates/api.env.tera\"\ntarget = \"config/it's a \\\"quoted\\\" $(name).env\"\n").unwrap();
     assert_ok(&w.agentctl(&["check"]));
-    let img = w.release("v1").await;
-    assert_ok(&w.promote("staging", &img, &["--apply"]));
+    w.deploy("v1", &["staging"]).await;
     let dir = w.lab.host("stage-1").root().join("api").join(w.current("stage-1").unwrap());
     assert!(
         dir.join("config/it's a \"quoted\" $(name).env").is_file(),
@@ -251,11 +244,9 @@ async fn file_names_with_spaces_and_quotes_reach_the_host_literally() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rollback_restores_the_previous_release_with_a_receipt() {
     let w = World::start(fleet(1)).await;
-    let v1 = w.release("v1").await;
-    assert_ok(&w.promote("staging", &v1, &["--apply"]));
+    let v1 = w.deploy("v1", &["staging"]).await;
     let old = w.current("stage-1").unwrap();
-    let v2 = w.release("v2").await;
-    assert_ok(&w.promote("staging", &v2, &["--apply"]));
+    w.deploy("v2", &["staging"]).await;
     assert_ne!(w.current("stage-1").unwrap(), old);
 
     let before = w.snapshot();
@@ -274,11 +265,9 @@ async fn rollback_restores_the_previous_release_with_a_receipt() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rollback_whose_way_back_is_broken_says_so_before_anything_changes() {
     let w = World::start(fleet(1)).await;
-    let v1 = w.release("v1").await;
-    assert_ok(&w.promote("staging", &v1, &["--apply"]));
+    w.deploy("v1", &["staging"]).await;
     let old = w.current("stage-1").unwrap();
-    let v2 = w.release("v2").await;
-    assert_ok(&w.promote("staging", &v2, &["--apply"]));
+    w.deploy("v2", &["staging"]).await;
     // Someone edits the old release on the host.
     let target = w.lab.host("stage-1").root().join("api").join(&old);
     std::fs::write(target.join("config/api.env"), "edited").unwrap();
@@ -300,8 +289,7 @@ async fn an_environment_that_requires_provenance_and_an_sbom_refuses_a_release_w
     )
     .unwrap();
     assert_ok(&w.agentctl(&["check"]));
-    let img = w.release("v1").await;
-    assert_ok(&w.promote("staging", &img, &["--apply"]));
+    let img = w.deploy("v1", &["staging"]).await;
     let before = hosts_only(w.snapshot());
     assert_exit(&w.promote("prod", &img, &[]), 4, "requires a provenance attestation");
 
@@ -355,8 +343,7 @@ async fn an_environment_that_needs_an_approval_applies_only_the_approved_plan() 
     let prod = w.manifests().join("environments/prod.toml");
     let text = std::fs::read_to_string(&prod).unwrap();
     std::fs::write(&prod, text.replacen("approvals = 0", "approvals = 1", 1)).unwrap();
-    let img = w.release("v1").await;
-    assert_ok(&w.promote("staging", &img, &["--apply"]));
+    let img = w.deploy("v1", &["staging"]).await;
     let dir = tempfile::tempdir().unwrap();
     let plan = dir.path().join("plan.json");
     let out = w.promote("prod", &img, &["--out", plan.to_str().unwrap(), "--json"]);

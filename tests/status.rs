@@ -11,13 +11,9 @@ fn row<'a>(doc: &'a serde_json::Value, host: &str) -> &'a serde_json::Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_class_is_detected_from_the_host_itself() {
     let mut w = World::start(fleet(6)).await;
-    let v1 = w.release("v1").await;
-    assert_ok(&w.promote("staging", &v1, &["--apply"]));
-    assert_ok(&w.promote("prod", &v1, &["--apply"]));
+    w.deploy("v1", &["staging", "prod"]).await;
     let old = w.current("prod-1").unwrap();
-    let v2 = w.release("v2").await;
-    assert_ok(&w.promote("staging", &v2, &["--apply"]));
-    assert_ok(&w.promote("prod", &v2, &["--apply"]));
+    w.deploy("v2", &["staging", "prod"]).await;
     let out = w.agentctl(&["status"]);
     assert_ok(&out);
     assert!(stdout(&out).contains("7 in sync"), "{}", stdout(&out));
@@ -83,8 +79,7 @@ async fn every_class_is_detected_from_the_host_itself() {
 #[tokio::test(flavor = "multi_thread")]
 async fn status_filters_by_environment_and_service() {
     let w = World::start(fleet(1)).await;
-    let v1 = w.release("v1").await;
-    assert_ok(&w.promote("staging", &v1, &["--apply"]));
+    w.deploy("v1", &["staging"]).await;
     let out = w.agentctl(&["status", "--env", "staging", "api"]);
     assert_ok(&out);
     assert!(stdout(&out).contains("1 probed: 1 in sync"), "{}", stdout(&out));

@@ -179,6 +179,15 @@ impl World {
         img
     }
 
+    /// Records a release with `content` and applies it to each of `envs` in order.
+    pub async fn deploy(&self, content: &str, envs: &[&str]) -> PinnedImage {
+        let img = self.release(content).await;
+        for env in envs {
+            assert_ok(&self.promote(env, &img, &["--apply"]));
+        }
+        img
+    }
+
     pub fn promote(&self, env: &str, img: &PinnedImage, extra: &[&str]) -> Output {
         let mut args = vec!["promote", "api", "--env", env, "--release", img.digest.as_str()];
         args.extend_from_slice(extra);
