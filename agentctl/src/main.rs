@@ -59,14 +59,15 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
         }
         Command::Verify { image, key } => commands::verify::run(g, &image, &key).await,
         Command::Release { command: ReleaseCommand::Add { service, image, commit, provenance, sbom } } => {
-            let args = commands::release::AddArgs {
+            let registration = controlplane::catalog::Registration {
                 service: &service,
                 image: &image,
                 commit: &commit,
                 provenance: provenance.as_deref(),
                 sbom: sbom.as_deref(),
+                operator: "",
             };
-            commands::release::add(g, args).await
+            commands::release::add(g, registration).await
         }
         Command::Release { command: ReleaseCommand::List { service } } => commands::release::list(g, &service).await,
         Command::Promote { service, env, release, apply, out } => {

@@ -8,6 +8,7 @@
 //! orchestrate the pure decisions over those edges. See docs/ARCHITECTURE.md.
 
 pub mod canonical;
+pub mod catalog;
 pub mod cosign;
 pub mod deploy;
 pub mod diagnostic;

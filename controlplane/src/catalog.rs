@@ -1,0 +1,111 @@
+//! The catalog of releases CI registered: a release is recorded only after it verified,
+//! with the evidence, so it can be re-checked offline and re-verified before every use.
+
+use crate::image::{ImageRef, PinnedImage};
+use crate::manifest::ManifestSet;
+use crate::names::ServiceName;
+use crate::store::{ReleaseRecord, Store, StoreError};
+use crate::verify::{Requirements, Verifier, VerifyError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("no service `{service}` in the manifests (known: {known})")]
+    UnknownService { service: String, known: String },
+    #[error(
+        "`{0}` is not a source commit: expected 7 to 64 lower-case hex digits, e.g. `--commit $(git rev-parse HEAD)`"
+    )]
+    BadCommit(String),
+    #[error("`{image}` is not in service `{service}`'s repository `{repository}`; release the image the service's manifest names")]
+    OtherRepository { image: String, service: String, repository: String },
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error("the {what} attestation that verifies is `{found}`, not the expected `{expected}`")]
+    EvidenceMismatch { what: &'static str, found: String, expected: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What CI says about a release.
+#[derive(Debug, Clone)]
+pub struct Registration<'a> {
+    pub service: &'a str,
+    pub image: &'a str,
+    pub commit: &'a str,
+    /// Attestation layer digests CI expects to verify, if it names them.
+    pub provenance: Option<&'a str>,
+    pub sbom: Option<&'a str>,
+    pub operator: &'a str,
+}
+
+/// A lower-case hex commit id of 7 to 64 digits.
+pub fn valid_commit(commit: &str) -> bool {
+    (7..=64).contains(&commit.len()) && commit.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Verifies `r` against the trust policy and records it with its evidence.
+pub async fn register(
+    set: &ManifestSet,
+    verifier: &Verifier<'_>,
+    store: &dyn Store,
+    r: &Registration<'_>,
+) -> Result<ReleaseRecord, CatalogError> {
+    let service =
+        ServiceName::new(r.service).ok().and_then(|n| set.service(&n)).ok_or_else(|| CatalogError::UnknownService {
+            service: r.service.to_owned(),
+            known: set.services.keys().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        })?;
+    if !valid_commit(r.commit) {
+        return Err(CatalogError::BadCommit(r.commit.to_owned()));
+    }
+    if let Ok(ImageRef::Pinned(PinnedImage { repository, .. })) = ImageRef::parse(r.image) {
+        if repository != service.repository {
+            return Err(CatalogError::OtherRepository {
+                image: r.image.to_owned(),
+                service: r.service.to_owned(),
+                repository: service.repository.to_string(),
+            });
+        }
+    }
+    let req =
+        Requirements { provenance: r.provenance.is_some(), sbom: r.sbom.is_some(), commit: Some(r.commit.to_owned()) };
+    let verified = verifier.verify(r.image, &req).await?;
+    for (expected, found, what) in
+        [(r.provenance, verified.provenance(), "provenance"), (r.sbom, verified.sbom(), "SBOM")]
+    {
+        if let (Some(expected), Some(found)) = (expected, found) {
+            if expected != found.layer {
+                return Err(CatalogError::EvidenceMismatch {
+                    what,
+                    found: found.layer.clone(),
+                    expected: expected.to_owned(),
+                });
+            }
+        }
+    }
+    let record = ReleaseRecord {
+        service: service.name.to_string(),
+        digest: verified.image.digest.to_string(),
+        repository: verified.image.repository.to_string(),
+        source_commit: r.commit.to_owned(),
+        signer_key_id: verified.signature.key_id.clone(),
+        provenance: verified.provenance().map(|p| p.layer.clone()),
+        sbom: verified.sbom().map(|p| p.layer.clone()),
+        evidence: serde_json::to_string(&verified).expect("evidence serializes"),
+        added_at: chrono::Utc::now(),
+        added_by: r.operator.to_owned(),
+    };
+    store.put_release(&record).await?;
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn commits() {
+        assert!(super::valid_commit("0123456789abcdef0123456789abcdef01234567"));
+        assert!(super::valid_commit("abc1234"));
+        for bad in ["HEAD", "abc12", "ABC1234", "0123456789abcdef0123456789abcdef0123456g", &"a".repeat(65)] {
+            assert!(!super::valid_commit(bad), "{bad}");
+        }
+    }
+}
