@@ -73,11 +73,6 @@ impl Registry {
         Self { client: Arc::new(Client::new(config)), settings: settings.to_vec(), round_trips: Arc::default() }
     }
 
-    /// The underlying client, for sigstore's cosign verification.
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     /// Requests sent so far (an upper bound for chunked uploads: one per call).
     pub fn round_trips(&self) -> u64 {
         self.round_trips.load(Ordering::Relaxed)

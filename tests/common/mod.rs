@@ -165,10 +165,6 @@ pub fn s(img: &PinnedImage) -> String {
     img.to_string()
 }
 
-pub fn lab3() -> LabConfig {
-    LabConfig::default()
-}
-
 pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 impl World {

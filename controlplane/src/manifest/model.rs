@@ -37,10 +37,6 @@ impl ManifestSet {
     pub fn resolve(&self, path: &Path) -> PathBuf {
         self.dir.join(path)
     }
-
-    pub fn registry(&self, host: &str) -> Option<&RegistrySettings> {
-        self.registries.iter().find(|r| r.host == host)
-    }
 }
 
 #[derive(Debug, Clone)]
