@@ -258,3 +258,22 @@ async fn release_add_refuses_unsigned_images_and_other_repositories() {
         "is not a source commit",
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_serving_other_bytes_than_the_digest_is_refused() {
+    let w = World::start(no_hosts()).await;
+    let img = w.signed_image("demo/api", "v1").await;
+    // Corrupt the signature payload blob in the registry's own storage.
+    let reg = w.lab.registry_client();
+    let (manifest, _) = reg.manifest(&img.repository, &cosign::signature_tag(&img.digest)).await.unwrap().unwrap();
+    let layer = &cosign::manifest_layers(&manifest).unwrap()[0].digest;
+    let hex = layer.hex();
+    let data = w.lab.dir().join(format!("registry/storage/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]));
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[20] ^= 1;
+    std::fs::write(&data, bytes).unwrap();
+    let out = w.agentctl(&["verify", &s(&img)]);
+    assert_exit(&out, 4, "SECURITY: registry");
+    assert!(stderr(&out).contains("security incident"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("no signature"), "{}", stderr(&out));
+}

@@ -37,8 +37,10 @@ pub enum RegistryError {
     },
     #[error("registry `{registry}` sent {what} over the size limit of {limit} bytes")]
     TooLarge { registry: String, what: &'static str, limit: usize },
-    #[error("registry `{registry}` sent content whose digest is `{actual}`, not the requested `{expected}`")]
+    #[error("SECURITY: registry `{registry}` sent content whose digest is `{actual}`, not the requested `{expected}`")]
     DigestMismatch { registry: String, expected: String, actual: String },
+    #[error("SECURITY: registry `{registry}` sent content that does not match its digest: {detail}")]
+    Substituted { registry: String, detail: String },
     #[error("registry `{registry}` sent an invalid manifest: {detail}")]
     Invalid { registry: String, detail: String },
     #[error("credentials for registry `{registry}`: environment variable `{var}` is not set")]
@@ -108,6 +110,9 @@ impl Registry {
 
     fn classify(repo: &Repository, e: OciDistributionError) -> RegistryError {
         let registry = repo.registry().to_owned();
+        if let OciDistributionError::DigestError(d) = &e {
+            return RegistryError::Substituted { registry, detail: d.to_string() };
+        }
         let unreachable = match &e {
             OciDistributionError::RequestError(r) => r.is_connect() || r.is_timeout() || r.is_request(),
             OciDistributionError::ServerError { code, .. } => *code >= 500,

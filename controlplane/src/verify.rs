@@ -32,7 +32,7 @@ pub enum VerifyError {
     OtherRepository { image: PinnedImage, signed: String },
     #[error("the signature of `{image}` is malformed: {detail}")]
     Malformed { image: PinnedImage, detail: String },
-    #[error("cannot verify `{image}`: the registry could not be asked")]
+    #[error("cannot verify `{image}`: the registry could not be asked, or did not answer correctly")]
     Registry {
         image: String,
         #[source]
@@ -66,6 +66,9 @@ impl VerifyError {
             }
             Self::OtherDigest { .. } | Self::OtherRepository { .. } => {
                 "a signature is valid only for the exact repository and digest it names; sign this image".into()
+            }
+            Self::Registry { source: RegistryError::Substituted { .. } | RegistryError::DigestMismatch { .. }, .. } => {
+                "the registry serves bytes that do not match their digest: treat it as a security incident; nothing was changed".into()
             }
             Self::Registry { .. } => {
                 "check that the registry is up and reachable, then retry; nothing was changed".into()
