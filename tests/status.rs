@@ -87,3 +87,28 @@ async fn status_filters_by_environment_and_service() {
     assert_ok(&w.agentctl(&["status", "--env", "prod"]));
     assert_exit(&w.agentctl(&["status", "--env", "qa"]), 2, "no environment `qa`");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_prints_only_what_changed() {
+    use std::io::{BufRead as _, BufReader};
+    let w = World::start(fleet(1)).await;
+    w.deploy("v1", &["staging"]).await;
+    let mut child = std::process::Command::new(BIN)
+        .arg("--manifests")
+        .arg(w.manifests())
+        .args(["status", "--env", "staging", "--watch", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The first round prints the whole table, ending with its summary line.
+    let first: Vec<String> = lines.by_ref().map(Result::unwrap).take_while(|l| !l.contains("probed:")).collect();
+    assert!(first.iter().any(|l| l.contains("stage-1") && l.contains("in-sync")), "{first:?}");
+    w.runtime("stage-1", "report", "sha256:2222222222222222222222222222222222222222222222222222222222222222");
+    let change = lines.next().unwrap().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(change.contains("staging/api/stage-1: in-sync -> drifted"), "{change}");
+    assert!(change.contains("sha256:2222"), "{change}");
+}
