@@ -94,7 +94,7 @@ async fn a_saved_plan_is_refused_as_stale_when_a_host_moved() {
     let out = w.agentctl(&["apply", plan.to_str().unwrap()]);
     assert_exit(&out, 4, "is stale");
     assert!(
-        stdout(&out).contains("host `stage-1`: running digest was `none` when planned, is `sha256:0000"),
+        stderr(&out).contains("host `stage-1`: running digest was `none` when planned, is `sha256:0000"),
         "{}",
         stdout(&out)
     );
@@ -372,6 +372,6 @@ async fn a_forged_plan_with_a_recomputed_id_is_refused() {
     saved.plan_id = saved.plan.id();
     std::fs::write(&path, serde_json::to_vec(&saved).unwrap()).unwrap();
     let before = hosts_only(w.snapshot());
-    assert_exit(&w.agentctl(&["apply", path.to_str().unwrap()]), 4, "not what the manifests render");
+    assert_exit(&w.agentctl(&["apply", path.to_str().unwrap()]), 4, "`files`: the plan file says");
     assert_same(&before, &hosts_only(w.snapshot()), "nothing staged");
 }

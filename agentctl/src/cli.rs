@@ -29,6 +29,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Internal: the guard process that cleans up after a run (see `controlplane::hygiene`).
+    #[command(name = "__guard", hide = true)]
+    Guard { dir: PathBuf },
     /// Scaffold a manifest set, the state database and signing keys in DIR.
     ///
     /// Creates DIR/manifests (a commented example), DIR/state (SQLite database,
@@ -99,7 +102,11 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Apply a saved plan exactly, or refuse it as stale (exit 4).
+    /// Apply a saved plan exactly, or refuse it (exit 4).
+    ///
+    /// The file is a request, not authority: the plan is derived again from the manifests,
+    /// the state and the hosts; a file that says anything else is refused as tampered, one
+    /// whose hosts moved as stale.
     Apply { plan: PathBuf },
     /// Plan going back to the recorded rollback target (or `--to RELEASE`); `--apply` applies.
     Rollback {
@@ -230,4 +237,11 @@ pub enum ReceiptsCommand {
         #[arg(long)]
         key: Option<PathBuf>,
     },
+}
+
+impl Command {
+    /// Whether the command opens SSH connections (and so runs under the cleanup guard).
+    pub fn reaches_hosts(&self) -> bool {
+        matches!(self, Self::Promote { .. } | Self::Rollback { .. } | Self::Apply { .. } | Self::Status { .. })
+    }
 }

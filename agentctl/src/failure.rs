@@ -18,13 +18,15 @@ pub struct Failure {
     pub code: Code,
     pub error: anyhow::Error,
     pub hint: Option<String>,
+    /// Lines that explain the error (each host or field concerned), shown under it.
+    pub details: Vec<String>,
     /// Printed on stdout before the error (for `--json`, the document).
     pub output: Option<String>,
 }
 
 impl Failure {
     pub fn new(code: Code, error: impl Into<anyhow::Error>) -> Self {
-        Self { code, error: error.into(), hint: None, output: None }
+        Self { code, error: error.into(), hint: None, details: Vec::new(), output: None }
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
@@ -48,6 +50,9 @@ impl fmt::Display for Failure {
         write!(f, "error: {}", self.error)?;
         for cause in self.error.chain().skip(1) {
             write!(f, "\n  Caused by: {cause}")?;
+        }
+        for d in &self.details {
+            write!(f, "\n  - {d}")?;
         }
         if let Some(h) = &self.hint {
             write!(f, "\nhint: {h}")?;

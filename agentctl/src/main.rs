@@ -28,10 +28,38 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    if let Command::Guard { dir } = &cli.command {
+        controlplane::hygiene::watch(dir, std::io::stdin());
+        return ExitCode::SUCCESS;
+    }
     init_tracing(cli.verbose);
+    // Commands that reach hosts run under a guard: whatever ends this process, the guard
+    // stops every ssh process of the run and removes the run's temp directory. TMPDIR
+    // points into it, so every temp file of the run (ours, our crates', ssh's) is swept.
+    let guard = if cli.command.reaches_hosts() {
+        match start_guard() {
+            Ok(g) => Some(g),
+            Err(e) => {
+                eprintln!("error: cannot start the cleanup guard\n  Caused by: {e}\nhint: check that the temp directory is writable");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        None
+    };
     let globals = Globals { manifests: cli.manifests, json: cli.json };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime\n  Caused by: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let result = runtime.block_on(run(cli.command, &globals));
+    drop(runtime);
+    if let Some(g) = guard {
+        g.finish();
+    }
     let mut stdout = std::io::stdout().lock();
     match result {
         Ok(report) => {
@@ -48,8 +76,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// Starts the guard (this binary's hidden `__guard` command) on a fresh run directory.
+fn start_guard() -> std::io::Result<controlplane::hygiene::Guard> {
+    let exe = std::env::current_exe()?;
+    let guard = controlplane::hygiene::Guard::start(&std::env::temp_dir(), &exe, &["__guard"])?;
+    // Single-threaded still: no other thread reads the environment concurrently.
+    std::env::set_var("TMPDIR", guard.dir());
+    Ok(guard)
+}
+
 async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
     match command {
+        Command::Guard { .. } => Ok(Report::text(String::new())),
         Command::Init { dir } => commands::init::run(&dir).await,
         Command::Check => commands::check::run(g),
         Command::Keys { command: KeysCommand::Generate { out } } => commands::keys::generate(&out),

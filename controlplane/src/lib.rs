@@ -1,39 +1,31 @@
-//! The deployment control plane's core.
+//! The deployment control plane: the effectful edges and the jobs, over the pure core.
 //!
-//! Pure modules (no I/O, no clock): `names`, `image`, `diagnostic`, `secrets`,
-//! `manifest::{raw, model, validate}`, `remote`, `canonical`, `cosign`, `release`,
-//! `tarball`, `observe`, `drift`, `plan`, `steps`, `receipt`, `report`.
-//! Effectful edges: `store` (trait + SQLite), `registry`, `ssh` (trait `Remote`), `status`,
-//! `receipt_log`, `keys`, `manifest::load`, `init`; `verify`, `sign` and `deploy`
-//! orchestrate the pure decisions over those edges. See docs/ARCHITECTURE.md.
+//! - `controlplane_core` (re-exported here under the same module names): manifests,
+//!   plans, the rollout state machine, drift, receipts and formats; no I/O.
+//! - `edges/`: the only modules that touch the outside world, each behind a small type
+//!   or trait: `ssh` (openssh, trait `Remote`), `registry` (oci-client), `store` (sqlx,
+//!   trait `Store`), `receipt_log` (the receipts directory), `keys` (key files and
+//!   ECDSA), `manifest` (reading the manifest directory), `hygiene` (the guard that
+//!   cleans up ssh processes and temp dirs, however agentctl ends).
+//! - `jobs/`: walk a plan or a request through the edges: `deploy` (plan, apply,
+//!   rollback), `status`, `catalog` (release add), `verify`, `sign`, `init`.
+//! - `cosign`: cosign's formats (simple signing, DSSE/in-toto), pure but built on
+//!   sigstore's types, which is why it is not in the core crate.
+//!
+//! See docs/ARCHITECTURE.md.
 
-pub mod canonical;
-pub mod catalog;
 pub mod cosign;
-pub mod deploy;
-pub mod diagnostic;
-pub mod drift;
-pub mod image;
-pub mod init;
-pub mod keys;
-pub mod manifest;
-pub mod names;
-pub mod observe;
-pub mod plan;
-pub mod receipt;
-pub mod receipt_log;
-pub mod registry;
-pub mod release;
-pub mod remote;
-pub mod report;
-pub mod secrets;
-pub mod sign;
-pub mod ssh;
-pub mod status;
-pub mod steps;
-pub mod store;
-pub mod tarball;
-pub mod verify;
+pub mod edges;
+pub mod jobs;
 
-/// The version recorded in receipts.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use controlplane_core::{
+    canonical, diagnostic, drift, image, lock, names, observe, plan, receipt, records, release, remote, rollout,
+    secrets, steps, tarball, untrusted, VERSION,
+};
+pub use edges::{hygiene, keys, receipt_log, registry, ssh, store, vm};
+pub use jobs::{catalog, deploy, init, sign, status, verify};
+
+/// The manifest set: the core's format and validation, and `load` from a directory.
+pub mod manifest {
+    pub use crate::edges::manifest_files::*;
+}

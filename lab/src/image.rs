@@ -30,7 +30,7 @@ pub fn build_image(content: &str) -> TestImage {
 }
 
 fn tar_one_file(path: &str, data: &[u8]) -> Vec<u8> {
-    controlplane::tarball::tar(&[(path, data)])
+    controlplane::tarball::tar(&[(path, data)]).expect("lab layer paths are fixed and short")
 }
 
 #[cfg(test)]

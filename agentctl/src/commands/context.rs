@@ -19,7 +19,7 @@ impl Context {
         let set = manifest::load(&g.manifests).map_err(|e| match e {
             ManifestError::Invalid { ref diagnostics, .. } => {
                 let list: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
-                Failure::new(Code::Invalid, anyhow::anyhow!("{e}:\\n{}", list.join("\\n")))
+                Failure::new(Code::Invalid, anyhow::anyhow!("{e}:\n{}", list.join("\n")))
                     .hint("run `agentctl check` and fix the fields named")
             }
             ManifestError::Io { .. } => Failure::new(Code::Invalid, e)

@@ -4,14 +4,17 @@ use super::context::Context;
 use crate::failure::{Code, Failure};
 use crate::render::Report;
 use crate::Globals;
-use controlplane::deploy::{self, DeployError, Deployer, Fleet, Sink};
+use controlplane::deploy::{self, DeployError, Deployer, Interrupt, Receipts, Sink, SystemClock};
 use controlplane::keys::SigningKey;
+use controlplane::lock::Holder;
 use controlplane::manifest::Environment;
 use controlplane::plan::{Plan, SavedPlan};
 use controlplane::receipt::{ReceiptBody, ReceiptKind};
 use controlplane::receipt_log::ReceiptLog;
 use controlplane::ssh::SshClient;
 use controlplane::store::{Approval, SqliteStore, Store};
+use controlplane::verify::Verifier;
+use controlplane::vm::Fleet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -19,19 +22,9 @@ use std::time::Duration;
 struct StderrSink;
 
 static SINK: StderrSink = StderrSink;
-
-/// The job, wired to this run's manifests, store and SSH client.
-fn deployer<'a>(ctx: &'a Context, store: &'a SqliteStore, ssh: &'a SshClient) -> Result<Deployer<'a>, Failure> {
-    Ok(Deployer {
-        set: &ctx.set,
-        store,
-        registry: &ctx.registry,
-        keys: ctx.trusted_keys(&[])?,
-        ssh,
-        operator: ctx.operator(),
-        sink: &SINK,
-    })
-}
+static CLOCK: SystemClock = SystemClock;
+/// Set by SIGINT/SIGTERM while an apply runs.
+static INTERRUPT: Interrupt = Interrupt::new();
 
 impl Sink for StderrSink {
     fn event(&self, line: &str) {
@@ -39,21 +32,80 @@ impl Sink for StderrSink {
     }
 }
 
+/// From now on SIGINT and SIGTERM ask the apply to stop at the next safe point (the
+/// hosts that are moving finish; no further host starts); a second one aborts at once
+/// (the cleanup guard still stops every ssh process).
+fn catch_interrupts() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            if INTERRUPT.request() == 1 {
+                eprintln!(
+                    "  · interrupted: the hosts that are moving finish, no further host starts (again to abort now)"
+                );
+            } else {
+                eprintln!("error: aborted by a second interrupt");
+                std::process::exit(130);
+            }
+        }
+    });
+}
+
+/// The job, wired to this run's manifests, store and verifier.
+fn deployer<'a>(ctx: &'a Context, store: &'a SqliteStore, verifier: &'a Verifier<'a>) -> Deployer<'a> {
+    Deployer {
+        set: &ctx.set,
+        store,
+        verifier,
+        operator: ctx.operator(),
+        sink: &SINK,
+        clock: &CLOCK,
+        interrupt: &INTERRUPT,
+        machine: controlplane::hygiene::machine(),
+        pid_exists: controlplane::hygiene::pid_exists,
+    }
+}
+
+fn verifier(ctx: &Context) -> Result<Verifier<'_>, Failure> {
+    Ok(Verifier { registry: &ctx.registry, keys: ctx.trusted_keys(&[])?, builders: ctx.set.trust.builders.clone() })
+}
+
 fn failure(e: DeployError) -> Failure {
     let hint = match &e {
         DeployError::Verify(v) => v.hint(),
         DeployError::Stale { .. } => Some("make a new plan: `agentctl promote ...` shows what is live now".into()),
-        DeployError::Locked { holder, .. } => Some(format!(
-            "wait for plan {} to finish; if its holder died (pid {} on {}), take the lock over with `agentctl unlock {} --env {} --force`",
-            holder.plan_id, holder.holder_pid, holder.holder_host, holder.service, holder.environment
-        )),
+        DeployError::PlanTampered { .. } => Some(
+            "a plan file is a request, not authority: make a new plan with `agentctl promote ... --out PLAN.json`"
+                .into(),
+        ),
+        DeployError::Locked { holder, liveness, .. } => Some(match liveness {
+            Holder::Dead(why) => format!(
+                "the holder is gone ({why}); take the lock over with `agentctl unlock {} --env {} --force` (writes a receipt)",
+                holder.service, holder.environment
+            ),
+            Holder::Alive => format!("wait for plan {} to finish (pid {} is running)", holder.plan_id, holder.holder_pid),
+            Holder::Unknown => format!(
+                "wait for plan {} to finish; if pid {} on `{}` is gone, take the lock over with `agentctl unlock {} --env {} --force`",
+                holder.plan_id, holder.holder_pid, holder.holder_host, holder.service, holder.environment
+            ),
+        }),
         DeployError::Gate { after, .. } => Some(format!("promote it to `{after}` first")),
         DeployError::Approvals { plan, .. } => Some(format!("`agentctl approve {plan} --as NAME`")),
-        DeployError::UnknownRelease { service, .. } => Some(format!("`agentctl release list {service}` shows the recorded releases")),
-        DeployError::Ssh(_) | DeployError::Probe { .. } => Some("nothing was changed".into()),
+        DeployError::UnknownRelease { service, .. } => {
+            Some(format!("`agentctl release list {service}` shows the recorded releases"))
+        }
+        DeployError::Vm(_) => Some("nothing was changed".into()),
+        DeployError::Interrupted => Some("nothing was changed; the receipt says `interrupted`".into()),
         _ => None,
     };
-    let detail = deploy::stale_detail(&e);
+    let details = e.details();
     let code = if e.is_refusal() {
         Code::Refused
     } else if e.is_invalid_input() {
@@ -62,9 +114,7 @@ fn failure(e: DeployError) -> Failure {
         Code::Failed
     };
     let mut f = Failure::new(code, e);
-    if detail.contains('\n') || detail.starts_with("host `") {
-        f.output = Some(detail);
-    }
+    f.details = details;
     f.hint = hint;
     f
 }
@@ -116,7 +166,10 @@ fn receipts(ctx: &Context) -> ReceiptLog {
 
 fn plan_report(plan: &Plan, extra: &str) -> Report {
     let id = plan.id();
-    Report::new(format!("{}{extra}", plan.render()), serde_json::json!({ "plan_id": id, "plan": plan }))
+    Report::new(
+        format!("{}{extra}", crate::render::plan::render(plan)),
+        serde_json::json!({ "plan_id": id, "plan": plan }),
+    )
 }
 
 fn save(plan: &Plan, out: &Path) -> Result<(), Failure> {
@@ -140,12 +193,18 @@ pub async fn plan_and_maybe_apply(
     apply: bool,
     out: Option<&Path>,
 ) -> Result<Report, Failure> {
+    if apply {
+        catch_interrupts();
+    }
     let ctx = Context::load(g)?;
     let env = environment(&ctx, env_name)?;
     let store = store_for(&ctx, apply).await?;
     let ssh = ssh_client(&ctx, env)?;
-    let deployer = deployer(&ctx, &store, &ssh)?;
-    let fleet = Fleet::connect(&ssh, &env.hosts, ctx.set.ssh.concurrency).await.map_err(|e| failure(e.into()))?;
+    let verifier = verifier(&ctx)?;
+    let deployer = deployer(&ctx, &store, &verifier);
+    let fleet = Fleet::connect(&ssh, &env.hosts, ctx.set.ssh.concurrency)
+        .await
+        .map_err(|e| failure(DeployError::Vm(e.into())))?;
     let planned = match target {
         Target::Promote { release } => deployer.plan_promotion(&fleet, env_name, service, release).await,
         Target::Rollback { to } => deployer.plan_rollback(&fleet, env_name, service, to).await,
@@ -155,8 +214,10 @@ pub async fn plan_and_maybe_apply(
         Err(e) => {
             fleet.close().await;
             if apply && e.is_refusal() {
+                let key = receipt_key(&ctx)?;
+                let log = receipts(&ctx);
                 let receipt = deployer
-                    .record_refusal(env_name, service, &e, &receipts(&ctx), &receipt_key(&ctx)?)
+                    .record_refusal(env_name, service, &e, &Receipts { log: &log, key: &key })
                     .await
                     .map_err(failure)?;
                 eprintln!("  · refusal recorded in receipt {receipt}");
@@ -176,57 +237,57 @@ pub async fn plan_and_maybe_apply(
         };
         return Ok(plan_report(&plan, hint));
     }
-    eprintln!("{}", plan.render());
-    let result = apply_plan(&ctx, &deployer, &fleet, &plan).await;
+    eprintln!("{}", crate::render::plan::render(&plan));
+    let key = receipt_key(&ctx)?;
+    let log = receipts(&ctx);
+    let result = deployer.apply(&fleet, &plan, &Receipts { log: &log, key: &key }).await;
     fleet.close().await;
-    result
+    apply_result(result)
 }
 
-async fn apply_plan(ctx: &Context, deployer: &Deployer<'_>, fleet: &Fleet, plan: &Plan) -> Result<Report, Failure> {
-    let key = receipt_key(ctx)?;
-    let log = receipts(ctx);
-    let report = deployer.apply(fleet, plan, &log, &key).await.map_err(failure)?;
-    let mut text = format!("plan {}: {}\n", report.plan_id, if report.succeeded { "applied" } else { "FAILED" });
-    for h in &report.hosts {
-        text.push_str(&format!(
-            "  {:<12} {:<12} {} -> {}{}\n",
-            h.host,
-            h.outcome,
-            h.before.as_deref().unwrap_or("(nothing)"),
-            h.after.as_deref().unwrap_or("(nothing)"),
-            h.detail.as_deref().map(|d| format!("  ({d})")).unwrap_or_default()
-        ));
-    }
-    text.push_str(&format!("receipt {}", report.receipt));
+fn apply_result(result: Result<deploy::ApplyReport, DeployError>) -> Result<Report, Failure> {
+    let report = result.map_err(failure)?;
+    let text = crate::render::apply::render(&report);
     let json = serde_json::to_value(&report)?;
-    if report.succeeded {
-        Ok(Report::new(text, json))
-    } else {
-        let failure = report.failure.clone().unwrap_or_default();
-        Err(Failure::new(
-            Code::Failed,
-            anyhow::anyhow!("rollout of `{}` to `{}` failed: {failure}", plan.service, plan.environment),
-        )
-        .with_output(text)
-        .hint(format!("the hosts above say which release each is on; receipt `{}`", report.receipt)))
+    if report.succeeded() {
+        return Ok(Report::new(text, json));
     }
+    let why = report.failure.clone().unwrap_or_default();
+    Err(Failure::new(
+        Code::Failed,
+        anyhow::anyhow!("rollout of plan {} ended {}: {why}", report.plan_id, report.outcome.as_str()),
+    )
+    .with_output(text)
+    .hint(format!("the hosts above say which release each is on; receipt `{}`", report.receipt)))
 }
 
 /// `apply PLAN.json`.
 pub async fn apply_saved(g: &Globals, path: &Path) -> Result<Report, Failure> {
+    catch_interrupts();
     let text = std::fs::read_to_string(path).map_err(|e| {
         Failure::new(Code::Invalid, anyhow::Error::new(e).context(format!("cannot read plan `{}`", path.display())))
     })?;
-    let plan = deploy::load_saved(&text).map_err(failure)?;
+    let saved = deploy::read_saved(&text).map_err(|e| {
+        Failure::new(
+            Code::Invalid,
+            anyhow::anyhow!("`{}` line {}, column {}: not a plan file: {e}", path.display(), e.line(), e.column()),
+        )
+        .hint("write plans with `agentctl promote ... --out PLAN.json` and apply them unedited")
+    })?;
     let ctx = Context::load(g)?;
-    let env = environment(&ctx, &plan.environment)?;
+    let env = environment(&ctx, &saved.plan.environment)?;
     let store = ctx.store().await?;
     let ssh = ssh_client(&ctx, env)?;
-    let deployer = deployer(&ctx, &store, &ssh)?;
-    let fleet = Fleet::connect(&ssh, &env.hosts, ctx.set.ssh.concurrency).await.map_err(|e| failure(e.into()))?;
-    let result = apply_plan(&ctx, &deployer, &fleet, &plan).await;
+    let verifier = verifier(&ctx)?;
+    let deployer = deployer(&ctx, &store, &verifier);
+    let key = receipt_key(&ctx)?;
+    let log = receipts(&ctx);
+    let fleet = Fleet::connect(&ssh, &env.hosts, ctx.set.ssh.concurrency)
+        .await
+        .map_err(|e| failure(DeployError::Vm(e.into())))?;
+    let result = deployer.apply_saved(&fleet, &saved, &Receipts { log: &log, key: &key }).await;
     fleet.close().await;
-    result
+    apply_result(result)
 }
 
 /// `approve PLAN_ID --as NAME`.
@@ -263,18 +324,11 @@ pub async fn approve(g: &Globals, plan_id: &str, approver: &str) -> Result<Repor
 pub async fn unlock(g: &Globals, service: &str, env_name: &str, force: bool) -> Result<Report, Failure> {
     let ctx = Context::load(g)?;
     environment(&ctx, env_name)?;
-    let Some(store) = ctx.existing_store().await? else {
-        return Ok(Report::new(
-            format!("`{service}` in `{env_name}` is not locked"),
-            serde_json::json!({ "locked": false }),
-        ));
+    let not_locked = || {
+        Ok(Report::new(format!("`{service}` in `{env_name}` is not locked"), serde_json::json!({ "locked": false })))
     };
-    let Some(holder) = store.lock_holder(env_name, service).await? else {
-        return Ok(Report::new(
-            format!("`{service}` in `{env_name}` is not locked"),
-            serde_json::json!({ "locked": false }),
-        ));
-    };
+    let Some(store) = ctx.existing_store().await? else { return not_locked() };
+    let Some(holder) = store.lock_holder(env_name, service).await? else { return not_locked() };
     let who = format!(
         "{} on {} (pid {}, plan {}, since {})",
         holder.holder_user,
@@ -283,12 +337,28 @@ pub async fn unlock(g: &Globals, service: &str, env_name: &str, force: bool) -> 
         holder.plan_id,
         holder.since.to_rfc3339()
     );
+    let liveness =
+        controlplane::lock::holder(&holder, &controlplane::hygiene::machine(), controlplane::hygiene::pid_exists);
     if !force {
-        return Err(Failure::new(Code::Refused, anyhow::anyhow!("`{service}` in `{env_name}` is locked by {who}"))
-            .hint(format!("if that process is gone, take the lock over with `agentctl unlock {service} --env {env_name} --force` (writes a receipt)")));
+        let take_over = format!("`agentctl unlock {service} --env {env_name} --force` (writes a receipt)");
+        let hint = match &liveness {
+            Holder::Dead(why) => format!("the holder is gone ({why}): take the lock over with {take_over}"),
+            Holder::Alive => format!("the holder is still running; if it hangs, stop it first, then {take_over}"),
+            Holder::Unknown => {
+                format!("the holder runs on another machine; if it is gone, take the lock over with {take_over}")
+            }
+        };
+        return Err(
+            Failure::new(Code::Refused, anyhow::anyhow!("`{service}` in `{env_name}` is locked by {who}")).hint(hint)
+        );
     }
     let key = receipt_key(&ctx)?;
     store.force_unlock(env_name, service).await?;
+    let state = match &liveness {
+        Holder::Dead(why) => format!("holder gone: {why}"),
+        Holder::Alive => "holder still running".into(),
+        Holder::Unknown => "holder on another machine".into(),
+    };
     let body = ReceiptBody {
         kind: ReceiptKind::LockOverride,
         time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -300,7 +370,7 @@ pub async fn unlock(g: &Globals, service: &str, env_name: &str, force: bool) -> 
         hosts: vec![],
         approvals: vec![],
         outcome: "recorded".into(),
-        detail: Some(format!("lock taken over from {who}")),
+        detail: Some(format!("lock taken over from {who} ({state})")),
     };
     let r = receipts(&ctx).append(body, &key, Some(&store as &dyn Store)).await?;
     Ok(Report::new(

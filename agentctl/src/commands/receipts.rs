@@ -140,7 +140,7 @@ pub async fn report(g: &Globals, out: &Path, dir: Option<&Path>, key: Option<&Pa
     let chain = check(&src)?;
     let good = &chain.verified;
     let key_id = src.key.as_ref().map(|k| k.key_id.clone()).unwrap_or_default();
-    let html = controlplane::report::render(&src.log.dir().display().to_string(), &key_id, good, &chain)?;
+    let html = crate::render::report::render(&src.log.dir().display().to_string(), &key_id, good, &chain)?;
     std::fs::write(out, html).map_err(|e| {
         Failure::new(Code::Failed, anyhow::Error::new(e).context(format!("cannot write `{}`", out.display())))
     })?;

@@ -2,6 +2,7 @@
 
 use super::context::Context;
 use crate::failure::{Code, Failure};
+use crate::render::status::render as render_status;
 use crate::render::Report;
 use crate::Globals;
 use controlplane::ssh::SshClient;
@@ -71,7 +72,7 @@ pub async fn run(g: &Globals, a: Args<'_>) -> Result<Report, Failure> {
         let rows = status::probe_all(&ssh, &pairs, &recorded, settings, &progress).await;
         let Some(interval) = a.watch else { return finish(g, rows) };
         match &previous {
-            None => println!("{}", status::render(&rows)),
+            None => println!("{}", render_status(&rows)),
             Some(prev) => {
                 for (old, new) in prev.iter().zip(&rows) {
                     if old.status != new.status {
@@ -96,7 +97,7 @@ pub async fn run(g: &Globals, a: Args<'_>) -> Result<Report, Failure> {
 
 fn finish(g: &Globals, rows: Vec<Row>) -> Result<Report, Failure> {
     let ok = rows.iter().all(|r| r.status.is_ok());
-    let text = status::render(&rows);
+    let text = render_status(&rows);
     let json = serde_json::json!({ "in_sync": ok, "hosts": rows });
     if ok {
         Ok(Report::new(text, json))

@@ -1,7 +1,7 @@
 //! The auditors' HTML report: per environment and service, a timeline of promotions,
 //! rollbacks, refusals and approvals with their evidence. Pure: receipts in, HTML out.
 
-use crate::receipt::{ChainReport, Receipt};
+use controlplane::receipt::{ChainReport, Receipt};
 use serde::Serialize;
 use std::collections::BTreeMap;
 

@@ -7,6 +7,7 @@ use crate::manifest::{Environment, Host, Service};
 use crate::observe;
 use crate::ssh::{read_bounded, SshClient, SshError};
 use crate::store::DeploymentRecord;
+use crate::untrusted::HostText;
 use futures::StreamExt as _;
 use serde::Serialize;
 use std::time::Duration;
@@ -85,7 +86,10 @@ async fn probe_one(
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| SshError::Connect { host: host.name.to_string(), detail: format!("cannot run ssh: {e}") })?;
+        .map_err(|e| SshError::Connect {
+            host: host.name.to_string(),
+            detail: HostText::new(&format!("cannot run ssh: {e}")),
+        })?;
     let mut out = child.stdout.take().expect("piped");
     let mut err = child.stderr.take().expect("piped");
     let work = async {
@@ -97,7 +101,7 @@ async fn probe_one(
     let (stdout, stderr, status) = tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| SshError::Timeout { host: host.name.to_string(), secs: timeout.as_secs() })?;
-    let run = |detail: String| SshError::Run { host: host.name.to_string(), detail };
+    let run = |detail: String| SshError::Run { host: host.name.to_string(), detail: HostText::new(&detail) };
     let stderr = String::from_utf8_lossy(&stderr.map_err(|e| run(e.to_string()))?.unwrap_or_default()).into_owned();
     let status = status.map_err(|e| run(e.to_string()))?;
     if status.code() == Some(255) {
@@ -107,33 +111,4 @@ async fn probe_one(
         .map_err(|e| run(e.to_string()))?
         .ok_or(SshError::OutputTooLarge { host: host.name.to_string(), limit: observe::MAX_PROBE_OUTPUT })?;
     observe::parse(&stdout).map_err(|reason| run(format!("probe answer cannot be believed: {reason}")))
-}
-
-/// `host  status  detail` lines and a summary.
-pub fn render(rows: &[Row]) -> String {
-    let mut out =
-        format!("{:<10} {:<10} {:<12} {:<13} {:<20} {}\n", "ENV", "SERVICE", "HOST", "STATUS", "LIVE", "DETAIL");
-    for r in rows {
-        out.push_str(&format!(
-            "{:<10} {:<10} {:<12} {:<13} {:<20} {}\n",
-            r.environment,
-            r.service,
-            r.host,
-            r.status.label(),
-            r.live.as_deref().unwrap_or("-"),
-            r.status.detail()
-        ));
-    }
-    let count = |l: &str| rows.iter().filter(|r| r.status.label() == l).count();
-    out.push_str(&format!(
-        "{} probed: {} in sync, {} drifted, {} missing, {} tampered, {} unreachable, {} not deployed",
-        rows.len(),
-        count("in-sync"),
-        count("drifted"),
-        count("missing"),
-        count("tampered"),
-        count("unreachable"),
-        count("not-deployed")
-    ));
-    out
 }

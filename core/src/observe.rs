@@ -6,6 +6,7 @@
 use crate::manifest::{Host, Service};
 use crate::release::{self, ReleaseJson, MAX_RELEASE_JSON};
 use crate::remote::RemoteCommand;
+use crate::untrusted::HostText;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -66,8 +67,8 @@ pub enum Current {
     Missing,
     /// `releases/<id>` with a well-formed id.
     Release(String),
-    /// Anywhere else: never followed.
-    Outside(String),
+    /// Anywhere else: never followed (sanitized before anyone prints it).
+    Outside(HostText),
 }
 
 /// One host's state for one service, as it reported it (validated, not yet compared).
@@ -81,11 +82,11 @@ pub struct Observation {
     /// `sha256:` content hash of the directory `current` points at.
     pub content_hash: Option<String>,
     /// Entries that are neither files nor directories (symlinks, devices) in the release.
-    pub odd_entries: Vec<String>,
+    pub odd_entries: Vec<HostText>,
     /// Content hash of the requested rollback target's directory, if it exists.
     pub target_hash: Option<String>,
-    /// What the runtime reports as running (trimmed), if anything.
-    pub running: Option<String>,
+    /// What the runtime reports as running (sanitized), if anything.
+    pub running: Option<HostText>,
 }
 
 impl Observation {
@@ -112,7 +113,7 @@ impl Observation {
             current: match &self.current {
                 Current::Missing => None,
                 Current::Release(id) => Some(format!("releases/{id}")),
-                Current::Outside(t) => Some(t.clone()),
+                Current::Outside(t) => Some(t.to_string()),
             },
             release_json_sha256: self.release_json_sha256.clone(),
             running: self.running.clone(),
@@ -125,7 +126,7 @@ impl Observation {
 pub struct Fingerprint {
     pub current: Option<String>,
     pub release_json_sha256: Option<String>,
-    pub running: Option<String>,
+    pub running: Option<HostText>,
 }
 
 /// Parses the probe's output, strictly.
@@ -171,13 +172,13 @@ pub fn parse(output: &[u8]) -> Result<Observation, String> {
             let t = String::from_utf8_lossy(&raw).into_owned();
             match t.strip_prefix("releases/") {
                 Some(id) if release::valid_id(id) => Current::Release(id.to_owned()),
-                _ => Current::Outside(t),
+                _ => Current::Outside(HostText::new(&t)),
             }
         }
     };
     let running = match running {
         Some(r) if r.len() > MAX_RUNNING => return Err(format!("runtime reported over {MAX_RUNNING} bytes")),
-        Some(r) => Some(String::from_utf8_lossy(&r).trim().to_owned()).filter(|s| !s.is_empty()),
+        Some(r) => Some(HostText::from_bytes(&r)).filter(|t| !t.is_empty()),
         None => None,
     };
     Ok(Observation {
@@ -185,7 +186,7 @@ pub fn parse(output: &[u8]) -> Result<Observation, String> {
         release_json_sha256: release_json.as_ref().map(|b| format!("sha256:{}", hex::encode(Sha256::digest(b)))),
         release_json,
         content_hash,
-        odd_entries: String::from_utf8_lossy(&odd).lines().map(str::to_owned).filter(|l| !l.is_empty()).collect(),
+        odd_entries: String::from_utf8_lossy(&odd).lines().filter(|l| !l.is_empty()).map(HostText::new).collect(),
         target_hash,
         running,
     })
@@ -213,7 +214,7 @@ mod tests {
         let o = parse(&out("releases/r-0123456789abcdef", "{}", H, "sha256:x\n")).unwrap();
         assert_eq!(o.current, Current::Release("r-0123456789abcdef".into()));
         assert_eq!(o.content_hash.as_deref(), Some(&*format!("sha256:{H}")));
-        assert_eq!(o.running.as_deref(), Some("sha256:x"));
+        assert_eq!(o.running.as_ref().map(HostText::as_str), Some("sha256:x"));
         assert!(o.release().is_err(), "`{{}}` is not a release.json");
     }
 
@@ -265,7 +266,7 @@ mod tests {
         let obs = parse(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
         assert_eq!(obs.current, Current::Release("r-0123456789abcdef".into()));
         assert_eq!(obs.release_json.as_deref(), Some(&b"{\"a\":1}"[..]));
-        assert_eq!(obs.running.as_deref(), Some("sha256:running api"));
+        assert_eq!(obs.running.as_ref().map(HostText::as_str), Some("sha256:running api"));
         assert!(obs.content_hash.is_some() && obs.content_hash == obs.target_hash);
 
         // Pointed outside: reported, not followed.
@@ -273,7 +274,7 @@ mod tests {
         std::os::unix::fs::symlink("../../etc", root.join("api/current")).unwrap();
         let o = std::process::Command::new(&cmd.program).args(&cmd.args).output().unwrap();
         let obs = parse(&o.stdout).unwrap();
-        assert_eq!(obs.current, Current::Outside("../../etc".into()));
+        assert_eq!(obs.current, Current::Outside(HostText::new("../../etc")));
         assert!(obs.release_json.is_none() && obs.content_hash.is_none());
     }
 }

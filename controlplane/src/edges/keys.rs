@@ -191,6 +191,12 @@ fn pem_body(pem: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(body.trim()).ok()
 }
 
+impl crate::receipt::SignatureCheck for PublicKey {
+    fn verify(&self, msg: &[u8], signature: &[u8]) -> bool {
+        PublicKey::verify(self, msg, signature)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

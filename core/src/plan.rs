@@ -7,6 +7,7 @@ use crate::canonical;
 use crate::manifest::{Environment, Service};
 use crate::observe::{Current, Fingerprint, Observation};
 use crate::release::ReleaseContent;
+use crate::untrusted::HostText;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -118,7 +119,7 @@ pub fn build(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
         let in_place = before.as_deref() == Some(input.release.release_id.as_str())
             && input.recorded.get(name) == Some(&input.release.release_id)
             && obs.content_hash.as_deref() == Some(input.release.content_hash.as_str())
-            && obs.running.as_deref() == Some(input.release.digest.as_str());
+            && obs.running.as_ref().map(HostText::as_str) == Some(input.release.digest.as_str());
         // The way back must be intact before anything changes.
         if let (Some(target), false) = (&before, in_place) {
             if obs.content_hash.is_none() {
@@ -206,61 +207,11 @@ impl Plan {
             })
             .collect()
     }
-
-    /// A readable per-host diff, like `terraform plan`.
-    pub fn render(&self) -> String {
-        let mut out = format!(
-            "plan {} ({})\n  {} `{}` in `{}` to release `{}`\n  image  {}\n  commit {}\n  signed by {}",
-            self.id(),
-            if self.kind == PlanKind::Promote { "promote" } else { "rollback" },
-            if self.kind == PlanKind::Promote { "promote" } else { "roll back" },
-            self.service,
-            self.environment,
-            self.release.release_id,
-            self.release.image,
-            self.release.source_commit,
-            self.release.signer_key_id,
-        );
-        if let Some(p) = &self.release.provenance {
-            out.push_str(&format!("\n  provenance {p}"));
-        }
-        if let Some(s) = &self.release.sbom {
-            out.push_str(&format!("\n  sbom {s}"));
-        }
-        out.push('\n');
-        for h in &self.hosts {
-            let before = h.before.as_deref().unwrap_or("(nothing)");
-            match h.action {
-                Action::Change => {
-                    out.push_str(&format!("\n  ~ {:<12} {before} -> {}   (rollback target: {before})", h.host, h.after))
-                }
-                Action::None => out.push_str(&format!("\n    {:<12} {} (already live, unchanged)", h.host, h.after)),
-            }
-        }
-        out.push('\n');
-        for (i, b) in self.batches.iter().enumerate() {
-            out.push_str(&format!(
-                "\n  batch {} of {}{}: {}",
-                i + 1,
-                self.batches.len(),
-                if i == 0 { " (canary)" } else { "" },
-                b.join(", ")
-            ));
-        }
-        let changes = self.hosts.iter().filter(|h| h.action == Action::Change).count();
-        out.push_str(&format!("\n\n{changes} to change, {} unchanged.", self.hosts.len() - changes));
-        if self.approvals_required > 0 {
-            out.push_str(&format!(
-                " Needs {} approval(s): `agentctl approve {} --as NAME`.",
-                self.approvals_required,
-                self.id()
-            ));
-        }
-        out
-    }
 }
 
-/// A saved plan: the plan and the id it had when shown, so an edited file is refused.
+/// A saved plan as written: the plan and the id it had when shown. It is input, never
+/// authority: `apply` re-derives the plan from the manifests, the store and the hosts
+/// and applies only that, after [`compare`] found the file to say the same.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SavedPlan {
@@ -277,8 +228,97 @@ pub struct Moved {
     pub now: String,
 }
 
+/// A policy or content field of a saved plan that differs from what is derived now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldDiff {
+    pub field: String,
+    /// The value in the plan file.
+    pub file: String,
+    /// The value the manifests, the store and the release give now.
+    pub derived: String,
+}
+
+/// Why a saved plan cannot be applied as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mismatch {
+    /// Hosts moved since the plan was made.
+    Stale(Vec<Moved>),
+    /// The file says something the manifests do not (edited, forged, or the manifests
+    /// changed since): each field with both values.
+    Tampered(Vec<FieldDiff>),
+}
+
+/// Compares a plan file with the plan derived now for the same request. Hosts that
+/// moved make it stale; any other difference is tampering. Never panics, whatever the
+/// file holds.
+pub fn compare(file: &Plan, derived: &Plan) -> Result<(), Mismatch> {
+    let now: Vec<(String, &Fingerprint)> = derived.hosts.iter().map(|h| (h.host.clone(), &h.observed)).collect();
+    let moved = staleness_of(file, &now);
+    if !moved.is_empty() {
+        return Err(Mismatch::Stale(moved));
+    }
+    let mut diffs = Vec::new();
+    let mut cmp = |field: &str, a: serde_json::Value, b: serde_json::Value| {
+        if a != b {
+            // The file is untrusted input: its values are sanitized like a host's.
+            diffs.push(FieldDiff {
+                field: HostText::new(field).to_string(),
+                file: HostText::new(&show(&a)).to_string(),
+                derived: show(&b),
+            });
+        }
+    };
+    cmp("version", v(&file.version), v(&derived.version));
+    cmp("kind", v(&file.kind), v(&derived.kind));
+    cmp("environment", v(&file.environment), v(&derived.environment));
+    cmp("service", v(&file.service), v(&derived.service));
+    let (fr, dr) = (v(&file.release), v(&derived.release));
+    if let (serde_json::Value::Object(fr), serde_json::Value::Object(dr)) = (&fr, &dr) {
+        for (k, dv) in dr {
+            cmp(&format!("release.{k}"), fr.get(k).cloned().unwrap_or_default(), dv.clone());
+        }
+    }
+    cmp("files", v(&file.files), v(&derived.files));
+    for (i, (f, d)) in file.hosts.iter().zip(&derived.hosts).enumerate() {
+        cmp(&format!("hosts[{i}] ({})", d.host), v(f), v(d));
+    }
+    cmp("batches", v(&file.batches), v(&derived.batches));
+    cmp("approvals_required", v(&file.approvals_required), v(&derived.approvals_required));
+    cmp("health_timeout_secs", v(&file.health_timeout_secs), v(&derived.health_timeout_secs));
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(Mismatch::Tampered(diffs))
+    }
+}
+
+/// A short rendering of a JSON value for messages.
+fn show(v: &serde_json::Value) -> String {
+    let s = match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "none".into(),
+        other => other.to_string(),
+    };
+    if s.chars().count() > 120 {
+        format!("{}…", s.chars().take(120).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// A value as JSON, for field-by-field comparison (plan types always serialize).
+fn v<T: Serialize>(x: &T) -> serde_json::Value {
+    serde_json::to_value(x).unwrap_or_default()
+}
+
 /// What changed between the plan's observations and `now` (per host, in order).
 pub fn staleness(plan: &Plan, now: &[(String, Observation)]) -> Vec<Moved> {
+    let prints: Vec<Fingerprint> = now.iter().map(|(_, o)| o.fingerprint()).collect();
+    let now: Vec<(String, &Fingerprint)> = now.iter().map(|(h, _)| h.clone()).zip(prints.iter()).collect();
+    staleness_of(plan, &now)
+}
+
+fn staleness_of(plan: &Plan, now: &[(String, &Fingerprint)]) -> Vec<Moved> {
     let mut moved = Vec::new();
     let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
     let planned: Vec<&str> = plan.hosts.iter().map(|h| h.host.as_str()).collect();
@@ -287,8 +327,7 @@ pub fn staleness(plan: &Plan, now: &[(String, Observation)]) -> Vec<Moved> {
         moved.push(Moved { host: "*".into(), field: "hosts", planned: planned.join(","), now: current.join(",") });
         return moved;
     }
-    for (h, (_, obs)) in plan.hosts.iter().zip(now) {
-        let f = obs.fingerprint();
+    for (h, (_, f)) in plan.hosts.iter().zip(now) {
         let mut cmp = |field: &'static str, a: &Option<String>, b: &Option<String>| {
             if a != b {
                 moved.push(Moved { host: h.host.clone(), field, planned: show(a), now: show(b) });
@@ -296,7 +335,8 @@ pub fn staleness(plan: &Plan, now: &[(String, Observation)]) -> Vec<Moved> {
         };
         cmp("current", &h.observed.current, &f.current);
         cmp("release.json", &h.observed.release_json_sha256, &f.release_json_sha256);
-        cmp("running digest", &h.observed.running, &f.running);
+        let text = |t: &Option<HostText>| t.as_ref().map(ToString::to_string);
+        cmp("running digest", &text(&h.observed.running), &text(&f.running));
     }
     moved
 }
@@ -331,7 +371,7 @@ mod tests {
             content_hash: hash.map(str::to_owned),
             odd_entries: vec![],
             target_hash: None,
-            running: running.map(str::to_owned),
+            running: running.map(HostText::new),
         }
     }
 
@@ -377,15 +417,17 @@ mod tests {
         assert_eq!(p.hosts[1].rollback_target, None);
         assert_eq!(p.hosts[2].action, Action::None, "already live: idempotent");
         assert_eq!(p.batches, vec![vec!["vm-0".to_owned(), "vm-1".to_owned()], vec!["vm-3".to_owned()]]);
-        assert!(p.render().contains("~ vm-0         r-0000000000000000 -> r-1111111111111111"), "{}", p.render());
+        assert_eq!((p.hosts[0].before.as_deref(), p.hosts[0].after.as_str()), (Some(OLD), NEW));
         assert_eq!(p.id(), p.clone().id(), "the id is a function of the content");
     }
 
     #[test]
     fn refuses_tampered_hosts_and_broken_ways_back() {
-        let e =
-            plan_for(vec![("vm-0".into(), obs(Current::Outside("../../etc".into()), None, None))], BatchSize::Count(1))
-                .unwrap_err();
+        let e = plan_for(
+            vec![("vm-0".into(), obs(Current::Outside(HostText::new("../../etc")), None, None))],
+            BatchSize::Count(1),
+        )
+        .unwrap_err();
         assert!(matches!(e, PlanError::HostUnfit { .. }), "{e}");
         let e = plan_for(
             vec![("vm-0".into(), obs(Current::Release(OLD.into()), Some("sha256:edited"), None))],
@@ -415,5 +457,60 @@ mod tests {
                 now: format!("releases/{NEW}")
             }]
         );
+    }
+
+    #[test]
+    fn a_plan_file_that_says_what_is_derived_now_compares_equal() {
+        let observed =
+            vec![("vm-0".to_owned(), obs(Current::Release(OLD.into()), Some("sha256:oldhash"), Some("sha256:old")))];
+        let p = plan_for(observed, BatchSize::Count(1)).unwrap();
+        assert_eq!(compare(&p, &p.clone()), Ok(()));
+    }
+
+    #[test]
+    fn every_edited_policy_field_is_named_with_both_values() {
+        let observed = vec![
+            ("vm-0".to_owned(), obs(Current::Release(OLD.into()), Some("sha256:oldhash"), Some("sha256:old"))),
+            ("vm-1".to_owned(), obs(Current::Release(OLD.into()), Some("sha256:oldhash"), Some("sha256:old"))),
+        ];
+        let derived = plan_for(observed, BatchSize::Count(1)).unwrap();
+        type Edit = Box<dyn Fn(&mut Plan)>;
+        let edits: Vec<(&str, Edit)> = vec![
+            ("approvals_required", Box::new(|p| p.approvals_required = 0)),
+            ("health_timeout_secs", Box::new(|p| p.health_timeout_secs = 99_999)),
+            ("batches", Box::new(|p| p.batches = vec![vec!["vm-0".into(), "vm-1".into()]])),
+            ("batches", Box::new(|p| p.batches.push(vec!["vm-9".into()]))),
+            ("batches", Box::new(|p| p.batches[0][0] = "renamed".into())),
+            ("batches", Box::new(|p| p.batches.clear())),
+            ("release.digest", Box::new(|p| p.release.digest = "sha256:other".into())),
+            ("environment", Box::new(|p| p.environment = "staging".into())),
+            ("files", Box::new(|p| drop(p.files.insert("evil".into(), "eA==".into())))),
+            ("version", Box::new(|p| p.version = 7)),
+        ];
+        for (field, edit) in edits {
+            let mut file = derived.clone();
+            edit(&mut file);
+            match compare(&file, &derived) {
+                Err(Mismatch::Tampered(diffs)) => {
+                    assert!(diffs.iter().any(|d| d.field == field), "{field}: {diffs:?}");
+                    let d = diffs.iter().find(|d| d.field == field).unwrap();
+                    assert_ne!(d.file, d.derived, "{field}");
+                }
+                other => panic!("{field}: expected tampered, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_host_that_moved_makes_the_file_stale_not_tampered() {
+        let before =
+            vec![("vm-0".to_owned(), obs(Current::Release(OLD.into()), Some("sha256:oldhash"), Some("sha256:old")))];
+        let after = vec![("vm-0".to_owned(), obs(Current::Missing, None, None))];
+        let file = plan_for(before, BatchSize::Count(1)).unwrap();
+        let derived = plan_for(after, BatchSize::Count(1)).unwrap();
+        assert!(matches!(compare(&file, &derived), Err(Mismatch::Stale(m)) if m[0].field == "current"));
+        let mut fewer = file.clone();
+        fewer.hosts.clear();
+        assert!(matches!(compare(&fewer, &derived), Err(Mismatch::Stale(m)) if m[0].field == "hosts"));
     }
 }

@@ -95,7 +95,8 @@ mod tests {
             ("a b/it's.txt".to_owned(), b"x".to_vec()),
         ]);
         let hash = crate::release::content_hash(&files);
-        let tar = crate::tarball::tar(&files.iter().map(|(p, b)| (p.as_str(), b.as_slice())).collect::<Vec<_>>());
+        let tar =
+            crate::tarball::tar(&files.iter().map(|(p, b)| (p.as_str(), b.as_slice())).collect::<Vec<_>>()).unwrap();
         let run = |cmd: RemoteCommand, stdin: &[u8]| {
             use std::io::Write as _;
             let mut child = std::process::Command::new("sh")

@@ -2,7 +2,8 @@
 //! from the host itself. Pure.
 
 use crate::observe::{Current, Observation};
-use crate::store::DeploymentRecord;
+use crate::records::DeploymentRecord;
+use crate::untrusted::HostText;
 use serde::Serialize;
 
 /// One field that differs, with both values.
@@ -95,20 +96,21 @@ pub fn classify(service: &str, record: Option<&DeploymentRecord>, obs: &Observat
         return Status::Tampered {
             reason: format!(
                 "release `{id}` contains entries that are not regular files: {}",
-                obs.odd_entries.join(", ")
+                obs.odd_entries.iter().map(HostText::as_str).collect::<Vec<_>>().join(", ")
             ),
         };
     }
     let json = match obs.release() {
         Ok(Some(j)) => j,
         Ok(None) => return Status::Tampered { reason: format!("release `{id}` has no `release.json`") },
-        Err(e) => return Status::Tampered { reason: format!("release `{id}`: {e}") },
+        Err(e) => return Status::Tampered { reason: format!("release `{id}`: {}", HostText::new(&e)) },
     };
     if json.release_id != *id || json.service != service {
         return Status::Tampered {
             reason: format!(
                 "`release.json` says release `{}` of `{}`, but sits in `releases/{id}` of `{service}`",
-                json.release_id, json.service
+                HostText::new(&json.release_id),
+                HostText::new(&json.service)
             ),
         };
     }
@@ -128,8 +130,8 @@ pub fn classify(service: &str, record: Option<&DeploymentRecord>, obs: &Observat
         }
     };
     diff("symlink target", format!("releases/{}", r.release_id), format!("releases/{id}"));
-    diff("source commit", r.source_commit.clone(), json.source_commit.clone());
-    diff("image digest", r.digest.clone(), or_none(obs.running.as_deref()));
+    diff("source commit", r.source_commit.clone(), HostText::new(&json.source_commit).to_string());
+    diff("image digest", r.digest.clone(), or_none(obs.running.as_ref().map(HostText::as_str)));
     diff("content hash", r.content_hash.clone(), live_hash.clone());
     if differences.is_empty() {
         Status::InSync
@@ -170,7 +172,7 @@ mod tests {
             content_hash: hash.map(str::to_owned),
             odd_entries: vec![],
             target_hash: None,
-            running: running.map(str::to_owned),
+            running: running.map(HostText::new),
         }
     }
 
@@ -229,7 +231,7 @@ mod tests {
         );
         check(obs(Current::Missing, None, None, None), "missing", "no `current`");
         check(obs(Current::Release(ID.into()), None, None, None), "missing", "gone");
-        check(obs(Current::Outside("../../etc".into()), None, None, None), "tampered", "outside");
+        check(obs(Current::Outside(HostText::new("../../etc")), None, None, None), "tampered", "outside");
         check(
             obs(Current::Release(ID.into()), Some(b"{not json".to_vec()), Some("sha256:h"), Some(D)),
             "tampered",
@@ -247,7 +249,7 @@ mod tests {
         );
         check(obs(Current::Release(ID.into()), None, Some("sha256:h"), Some(D)), "tampered", "no `release.json`");
         let mut odd = healthy();
-        odd.odd_entries = vec!["./link".into()];
+        odd.odd_entries = vec![HostText::new("./link")];
         check(odd, "tampered", "not regular files");
     }
 

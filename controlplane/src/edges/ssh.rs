@@ -3,6 +3,7 @@
 
 use crate::manifest::Host;
 use crate::remote::RemoteCommand;
+use crate::untrusted::HostText;
 use async_trait::async_trait;
 use openssh::{KnownHosts, SessionBuilder, Stdio};
 use std::path::{Path, PathBuf};
@@ -20,9 +21,9 @@ pub enum SshError {
     #[error("host `{host}` rejected our SSH key for user `{user}`")]
     AuthFailed { host: String, user: String },
     #[error("cannot connect to host `{host}`: {detail}")]
-    Connect { host: String, detail: String },
+    Connect { host: String, detail: HostText },
     #[error("command on host `{host}` failed to run: {detail}")]
-    Run { host: String, detail: String },
+    Run { host: String, detail: HostText },
     #[error("host `{host}` sent more than {limit} bytes of output")]
     OutputTooLarge { host: String, limit: usize },
     #[error("cannot prepare SSH client files in `{}`", path.display())]
@@ -50,7 +51,7 @@ impl SshError {
         } else if m.contains("permission denied") {
             Self::AuthFailed { host: host_name, user: host.user.to_string() }
         } else {
-            Self::Connect { host: host_name, detail: message.trim().lines().last().unwrap_or("").to_owned() }
+            Self::Connect { host: host_name, detail: HostText::new(message.trim().lines().last().unwrap_or("")) }
         }
     }
 }
@@ -211,7 +212,7 @@ impl Remote for SshSession {
         timeout: Duration,
     ) -> Result<CommandOutput, SshError> {
         let host = self.host.name.to_string();
-        let run_err = |detail: String| SshError::Run { host: host.clone(), detail };
+        let run_err = |detail: String| SshError::Run { host: host.clone(), detail: HostText::new(&detail) };
         let mut command = self.session.command(cmd.program.as_str());
         for a in &cmd.args {
             command.arg(a);

@@ -26,3 +26,23 @@ impl Report {
         }
     }
 }
+
+pub mod apply;
+pub mod plan;
+pub mod report;
+pub mod status;
+
+/// A table with the project's layout: no borders, header row, columns padded.
+pub fn table(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> String {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(header.iter().copied());
+    for r in rows {
+        t.add_row(r);
+    }
+    t.column_iter_mut().for_each(|c| {
+        c.set_padding((0, 2));
+    });
+    t.lines().map(|l| l.trim_end().to_owned()).collect::<Vec<_>>().join("\n")
+}

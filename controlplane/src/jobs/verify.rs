@@ -10,7 +10,7 @@ use crate::cosign::{self, AttestationEvidence, FetchedLayer, SignatureEvidence, 
 use crate::image::{Digest, ImageRef, PinnedImage, Repository};
 use crate::keys::PublicKey;
 use crate::registry::{Registry, RegistryError};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -92,9 +92,10 @@ pub struct Requirements {
     pub commit: Option<String>,
 }
 
-/// A release whose verification succeeded. Only [`Verifier::verify`] constructs one, so
-/// code that requires it can only ever see verified images.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A release whose verification succeeded. Only [`Verifier`] constructs one (the field
+/// `_sealed` is private and there is no `Deserialize`), so code that requires it —
+/// planning does — can only ever see verified images.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verified {
     pub image: PinnedImage,
     pub signature: SignatureEvidence,
@@ -103,10 +104,38 @@ pub struct Verified {
     _sealed: Sealed,
 }
 
+/// What the jobs need from verification: a [`Verified`], or why not.
+#[async_trait::async_trait]
+pub trait VerifyRelease: Send + Sync {
+    async fn verify_release(&self, image: &PinnedImage, req: &Requirements) -> Result<Verified, VerifyError>;
+}
+
+#[async_trait::async_trait]
+impl VerifyRelease for Verifier<'_> {
+    async fn verify_release(&self, image: &PinnedImage, req: &Requirements) -> Result<Verified, VerifyError> {
+        if self.keys.is_empty() {
+            return Err(VerifyError::NoKeys);
+        }
+        self.verify_pinned(image, req).await
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Sealed;
 
 impl Verified {
+    /// A stand-in for the apply job's unit tests, which run without a registry.
+    #[cfg(test)]
+    pub(crate) fn for_tests(image: PinnedImage, key_id: &str) -> Self {
+        let signature = SignatureEvidence {
+            key_id: key_id.into(),
+            layer: String::new(),
+            payload: String::new(),
+            signature: String::new(),
+        };
+        Self { image, signature, attestations: Vec::new(), _sealed: Sealed }
+    }
+
     pub fn provenance(&self) -> Option<&AttestationEvidence> {
         self.attestations.iter().find(|a| a.kind == cosign::PredicateKind::Slsaprovenance)
     }

@@ -3,7 +3,7 @@
 //! encoding and checking a chain; the files are read and written by `receipt_log`.
 
 use crate::canonical;
-use crate::keys::PublicKey;
+use crate::untrusted::HostText;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -61,7 +61,8 @@ pub struct HostOutcome {
     pub rollback_target: Option<String>,
     /// `changed`, `unchanged`, `rolled-back`, `failed`, `untouched`.
     pub outcome: String,
-    pub detail: Option<String>,
+    /// What the host said, sanitized (`HostText`): never raw host output.
+    pub detail: Option<HostText>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +164,12 @@ impl ChainReport {
     }
 }
 
+/// Checks a detached signature over exact bytes: the receipt key's public half. The
+/// cryptography lives at the edge (`controlplane::keys`); the chain logic here is pure.
+pub trait SignatureCheck: Sync {
+    fn verify(&self, msg: &[u8], signature: &[u8]) -> bool;
+}
+
 /// The state store's view of the chain head, when it is available.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreHead {
@@ -175,7 +182,7 @@ pub struct StoreHead {
 pub fn verify_chain(
     files: &[ReceiptFile],
     orphan_signatures: &[String],
-    key: &PublicKey,
+    key: &dyn SignatureCheck,
     store_head: Option<&StoreHead>,
 ) -> ChainReport {
     let checked = check_files(files, key);
@@ -268,7 +275,7 @@ struct Checked {
 
 /// Signature, format and name checks and the hash of each file, on every core:
 /// signature verification dominates the cost of checking a long chain.
-fn check_files(files: &[ReceiptFile], key: &PublicKey) -> Vec<Checked> {
+fn check_files(files: &[ReceiptFile], key: &dyn SignatureCheck) -> Vec<Checked> {
     let check = |f: &ReceiptFile| Checked { receipt: verify_one(f, key), hash: hash(&f.bytes) };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if threads == 1 || files.len() < 64 {
@@ -283,7 +290,7 @@ fn check_files(files: &[ReceiptFile], key: &PublicKey) -> Vec<Checked> {
 }
 
 /// Checks one receipt: signature over the exact bytes, canonical form, name = content.
-pub fn verify_one(f: &ReceiptFile, key: &PublicKey) -> Result<Receipt, String> {
+pub fn verify_one(f: &ReceiptFile, key: &dyn SignatureCheck) -> Result<Receipt, String> {
     let Some(sig) = &f.signature else { return Err("no signature file".into()) };
     let sig = B64.decode(String::from_utf8_lossy(sig).trim()).map_err(|_| "signature file is not base64".to_owned())?;
     if !key.verify(&f.bytes, &sig) {
@@ -312,7 +319,28 @@ pub fn seq_of(name: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::SigningKey;
+
+    /// A stand-in signature scheme for the chain logic: `sha256(secret || msg)`. The real
+    /// ECDSA keys are tested with this chain in `controlplane::keys`.
+    struct SigningKey(u8);
+
+    impl SigningKey {
+        fn generate() -> Result<Self, ()> {
+            Ok(Self(7))
+        }
+        fn sign(&self, msg: &[u8]) -> Vec<u8> {
+            Sha256::new().chain_update([self.0]).chain_update(msg).finalize().to_vec()
+        }
+        fn public(&self) -> &Self {
+            self
+        }
+    }
+
+    impl SignatureCheck for SigningKey {
+        fn verify(&self, msg: &[u8], signature: &[u8]) -> bool {
+            self.sign(msg) == signature
+        }
+    }
 
     fn body(kind: ReceiptKind, n: u64) -> ReceiptBody {
         ReceiptBody {

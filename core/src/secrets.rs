@@ -50,6 +50,41 @@ pub fn find_secret(text: &str) -> Option<SecretKind> {
     text.split(|c: char| !(c.is_ascii_alphanumeric() || "+_-".contains(c))).find_map(classify_token)
 }
 
+/// `text` with every secret-looking token replaced by `[redacted]`, and everything from a
+/// private key block's header on replaced by `[redacted private key]`.
+pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
+    if find_secret(text).is_none() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let (head, key_block) = match text.find("-----BEGIN") {
+        Some(i) if text[i..].contains("PRIVATE KEY-----") => (&text[..i], true),
+        _ => (text, false),
+    };
+    let mut out = String::with_capacity(head.len());
+    let mut token = String::new();
+    let flush = |token: &mut String, out: &mut String| {
+        if classify_token(token).is_some() {
+            out.push_str("[redacted]");
+        } else {
+            out.push_str(token);
+        }
+        token.clear();
+    };
+    for c in head.chars() {
+        if c.is_ascii_alphanumeric() || "+_-".contains(c) {
+            token.push(c);
+        } else {
+            flush(&mut token, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut token, &mut out);
+    if key_block {
+        out.push_str("[redacted private key]");
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 fn classify_token(token: &str) -> Option<SecretKind> {
     for prefix in TOKEN_PREFIXES {
         if let Some(rest) = token.strip_prefix(prefix) {
@@ -96,6 +131,20 @@ mod tests {
         ];
         for (text, want) in cases {
             assert_eq!(find_secret(text), *want, "{text}");
+        }
+    }
+
+    #[test]
+    fn redacts_only_the_secret_tokens() {
+        let cases = [
+            ("token=ghp_0123456789abcdefABCDEF0123 ok", "token=[redacted] ok"),
+            ("plain text stays", "plain text stays"),
+            ("a -----BEGIN OPENSSH PRIVATE KEY-----\nabc\n", "a [redacted private key]"),
+            ("key AKIAIOSFODNN7EXAMPLE, digest sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+             "key [redacted], digest sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(redact(text), want, "{text}");
         }
     }
 

@@ -98,6 +98,30 @@ pub async fn register(
     Ok(record)
 }
 
+/// The recorded release of `service` that `reference` names: `repo@sha256:...`,
+/// `sha256:...` or a digest prefix.
+pub async fn resolve(
+    store: &dyn Store,
+    service: &str,
+    reference: &str,
+) -> Result<ReleaseRecord, crate::deploy::DeployError> {
+    use crate::deploy::DeployError;
+    let all = store.releases(service).await?;
+    let needle = reference.rsplit('@').next().unwrap_or(reference);
+    let needle = needle.strip_prefix("sha256:").unwrap_or(needle);
+    let mut matches: Vec<_> = all
+        .into_iter()
+        .filter(|r| !needle.is_empty() && r.digest.trim_start_matches("sha256:").starts_with(needle))
+        .collect();
+    match (matches.pop(), matches.len()) {
+        (Some(one), 0) => Ok(one),
+        (None, _) => Err(DeployError::UnknownRelease { service: service.into(), reference: reference.into() }),
+        (Some(_), more) => {
+            Err(DeployError::AmbiguousRelease { service: service.into(), reference: reference.into(), count: more + 1 })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -1,6 +1,7 @@
 //! The SQLite store: one file, created on first use, migrated on open.
 
 use super::*;
+use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqlitePool};
 use std::path::Path;
@@ -146,6 +147,7 @@ impl SqliteStore {
             holder_user: g("holder_user")?,
             holder_host: g("holder_host")?,
             holder_pid: row.try_get("holder_pid").map_err(q("holder_pid"))?,
+            holder_boot: g("holder_boot")?,
             plan_id: g("plan_id")?,
             since: time(row, "since")?,
         })
@@ -334,13 +336,14 @@ impl Store for SqliteStore {
     async fn try_lock(&self, l: &LockRecord) -> Result<Result<(), LockRecord>, StoreError> {
         // INSERT OR IGNORE is atomic in SQLite: exactly one of two racing writers inserts.
         let done = sqlx::query(
-            "INSERT OR IGNORE INTO locks (environment, service, holder_user, holder_host, holder_pid, plan_id, since) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO locks (environment, service, holder_user, holder_host, holder_pid, holder_boot, plan_id, since) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&l.environment)
         .bind(&l.service)
         .bind(&l.holder_user)
         .bind(&l.holder_host)
         .bind(l.holder_pid)
+        .bind(&l.holder_boot)
         .bind(&l.plan_id)
         .bind(ts(&l.since))
         .execute(&self.pool)
@@ -488,6 +491,7 @@ mod tests {
             holder_user: "alice".into(),
             holder_host: "laptop".into(),
             holder_pid: 42,
+            holder_boot: "boot-1".into(),
             plan_id: "p-1".into(),
             since: t(4),
         };

@@ -109,7 +109,7 @@ fn ssh_keygen(path: &Path) -> Result<(), InitError> {
 }
 
 /// The README `init` puts in `receipts/`: the same as the repository's.
-pub const RECEIPTS_README: &str = include_str!("../../receipts/README.md");
+pub const RECEIPTS_README: &str = include_str!("../../../receipts/README.md");
 
 #[cfg(test)]
 mod tests {

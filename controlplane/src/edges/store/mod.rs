@@ -7,8 +7,8 @@ mod sqlite;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+
+pub use controlplane_core::records::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -30,85 +30,6 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
     #[error("receipt sequence number {0} is already taken")]
     SequenceTaken(i64),
-}
-
-/// A release CI registered, with the evidence it was verified with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReleaseRecord {
-    pub service: String,
-    pub digest: String,
-    pub repository: String,
-    pub source_commit: String,
-    pub signer_key_id: String,
-    pub provenance: Option<String>,
-    pub sbom: Option<String>,
-    /// JSON evidence (signature layers, attestation digests) for offline re-checks.
-    pub evidence: String,
-    pub added_at: DateTime<Utc>,
-    pub added_by: String,
-}
-
-/// What is recorded as live on one host for one service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeploymentRecord {
-    pub environment: String,
-    pub service: String,
-    pub host: String,
-    pub release_id: String,
-    pub digest: String,
-    pub source_commit: String,
-    pub content_hash: String,
-    pub rollback_target: Option<String>,
-    pub plan_id: String,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// One receipt in the index.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReceiptIndexEntry {
-    pub seq: i64,
-    pub kind: String,
-    pub file: String,
-    pub sha256: String,
-    pub plan_id: Option<String>,
-    pub environment: Option<String>,
-    pub service: Option<String>,
-    pub created_at: DateTime<Utc>,
-}
-
-/// A release that was applied in an environment, kept so it can be rolled back to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppliedRelease {
-    pub environment: String,
-    pub service: String,
-    pub release_id: String,
-    pub image: String,
-    pub digest: String,
-    pub source_commit: String,
-    pub content_hash: String,
-    pub signer_key_id: String,
-    pub provenance: Option<String>,
-    pub sbom: Option<String>,
-    pub applied_at: DateTime<Utc>,
-}
-
-/// Who holds the (environment, service) lock.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LockRecord {
-    pub environment: String,
-    pub service: String,
-    pub holder_user: String,
-    pub holder_host: String,
-    pub holder_pid: i64,
-    pub plan_id: String,
-    pub since: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Approval {
-    pub plan_id: String,
-    pub approver: String,
-    pub approved_at: DateTime<Utc>,
 }
 
 /// The operations the control plane needs from its state, and nothing more.

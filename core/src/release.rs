@@ -66,7 +66,7 @@ pub struct ReleaseContent {
 
 impl ReleaseContent {
     /// The tar stream that stages this release.
-    pub fn tar(&self) -> Vec<u8> {
+    pub fn tar(&self) -> Result<Vec<u8>, crate::tarball::TarError> {
         let files: Vec<(&str, &[u8])> = self.files.iter().map(|(p, b)| (p.as_str(), b.as_slice())).collect();
         crate::tarball::tar(&files)
     }

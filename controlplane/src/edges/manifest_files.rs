@@ -1,15 +1,8 @@
-//! The manifest set: control-plane settings, trust policy, environments and services.
-//!
-//! `raw` is the file format as written, `validate` the pure conversion into `model`,
-//! and [`load`] the one function here that touches the filesystem.
+//! Reading a manifest directory: the one place manifests touch the filesystem. The
+//! format and its validation are the core's (`controlplane_core::manifest`); this module
+//! is re-exported, with them, as `controlplane::manifest`.
 
-pub mod example;
-pub mod model;
-pub mod raw;
-pub mod validate;
-
-pub use model::*;
-pub use validate::{validate, CONTROLPLANE_FILE};
+pub use controlplane_core::manifest::*;
 
 use crate::diagnostic::Diagnostic;
 use std::collections::BTreeMap;

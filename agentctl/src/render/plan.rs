@@ -1,0 +1,59 @@
+//! A plan as people read it: a per-host diff, like `terraform plan`.
+
+use controlplane::plan::{Action, Plan, PlanKind};
+
+pub fn render(plan: &Plan) -> String {
+    let (word, verb) = match plan.kind {
+        PlanKind::Promote => ("promote", "promote"),
+        PlanKind::Rollback => ("rollback", "roll back"),
+    };
+    let mut out = format!(
+        "plan {} ({word})\n  {verb} `{}` in `{}` to release `{}`\n  image  {}\n  commit {}\n  signed by {}",
+        plan.id(),
+        plan.service,
+        plan.environment,
+        plan.release.release_id,
+        plan.release.image,
+        plan.release.source_commit,
+        plan.release.signer_key_id,
+    );
+    if let Some(p) = &plan.release.provenance {
+        out.push_str(&format!("\n  provenance {p}"));
+    }
+    if let Some(s) = &plan.release.sbom {
+        out.push_str(&format!("\n  sbom {s}"));
+    }
+    out.push('\n');
+    for h in &plan.hosts {
+        let before = h.before.as_deref().unwrap_or("(nothing)");
+        match h.action {
+            Action::Change => out.push_str(&format!(
+                "\n  ~ {:<12} {before} -> {}   (rollback target: {})",
+                h.host,
+                h.after,
+                h.rollback_target.as_deref().unwrap_or("(nothing)")
+            )),
+            Action::None => out.push_str(&format!("\n    {:<12} {} (already live, unchanged)", h.host, h.after)),
+        }
+    }
+    out.push('\n');
+    for (i, b) in plan.batches.iter().enumerate() {
+        out.push_str(&format!(
+            "\n  batch {} of {}{}: {}",
+            i + 1,
+            plan.batches.len(),
+            if i == 0 { " (canary)" } else { "" },
+            b.join(", ")
+        ));
+    }
+    let changes = plan.hosts.iter().filter(|h| h.action == Action::Change).count();
+    out.push_str(&format!("\n\n{changes} to change, {} unchanged.", plan.hosts.len() - changes));
+    if plan.approvals_required > 0 {
+        out.push_str(&format!(
+            " Needs {} approval(s): `agentctl approve {} --as NAME`.",
+            plan.approvals_required,
+            plan.id()
+        ));
+    }
+    out
+}

@@ -1,0 +1,30 @@
+//! The `status` table and its summary.
+
+use controlplane::status::Row;
+
+pub fn render(rows: &[Row]) -> String {
+    let table = super::table(
+        &["ENV", "SERVICE", "HOST", "STATUS", "LIVE", "DETAIL"],
+        rows.iter().map(|r| {
+            vec![
+                r.environment.clone(),
+                r.service.clone(),
+                r.host.clone(),
+                r.status.label().to_owned(),
+                r.live.clone().unwrap_or_else(|| "-".into()),
+                r.status.detail(),
+            ]
+        }),
+    );
+    let count = |l: &str| rows.iter().filter(|r| r.status.label() == l).count();
+    format!(
+        "{table}\n{} probed: {} in sync, {} drifted, {} missing, {} tampered, {} unreachable, {} not deployed",
+        rows.len(),
+        count("in-sync"),
+        count("drifted"),
+        count("missing"),
+        count("tampered"),
+        count("unreachable"),
+        count("not-deployed")
+    )
+}

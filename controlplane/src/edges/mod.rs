@@ -1,0 +1,10 @@
+//! The effectful edges: everything that talks to the outside world.
+
+pub mod hygiene;
+pub mod keys;
+pub mod manifest_files;
+pub mod receipt_log;
+pub mod registry;
+pub mod ssh;
+pub mod store;
+pub mod vm;

@@ -1,0 +1,147 @@
+//! A golden VM as the apply job sees it: probe, stage, and run one rollout step. The
+//! job only ever talks to hosts through [`GoldenVm`], so the same apply runs over SSH
+//! ([`SshVm`]) and against an in-memory host in unit tests.
+//!
+//! Everything a host sends back reaches the job as [`HostText`] (bounded, sanitized) or
+//! as a strictly parsed [`Observation`].
+
+use crate::manifest::{Host, Service};
+use crate::observe::{self, Observation};
+use crate::remote::RemoteCommand;
+use crate::rollout::Step;
+use crate::ssh::{Remote as _, SshClient, SshError, SshSession};
+use crate::steps;
+use crate::untrusted::HostText;
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Output kept from a step; more is cut.
+const STEP_OUTPUT_LIMIT: usize = 64 * 1024;
+/// How long a step other than the health check may take.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error("host `{host}` sent a probe answer that cannot be believed: {reason}")]
+    Probe { host: String, reason: HostText },
+}
+
+/// One golden VM, for one run.
+#[async_trait]
+pub trait GoldenVm: Send + Sync {
+    fn name(&self) -> &str;
+    /// Observes `service`; `target` is a release whose directory should be hashed too.
+    async fn probe(&self, service: &Service, target: Option<&str>) -> Result<Observation, VmError>;
+    /// Stages release `id` from the tar stream `tar`; the host checks `content_hash`.
+    async fn stage(&self, service: &Service, id: &str, content_hash: &str, tar: &[u8]) -> Result<(), HostText>;
+    /// Runs one rollout step; `Err` says why it failed.
+    async fn step(&self, service: &Service, step: &Step, health_timeout: Duration) -> Result<(), HostText>;
+    /// Ends the connection.
+    async fn close(self: Box<Self>) {}
+}
+
+/// The hosts of one environment for one run, by name.
+pub struct Fleet {
+    vms: BTreeMap<String, Box<dyn GoldenVm>>,
+}
+
+impl Fleet {
+    pub fn new(vms: impl IntoIterator<Item = Box<dyn GoldenVm>>) -> Self {
+        Self { vms: vms.into_iter().map(|v| (v.name().to_owned(), v)).collect() }
+    }
+
+    /// Connects to every host over SSH (bounded concurrency); the first failure is returned.
+    pub async fn connect(ssh: &SshClient, hosts: &[Host], concurrency: usize) -> Result<Self, SshError> {
+        use futures::StreamExt as _;
+        let results: Vec<_> = futures::stream::iter(hosts.iter().map(|h| async move { ssh.connect(h).await }))
+            .buffered(concurrency.max(1))
+            .collect()
+            .await;
+        let mut vms: Vec<Box<dyn GoldenVm>> = Vec::new();
+        for r in results {
+            vms.push(Box::new(SshVm { session: r? }));
+        }
+        Ok(Self::new(vms))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&dyn GoldenVm> {
+        self.vms.get(name).map(|b| &**b)
+    }
+
+    /// Closes every connection (SSH masters exit now rather than at the guard's sweep).
+    pub async fn close(self) {
+        futures::future::join_all(self.vms.into_values().map(|vm| vm.close())).await;
+    }
+}
+
+/// A golden VM over one multiplexed SSH session.
+pub struct SshVm {
+    session: SshSession,
+}
+
+impl SshVm {
+    async fn run(
+        &self,
+        cmd: &RemoteCommand,
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<(), HostText> {
+        match self.session.run(cmd, stdin, STEP_OUTPUT_LIMIT, timeout).await {
+            Ok(o) if o.success() => Ok(()),
+            Ok(o) => Err(HostText::new(&format!(
+                "{what} exited with status {}: {}",
+                o.status.map_or("(killed by a signal)".into(), |c| c.to_string()),
+                o.stderr
+            ))),
+            Err(SshError::Timeout { .. }) => {
+                Err(HostText::new(&format!("{what} did not finish within {} s", timeout.as_secs())))
+            }
+            Err(e) => Err(HostText::new(&format!("{what}: {e}"))),
+        }
+    }
+}
+
+#[async_trait]
+impl GoldenVm for SshVm {
+    fn name(&self) -> &str {
+        self.session.host().name.as_str()
+    }
+
+    async fn probe(&self, service: &Service, target: Option<&str>) -> Result<Observation, VmError> {
+        let host = self.session.host();
+        let cmd = observe::probe_command(host, service, target);
+        let out = self.session.run(&cmd, None, observe::MAX_PROBE_OUTPUT, PROBE_TIMEOUT).await?;
+        observe::parse(&out.stdout)
+            .map_err(|reason| VmError::Probe { host: host.name.to_string(), reason: HostText::new(&reason) })
+    }
+
+    async fn stage(&self, service: &Service, id: &str, content_hash: &str, tar: &[u8]) -> Result<(), HostText> {
+        let cmd = steps::stage(self.session.host(), service, id, content_hash);
+        self.run(&cmd, Some(tar), STEP_TIMEOUT, "staging").await
+    }
+
+    async fn step(&self, service: &Service, step: &Step, health_timeout: Duration) -> Result<(), HostText> {
+        let host = self.session.host();
+        let (cmd, timeout) = match step {
+            Step::Swap(id) | Step::SwapBack(id) => (steps::swap(host, service, id), STEP_TIMEOUT),
+            Step::Activate(id) | Step::Reactivate(id) => (steps::activate(host, service, id), STEP_TIMEOUT),
+            Step::Health => (steps::health(service), health_timeout),
+            Step::Unset => (steps::unset(host, service), STEP_TIMEOUT),
+        };
+        // The service's own commands are worth naming; our fixed scripts are not.
+        let what = match step {
+            Step::Activate(_) | Step::Reactivate(_) | Step::Health => format!("`{cmd}`"),
+            _ => step.describe().to_owned(),
+        };
+        self.run(&cmd, None, timeout, &what).await
+    }
+
+    async fn close(self: Box<Self>) {
+        self.session.close().await;
+    }
+}

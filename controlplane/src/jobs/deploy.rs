@@ -1,0 +1,881 @@
+//! The job: plan a promotion or rollback (verify, render, observe; changes nothing) and
+//! apply a plan. This is the only code that mutates hosts; it talks to them through
+//! [`GoldenVm`] and decides nothing itself: the plan (`plan::build`, `plan::compare`),
+//! each host's next step (`rollout::HostMove`), whether to go on (`rollout::continue_after`)
+//! and the outcome (`rollout::outcome`) are the core's pure functions.
+//!
+//! A plan handed to [`Deployer::apply`] — from a file or just shown — is a request, never
+//! authority: apply derives the plan again from the manifests, the store and the hosts,
+//! refuses the request if it says anything else (tampered) or if hosts moved (stale), and
+//! applies only what it derived itself.
+
+use crate::image::{Digest, PinnedImage, Repository};
+use crate::keys::SigningKey;
+use crate::lock::{self, Holder, Machine};
+use crate::manifest::{Environment, ManifestSet, Service};
+use crate::names::{EnvName, ServiceName};
+use crate::observe::Observation;
+use crate::plan::{self, Action, FieldDiff, Mismatch, Moved, Plan, PlanError, PlanInput, PlanKind, PlannedRelease};
+use crate::receipt::{ApprovalRecord, HostOutcome, ReceiptBody, ReceiptKind, ReceiptRelease};
+use crate::receipt_log::{ReceiptError, ReceiptLog};
+use crate::release::{self, ReleaseInput};
+use crate::rollout::{self, HostEnd, HostMove, Next, Outcome};
+use crate::store::{AppliedRelease, DeploymentRecord, LockRecord, ReleaseRecord, Store, StoreError};
+use crate::untrusted::HostText;
+use crate::verify::{Requirements, Verified, VerifyError, VerifyRelease};
+use crate::vm::{Fleet, GoldenVm, VmError};
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("no environment `{0}` in the manifests")]
+    UnknownEnvironment(String),
+    #[error("no service `{0}` in the manifests")]
+    UnknownService(String),
+    #[error("no recorded release of `{service}` matches `{reference}`")]
+    UnknownRelease { service: String, reference: String },
+    #[error("`{reference}` matches {count} releases of `{service}`; give more of the digest")]
+    AmbiguousRelease { service: String, reference: String, count: usize },
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error("release `{digest}` has not succeeded in `{after}`, which comes before `{environment}`")]
+    Gate { environment: String, after: String, digest: String },
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Receipt(#[from] ReceiptError),
+    #[error(transparent)]
+    Render(#[from] release::ReleaseError),
+    #[error(transparent)]
+    Tar(#[from] crate::tarball::TarError),
+    #[error("the plan was edited or forged: {} field(s) differ from what the manifests give now", diffs.len())]
+    PlanTampered { plan: String, diffs: Vec<FieldDiff> },
+    #[error("plan `{plan}` is stale: {} thing(s) moved since it was made", moved.len())]
+    Stale { plan: String, moved: Vec<Moved> },
+    #[error("`{service}` in `{environment}` is locked by {} on {} (pid {}, plan {}, since {})", holder.holder_user, holder.holder_host, holder.holder_pid, holder.plan_id, holder.since.to_rfc3339())]
+    Locked { environment: String, service: String, holder: Box<LockRecord>, liveness: Holder },
+    #[error("plan `{plan}` needs {need} approval(s) and has {have}")]
+    Approvals { plan: String, need: u32, have: usize },
+    #[error("no rollback target is recorded for `{service}` in `{environment}`")]
+    NoRollbackTarget { environment: String, service: String },
+    #[error("hosts of `{environment}` record different rollback targets ({targets}); choose one with `--to`")]
+    SplitRollbackTarget { environment: String, targets: String },
+    #[error("release `{release}` was never applied to `{service}` in `{environment}`, so it cannot be rolled back to")]
+    UnknownRollbackRelease { environment: String, service: String, release: String },
+    #[error("staging failed on host `{host}`: {reason}; no host was changed")]
+    Staging { host: String, reason: HostText },
+    #[error("interrupted before any host was changed")]
+    Interrupted,
+}
+
+impl DeployError {
+    /// A refusal by policy (exit 4) rather than a failure (exit 1) or bad input (exit 2).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::Verify(_)
+                | Self::Gate { .. }
+                | Self::Stale { .. }
+                | Self::Locked { .. }
+                | Self::Approvals { .. }
+                | Self::PlanTampered { .. }
+                | Self::Plan(_)
+        )
+    }
+
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            Self::UnknownEnvironment(_)
+                | Self::UnknownService(_)
+                | Self::UnknownRelease { .. }
+                | Self::AmbiguousRelease { .. }
+                | Self::UnknownRollbackRelease { .. }
+        )
+    }
+
+    /// The lines that explain a refusal: each host and field that moved, or each field
+    /// of a plan that differs, with both values.
+    pub fn details(&self) -> Vec<String> {
+        match self {
+            Self::Stale { moved, .. } => moved
+                .iter()
+                .map(|m| format!("host `{}`: {} was `{}` when planned, is `{}` now", m.host, m.field, m.planned, m.now))
+                .collect(),
+            Self::PlanTampered { diffs, .. } => diffs
+                .iter()
+                .map(|d| format!("`{}`: the plan file says `{}`, the manifests give `{}`", d.field, d.file, d.derived))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Progress of an apply, for whoever shows it.
+pub trait Sink: Send + Sync {
+    fn event(&self, line: &str);
+}
+
+/// The time, injected so the job can be tested.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The wall clock.
+#[derive(Debug)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// Set when the operator asks the run to stop (SIGINT, SIGTERM). The apply finishes the
+/// hosts it is moving, starts no more, and ends with an `interrupted` receipt.
+#[derive(Debug, Default)]
+pub struct Interrupt(AtomicU32);
+
+impl Interrupt {
+    pub const fn new() -> Self {
+        Self(AtomicU32::new(0))
+    }
+
+    /// Records one request to stop; returns how many there were.
+    pub fn request(&self) -> u32 {
+        self.0.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    pub fn requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst) > 0
+    }
+}
+
+/// What happened on each host, and how the rollout ended.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ApplyReport {
+    pub plan_id: String,
+    pub outcome: Outcome,
+    pub hosts: Vec<HostOutcome>,
+    pub receipt: String,
+    pub failure: Option<String>,
+}
+
+impl ApplyReport {
+    pub fn succeeded(&self) -> bool {
+        self.outcome == Outcome::Succeeded
+    }
+}
+
+/// Everything the job needs, gathered by the caller.
+pub struct Deployer<'a> {
+    pub set: &'a ManifestSet,
+    pub store: &'a dyn Store,
+    pub verifier: &'a dyn VerifyRelease,
+    pub operator: String,
+    pub sink: &'a dyn Sink,
+    pub clock: &'a dyn Clock,
+    pub interrupt: &'a Interrupt,
+    /// Where this control plane runs (lock records), and how to ask whether a pid exists.
+    pub machine: Machine,
+    pub pid_exists: fn(i64) -> bool,
+}
+
+/// The receipts of a run: where they go and what signs them.
+pub struct Receipts<'a> {
+    pub log: &'a ReceiptLog,
+    pub key: &'a SigningKey,
+}
+
+impl<'a> Deployer<'a> {
+    fn environment(&self, name: &str) -> Result<&'a Environment, DeployError> {
+        EnvName::new(name)
+            .ok()
+            .and_then(|n| self.set.environment(&n))
+            .ok_or_else(|| DeployError::UnknownEnvironment(name.into()))
+    }
+
+    fn service(&self, name: &str) -> Result<&'a Service, DeployError> {
+        ServiceName::new(name)
+            .ok()
+            .and_then(|n| self.set.service(&n))
+            .ok_or_else(|| DeployError::UnknownService(name.into()))
+    }
+
+    fn now(&self) -> String {
+        self.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    }
+
+    /// The recorded release `reference` names: `repo@sha256:...`, `sha256:...` or a digest prefix.
+    pub async fn resolve_release(&self, service: &Service, reference: &str) -> Result<ReleaseRecord, DeployError> {
+        crate::catalog::resolve(self.store, service.name.as_str(), reference).await
+    }
+
+    async fn verify_record(&self, env: &Environment, record: &ReleaseRecord) -> Result<Verified, DeployError> {
+        let image = PinnedImage {
+            repository: Repository::new(&record.repository)
+                .map_err(|e| VerifyError::BadReference(record.repository.clone(), e))?,
+            digest: Digest::new(&record.digest).map_err(|e| VerifyError::BadReference(record.digest.clone(), e))?,
+        };
+        let req = Requirements {
+            provenance: env.require_provenance,
+            sbom: env.require_sbom,
+            commit: Some(record.source_commit.clone()),
+        };
+        Ok(self.verifier.verify_release(&image, &req).await?)
+    }
+
+    /// A release reaches an environment only after it succeeded on every host of the one before.
+    async fn gate(&self, env: &Environment, service: &Service, digest: &str) -> Result<(), DeployError> {
+        let Some(after) = &env.after else { return Ok(()) };
+        let gate =
+            || DeployError::Gate { environment: env.name.to_string(), after: after.to_string(), digest: digest.into() };
+        let Some(prev) = self.set.environment(after) else { return Err(gate()) };
+        let recorded = self.store.deployments(after.as_str(), service.name.as_str()).await?;
+        let everywhere =
+            prev.hosts.iter().all(|h| recorded.iter().any(|d| d.host == h.name.as_str() && d.digest == digest));
+        if everywhere {
+            Ok(())
+        } else {
+            Err(gate())
+        }
+    }
+
+    /// Observes `service` on every host of `env` (one round trip each, all at once).
+    pub async fn observe(
+        &self,
+        fleet: &Fleet,
+        env: &Environment,
+        service: &Service,
+        target: Option<&str>,
+    ) -> Result<Vec<(String, Observation)>, DeployError> {
+        let futs = env.hosts.iter().map(|h| async move {
+            let vm = vm(fleet, h.name.as_str())?;
+            Ok::<_, DeployError>((h.name.to_string(), vm.probe(service, target).await?))
+        });
+        futures::future::join_all(futs).await.into_iter().collect()
+    }
+
+    /// Content hashes of recorded releases, and the release recorded per host.
+    async fn recorded(
+        &self,
+        env: &Environment,
+        service: &Service,
+    ) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>), DeployError> {
+        let mut hashes = BTreeMap::new();
+        let mut per_host = BTreeMap::new();
+        for d in self.store.deployments(env.name.as_str(), service.name.as_str()).await? {
+            if !d.release_id.is_empty() {
+                hashes.insert(d.release_id.clone(), d.content_hash.clone());
+                per_host.insert(d.host.clone(), d.release_id.clone());
+            }
+        }
+        Ok((hashes, per_host))
+    }
+
+    /// Plans a promotion of `reference` to `env`. Changes nothing anywhere.
+    pub async fn plan_promotion(
+        &self,
+        fleet: &Fleet,
+        env_name: &str,
+        service_name: &str,
+        reference: &str,
+    ) -> Result<Plan, DeployError> {
+        let env = self.environment(env_name)?;
+        let service = self.service(service_name)?;
+        let record = self.resolve_release(service, reference).await?;
+        self.derive_promotion(fleet, env, service, &record).await
+    }
+
+    /// The promotion plan for `record`, derived from the manifests, the store and the hosts.
+    async fn derive_promotion(
+        &self,
+        fleet: &Fleet,
+        env: &Environment,
+        service: &Service,
+        record: &ReleaseRecord,
+    ) -> Result<Plan, DeployError> {
+        let verified = self.verify_record(env, record).await?;
+        self.gate(env, service, &record.digest).await?;
+        let content = release::render(&ReleaseInput {
+            service,
+            environment: &env.name,
+            image: &verified.image,
+            source_commit: &record.source_commit,
+            signer_key_id: &verified.signature.key_id,
+            provenance: verified.provenance().map(|p| p.layer.as_str()),
+            sbom: verified.sbom().map(|p| p.layer.as_str()),
+        })?;
+        let observed = self.observe(fleet, env, service, None).await?;
+        let (known, recorded) = self.recorded(env, service).await?;
+        let planned = PlannedRelease {
+            release_id: content.id.clone(),
+            image: verified.image.to_string(),
+            digest: verified.image.digest.to_string(),
+            source_commit: record.source_commit.clone(),
+            signer_key_id: verified.signature.key_id.clone(),
+            provenance: content.json.provenance.clone(),
+            sbom: content.json.sbom.clone(),
+            content_hash: content.content_hash.clone(),
+        };
+        Ok(plan::build(&PlanInput {
+            kind: PlanKind::Promote,
+            environment: env,
+            service,
+            release: planned,
+            content: Some(&content),
+            observed: &observed,
+            known_hashes: &known,
+            recorded: &recorded,
+        })?)
+    }
+
+    /// Plans a rollback to the recorded rollback target, or to release `to`.
+    pub async fn plan_rollback(
+        &self,
+        fleet: &Fleet,
+        env_name: &str,
+        service_name: &str,
+        to: Option<&str>,
+    ) -> Result<Plan, DeployError> {
+        let env = self.environment(env_name)?;
+        let service = self.service(service_name)?;
+        let (e, s) = (env.name.to_string(), service.name.to_string());
+        let target = match to {
+            Some(t) => t.to_owned(),
+            None => {
+                let recorded = self.store.deployments(&e, &s).await?;
+                let mut targets: Vec<String> =
+                    recorded.iter().filter_map(|d| d.rollback_target.clone()).filter(|t| !t.is_empty()).collect();
+                targets.sort();
+                targets.dedup();
+                match targets.len() {
+                    0 => return Err(DeployError::NoRollbackTarget { environment: e, service: s }),
+                    1 => targets.remove(0),
+                    _ => return Err(DeployError::SplitRollbackTarget { environment: e, targets: targets.join(", ") }),
+                }
+            }
+        };
+        self.derive_rollback(fleet, env, service, &target).await
+    }
+
+    /// The rollback plan to release `target`, derived from the store and the hosts.
+    async fn derive_rollback(
+        &self,
+        fleet: &Fleet,
+        env: &Environment,
+        service: &Service,
+        target: &str,
+    ) -> Result<Plan, DeployError> {
+        let (e, s) = (env.name.to_string(), service.name.to_string());
+        let applied = self.store.applied_release(&e, &s, target).await?.ok_or_else(|| {
+            DeployError::UnknownRollbackRelease { environment: e.clone(), service: s.clone(), release: target.into() }
+        })?;
+        // Going back is still a deployment: the image must still verify.
+        let record = ReleaseRecord {
+            service: s.clone(),
+            digest: applied.digest.clone(),
+            repository: applied.image.split('@').next().unwrap_or_default().to_owned(),
+            source_commit: applied.source_commit.clone(),
+            signer_key_id: applied.signer_key_id.clone(),
+            provenance: applied.provenance.clone(),
+            sbom: applied.sbom.clone(),
+            evidence: String::new(),
+            added_at: applied.applied_at,
+            added_by: String::new(),
+        };
+        let verified = self.verify_record(env, &record).await?;
+        let observed = self.observe(fleet, env, service, Some(target)).await?;
+        let (known, recorded) = self.recorded(env, service).await?;
+        let planned = PlannedRelease {
+            release_id: target.to_owned(),
+            image: verified.image.to_string(),
+            digest: applied.digest,
+            source_commit: applied.source_commit,
+            signer_key_id: verified.signature.key_id.clone(),
+            provenance: applied.provenance,
+            sbom: applied.sbom,
+            content_hash: applied.content_hash,
+        };
+        Ok(plan::build(&PlanInput {
+            kind: PlanKind::Rollback,
+            environment: env,
+            service,
+            release: planned,
+            content: None,
+            observed: &observed,
+            known_hashes: &known,
+            recorded: &recorded,
+        })?)
+    }
+
+    /// Records a refusal that happened before a plan existed (verification, gate), when
+    /// the operator asked to apply: every apply attempt ends with a receipt.
+    pub async fn record_refusal(
+        &self,
+        env: &str,
+        service: &str,
+        e: &DeployError,
+        receipts: &Receipts<'_>,
+    ) -> Result<String, DeployError> {
+        let body = ReceiptBody {
+            kind: ReceiptKind::Refusal,
+            time: self.now(),
+            operator: self.operator.clone(),
+            plan_id: None,
+            environment: Some(env.to_owned()),
+            service: Some(service.to_owned()),
+            release: None,
+            hosts: Vec::new(),
+            approvals: Vec::new(),
+            outcome: "refused".into(),
+            detail: Some(refusal_detail(e)),
+        };
+        Ok(receipts.log.append(body, receipts.key, Some(self.store)).await?.file_name())
+    }
+
+    /// Applies what `requested` asks for, or refuses it. `requested` is not believed: the
+    /// plan is derived again here, and the request must match it exactly (policy fields
+    /// come from the manifests, hosts must not have moved). Every outcome past reading the
+    /// request ends with a receipt.
+    pub async fn apply(
+        &self,
+        fleet: &Fleet,
+        requested: &Plan,
+        receipts: &Receipts<'_>,
+    ) -> Result<ApplyReport, DeployError> {
+        let env = self.environment(&requested.environment)?;
+        let service = self.service(&requested.service)?;
+        let requested_id = requested.id();
+        let id = &requested_id;
+        let refuse = |e: DeployError| async move {
+            let body = ReceiptBody {
+                kind: ReceiptKind::Refusal,
+                time: self.now(),
+                operator: self.operator.clone(),
+                plan_id: Some(id.clone()),
+                environment: Some(env.name.to_string()),
+                service: Some(service.name.to_string()),
+                release: None,
+                hosts: Vec::new(),
+                approvals: Vec::new(),
+                outcome: "refused".into(),
+                detail: Some(refusal_detail(&e)),
+            };
+            receipts.log.append(body, receipts.key, Some(self.store)).await?;
+            Err::<ApplyReport, _>(e)
+        };
+
+        // 1. Derive the plan again: verification, the gate, rendering and observation all
+        //    run now. A release that is not recorded cannot be promoted from a file.
+        let derived = match requested.kind {
+            PlanKind::Promote => {
+                let record = match self.store.release(service.name.as_str(), &requested.release.digest).await? {
+                    Some(r) => r,
+                    None => {
+                        return refuse(DeployError::UnknownRelease {
+                            service: service.name.to_string(),
+                            reference: requested.release.digest.clone(),
+                        })
+                        .await
+                    }
+                };
+                self.derive_promotion(fleet, env, service, &record).await
+            }
+            PlanKind::Rollback => self.derive_rollback(fleet, env, service, &requested.release.release_id).await,
+        };
+        let plan = match derived {
+            Ok(p) => p,
+            Err(e @ (DeployError::Verify(_) | DeployError::Gate { .. } | DeployError::Plan(_))) => {
+                return refuse(e).await
+            }
+            Err(e @ DeployError::UnknownRollbackRelease { .. }) => return refuse(e).await,
+            Err(e) => return Err(e),
+        };
+        match plan::compare(requested, &plan) {
+            Ok(()) => {}
+            Err(Mismatch::Stale(moved)) => {
+                return refuse(DeployError::Stale { plan: requested_id.clone(), moved }).await
+            }
+            Err(Mismatch::Tampered(diffs)) => {
+                return refuse(DeployError::PlanTampered { plan: requested_id.clone(), diffs }).await
+            }
+        }
+        let plan_id = plan.id();
+
+        // 2. Approvals, counted per distinct approver against what the environment needs now.
+        let approvals = self.store.approvals(&plan_id).await?;
+        let mut approvers: Vec<&str> = approvals.iter().map(|a| a.approver.as_str()).collect();
+        approvers.sort_unstable();
+        approvers.dedup();
+        if (approvers.len() as u32) < env.approvals {
+            return refuse(DeployError::Approvals { plan: plan_id, need: env.approvals, have: approvers.len() }).await;
+        }
+        let approval_records: Vec<ApprovalRecord> = approvals
+            .iter()
+            .map(|a| ApprovalRecord { approver: a.approver.clone(), at: a.approved_at.to_rfc3339() })
+            .collect();
+        if self.interrupt.requested() {
+            return self.finish_interrupted_early(&plan, approval_records, receipts).await;
+        }
+
+        // 3. The lock.
+        let lock = LockRecord {
+            environment: plan.environment.clone(),
+            service: plan.service.clone(),
+            holder_user: self.operator.clone(),
+            holder_host: self.machine.hostname.clone(),
+            holder_pid: i64::from(std::process::id()),
+            holder_boot: self.machine.boot_id.clone(),
+            plan_id: plan_id.clone(),
+            since: self.clock.now(),
+        };
+        if let Err(holder) = self.store.try_lock(&lock).await? {
+            let liveness = lock::holder(&holder, &self.machine, self.pid_exists);
+            return refuse(DeployError::Locked {
+                environment: plan.environment.clone(),
+                service: plan.service.clone(),
+                holder: Box::new(holder),
+                liveness,
+            })
+            .await;
+        }
+        let run = Run { d: self, fleet, plan: &plan, plan_id: &plan_id, env, service, approvals: approval_records };
+        let result = run.apply_locked(receipts).await;
+        self.store.unlock(&plan.environment, &plan.service, &plan_id).await?;
+        result
+    }
+
+    /// A stop asked for before the lock: nothing moved; the receipt says so.
+    async fn finish_interrupted_early(
+        &self,
+        plan: &Plan,
+        approvals: Vec<ApprovalRecord>,
+        receipts: &Receipts<'_>,
+    ) -> Result<ApplyReport, DeployError> {
+        let body = receipt_body(self, plan, &plan.id(), approvals, Outcome::Interrupted.as_str(), None, Vec::new());
+        receipts.log.append(body, receipts.key, Some(self.store)).await?;
+        Err(DeployError::Interrupted)
+    }
+}
+
+/// A saved plan file, read strictly. Its content is checked against its `plan_id` and then
+/// treated as a request ([`Deployer::apply_saved`]).
+pub fn read_saved(text: &str) -> Result<plan::SavedPlan, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
+impl Deployer<'_> {
+    /// Applies a saved plan: the id it was shown with must be the hash of what it says,
+    /// then [`Deployer::apply`] derives the plan again and compares.
+    pub async fn apply_saved(
+        &self,
+        fleet: &Fleet,
+        saved: &plan::SavedPlan,
+        receipts: &Receipts<'_>,
+    ) -> Result<ApplyReport, DeployError> {
+        let actual = saved.plan.id();
+        if actual != saved.plan_id {
+            let e = DeployError::PlanTampered {
+                plan: saved.plan_id.clone(),
+                diffs: vec![FieldDiff { field: "plan_id".into(), file: saved.plan_id.clone(), derived: actual }],
+            };
+            let body = ReceiptBody {
+                kind: ReceiptKind::Refusal,
+                time: self.now(),
+                operator: self.operator.clone(),
+                plan_id: Some(saved.plan_id.clone()),
+                environment: self.environment(&saved.plan.environment).ok().map(|e| e.name.to_string()),
+                service: self.service(&saved.plan.service).ok().map(|s| s.name.to_string()),
+                release: None,
+                hosts: Vec::new(),
+                approvals: Vec::new(),
+                outcome: "refused".into(),
+                detail: Some(refusal_detail(&e)),
+            };
+            receipts.log.append(body, receipts.key, Some(self.store)).await?;
+            return Err(e);
+        }
+        self.apply(fleet, &saved.plan, receipts).await
+    }
+}
+
+fn vm<'f>(fleet: &'f Fleet, name: &str) -> Result<&'f dyn GoldenVm, DeployError> {
+    fleet.get(name).ok_or_else(|| {
+        DeployError::Vm(VmError::Probe { host: name.into(), reason: HostText::new("the host is not connected") })
+    })
+}
+
+/// The text a refusal receipt carries: the error and its details.
+fn refusal_detail(e: &DeployError) -> String {
+    std::iter::once(e.to_string()).chain(e.details()).collect::<Vec<_>>().join("\n")
+}
+
+fn receipt_body(
+    d: &Deployer<'_>,
+    plan: &Plan,
+    plan_id: &str,
+    approvals: Vec<ApprovalRecord>,
+    outcome: &str,
+    detail: Option<String>,
+    hosts: Vec<HostOutcome>,
+) -> ReceiptBody {
+    ReceiptBody {
+        kind: if plan.kind == PlanKind::Promote { ReceiptKind::Apply } else { ReceiptKind::Rollback },
+        time: d.now(),
+        operator: d.operator.clone(),
+        plan_id: Some(plan_id.to_owned()),
+        environment: Some(plan.environment.clone()),
+        service: Some(plan.service.clone()),
+        release: Some(ReceiptRelease {
+            repository: plan.release.image.split('@').next().unwrap_or_default().to_owned(),
+            digest: plan.release.digest.clone(),
+            source_commit: plan.release.source_commit.clone(),
+            signer_key_id: plan.release.signer_key_id.clone(),
+            provenance: plan.release.provenance.clone(),
+            sbom: plan.release.sbom.clone(),
+        }),
+        hosts,
+        approvals,
+        outcome: outcome.into(),
+        detail,
+    }
+}
+
+/// One apply under the lock: a derived plan walked through the fleet.
+struct Run<'r, 'a> {
+    d: &'r Deployer<'a>,
+    fleet: &'r Fleet,
+    plan: &'r Plan,
+    plan_id: &'r str,
+    env: &'a Environment,
+    service: &'a Service,
+    approvals: Vec<ApprovalRecord>,
+}
+
+impl Run<'_, '_> {
+    fn body(&self, outcome: &str, detail: Option<String>, hosts: Vec<HostOutcome>) -> ReceiptBody {
+        receipt_body(self.d, self.plan, self.plan_id, self.approvals.clone(), outcome, detail, hosts)
+    }
+
+    fn deployment(&self, host: &str, prev: Option<&DeploymentRecord>) -> DeploymentRecord {
+        prev.cloned().unwrap_or_else(|| DeploymentRecord {
+            environment: self.plan.environment.clone(),
+            service: self.plan.service.clone(),
+            host: host.to_owned(),
+            release_id: String::new(),
+            digest: String::new(),
+            source_commit: String::new(),
+            content_hash: String::new(),
+            rollback_target: None,
+            plan_id: String::new(),
+            updated_at: self.d.clock.now(),
+        })
+    }
+
+    async fn apply_locked(&self, receipts: &Receipts<'_>) -> Result<ApplyReport, DeployError> {
+        let (d, plan) = (self.d, self.plan);
+        let existing: BTreeMap<String, DeploymentRecord> = d
+            .store
+            .deployments(&plan.environment, &plan.service)
+            .await?
+            .into_iter()
+            .map(|r| (r.host.clone(), r))
+            .collect();
+
+        // 4. Record the way back before the first host is touched.
+        for h in plan.hosts.iter().filter(|h| h.action == Action::Change) {
+            let mut r = self.deployment(&h.host, existing.get(&h.host));
+            r.rollback_target = h.rollback_target.clone();
+            r.plan_id = self.plan_id.to_owned();
+            r.updated_at = d.clock.now();
+            d.store.put_deployment(&r).await?;
+        }
+        d.store
+            .put_applied_release(&AppliedRelease {
+                environment: plan.environment.clone(),
+                service: plan.service.clone(),
+                release_id: plan.release.release_id.clone(),
+                image: plan.release.image.clone(),
+                digest: plan.release.digest.clone(),
+                source_commit: plan.release.source_commit.clone(),
+                content_hash: plan.release.content_hash.clone(),
+                signer_key_id: plan.release.signer_key_id.clone(),
+                provenance: plan.release.provenance.clone(),
+                sbom: plan.release.sbom.clone(),
+                applied_at: d.clock.now(),
+            })
+            .await?;
+
+        let mut outcomes: BTreeMap<String, HostOutcome> = plan
+            .hosts
+            .iter()
+            .map(|h| {
+                let (outcome, after) = match h.action {
+                    Action::None => ("unchanged", Some(h.after.clone())),
+                    Action::Change => ("untouched", h.before.clone()),
+                };
+                let o = HostOutcome {
+                    host: h.host.clone(),
+                    before: h.before.clone(),
+                    after,
+                    rollback_target: h.rollback_target.clone(),
+                    outcome: outcome.into(),
+                    detail: None,
+                };
+                (h.host.clone(), o)
+            })
+            .collect();
+
+        // 5. Stage everywhere first: staging changes nothing live, and a failure here stops
+        //    the rollout before any host moved.
+        if plan.kind == PlanKind::Promote && !plan.is_noop() {
+            if let Err(e) = self.stage_all().await {
+                let r = receipts
+                    .log
+                    .append(
+                        self.body("failed", Some(e.to_string()), outcomes.into_values().collect()),
+                        receipts.key,
+                        Some(d.store),
+                    )
+                    .await?;
+                d.sink.event(&format!("receipt {}", r.file_name()));
+                return Err(e);
+            }
+        }
+
+        // 6. Batch by batch: each host walks its steps (the core decides each next one);
+        //    the next batch starts only if every host of this one is healthy.
+        let mut ends: BTreeMap<String, HostEnd> = BTreeMap::new();
+        let mut failure = None;
+        for (i, batch) in plan.batches.iter().enumerate() {
+            if d.interrupt.requested() {
+                break;
+            }
+            d.sink.event(&format!(
+                "batch {} of {}{}: {}",
+                i + 1,
+                plan.batches.len(),
+                if i == 0 { " (canary)" } else { "" },
+                batch.join(", ")
+            ));
+            let results = futures::future::join_all(batch.iter().map(|name| self.move_host(name))).await;
+            for (name, end) in batch.iter().zip(results) {
+                let Some(o) = outcomes.get_mut(name) else { continue };
+                o.outcome = end.outcome().into();
+                match &end {
+                    HostEnd::Changed => {
+                        o.after = Some(plan.release.release_id.clone());
+                        let mut r = self.deployment(name, existing.get(name));
+                        r.release_id = plan.release.release_id.clone();
+                        r.digest = plan.release.digest.clone();
+                        r.source_commit = plan.release.source_commit.clone();
+                        r.content_hash = plan.release.content_hash.clone();
+                        r.rollback_target = o.rollback_target.clone().or(r.rollback_target);
+                        r.plan_id = self.plan_id.to_owned();
+                        r.updated_at = d.clock.now();
+                        d.store.put_deployment(&r).await?;
+                        d.sink.event(&format!("{name}: {} is live and healthy", plan.release.release_id));
+                    }
+                    HostEnd::RolledBack { reason } => {
+                        o.after = o.before.clone();
+                        o.detail = Some(HostText::new(reason));
+                        d.sink.event(&format!("{name}: FAILED: {reason}; rolled back"));
+                        failure.get_or_insert(format!(
+                            "host `{name}` failed in batch {} of {}: {reason}",
+                            i + 1,
+                            plan.batches.len()
+                        ));
+                    }
+                    HostEnd::Failed { reason, back } => {
+                        o.after = None;
+                        o.detail = Some(HostText::new(&format!("{reason}; the way back failed too: {back}")));
+                        d.sink.event(&format!("{name}: FAILED: {reason}; could not be rolled back: {back}"));
+                        failure.get_or_insert(format!(
+                            "host `{name}` failed in batch {} of {} and could not be rolled back: {reason}",
+                            i + 1,
+                            plan.batches.len()
+                        ));
+                    }
+                }
+                ends.insert(name.clone(), end);
+            }
+            let batch_ends: Vec<HostEnd> = batch.iter().filter_map(|n| ends.get(n).cloned()).collect();
+            if !rollout::continue_after(&batch_ends, false) {
+                break;
+            }
+        }
+        let interrupted = d.interrupt.requested();
+        let changing: Vec<Option<HostEnd>> =
+            plan.hosts.iter().filter(|h| h.action == Action::Change).map(|h| ends.get(&h.host).cloned()).collect();
+        let outcome = rollout::outcome(&changing, interrupted);
+        if outcome == Outcome::Interrupted {
+            failure.get_or_insert_with(|| "interrupted: no further host was started".into());
+            d.sink.event("interrupted: the hosts that were moving finished; no further host was started");
+        }
+        let hosts: Vec<HostOutcome> = outcomes.into_values().collect();
+        let r = receipts
+            .log
+            .append(self.body(outcome.as_str(), failure.clone(), hosts.clone()), receipts.key, Some(d.store))
+            .await?;
+        Ok(ApplyReport { plan_id: self.plan_id.to_owned(), outcome, hosts, receipt: r.file_name(), failure })
+    }
+
+    async fn stage_all(&self) -> Result<(), DeployError> {
+        let plan = self.plan;
+        let files = plan
+            .decoded_files()
+            .map_err(|reason| DeployError::Staging { host: "*".into(), reason: HostText::new(&reason) })?;
+        let tar = crate::tarball::tar(&files.iter().map(|(p, b)| (p.as_str(), b.as_slice())).collect::<Vec<_>>())?;
+        let stage_all = plan.hosts.iter().filter(|h| h.action == Action::Change).map(|h| {
+            let tar = &tar;
+            async move {
+                let result = match self.fleet.get(&h.host) {
+                    Some(vm) => vm.stage(self.service, &plan.release.release_id, &plan.release.content_hash, tar).await,
+                    None => Err(HostText::new("the host is not connected")),
+                };
+                (h.host.clone(), result)
+            }
+        });
+        for (name, result) in futures::future::join_all(stage_all).await {
+            match result {
+                Ok(()) => self.d.sink.event(&format!("staged `{}` on {name}", plan.release.release_id)),
+                Err(reason) => return Err(DeployError::Staging { host: name, reason }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Walks one host through its steps; the core's [`HostMove`] decides each next one.
+    async fn move_host(&self, name: &str) -> HostEnd {
+        let target = self.plan.hosts.iter().find(|h| h.host == name).and_then(|h| h.rollback_target.as_deref());
+        let mut machine = HostMove::new(&self.plan.release.release_id, target);
+        let Some(vm) = self.fleet.get(name) else {
+            return HostEnd::Failed { reason: "the host is not connected".into(), back: "not attempted".into() };
+        };
+        let health = Duration::from_secs(self.env.rollout.health_timeout_secs);
+        let mut step = machine.first();
+        loop {
+            let result = vm.step(self.service, &step, health).await.map_err(|t| t.to_string());
+            if let Err(e) = &result {
+                if !matches!(step, rollout::Step::Swap(_) | rollout::Step::Activate(_) | rollout::Step::Health) {
+                    self.d.sink.event(&format!("{name}: the way back failed: {e}"));
+                }
+            }
+            match machine.after(&step, result) {
+                Next::Run(s) => step = s,
+                Next::Done(end) => return end,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

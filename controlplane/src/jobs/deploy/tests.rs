@@ -1,0 +1,541 @@
+//! The apply job against fake golden VMs (an in-memory release tree per host), a real
+//! in-memory SQLite store and a real receipt log: every failure path in milliseconds.
+//! The lab tests in `tests/promotion.rs` run the same job over SSH end to end.
+
+use super::*;
+use crate::keys::SigningKey;
+use crate::observe::Current;
+use crate::rollout::Step;
+use crate::store::SqliteStore;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+const DIGEST_1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const DIGEST_2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+const REPO: &str = "127.0.0.1:5000/demo/api";
+
+/// The example manifests with `prod` made of four hosts in batches of two.
+fn manifests(prod_extra: &str) -> ManifestSet {
+    let mut files: BTreeMap<PathBuf, String> =
+        crate::manifest::example::FILES.iter().map(|(p, t)| (PathBuf::from(p), (*t).to_owned())).collect();
+    let staging = files[Path::new("environments/staging.toml")].clone();
+    let host = |n: usize| {
+        staging
+            .split("[[host]]")
+            .nth(1)
+            .unwrap()
+            .replace("stage-1", &format!("prod-{n}"))
+            .replace("2201", &format!("23{n:02}"))
+    };
+    let prod = format!(
+        "after = \"staging\"\napprovals = 0\n{prod_extra}\n[rollout]\nbatch = 2\nhealth_timeout_secs = 30\n{}",
+        (1..=4).map(|n| format!("[[host]]{}", host(n))).collect::<String>()
+    );
+    files.insert(PathBuf::from("environments/prod.toml"), prod);
+    crate::manifest::validate(Path::new("m"), &files).unwrap_or_else(|d| panic!("{d:#?}"))
+}
+
+/// One host's tree: releases by id (files), `current`, and what the runtime runs.
+#[derive(Debug, Default, Clone)]
+struct Tree {
+    releases: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    current: Option<String>,
+    running: Option<String>,
+}
+
+/// What the fakes should do: fail a step on a host, or deliver an interrupt while a
+/// host runs a step (as SIGINT would arrive mid-step).
+#[derive(Default)]
+struct Script {
+    fail: Vec<(String, &'static str)>,
+    fail_stage: Vec<String>,
+    interrupt_at: Option<(String, &'static str)>,
+    /// Health output, as an untrusted workload might print it.
+    health_stderr: String,
+}
+
+struct FakeVm {
+    name: String,
+    tree: Arc<Mutex<Tree>>,
+    script: Arc<Mutex<Script>>,
+    interrupt: &'static Interrupt,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+#[async_trait::async_trait]
+impl GoldenVm for FakeVm {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn probe(&self, _service: &Service, target: Option<&str>) -> Result<Observation, VmError> {
+        let t = self.tree.lock().unwrap().clone();
+        let live = t.current.as_ref().and_then(|id| t.releases.get(id));
+        let json = live.and_then(|f| f.get("release.json").cloned());
+        Ok(Observation {
+            current: t.current.clone().map_or(Current::Missing, Current::Release),
+            release_json_sha256: json.as_ref().map(|b| crate::image::Digest::of(b).to_string()),
+            release_json: json,
+            content_hash: live.map(release::content_hash),
+            odd_entries: Vec::new(),
+            target_hash: target.and_then(|id| t.releases.get(id)).map(release::content_hash),
+            running: t.running.as_deref().map(HostText::new),
+        })
+    }
+
+    async fn stage(&self, _service: &Service, id: &str, content_hash: &str, tar: &[u8]) -> Result<(), HostText> {
+        self.log.lock().unwrap().push(format!("{}: stage {id}", self.name));
+        if self.script.lock().unwrap().fail_stage.contains(&self.name) {
+            return Err(HostText::new("staging exited with status 1: disk full"));
+        }
+        let mut files = BTreeMap::new();
+        for entry in tar::Archive::new(tar).entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().display().to_string();
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+            files.insert(path, bytes);
+        }
+        if release::content_hash(&files) != content_hash {
+            return Err(HostText::new("staged content does not hash as planned"));
+        }
+        self.tree.lock().unwrap().releases.insert(id.to_owned(), files);
+        Ok(())
+    }
+
+    async fn step(&self, _service: &Service, step: &Step, _health: Duration) -> Result<(), HostText> {
+        let what = step.describe();
+        self.log.lock().unwrap().push(format!("{}: {what}", self.name));
+        let script = self.script.lock().unwrap();
+        if script.interrupt_at.as_ref().is_some_and(|(h, s)| *h == self.name && *s == what) {
+            self.interrupt.request();
+        }
+        if script.fail.iter().any(|(h, s)| *h == self.name && *s == what) {
+            return Err(HostText::new(&format!("exited with status 1: {}", script.health_stderr)));
+        }
+        drop(script);
+        let mut t = self.tree.lock().unwrap();
+        match step {
+            Step::Swap(id) | Step::SwapBack(id) => {
+                if !t.releases.contains_key(id) {
+                    return Err(HostText::new(&format!("release {id} is not staged")));
+                }
+                t.current = Some(id.clone());
+            }
+            Step::Activate(id) | Step::Reactivate(id) => {
+                let json: release::ReleaseJson = serde_json::from_slice(&t.releases[id]["release.json"])
+                    .map_err(|e| HostText::new(&e.to_string()))?;
+                t.running = Some(json.digest);
+            }
+            Step::Health => {}
+            Step::Unset => {
+                t.current = None;
+                t.running = None;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Verifies;
+
+#[async_trait::async_trait]
+impl VerifyRelease for Verifies {
+    async fn verify_release(&self, image: &PinnedImage, _req: &Requirements) -> Result<Verified, VerifyError> {
+        Ok(Verified::for_tests(image.clone(), "release-key"))
+    }
+}
+
+struct Quiet;
+
+impl Sink for Quiet {
+    fn event(&self, _line: &str) {}
+}
+
+struct FixedClock;
+
+impl Clock for FixedClock {
+    fn now(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_790_000_000, 0).unwrap()
+    }
+}
+
+/// A control plane and four fake prod hosts (plus one staging host).
+struct World {
+    set: ManifestSet,
+    store: SqliteStore,
+    trees: BTreeMap<String, Arc<Mutex<Tree>>>,
+    script: Arc<Mutex<Script>>,
+    interrupt: &'static Interrupt,
+    log: Arc<Mutex<Vec<String>>>,
+    receipts_dir: tempfile::TempDir,
+    key: SigningKey,
+}
+
+impl World {
+    async fn new() -> Self {
+        Self::with(manifests("")).await
+    }
+
+    async fn with(set: ManifestSet) -> Self {
+        let store = SqliteStore::in_memory().await.unwrap();
+        for (digest, commit) in [(DIGEST_1, "aaaaaaa"), (DIGEST_2, "bbbbbbb")] {
+            store
+                .put_release(&ReleaseRecord {
+                    service: "api".into(),
+                    digest: digest.into(),
+                    repository: REPO.into(),
+                    source_commit: commit.into(),
+                    signer_key_id: "release-key".into(),
+                    provenance: None,
+                    sbom: None,
+                    evidence: String::new(),
+                    added_at: FixedClock.now(),
+                    added_by: "ci".into(),
+                })
+                .await
+                .unwrap();
+        }
+        let trees = set
+            .environments
+            .iter()
+            .flat_map(|e| &e.hosts)
+            .map(|h| (h.name.to_string(), Arc::new(Mutex::new(Tree::default()))))
+            .collect();
+        Self {
+            set,
+            store,
+            trees,
+            script: Arc::default(),
+            interrupt: Box::leak(Box::new(Interrupt::new())),
+            log: Arc::default(),
+            receipts_dir: tempfile::tempdir().unwrap(),
+            key: SigningKey::generate().unwrap(),
+        }
+    }
+
+    fn fleet(&self, env: &str) -> Fleet {
+        let env = self.set.environments.iter().find(|e| e.name.as_str() == env).unwrap();
+        Fleet::new(env.hosts.iter().map(|h| {
+            Box::new(FakeVm {
+                name: h.name.to_string(),
+                tree: self.trees[h.name.as_str()].clone(),
+                script: self.script.clone(),
+                interrupt: self.interrupt,
+                log: self.log.clone(),
+            }) as Box<dyn GoldenVm>
+        }))
+    }
+
+    fn deployer<'a>(&'a self, verifier: &'a dyn VerifyRelease) -> Deployer<'a> {
+        Deployer {
+            set: &self.set,
+            store: &self.store,
+            verifier,
+            operator: "alice".into(),
+            sink: &Quiet,
+            clock: &FixedClock,
+            interrupt: self.interrupt,
+            machine: Machine { hostname: "ops-1".into(), boot_id: "boot-1".into() },
+            pid_exists: |pid| pid == i64::from(std::process::id()),
+        }
+    }
+
+    fn log(&self) -> ReceiptLog {
+        ReceiptLog::new(self.receipts_dir.path())
+    }
+
+    async fn plan(&self, env: &str, digest: &str) -> Result<Plan, DeployError> {
+        self.deployer(&Verifies).plan_promotion(&self.fleet(env), env, "api", digest).await
+    }
+
+    async fn apply(&self, plan: &Plan) -> Result<ApplyReport, DeployError> {
+        let log = self.log();
+        let receipts = Receipts { log: &log, key: &self.key };
+        self.deployer(&Verifies).apply(&self.fleet(&plan.environment), plan, &receipts).await
+    }
+
+    /// Plans and applies `digest` to `env`, expecting success.
+    async fn promote(&self, env: &str, digest: &str) -> ApplyReport {
+        let plan = self.plan(env, digest).await.unwrap();
+        let r = self.apply(&plan).await.unwrap();
+        assert_eq!(r.outcome, Outcome::Succeeded, "{r:#?}");
+        r
+    }
+
+    fn current(&self, host: &str) -> Option<String> {
+        self.trees[host].lock().unwrap().current.clone()
+    }
+
+    /// `current` of prod-1..prod-4.
+    fn prod(&self) -> Vec<Option<String>> {
+        (1..=4).map(|n| self.current(&format!("prod-{n}"))).collect()
+    }
+
+    fn receipts(&self) -> Vec<crate::receipt::Receipt> {
+        let (files, _) = self.log().read().unwrap();
+        files.iter().map(|f| serde_json::from_slice(&f.bytes).unwrap()).collect()
+    }
+
+    fn last_receipt(&self) -> crate::receipt::Receipt {
+        self.receipts().pop().expect("a receipt")
+    }
+
+    /// v1 everywhere (staging first, as the gate wants), then v2 through staging; returns
+    /// prod's v1 release and the plan that takes prod to v2.
+    async fn v1_live_and_v2_in_staging(&self) -> (String, Plan) {
+        self.promote("staging", DIGEST_1).await;
+        let v1 = self.promote("prod", DIGEST_1).await.hosts[0].after.clone().unwrap();
+        self.promote("staging", DIGEST_2).await;
+        (v1, self.plan("prod", DIGEST_2).await.unwrap())
+    }
+}
+
+#[tokio::test]
+async fn a_rollout_moves_every_batch_and_records_the_way_back() {
+    let w = World::new().await;
+    let (v1, plan) = w.v1_live_and_v2_in_staging().await;
+    assert_eq!(plan.batches, vec![vec!["prod-1", "prod-2"], vec!["prod-3", "prod-4"]]);
+    let r = w.apply(&plan).await.unwrap();
+    let v2 = plan.release.release_id.clone();
+    assert_eq!(r.outcome, Outcome::Succeeded);
+    assert_eq!(w.prod(), vec![Some(v2.clone()); 4]);
+    let recorded = w.store.deployments("prod", "api").await.unwrap();
+    assert!(recorded.iter().all(|d| d.release_id == v2 && d.rollback_target.as_deref() == Some(v1.as_str())));
+    let receipt = w.last_receipt();
+    assert_eq!((receipt.body.kind, receipt.body.outcome.as_str()), (ReceiptKind::Apply, "succeeded"));
+    assert!(w.store.lock_holder("prod", "api").await.unwrap().is_none(), "lock released");
+}
+
+#[tokio::test]
+async fn a_health_check_failing_in_batch_two_rolls_that_host_back_and_stops() {
+    let w = World::new().await;
+    let (v1, plan) = w.v1_live_and_v2_in_staging().await;
+    let v2 = plan.release.release_id.clone();
+    w.script.lock().unwrap().fail.push(("prod-3".into(), "health check"));
+    let r = w.apply(&plan).await.unwrap();
+    assert_eq!(r.outcome, Outcome::Failed);
+    assert_eq!(w.prod(), vec![Some(v2.clone()), Some(v2.clone()), Some(v1), Some(v2)]);
+    let outcomes: Vec<&str> = r.hosts.iter().map(|h| h.outcome.as_str()).collect();
+    // prod-4 is in batch two with prod-3 and moved while prod-3 failed.
+    assert_eq!(outcomes, ["changed", "changed", "rolled-back", "changed"]);
+    let receipt = w.last_receipt();
+    assert_eq!(receipt.body.outcome, "failed");
+    assert!(receipt.body.detail.unwrap().contains("host `prod-3` failed in batch 2 of 2"));
+}
+
+#[tokio::test]
+async fn a_failure_in_the_canary_batch_leaves_later_batches_untouched() {
+    let w = World::new().await;
+    let (v1, plan) = w.v1_live_and_v2_in_staging().await;
+    let v2 = plan.release.release_id.clone();
+    w.script.lock().unwrap().fail.push(("prod-1".into(), "activation"));
+    w.log.lock().unwrap().clear();
+    let r = w.apply(&plan).await.unwrap();
+    assert_eq!(r.outcome, Outcome::Failed);
+    assert_eq!(w.prod(), vec![Some(v1.clone()), Some(v2), Some(v1.clone()), Some(v1)]);
+    assert_eq!(r.hosts[2].outcome, "untouched");
+    assert!(!w.log.lock().unwrap().iter().any(|l| l.starts_with("prod-3: swap")), "batch two never started");
+}
+
+#[tokio::test]
+async fn staging_that_fails_on_one_host_changes_no_host() {
+    let w = World::new().await;
+    let (v1, plan) = w.v1_live_and_v2_in_staging().await;
+    w.script.lock().unwrap().fail_stage.push("prod-4".into());
+    let e = w.apply(&plan).await.unwrap_err();
+    assert!(matches!(&e, DeployError::Staging { host, .. } if host == "prod-4"), "{e}");
+    assert_eq!(w.prod(), vec![Some(v1); 4]);
+    assert_eq!(w.last_receipt().body.outcome, "failed");
+    assert!(w.store.lock_holder("prod", "api").await.unwrap().is_none(), "lock released");
+}
+
+#[tokio::test]
+async fn a_broken_way_back_is_reported_as_failed_not_rolled_back() {
+    let w = World::new().await;
+    let (_, plan) = w.v1_live_and_v2_in_staging().await;
+    w.script.lock().unwrap().fail.extend([("prod-2".into(), "health check"), ("prod-2".into(), "re-activation")]);
+    let r = w.apply(&plan).await.unwrap();
+    assert_eq!(r.hosts[1].outcome, "failed");
+    assert!(r.hosts[1].detail.as_ref().unwrap().as_str().contains("the way back failed too"));
+}
+
+#[tokio::test]
+async fn an_interrupt_at_any_step_leaves_every_host_on_old_or_new_and_a_receipt() {
+    for host in ["prod-1", "prod-2", "prod-3", "prod-4"] {
+        for step in ["swap", "activation", "health check"] {
+            let w = World::new().await;
+            let (v1, plan) = w.v1_live_and_v2_in_staging().await;
+            let v2 = plan.release.release_id.clone();
+            w.script.lock().unwrap().interrupt_at = Some((host.into(), step));
+            let r = w.apply(&plan).await.unwrap();
+            let case = format!("interrupt at {host} {step}");
+            let second_batch = host == "prod-3" || host == "prod-4";
+            // The batch that was moving finishes; no later batch starts.
+            let want = if second_batch {
+                (Outcome::Succeeded, vec![Some(v2.clone()); 4])
+            } else {
+                (Outcome::Interrupted, vec![Some(v2.clone()), Some(v2.clone()), Some(v1.clone()), Some(v1.clone())])
+            };
+            assert_eq!((r.outcome, w.prod()), want, "{case}");
+            let receipt = w.last_receipt();
+            assert_eq!(receipt.body.outcome, want.0.as_str(), "{case}");
+            assert!(w.store.lock_holder("prod", "api").await.unwrap().is_none(), "{case}: lock released");
+            // A rerun converges.
+            if !second_batch {
+                w.interrupt.0.store(0, Ordering::SeqCst);
+                w.script.lock().unwrap().interrupt_at = None;
+                w.promote("prod", DIGEST_2).await;
+                assert_eq!(w.prod(), vec![Some(v2.clone()); 4], "{case}: rerun");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_interrupt_before_the_lock_changes_nothing_and_says_so() {
+    let w = World::new().await;
+    let (v1, plan) = w.v1_live_and_v2_in_staging().await;
+    w.interrupt.request();
+    let e = w.apply(&plan).await.unwrap_err();
+    assert!(matches!(e, DeployError::Interrupted), "{e}");
+    assert_eq!(w.prod(), vec![Some(v1); 4]);
+    assert_eq!(w.last_receipt().body.outcome, "interrupted");
+}
+
+#[tokio::test]
+async fn prod_refuses_a_release_that_never_passed_staging() {
+    let w = World::new().await;
+    let e = w.plan("prod", DIGEST_1).await.unwrap_err();
+    assert!(matches!(e, DeployError::Gate { .. }), "{e}");
+    // The same check runs at apply: a plan made while the gate held is refused when the
+    // store no longer shows the release in staging.
+    let (_, plan) = w.v1_live_and_v2_in_staging().await;
+    w.promote("staging", DIGEST_1).await;
+    let e = w.apply(&plan).await.unwrap_err();
+    assert!(matches!(e, DeployError::Gate { .. }), "{e}");
+    assert_eq!(w.last_receipt().body.kind, ReceiptKind::Refusal);
+}
+
+#[tokio::test]
+async fn an_edited_plan_is_refused_naming_the_field_and_never_panics() {
+    let w = World::new().await;
+    let (v1, plan) = w.v1_live_and_v2_in_staging().await;
+    type Edit = Box<dyn Fn(&mut Plan)>;
+    let edits: Vec<(&str, Edit)> = vec![
+        ("health_timeout_secs", Box::new(|p| p.health_timeout_secs = 1)),
+        ("batches", Box::new(|p| p.batches = vec![p.batches.concat()])),
+        ("batches", Box::new(|p| p.batches.push(vec!["prod-9".into()]))),
+        ("batches", Box::new(|p| p.batches[1][0] = "no-such-host".into())),
+        ("approvals_required", Box::new(|p| p.approvals_required = 3)),
+        ("release.signer_key_id", Box::new(|p| p.release.signer_key_id = "another-key".into())),
+    ];
+    for (field, edit) in edits {
+        let mut forged = plan.clone();
+        edit(&mut forged);
+        let e = w.apply(&forged).await.unwrap_err();
+        match &e {
+            DeployError::PlanTampered { diffs, .. } => {
+                assert!(diffs.iter().any(|d| d.field == field), "{field}: {diffs:?}")
+            }
+            other => panic!("{field}: {other}"),
+        }
+        assert!(e.details().iter().any(|l| l.contains(field)), "{field}");
+        assert_eq!(w.prod(), vec![Some(v1.clone()); 4], "{field}: no host moved");
+        assert_eq!(w.last_receipt().body.kind, ReceiptKind::Refusal, "{field}");
+    }
+}
+
+#[tokio::test]
+async fn approvals_are_counted_against_the_manifests_not_the_plan_file() {
+    let set = {
+        let mut s = manifests("");
+        s.environments.iter_mut().find(|e| e.name.as_str() == "prod").unwrap().approvals = 2;
+        s
+    };
+    let w = World::with(set).await;
+    w.promote("staging", DIGEST_1).await;
+    let plan = w.plan("prod", DIGEST_1).await.unwrap();
+    assert_eq!(plan.approvals_required, 2);
+    let mut zero = plan.clone();
+    zero.approvals_required = 0;
+    let e = w.apply(&zero).await.unwrap_err();
+    assert!(matches!(&e, DeployError::PlanTampered { diffs, .. } if diffs[0].field == "approvals_required"), "{e}");
+    // The same approver twice counts once.
+    for _ in 0..2 {
+        w.store
+            .approve(&crate::store::Approval {
+                plan_id: plan.id(),
+                approver: "bob".into(),
+                approved_at: FixedClock.now(),
+            })
+            .await
+            .unwrap();
+    }
+    let e = w.apply(&plan).await.unwrap_err();
+    assert!(matches!(e, DeployError::Approvals { need: 2, have: 1, .. }), "{e}");
+    w.store
+        .approve(&crate::store::Approval {
+            plan_id: plan.id(),
+            approver: "carol".into(),
+            approved_at: FixedClock.now(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(w.apply(&plan).await.unwrap().outcome, Outcome::Succeeded);
+}
+
+#[tokio::test]
+async fn a_host_that_moved_since_the_plan_makes_it_stale() {
+    let w = World::new().await;
+    let (_, plan) = w.v1_live_and_v2_in_staging().await;
+    w.trees["prod-2"].lock().unwrap().current = None;
+    let e = w.apply(&plan).await.unwrap_err();
+    assert!(matches!(&e, DeployError::Stale { moved, .. } if moved[0].host == "prod-2"), "{e}");
+}
+
+#[tokio::test]
+async fn a_lock_held_by_a_dead_process_is_reported_as_such() {
+    let w = World::new().await;
+    w.promote("staging", DIGEST_1).await;
+    let plan = w.plan("prod", DIGEST_1).await.unwrap();
+    let dead = LockRecord {
+        environment: "prod".into(),
+        service: "api".into(),
+        holder_user: "bob".into(),
+        holder_host: "ops-1".into(),
+        holder_pid: 999_999_999,
+        holder_boot: "boot-1".into(),
+        plan_id: "sha256:old".into(),
+        since: FixedClock.now(),
+    };
+    w.store.try_lock(&dead).await.unwrap().unwrap();
+    let e = w.apply(&plan).await.unwrap_err();
+    assert!(
+        matches!(&e, DeployError::Locked { liveness: Holder::Dead(why), .. } if why.contains("no process 999999999")),
+        "{e}"
+    );
+    let rebooted = LockRecord { holder_pid: i64::from(std::process::id()), holder_boot: "boot-0".into(), ..dead };
+    w.store.force_unlock("prod", "api").await.unwrap();
+    w.store.try_lock(&rebooted).await.unwrap().unwrap();
+    let e = w.apply(&plan).await.unwrap_err();
+    assert!(matches!(&e, DeployError::Locked { liveness: Holder::Dead(why), .. } if why.contains("rebooted")), "{e}");
+}
+
+#[tokio::test]
+async fn what_a_failing_health_check_prints_reaches_the_receipt_sanitized() {
+    let w = World::new().await;
+    let (_, plan) = w.v1_live_and_v2_in_staging().await;
+    {
+        let mut s = w.script.lock().unwrap();
+        s.fail.push(("prod-1".into(), "health check"));
+        s.health_stderr = "\u{1b}]0;pwned\u{7}\u{1b}[2J token ghp_0123456789abcdefABCDEF0123 down".into();
+    }
+    w.apply(&plan).await.unwrap();
+    let (files, _) = w.log().read().unwrap();
+    let bytes = &files.last().unwrap().bytes;
+    let text = String::from_utf8_lossy(bytes);
+    assert!(!text.contains("ghp_0123456789"), "{text}");
+    assert!(!text.contains('\u{1b}') && !text.contains("\\u001b"), "{text}");
+    assert!(text.contains("token [redacted] down"), "{text}");
+}

@@ -1,0 +1,8 @@
+//! Jobs: requests and plans walked through the edges, deciding with the core.
+
+pub mod catalog;
+pub mod deploy;
+pub mod init;
+pub mod sign;
+pub mod status;
+pub mod verify;

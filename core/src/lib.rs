@@ -1,0 +1,34 @@
+//! The pure core of the deployment control plane.
+//!
+//! Everything here is synchronous and does no I/O: no tokio, sqlx, openssh or registry
+//! client appears in this crate's `Cargo.toml`, so the compiler keeps it that way. Time
+//! comes in as a value. The `controlplane` crate holds the effectful edges (ssh,
+//! registry, store, files) and the jobs that walk a plan through them.
+//!
+//! - inputs: `names`, `image`, `diagnostic`, `secrets`, `manifest::{raw, model, validate}`,
+//!   `untrusted` (what a host says, bounded and sanitized);
+//! - formats: `canonical`, `remote`, `release`, `tarball`, `receipt`, `records`;
+//! - decisions: `observe` (parse a probe), `drift`, `plan` (build, re-derive, compare),
+//!   `rollout` (the apply state machine), `lock` (is a holder alive), `steps` (remote steps as data).
+
+pub mod canonical;
+pub mod diagnostic;
+pub mod drift;
+pub mod image;
+pub mod lock;
+pub mod manifest;
+pub mod names;
+pub mod observe;
+pub mod plan;
+pub mod receipt;
+pub mod records;
+pub mod release;
+pub mod remote;
+pub mod rollout;
+pub mod secrets;
+pub mod steps;
+pub mod tarball;
+pub mod untrusted;
+
+/// The version recorded in receipts.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,233 @@
+//! The apply state machine: pure decisions over a plan, with no I/O and no clock.
+//!
+//! The job (`controlplane::deploy`) asks this module what to do next and reports what
+//! happened; it never decides on its own. Per host: swap → activate → health, and on a
+//! failure back to the rollback target (swap back → re-activate, or unset when there was
+//! nothing before). Per rollout: the next batch starts only when every host of the last
+//! one is healthy and no interruption was asked for. An interruption never stops a host
+//! between its steps: the host's sequence runs to its end (forward, or back on failure),
+//! so every host is on its old or its new release.
+
+use serde::Serialize;
+
+/// One remote step on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "step", content = "release", rename_all = "kebab-case")]
+pub enum Step {
+    /// Point `current` at the new release.
+    Swap(String),
+    /// Activate the new release.
+    Activate(String),
+    /// Health-check the service.
+    Health,
+    /// Point `current` back at the rollback target.
+    SwapBack(String),
+    /// Activate the rollback target again.
+    Reactivate(String),
+    /// Remove `current` (the host had nothing before).
+    Unset,
+}
+
+impl Step {
+    /// What the step is, for messages.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Self::Swap(_) => "swap",
+            Self::Activate(_) => "activation",
+            Self::Health => "health check",
+            Self::SwapBack(_) => "swap back",
+            Self::Reactivate(_) => "re-activation",
+            Self::Unset => "unset",
+        }
+    }
+
+    fn is_forward(&self) -> bool {
+        matches!(self, Self::Swap(_) | Self::Activate(_) | Self::Health)
+    }
+}
+
+/// How one host's move ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "end", rename_all = "kebab-case")]
+pub enum HostEnd {
+    /// The new release is live and healthy.
+    Changed,
+    /// A forward step failed and the host is back on its rollback target.
+    RolledBack { reason: String },
+    /// A forward step failed and so did the way back: the host needs a person.
+    Failed { reason: String, back: String },
+}
+
+impl HostEnd {
+    /// The word receipts and reports use.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Changed => "changed",
+            Self::RolledBack { .. } => "rolled-back",
+            Self::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// One host's way through its steps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostMove {
+    release: String,
+    target: Option<String>,
+    reason: Option<String>,
+}
+
+/// What to do after a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    Run(Step),
+    Done(HostEnd),
+}
+
+impl HostMove {
+    /// A host moving to `release`, going back to `target` (what was live) if it fails.
+    pub fn new(release: &str, target: Option<&str>) -> Self {
+        Self { release: release.to_owned(), target: target.map(str::to_owned), reason: None }
+    }
+
+    pub fn first(&self) -> Step {
+        Step::Swap(self.release.clone())
+    }
+
+    /// Decides what follows `step`, given how it went (`Err` carries why it failed).
+    pub fn after(&mut self, step: &Step, result: Result<(), String>) -> Next {
+        match (step, result) {
+            (Step::Swap(_), Ok(())) => Next::Run(Step::Activate(self.release.clone())),
+            (Step::Activate(_), Ok(())) => Next::Run(Step::Health),
+            (Step::Health, Ok(())) => Next::Done(HostEnd::Changed),
+            (s, Err(reason)) if s.is_forward() => {
+                self.reason = Some(format!("{} failed: {reason}", s.describe()));
+                Next::Run(match &self.target {
+                    Some(t) => Step::SwapBack(t.clone()),
+                    None => Step::Unset,
+                })
+            }
+            (Step::SwapBack(t), Ok(())) => Next::Run(Step::Reactivate(t.clone())),
+            (Step::Reactivate(_) | Step::Unset, Ok(())) => {
+                Next::Done(HostEnd::RolledBack { reason: self.reason.clone().unwrap_or_default() })
+            }
+            (s, Err(back)) => Next::Done(HostEnd::Failed {
+                reason: self.reason.clone().unwrap_or_default(),
+                back: format!("{} failed: {back}", s.describe()),
+            }),
+        }
+    }
+}
+
+/// Whether the next batch may start.
+pub fn continue_after(batch: &[HostEnd], interrupted: bool) -> bool {
+    !interrupted && batch.iter().all(|e| *e == HostEnd::Changed)
+}
+
+/// How a whole apply ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    /// Stopped early on SIGINT/SIGTERM: every host is on its old or its new release.
+    Interrupted,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// The outcome from how each changing host ended (`None`: never started).
+pub fn outcome(hosts: &[Option<HostEnd>], interrupted: bool) -> Outcome {
+    let all_changed = hosts.iter().all(|h| *h == Some(HostEnd::Changed));
+    if all_changed {
+        Outcome::Succeeded
+    } else if interrupted {
+        Outcome::Interrupted
+    } else {
+        Outcome::Failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs one host's machine with the results `fail` gives per step; returns the
+    /// steps taken and the end.
+    fn run(target: Option<&str>, fail: impl Fn(&Step) -> Option<&'static str>) -> (Vec<&'static str>, HostEnd) {
+        let mut m = HostMove::new("r-new", target);
+        let mut step = m.first();
+        let mut steps = Vec::new();
+        loop {
+            steps.push(step.describe());
+            let result = fail(&step).map_or(Ok(()), |e| Err(e.to_owned()));
+            match m.after(&step, result) {
+                Next::Run(s) => step = s,
+                Next::Done(end) => return (steps, end),
+            }
+            assert!(steps.len() < 10, "the machine terminates");
+        }
+    }
+
+    #[test]
+    fn a_healthy_host_goes_forward() {
+        let (steps, end) = run(Some("r-old"), |_| None);
+        assert_eq!(steps, ["swap", "activation", "health check"]);
+        assert_eq!(end, HostEnd::Changed);
+    }
+
+    #[test]
+    fn every_forward_failure_goes_back_to_the_target() {
+        for failing in ["swap", "activation", "health check"] {
+            let (steps, end) = run(Some("r-old"), |s| (s.describe() == failing).then_some("exit 1"));
+            let forward = steps.iter().position(|s| *s == failing).unwrap() + 1;
+            assert_eq!(steps[forward..], ["swap back", "re-activation"], "{failing}");
+            assert_eq!(end, HostEnd::RolledBack { reason: format!("{failing} failed: exit 1") });
+        }
+    }
+
+    #[test]
+    fn a_host_with_nothing_before_is_unset() {
+        let (steps, end) = run(None, |s| (*s == Step::Health).then_some("exit 7"));
+        assert_eq!(steps, ["swap", "activation", "health check", "unset"]);
+        assert_eq!(end.outcome(), "rolled-back");
+    }
+
+    #[test]
+    fn a_broken_way_back_is_a_failure_naming_both() {
+        let (_, end) = run(Some("r-old"), |s| matches!(s, Step::Health | Step::Reactivate(_)).then_some("boom"));
+        assert_eq!(
+            end,
+            HostEnd::Failed { reason: "health check failed: boom".into(), back: "re-activation failed: boom".into() }
+        );
+    }
+
+    #[test]
+    fn batches_stop_on_failure_or_interruption() {
+        let ok = [HostEnd::Changed, HostEnd::Changed];
+        let bad = [HostEnd::Changed, HostEnd::RolledBack { reason: "x".into() }];
+        assert!(continue_after(&ok, false));
+        assert!(!continue_after(&ok, true));
+        assert!(!continue_after(&bad, false));
+    }
+
+    #[test]
+    fn outcomes() {
+        let changed = Some(HostEnd::Changed);
+        let back = Some(HostEnd::RolledBack { reason: "x".into() });
+        assert_eq!(outcome(&[changed.clone(), changed.clone()], false), Outcome::Succeeded);
+        assert_eq!(outcome(&[changed.clone(), changed.clone()], true), Outcome::Succeeded, "nothing was left undone");
+        assert_eq!(outcome(&[changed.clone(), None], true), Outcome::Interrupted);
+        assert_eq!(outcome(&[changed.clone(), back.clone()], false), Outcome::Failed);
+        assert_eq!(outcome(&[back, None], true), Outcome::Interrupted);
+        assert_eq!(outcome(&[changed, None], false), Outcome::Failed);
+    }
+}
