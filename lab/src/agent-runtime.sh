@@ -6,7 +6,7 @@
 #   agent-runtime running SERVICE                print the image digest that is running
 #
 # Per-host state lives in $AGENT_RUNTIME_DIR (set by the lab's sshd). Tests steer it:
-#   $AGENT_RUNTIME_DIR/SERVICE.fail-health   exists: health checks fail
+#   $AGENT_RUNTIME_DIR/SERVICE.fail-health   exists: health checks fail (printing its content, if any, on stderr)
 #   $AGENT_RUNTIME_DIR/SERVICE.report        exists: `running` prints its content instead
 #   $AGENT_RUNTIME_DIR/SERVICE.hang-health   exists: health checks sleep for that many seconds
 #   $AGENT_RUNTIME_DIR/SERVICE.hang-activate exists: activation sleeps for that many seconds
@@ -27,7 +27,11 @@ activate)
     ;;
 health)
     if [ -e "$state/$service.hang-health" ]; then sleep "$(cat "$state/$service.hang-health")"; fi
-    [ ! -e "$state/$service.fail-health" ] || { echo "agent-runtime: $service is unhealthy" >&2; exit 1; }
+    if [ -e "$state/$service.fail-health" ]; then
+        if [ -s "$state/$service.fail-health" ]; then cat "$state/$service.fail-health" >&2
+        else echo "agent-runtime: $service is unhealthy" >&2; fi
+        exit 1
+    fi
     [ -e "$state/$service.running" ] || { echo "agent-runtime: $service is not running" >&2; exit 1; }
     ;;
 running)
