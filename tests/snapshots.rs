@@ -1,0 +1,102 @@
+//! Every user-visible output of the deploy path, pinned as text snapshots of the real
+//! binary against the lab: plans (text and JSON), apply reports, the status table, and
+//! the `error:` / `hint:` layout of each refusal class. Filters replace what differs
+//! from run to run (digests, release and plan ids, ports, temp paths, times, pids,
+//! key ids) with placeholders.
+
+mod common;
+
+use common::*;
+use std::process::Output;
+
+/// Placeholders for what changes between runs.
+fn filters() -> Vec<(&'static str, &'static str)> {
+    vec![
+        (r"sha256:[0-9a-f]{64}", "sha256:[HASH]"),
+        (r"sha256-[0-9a-f]{64}", "sha256-[HASH]"),
+        (r"\br-[0-9a-f]{16}\b", "r-[ID]"),
+        (r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]"),
+        (r"/tmp/agentlab-[A-Za-z0-9]+", "[LAB]"),
+        (r"/tmp/\.tmp[A-Za-z0-9]+", "[TMP]"),
+        (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", "[TIME]"),
+        (r"pid \d+", "pid [PID]"),
+        (r"no process \d+", "no process [PID]"),
+        (r"(signed by|signer_key_id\x22: \x22|key `)[0-9a-f]{16,64}", "$1[KEY]"),
+        (r"tester on [^\s]+ \(", "tester on [MACHINE] ("),
+        (r"runs on `[^`]+`", "runs on `[MACHINE]`"),
+    ]
+}
+
+/// Both streams of a run, with its exit code.
+fn shown(out: &Output) -> String {
+    format!("exit: {:?}\n--- stdout\n{}\n--- stderr\n{}", out.status.code(), stdout(out).trim_end(), stderr(out).trim_end())
+}
+
+macro_rules! snap {
+    ($name:expr, $value:expr) => {
+        let value = $value;
+        insta::with_settings!({ filters => filters(), prepend_module_to_snapshot => false, omit_expression => true }, {
+            insta::assert_snapshot!($name, value);
+        })
+    };
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_deploy_path_as_an_operator_sees_it() {
+    let w = World::start(fleet(2)).await;
+    let v1 = w.release("v1").await;
+
+    snap!("plan_text", shown(&w.promote("staging", &v1, &[])));
+    let json = w.agentctl(&["--json", "promote", "api", "--env", "staging", "--release", v1.digest.as_str()]);
+    snap!("plan_json", shown(&json));
+    snap!("apply_report", shown(&w.promote("staging", &v1, &["--apply"])));
+    snap!("status_in_sync", shown(&w.agentctl(&["status", "--env", "staging"])));
+
+    // Refusals, each with its layout.
+    let v2 = w.release("v2-unstaged").await;
+    snap!("refused_gate", shown(&w.promote("prod", &v2, &["--apply"])));
+    let unsigned = w.lab.push_image("demo/api", "unsigned", "unsigned").await.unwrap();
+    snap!("refused_unsigned", shown(&w.agentctl(&["verify", &unsigned.to_string()])));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plan.json");
+    let path = path.to_str().unwrap();
+    let prod = w.manifests().join("environments/prod.toml");
+    let text = std::fs::read_to_string(&prod).unwrap();
+    std::fs::write(&prod, text.replacen("approvals = 0", "approvals = 1", 1)).unwrap();
+    let v3 = w.deploy("v3", &["staging"]).await;
+    assert_ok(&w.promote("prod", &v3, &["--out", path]));
+    let saved = std::fs::read_to_string(path).unwrap();
+    let mut edited: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    edited["plan"]["approvals_required"] = 0.into();
+    edited["plan"]["health_timeout_secs"] = 1.into();
+    edited["plan"]["batches"] = serde_json::json!([["prod-1", "prod-2", "prod-9"]]);
+    let forged: controlplane::plan::Plan = serde_json::from_value(edited["plan"].clone()).unwrap();
+    edited["plan_id"] = forged.id().into();
+    std::fs::write(path, serde_json::to_vec_pretty(&edited).unwrap()).unwrap();
+    snap!("refused_tampered_plan", shown(&w.agentctl(&["apply", path])));
+
+    std::fs::write(path, &saved).unwrap();
+    snap!("refused_no_approval", shown(&w.agentctl(&["apply", path])));
+    w.runtime("prod-1", "report", "sha256:0000000000000000000000000000000000000000000000000000000000000000");
+    snap!("refused_stale_plan", shown(&w.agentctl(&["apply", path])));
+    w.clear_runtime("prod-1", "report");
+    w.runtime("stage-1", "report", "sha256:0000000000000000000000000000000000000000000000000000000000000000");
+    snap!("status_drifted", shown(&w.agentctl(&["status", "--env", "staging"])));
+    w.clear_runtime("stage-1", "report");
+
+    std::fs::write(path, "{\n  \"plan_id\": \"x\",\n  \"plan\": 7\n}\n").unwrap();
+    snap!("invalid_plan_file", shown(&w.agentctl(&["apply", path])));
+
+    // A failed rollout: the report names each host.
+    w.runtime("stage-1", "fail-health", "health: 503 from /healthz");
+    let v4 = w.release("v4").await;
+    snap!("apply_failed", shown(&w.promote("staging", &v4, &["--apply"])));
+    w.clear_runtime("stage-1", "fail-health");
+
+    // Invalid manifests: one problem per line (this caught a literal `\n` once).
+    let env = w.manifests().join("environments/staging.toml");
+    let text = std::fs::read_to_string(&env).unwrap();
+    std::fs::write(&env, text.replace("approvals = 0", "approvals = -1\nbogus = true")).unwrap();
+    snap!("invalid_manifests", shown(&w.promote("staging", &v1, &[])));
+}
