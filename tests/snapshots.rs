@@ -12,6 +12,7 @@ use std::process::Output;
 /// Placeholders for what changes between runs.
 fn filters() -> Vec<(&'static str, &'static str)> {
     vec![
+        (r"\x22[A-Za-z0-9+/]{60,}={0,2}\x22", "\"[BASE64]\""),
         (r"sha256:[0-9a-f]{64}", "sha256:[HASH]"),
         (r"sha256-[0-9a-f]{64}", "sha256-[HASH]"),
         (r"\br-[0-9a-f]{16}\b", "r-[ID]"),
@@ -29,7 +30,12 @@ fn filters() -> Vec<(&'static str, &'static str)> {
 
 /// Both streams of a run, with its exit code.
 fn shown(out: &Output) -> String {
-    format!("exit: {:?}\n--- stdout\n{}\n--- stderr\n{}", out.status.code(), stdout(out).trim_end(), stderr(out).trim_end())
+    format!(
+        "exit: {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        stdout(out).trim_end(),
+        stderr(out).trim_end()
+    )
 }
 
 macro_rules! snap {

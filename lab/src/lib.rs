@@ -158,7 +158,6 @@ impl Lab {
             std::fs::create_dir_all("/run/sshd").map_err(io(Path::new("/run/sshd")))?;
         }
 
-        let started = Instant::now();
         for i in 0..cfg.hosts {
             let (name, env) = if i < cfg.staging {
                 (format!("stage-{}", i + 1), "staging")
@@ -174,16 +173,39 @@ impl Lab {
             lab.children.push(child);
             lab.info.registry = Some(reg);
         }
-        // Wait for every listener at once: the processes start in parallel.
-        let ports: Vec<(String, u16)> = lab
-            .info
-            .hosts
-            .iter()
-            .map(|h| (format!("golden VM `{}`", h.name), h.port))
-            .chain(lab.info.registry.iter().map(|r| ("registry".to_owned(), r.port)))
-            .collect();
-        for (what, port) in ports {
-            wait_listening(&what, port, &dir, started)?;
+        // Wait for every listener (the processes start in parallel). A port picked by
+        // binding port 0 and releasing it can be taken by another process before our
+        // server binds it: a server that exits instead of listening is started again on a
+        // new port, a few times at most.
+        for i in 0..lab.info.hosts.len() {
+            let what = format!("golden VM `{}`", lab.info.hosts[i].name);
+            for attempt in 0.. {
+                if wait_listening(&what, lab.info.hosts[i].port, &mut lab.children[i], &dir)? {
+                    break;
+                }
+                if attempt == 4 {
+                    return Err(start_error(&what, &dir));
+                }
+                let (port, child) = spawn_sshd(&dir, &lab.info.hosts[i].dir.clone(), &user)?;
+                lab.info.hosts[i].port = port;
+                lab.info.hosts[i].pid = child.id();
+                lab.children[i] = child;
+            }
+        }
+        if let Some(mut reg) = lab.info.registry.clone() {
+            let i = lab.children.len() - 1;
+            for attempt in 0.. {
+                if wait_listening("registry", reg.port, &mut lab.children[i], &dir)? {
+                    break;
+                }
+                if attempt == 4 {
+                    return Err(start_error("registry", &dir));
+                }
+                let (r, child) = start_registry(&dir)?;
+                reg = r;
+                lab.children[i] = child;
+            }
+            lab.info.registry = Some(reg);
         }
         lab.write_manifests()?;
         lab.write_info()?;
@@ -463,7 +485,15 @@ fn start_vm(lab: &Path, name: &str, env: &str, user: &str, client_pub: &str) -> 
     let pubkey = std::fs::read_to_string(key.with_extension("pub")).map_err(io(&key))?;
     let host_key = pubkey.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
     write_mode(&dir.join("authorized_keys"), client_pub.as_bytes(), 0o644)?;
+    let (port, child) = spawn_sshd(lab, &dir, user)?;
+    let vm = VmInfo { name: name.into(), environment: env.into(), port, pid: child.id(), host_key, dir };
+    Ok((vm, child))
+}
+
+/// Starts sshd for the VM in `dir` on a free port.
+fn spawn_sshd(lab: &Path, dir: &Path, user: &str) -> Result<(u16, Child), LabError> {
     let port = free_port()?;
+    let key = dir.join("ssh_host_ed25519_key");
     let config = format!(
         "Port {port}\nListenAddress 127.0.0.1\nHostKey {key}\nPidFile {pid}\nAuthorizedKeysFile {auth}\n\
          StrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
@@ -478,7 +508,7 @@ fn start_vm(lab: &Path, name: &str, env: &str, user: &str, client_pub: &str) -> 
     );
     let cfg = dir.join("sshd_config");
     std::fs::write(&cfg, config).map_err(io(&cfg))?;
-    let log = std::fs::File::create(dir.join("sshd.log")).map_err(io(&dir))?;
+    let log = std::fs::File::create(dir.join("sshd.log")).map_err(io(dir))?;
     // `-r`: no re-exec per connection, so measurements reflect the control plane more
     // than sshd's own start-up (the lab is loopback-only and short-lived).
     let child = Command::new(SSHD)
@@ -492,8 +522,7 @@ fn start_vm(lab: &Path, name: &str, env: &str, user: &str, client_pub: &str) -> 
         .stderr(log)
         .spawn()
         .map_err(|e| LabError::Command { command: SSHD.into(), detail: e.to_string() })?;
-    let vm = VmInfo { name: name.into(), environment: env.into(), port, pid: child.id(), host_key, dir };
-    Ok((vm, child))
+    Ok((port, child))
 }
 
 fn start_registry(lab: &Path) -> Result<(RegistryInfo, Child), LabError> {
@@ -518,14 +547,25 @@ fn start_registry(lab: &Path) -> Result<(RegistryInfo, Child), LabError> {
     Ok((RegistryInfo { port, pid: child.id() }, child))
 }
 
-fn wait_listening(what: &str, port: u16, lab: &Path, since: Instant) -> Result<(), LabError> {
-    let limit = Duration::from_secs(20);
-    while since.elapsed() < limit {
+/// Waits until `port` listens (`true`) or `child` exits (`false`, e.g. the port was
+/// taken); an error after 20 s.
+fn wait_listening(what: &str, port: u16, child: &mut Child, lab: &Path) -> Result<bool, LabError> {
+    let since = Instant::now();
+    while since.elapsed() < START_LIMIT {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Ok(false);
+        }
         if listening(port) {
-            return Ok(());
+            return Ok(true);
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    Err(start_error(what, lab))
+}
+
+const START_LIMIT: Duration = Duration::from_secs(20);
+
+fn start_error(what: &str, lab: &Path) -> LabError {
     let log = std::fs::read_dir(lab.join("hosts"))
         .into_iter()
         .flatten()
@@ -534,5 +574,22 @@ fn wait_listening(what: &str, port: u16, lab: &Path, since: Instant) -> Result<(
         .chain(std::fs::read_to_string(lab.join("registry/registry.log")).ok())
         .collect::<Vec<_>>()
         .join("\n");
-    Err(LabError::Start { what: what.into(), secs: limit.as_secs(), log })
+    LabError::Start { what: what.into(), secs: START_LIMIT.as_secs(), log }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that could not bind its port (taken by another process since we picked
+    /// it) exits; the lab sees that and starts it again instead of talking to the thief.
+    #[test]
+    fn a_server_that_exits_instead_of_listening_is_noticed() {
+        let thief = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = thief.local_addr().unwrap().port();
+        drop(thief);
+        let mut child = Command::new("sh").arg("-c").arg("exit 1").spawn().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!wait_listening("test", port, &mut child, dir.path()).unwrap());
+    }
 }

@@ -42,9 +42,9 @@ enum Task {
         #[command(subcommand)]
         bench: BenchCommand,
     },
-    /// Install what the tests need, then run them all.
+    /// Install what the tests need, then run them all (cargo nextest, else cargo test).
     Test {
-        /// Extra arguments for `cargo test`.
+        /// Extra arguments for the test runner.
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
@@ -136,7 +136,16 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test { args } => {
             setup()?;
-            let status = Command::new(env!("CARGO")).args(["test", "--workspace"]).args(&args).status()?;
+            // cargo-nextest runs each test in its own process with a time limit
+            // (.config/nextest.toml); plain `cargo test` where it is not installed.
+            let nextest = Command::new(env!("CARGO"))
+                .args(["nextest", "--version"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            let runner: &[&str] = if nextest { &["nextest", "run", "--workspace"] } else { &["test", "--workspace"] };
+            let status = Command::new(env!("CARGO")).args(runner).args(&args).status()?;
             if !status.success() {
                 bail!("tests failed");
             }
