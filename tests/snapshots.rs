@@ -78,7 +78,7 @@ async fn the_deploy_path_as_an_operator_sees_it() {
     edited["plan"]["health_timeout_secs"] = 1.into();
     edited["plan"]["batches"] = serde_json::json!([["prod-1", "prod-2", "prod-9"]]);
     let forged: controlplane::plan::Plan = serde_json::from_value(edited["plan"].clone()).unwrap();
-    edited["plan_id"] = forged.id().into();
+    edited["plan_id"] = forged.id().to_string().into();
     std::fs::write(path, serde_json::to_vec_pretty(&edited).unwrap()).unwrap();
     snap!("refused_tampered_plan", shown(&w.agentctl(&["apply", path])));
 

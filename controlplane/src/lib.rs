@@ -19,7 +19,7 @@ pub mod edges;
 pub mod jobs;
 
 pub use controlplane_core::{
-    canonical, diagnostic, drift, image, lock, names, observe, plan, receipt, records, release, remote, rollout,
+    canonical, diagnostic, drift, ids, image, lock, names, observe, plan, receipt, records, release, remote, rollout,
     secrets, steps, tarball, untrusted, VERSION,
 };
 pub use edges::{hygiene, keys, receipt_log, registry, ssh, store, vm};

@@ -105,7 +105,7 @@ pub fn classify(service: &str, record: Option<&DeploymentRecord>, obs: &Observat
         Ok(None) => return Status::Tampered { reason: format!("release `{id}` has no `release.json`") },
         Err(e) => return Status::Tampered { reason: format!("release `{id}`: {}", HostText::new(&e)) },
     };
-    if json.release_id != *id || json.service != service {
+    if json.release_id != id.as_str() || json.service != service {
         return Status::Tampered {
             reason: format!(
                 "`release.json` says release `{}` of `{}`, but sits in `releases/{id}` of `{service}`",
@@ -132,7 +132,7 @@ pub fn classify(service: &str, record: Option<&DeploymentRecord>, obs: &Observat
     diff("symlink target", format!("releases/{}", r.release_id), format!("releases/{id}"));
     diff("source commit", r.source_commit.clone(), HostText::new(&json.source_commit).to_string());
     diff("image digest", r.digest.clone(), or_none(obs.running.as_ref().map(HostText::as_str)));
-    diff("content hash", r.content_hash.clone(), live_hash.clone());
+    diff("content hash", r.content_hash.clone(), live_hash.to_string());
     if differences.is_empty() {
         Status::InSync
     } else {
@@ -169,7 +169,7 @@ mod tests {
             current,
             release_json_sha256: None,
             release_json: json,
-            content_hash: hash.map(str::to_owned),
+            content_hash: hash.map(crate::ids::test_hash),
             odd_entries: vec![],
             target_hash: None,
             running: running.map(HostText::new),
@@ -184,7 +184,7 @@ mod tests {
             release_id: ID.into(),
             digest: D.into(),
             source_commit: "c1".into(),
-            content_hash: "sha256:h".into(),
+            content_hash: crate::ids::test_hash("sha256:h").to_string(),
             rollback_target: None,
             plan_id: "p".into(),
             updated_at: chrono::DateTime::from_timestamp(0, 0).unwrap(),
@@ -192,7 +192,7 @@ mod tests {
     }
 
     fn healthy() -> Observation {
-        obs(Current::Release(ID.into()), Some(json(ID, "api", "c1")), Some("sha256:h"), Some(D))
+        obs(Current::Release(crate::ids::test_id(ID)), Some(json(ID, "api", "c1")), Some("sha256:h"), Some(D))
     }
 
     fn check(o: Observation, want: &str, detail: &str) {
@@ -205,49 +205,63 @@ mod tests {
     fn classifies_every_case() {
         check(healthy(), "in-sync", "");
         check(
-            obs(Current::Release(OTHER.into()), Some(json(OTHER, "api", "c1")), Some("sha256:h"), Some(D)),
+            obs(
+                Current::Release(crate::ids::test_id(OTHER)),
+                Some(json(OTHER, "api", "c1")),
+                Some("sha256:h"),
+                Some(D),
+            ),
             "drifted",
             "symlink target: recorded `releases/r-0123456789abcdef`, live `releases/r-fedcba9876543210`",
         );
         check(
-            obs(Current::Release(ID.into()), Some(json(ID, "api", "c2")), Some("sha256:h"), Some(D)),
+            obs(Current::Release(crate::ids::test_id(ID)), Some(json(ID, "api", "c2")), Some("sha256:h"), Some(D)),
             "drifted",
             "source commit: recorded `c1`, live `c2`",
         );
         check(
-            obs(Current::Release(ID.into()), Some(json(ID, "api", "c1")), Some("sha256:edited"), Some(D)),
+            obs(Current::Release(crate::ids::test_id(ID)), Some(json(ID, "api", "c1")), Some("sha256:edited"), Some(D)),
             "drifted",
             "content hash",
         );
         check(
-            obs(Current::Release(ID.into()), Some(json(ID, "api", "c1")), Some("sha256:h"), Some("sha256:other")),
+            obs(
+                Current::Release(crate::ids::test_id(ID)),
+                Some(json(ID, "api", "c1")),
+                Some("sha256:h"),
+                Some("sha256:other"),
+            ),
             "drifted",
             "image digest: recorded `sha256:aaaa`, live `sha256:other`",
         );
         check(
-            obs(Current::Release(ID.into()), Some(json(ID, "api", "c1")), Some("sha256:h"), None),
+            obs(Current::Release(crate::ids::test_id(ID)), Some(json(ID, "api", "c1")), Some("sha256:h"), None),
             "drifted",
             "live `none`",
         );
         check(obs(Current::Missing, None, None, None), "missing", "no `current`");
-        check(obs(Current::Release(ID.into()), None, None, None), "missing", "gone");
+        check(obs(Current::Release(crate::ids::test_id(ID)), None, None, None), "missing", "gone");
         check(obs(Current::Outside(HostText::new("../../etc")), None, None, None), "tampered", "outside");
         check(
-            obs(Current::Release(ID.into()), Some(b"{not json".to_vec()), Some("sha256:h"), Some(D)),
+            obs(Current::Release(crate::ids::test_id(ID)), Some(b"{not json".to_vec()), Some("sha256:h"), Some(D)),
             "tampered",
             "malformed",
         );
         check(
-            obs(Current::Release(ID.into()), Some(json(OTHER, "api", "c1")), Some("sha256:h"), Some(D)),
+            obs(Current::Release(crate::ids::test_id(ID)), Some(json(OTHER, "api", "c1")), Some("sha256:h"), Some(D)),
             "tampered",
             "says release",
         );
         check(
-            obs(Current::Release(ID.into()), Some(json(ID, "web", "c1")), Some("sha256:h"), Some(D)),
+            obs(Current::Release(crate::ids::test_id(ID)), Some(json(ID, "web", "c1")), Some("sha256:h"), Some(D)),
             "tampered",
             "of `web`",
         );
-        check(obs(Current::Release(ID.into()), None, Some("sha256:h"), Some(D)), "tampered", "no `release.json`");
+        check(
+            obs(Current::Release(crate::ids::test_id(ID)), None, Some("sha256:h"), Some(D)),
+            "tampered",
+            "no `release.json`",
+        );
         let mut odd = healthy();
         odd.odd_entries = vec![HostText::new("./link")];
         check(odd, "tampered", "not regular files");

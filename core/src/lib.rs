@@ -7,13 +7,14 @@
 //!
 //! - inputs: `names`, `image`, `diagnostic`, `secrets`, `manifest::{raw, model, validate}`,
 //!   `untrusted` (what a host says, bounded and sanitized);
-//! - formats: `canonical`, `remote`, `release`, `tarball`, `receipt`, `records`;
+//! - formats: `ids` (release id, content hash, plan id), `canonical`, `remote`, `release`, `tarball`, `receipt`, `records`;
 //! - decisions: `observe` (parse a probe), `drift`, `plan` (build, re-derive, compare),
 //!   `rollout` (the apply state machine), `lock` (is a holder alive), `steps` (remote steps as data).
 
 pub mod canonical;
 pub mod diagnostic;
 pub mod drift;
+pub mod ids;
 pub mod image;
 pub mod lock;
 pub mod manifest;

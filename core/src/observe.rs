@@ -3,6 +3,7 @@
 //! output is bounded, `current` is never followed outside the releases directory, and
 //! `release.json` is size-limited and parsed with unknown fields refused.
 
+use crate::ids::{ContentHash, ReleaseId};
 use crate::manifest::{Host, Service};
 use crate::release::{self, ReleaseJson, MAX_RELEASE_JSON};
 use crate::remote::RemoteCommand;
@@ -66,7 +67,7 @@ pub enum Current {
     /// No `current` symlink.
     Missing,
     /// `releases/<id>` with a well-formed id.
-    Release(String),
+    Release(ReleaseId),
     /// Anywhere else: never followed (sanitized before anyone prints it).
     Outside(HostText),
 }
@@ -80,18 +81,18 @@ pub struct Observation {
     pub release_json: Option<Vec<u8>>,
     pub release_json_sha256: Option<String>,
     /// `sha256:` content hash of the directory `current` points at.
-    pub content_hash: Option<String>,
+    pub content_hash: Option<ContentHash>,
     /// Entries that are neither files nor directories (symlinks, devices) in the release.
     pub odd_entries: Vec<HostText>,
     /// Content hash of the requested rollback target's directory, if it exists.
-    pub target_hash: Option<String>,
+    pub target_hash: Option<ContentHash>,
     /// What the runtime reports as running (sanitized), if anything.
     pub running: Option<HostText>,
 }
 
 impl Observation {
     /// The release directory's id, when `current` points at one.
-    pub fn release_id(&self) -> Option<&str> {
+    pub fn release_id(&self) -> Option<&ReleaseId> {
         match &self.current {
             Current::Release(id) => Some(id),
             _ => None,
@@ -152,12 +153,8 @@ pub fn parse(output: &[u8]) -> Result<Observation, String> {
     let decode = |v: Option<String>, what: &str| -> Result<Option<Vec<u8>>, String> {
         v.map(|s| B64.decode(s).map_err(|_| format!("`{what}` is not base64"))).transpose()
     };
-    let hex_hash = |v: Option<String>, what: &str| -> Result<Option<String>, String> {
-        match v {
-            None => Ok(None),
-            Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(Some(format!("sha256:{h}"))),
-            Some(_) => Err(format!("`{what}` is not a sha256")),
-        }
+    let hex_hash = |v: Option<String>, what: &str| -> Result<Option<ContentHash>, String> {
+        v.map(|h| ContentHash::new(&format!("sha256:{h}")).map_err(|_| format!("`{what}` is not a sha256"))).transpose()
     };
     let current_raw = decode(field("current")?, "current")?;
     let release_json = decode(field("json")?, "json")?;
@@ -171,8 +168,11 @@ pub fn parse(output: &[u8]) -> Result<Observation, String> {
         Some(raw) => {
             let t = String::from_utf8_lossy(&raw).into_owned();
             match t.strip_prefix("releases/") {
-                Some(id) if release::valid_id(id) => Current::Release(id.to_owned()),
-                _ => Current::Outside(HostText::new(&t)),
+                Some(id) => match ReleaseId::new(id) {
+                    Ok(id) => Current::Release(id),
+                    Err(_) => Current::Outside(HostText::new(&t)),
+                },
+                None => Current::Outside(HostText::new(&t)),
             }
         }
     };
@@ -212,8 +212,8 @@ mod tests {
     #[test]
     fn parses_a_healthy_host() {
         let o = parse(&out("releases/r-0123456789abcdef", "{}", H, "sha256:x\n")).unwrap();
-        assert_eq!(o.current, Current::Release("r-0123456789abcdef".into()));
-        assert_eq!(o.content_hash.as_deref(), Some(&*format!("sha256:{H}")));
+        assert_eq!(o.current, Current::Release(crate::ids::test_id("r-0123456789abcdef")));
+        assert_eq!(o.content_hash.as_ref().map(ContentHash::as_str), Some(&*format!("sha256:{H}")));
         assert_eq!(o.running.as_ref().map(HostText::as_str), Some("sha256:x"));
         assert!(o.release().is_err(), "`{{}}` is not a release.json");
     }
@@ -264,7 +264,7 @@ mod tests {
         );
         let o = std::process::Command::new(&cmd.program).args(&cmd.args).output().unwrap();
         let obs = parse(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
-        assert_eq!(obs.current, Current::Release("r-0123456789abcdef".into()));
+        assert_eq!(obs.current, Current::Release(crate::ids::test_id("r-0123456789abcdef")));
         assert_eq!(obs.release_json.as_deref(), Some(&b"{\"a\":1}"[..]));
         assert_eq!(obs.running.as_ref().map(HostText::as_str), Some("sha256:running api"));
         assert!(obs.content_hash.is_some() && obs.content_hash == obs.target_hash);

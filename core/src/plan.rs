@@ -4,16 +4,18 @@
 //! saved plan is applied exactly or refused.
 
 use crate::canonical;
+use crate::ids::{ContentHash, PlanId, ReleaseId};
 use crate::manifest::{Environment, Service};
 use crate::observe::{Current, Fingerprint, Observation};
-use crate::release::ReleaseContent;
+use crate::release::{ReleaseContent, ReleaseFacts};
 use crate::untrusted::HostText;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub const PLAN_VERSION: u32 = 1;
+/// 2: ids are validated types; the release is `repository` + `digest` (was `image`).
+pub const PLAN_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -25,14 +27,10 @@ pub enum PlanKind {
 /// The release a plan moves hosts to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedRelease {
-    pub release_id: String,
-    pub image: String,
-    pub digest: String,
-    pub source_commit: String,
-    pub signer_key_id: String,
-    pub provenance: Option<String>,
-    pub sbom: Option<String>,
-    pub content_hash: String,
+    pub release_id: ReleaseId,
+    pub content_hash: ContentHash,
+    #[serde(flatten)]
+    pub facts: ReleaseFacts,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,11 +46,11 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostPlan {
     pub host: String,
-    pub before: Option<String>,
-    pub after: String,
+    pub before: Option<ReleaseId>,
+    pub after: ReleaseId,
     pub action: Action,
     /// Where this host goes back to if it fails: what is live now.
-    pub rollback_target: Option<String>,
+    pub rollback_target: Option<ReleaseId>,
     /// What the host reported when the plan was made.
     pub observed: Fingerprint,
 }
@@ -81,6 +79,8 @@ pub enum PlanError {
     HostUnfit { host: String, reason: String },
     #[error("the way back is broken on host `{host}`: {reason}")]
     RollbackTargetBroken { host: String, reason: String },
+    #[error("the release cannot be planned: {0}")]
+    Invalid(String),
 }
 
 /// What a plan is computed from.
@@ -116,10 +116,10 @@ pub fn build(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
             Current::Missing => None,
             Current::Release(id) => Some(id.clone()),
         };
-        let in_place = before.as_deref() == Some(input.release.release_id.as_str())
-            && input.recorded.get(name) == Some(&input.release.release_id)
-            && obs.content_hash.as_deref() == Some(input.release.content_hash.as_str())
-            && obs.running.as_ref().map(HostText::as_str) == Some(input.release.digest.as_str());
+        let in_place = before.as_ref() == Some(&input.release.release_id)
+            && input.recorded.get(name).map(String::as_str) == Some(input.release.release_id.as_str())
+            && obs.content_hash.as_ref() == Some(&input.release.content_hash)
+            && obs.running.as_ref().map(HostText::as_str) == Some(input.release.facts.digest.as_str());
         // The way back must be intact before anything changes.
         if let (Some(target), false) = (&before, in_place) {
             if obs.content_hash.is_none() {
@@ -128,13 +128,13 @@ pub fn build(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
                     reason: format!("`current` points at `releases/{target}`, which is gone"),
                 });
             }
-            if let Some(known) = input.known_hashes.get(target) {
-                if obs.content_hash.as_ref() != Some(known) {
+            if let Some(known) = input.known_hashes.get(target.as_str()) {
+                if obs.content_hash.as_ref().map(ContentHash::as_str) != Some(known.as_str()) {
                     return Err(PlanError::RollbackTargetBroken {
                         host: name.clone(),
                         reason: format!(
                             "release `{target}` was edited on the host (content hash {} instead of {known})",
-                            obs.content_hash.clone().unwrap_or_default()
+                            obs.content_hash.as_ref().map(ContentHash::as_str).unwrap_or("none")
                         ),
                     });
                 }
@@ -190,8 +190,9 @@ pub fn build(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
 
 impl Plan {
     /// `sha256:` of the canonical JSON form.
-    pub fn id(&self) -> String {
-        crate::receipt::hash(&canonical::to_canonical(self).expect("plans hold no floats"))
+    pub fn id(&self) -> PlanId {
+        let bytes = canonical::to_canonical(self).unwrap_or_default();
+        PlanId::new(&crate::receipt::hash(&bytes)).unwrap_or_else(|_| unreachable!("a sha256 is a plan id"))
     }
 
     pub fn is_noop(&self) -> bool {
@@ -215,7 +216,7 @@ impl Plan {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SavedPlan {
-    pub plan_id: String,
+    pub plan_id: PlanId,
     pub plan: Plan,
 }
 
@@ -352,14 +353,16 @@ mod tests {
 
     fn release() -> PlannedRelease {
         PlannedRelease {
-            release_id: NEW.into(),
-            image: "r/x@sha256:new".into(),
-            digest: "sha256:new".into(),
-            source_commit: "c".into(),
-            signer_key_id: "k".into(),
-            provenance: None,
-            sbom: None,
-            content_hash: "sha256:newhash".into(),
+            release_id: crate::ids::test_id(NEW),
+            content_hash: crate::ids::test_hash("sha256:newhash"),
+            facts: ReleaseFacts {
+                repository: "r/x".into(),
+                digest: "sha256:new".into(),
+                source_commit: "c".into(),
+                signer_key_id: "k".into(),
+                provenance: None,
+                sbom: None,
+            },
         }
     }
 
@@ -368,7 +371,7 @@ mod tests {
             current,
             release_json: None,
             release_json_sha256: None,
-            content_hash: hash.map(str::to_owned),
+            content_hash: hash.map(crate::ids::test_hash),
             odd_entries: vec![],
             target_hash: None,
             running: running.map(HostText::new),
@@ -388,10 +391,10 @@ mod tests {
             .collect();
         env.hosts = hosts;
         let svc = set.services.values().next().unwrap();
-        let known = BTreeMap::from([(OLD.to_owned(), "sha256:oldhash".to_owned())]);
+        let known = BTreeMap::from([(OLD.to_owned(), crate::ids::test_hash("sha256:oldhash").to_string())]);
         // Everything live is recorded, except where a test says otherwise.
         let recorded: BTreeMap<String, String> =
-            observed.iter().filter_map(|(h, o)| o.release_id().map(|id| (h.clone(), id.to_owned()))).collect();
+            observed.iter().filter_map(|(h, o)| o.release_id().map(|id| (h.clone(), id.to_string()))).collect();
         build(&PlanInput {
             kind: PlanKind::Promote,
             environment: &env,
@@ -407,17 +410,26 @@ mod tests {
     #[test]
     fn plans_changes_rollback_targets_and_batches() {
         let observed = vec![
-            ("vm-0".to_owned(), obs(Current::Release(OLD.into()), Some("sha256:oldhash"), Some("sha256:old"))),
+            (
+                "vm-0".to_owned(),
+                obs(Current::Release(crate::ids::test_id(OLD)), Some("sha256:oldhash"), Some("sha256:old")),
+            ),
             ("vm-1".to_owned(), obs(Current::Missing, None, None)),
-            ("vm-2".to_owned(), obs(Current::Release(NEW.into()), Some("sha256:newhash"), Some("sha256:new"))),
-            ("vm-3".to_owned(), obs(Current::Release(OLD.into()), Some("sha256:oldhash"), Some("sha256:old"))),
+            (
+                "vm-2".to_owned(),
+                obs(Current::Release(crate::ids::test_id(NEW)), Some("sha256:newhash"), Some("sha256:new")),
+            ),
+            (
+                "vm-3".to_owned(),
+                obs(Current::Release(crate::ids::test_id(OLD)), Some("sha256:oldhash"), Some("sha256:old")),
+            ),
         ];
         let p = plan_for(observed, BatchSize::Count(2)).unwrap();
-        assert_eq!(p.hosts[0].rollback_target.as_deref(), Some(OLD));
+        assert_eq!(p.hosts[0].rollback_target.as_ref().map(ReleaseId::as_str), Some(OLD));
         assert_eq!(p.hosts[1].rollback_target, None);
         assert_eq!(p.hosts[2].action, Action::None, "already live: idempotent");
         assert_eq!(p.batches, vec![vec!["vm-0".to_owned(), "vm-1".to_owned()], vec!["vm-3".to_owned()]]);
-        assert_eq!((p.hosts[0].before.as_deref(), p.hosts[0].after.as_str()), (Some(OLD), NEW));
+        assert_eq!((p.hosts[0].before.as_ref().map(ReleaseId::as_str), p.hosts[0].after.as_str()), (Some(OLD), NEW));
         assert_eq!(p.id(), p.clone().id(), "the id is a function of the content");
     }
 
@@ -430,23 +442,31 @@ mod tests {
         .unwrap_err();
         assert!(matches!(e, PlanError::HostUnfit { .. }), "{e}");
         let e = plan_for(
-            vec![("vm-0".into(), obs(Current::Release(OLD.into()), Some("sha256:edited"), None))],
+            vec![("vm-0".into(), obs(Current::Release(crate::ids::test_id(OLD)), Some("sha256:edited"), None))],
             BatchSize::Count(1),
         )
         .unwrap_err();
         assert!(e.to_string().contains("was edited"), "{e}");
-        let e = plan_for(vec![("vm-0".into(), obs(Current::Release(OLD.into()), None, None))], BatchSize::Count(1))
-            .unwrap_err();
+        let e = plan_for(
+            vec![("vm-0".into(), obs(Current::Release(crate::ids::test_id(OLD)), None, None))],
+            BatchSize::Count(1),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("gone"), "{e}");
     }
 
     #[test]
     fn a_plan_goes_stale_when_a_host_moves() {
-        let observed =
-            vec![("vm-0".to_owned(), obs(Current::Release(OLD.into()), Some("sha256:oldhash"), Some("sha256:old")))];
+        let observed = vec![(
+            "vm-0".to_owned(),
+            obs(Current::Release(crate::ids::test_id(OLD)), Some("sha256:oldhash"), Some("sha256:old")),
+        )];
         let p = plan_for(observed.clone(), BatchSize::Count(1)).unwrap();
         assert!(staleness(&p, &observed).is_empty());
-        let moved = vec![("vm-0".to_owned(), obs(Current::Release(NEW.into()), Some("sha256:x"), Some("sha256:old")))];
+        let moved = vec![(
+            "vm-0".to_owned(),
+            obs(Current::Release(crate::ids::test_id(NEW)), Some("sha256:x"), Some("sha256:old")),
+        )];
         let s = staleness(&p, &moved);
         assert_eq!(
             s,
@@ -461,8 +481,10 @@ mod tests {
 
     #[test]
     fn a_plan_file_that_says_what_is_derived_now_compares_equal() {
-        let observed =
-            vec![("vm-0".to_owned(), obs(Current::Release(OLD.into()), Some("sha256:oldhash"), Some("sha256:old")))];
+        let observed = vec![(
+            "vm-0".to_owned(),
+            obs(Current::Release(crate::ids::test_id(OLD)), Some("sha256:oldhash"), Some("sha256:old")),
+        )];
         let p = plan_for(observed, BatchSize::Count(1)).unwrap();
         assert_eq!(compare(&p, &p.clone()), Ok(()));
     }
@@ -470,8 +492,14 @@ mod tests {
     #[test]
     fn every_edited_policy_field_is_named_with_both_values() {
         let observed = vec![
-            ("vm-0".to_owned(), obs(Current::Release(OLD.into()), Some("sha256:oldhash"), Some("sha256:old"))),
-            ("vm-1".to_owned(), obs(Current::Release(OLD.into()), Some("sha256:oldhash"), Some("sha256:old"))),
+            (
+                "vm-0".to_owned(),
+                obs(Current::Release(crate::ids::test_id(OLD)), Some("sha256:oldhash"), Some("sha256:old")),
+            ),
+            (
+                "vm-1".to_owned(),
+                obs(Current::Release(crate::ids::test_id(OLD)), Some("sha256:oldhash"), Some("sha256:old")),
+            ),
         ];
         let derived = plan_for(observed, BatchSize::Count(1)).unwrap();
         type Edit = Box<dyn Fn(&mut Plan)>;
@@ -482,7 +510,7 @@ mod tests {
             ("batches", Box::new(|p| p.batches.push(vec!["vm-9".into()]))),
             ("batches", Box::new(|p| p.batches[0][0] = "renamed".into())),
             ("batches", Box::new(|p| p.batches.clear())),
-            ("release.digest", Box::new(|p| p.release.digest = "sha256:other".into())),
+            ("release.digest", Box::new(|p| p.release.facts.digest = "sha256:other".into())),
             ("environment", Box::new(|p| p.environment = "staging".into())),
             ("files", Box::new(|p| drop(p.files.insert("evil".into(), "eA==".into())))),
             ("version", Box::new(|p| p.version = 7)),
@@ -503,8 +531,10 @@ mod tests {
 
     #[test]
     fn a_host_that_moved_makes_the_file_stale_not_tampered() {
-        let before =
-            vec![("vm-0".to_owned(), obs(Current::Release(OLD.into()), Some("sha256:oldhash"), Some("sha256:old")))];
+        let before = vec![(
+            "vm-0".to_owned(),
+            obs(Current::Release(crate::ids::test_id(OLD)), Some("sha256:oldhash"), Some("sha256:old")),
+        )];
         let after = vec![("vm-0".to_owned(), obs(Current::Missing, None, None))];
         let file = plan_for(before, BatchSize::Count(1)).unwrap();
         let derived = plan_for(after, BatchSize::Count(1)).unwrap();

@@ -39,17 +39,9 @@ impl ReceiptKind {
     }
 }
 
-/// The release a receipt is about. Secret values have no field here: services carry
-/// secret *names* only, and those names are not needed to audit a deployment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct ReceiptRelease {
-    pub repository: String,
-    pub digest: String,
-    pub source_commit: String,
-    pub signer_key_id: String,
-    pub provenance: Option<String>,
-    pub sbom: Option<String>,
-}
+/// The release a receipt is about: [`ReleaseFacts`]. Secret values have no field there:
+/// services carry secret *names* only, and those are not needed to audit a deployment.
+pub use crate::release::ReleaseFacts as ReceiptRelease;
 
 /// What happened on one host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //! releases, the receipt index, locks and approvals. The `Store` trait in the
 //! `controlplane` crate reads and writes these; the core decides with them.
 
+use crate::release::ReleaseFacts;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -9,12 +10,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseRecord {
     pub service: String,
-    pub digest: String,
-    pub repository: String,
-    pub source_commit: String,
-    pub signer_key_id: String,
-    pub provenance: Option<String>,
-    pub sbom: Option<String>,
+    #[serde(flatten)]
+    pub facts: ReleaseFacts,
     /// JSON evidence (signature layers, attestation digests) for offline re-checks.
     pub evidence: String,
     pub added_at: DateTime<Utc>,
@@ -55,13 +52,9 @@ pub struct AppliedRelease {
     pub environment: String,
     pub service: String,
     pub release_id: String,
-    pub image: String,
-    pub digest: String,
-    pub source_commit: String,
     pub content_hash: String,
-    pub signer_key_id: String,
-    pub provenance: Option<String>,
-    pub sbom: Option<String>,
+    #[serde(flatten)]
+    pub facts: ReleaseFacts,
     pub applied_at: DateTime<Utc>,
 }
 

@@ -38,6 +38,30 @@ pub struct ReleaseInput<'a> {
     pub sbom: Option<&'a str>,
 }
 
+/// What every record of a release says about it: the image, where it came from, who
+/// signed it, its attestations. Plans, receipts, the catalog and the record of applied
+/// releases all carry this one type (`release.json` on hosts keeps its own strict format).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ReleaseFacts {
+    /// Repository without tag or digest, e.g. `registry:5000/demo/api`.
+    pub repository: String,
+    /// `sha256:...` the repository's image is pinned to.
+    pub digest: String,
+    pub source_commit: String,
+    pub signer_key_id: String,
+    /// Digest of the provenance attestation layer, if one verified.
+    pub provenance: Option<String>,
+    /// Digest of the SBOM attestation layer, if one verified.
+    pub sbom: Option<String>,
+}
+
+impl ReleaseFacts {
+    /// `repository@digest`.
+    pub fn image(&self) -> String {
+        format!("{}@{}", self.repository, self.digest)
+    }
+}
+
 /// `release.json`: what a golden VM's release directory says about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

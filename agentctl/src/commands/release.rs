@@ -26,12 +26,12 @@ pub async fn add(g: &Globals, r: Registration<'_>) -> Result<Report, Failure> {
     let text = format!(
         "recorded release of `{}`: {}@{}\n  commit {}\n  signed by {}\n  provenance {}\n  sbom {}",
         record.service,
-        record.repository,
-        record.digest,
-        record.source_commit,
-        record.signer_key_id,
-        record.provenance.as_deref().unwrap_or("none"),
-        record.sbom.as_deref().unwrap_or("none")
+        record.facts.repository,
+        record.facts.digest,
+        record.facts.source_commit,
+        record.facts.signer_key_id,
+        record.facts.provenance.as_deref().unwrap_or("none"),
+        record.facts.sbom.as_deref().unwrap_or("none")
     );
     Ok(Report::new(text, serde_json::to_value(&record)?))
 }
@@ -46,9 +46,9 @@ pub async fn list(g: &Globals, service: &str) -> Result<Report, Failure> {
     for r in &releases {
         text.push_str(&format!(
             "\n  {}@{}  commit {}  added {} by {}",
-            r.repository,
-            r.digest,
-            &r.source_commit,
+            r.facts.repository,
+            r.facts.digest,
+            &r.facts.source_commit,
             r.added_at.format("%Y-%m-%d %H:%M:%S"),
             r.added_by
         ));

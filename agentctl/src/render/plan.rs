@@ -13,25 +13,25 @@ pub fn render(plan: &Plan) -> String {
         plan.service,
         plan.environment,
         plan.release.release_id,
-        plan.release.image,
-        plan.release.source_commit,
-        plan.release.signer_key_id,
+        plan.release.facts.image(),
+        plan.release.facts.source_commit,
+        plan.release.facts.signer_key_id,
     );
-    if let Some(p) = &plan.release.provenance {
+    if let Some(p) = &plan.release.facts.provenance {
         out.push_str(&format!("\n  provenance {p}"));
     }
-    if let Some(s) = &plan.release.sbom {
+    if let Some(s) = &plan.release.facts.sbom {
         out.push_str(&format!("\n  sbom {s}"));
     }
     out.push('\n');
     for h in &plan.hosts {
-        let before = h.before.as_deref().unwrap_or("(nothing)");
+        let before = h.before.as_ref().map(|r| r.as_str()).unwrap_or("(nothing)");
         match h.action {
             Action::Change => out.push_str(&format!(
                 "\n  ~ {:<12} {before} -> {}   (rollback target: {})",
                 h.host,
                 h.after,
-                h.rollback_target.as_deref().unwrap_or("(nothing)")
+                h.rollback_target.as_ref().map(|r| r.as_str()).unwrap_or("(nothing)")
             )),
             Action::None => out.push_str(&format!("\n    {:<12} {} (already live, unchanged)", h.host, h.after)),
         }

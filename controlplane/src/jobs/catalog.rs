@@ -84,12 +84,14 @@ pub async fn register(
     }
     let record = ReleaseRecord {
         service: service.name.to_string(),
-        digest: verified.image.digest.to_string(),
-        repository: verified.image.repository.to_string(),
-        source_commit: r.commit.to_owned(),
-        signer_key_id: verified.signature.key_id.clone(),
-        provenance: verified.provenance().map(|p| p.layer.clone()),
-        sbom: verified.sbom().map(|p| p.layer.clone()),
+        facts: crate::release::ReleaseFacts {
+            digest: verified.image.digest.to_string(),
+            repository: verified.image.repository.to_string(),
+            source_commit: r.commit.to_owned(),
+            signer_key_id: verified.signature.key_id.clone(),
+            provenance: verified.provenance().map(|p| p.layer.clone()),
+            sbom: verified.sbom().map(|p| p.layer.clone()),
+        },
         evidence: serde_json::to_string(&verified).expect("evidence serializes"),
         added_at: chrono::Utc::now(),
         added_by: r.operator.to_owned(),
@@ -111,7 +113,7 @@ pub async fn resolve(
     let needle = needle.strip_prefix("sha256:").unwrap_or(needle);
     let mut matches: Vec<_> = all
         .into_iter()
-        .filter(|r| !needle.is_empty() && r.digest.trim_start_matches("sha256:").starts_with(needle))
+        .filter(|r| !needle.is_empty() && r.facts.digest.trim_start_matches("sha256:").starts_with(needle))
         .collect();
     match (matches.pop(), matches.len()) {
         (Some(one), 0) => Ok(one),

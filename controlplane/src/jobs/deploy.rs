@@ -9,6 +9,7 @@
 //! refuses the request if it says anything else (tampered) or if hosts moved (stale), and
 //! applies only what it derived itself.
 
+use crate::ids::{ContentHash, PlanId, ReleaseId};
 use crate::image::{Digest, PinnedImage, Repository};
 use crate::keys::SigningKey;
 use crate::lock::{self, Holder, Machine};
@@ -16,8 +17,9 @@ use crate::manifest::{Environment, ManifestSet, Service};
 use crate::names::{EnvName, ServiceName};
 use crate::observe::Observation;
 use crate::plan::{self, Action, FieldDiff, Mismatch, Moved, Plan, PlanError, PlanInput, PlanKind, PlannedRelease};
-use crate::receipt::{ApprovalRecord, HostOutcome, ReceiptBody, ReceiptKind, ReceiptRelease};
+use crate::receipt::{ApprovalRecord, HostOutcome, ReceiptBody, ReceiptKind};
 use crate::receipt_log::{ReceiptError, ReceiptLog};
+use crate::release::ReleaseFacts;
 use crate::release::{self, ReleaseInput};
 use crate::rollout::{self, HostEnd, HostMove, Next, Outcome};
 use crate::store::{AppliedRelease, DeploymentRecord, LockRecord, ReleaseRecord, Store, StoreError};
@@ -56,13 +58,13 @@ pub enum DeployError {
     #[error(transparent)]
     Tar(#[from] crate::tarball::TarError),
     #[error("the plan was edited or forged: {} field(s) differ from what the manifests give now", diffs.len())]
-    PlanTampered { plan: String, diffs: Vec<FieldDiff> },
+    PlanTampered { plan: PlanId, diffs: Vec<FieldDiff> },
     #[error("plan `{plan}` is stale: {} thing(s) moved since it was made", moved.len())]
-    Stale { plan: String, moved: Vec<Moved> },
+    Stale { plan: PlanId, moved: Vec<Moved> },
     #[error("`{service}` in `{environment}` is locked by {} on {} (pid {}, plan {}, since {})", holder.holder_user, holder.holder_host, holder.holder_pid, holder.plan_id, holder.since.to_rfc3339())]
     Locked { environment: String, service: String, holder: Box<LockRecord>, liveness: Holder },
     #[error("plan `{plan}` needs {need} approval(s) and has {have}")]
-    Approvals { plan: String, need: u32, have: usize },
+    Approvals { plan: PlanId, need: u32, have: usize },
     #[error("no rollback target is recorded for `{service}` in `{environment}`")]
     NoRollbackTarget { environment: String, service: String },
     #[error("hosts of `{environment}` record different rollback targets ({targets}); choose one with `--to`")]
@@ -161,7 +163,7 @@ impl Interrupt {
 /// What happened on each host, and how the rollout ended.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ApplyReport {
-    pub plan_id: String,
+    pub plan_id: PlanId,
     pub outcome: Outcome,
     pub hosts: Vec<HostOutcome>,
     pub receipt: String,
@@ -220,14 +222,15 @@ impl<'a> Deployer<'a> {
 
     async fn verify_record(&self, env: &Environment, record: &ReleaseRecord) -> Result<Verified, DeployError> {
         let image = PinnedImage {
-            repository: Repository::new(&record.repository)
-                .map_err(|e| VerifyError::BadReference(record.repository.clone(), e))?,
-            digest: Digest::new(&record.digest).map_err(|e| VerifyError::BadReference(record.digest.clone(), e))?,
+            repository: Repository::new(&record.facts.repository)
+                .map_err(|e| VerifyError::BadReference(record.facts.repository.clone(), e))?,
+            digest: Digest::new(&record.facts.digest)
+                .map_err(|e| VerifyError::BadReference(record.facts.digest.clone(), e))?,
         };
         let req = Requirements {
             provenance: env.require_provenance,
             sbom: env.require_sbom,
-            commit: Some(record.source_commit.clone()),
+            commit: Some(record.facts.source_commit.clone()),
         };
         Ok(self.verifier.verify_release(&image, &req).await?)
     }
@@ -303,12 +306,12 @@ impl<'a> Deployer<'a> {
         record: &ReleaseRecord,
     ) -> Result<Plan, DeployError> {
         let verified = self.verify_record(env, record).await?;
-        self.gate(env, service, &record.digest).await?;
+        self.gate(env, service, &record.facts.digest).await?;
         let content = release::render(&ReleaseInput {
             service,
             environment: &env.name,
             image: &verified.image,
-            source_commit: &record.source_commit,
+            source_commit: &record.facts.source_commit,
             signer_key_id: &verified.signature.key_id,
             provenance: verified.provenance().map(|p| p.layer.as_str()),
             sbom: verified.sbom().map(|p| p.layer.as_str()),
@@ -316,14 +319,16 @@ impl<'a> Deployer<'a> {
         let observed = self.observe(fleet, env, service, None).await?;
         let (known, recorded) = self.recorded(env, service).await?;
         let planned = PlannedRelease {
-            release_id: content.id.clone(),
-            image: verified.image.to_string(),
-            digest: verified.image.digest.to_string(),
-            source_commit: record.source_commit.clone(),
-            signer_key_id: verified.signature.key_id.clone(),
-            provenance: content.json.provenance.clone(),
-            sbom: content.json.sbom.clone(),
-            content_hash: content.content_hash.clone(),
+            release_id: ReleaseId::new(&content.id).map_err(|e| PlanError::Invalid(e.to_string()))?,
+            content_hash: ContentHash::new(&content.content_hash).map_err(|e| PlanError::Invalid(e.to_string()))?,
+            facts: ReleaseFacts {
+                repository: verified.image.repository.to_string(),
+                digest: verified.image.digest.to_string(),
+                source_commit: record.facts.source_commit.clone(),
+                signer_key_id: verified.signature.key_id.clone(),
+                provenance: content.json.provenance.clone(),
+                sbom: content.json.sbom.clone(),
+            },
         };
         Ok(plan::build(&PlanInput {
             kind: PlanKind::Promote,
@@ -381,12 +386,7 @@ impl<'a> Deployer<'a> {
         // Going back is still a deployment: the image must still verify.
         let record = ReleaseRecord {
             service: s.clone(),
-            digest: applied.digest.clone(),
-            repository: applied.image.split('@').next().unwrap_or_default().to_owned(),
-            source_commit: applied.source_commit.clone(),
-            signer_key_id: applied.signer_key_id.clone(),
-            provenance: applied.provenance.clone(),
-            sbom: applied.sbom.clone(),
+            facts: applied.facts.clone(),
             evidence: String::new(),
             added_at: applied.applied_at,
             added_by: String::new(),
@@ -394,15 +394,13 @@ impl<'a> Deployer<'a> {
         let verified = self.verify_record(env, &record).await?;
         let observed = self.observe(fleet, env, service, Some(target)).await?;
         let (known, recorded) = self.recorded(env, service).await?;
+        let corrupt = |e: crate::ids::IdError| {
+            DeployError::Store(StoreError::Corrupt { what: "applied release", detail: e.to_string() })
+        };
         let planned = PlannedRelease {
-            release_id: target.to_owned(),
-            image: verified.image.to_string(),
-            digest: applied.digest,
-            source_commit: applied.source_commit,
-            signer_key_id: verified.signature.key_id.clone(),
-            provenance: applied.provenance,
-            sbom: applied.sbom,
-            content_hash: applied.content_hash,
+            release_id: ReleaseId::new(target).map_err(corrupt)?,
+            content_hash: ContentHash::new(&applied.content_hash).map_err(corrupt)?,
+            facts: ReleaseFacts { signer_key_id: verified.signature.key_id.clone(), ..applied.facts },
         };
         Ok(plan::build(&PlanInput {
             kind: PlanKind::Rollback,
@@ -460,7 +458,7 @@ impl<'a> Deployer<'a> {
                 kind: ReceiptKind::Refusal,
                 time: self.now(),
                 operator: self.operator.clone(),
-                plan_id: Some(id.clone()),
+                plan_id: Some(id.to_string()),
                 environment: Some(env.name.to_string()),
                 service: Some(service.name.to_string()),
                 release: None,
@@ -477,19 +475,21 @@ impl<'a> Deployer<'a> {
         //    run now. A release that is not recorded cannot be promoted from a file.
         let derived = match requested.kind {
             PlanKind::Promote => {
-                let record = match self.store.release(service.name.as_str(), &requested.release.digest).await? {
+                let record = match self.store.release(service.name.as_str(), &requested.release.facts.digest).await? {
                     Some(r) => r,
                     None => {
                         return refuse(DeployError::UnknownRelease {
                             service: service.name.to_string(),
-                            reference: requested.release.digest.clone(),
+                            reference: requested.release.facts.digest.clone(),
                         })
                         .await
                     }
                 };
                 self.derive_promotion(fleet, env, service, &record).await
             }
-            PlanKind::Rollback => self.derive_rollback(fleet, env, service, &requested.release.release_id).await,
+            PlanKind::Rollback => {
+                self.derive_rollback(fleet, env, service, requested.release.release_id.as_str()).await
+            }
         };
         let plan = match derived {
             Ok(p) => p,
@@ -511,7 +511,7 @@ impl<'a> Deployer<'a> {
         let plan_id = plan.id();
 
         // 2. Approvals, counted per distinct approver against what the environment needs now.
-        let approvals = self.store.approvals(&plan_id).await?;
+        let approvals = self.store.approvals(plan_id.as_str()).await?;
         let mut approvers: Vec<&str> = approvals.iter().map(|a| a.approver.as_str()).collect();
         approvers.sort_unstable();
         approvers.dedup();
@@ -534,7 +534,7 @@ impl<'a> Deployer<'a> {
             holder_host: self.machine.hostname.clone(),
             holder_pid: i64::from(std::process::id()),
             holder_boot: self.machine.boot_id.clone(),
-            plan_id: plan_id.clone(),
+            plan_id: plan_id.to_string(),
             since: self.clock.now(),
         };
         if let Err(holder) = self.store.try_lock(&lock).await? {
@@ -549,7 +549,7 @@ impl<'a> Deployer<'a> {
         }
         let run = Run { d: self, fleet, plan: &plan, plan_id: &plan_id, env, service, approvals: approval_records };
         let result = run.apply_locked(receipts).await;
-        self.store.unlock(&plan.environment, &plan.service, &plan_id).await?;
+        self.store.unlock(&plan.environment, &plan.service, plan_id.as_str()).await?;
         result
     }
 
@@ -585,13 +585,17 @@ impl Deployer<'_> {
         if actual != saved.plan_id {
             let e = DeployError::PlanTampered {
                 plan: saved.plan_id.clone(),
-                diffs: vec![FieldDiff { field: "plan_id".into(), file: saved.plan_id.clone(), derived: actual }],
+                diffs: vec![FieldDiff {
+                    field: "plan_id".into(),
+                    file: saved.plan_id.to_string(),
+                    derived: actual.to_string(),
+                }],
             };
             let body = ReceiptBody {
                 kind: ReceiptKind::Refusal,
                 time: self.now(),
                 operator: self.operator.clone(),
-                plan_id: Some(saved.plan_id.clone()),
+                plan_id: Some(saved.plan_id.to_string()),
                 environment: self.environment(&saved.plan.environment).ok().map(|e| e.name.to_string()),
                 service: self.service(&saved.plan.service).ok().map(|s| s.name.to_string()),
                 release: None,
@@ -621,7 +625,7 @@ fn refusal_detail(e: &DeployError) -> String {
 fn receipt_body(
     d: &Deployer<'_>,
     plan: &Plan,
-    plan_id: &str,
+    plan_id: &PlanId,
     approvals: Vec<ApprovalRecord>,
     outcome: &str,
     detail: Option<String>,
@@ -631,17 +635,10 @@ fn receipt_body(
         kind: if plan.kind == PlanKind::Promote { ReceiptKind::Apply } else { ReceiptKind::Rollback },
         time: d.now(),
         operator: d.operator.clone(),
-        plan_id: Some(plan_id.to_owned()),
+        plan_id: Some(plan_id.to_string()),
         environment: Some(plan.environment.clone()),
         service: Some(plan.service.clone()),
-        release: Some(ReceiptRelease {
-            repository: plan.release.image.split('@').next().unwrap_or_default().to_owned(),
-            digest: plan.release.digest.clone(),
-            source_commit: plan.release.source_commit.clone(),
-            signer_key_id: plan.release.signer_key_id.clone(),
-            provenance: plan.release.provenance.clone(),
-            sbom: plan.release.sbom.clone(),
-        }),
+        release: Some(plan.release.facts.clone()),
         hosts,
         approvals,
         outcome: outcome.into(),
@@ -654,7 +651,7 @@ struct Run<'r, 'a> {
     d: &'r Deployer<'a>,
     fleet: &'r Fleet,
     plan: &'r Plan,
-    plan_id: &'r str,
+    plan_id: &'r PlanId,
     env: &'a Environment,
     service: &'a Service,
     approvals: Vec<ApprovalRecord>,
@@ -693,8 +690,8 @@ impl Run<'_, '_> {
         // 4. Record the way back before the first host is touched.
         for h in plan.hosts.iter().filter(|h| h.action == Action::Change) {
             let mut r = self.deployment(&h.host, existing.get(&h.host));
-            r.rollback_target = h.rollback_target.clone();
-            r.plan_id = self.plan_id.to_owned();
+            r.rollback_target = h.rollback_target.as_ref().map(ToString::to_string);
+            r.plan_id = self.plan_id.to_string();
             r.updated_at = d.clock.now();
             d.store.put_deployment(&r).await?;
         }
@@ -702,14 +699,9 @@ impl Run<'_, '_> {
             .put_applied_release(&AppliedRelease {
                 environment: plan.environment.clone(),
                 service: plan.service.clone(),
-                release_id: plan.release.release_id.clone(),
-                image: plan.release.image.clone(),
-                digest: plan.release.digest.clone(),
-                source_commit: plan.release.source_commit.clone(),
-                content_hash: plan.release.content_hash.clone(),
-                signer_key_id: plan.release.signer_key_id.clone(),
-                provenance: plan.release.provenance.clone(),
-                sbom: plan.release.sbom.clone(),
+                release_id: plan.release.release_id.to_string(),
+                content_hash: plan.release.content_hash.to_string(),
+                facts: plan.release.facts.clone(),
                 applied_at: d.clock.now(),
             })
             .await?;
@@ -718,15 +710,16 @@ impl Run<'_, '_> {
             .hosts
             .iter()
             .map(|h| {
+                let id = |r: &Option<ReleaseId>| r.as_ref().map(ToString::to_string);
                 let (outcome, after) = match h.action {
-                    Action::None => ("unchanged", Some(h.after.clone())),
-                    Action::Change => ("untouched", h.before.clone()),
+                    Action::None => ("unchanged", Some(h.after.to_string())),
+                    Action::Change => ("untouched", id(&h.before)),
                 };
                 let o = HostOutcome {
                     host: h.host.clone(),
-                    before: h.before.clone(),
+                    before: id(&h.before),
                     after,
-                    rollback_target: h.rollback_target.clone(),
+                    rollback_target: id(&h.rollback_target),
                     outcome: outcome.into(),
                     detail: None,
                 };
@@ -772,14 +765,14 @@ impl Run<'_, '_> {
                 o.outcome = end.outcome().into();
                 match &end {
                     HostEnd::Changed => {
-                        o.after = Some(plan.release.release_id.clone());
+                        o.after = Some(plan.release.release_id.to_string());
                         let mut r = self.deployment(name, existing.get(name));
-                        r.release_id = plan.release.release_id.clone();
-                        r.digest = plan.release.digest.clone();
-                        r.source_commit = plan.release.source_commit.clone();
-                        r.content_hash = plan.release.content_hash.clone();
+                        r.release_id = plan.release.release_id.to_string();
+                        r.digest = plan.release.facts.digest.clone();
+                        r.source_commit = plan.release.facts.source_commit.clone();
+                        r.content_hash = plan.release.content_hash.to_string();
                         r.rollback_target = o.rollback_target.clone().or(r.rollback_target);
-                        r.plan_id = self.plan_id.to_owned();
+                        r.plan_id = self.plan_id.to_string();
                         r.updated_at = d.clock.now();
                         d.store.put_deployment(&r).await?;
                         d.sink.event(&format!("{name}: {} is live and healthy", plan.release.release_id));
@@ -825,7 +818,7 @@ impl Run<'_, '_> {
             .log
             .append(self.body(outcome.as_str(), failure.clone(), hosts.clone()), receipts.key, Some(d.store))
             .await?;
-        Ok(ApplyReport { plan_id: self.plan_id.to_owned(), outcome, hosts, receipt: r.file_name(), failure })
+        Ok(ApplyReport { plan_id: self.plan_id.clone(), outcome, hosts, receipt: r.file_name(), failure })
     }
 
     async fn stage_all(&self) -> Result<(), DeployError> {
@@ -838,7 +831,10 @@ impl Run<'_, '_> {
             let tar = &tar;
             async move {
                 let result = match self.fleet.get(&h.host) {
-                    Some(vm) => vm.stage(self.service, &plan.release.release_id, &plan.release.content_hash, tar).await,
+                    Some(vm) => {
+                        let (id, hash) = (plan.release.release_id.as_str(), plan.release.content_hash.as_str());
+                        vm.stage(self.service, id, hash, tar).await
+                    }
                     None => Err(HostText::new("the host is not connected")),
                 };
                 (h.host.clone(), result)
@@ -855,8 +851,8 @@ impl Run<'_, '_> {
 
     /// Walks one host through its steps; the core's [`HostMove`] decides each next one.
     async fn move_host(&self, name: &str) -> HostEnd {
-        let target = self.plan.hosts.iter().find(|h| h.host == name).and_then(|h| h.rollback_target.as_deref());
-        let mut machine = HostMove::new(&self.plan.release.release_id, target);
+        let target = self.plan.hosts.iter().find(|h| h.host == name).and_then(|h| h.rollback_target.as_ref());
+        let mut machine = HostMove::new(self.plan.release.release_id.as_str(), target.map(ReleaseId::as_str));
         let Some(vm) = self.fleet.get(name) else {
             return HostEnd::Failed { reason: "the host is not connected".into(), back: "not attempted".into() };
         };

@@ -48,7 +48,7 @@ pub async fn probe_all(
             d.environment == env.name.as_str() && d.service == service.name.as_str() && d.host == host.name.as_str()
         });
         let status = match probe_one(ssh, host, service, settings.timeout).await {
-            Ok(obs) => (drift::classify(service.name.as_str(), rec, &obs), obs.release_id().map(str::to_owned)),
+            Ok(obs) => (drift::classify(service.name.as_str(), rec, &obs), obs.release_id().map(ToString::to_string)),
             Err(e) => {
                 let security = matches!(e, SshError::HostKeyMismatch { .. });
                 (Status::Unreachable { reason: e.to_string(), security }, None)

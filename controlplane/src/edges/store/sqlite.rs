@@ -1,6 +1,7 @@
 //! The SQLite store: one file, created on first use, migrated on open.
 
 use super::*;
+use crate::release::ReleaseFacts;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqlitePool};
@@ -92,16 +93,25 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
+    /// The release facts of a row whose repository is `repository`.
+    fn facts_from(row: &SqliteRow, repository: String) -> Result<ReleaseFacts, StoreError> {
+        let g = |c: &'static str| row.try_get::<String, _>(c).map_err(q(c));
+        let o = |c: &'static str| row.try_get::<Option<String>, _>(c).map_err(q(c));
+        Ok(ReleaseFacts {
+            repository,
+            digest: g("digest")?,
+            source_commit: g("source_commit")?,
+            signer_key_id: g("signer_key_id")?,
+            provenance: o("provenance")?,
+            sbom: o("sbom")?,
+        })
+    }
+
     fn release_from(row: &SqliteRow) -> Result<ReleaseRecord, StoreError> {
         let g = |c: &'static str| row.try_get::<String, _>(c).map_err(q(c));
         Ok(ReleaseRecord {
             service: g("service")?,
-            digest: g("digest")?,
-            repository: g("repository")?,
-            source_commit: g("source_commit")?,
-            signer_key_id: g("signer_key_id")?,
-            provenance: row.try_get("provenance").map_err(q("provenance"))?,
-            sbom: row.try_get("sbom").map_err(q("sbom"))?,
+            facts: Self::facts_from(row, g("repository")?)?,
             evidence: g("evidence")?,
             added_at: time(row, "added_at")?,
             added_by: g("added_by")?,
@@ -166,12 +176,12 @@ impl Store for SqliteStore {
                added_at = excluded.added_at, added_by = excluded.added_by",
         )
         .bind(&r.service)
-        .bind(&r.digest)
-        .bind(&r.repository)
-        .bind(&r.source_commit)
-        .bind(&r.signer_key_id)
-        .bind(&r.provenance)
-        .bind(&r.sbom)
+        .bind(&r.facts.digest)
+        .bind(&r.facts.repository)
+        .bind(&r.facts.source_commit)
+        .bind(&r.facts.signer_key_id)
+        .bind(&r.facts.provenance)
+        .bind(&r.facts.sbom)
         .bind(&r.evidence)
         .bind(ts(&r.added_at))
         .bind(&r.added_by)
@@ -251,13 +261,13 @@ impl Store for SqliteStore {
         .bind(&r.environment)
         .bind(&r.service)
         .bind(&r.release_id)
-        .bind(&r.image)
-        .bind(&r.digest)
-        .bind(&r.source_commit)
+        .bind(r.facts.image())
+        .bind(&r.facts.digest)
+        .bind(&r.facts.source_commit)
         .bind(&r.content_hash)
-        .bind(&r.signer_key_id)
-        .bind(&r.provenance)
-        .bind(&r.sbom)
+        .bind(&r.facts.signer_key_id)
+        .bind(&r.facts.provenance)
+        .bind(&r.facts.sbom)
         .bind(ts(&r.applied_at))
         .execute(&self.pool)
         .await
@@ -281,17 +291,15 @@ impl Store for SqliteStore {
                 .map_err(q("get applied release"))?;
         let Some(row) = row else { return Ok(None) };
         let g = |c: &'static str| row.try_get::<String, _>(c).map_err(q(c));
+        // The table keeps `image` (`repository@digest`) as written by earlier versions.
+        let image = g("image")?;
+        let repository = image.rsplit_once('@').map_or(image.as_str(), |(r, _)| r).to_owned();
         Ok(Some(AppliedRelease {
             environment: g("environment")?,
             service: g("service")?,
             release_id: g("release_id")?,
-            image: g("image")?,
-            digest: g("digest")?,
-            source_commit: g("source_commit")?,
             content_hash: g("content_hash")?,
-            signer_key_id: g("signer_key_id")?,
-            provenance: row.try_get("provenance").map_err(q("provenance"))?,
-            sbom: row.try_get("sbom").map_err(q("sbom"))?,
+            facts: Self::facts_from(&row, repository)?,
             applied_at: time(&row, "applied_at")?,
         }))
     }
@@ -435,28 +443,30 @@ mod tests {
 
         let rel = ReleaseRecord {
             service: "api".into(),
-            digest: format!("sha256:{}", "a".repeat(64)),
-            repository: "127.0.0.1:5000/demo/api".into(),
-            source_commit: "0123456789abcdef0123456789abcdef01234567".into(),
-            signer_key_id: "sha256:k".into(),
-            provenance: Some("sha256:p".into()),
-            sbom: None,
+            facts: ReleaseFacts {
+                digest: format!("sha256:{}", "a".repeat(64)),
+                repository: "127.0.0.1:5000/demo/api".into(),
+                source_commit: "0123456789abcdef0123456789abcdef01234567".into(),
+                signer_key_id: "sha256:k".into(),
+                provenance: Some("sha256:p".into()),
+                sbom: None,
+            },
             evidence: "{\"sig\":1}".into(),
             added_at: t(1),
             added_by: "ci".into(),
         };
         store.put_release(&rel).await.unwrap();
-        assert_eq!(store.release("api", &rel.digest).await.unwrap(), Some(rel.clone()));
+        assert_eq!(store.release("api", &rel.facts.digest).await.unwrap(), Some(rel.clone()));
         assert_eq!(store.releases("api").await.unwrap(), vec![rel.clone()]);
-        assert_eq!(store.release("web", &rel.digest).await.unwrap(), None);
+        assert_eq!(store.release("web", &rel.facts.digest).await.unwrap(), None);
 
         let dep = DeploymentRecord {
             environment: "prod".into(),
             service: "api".into(),
             host: "vm-1".into(),
             release_id: "r-1".into(),
-            digest: rel.digest.clone(),
-            source_commit: rel.source_commit.clone(),
+            digest: rel.facts.digest.clone(),
+            source_commit: rel.facts.source_commit.clone(),
             content_hash: "sha256:c".into(),
             rollback_target: Some("r-0".into()),
             plan_id: "p-1".into(),
@@ -508,13 +518,15 @@ mod tests {
             environment: "prod".into(),
             service: "api".into(),
             release_id: "r-1".into(),
-            image: "i".into(),
-            digest: "d".into(),
-            source_commit: "c".into(),
             content_hash: "h".into(),
-            signer_key_id: "k".into(),
-            provenance: None,
-            sbom: Some("s".into()),
+            facts: ReleaseFacts {
+                repository: "registry/demo/api".into(),
+                digest: "d".into(),
+                source_commit: "c".into(),
+                signer_key_id: "k".into(),
+                provenance: None,
+                sbom: Some("s".into()),
+            },
             applied_at: t(6),
         };
         store.put_applied_release(&applied).await.unwrap();

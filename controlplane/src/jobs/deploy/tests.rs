@@ -73,12 +73,18 @@ impl GoldenVm for FakeVm {
         let live = t.current.as_ref().and_then(|id| t.releases.get(id));
         let json = live.and_then(|f| f.get("release.json").cloned());
         Ok(Observation {
-            current: t.current.clone().map_or(Current::Missing, Current::Release),
+            current: t
+                .current
+                .as_deref()
+                .and_then(|id| ReleaseId::new(id).ok())
+                .map_or(Current::Missing, Current::Release),
             release_json_sha256: json.as_ref().map(|b| crate::image::Digest::of(b).to_string()),
             release_json: json,
-            content_hash: live.map(release::content_hash),
+            content_hash: live.and_then(|f| ContentHash::new(&release::content_hash(f)).ok()),
             odd_entries: Vec::new(),
-            target_hash: target.and_then(|id| t.releases.get(id)).map(release::content_hash),
+            target_hash: target
+                .and_then(|id| t.releases.get(id))
+                .and_then(|f| ContentHash::new(&release::content_hash(f)).ok()),
             running: t.running.as_deref().map(HostText::new),
         })
     }
@@ -183,12 +189,14 @@ impl World {
             store
                 .put_release(&ReleaseRecord {
                     service: "api".into(),
-                    digest: digest.into(),
-                    repository: REPO.into(),
-                    source_commit: commit.into(),
-                    signer_key_id: "release-key".into(),
-                    provenance: None,
-                    sbom: None,
+                    facts: ReleaseFacts {
+                        digest: digest.into(),
+                        repository: REPO.into(),
+                        source_commit: commit.into(),
+                        signer_key_id: "release-key".into(),
+                        provenance: None,
+                        sbom: None,
+                    },
                     evidence: String::new(),
                     added_at: FixedClock.now(),
                     added_by: "ci".into(),
@@ -297,7 +305,7 @@ async fn a_rollout_moves_every_batch_and_records_the_way_back() {
     let (v1, plan) = w.v1_live_and_v2_in_staging().await;
     assert_eq!(plan.batches, vec![vec!["prod-1", "prod-2"], vec!["prod-3", "prod-4"]]);
     let r = w.apply(&plan).await.unwrap();
-    let v2 = plan.release.release_id.clone();
+    let v2 = plan.release.release_id.to_string();
     assert_eq!(r.outcome, Outcome::Succeeded);
     assert_eq!(w.prod(), vec![Some(v2.clone()); 4]);
     let recorded = w.store.deployments("prod", "api").await.unwrap();
@@ -311,7 +319,7 @@ async fn a_rollout_moves_every_batch_and_records_the_way_back() {
 async fn a_health_check_failing_in_batch_two_rolls_that_host_back_and_stops() {
     let w = World::new().await;
     let (v1, plan) = w.v1_live_and_v2_in_staging().await;
-    let v2 = plan.release.release_id.clone();
+    let v2 = plan.release.release_id.to_string();
     w.script.lock().unwrap().fail.push(("prod-3".into(), "health check"));
     let r = w.apply(&plan).await.unwrap();
     assert_eq!(r.outcome, Outcome::Failed);
@@ -328,7 +336,7 @@ async fn a_health_check_failing_in_batch_two_rolls_that_host_back_and_stops() {
 async fn a_failure_in_the_canary_batch_leaves_later_batches_untouched() {
     let w = World::new().await;
     let (v1, plan) = w.v1_live_and_v2_in_staging().await;
-    let v2 = plan.release.release_id.clone();
+    let v2 = plan.release.release_id.to_string();
     w.script.lock().unwrap().fail.push(("prod-1".into(), "activation"));
     w.log.lock().unwrap().clear();
     let r = w.apply(&plan).await.unwrap();
@@ -366,7 +374,7 @@ async fn an_interrupt_at_any_step_leaves_every_host_on_old_or_new_and_a_receipt(
         for step in ["swap", "activation", "health check"] {
             let w = World::new().await;
             let (v1, plan) = w.v1_live_and_v2_in_staging().await;
-            let v2 = plan.release.release_id.clone();
+            let v2 = plan.release.release_id.to_string();
             w.script.lock().unwrap().interrupt_at = Some((host.into(), step));
             let r = w.apply(&plan).await.unwrap();
             let case = format!("interrupt at {host} {step}");
@@ -428,7 +436,7 @@ async fn an_edited_plan_is_refused_naming_the_field_and_never_panics() {
         ("batches", Box::new(|p| p.batches.push(vec!["prod-9".into()]))),
         ("batches", Box::new(|p| p.batches[1][0] = "no-such-host".into())),
         ("approvals_required", Box::new(|p| p.approvals_required = 3)),
-        ("release.signer_key_id", Box::new(|p| p.release.signer_key_id = "another-key".into())),
+        ("release.signer_key_id", Box::new(|p| p.release.facts.signer_key_id = "another-key".into())),
     ];
     for (field, edit) in edits {
         let mut forged = plan.clone();
@@ -465,7 +473,7 @@ async fn approvals_are_counted_against_the_manifests_not_the_plan_file() {
     for _ in 0..2 {
         w.store
             .approve(&crate::store::Approval {
-                plan_id: plan.id(),
+                plan_id: plan.id().to_string(),
                 approver: "bob".into(),
                 approved_at: FixedClock.now(),
             })
@@ -476,7 +484,7 @@ async fn approvals_are_counted_against_the_manifests_not_the_plan_file() {
     assert!(matches!(e, DeployError::Approvals { need: 2, have: 1, .. }), "{e}");
     w.store
         .approve(&crate::store::Approval {
-            plan_id: plan.id(),
+            plan_id: plan.id().to_string(),
             approver: "carol".into(),
             approved_at: FixedClock.now(),
         })
