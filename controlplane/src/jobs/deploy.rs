@@ -423,20 +423,33 @@ impl<'a> Deployer<'a> {
         e: &DeployError,
         receipts: &Receipts<'_>,
     ) -> Result<String, DeployError> {
+        let r = self.write_refusal(None, Some(env.to_owned()), Some(service.to_owned()), e, receipts).await?;
+        Ok(r.file_name())
+    }
+
+    /// Writes the receipt of a refusal: what was asked (plan, environment, service) and why not.
+    async fn write_refusal(
+        &self,
+        plan_id: Option<String>,
+        environment: Option<String>,
+        service: Option<String>,
+        e: &DeployError,
+        receipts: &Receipts<'_>,
+    ) -> Result<crate::receipt::Receipt, DeployError> {
         let body = ReceiptBody {
             kind: ReceiptKind::Refusal,
             time: self.now(),
             operator: self.operator.clone(),
-            plan_id: None,
-            environment: Some(env.to_owned()),
-            service: Some(service.to_owned()),
+            plan_id,
+            environment,
+            service,
             release: None,
             hosts: Vec::new(),
             approvals: Vec::new(),
             outcome: "refused".into(),
             detail: Some(refusal_detail(e)),
         };
-        Ok(receipts.log.append(body, receipts.key, Some(self.store)).await?.file_name())
+        Ok(receipts.log.append(body, receipts.key, Some(self.store)).await?)
     }
 
     /// Applies what `requested` asks for, or refuses it. `requested` is not believed: the
@@ -454,20 +467,8 @@ impl<'a> Deployer<'a> {
         let requested_id = requested.id();
         let id = &requested_id;
         let refuse = |e: DeployError| async move {
-            let body = ReceiptBody {
-                kind: ReceiptKind::Refusal,
-                time: self.now(),
-                operator: self.operator.clone(),
-                plan_id: Some(id.to_string()),
-                environment: Some(env.name.to_string()),
-                service: Some(service.name.to_string()),
-                release: None,
-                hosts: Vec::new(),
-                approvals: Vec::new(),
-                outcome: "refused".into(),
-                detail: Some(refusal_detail(&e)),
-            };
-            receipts.log.append(body, receipts.key, Some(self.store)).await?;
+            let (env, svc) = (Some(env.name.to_string()), Some(service.name.to_string()));
+            self.write_refusal(Some(id.to_string()), env, svc, &e, receipts).await?;
             Err::<ApplyReport, _>(e)
         };
 
@@ -591,20 +592,9 @@ impl Deployer<'_> {
                     derived: actual.to_string(),
                 }],
             };
-            let body = ReceiptBody {
-                kind: ReceiptKind::Refusal,
-                time: self.now(),
-                operator: self.operator.clone(),
-                plan_id: Some(saved.plan_id.to_string()),
-                environment: self.environment(&saved.plan.environment).ok().map(|e| e.name.to_string()),
-                service: self.service(&saved.plan.service).ok().map(|s| s.name.to_string()),
-                release: None,
-                hosts: Vec::new(),
-                approvals: Vec::new(),
-                outcome: "refused".into(),
-                detail: Some(refusal_detail(&e)),
-            };
-            receipts.log.append(body, receipts.key, Some(self.store)).await?;
+            let env = self.environment(&saved.plan.environment).ok().map(|e| e.name.to_string());
+            let svc = self.service(&saved.plan.service).ok().map(|s| s.name.to_string());
+            self.write_refusal(Some(saved.plan_id.to_string()), env, svc, &e, receipts).await?;
             return Err(e);
         }
         self.apply(fleet, &saved.plan, receipts).await
