@@ -52,7 +52,7 @@ async fn every_class_is_detected_from_the_host_itself() {
         assert!(r.to_string().contains(needle), "{host}: expected `{needle}` in {r}");
     };
     check("prod-1", "drifted", "symlink target");
-    check("prod-2", "drifted", "content hash");
+    check("prod-2", "tampered", "is not what was applied");
     check("prod-3", "drifted", "sha256:1111");
     check("prod-4", "missing", "no `current`");
     check("prod-5", "tampered", "../../etc");
@@ -63,7 +63,7 @@ async fn every_class_is_detected_from_the_host_itself() {
     let out = w.agentctl(&["status"]);
     assert_eq!(out.status.code(), Some(3));
     let table = stdout(&out);
-    assert!(table.contains("0 in sync, 3 drifted, 1 missing, 1 tampered, 2 unreachable"), "{table}");
+    assert!(table.contains("0 in sync, 2 drifted, 1 missing, 2 tampered, 2 unreachable"), "{table}");
     assert!(stderr(&out).contains("security incident"), "{}", stderr(&out));
     // Nothing extra on a pipe: no progress indicator in the captured output.
     assert!(!stderr(&out).contains("probing"));
@@ -111,4 +111,40 @@ async fn watch_prints_only_what_changed() {
     child.wait().unwrap();
     assert!(change.contains("staging/api/stage-1: in-sync -> drifted"), "{change}");
     assert!(change.contains("sha256:2222"), "{change}");
+}
+
+/// Regression: the content hash covered regular files' bytes only, so `chmod 4777` on a
+/// live file stayed `in-sync`, and a symlink to `/etc/shadow` plus a setuid file added to a
+/// rollback target passed as intact (`rollback --apply` exit 0).
+#[tokio::test(flavor = "multi_thread")]
+async fn modes_links_and_extra_entries_are_tampering_live_and_break_the_way_back() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let w = World::start(fleet(3)).await;
+    w.deploy("v1", &["staging", "prod"]).await;
+    let v1 = w.current("prod-1").unwrap();
+    let dir = w.lab.dir().to_path_buf();
+    let release = |h: &str, r: &str| dir.join("hosts").join(h).join("root/api").join(r);
+    // Live tampering, one kind per host.
+    let f = release("prod-1", &v1).join("config/api.env");
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4777)).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", release("prod-2", &v1).join("shadow")).unwrap();
+    std::fs::create_dir(release("prod-3", &v1).join("extra")).unwrap();
+    let out = w.agentctl(&["status", "--env", "prod", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for h in ["prod-1", "prod-2", "prod-3"] {
+        assert_eq!(row(&doc, h)["status"], "tampered", "{h}: {}", row(&doc, h));
+    }
+    // Repaired, v2 promoted: now v1 is the way back, and a tampered v1 is not intact.
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::remove_file(release("prod-2", &v1).join("shadow")).unwrap();
+    std::fs::remove_dir(release("prod-3", &v1).join("extra")).unwrap();
+    assert_ok(&w.agentctl(&["status", "--env", "prod"]));
+    w.deploy("v2", &["staging", "prod"]).await;
+    std::os::unix::fs::symlink("/etc/shadow", release("prod-2", &v1).join("shadow")).unwrap();
+    let out = w.agentctl(&["rollback", "api", "--env", "prod", "--apply"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("host `prod-2`") && err.contains("content identity"), "{err}");
+    assert_ne!(w.current("prod-1").as_deref(), Some(v1.as_str()), "nothing rolled back");
 }

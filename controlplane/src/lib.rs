@@ -19,8 +19,8 @@ pub mod edges;
 pub mod jobs;
 
 pub use controlplane_core::{
-    canonical, diagnostic, drift, ids, image, lock, names, observe, plan, receipt, records, release, remote, rollout,
-    secrets, steps, tarball, untrusted, VERSION,
+    canonical, diagnostic, drift, history, ids, image, lock, names, observe, plan, receipt, records, release, remote,
+    rollout, secrets, steps, tarball, untrusted, VERSION,
 };
 pub use edges::{hygiene, keys, receipt_log, registry, ssh, store, vm};
 pub use jobs::{catalog, deploy, init, sign, status, verify};

@@ -123,6 +123,14 @@ pub fn classify(service: &str, record: Option<&DeploymentRecord>, obs: &Observat
             }],
         };
     };
+    if r.release_id == id.as_str() && r.content_hash != live_hash.as_str() {
+        return Status::Tampered {
+            reason: format!(
+                "release `{id}` is not what was applied: content identity {live_hash} instead of {} (files, modes, links or extra entries changed)",
+                r.content_hash
+            ),
+        };
+    }
     let mut differences = Vec::new();
     let mut diff = |field: &'static str, recorded: String, live: String| {
         if recorded != live {
@@ -132,7 +140,6 @@ pub fn classify(service: &str, record: Option<&DeploymentRecord>, obs: &Observat
     diff("symlink target", format!("releases/{}", r.release_id), format!("releases/{id}"));
     diff("source commit", r.source_commit.clone(), HostText::new(&json.source_commit).to_string());
     diff("image digest", r.digest.clone(), or_none(obs.running.as_ref().map(HostText::as_str)));
-    diff("content hash", r.content_hash.clone(), live_hash.to_string());
     if differences.is_empty() {
         Status::InSync
     } else {
@@ -171,7 +178,7 @@ mod tests {
             release_json: json,
             content_hash: hash.map(crate::ids::test_hash),
             odd_entries: vec![],
-            target_hash: None,
+            target_hashes: Default::default(),
             running: running.map(HostText::new),
         }
     }
@@ -221,8 +228,10 @@ mod tests {
         );
         check(
             obs(Current::Release(crate::ids::test_id(ID)), Some(json(ID, "api", "c1")), Some("sha256:edited"), Some(D)),
-            "drifted",
-            "content hash",
+            // Regression: `chmod 4777` on a live file stayed `in-sync`; any change to what
+            // was applied is tampering, not drift.
+            "tampered",
+            "is not what was applied",
         );
         check(
             obs(

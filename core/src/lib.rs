@@ -9,11 +9,12 @@
 //!   `untrusted` (what a host says, bounded and sanitized);
 //! - formats: `ids` (release id, content hash, plan id), `canonical`, `remote`, `release`, `tarball`, `receipt`, `records`;
 //! - decisions: `observe` (parse a probe), `drift`, `plan` (build, re-derive, compare),
-//!   `rollout` (the apply state machine), `lock` (is a holder alive), `steps` (remote steps as data).
+//!   `history` (the way back, from what was recorded), `rollout` (the apply state machine), `lock` (is a holder alive), `steps` (remote steps as data).
 
 pub mod canonical;
 pub mod diagnostic;
 pub mod drift;
+pub mod history;
 pub mod ids;
 pub mod image;
 pub mod lock;

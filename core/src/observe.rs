@@ -17,13 +17,13 @@ use sha2::{Digest as _, Sha256};
 pub const MAX_PROBE_OUTPUT: usize = 256 * 1024;
 const MAX_RUNNING: usize = 4096;
 
-/// The probe: `root service rollback-target|- probe-argv...`. Data only in arguments.
+/// The probe: `root service targets|- probe-argv...`, where `targets` is a space-separated
+/// list of validated release ids whose directories are hashed too. Data only in arguments.
 const PROBE_SCRIPT: &str = r#"set -u
-root="$1"; service="$2"; target="$3"; shift 3
+root="$1"; service="$2"; targets="$3"; shift 3
 d="$root/$service"
 b64() { base64 -w0; echo; }
-hash_dir() { (cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum | sha256sum | cut -c1-64); }
-echo "agentctl-probe 1"
+@HASH_DIR@echo "agentctl-probe 1"
 if [ -L "$d/current" ]; then
   t=$(readlink "$d/current")
   printf 'current '; printf %s "$t" | head -c 4096 | b64
@@ -40,24 +40,34 @@ if [ "$safe" = 1 ] && [ -d "$d/$t" ] && [ ! -L "$d/$t" ]; then
 else
   echo "json -"; echo "hash -"; echo "odd -"
 fi
-case "$target" in
-  r-*) if [ -d "$d/releases/$target" ] && [ ! -L "$d/releases/$target" ]; then echo "target $(hash_dir "$d/releases/$target")"; else echo "target -"; fi ;;
-  *) echo "target -" ;;
-esac
+for t in $targets; do
+  case "$t" in
+    r-*) if [ -d "$d/releases/$t" ] && [ ! -L "$d/releases/$t" ]; then echo "target $t $(hash_dir "$d/releases/$t")"; else echo "target $t -"; fi ;;
+  esac
+done
 printf 'running '; "$@" "$service" 2>/dev/null | head -c 4097 | b64
 echo "end"
 "#;
 
-/// The remote command that observes `service` on `host`; `target` is a release id whose
-/// directory should also be hashed (the rollback target).
-pub fn probe_command(host: &Host, service: &Service, target: Option<&str>) -> RemoteCommand {
+/// At most this many release directories are hashed besides the live one.
+pub const MAX_TARGETS: usize = 8;
+
+/// The probe script with the content-identity function in it.
+pub fn probe_script() -> String {
+    PROBE_SCRIPT.replace("@HASH_DIR@", release::HASH_DIR_SH)
+}
+
+/// The remote command that observes `service` on `host`; `targets` are releases whose
+/// directories are hashed too (the way back, the release a rollback goes to).
+pub fn probe_command(host: &Host, service: &Service, targets: &[&ReleaseId]) -> RemoteCommand {
+    let list: Vec<&str> = targets.iter().take(MAX_TARGETS).map(|t| t.as_str()).collect();
     let mut args = vec![
         host.root.to_string(),
         service.name.to_string(),
-        target.filter(|t| release::valid_id(t)).unwrap_or("-").to_owned(),
+        if list.is_empty() { "-".to_owned() } else { list.join(" ") },
     ];
     args.extend(service.probe.iter().cloned());
-    RemoteCommand::script(PROBE_SCRIPT, args)
+    RemoteCommand::script(&probe_script(), args)
 }
 
 /// Where `current` points.
@@ -84,8 +94,8 @@ pub struct Observation {
     pub content_hash: Option<ContentHash>,
     /// Entries that are neither files nor directories (symlinks, devices) in the release.
     pub odd_entries: Vec<HostText>,
-    /// Content hash of the requested rollback target's directory, if it exists.
-    pub target_hash: Option<ContentHash>,
+    /// Content identity of each requested release directory that exists on the host.
+    pub target_hashes: std::collections::BTreeMap<ReleaseId, ContentHash>,
     /// What the runtime reports as running (sanitized), if anything.
     pub running: Option<HostText>,
 }
@@ -136,11 +146,11 @@ pub fn parse(output: &[u8]) -> Result<Observation, String> {
         return Err(format!("probe output is over {MAX_PROBE_OUTPUT} bytes"));
     }
     let text = std::str::from_utf8(output).map_err(|_| "probe output is not UTF-8".to_owned())?;
-    let mut lines = text.lines();
+    let mut lines = text.lines().peekable();
     if lines.next() != Some("agentctl-probe 1") {
         return Err("probe output does not start with its header (a login banner or a shell rc file printing?)".into());
     }
-    let mut field = |key: &str| -> Result<Option<String>, String> {
+    let field = |lines: &mut std::iter::Peekable<std::str::Lines<'_>>, key: &str| -> Result<Option<String>, String> {
         let line = lines.next().ok_or_else(|| format!("probe output ends before `{key}`"))?;
         if key == "end" {
             return if line == "end" { Ok(None) } else { Err("probe output is truncated".into()) };
@@ -156,13 +166,26 @@ pub fn parse(output: &[u8]) -> Result<Observation, String> {
     let hex_hash = |v: Option<String>, what: &str| -> Result<Option<ContentHash>, String> {
         v.map(|h| ContentHash::new(&format!("sha256:{h}")).map_err(|_| format!("`{what}` is not a sha256"))).transpose()
     };
-    let current_raw = decode(field("current")?, "current")?;
-    let release_json = decode(field("json")?, "json")?;
-    let content_hash = hex_hash(field("hash")?, "hash")?;
-    let odd = decode(field("odd")?, "odd")?.unwrap_or_default();
-    let target_hash = hex_hash(field("target")?, "target")?;
-    let running = decode(field("running")?, "running")?;
-    field("end").map_err(|_| "probe output is truncated".to_owned())?;
+    let current_raw = decode(field(&mut lines, "current")?, "current")?;
+    let release_json = decode(field(&mut lines, "json")?, "json")?;
+    let content_hash = hex_hash(field(&mut lines, "hash")?, "hash")?;
+    let odd = decode(field(&mut lines, "odd")?, "odd")?.unwrap_or_default();
+    let mut target_hashes = std::collections::BTreeMap::new();
+    while let Some(t) = lines.next_if(|l| l.starts_with("target ")) {
+        let mut words = t.split(' ').skip(1);
+        let (Some(id), Some(hash), None) = (words.next(), words.next(), words.next()) else {
+            return Err("a `target` line is malformed".into());
+        };
+        let id = ReleaseId::new(id).map_err(|_| "a `target` line names no release id".to_owned())?;
+        if target_hashes.len() >= MAX_TARGETS {
+            return Err(format!("the probe reported more than {MAX_TARGETS} targets"));
+        }
+        if let Some(h) = hex_hash((hash != "-").then(|| hash.to_owned()), "target")? {
+            target_hashes.insert(id, h);
+        }
+    }
+    let running = decode(field(&mut lines, "running")?, "running")?;
+    field(&mut lines, "end").map_err(|_| "probe output is truncated".to_owned())?;
     let current = match current_raw {
         None => Current::Missing,
         Some(raw) => {
@@ -187,7 +210,7 @@ pub fn parse(output: &[u8]) -> Result<Observation, String> {
         release_json,
         content_hash,
         odd_entries: String::from_utf8_lossy(&odd).lines().filter(|l| !l.is_empty()).map(HostText::new).collect(),
-        target_hash,
+        target_hashes,
         running,
     })
 }
@@ -199,7 +222,7 @@ mod tests {
     fn out(current: &str, json: &str, hash: &str, running: &str) -> Vec<u8> {
         let e = |s: &str| if s.is_empty() { "-".to_owned() } else { B64.encode(s) };
         format!(
-            "agentctl-probe 1\ncurrent {}\njson {}\nhash {hash}\nodd \ntarget -\nrunning {}\nend\n",
+            "agentctl-probe 1\ncurrent {}\njson {}\nhash {hash}\nodd \nrunning {}\nend\n",
             e(current),
             e(json),
             e(running)
@@ -253,7 +276,7 @@ mod tests {
         std::fs::write(rel.join("release.json"), "{\"a\":1}").unwrap();
         std::os::unix::fs::symlink("releases/r-0123456789abcdef", root.join("api/current")).unwrap();
         let cmd = RemoteCommand::script(
-            PROBE_SCRIPT,
+            &probe_script(),
             [
                 root.display().to_string(),
                 "api".into(),
@@ -267,7 +290,8 @@ mod tests {
         assert_eq!(obs.current, Current::Release(crate::ids::test_id("r-0123456789abcdef")));
         assert_eq!(obs.release_json.as_deref(), Some(&b"{\"a\":1}"[..]));
         assert_eq!(obs.running.as_ref().map(HostText::as_str), Some("sha256:running api"));
-        assert!(obs.content_hash.is_some() && obs.content_hash == obs.target_hash);
+        let target = obs.target_hashes.get(&crate::ids::test_id("r-0123456789abcdef"));
+        assert!(obs.content_hash.is_some() && obs.content_hash.as_ref() == target);
 
         // Pointed outside: reported, not followed.
         std::fs::remove_file(root.join("api/current")).unwrap();

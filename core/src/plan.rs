@@ -11,6 +11,7 @@ use crate::release::{ReleaseContent, ReleaseFacts};
 use crate::untrusted::HostText;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -49,7 +50,11 @@ pub struct HostPlan {
     pub before: Option<ReleaseId>,
     pub after: ReleaseId,
     pub action: Action,
-    /// Where this host goes back to if it fails: what is live now.
+    /// What the control plane recorded as this host's release (its history's top). When it
+    /// differs from `before`, the live release is unrecorded (an apply killed mid-host, a
+    /// hand edit) and is never a way back.
+    pub recorded: Option<ReleaseId>,
+    /// Where this host goes back to if it fails: its recorded release, never an unrecorded one.
     pub rollback_target: Option<ReleaseId>,
     /// What the host reported when the plan was made.
     pub observed: Fingerprint,
@@ -61,6 +66,8 @@ pub struct HostPlan {
 pub struct Plan {
     pub version: u32,
     pub kind: PlanKind,
+    /// When the plan was made (RFC 3339, UTC): every plan is unique, and a saved plan expires.
+    pub created_at: String,
     pub environment: String,
     pub service: String,
     pub release: PlannedRelease,
@@ -94,12 +101,14 @@ pub struct PlanInput<'a> {
     pub content: Option<&'a ReleaseContent>,
     /// Per host of the environment, in order.
     pub observed: &'a [(String, Observation)],
-    /// Content hashes of releases the hosts may go back to, by release id.
+    /// Recorded content identities of releases, by release id.
     pub known_hashes: &'a BTreeMap<String, String>,
-    /// The release recorded for each host: a host is left alone only when what is live
-    /// is also what was recorded (a host that reached the release in an apply that was
-    /// killed before its health check is checked again).
+    /// The release recorded for each host (its history's top). A host is left alone only
+    /// when what is live is also what was recorded, and it goes back only to what was
+    /// recorded — never to an unrecorded live release. The probe must have hashed it.
     pub recorded: &'a BTreeMap<String, String>,
+    /// When the plan is made (or, re-deriving a saved plan, when that one was made).
+    pub created_at: DateTime<Utc>,
 }
 
 /// Computes the plan.
@@ -116,53 +125,43 @@ pub fn build(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
             Current::Missing => None,
             Current::Release(id) => Some(id.clone()),
         };
+        let recorded = input.recorded.get(name).and_then(|r| ReleaseId::new(r).ok());
         let in_place = before.as_ref() == Some(&input.release.release_id)
-            && input.recorded.get(name).map(String::as_str) == Some(input.release.release_id.as_str())
+            && recorded.as_ref() == Some(&input.release.release_id)
             && obs.content_hash.as_ref() == Some(&input.release.content_hash)
             && obs.running.as_ref().map(HostText::as_str) == Some(input.release.facts.digest.as_str());
-        // The way back must be intact before anything changes.
-        if let (Some(target), false) = (&before, in_place) {
-            if obs.content_hash.is_none() {
-                return Err(PlanError::RollbackTargetBroken {
-                    host: name.clone(),
-                    reason: format!("`current` points at `releases/{target}`, which is gone"),
-                });
-            }
-            if let Some(known) = input.known_hashes.get(target.as_str()) {
-                if obs.content_hash.as_ref().map(ContentHash::as_str) != Some(known.as_str()) {
-                    return Err(PlanError::RollbackTargetBroken {
-                        host: name.clone(),
-                        reason: format!(
-                            "release `{target}` was edited on the host (content hash {} instead of {known})",
-                            obs.content_hash.as_ref().map(ContentHash::as_str).unwrap_or("none")
-                        ),
-                    });
+        let broken = |reason: String| PlanError::RollbackTargetBroken { host: name.clone(), reason };
+        if !in_place {
+            // The way back is the recorded release, and it must be intact on the host.
+            if let Some(target) = &recorded {
+                let want = input.known_hashes.get(target.as_str());
+                match obs.target_hashes.get(target) {
+                    None => return Err(broken(format!("the recorded release `{target}` is no longer on the host"))),
+                    Some(h) if want.is_some_and(|w| w != h.as_str()) => return Err(broken(format!(
+                        "the recorded release `{target}` was changed on the host (content identity {h} instead of {})",
+                        want.map(String::as_str).unwrap_or_default()
+                    ))),
+                    Some(_) => {}
                 }
             }
         }
         if input.kind == PlanKind::Rollback && !in_place {
-            match &obs.target_hash {
-                None => {
-                    return Err(PlanError::RollbackTargetBroken {
-                        host: name.clone(),
-                        reason: format!("release `{}` is no longer on the host", input.release.release_id),
-                    })
-                }
+            let id = &input.release.release_id;
+            match obs.target_hashes.get(id) {
+                None => return Err(broken(format!("release `{id}` is no longer on the host"))),
                 Some(h) if *h != input.release.content_hash => {
-                    return Err(PlanError::RollbackTargetBroken {
-                        host: name.clone(),
-                        reason: format!(
-                            "release `{}` on the host hashes to {h}, not the recorded {}",
-                            input.release.release_id, input.release.content_hash
-                        ),
-                    })
+                    return Err(broken(format!(
+                        "release `{id}` on the host has content identity {h}, not the recorded {}",
+                        input.release.content_hash
+                    )))
                 }
                 Some(_) => {}
             }
         }
         hosts.push(HostPlan {
             host: name.clone(),
-            rollback_target: before.clone(),
+            rollback_target: recorded.clone(),
+            recorded,
             before,
             after: input.release.release_id.clone(),
             action: if in_place { Action::None } else { Action::Change },
@@ -177,6 +176,7 @@ pub fn build(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     Ok(Plan {
         version: PLAN_VERSION,
         kind: input.kind,
+        created_at: input.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         environment: input.environment.name.to_string(),
         service: input.service.name.to_string(),
         release: input.release.clone(),
@@ -227,6 +227,30 @@ pub struct Moved {
     pub field: &'static str,
     pub planned: String,
     pub now: String,
+}
+
+/// Why a plan may not be applied any more, by age.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Expiry {
+    #[error("plan was made at {created}, {age_secs} s ago; plans expire after {max_secs} s")]
+    Expired { created: String, age_secs: i64, max_secs: u64 },
+    #[error("plan claims to be made at {0}, which is in the future or not a time")]
+    BadTime(String),
+}
+
+/// Checks a plan's age at `now` against `max_secs`.
+pub fn check_age(plan: &Plan, now: DateTime<Utc>, max_secs: u64) -> Result<(), Expiry> {
+    let created = DateTime::parse_from_rfc3339(&plan.created_at)
+        .map_err(|_| Expiry::BadTime(crate::untrusted::HostText::new(&plan.created_at).to_string()))?;
+    let age = now.signed_duration_since(created).num_seconds();
+    // A minute of clock skew between the machines that plan and apply is tolerated.
+    if age < -60 {
+        return Err(Expiry::BadTime(plan.created_at.clone()));
+    }
+    if age > i64::try_from(max_secs).unwrap_or(i64::MAX) {
+        return Err(Expiry::Expired { created: plan.created_at.clone(), age_secs: age, max_secs });
+    }
+    Ok(())
 }
 
 /// A policy or content field of a saved plan that differs from what is derived now.
@@ -366,14 +390,20 @@ mod tests {
         }
     }
 
+    /// What a host reports; the probe hashed the live release as the way back too (the
+    /// tests record what is live).
     fn obs(current: Current, hash: Option<&str>, running: Option<&str>) -> Observation {
+        let target_hashes = match (&current, hash) {
+            (Current::Release(id), Some(h)) => BTreeMap::from([(id.clone(), crate::ids::test_hash(h))]),
+            _ => BTreeMap::new(),
+        };
         Observation {
             current,
             release_json: None,
             release_json_sha256: None,
             content_hash: hash.map(crate::ids::test_hash),
             odd_entries: vec![],
-            target_hash: None,
+            target_hashes,
             running: running.map(HostText::new),
         }
     }
@@ -404,6 +434,7 @@ mod tests {
             observed: &observed,
             known_hashes: &known,
             recorded: &recorded,
+            created_at: DateTime::from_timestamp(1_790_000_000, 0).unwrap(),
         })
     }
 
@@ -446,13 +477,13 @@ mod tests {
             BatchSize::Count(1),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("was edited"), "{e}");
+        assert!(e.to_string().contains("was changed on the host"), "{e}");
         let e = plan_for(
             vec![("vm-0".into(), obs(Current::Release(crate::ids::test_id(OLD)), None, None))],
             BatchSize::Count(1),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("gone"), "{e}");
+        assert!(e.to_string().contains("no longer on the host"), "{e}");
     }
 
     #[test]
@@ -542,5 +573,57 @@ mod tests {
         let mut fewer = file.clone();
         fewer.hosts.clear();
         assert!(matches!(compare(&fewer, &derived), Err(Mismatch::Stale(m)) if m[0].field == "hosts"));
+    }
+
+    /// Regression: a host whose live release was not recorded (an apply killed after the
+    /// swap, a hand edit) offered that release as its way back, so a failed health check
+    /// "rolled back" onto the bad release.
+    #[test]
+    fn an_unrecorded_live_release_is_never_the_way_back() {
+        let observed = vec![(
+            "vm-0".to_owned(),
+            obs(Current::Release(crate::ids::test_id(NEW)), Some("sha256:newhash"), Some("sha256:new")),
+        )];
+        let (set, _) = example();
+        let mut env = set.environments[1].clone();
+        env.hosts.truncate(1);
+        env.hosts[0].name = crate::names::HostName::new("vm-0").unwrap();
+        let mut observed = observed;
+        // The probe hashed the recorded release too: it is intact.
+        observed[0].1.target_hashes.insert(crate::ids::test_id(OLD), crate::ids::test_hash("sha256:oldhash"));
+        let known = BTreeMap::from([(OLD.to_owned(), crate::ids::test_hash("sha256:oldhash").to_string())]);
+        let recorded = BTreeMap::from([("vm-0".to_owned(), OLD.to_owned())]);
+        let input = |recorded| PlanInput {
+            kind: PlanKind::Promote,
+            environment: &env,
+            service: set.services.values().next().unwrap(),
+            release: release(),
+            content: None,
+            observed: &observed,
+            known_hashes: &known,
+            recorded,
+            created_at: DateTime::from_timestamp(1_790_000_000, 0).unwrap(),
+        };
+        let p = build(&input(&recorded)).unwrap();
+        let h = &p.hosts[0];
+        assert_eq!(h.action, Action::Change, "live but unrecorded: checked again");
+        assert_eq!(h.before.as_ref().map(ReleaseId::as_str), Some(NEW));
+        assert_eq!(h.rollback_target.as_ref().map(ReleaseId::as_str), Some(OLD), "the recorded release");
+        // Nothing recorded at all (a hand-made release is live): no way back but unsetting.
+        let p = build(&input(&BTreeMap::new())).unwrap();
+        assert_eq!(p.hosts[0].rollback_target, None);
+    }
+
+    #[test]
+    fn a_saved_plan_expires() {
+        let observed = vec![("vm-0".to_owned(), obs(Current::Missing, None, None))];
+        let p = plan_for(observed, BatchSize::Count(1)).unwrap();
+        let made = DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+        assert_eq!(check_age(&p, made + chrono::Duration::seconds(3600), 3600), Ok(()));
+        assert!(matches!(check_age(&p, made + chrono::Duration::seconds(3601), 3600), Err(Expiry::Expired { .. })));
+        assert!(matches!(check_age(&p, made - chrono::Duration::seconds(120), 3600), Err(Expiry::BadTime(_))));
+        let mut forged = p.clone();
+        forged.created_at = "yesterday".into();
+        assert!(matches!(check_age(&forged, made, 3600), Err(Expiry::BadTime(_))));
     }
 }

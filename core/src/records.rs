@@ -80,3 +80,19 @@ pub struct Approval {
     pub approver: String,
     pub approved_at: DateTime<Utc>,
 }
+
+/// One step in the life of (environment, service, host): a release it came to run,
+/// through a promotion or a rollback, in the order it happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub environment: String,
+    pub service: String,
+    pub host: String,
+    /// Order across the whole history (assigned by the store).
+    pub seq: i64,
+    pub release_id: String,
+    /// `promote` or `rollback`.
+    pub kind: String,
+    pub plan_id: String,
+    pub at: DateTime<Utc>,
+}

@@ -153,14 +153,48 @@ pub fn render(input: &ReleaseInput<'_>) -> Result<ReleaseContent, ReleaseError> 
     Ok(ReleaseContent { id, json, files, content_hash })
 }
 
-/// `sha256:` of `find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum`:
-/// the same value the probe script computes on the host.
+/// The shell function the stage and probe scripts use to compute a directory's content
+/// identity on a host: every entry counts — directories and files with their permission
+/// bits (setuid, setgid and exec included), file bytes, symlinks with their targets, and
+/// anything else (FIFOs, sockets, devices) by type. [`content_hash`] computes the same value
+/// for the files a release should hold.
+pub const HASH_DIR_SH: &str = r#"hash_dir() { (cd "$1" && {
+  printf 'dirs\n'; find . -type d -printf '%m %p\0' | LC_ALL=C sort -z
+  printf 'files\n'; find . -type f -printf '%m %p\0' | LC_ALL=C sort -z
+  printf 'content\n'; find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum
+  printf 'links\n'; find . -type l -printf '%p -> %l\0' | LC_ALL=C sort -z
+  printf 'other\n'; find . ! -type d ! -type f ! -type l -printf '%y %p\0' | LC_ALL=C sort -z
+} | sha256sum | cut -c1-64); }
+"#;
+
+/// The content identity of a release directory holding exactly `files` as staging leaves
+/// them (directories 0755, files 0644, nothing else): what `hash_dir` computes on the host.
+/// File names are validated to hold no control characters or backslashes, so
+/// `sha256sum` prints them as they are.
 pub fn content_hash(files: &BTreeMap<String, Vec<u8>>) -> String {
-    let mut lines: Vec<(String, String)> =
+    let mut dirs: std::collections::BTreeSet<String> = std::collections::BTreeSet::from([".".to_owned()]);
+    for p in files.keys() {
+        let mut at = p.as_str();
+        while let Some((parent, _)) = at.rsplit_once('/') {
+            dirs.insert(format!("./{parent}"));
+            at = parent;
+        }
+    }
+    let sorted = |mut v: Vec<String>| {
+        v.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        v.concat()
+    };
+    let mut stream = String::from("dirs\n");
+    stream += &sorted(dirs.iter().map(|d| format!("755 {d}\0")).collect());
+    stream += "files\n";
+    stream += &sorted(files.keys().map(|p| format!("644 ./{p}\0")).collect());
+    stream += "content\n";
+    let mut content: Vec<(String, String)> =
         files.iter().map(|(p, b)| (format!("./{p}"), hex::encode(Sha256::digest(b)))).collect();
-    lines.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    let listing: String = lines.iter().map(|(p, h)| format!("{h}  {p}\n")).collect();
-    format!("sha256:{}", hex::encode(Sha256::digest(listing.as_bytes())))
+    content.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    stream += &content.iter().map(|(p, h)| format!("{h}  {p}\n")).collect::<String>();
+    stream += "links\nother\n";
+    format!("sha256:{}", hex::encode(Sha256::digest(stream.as_bytes())))
 }
 
 /// A syntactically valid release id (`r-` and 16 hex digits).
@@ -227,25 +261,95 @@ mod tests {
         assert!(env_file.contains("SECRETS=API_TOKEN") && env_file.contains(a.digest.as_str()), "{env_file}");
     }
 
+    /// The release's files on disk as staging leaves them (dirs 0755, files 0644).
+    fn staged(files: &BTreeMap<String, Vec<u8>>) -> tempfile::TempDir {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        for (p, b) in files {
+            let path = dir.path().join(p);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, b).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let mode = |p: &std::path::Path| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        mode(dir.path());
+        for d in walk_dirs(dir.path()) {
+            mode(&d);
+        }
+        dir
+    }
+
+    fn walk_dirs(p: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(p).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() && !path.is_symlink() {
+                out.extend(walk_dirs(&path));
+                out.push(path);
+            }
+        }
+        out
+    }
+
+    /// `hash_dir DIR` run by a real shell, as on a host.
+    fn hash_on_host(dir: &std::path::Path) -> String {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{HASH_DIR_SH}hash_dir \"$1\""))
+            .arg("sh")
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        format!("sha256:{}", String::from_utf8_lossy(&out.stdout).trim())
+    }
+
     #[test]
-    fn content_hash_matches_coreutils() {
+    fn the_content_identity_on_a_host_matches_the_planned_one() {
+        let set = example_service();
+        let env = EnvName::new("prod").unwrap();
+        let img = image(b"a");
+        let mut r = render(&input(&set, &env, &img)).unwrap();
+        r.files.insert("a b/it's \"deep\"/x.txt".into(), b"x".to_vec());
+        let dir = staged(&r.files);
+        assert_eq!(hash_on_host(dir.path()), content_hash(&r.files));
+    }
+
+    /// Regression: the content hash covered regular files' bytes only, so a symlink to
+    /// `/etc/shadow`, a setuid bit, a mode change or an extra directory in a release
+    /// passed as intact.
+    #[test]
+    fn modes_links_and_extra_entries_change_the_content_identity() {
+        use std::os::unix::fs::PermissionsExt as _;
         let set = example_service();
         let env = EnvName::new("prod").unwrap();
         let img = image(b"a");
         let r = render(&input(&set, &env, &img)).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        for (p, b) in &r.files {
-            let path = dir.path().join(p);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, b).unwrap();
+        let want = content_hash(&r.files);
+        let file = |d: &std::path::Path| d.join(RELEASE_JSON);
+        let chmod =
+            |p: std::path::PathBuf, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        type Tamper = Box<dyn Fn(&std::path::Path)>;
+        let cases: Vec<(&str, Tamper)> = vec![
+            ("a symlink", Box::new(|d| std::os::unix::fs::symlink("/etc/shadow", d.join("shadow")).unwrap())),
+            ("a setuid bit", Box::new(move |d| chmod(file(d), 0o4644))),
+            ("an exec bit", Box::new(move |d| chmod(file(d), 0o755))),
+            ("a world-writable file", Box::new(move |d| chmod(file(d), 0o666))),
+            ("an extra directory", Box::new(|d| std::fs::create_dir(d.join("extra")).unwrap())),
+            ("a directory mode", Box::new(move |d| chmod(d.join("config"), 0o777))),
+            ("an edited byte", Box::new(move |d| std::fs::write(file(d), b"{}").unwrap())),
+            (
+                "a FIFO",
+                Box::new(|d| {
+                    assert!(std::process::Command::new("mkfifo").arg(d.join("pipe")).status().unwrap().success())
+                }),
+            ),
+        ];
+        for (what, tamper) in cases {
+            let dir = staged(&r.files);
+            assert_eq!(hash_on_host(dir.path()), want, "{what}: untouched first");
+            tamper(dir.path());
+            assert_ne!(hash_on_host(dir.path()), want, "{what} must change the identity");
         }
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg("cd \"$1\" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64")
-            .arg("sh")
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert_eq!(format!("sha256:{}", String::from_utf8_lossy(&out.stdout).trim()), r.content_hash);
     }
 }

@@ -5,19 +5,21 @@ use crate::manifest::{Host, Service};
 use crate::remote::RemoteCommand;
 
 /// Stages a release from a tar stream on stdin: `root service id content-hash`.
-/// Idempotent: an intact existing directory is kept; a damaged one is set aside.
+/// Idempotent: an existing directory is kept only when its whole content identity (files,
+/// modes, links, extra entries) is the planned one; any other is set aside.
 const STAGE: &str = r#"set -eu
 root="$1"; service="$2"; id="$3"; want="$4"
 rel="$root/$service/releases"
 mkdir -p "$rel"
-hash_dir() { (cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum | sha256sum | cut -c1-64); }
-if [ -d "$rel/$id" ] && [ ! -L "$rel/$id" ]; then
+@HASH_DIR@if [ -d "$rel/$id" ] && [ ! -L "$rel/$id" ]; then
   if [ "sha256:$(hash_dir "$rel/$id")" = "$want" ]; then cat > /dev/null; echo "kept"; exit 0; fi
   mv -T "$rel/$id" "$rel/.damaged-$id-$(date +%s)-$$"
 fi
 tmp=$(mktemp -d "$rel/.staging-$id.XXXXXX")
 tar -x -f - -C "$tmp" --no-same-owner --no-same-permissions
-chmod 755 "$tmp"
+# Whatever the umask: directories 0755, files 0644, as the content identity expects.
+find "$tmp" -type d -exec chmod 755 {} +
+find "$tmp" -type f -exec chmod 644 {} +
 got="sha256:$(hash_dir "$tmp")"
 [ "$got" = "$want" ] || { rm -rf "$tmp"; echo "staged content hashes to $got, expected $want" >&2; exit 3; }
 mv -T "$tmp" "$rel/$id"
@@ -40,7 +42,7 @@ rm -f "$1/$2/current"
 
 pub fn stage(host: &Host, service: &Service, id: &str, content_hash: &str) -> RemoteCommand {
     RemoteCommand::script(
-        STAGE,
+        &STAGE.replace("@HASH_DIR@", crate::release::HASH_DIR_SH),
         [host.root.to_string(), service.name.to_string(), id.to_owned(), content_hash.to_owned()],
     )
 }

@@ -251,7 +251,7 @@ pub async fn status(hosts: usize, runs: usize, ansible: bool, kex: Option<String
                 Command::new("ssh")
                     .args(ssh.ssh_args(h))
                     .arg("--")
-                    .arg(controlplane::observe::probe_command(h, service, None).shell_line())
+                    .arg(controlplane::observe::probe_command(h, service, &[]).shell_line())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()
@@ -301,7 +301,7 @@ pub async fn status(hosts: usize, runs: usize, ansible: bool, kex: Option<String
         // One ad-hoc command for the whole inventory: the probe with each host's own
         // runtime root (the lab's layout puts it beside AGENT_RUNTIME_DIR).
         let first = &all_hosts[0];
-        let line = controlplane::observe::probe_command(first, service, None).shell_line();
+        let line = controlplane::observe::probe_command(first, service, &[]).shell_line();
         let probe = line
             .replace(&controlplane::remote::quote(first.root.as_str()), "\"$(dirname \"$AGENT_RUNTIME_DIR\")/root\"");
         for (label, pipelining) in [("default settings", "False"), ("pipelining", "True")] {

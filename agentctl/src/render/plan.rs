@@ -26,9 +26,15 @@ pub fn render(plan: &Plan) -> String {
     out.push('\n');
     for h in &plan.hosts {
         let before = h.before.as_ref().map(|r| r.as_str()).unwrap_or("(nothing)");
+        // A live release the control plane never recorded is never a way back: say so.
+        let unrecorded = if h.before != h.recorded {
+            format!(" [unrecorded; recorded: {}]", h.recorded.as_ref().map(|r| r.as_str()).unwrap_or("nothing"))
+        } else {
+            String::new()
+        };
         match h.action {
             Action::Change => out.push_str(&format!(
-                "\n  ~ {:<12} {before} -> {}   (rollback target: {})",
+                "\n  ~ {:<12} {before}{unrecorded} -> {}   (rollback target: {})",
                 h.host,
                 h.after,
                 h.rollback_target.as_ref().map(|r| r.as_str()).unwrap_or("(nothing)")

@@ -5,6 +5,7 @@
 //! Everything a host sends back reaches the job as [`HostText`] (bounded, sanitized) or
 //! as a strictly parsed [`Observation`].
 
+use crate::ids::ReleaseId;
 use crate::manifest::{Host, Service};
 use crate::observe::{self, Observation};
 use crate::remote::RemoteCommand;
@@ -34,8 +35,8 @@ pub enum VmError {
 #[async_trait]
 pub trait GoldenVm: Send + Sync {
     fn name(&self) -> &str;
-    /// Observes `service`; `target` is a release whose directory should be hashed too.
-    async fn probe(&self, service: &Service, target: Option<&str>) -> Result<Observation, VmError>;
+    /// Observes `service`; `targets` are releases whose directories are hashed too.
+    async fn probe(&self, service: &Service, targets: &[&ReleaseId]) -> Result<Observation, VmError>;
     /// Stages release `id` from the tar stream `tar`; the host checks `content_hash`.
     async fn stage(&self, service: &Service, id: &str, content_hash: &str, tar: &[u8]) -> Result<(), HostText>;
     /// Runs one rollout step; `Err` says why it failed.
@@ -112,9 +113,9 @@ impl GoldenVm for SshVm {
         self.session.host().name.as_str()
     }
 
-    async fn probe(&self, service: &Service, target: Option<&str>) -> Result<Observation, VmError> {
+    async fn probe(&self, service: &Service, targets: &[&ReleaseId]) -> Result<Observation, VmError> {
         let host = self.session.host();
-        let cmd = observe::probe_command(host, service, target);
+        let cmd = observe::probe_command(host, service, targets);
         let out = self.session.run(&cmd, None, observe::MAX_PROBE_OUTPUT, PROBE_TIMEOUT).await?;
         observe::parse(&out.stdout)
             .map_err(|reason| VmError::Probe { host: host.name.to_string(), reason: HostText::new(&reason) })

@@ -75,6 +75,10 @@ pub enum DeployError {
     Staging { host: String, reason: HostText },
     #[error("interrupted before any host was changed")]
     Interrupted,
+    #[error(transparent)]
+    Expired(plan::Expiry),
+    #[error("plan `{0}` was applied before; a plan is applied once")]
+    Replayed(PlanId),
 }
 
 impl DeployError {
@@ -89,6 +93,8 @@ impl DeployError {
                 | Self::Approvals { .. }
                 | Self::PlanTampered { .. }
                 | Self::Plan(_)
+                | Self::Expired(_)
+                | Self::Replayed(_)
         )
     }
 
@@ -190,6 +196,38 @@ pub struct Deployer<'a> {
     pub pid_exists: fn(i64) -> bool,
 }
 
+/// What the store says about (environment, service).
+struct Recorded {
+    /// Each host's history, read as a stack (see `controlplane_core::history`).
+    stacks: BTreeMap<String, Vec<String>>,
+    /// Content identity of recorded releases, by release id.
+    hashes: BTreeMap<String, String>,
+}
+
+impl Recorded {
+    /// The release recorded as live on each host.
+    fn current(&self) -> BTreeMap<String, String> {
+        self.stacks.iter().filter_map(|(h, s)| crate::history::current(s).map(|c| (h.clone(), c.to_owned()))).collect()
+    }
+
+    /// The releases to hash on each host: its recorded release, and `also`.
+    fn probe_targets(
+        &self,
+        hosts: &[crate::manifest::Host],
+        also: Option<&ReleaseId>,
+    ) -> BTreeMap<String, Vec<ReleaseId>> {
+        let current = self.current();
+        hosts
+            .iter()
+            .map(|h| {
+                let mut t: Vec<ReleaseId> = also.cloned().into_iter().collect();
+                t.extend(current.get(h.name.as_str()).and_then(|c| ReleaseId::new(c).ok()));
+                (h.name.to_string(), t)
+            })
+            .collect()
+    }
+}
+
 /// The receipts of a run: where they go and what signs them.
 pub struct Receipts<'a> {
     pub log: &'a ReceiptLog,
@@ -251,36 +289,59 @@ impl<'a> Deployer<'a> {
         }
     }
 
-    /// Observes `service` on every host of `env` (one round trip each, all at once).
+    /// Observes `service` on every host of `env` (one round trip each, all at once),
+    /// hashing each host's `targets` besides the live release.
     pub async fn observe(
         &self,
         fleet: &Fleet,
         env: &Environment,
         service: &Service,
-        target: Option<&str>,
+        targets: &BTreeMap<String, Vec<ReleaseId>>,
     ) -> Result<Vec<(String, Observation)>, DeployError> {
         let futs = env.hosts.iter().map(|h| async move {
             let vm = vm(fleet, h.name.as_str())?;
-            Ok::<_, DeployError>((h.name.to_string(), vm.probe(service, target).await?))
+            let list: Vec<&ReleaseId> = targets.get(h.name.as_str()).into_iter().flatten().collect();
+            Ok::<_, DeployError>((h.name.to_string(), vm.probe(service, &list).await?))
         });
         futures::future::join_all(futs).await.into_iter().collect()
     }
 
-    /// Content hashes of recorded releases, and the release recorded per host.
-    async fn recorded(
-        &self,
-        env: &Environment,
-        service: &Service,
-    ) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>), DeployError> {
-        let mut hashes = BTreeMap::new();
-        let mut per_host = BTreeMap::new();
-        for d in self.store.deployments(env.name.as_str(), service.name.as_str()).await? {
-            if !d.release_id.is_empty() {
-                hashes.insert(d.release_id.clone(), d.content_hash.clone());
-                per_host.insert(d.host.clone(), d.release_id.clone());
+    /// What was recorded for (environment, service): each host's history as a stack, and
+    /// the content identity of each recorded release.
+    async fn recorded(&self, env: &Environment, service: &Service) -> Result<Recorded, DeployError> {
+        let (e, s) = (env.name.as_str(), service.name.as_str());
+        let deployments = self.store.deployments(e, s).await?;
+        let mut stacks: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut by_host: BTreeMap<&str, Vec<crate::records::HistoryEntry>> = BTreeMap::new();
+        let history = self.store.history(e, s).await?;
+        for h in &history {
+            by_host.entry(h.host.as_str()).or_default().push(h.clone());
+        }
+        for (host, entries) in by_host {
+            stacks.insert(host.to_owned(), crate::history::stack(&entries));
+        }
+        // State recorded before histories were kept: the deployment and its way back.
+        for d in &deployments {
+            if !stacks.contains_key(&d.host) && !d.release_id.is_empty() {
+                let stack = d.rollback_target.iter().filter(|t| !t.is_empty()).cloned().chain([d.release_id.clone()]);
+                stacks.insert(d.host.clone(), stack.collect());
             }
         }
-        Ok((hashes, per_host))
+        let mut hashes: BTreeMap<String, String> = BTreeMap::new();
+        for d in &deployments {
+            if !d.release_id.is_empty() {
+                hashes.insert(d.release_id.clone(), d.content_hash.clone());
+            }
+        }
+        let ids: std::collections::BTreeSet<&String> = stacks.values().flatten().collect();
+        for id in ids {
+            if !hashes.contains_key(id) {
+                if let Some(a) = self.store.applied_release(e, s, id).await? {
+                    hashes.insert(id.clone(), a.content_hash);
+                }
+            }
+        }
+        Ok(Recorded { stacks, hashes })
     }
 
     /// Plans a promotion of `reference` to `env`. Changes nothing anywhere.
@@ -294,7 +355,7 @@ impl<'a> Deployer<'a> {
         let env = self.environment(env_name)?;
         let service = self.service(service_name)?;
         let record = self.resolve_release(service, reference).await?;
-        self.derive_promotion(fleet, env, service, &record).await
+        self.derive_promotion(fleet, env, service, &record, self.clock.now()).await
     }
 
     /// The promotion plan for `record`, derived from the manifests, the store and the hosts.
@@ -304,6 +365,7 @@ impl<'a> Deployer<'a> {
         env: &Environment,
         service: &Service,
         record: &ReleaseRecord,
+        created_at: DateTime<Utc>,
     ) -> Result<Plan, DeployError> {
         let verified = self.verify_record(env, record).await?;
         self.gate(env, service, &record.facts.digest).await?;
@@ -316,8 +378,8 @@ impl<'a> Deployer<'a> {
             provenance: verified.provenance().map(|p| p.layer.as_str()),
             sbom: verified.sbom().map(|p| p.layer.as_str()),
         })?;
-        let observed = self.observe(fleet, env, service, None).await?;
-        let (known, recorded) = self.recorded(env, service).await?;
+        let recorded = self.recorded(env, service).await?;
+        let observed = self.observe(fleet, env, service, &recorded.probe_targets(&env.hosts, None)).await?;
         let planned = PlannedRelease {
             release_id: ReleaseId::new(&content.id).map_err(|e| PlanError::Invalid(e.to_string()))?,
             content_hash: ContentHash::new(&content.content_hash).map_err(|e| PlanError::Invalid(e.to_string()))?,
@@ -337,8 +399,9 @@ impl<'a> Deployer<'a> {
             release: planned,
             content: Some(&content),
             observed: &observed,
-            known_hashes: &known,
-            recorded: &recorded,
+            known_hashes: &recorded.hashes,
+            recorded: &recorded.current(),
+            created_at,
         })?)
     }
 
@@ -356,9 +419,10 @@ impl<'a> Deployer<'a> {
         let target = match to {
             Some(t) => t.to_owned(),
             None => {
-                let recorded = self.store.deployments(&e, &s).await?;
+                // One step back in each host's history; the hosts must agree.
+                let recorded = self.recorded(env, service).await?;
                 let mut targets: Vec<String> =
-                    recorded.iter().filter_map(|d| d.rollback_target.clone()).filter(|t| !t.is_empty()).collect();
+                    recorded.stacks.values().filter_map(|s| crate::history::back(s).map(str::to_owned)).collect();
                 targets.sort();
                 targets.dedup();
                 match targets.len() {
@@ -368,7 +432,7 @@ impl<'a> Deployer<'a> {
                 }
             }
         };
-        self.derive_rollback(fleet, env, service, &target).await
+        self.derive_rollback(fleet, env, service, &target, self.clock.now()).await
     }
 
     /// The rollback plan to release `target`, derived from the store and the hosts.
@@ -378,6 +442,7 @@ impl<'a> Deployer<'a> {
         env: &Environment,
         service: &Service,
         target: &str,
+        created_at: DateTime<Utc>,
     ) -> Result<Plan, DeployError> {
         let (e, s) = (env.name.to_string(), service.name.to_string());
         let applied = self.store.applied_release(&e, &s, target).await?.ok_or_else(|| {
@@ -392,13 +457,14 @@ impl<'a> Deployer<'a> {
             added_by: String::new(),
         };
         let verified = self.verify_record(env, &record).await?;
-        let observed = self.observe(fleet, env, service, Some(target)).await?;
-        let (known, recorded) = self.recorded(env, service).await?;
         let corrupt = |e: crate::ids::IdError| {
             DeployError::Store(StoreError::Corrupt { what: "applied release", detail: e.to_string() })
         };
+        let target_id = ReleaseId::new(target).map_err(corrupt)?;
+        let recorded = self.recorded(env, service).await?;
+        let observed = self.observe(fleet, env, service, &recorded.probe_targets(&env.hosts, Some(&target_id))).await?;
         let planned = PlannedRelease {
-            release_id: ReleaseId::new(target).map_err(corrupt)?,
+            release_id: target_id,
             content_hash: ContentHash::new(&applied.content_hash).map_err(corrupt)?,
             facts: ReleaseFacts { signer_key_id: verified.signature.key_id.clone(), ..applied.facts },
         };
@@ -409,8 +475,9 @@ impl<'a> Deployer<'a> {
             release: planned,
             content: None,
             observed: &observed,
-            known_hashes: &known,
-            recorded: &recorded,
+            known_hashes: &recorded.hashes,
+            recorded: &recorded.current(),
+            created_at,
         })?)
     }
 
@@ -472,6 +539,13 @@ impl<'a> Deployer<'a> {
             Err::<ApplyReport, _>(e)
         };
 
+        // 0. A plan is single use and expires.
+        if let Err(e) = plan::check_age(requested, self.clock.now(), self.set.settings.plan_max_age_secs) {
+            return refuse(DeployError::Expired(e)).await;
+        }
+        let created = DateTime::parse_from_rfc3339(&requested.created_at)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_else(|_| self.clock.now());
         // 1. Derive the plan again: verification, the gate, rendering and observation all
         //    run now. A release that is not recorded cannot be promoted from a file.
         let derived = match requested.kind {
@@ -486,10 +560,10 @@ impl<'a> Deployer<'a> {
                         .await
                     }
                 };
-                self.derive_promotion(fleet, env, service, &record).await
+                self.derive_promotion(fleet, env, service, &record, created).await
             }
             PlanKind::Rollback => {
-                self.derive_rollback(fleet, env, service, requested.release.release_id.as_str()).await
+                self.derive_rollback(fleet, env, service, requested.release.release_id.as_str(), created).await
             }
         };
         let plan = match derived {
@@ -547,6 +621,11 @@ impl<'a> Deployer<'a> {
                 liveness,
             })
             .await;
+        }
+        // A plan that changes something is applied once, whatever the outcome.
+        if !plan.is_noop() && !self.store.record_plan(plan_id.as_str(), self.clock.now()).await? {
+            self.store.unlock(&plan.environment, &plan.service, plan_id.as_str()).await?;
+            return refuse(DeployError::Replayed(plan_id)).await;
         }
         let run = Run { d: self, fleet, plan: &plan, plan_id: &plan_id, env, service, approvals: approval_records };
         let result = run.apply_locked(receipts).await;
@@ -765,10 +844,23 @@ impl Run<'_, '_> {
                         r.plan_id = self.plan_id.to_string();
                         r.updated_at = d.clock.now();
                         d.store.put_deployment(&r).await?;
+                        d.store
+                            .append_history(&crate::records::HistoryEntry {
+                                environment: plan.environment.clone(),
+                                service: plan.service.clone(),
+                                host: name.clone(),
+                                seq: 0,
+                                release_id: plan.release.release_id.to_string(),
+                                kind: if plan.kind == PlanKind::Promote { "promote" } else { "rollback" }.into(),
+                                plan_id: self.plan_id.to_string(),
+                                at: d.clock.now(),
+                            })
+                            .await?;
                         d.sink.event(&format!("{name}: {} is live and healthy", plan.release.release_id));
                     }
                     HostEnd::RolledBack { reason } => {
-                        o.after = o.before.clone();
+                        // Back on its way back: the recorded release, or nothing.
+                        o.after = o.rollback_target.clone();
                         o.detail = Some(HostText::new(reason));
                         d.sink.event(&format!("{name}: FAILED: {reason}; rolled back"));
                         failure.get_or_insert(format!(

@@ -76,7 +76,7 @@ async fn probe_one(
     service: &Service,
     timeout: Duration,
 ) -> Result<observe::Observation, SshError> {
-    let cmd = observe::probe_command(host, service, None);
+    let cmd = observe::probe_command(host, service, &[]);
     let mut child = tokio::process::Command::new("ssh")
         .args(ssh.ssh_args(host))
         .arg("--")

@@ -49,6 +49,8 @@ pub struct Settings {
     pub receipt_public_key: PathBuf,
     /// Name of the environment variable naming the operator (defaults to `USER`).
     pub operator_env: String,
+    /// A saved plan older than this is refused as expired (default one hour).
+    pub plan_max_age_secs: u64,
 }
 
 /// Where the state store lives.

@@ -28,6 +28,7 @@ pub struct Settings {
     pub receipt_key_password_env: Option<S<String>>,
     pub receipt_public_key: S<String>,
     pub operator_env: Option<S<String>>,
+    pub plan_max_age_secs: Option<S<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

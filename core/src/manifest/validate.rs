@@ -177,7 +177,22 @@ impl<'a> Validator<'a> {
             .unwrap_or_else(|| "USER".into());
         let receipt_public_key = PathBuf::from(s.receipt_public_key.get_ref());
         self.public_key(&at, &s.receipt_public_key, "controlplane.receipt_public_key");
+        let plan_max_age_secs = match &s.plan_max_age_secs {
+            None => DEFAULT_PLAN_MAX_AGE_SECS,
+            Some(v) if (1..=7 * 24 * 3600).contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                self.err(
+                    &at,
+                    v,
+                    "controlplane.plan_max_age_secs",
+                    format!("{} is not between 1 and 604800 (one week)", v.get_ref()),
+                    Some("plans are meant to be applied soon after review; the default is 3600"),
+                );
+                DEFAULT_PLAN_MAX_AGE_SECS
+            }
+        };
         let settings = Settings {
+            plan_max_age_secs,
             state: state.unwrap_or(StateUrl::Sqlite(PathBuf::new())),
             receipts_dir: PathBuf::from(s.receipts.get_ref()),
             receipt_key,
@@ -681,6 +696,9 @@ impl<'a> Validator<'a> {
         Some(out)
     }
 }
+
+/// How long a saved plan stays valid when the manifests do not say.
+pub const DEFAULT_PLAN_MAX_AGE_SECS: u64 = 3600;
 
 /// Environments in promotion order, or the cycle that prevents one.
 fn order_environments(mut envs: Vec<Environment>) -> Result<Vec<Environment>, Vec<String>> {

@@ -64,6 +64,14 @@ pub trait Store: Send + Sync {
     /// Removes the lock whoever holds it; returns the removed holder.
     async fn force_unlock(&self, environment: &str, service: &str) -> Result<Option<LockRecord>, StoreError>;
 
+    /// Appends to the history of (environment, service, host); the store assigns `seq`.
+    async fn append_history(&self, e: &HistoryEntry) -> Result<(), StoreError>;
+    /// The history of every host of (environment, service), oldest first.
+    async fn history(&self, environment: &str, service: &str) -> Result<Vec<HistoryEntry>, StoreError>;
+
+    /// Records that `plan_id` is being applied; `false` if it was applied before.
+    async fn record_plan(&self, plan_id: &str, at: chrono::DateTime<chrono::Utc>) -> Result<bool, StoreError>;
+
     async fn approve(&self, a: &Approval) -> Result<(), StoreError>;
     async fn approvals(&self, plan_id: &str) -> Result<Vec<Approval>, StoreError>;
 }

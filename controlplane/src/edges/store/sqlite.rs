@@ -399,6 +399,57 @@ impl Store for SqliteStore {
         Ok(holder)
     }
 
+    async fn append_history(&self, e: &HistoryEntry) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO history (environment, service, host, release_id, kind, plan_id, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&e.environment)
+        .bind(&e.service)
+        .bind(&e.host)
+        .bind(&e.release_id)
+        .bind(&e.kind)
+        .bind(&e.plan_id)
+        .bind(ts(&e.at))
+        .execute(&self.pool)
+        .await
+        .map_err(q("append history"))?;
+        Ok(())
+    }
+
+    async fn history(&self, environment: &str, service: &str) -> Result<Vec<HistoryEntry>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM history WHERE environment = ? AND service = ? ORDER BY seq")
+            .bind(environment)
+            .bind(service)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("read history"))?;
+        rows.iter()
+            .map(|row| {
+                let g = |c: &'static str| row.try_get::<String, _>(c).map_err(q(c));
+                Ok(HistoryEntry {
+                    environment: g("environment")?,
+                    service: g("service")?,
+                    host: g("host")?,
+                    seq: row.try_get("seq").map_err(q("seq"))?,
+                    release_id: g("release_id")?,
+                    kind: g("kind")?,
+                    plan_id: g("plan_id")?,
+                    at: time(row, "at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_plan(&self, plan_id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let done = sqlx::query("INSERT OR IGNORE INTO applied_plans (plan_id, applied_at) VALUES (?, ?)")
+            .bind(plan_id)
+            .bind(ts(&at))
+            .execute(&self.pool)
+            .await
+            .map_err(q("record plan"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn approve(&self, a: &Approval) -> Result<(), StoreError> {
         sqlx::query("INSERT OR IGNORE INTO approvals (plan_id, approver, approved_at) VALUES (?, ?, ?)")
             .bind(&a.plan_id)
@@ -532,6 +583,29 @@ mod tests {
         store.put_applied_release(&applied).await.unwrap();
         assert_eq!(store.applied_release("prod", "api", "r-1").await.unwrap(), Some(applied));
         assert_eq!(store.applied_release("prod", "api", "r-2").await.unwrap(), None);
+
+        let step = |host: &str, release: &str, kind: &str| HistoryEntry {
+            environment: "prod".into(),
+            service: "api".into(),
+            host: host.into(),
+            seq: 0,
+            release_id: release.into(),
+            kind: kind.into(),
+            plan_id: "p-1".into(),
+            at: t(7),
+        };
+        for e in [step("vm-1", "r-1", "promote"), step("vm-2", "r-1", "promote"), step("vm-1", "r-0", "rollback")] {
+            store.append_history(&e).await.unwrap();
+        }
+        let h = store.history("prod", "api").await.unwrap();
+        assert_eq!(
+            h.iter().map(|e| (e.host.as_str(), e.release_id.as_str())).collect::<Vec<_>>(),
+            [("vm-1", "r-1"), ("vm-2", "r-1"), ("vm-1", "r-0")]
+        );
+        assert!(h.windows(2).all(|w| w[0].seq < w[1].seq), "in order");
+        assert!(store.history("staging", "api").await.unwrap().is_empty());
+        assert!(store.record_plan("p-1", t(8)).await.unwrap());
+        assert!(!store.record_plan("p-1", t(9)).await.unwrap(), "a plan is applied once");
 
         let a = Approval { plan_id: "p-1".into(), approver: "carol".into(), approved_at: t(5) };
         store.approve(&a).await.unwrap();

@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 
 const DIGEST_1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const DIGEST_2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+const DIGEST_3: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+const DIGEST_4: &str = "sha256:4444444444444444444444444444444444444444444444444444444444444444";
 const REPO: &str = "127.0.0.1:5000/demo/api";
 
 /// The example manifests with `prod` made of four hosts in batches of two.
@@ -68,7 +70,7 @@ impl GoldenVm for FakeVm {
         &self.name
     }
 
-    async fn probe(&self, _service: &Service, target: Option<&str>) -> Result<Observation, VmError> {
+    async fn probe(&self, _service: &Service, targets: &[&ReleaseId]) -> Result<Observation, VmError> {
         let t = self.tree.lock().unwrap().clone();
         let live = t.current.as_ref().and_then(|id| t.releases.get(id));
         let json = live.and_then(|f| f.get("release.json").cloned());
@@ -82,9 +84,13 @@ impl GoldenVm for FakeVm {
             release_json: json,
             content_hash: live.and_then(|f| ContentHash::new(&release::content_hash(f)).ok()),
             odd_entries: Vec::new(),
-            target_hash: target
-                .and_then(|id| t.releases.get(id))
-                .and_then(|f| ContentHash::new(&release::content_hash(f)).ok()),
+            target_hashes: targets
+                .iter()
+                .filter_map(|id| {
+                    let files = t.releases.get(id.as_str())?;
+                    Some(((*id).clone(), ContentHash::new(&release::content_hash(files)).ok()?))
+                })
+                .collect(),
             running: t.running.as_deref().map(HostText::new),
         })
     }
@@ -185,7 +191,9 @@ impl World {
 
     async fn with(set: ManifestSet) -> Self {
         let store = SqliteStore::in_memory().await.unwrap();
-        for (digest, commit) in [(DIGEST_1, "aaaaaaa"), (DIGEST_2, "bbbbbbb")] {
+        for (digest, commit) in
+            [(DIGEST_1, "aaaaaaa"), (DIGEST_2, "bbbbbbb"), (DIGEST_3, "ccccccc"), (DIGEST_4, "ddddddd")]
+        {
             store
                 .put_release(&ReleaseRecord {
                     service: "api".into(),
@@ -269,6 +277,11 @@ impl World {
         let r = self.apply(&plan).await.unwrap();
         assert_eq!(r.outcome, Outcome::Succeeded, "{r:#?}");
         r
+    }
+
+    async fn rollback(&self, to: Option<&str>) -> Result<ApplyReport, DeployError> {
+        let plan = self.deployer(&Verifies).plan_rollback(&self.fleet("prod"), "prod", "api", to).await?;
+        self.apply(&plan).await
     }
 
     fn current(&self, host: &str) -> Option<String> {
@@ -546,4 +559,104 @@ async fn what_a_failing_health_check_prints_reaches_the_receipt_sanitized() {
     assert!(!text.contains("ghp_0123456789"), "{text}");
     assert!(!text.contains('\u{1b}') && !text.contains("\\u001b"), "{text}");
     assert!(text.contains("token [redacted] down"), "{text}");
+}
+
+/// Regression: an apply killed after `prod-3`'s swap left it on the new release,
+/// unrecorded; the rerun took that release as the way back, "rolled back" onto it when
+/// its health check failed, and signed a receipt saying `rolled-back` with before = after.
+#[tokio::test]
+async fn recovery_after_a_crash_goes_back_to_the_release_recorded_before_the_rollout() {
+    let w = World::new().await;
+    let (v1, plan) = w.v1_live_and_v2_in_staging().await;
+    let v2 = plan.release.release_id.to_string();
+    // The crash: prod-3 got v2's files and `current`, and nothing was recorded.
+    {
+        let mut t = w.trees["prod-3"].lock().unwrap();
+        t.releases.insert(v2.clone(), plan.decoded_files().unwrap());
+        t.current = Some(v2.clone());
+    }
+    let rerun = w.plan("prod", DIGEST_2).await.unwrap();
+    let h = rerun.hosts.iter().find(|h| h.host == "prod-3").unwrap();
+    assert_eq!(h.before.as_ref().map(ReleaseId::as_str), Some(v2.as_str()));
+    assert_eq!(h.rollback_target.as_ref().map(ReleaseId::as_str), Some(v1.as_str()), "the recorded release");
+    w.script.lock().unwrap().fail.push(("prod-3".into(), "health check"));
+    let r = w.apply(&rerun).await.unwrap();
+    assert_eq!(w.current("prod-3"), Some(v1.clone()), "back on the release recorded before the rollout");
+    let o = r.hosts.iter().find(|h| h.host == "prod-3").unwrap();
+    assert_eq!(
+        (o.outcome.as_str(), o.before.as_deref(), o.after.as_deref()),
+        ("rolled-back", Some(v2.as_str()), Some(v1.as_str()))
+    );
+    let receipt = w.last_receipt();
+    let o = receipt.body.hosts.iter().find(|h| h.host == "prod-3").unwrap();
+    assert_eq!(o.after.as_deref(), Some(v1.as_str()), "the receipt says so");
+}
+
+/// Regression: a hand-made `releases/r-0123…` set as `current` was offered as the way
+/// back and re-activated when health failed.
+#[tokio::test]
+async fn an_unrecorded_live_release_is_never_reactivated() {
+    let w = World::new().await;
+    w.promote("staging", DIGEST_1).await;
+    let evil = "r-0123456789abcdef".to_owned();
+    {
+        let mut t = w.trees["prod-1"].lock().unwrap();
+        t.releases.insert(evil.clone(), BTreeMap::from([("release.json".to_owned(), b"{\"EVIL\":1}".to_vec())]));
+        t.current = Some(evil.clone());
+    }
+    let plan = w.plan("prod", DIGEST_1).await.unwrap();
+    assert_eq!(plan.hosts[0].rollback_target, None, "nothing recorded: no way back but unsetting");
+    w.script.lock().unwrap().fail.push(("prod-1".into(), "health check"));
+    w.log.lock().unwrap().clear();
+    let r = w.apply(&plan).await.unwrap();
+    assert_eq!(r.outcome, Outcome::Failed);
+    assert_eq!(w.current("prod-1"), None, "unset, not back on the unrecorded release");
+    assert!(!w.log.lock().unwrap().iter().any(|l| l.contains("re-activation")), "{:?}", w.log.lock().unwrap());
+}
+
+/// Regression: v1, v2, v3 promoted; `rollback` went to v2, and `rollback` again flipped
+/// forward to v3, the release just rolled away from.
+#[tokio::test]
+async fn rollback_walks_back_one_release_at_a_time() {
+    let w = World::new().await;
+    let mut ids = Vec::new();
+    for d in [DIGEST_1, DIGEST_2, DIGEST_3, DIGEST_4] {
+        w.promote("staging", d).await;
+        ids.push(w.promote("prod", d).await.hosts[0].after.clone().unwrap());
+    }
+    for want in [2, 1, 0] {
+        let r = w.rollback(None).await.unwrap();
+        assert_eq!(r.outcome, Outcome::Succeeded);
+        assert_eq!(w.prod(), vec![Some(ids[want].clone()); 4], "rollback to v{}", want + 1);
+    }
+    let e = w.rollback(None).await.unwrap_err();
+    assert!(matches!(e, DeployError::NoRollbackTarget { .. }), "{e}");
+    // `--to` picks any earlier release that is still intact, forward too.
+    w.rollback(Some(&ids[3])).await.unwrap();
+    assert_eq!(w.prod(), vec![Some(ids[3].clone()); 4]);
+}
+
+/// Regression: a plan applied earlier applied again once the hosts happened to match its
+/// fingerprints again.
+#[tokio::test]
+async fn an_applied_plan_replayed_after_the_hosts_return_to_its_fingerprints_is_refused() {
+    let w = World::new().await;
+    let (v1, plan) = w.v1_live_and_v2_in_staging().await;
+    w.apply(&plan).await.unwrap();
+    w.rollback(None).await.unwrap();
+    assert_eq!(w.prod(), vec![Some(v1.clone()); 4], "the hosts match the plan's fingerprints again");
+    let e = w.apply(&plan).await.unwrap_err();
+    assert!(matches!(e, DeployError::Replayed(_)), "{e}");
+    assert_eq!(w.prod(), vec![Some(v1); 4]);
+    assert_eq!(w.last_receipt().body.kind, ReceiptKind::Refusal);
+    assert!(w.store.lock_holder("prod", "api").await.unwrap().is_none(), "lock released");
+}
+
+#[tokio::test]
+async fn a_saved_plan_older_than_the_configured_age_is_refused_as_expired() {
+    let w = World::new().await;
+    let (_, mut plan) = w.v1_live_and_v2_in_staging().await;
+    plan.created_at = "2026-01-01T00:00:00Z".into();
+    let e = w.apply(&plan).await.unwrap_err();
+    assert!(matches!(e, DeployError::Expired(plan::Expiry::Expired { .. })), "{e}");
 }

@@ -1,0 +1,79 @@
+//! The way back, derived from what was recorded — never from what a host says is live.
+//!
+//! Each (environment, service, host) has a history of the releases it came to run. Read
+//! as a stack: a promotion pushes its release; a rollback to a release pops back down to
+//! it (or pushes it, when it was not on the stack). The top is what the control plane
+//! believes is live; the entry below it is where `rollback` goes. A release that is live
+//! on a host but not on its stack (an apply killed mid-host, a hand edit) is never a way
+//! back.
+
+use crate::records::HistoryEntry;
+
+/// The stack of one host's history (`entries` in order, all of the same host).
+pub fn stack(entries: &[HistoryEntry]) -> Vec<String> {
+    let mut stack: Vec<String> = Vec::new();
+    for e in entries {
+        match e.kind.as_str() {
+            "rollback" => match stack.iter().rposition(|r| *r == e.release_id) {
+                Some(i) => stack.truncate(i + 1),
+                None => stack.push(e.release_id.clone()),
+            },
+            _ => stack.push(e.release_id.clone()),
+        }
+    }
+    stack
+}
+
+/// What the host should be running, as recorded.
+pub fn current(stack: &[String]) -> Option<&str> {
+    stack.last().map(String::as_str)
+}
+
+/// One step back from the current release.
+pub fn back(stack: &[String]) -> Option<&str> {
+    stack.len().checked_sub(2).map(|i| stack[i].as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(entries: &[(&str, &str)]) -> Vec<String> {
+        let entries: Vec<HistoryEntry> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (kind, id))| HistoryEntry {
+                environment: "prod".into(),
+                service: "api".into(),
+                host: "vm-1".into(),
+                seq: i as i64,
+                release_id: (*id).into(),
+                kind: (*kind).into(),
+                plan_id: "p".into(),
+                at: chrono::DateTime::from_timestamp(0, 0).unwrap(),
+            })
+            .collect();
+        stack(&entries)
+    }
+
+    #[test]
+    fn rollback_walks_back_one_release_at_a_time() {
+        let promoted = [("promote", "v1"), ("promote", "v2"), ("promote", "v3")];
+        let s = h(&promoted);
+        assert_eq!((current(&s), back(&s)), (Some("v3"), Some("v2")));
+        // Regression: a second rollback flipped forward to the release just rolled away from.
+        let s = h(&[promoted.as_slice(), &[("rollback", "v2")]].concat());
+        assert_eq!((current(&s), back(&s)), (Some("v2"), Some("v1")));
+        let s = h(&[promoted.as_slice(), &[("rollback", "v2"), ("rollback", "v1")]].concat());
+        assert_eq!((current(&s), back(&s)), (Some("v1"), None));
+    }
+
+    #[test]
+    fn promoting_again_or_rolling_back_to_an_old_release_is_recorded_as_such() {
+        let s = h(&[("promote", "v1"), ("promote", "v2"), ("promote", "v1")]);
+        assert_eq!(back(&s), Some("v2"));
+        let s = h(&[("promote", "v2"), ("rollback", "v1")]);
+        assert_eq!((current(&s), back(&s)), (Some("v1"), Some("v2")));
+        assert_eq!(back(&h(&[])), None);
+    }
+}
