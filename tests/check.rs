@@ -31,6 +31,10 @@ fn copy_example(to: &Path) {
         std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
         std::fs::write(dst, bytes).unwrap();
     }
+    // The keys the example points at (outside the manifests, as it requires).
+    std::fs::create_dir_all(to.join("state/ssh")).unwrap();
+    std::fs::write(to.join("state/ssh/id_ed25519"), "placeholder").unwrap();
+    std::fs::write(to.join("state/receipt.key"), "placeholder").unwrap();
 }
 
 fn check(dir: &Path, json: bool) -> std::process::Output {
@@ -187,7 +191,7 @@ fn malformed_manifests_exit_2_with_location_and_change_nothing() {
         assert!(stderr.contains(&format!("field `{field}`")), "{to}: expected field `{field}` in:\n{stderr}");
         assert!(stderr.contains("hint:"), "{stderr}");
         assert_eq!(snapshot(dir.path()), before, "{to}: check changed files");
-        assert!(!dir.path().join("state").exists() && !dir.path().join("receipts").exists());
+        assert!(!dir.path().join("state/controlplane.db").exists() && !dir.path().join("receipts").exists());
 
         let out = check(dir.path(), true);
         assert_eq!(out.status.code(), Some(2));
@@ -215,6 +219,32 @@ fn init_refuses_an_existing_directory_and_changes_nothing() {
 
     let out = Command::new(BIN).arg("--manifests").arg(dir.path().join("manifests")).arg("check").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Regression: a missing SSH identity file passed `check` and later read "host rejected
+/// our SSH key"; a missing receipt key failed only at the end of an apply.
+#[test]
+fn check_names_a_missing_ssh_identity_or_receipt_key_at_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(Command::new(BIN).arg("init").arg(dir.path()).status().unwrap().success());
+    std::fs::remove_file(dir.path().join("state/ssh/id_ed25519")).unwrap();
+    std::fs::remove_file(dir.path().join("state/receipt.key")).unwrap();
+    let out = check(dir.path(), false);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let cp = std::fs::read_to_string(dir.path().join("manifests/controlplane.toml")).unwrap();
+    let line = |key: &str| cp.lines().position(|l| l.starts_with(key)).unwrap() + 1;
+    assert!(
+        err.contains(&format!("controlplane.toml:{}:1: field `ssh.identity`: cannot read", line("identity"))),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "controlplane.toml:{}:1: field `controlplane.receipt_key`: cannot read",
+            line("receipt_key")
+        )),
+        "{err}"
+    );
 }
 
 #[test]

@@ -375,3 +375,45 @@ async fn a_forged_plan_with_a_recomputed_id_is_refused() {
     assert_exit(&w.agentctl(&["apply", path.to_str().unwrap()]), 4, "`files`: the plan file says");
     assert_same(&before, &hosts_only(w.snapshot()), "nothing staged");
 }
+
+/// Regression: a plan applied earlier applied again once the hosts happened to match its
+/// fingerprints again, moving the environment to a release nobody asked for now.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_applied_plan_replayed_after_the_hosts_return_to_its_fingerprints_is_refused() {
+    let w = World::start(fleet(1)).await;
+    w.deploy("v1", &["staging"]).await;
+    let v2 = w.release("v2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plan.json");
+    let path = path.to_str().unwrap();
+    assert_ok(&w.promote("staging", &v2, &["--out", path]));
+    assert_ok(&w.agentctl(&["apply", path]));
+    assert_ok(&w.agentctl(&["rollback", "api", "--env", "staging", "--apply"]));
+    let before = hosts_only(w.snapshot());
+    assert_exit(&w.agentctl(&["apply", path]), 4, "was applied before");
+    assert_same(&before, &hosts_only(w.snapshot()), "nothing moved");
+    assert_eq!(w.receipts().last().unwrap()["kind"], "refusal");
+}
+
+/// Regression: a step that timed out left its remote processes running on the host.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_health_check_past_its_deadline_is_ended_on_the_host() {
+    let w = World::start(fleet(1)).await;
+    let img = w.release("v1").await;
+    // Longer than the lab's health timeout; a duration no other test uses.
+    w.runtime("stage-1", "hang-health", "47");
+    let out = w.promote("staging", &img, &["--apply"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("did not finish within"), "{}", stderr(&out));
+    let sleeping = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .any(|c| c == b"sleep\x0047\x00")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sleeping() {
+        assert!(std::time::Instant::now() < deadline, "the health check's `sleep 47` still runs on the host");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -86,6 +86,7 @@ async fn the_deploy_path_as_an_operator_sees_it() {
     snap!("refused_no_approval", shown(&w.agentctl(&["apply", path])));
     w.runtime("prod-1", "report", "sha256:0000000000000000000000000000000000000000000000000000000000000000");
     snap!("refused_stale_plan", shown(&w.agentctl(&["apply", path])));
+    snap!("refused_stale_plan_json", shown(&w.agentctl(&["--json", "apply", path])));
     w.clear_runtime("prod-1", "report");
     w.runtime("stage-1", "report", "sha256:0000000000000000000000000000000000000000000000000000000000000000");
     snap!("status_drifted", shown(&w.agentctl(&["status", "--env", "staging"])));

@@ -22,11 +22,13 @@ pub struct Failure {
     pub details: Vec<String>,
     /// Printed on stdout before the error (for `--json`, the document).
     pub output: Option<String>,
+    /// Under `--json`, the document to print instead of the error document.
+    pub json: Option<serde_json::Value>,
 }
 
 impl Failure {
     pub fn new(code: Code, error: impl Into<anyhow::Error>) -> Self {
-        Self { code, error: error.into(), hint: None, details: Vec::new(), output: None }
+        Self { code, error: error.into(), hint: None, details: Vec::new(), output: None, json: None }
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
@@ -36,6 +38,32 @@ impl Failure {
 
     pub fn with_output(mut self, output: String) -> Self {
         self.output = Some(output);
+        self
+    }
+
+    /// The error as one JSON document, for `--json` (stdout stays machine-readable on
+    /// failure too).
+    pub fn to_json(&self) -> serde_json::Value {
+        let kind = match self.code {
+            Code::Failed => "failed",
+            Code::Invalid => "invalid-input",
+            Code::Drift => "drift",
+            Code::Refused => "refused",
+        };
+        serde_json::json!({
+            "error": {
+                "kind": kind,
+                "message": self.error.to_string(),
+                "causes": self.error.chain().skip(1).map(ToString::to_string).collect::<Vec<_>>(),
+                "details": self.details,
+                "hint": self.hint,
+                "exit_code": self.code as u8,
+            }
+        })
+    }
+
+    pub fn with_json(mut self, json: serde_json::Value) -> Self {
+        self.json = Some(json);
         self
     }
 

@@ -67,8 +67,18 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(failure) => {
-            if let Some(out) = &failure.output {
-                let _ = writeln!(stdout, "{out}");
+            // Under `--json` a failure is one JSON document on stdout too.
+            match (&failure.output, &failure.json) {
+                (_, Some(doc)) if globals.json => {
+                    let _ = writeln!(stdout, "{doc:#}");
+                }
+                (Some(out), _) => {
+                    let _ = writeln!(stdout, "{out}");
+                }
+                (None, _) if globals.json => {
+                    let _ = writeln!(stdout, "{:#}", failure.to_json());
+                }
+                (None, _) => {}
             }
             eprintln!("{failure}");
             failure.exit_code()

@@ -137,10 +137,12 @@ pub fn build(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
                 let want = input.known_hashes.get(target.as_str());
                 match obs.target_hashes.get(target) {
                     None => return Err(broken(format!("the recorded release `{target}` is no longer on the host"))),
-                    Some(h) if want.is_some_and(|w| w != h.as_str()) => return Err(broken(format!(
+                    Some(h) if want.is_some_and(|w| w != h.as_str()) => {
+                        return Err(broken(format!(
                         "the recorded release `{target}` was changed on the host (content identity {h} instead of {})",
                         want.map(String::as_str).unwrap_or_default()
-                    ))),
+                    )))
+                    }
                     Some(_) => {}
                 }
             }

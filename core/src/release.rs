@@ -4,7 +4,7 @@
 
 use crate::canonical;
 use crate::image::PinnedImage;
-use crate::manifest::Service;
+use crate::manifest::{Service, Template};
 use crate::names::EnvName;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -15,15 +15,124 @@ pub const RELEASE_JSON: &str = "release.json";
 /// `release.json` larger than this is not ours: a probe refuses to believe it.
 pub const MAX_RELEASE_JSON: usize = 64 * 1024;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReleaseError {
-    #[error("template `{template}` of service `{service}` does not render")]
-    Render {
-        service: String,
-        template: String,
-        #[source]
-        source: tera::Error,
-    },
+    #[error("template `{template}` of service `{service}` does not render (line {line}): {message}")]
+    Render { service: String, template: String, line: usize, message: String },
+    #[error("template `{template}` of service `{service}` renders {kind} (rendered line {line}); secret values never go into a release, only secret names")]
+    Secret { service: String, template: String, line: usize, kind: String },
+}
+
+impl ReleaseError {
+    pub fn template(&self) -> &str {
+        match self {
+            Self::Render { template, .. } | Self::Secret { template, .. } => template,
+        }
+    }
+
+    pub fn line(&self) -> usize {
+        match self {
+            Self::Render { line, .. } | Self::Secret { line, .. } => *line,
+        }
+    }
+}
+
+/// Template functions that would let a template read the operator's environment, the
+/// clock or a random source: rendering is closed, so a release is a function of its
+/// inputs and carries no secret from the machine that plans it.
+const CLOSED_FUNCTIONS: &[&str] = &["get_env", "now", "get_random"];
+
+/// Renders one template with `ctx`, closed: only the variables given, no environment,
+/// no clock, no other templates.
+fn render_one(service: &str, t: &Template, ctx: &tera::Context) -> Result<String, ReleaseError> {
+    let mut tera = tera::Tera::default();
+    for name in CLOSED_FUNCTIONS {
+        let name = *name;
+        tera.register_function(name, move |_: &std::collections::HashMap<String, serde_json::Value>| {
+            Err(tera::Error::msg(format!(
+                "`{name}()` is not available: templates see only the variables the control plane gives them"
+            )))
+        });
+    }
+    let fail = |e: tera::Error| {
+        let message = error_chain(&e);
+        ReleaseError::Render {
+            service: service.to_owned(),
+            template: t.source.display().to_string(),
+            line: locate(&t.text, &message),
+            message,
+        }
+    };
+    tera.add_raw_template("template", &t.text).map_err(fail)?;
+    let text = tera.render("template", ctx).map_err(fail)?;
+    if let Some(kind) = crate::secrets::find_secret(&text) {
+        let line = text.lines().position(|l| crate::secrets::find_secret(l).is_some()).map_or(1, |i| i + 1);
+        return Err(ReleaseError::Secret {
+            service: service.to_owned(),
+            template: t.source.display().to_string(),
+            line,
+            kind: kind.describe(),
+        });
+    }
+    Ok(text)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        parts.push(c.to_string());
+        cur = c.source();
+    }
+    parts.retain(|p| !p.starts_with("Failed to render") && !p.starts_with("Failed to parse"));
+    parts.join(": ")
+}
+
+/// The first line of `text` naming something the error quotes (`name` or 'name').
+fn locate(text: &str, message: &str) -> usize {
+    let quoted: Vec<&str> = message
+        .split(['`', '\''])
+        .skip(1)
+        .step_by(2)
+        .map(|w| w.trim_matches(['[', ']', '"']))
+        .filter(|w| !w.is_empty() && *w != "template" && *w != "__tera_one_off")
+        .collect();
+    // The whole name first (`environment.nmae`), then its head (`get_env` of `get_env()`).
+    let heads = quoted.iter().map(|w| w.split(['.', '[', '(']).next().unwrap_or(w));
+    for w in quoted.iter().copied().chain(heads).filter(|w| !w.is_empty()) {
+        if let Some(i) = text.lines().position(|l| l.contains(w)) {
+            return i + 1;
+        }
+    }
+    // Parse errors say ` --> LINE:COL`.
+    message.split("--> ").nth(1).and_then(|r| r.split(':').next()).and_then(|n| n.trim().parse().ok()).unwrap_or(1)
+}
+
+/// The variables a template sees.
+fn context(service: &Service, environment: &str, image: &str, digest: &str, commit: &str) -> tera::Context {
+    let mut ctx = tera::Context::new();
+    ctx.insert(
+        "service",
+        &serde_json::json!({
+            "name": service.name.as_str(),
+            // Names only: the runtime on the host resolves the values.
+            "secrets": service.secrets.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
+            "egress": service.egress,
+        }),
+    );
+    ctx.insert("environment", &serde_json::json!({ "name": environment }));
+    ctx.insert("release", &serde_json::json!({ "image": image, "digest": digest, "commit": commit }));
+    ctx
+}
+
+/// Renders every template of `service` for `environment` with placeholder release values,
+/// as `check` does: the same closed context as a real release, so what fails here would
+/// fail at plan time.
+pub fn check_templates(service: &Service, environment: &str) -> Vec<ReleaseError> {
+    let digest = format!("sha256:{}", "0".repeat(64));
+    let image = format!("{}@{digest}", service.repository);
+    let ctx = context(service, environment, &image, &digest, &"0".repeat(40));
+    service.templates.iter().filter_map(|t| render_one(service.name.as_str(), t, &ctx).err()).collect()
 }
 
 /// What a release is made from.
@@ -99,33 +208,11 @@ impl ReleaseContent {
 /// Renders the templates and derives the id and `release.json`.
 pub fn render(input: &ReleaseInput<'_>) -> Result<ReleaseContent, ReleaseError> {
     let s = input.service;
-    let mut ctx = tera::Context::new();
-    ctx.insert(
-        "service",
-        &serde_json::json!({
-            "name": s.name.as_str(),
-            // Names only: the runtime on the host resolves the values.
-            "secrets": s.secrets.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
-            "egress": s.egress,
-        }),
-    );
-    ctx.insert("environment", &serde_json::json!({ "name": input.environment.as_str() }));
-    ctx.insert(
-        "release",
-        &serde_json::json!({
-            "image": input.image.to_string(),
-            "digest": input.image.digest.as_str(),
-            "commit": input.source_commit,
-        }),
-    );
+    let image = input.image.to_string();
+    let ctx = context(s, input.environment.as_str(), &image, input.image.digest.as_str(), input.source_commit);
     let mut files = BTreeMap::new();
     for t in &s.templates {
-        let text = tera::Tera::one_off(&t.text, &ctx, false).map_err(|source| ReleaseError::Render {
-            service: s.name.to_string(),
-            template: t.source.display().to_string(),
-            source,
-        })?;
-        files.insert(t.target.clone(), text.into_bytes());
+        files.insert(t.target.clone(), render_one(s.name.as_str(), t, &ctx)?.into_bytes());
     }
     // The id covers the image and every rendered file, nothing else.
     let mut h = Sha256::new();

@@ -23,6 +23,18 @@ impl RemoteCommand {
         Self { program: "sh".into(), args: all }
     }
 
+    /// The same command, ended on the host after `secs` seconds (coreutils `timeout`
+    /// signals the command's whole process group, TERM then KILL 5 s later), so a command
+    /// the control plane gave up on does not run on.
+    pub fn with_deadline(&self, secs: u64) -> Self {
+        let mut args = vec!["-k".to_owned(), "5".to_owned(), secs.max(1).to_string(), self.program.clone()];
+        args.extend(self.args.iter().cloned());
+        Self { program: "timeout".into(), args }
+    }
+
+    /// Exit statuses with which `timeout` reports that it ended the command.
+    pub const DEADLINE_STATUSES: [i32; 2] = [124, 137];
+
     /// The line sshd hands to the remote user's shell: every word single-quoted.
     pub fn shell_line(&self) -> String {
         std::iter::once(&self.program).chain(&self.args).map(|w| quote(w)).collect::<Vec<_>>().join(" ")
@@ -77,6 +89,16 @@ mod tests {
             .map(|w| String::from_utf8_lossy(w).into_owned())
             .collect();
         assert_eq!(words, nasty);
+    }
+
+    #[test]
+    fn a_command_past_its_deadline_is_ended_with_its_children() {
+        let cmd = RemoteCommand::script("sleep 30 & sleep 30; echo done", Vec::<String>::new()).with_deadline(1);
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new("sh").arg("-c").arg(cmd.shell_line()).output().unwrap();
+        assert!(RemoteCommand::DEADLINE_STATUSES.contains(&out.status.code().unwrap()), "{out:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("done"));
     }
 
     #[test]

@@ -6,7 +6,16 @@ use crate::Globals;
 use controlplane::manifest::{self, ManifestError};
 
 pub fn run(g: &Globals) -> Result<Report, Failure> {
-    match manifest::load(&g.manifests) {
+    let loaded = manifest::load(&g.manifests).and_then(|set| {
+        // What apply would open: missing keys are found now, not as "host rejected our key".
+        let missing = manifest::check_files(&set);
+        if missing.is_empty() {
+            Ok(set)
+        } else {
+            Err(ManifestError::Invalid { dir: g.manifests.clone(), diagnostics: missing })
+        }
+    });
+    match loaded {
         Ok(set) => {
             let hosts: usize = set.environments.iter().map(|e| e.hosts.len()).sum();
             let envs: Vec<_> = set.environments.iter().map(|e| e.name.to_string()).collect();

@@ -103,6 +103,9 @@ fn failure(e: DeployError) -> Failure {
         }
         DeployError::Vm(_) => Some("nothing was changed".into()),
         DeployError::Interrupted => Some("nothing was changed; the receipt says `interrupted`".into()),
+        DeployError::Expired(_) | DeployError::Replayed(_) => {
+            Some("make a new plan (`agentctl promote ... --out PLAN.json`), review it, apply it".into())
+        }
         _ => None,
     };
     let details = e.details();
@@ -258,6 +261,7 @@ fn apply_result(result: Result<deploy::ApplyReport, DeployError>) -> Result<Repo
         anyhow::anyhow!("rollout of plan {} ended {}: {why}", report.plan_id, report.outcome.as_str()),
     )
     .with_output(text)
+    .with_json(json)
     .hint(format!("the hosts above say which release each is on; receipt `{}`", report.receipt)))
 }
 

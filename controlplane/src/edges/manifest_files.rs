@@ -62,3 +62,37 @@ pub fn read_tree(dir: &Path) -> Result<BTreeMap<PathBuf, String>, ManifestError>
     }
     Ok(files)
 }
+
+/// The files the manifests point at that an apply will open, checked by `check`: the
+/// SSH identity and the receipt-signing key must exist and be readable. (Not part of
+/// [`load`]: an auditor or a CI signer has the manifests without these keys.)
+pub fn check_files(set: &ManifestSet) -> Vec<Diagnostic> {
+    let file = Path::new(CONTROLPLANE_FILE);
+    let text = std::fs::read_to_string(set.dir.join(file)).unwrap_or_default();
+    let line_of =
+        |key: &str| text.lines().position(|l| l.trim_start().starts_with(key) && l.contains('=')).map_or(0, |i| i + 1);
+    let mut out = Vec::new();
+    for (field, key, path, what) in [
+        ("ssh.identity", "identity", &set.ssh.identity, "the SSH identity agentctl logs in to golden VMs with"),
+        ("controlplane.receipt_key", "receipt_key", &set.settings.receipt_key, "the receipt-signing key"),
+    ] {
+        let full = set.resolve(path);
+        if let Err(e) = std::fs::File::open(&full) {
+            let line = line_of(key);
+            out.push(Diagnostic {
+                file: set.dir.join(file),
+                line,
+                column: usize::from(line > 0),
+                field: field.into(),
+                message: format!("cannot read {what} at `{}`: {e}", full.display()),
+                hint: Some(if key == "identity" {
+                    "create it (`ssh-keygen -t ed25519 -f PATH`) or point `identity` at the key the hosts authorize"
+                        .into()
+                } else {
+                    "run `agentctl init` to create one, or point `receipt_key` at the existing key".into()
+                }),
+            });
+        }
+    }
+    out
+}

@@ -22,6 +22,8 @@ const STEP_OUTPUT_LIMIT: usize = 64 * 1024;
 /// How long a step other than the health check may take.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much longer than a remote deadline we wait for the host to report it.
+const DEADLINE_GRACE: Duration = Duration::from_secs(8);
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -92,8 +94,13 @@ impl SshVm {
         timeout: Duration,
         what: &str,
     ) -> Result<(), HostText> {
-        match self.session.run(cmd, stdin, STEP_OUTPUT_LIMIT, timeout).await {
+        // The host ends the command at the deadline; we wait a little longer for its answer.
+        let remote = cmd.with_deadline(timeout.as_secs());
+        match self.session.run(&remote, stdin, STEP_OUTPUT_LIMIT, timeout + DEADLINE_GRACE).await {
             Ok(o) if o.success() => Ok(()),
+            Ok(o) if o.status.is_some_and(|c| RemoteCommand::DEADLINE_STATUSES.contains(&c)) => {
+                Err(HostText::new(&format!("{what} did not finish within {} s (ended on the host)", timeout.as_secs())))
+            }
             Ok(o) => Err(HostText::new(&format!(
                 "{what} exited with status {}: {}",
                 o.status.map_or("(killed by a signal)".into(), |c| c.to_string()),
@@ -115,8 +122,8 @@ impl GoldenVm for SshVm {
 
     async fn probe(&self, service: &Service, targets: &[&ReleaseId]) -> Result<Observation, VmError> {
         let host = self.session.host();
-        let cmd = observe::probe_command(host, service, targets);
-        let out = self.session.run(&cmd, None, observe::MAX_PROBE_OUTPUT, PROBE_TIMEOUT).await?;
+        let cmd = observe::probe_command(host, service, targets).with_deadline(PROBE_TIMEOUT.as_secs());
+        let out = self.session.run(&cmd, None, observe::MAX_PROBE_OUTPUT, PROBE_TIMEOUT + DEADLINE_GRACE).await?;
         observe::parse(&out.stdout)
             .map_err(|reason| VmError::Probe { host: host.name.to_string(), reason: HostText::new(&reason) })
     }

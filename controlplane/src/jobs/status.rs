@@ -76,7 +76,7 @@ async fn probe_one(
     service: &Service,
     timeout: Duration,
 ) -> Result<observe::Observation, SshError> {
-    let cmd = observe::probe_command(host, service, &[]);
+    let cmd = observe::probe_command(host, service, &[]).with_deadline(timeout.as_secs());
     let mut child = tokio::process::Command::new("ssh")
         .args(ssh.ssh_args(host))
         .arg("--")

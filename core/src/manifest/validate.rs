@@ -50,6 +50,9 @@ impl<'a> Validator<'a> {
         let cp = self.control_plane();
         let envs = self.environments();
         let services = self.services();
+        if let (Some(envs), Some(services)) = (&envs, &services) {
+            self.render_templates(envs, services);
+        }
         let (settings, registries, trust, ssh) = cp?;
         Some(ManifestSet {
             dir: self.dir.to_path_buf(),
@@ -60,6 +63,32 @@ impl<'a> Validator<'a> {
             environments: envs?,
             services: services?,
         })
+    }
+
+    /// Renders every template for every environment with the context a release gets
+    /// (closed: no environment, clock or files), so what would fail at plan time fails here
+    /// with the template's file and line.
+    fn render_templates(&mut self, envs: &[Environment], services: &BTreeMap<ServiceName, Service>) {
+        let mut seen = std::collections::BTreeSet::new();
+        for service in services.values() {
+            for env in envs {
+                for e in crate::release::check_templates(service, env.name.as_str()) {
+                    let key = (e.template().to_owned(), e.line(), e.to_string());
+                    if seen.insert(key) {
+                        let hint = match &e {
+                            crate::release::ReleaseError::Render { .. } => {
+                                "templates see `service`, `environment` and `release` only (see docs/MANIFESTS.md)"
+                            }
+                            crate::release::ReleaseError::Secret { .. } => {
+                                "render a secret's name and let the runtime on the host resolve it"
+                            }
+                        };
+                        let file = PathBuf::from(e.template());
+                        self.push(&file, (e.line(), 1), "", e.to_string(), Some(hint.into()));
+                    }
+                }
+            }
+        }
     }
 
     fn push(&mut self, file: &Path, loc: (usize, usize), field: &str, message: String, hint: Option<String>) {
@@ -461,8 +490,16 @@ impl<'a> Validator<'a> {
         }
         // Files that failed to parse still name an environment: no cascade of "does not exist".
         let known: Vec<String> = self.named_files("environments").into_iter().map(|(_, stem)| stem).collect();
-        for (path, loc, env, after) in afters {
-            if !known.contains(&after) {
+        for (path, loc, env, after) in afters.iter().cloned() {
+            if env.as_str() == after {
+                self.push(
+                    &path,
+                    loc,
+                    "after",
+                    format!("environment `{env}` comes after itself"),
+                    Some("name the environment a release must pass before this one, or remove `after`".into()),
+                );
+            } else if !known.contains(&after) {
                 self.push(
                     &path,
                     loc,
@@ -476,14 +513,37 @@ impl<'a> Validator<'a> {
         match ordered {
             Ok(envs) if self.diags.len() == before => Some(envs),
             Ok(_) => None,
-            Err(cycle) => {
-                self.push(
-                    Path::new("environments"),
-                    (0, 0),
-                    "after",
-                    format!("environments form a cycle: {}", cycle.join(" -> ")),
-                    Some("one environment must come first (no `after`)".into()),
-                );
+            Err(_) => {
+                // Name each environment on a cycle at its own `after` (a self-reference was
+                // reported above; environments merely waiting behind a cycle are not on it).
+                let after_of: BTreeMap<&str, &str> =
+                    afters.iter().map(|(_, _, env, after)| (env.as_str(), after.as_str())).collect();
+                let cycle_from = |start: &str| -> Option<Vec<String>> {
+                    let mut path = vec![start.to_owned()];
+                    let mut cur = start;
+                    for _ in 0..after_of.len() {
+                        cur = after_of.get(cur)?;
+                        path.push(cur.to_owned());
+                        if cur == start {
+                            return Some(path);
+                        }
+                    }
+                    None
+                };
+                for (path, loc, env, after) in &afters {
+                    if env.as_str() == after {
+                        continue;
+                    }
+                    if let Some(cycle) = cycle_from(env.as_str()) {
+                        self.push(
+                            path,
+                            *loc,
+                            "after",
+                            format!("environments form a cycle: {}", cycle.join(" -> ")),
+                            Some("one environment must come first (no `after`)".into()),
+                        );
+                    }
+                }
                 None
             }
         }

@@ -165,8 +165,20 @@ fn missing_controlplane_file_and_cycles() {
     let d = validate(Path::new("m"), &files).unwrap_err();
     assert!(d[0].message.contains("missing"), "{d:#?}");
 
+    // Regression: a cycle was reported at `environments` with no file or line.
     let d = diags("environments/staging.toml", "approvals = 0", "after = \"prod\"\napprovals = 0");
-    assert!(d.iter().any(|d| d.message.contains("cycle")), "{d:#?}");
+    assert_eq!(d.len(), 2, "one per environment on the cycle: {d:#?}");
+    for (file, cycle) in [("staging", "staging -> prod -> staging"), ("prod", "prod -> staging -> prod")] {
+        let x = d.iter().find(|x| x.file == Path::new("m/environments").join(format!("{file}.toml"))).unwrap();
+        assert!(x.line > 0 && x.field == "after" && x.message.contains(cycle), "{x}");
+    }
+}
+
+/// Regression: an environment naming itself in `after` got no file:line, and the error
+/// named every environment behind it as a cycle.
+#[test]
+fn an_environment_after_itself_is_named_at_its_line() {
+    check("environments/prod.toml", "after = \"staging\"", "after = \"prod\"", 2, "after", "`prod` comes after itself");
 }
 
 #[test]
@@ -176,4 +188,39 @@ fn batch_sizes() {
     assert_eq!(BatchSize::Percent(100).per_batch(50), 50);
     assert_eq!(BatchSize::Count(2).per_batch(5), 2);
     assert_eq!(BatchSize::Count(0).per_batch(5), 1);
+}
+
+/// Regression: `{{ get_env(name="X") }}` (tera's built-in) rendered an operator's secret
+/// into host release files, `plan.json` and `--json` output, and `check` passed.
+#[test]
+fn templates_cannot_read_the_environment_the_clock_or_undefined_variables() {
+    let cases = [
+        ("EGRESS_ALLOW=", "TOKEN={{ get_env(name=\"HOME\") }}\nEGRESS_ALLOW=", 8, "`get_env()` is not available"),
+        ("EGRESS_ALLOW=", "AT={{ now() }}\nEGRESS_ALLOW=", 8, "`now()` is not available"),
+        ("EGRESS_ALLOW=", "R={{ get_random(end=9) }}\nEGRESS_ALLOW=", 8, "`get_random()` is not available"),
+        // Regression: an undefined variable passed `check` and failed at apply with no location.
+        ("ENVIRONMENT={{ environment.name }}", "ENVIRONMENT={{ environment.nmae }}", 5, "environment.nmae"),
+        ("SOURCE_COMMIT=", "{% include \"other\" %}\nSOURCE_COMMIT=", 4, "other"),
+    ];
+    for (from, to, line, message) in cases {
+        let d = diags("templates/api.env.tera", from, to);
+        assert_eq!(d.len(), 1, "{to}: {d:#?}");
+        assert_eq!(d[0].file, Path::new("m/templates/api.env.tera"), "{to}");
+        assert_eq!(d[0].line, line, "{to}: {}", d[0]);
+        assert!(d[0].message.contains(message), "{to}: {}", d[0]);
+    }
+}
+
+/// A template that assembles a token-like value (no literal the text scan could see) is
+/// refused before anything is planned.
+#[test]
+fn a_template_rendering_a_secret_value_is_refused() {
+    let d = diags(
+        "templates/api.env.tera",
+        "EGRESS_ALLOW=",
+        "KEY={{ \"ghp_\" ~ \"0123456789abcdef\" ~ \"ABCDEF0123\" }}\nEGRESS_ALLOW=",
+    );
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert!(d[0].message.contains("renders a token with the well-known prefix `ghp_`"), "{}", d[0]);
+    assert_eq!(d[0].line, 8, "the rendered line");
 }
