@@ -111,9 +111,11 @@ async fn however_an_apply_ends_hosts_are_old_or_new_nothing_survives_and_a_rerun
         // A rerun converges; then back to v1 for the next case.
         assert_ok(&w.promote("prod", &v2, &["--apply"]));
         assert_ok(&w.agentctl(&["status", "--env", "prod"]));
-        let old_id = old.trim_start_matches("releases/");
-        assert_ok(&w.agentctl(&["rollback", "api", "--env", "prod", "--to", old_id, "--apply"]));
-        assert_eq!(w.current("prod-3").as_deref(), Some(old.as_str()));
+        // The way back is what was recorded, whatever the interruption left live.
+        assert_ok(&w.agentctl(&["rollback", "api", "--env", "prod", "--apply"]));
+        for h in ["prod-1", "prod-2", "prod-3"] {
+            assert_eq!(w.current(h).as_deref(), Some(old.as_str()), "{case}: {h} rolled back");
+        }
     }
     assert_ok(&w.agentctl(&["receipts", "verify"]));
 }
@@ -137,4 +139,57 @@ async fn what_a_failing_health_check_prints_reaches_no_terminal_log_or_receipt_r
         assert!(!bytes.contains(&0x1b) && !text.contains("\\u001b"), "{what} holds an escape:\n{text}");
     }
     assert!(stderr(&out).contains("token [redacted] leaked"), "{}", stderr(&out));
+}
+
+/// Regression: kill an apply after a host's `current` was swapped but before it was
+/// recorded, rerun with that host unhealthy: the plan offered the unrecorded release as
+/// the way back, the host "rolled back" onto it, and the receipt said `rolled-back` with
+/// before = after.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_then_an_unhealthy_rerun_ends_on_the_release_recorded_before_the_rollout() {
+    let w = World::start(fleet(2)).await;
+    w.deploy("v1", &["staging", "prod"]).await;
+    let v2 = w.deploy("v2", &["staging"]).await;
+    let old = w.current("prod-1").unwrap();
+    w.runtime("prod-1", "hang-health", "30");
+    let mut child = Command::new(BIN)
+        .arg("--manifests")
+        .arg(w.manifests())
+        .args(["promote", "api", "--env", "prod", "--release", v2.digest.as_str(), "--apply"])
+        .env("COSIGN_PASSWORD", "")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.current("prod-1").as_deref() == Some(old.as_str()) {
+        assert!(Instant::now() < deadline, "apply never swapped prod-1");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    w.clear_runtime("prod-1", "hang-health");
+    assert_ok(&w.agentctl(&["unlock", "api", "--env", "prod", "--force"]));
+    let new = w.current("prod-1").unwrap();
+    assert_ne!(new, old, "prod-1 is on v2, unrecorded");
+
+    let plan = w.promote("prod", &v2, &[]);
+    assert_ok(&plan);
+    let text = stdout(&plan);
+    let old_id = old.trim_start_matches("releases/");
+    assert!(
+        text.lines().any(|l| l.contains("prod-1")
+            && l.contains("[unrecorded")
+            && l.contains(&format!("(rollback target: {old_id})"))),
+        "{text}"
+    );
+    w.runtime("prod-1", "fail-health", "");
+    let out = w.promote("prod", &v2, &["--apply"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(w.current("prod-1"), Some(old.clone()), "back on the release recorded before the rollout");
+    let receipt = w.receipts().last().unwrap().clone();
+    let host = receipt["hosts"].as_array().unwrap().iter().find(|h| h["host"] == "prod-1").unwrap().clone();
+    assert_eq!(host["outcome"], "rolled-back", "{receipt}");
+    assert_eq!(host["after"], old_id, "{receipt}");
+    assert_ne!(host["before"], host["after"], "{receipt}");
 }
