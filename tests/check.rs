@@ -256,3 +256,41 @@ fn usage_errors_exit_2_and_help_exits_0() {
     let out = Command::new(BIN).args(["completions", "bash"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("agentctl"));
 }
+
+/// `check --ci` over a fixture of workflows: exactly the unsafe ones are flagged, each at
+/// its line; the safe ones pass.
+#[test]
+fn check_ci_flags_exactly_the_unsafe_workflows() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/workflows");
+    let out = Command::new(BIN).args(["check", "--ci"]).arg(fixtures.join("safe")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN).args(["--json", "check", "--ci"]).arg(fixtures.join("unsafe")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let found: Vec<(String, u64, String)> = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let file = Path::new(f["file"].as_str().unwrap()).file_name().unwrap().to_string_lossy().into_owned();
+            (file, f["line"].as_u64().unwrap(), f["rule"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let want = [
+        ("06-title-in-run.yml", 9, "untrusted-input-in-run"),
+        ("07-head-ref-block.yml", 12, "untrusted-input-in-run"),
+        ("08-inputs-in-run.yml", 12, "untrusted-input-in-run"),
+        ("09-write-all.yml", 3, "undeclared-write"),
+        ("10-job-write.yml", 9, "undeclared-write"),
+        ("11-no-permissions.yml", 1, "default-permissions"),
+        ("12-comment-body.yml", 10, "untrusted-input-in-run"),
+    ];
+    let want: Vec<(String, u64, String)> = want.iter().map(|(f, l, r)| (f.to_string(), *l, r.to_string())).collect();
+    assert_eq!(found, want);
+    // Both sets together: every unsafe file is flagged, no safe one.
+    let stderr = String::from_utf8_lossy(
+        &Command::new(BIN).args(["check", "--ci"]).arg(fixtures.join("unsafe")).output().unwrap().stderr,
+    )
+    .into_owned();
+    assert!(stderr.contains("06-title-in-run.yml:9: untrusted-input-in-run"), "{stderr}");
+}

@@ -45,7 +45,13 @@ pub enum Command {
     /// Validate the manifest set: fields, references, pinning, secret values.
     ///
     /// Reports every problem with file, line, column and field; exits 2 if any.
-    Check,
+    /// With `--ci DIR`: check GitHub Actions workflows instead (untrusted event data in
+    /// `run:` scripts, write permissions without a stated need).
+    Check {
+        /// A repository (its `.github/workflows/`) or a directory of workflow files.
+        #[arg(long, value_name = "DIR")]
+        ci: Option<PathBuf>,
+    },
     /// Cosign-format signing keys.
     Keys {
         #[command(subcommand)]

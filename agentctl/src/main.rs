@@ -99,7 +99,8 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
     match command {
         Command::Guard { .. } => Ok(Report::text(String::new())),
         Command::Init { dir } => commands::init::run(&dir).await,
-        Command::Check => commands::check::run(g),
+        Command::Check { ci: None } => commands::check::run(g),
+        Command::Check { ci: Some(dir) } => commands::check::ci(&dir),
         Command::Keys { command: KeysCommand::Generate { out } } => commands::keys::generate(&out),
         Command::Sign { image, key } => commands::sign::sign(g, &image, &key).await,
         Command::Attest { image, predicate, kind, key } => {

@@ -20,7 +20,7 @@ pub mod jobs;
 
 pub use controlplane_core::{
     canonical, diagnostic, drift, history, ids, image, lock, names, observe, plan, receipt, records, release, remote,
-    rollout, secrets, steps, tarball, untrusted, VERSION,
+    rollout, secrets, steps, tarball, untrusted, workflow, VERSION,
 };
 pub use edges::{hygiene, keys, receipt_log, registry, ssh, store, vm};
 pub use jobs::{catalog, deploy, init, sign, status, verify};

@@ -6,7 +6,7 @@
 //! registry, store, files) and the jobs that walk a plan through them.
 //!
 //! - inputs: `names`, `image`, `diagnostic`, `secrets`, `manifest::{raw, model, validate}`,
-//!   `untrusted` (what a host says, bounded and sanitized);
+//!   `untrusted` (what a host says, bounded and sanitized), `workflow` (CI workflow hygiene);
 //! - formats: `ids` (release id, content hash, plan id), `canonical`, `remote`, `release`, `tarball`, `receipt`, `records`;
 //! - decisions: `observe` (parse a probe), `drift`, `plan` (build, re-derive, compare),
 //!   `history` (the way back, from what was recorded), `rollout` (the apply state machine), `lock` (is a holder alive), `steps` (remote steps as data).
@@ -31,6 +31,7 @@ pub mod secrets;
 pub mod steps;
 pub mod tarball;
 pub mod untrusted;
+pub mod workflow;
 
 /// The version recorded in receipts.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -58,3 +58,42 @@ pub fn run(g: &Globals) -> Result<Report, Failure> {
             .hint("point `--manifests` at a manifest directory, or create one with `agentctl init`")),
     }
 }
+
+/// `check --ci DIR`: every workflow file, every finding with its file and line.
+pub fn ci(dir: &std::path::Path) -> Result<Report, Failure> {
+    let workflows = dir.join(".github/workflows");
+    let root = if workflows.is_dir() { workflows } else { dir.to_path_buf() };
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&root)
+        .map_err(|e| {
+            Failure::new(Code::Invalid, anyhow::Error::new(e).context(format!("cannot read `{}`", root.display())))
+                .hint("give a repository (with `.github/workflows/`) or a directory of workflow files")
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yml" || x == "yaml"))
+        .collect();
+    files.sort();
+    let mut lines = Vec::new();
+    let mut all = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).map_err(|e| {
+            Failure::new(Code::Invalid, anyhow::Error::new(e).context(format!("cannot read `{}`", f.display())))
+        })?;
+        for finding in controlplane::workflow::check(&text) {
+            lines.push(format!("{}:{}: {}: {}", f.display(), finding.line, finding.rule, finding.message));
+            all.push(serde_json::json!({ "file": f, "line": finding.line, "rule": finding.rule, "message": finding.message }));
+        }
+    }
+    if all.is_empty() {
+        return Ok(Report::new(
+            format!(
+                "ok: {} workflow(s) in `{}`: no untrusted input in `run:`, no undeclared writes",
+                files.len(),
+                root.display()
+            ),
+            serde_json::json!({ "ok": true, "workflows": files.len(), "findings": [] }),
+        ));
+    }
+    Err(Failure::new(Code::Invalid, anyhow::anyhow!("{} problem(s) in the workflows of `{}`:\n{}", all.len(), root.display(), lines.join("\n")))
+        .with_json(serde_json::json!({ "ok": false, "workflows": files.len(), "findings": all }))
+        .hint("pass event data through `env:` and quote the variable in the script; state a write permission's need with `# needs: REASON`"))
+}
