@@ -32,7 +32,11 @@ fn indent(line: &str) -> usize {
 /// The column of a line's key: past a sequence dash (`- run:` keys sit two columns in).
 fn key_column(line: &str) -> usize {
     let t = line.trim_start();
-    indent(line) + if t.starts_with("- ") { 2 + (t.len() - 2 - t[2..].trim_start().len()) } else { 0 }
+    indent(line)
+        + match t.strip_prefix("- ") {
+            Some(rest) => 2 + (rest.len() - rest.trim_start().len()),
+            None => 0,
+        }
 }
 
 /// The value after `key:` on a line like `  - key: value` or `key: value`, if the line is that key.
