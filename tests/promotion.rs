@@ -337,25 +337,130 @@ async fn an_environment_that_requires_provenance_and_an_sbom_refuses_a_release_w
     );
 }
 
+/// An SSH key pair made by `ssh-keygen`; returns (private key path, `allowed_signers` line).
+fn approver_key(dir: &std::path::Path, who: &str) -> (std::path::PathBuf, String) {
+    let path = dir.join(who);
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", who, "-f"])
+        .arg(&path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+    (path, format!("{who} {}", public.split_whitespace().take(2).collect::<Vec<_>>().join(" ")))
+}
+
+/// Approvals prove who approved: SSH signatures by the environment's approvers, made by
+/// `agentctl approve` or by `ssh-keygen -Y sign` alike, counted per distinct approver,
+/// refused with their own reasons, and checkable by an auditor with `ssh-keygen -Y verify`.
 #[tokio::test(flavor = "multi_thread")]
-async fn an_environment_that_needs_an_approval_applies_only_the_approved_plan() {
+async fn prod_applies_only_with_signed_approvals_by_its_approvers() {
     let w = World::start(fleet(1)).await;
+    let keys = tempfile::tempdir().unwrap();
+    let (carol, carol_line) = approver_key(keys.path(), "carol");
+    let (dave, dave_line) = approver_key(keys.path(), "dave");
+    let (tester, tester_line) = approver_key(keys.path(), "tester"); // the plans' author (USER)
+    let (mallory, _) = approver_key(keys.path(), "mallory");
+    let signers = w.manifests().join("trust/prod.allowed_signers");
+    std::fs::write(&signers, format!("{carol_line}\n{dave_line}\n{tester_line}\n")).unwrap();
     let prod = w.manifests().join("environments/prod.toml");
     let text = std::fs::read_to_string(&prod).unwrap();
-    std::fs::write(&prod, text.replacen("approvals = 0", "approvals = 1", 1)).unwrap();
+    std::fs::write(
+        &prod,
+        text.replacen("approvals = 0", "approvals = 2\napprovers = \"trust/prod.allowed_signers\"", 1),
+    )
+    .unwrap();
+    assert_ok(&w.agentctl(&["check"]));
+
     let img = w.deploy("v1", &["staging"]).await;
     let dir = tempfile::tempdir().unwrap();
     let plan = dir.path().join("plan.json");
-    let out = w.promote("prod", &img, &["--out", plan.to_str().unwrap(), "--json"]);
+    let plan = plan.to_str().unwrap();
+    assert_ok(&w.promote("prod", &img, &["--out", plan]));
+    assert_exit(&w.agentctl(&["apply", plan]), 4, "needs 2 approval(s) and has 0");
+
+    // A key that is not an approver's is refused at once.
+    let key = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    assert_exit(&w.agentctl(&["approve", plan, "--key", &key(&mallory)]), 4, "not one of the environment's approvers");
+    // carol signs with agentctl; dave with ssh-keygen (an agent or a hardware key works the same way).
+    assert_ok(&w.agentctl(&["approve", plan, "--key", &key(&carol)]));
+    let out = w.agentctl(&["approve", plan, "--print-statement"]);
     assert_ok(&out);
-    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["plan_id"].as_str().unwrap().to_owned();
-    assert_exit(&w.agentctl(&["apply", plan.to_str().unwrap()]), 4, "needs 1 approval(s) and has 0");
-    assert!(w.current("prod-1").is_none());
-    assert_ok(&w.agentctl(&["approve", &id, "--as", "carol"]));
-    assert_ok(&w.agentctl(&["apply", plan.to_str().unwrap()]));
+    let st = dir.path().join("statement");
+    std::fs::write(&st, [out.stdout.as_slice()].concat()).unwrap();
+    let ok = Command::new("ssh-keygen")
+        .args(["-Y", "sign", "-q", "-n", "agentctl-approval", "-f"])
+        .arg(&dave)
+        .arg(&st)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let sig = dir.path().join("statement.sig");
+    let approval = dir.path().join("dave.approval");
+    let out =
+        w.agentctl(&["approve", plan, "--statement", &key(&st), "--signature", &key(&sig), "--out", &key(&approval)]);
+    assert_ok(&out);
+    // The author's own approval does not count (separation of duties).
+    assert_ok(&w.agentctl(&["approve", plan, "--key", &key(&tester)]));
+    let out = w.agentctl(&["apply", plan]);
+    assert_ok(&out);
     assert!(w.current("prod-1").is_some());
+
+    // The receipt carries the signed statements; an auditor checks them with ssh-keygen.
     let last = w.receipts().last().unwrap().clone();
-    assert_eq!(last["approvals"][0]["approver"], "carol", "the receipt says who approved");
+    let approvers: Vec<&str> =
+        last["approvals"].as_array().unwrap().iter().map(|a| a["approver"].as_str().unwrap()).collect();
+    assert_eq!(approvers, ["carol", "dave"], "tester's own approval did not count");
+    for a in last["approvals"].as_array().unwrap() {
+        let who = a["approver"].as_str().unwrap();
+        let st = dir.path().join(format!("{who}.statement"));
+        let sig = dir.path().join(format!("{who}.sig"));
+        std::fs::write(&st, a["statement"].as_str().unwrap()).unwrap();
+        std::fs::write(&sig, a["signature"].as_str().unwrap()).unwrap();
+        let verify = Command::new("ssh-keygen")
+            .args(["-Y", "verify", "-n", "agentctl-approval", "-I", who, "-f"])
+            .arg(&signers)
+            .arg("-s")
+            .arg(&sig)
+            .stdin(std::fs::File::open(&st).unwrap())
+            .output()
+            .unwrap();
+        assert!(verify.status.success(), "{who}: {}", String::from_utf8_lossy(&verify.stderr));
+    }
+}
+
+/// An approval made for one plan does not count for another, even as a file handed over.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_of_another_plan_is_refused_with_its_reason() {
+    let w = World::start(fleet(1)).await;
+    let keys = tempfile::tempdir().unwrap();
+    let (carol, carol_line) = approver_key(keys.path(), "carol");
+    std::fs::write(w.manifests().join("trust/prod.allowed_signers"), format!("{carol_line}\n")).unwrap();
+    let prod = w.manifests().join("environments/prod.toml");
+    let text = std::fs::read_to_string(&prod).unwrap();
+    std::fs::write(
+        &prod,
+        text.replacen("approvals = 0", "approvals = 1\napprovers = \"trust/prod.allowed_signers\"", 1),
+    )
+    .unwrap();
+    let img = w.deploy("v1", &["staging"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    assert_ok(&w.promote("prod", &img, &["--out", &p("first.json")]));
+    assert_ok(&w.agentctl(&[
+        "approve",
+        &p("first.json"),
+        "--key",
+        carol.to_str().unwrap(),
+        "--out",
+        &p("first.approval"),
+    ]));
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // another second: another plan
+    assert_ok(&w.promote("prod", &img, &["--out", &p("second.json")]));
+    let out = w.agentctl(&["apply", &p("second.json"), "--approval", &p("first.approval")]);
+    assert_exit(&out, 4, "it approves plan");
+    assert!(w.current("prod-1").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -416,4 +521,31 @@ async fn a_health_check_past_its_deadline_is_ended_on_the_host() {
         assert!(std::time::Instant::now() < deadline, "the health check's `sleep 47` still runs on the host");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Rollback proof before production: a prod promotion without a rehearsal receipt is
+/// refused; after `rehearse --apply` in staging (promote, roll back, promote) it proceeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn prod_requires_a_rehearsal_in_staging_first() {
+    let w = World::start(fleet(1)).await;
+    w.deploy("v1", &["staging", "prod"]).await;
+    let v2 = w.deploy("v2", &["staging"]).await;
+    let prod = w.manifests().join("environments/prod.toml");
+    let text = std::fs::read_to_string(&prod).unwrap();
+    std::fs::write(&prod, text.replacen("approvals = 0", "approvals = 0\nrequire_rehearsal = true", 1)).unwrap();
+    let before = hosts_only(w.snapshot());
+    assert_exit(&w.promote("prod", &v2, &["--apply"]), 4, "has no rollback rehearsal before `prod`");
+    assert_same(&before, &hosts_only(w.snapshot()), "nothing moved");
+    // A dry-run rehearsal changes nothing.
+    let reference = v2.digest.to_string();
+    assert_ok(&w.agentctl(&["rehearse", "api", "--env", "staging", "--release", &reference]));
+    assert_same(&before, &hosts_only(w.snapshot()), "dry-run");
+    let out = w.agentctl(&["rehearse", "api", "--env", "staging", "--release", &reference, "--apply"]);
+    assert_ok(&out);
+    let kinds: Vec<String> =
+        w.receipts().iter().rev().take(3).map(|r| r["kind"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(kinds, ["rehearsal", "apply", "rollback"], "newest first");
+    assert_ok(&w.promote("prod", &v2, &["--apply"]));
+    assert_eq!(w.live_digest("prod-1").as_deref(), Some(v2.digest.as_str()));
+    assert_ok(&w.agentctl(&["receipts", "verify"]));
 }

@@ -69,7 +69,16 @@ async fn the_deploy_path_as_an_operator_sees_it() {
     let path = path.to_str().unwrap();
     let prod = w.manifests().join("environments/prod.toml");
     let text = std::fs::read_to_string(&prod).unwrap();
-    std::fs::write(&prod, text.replacen("approvals = 0", "approvals = 1", 1)).unwrap();
+    std::fs::write(
+        &prod,
+        text.replacen("approvals = 0", "approvals = 1\napprovers = \"trust/prod.allowed_signers\"", 1),
+    )
+    .unwrap();
+    std::fs::write(
+        w.manifests().join("trust/prod.allowed_signers"),
+        "carol ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILhqBR2WieBUf41zC9+tDzOZVjQZwEvY+3xbct3E4vNn\n",
+    )
+    .unwrap();
     let v3 = w.deploy("v3", &["staging"]).await;
     assert_ok(&w.promote("prod", &v3, &["--out", path]));
     let saved = std::fs::read_to_string(path).unwrap();

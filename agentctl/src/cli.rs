@@ -113,7 +113,12 @@ pub enum Command {
     /// The file is a request, not authority: the plan is derived again from the manifests,
     /// the state and the hosts; a file that says anything else is refused as tampered, one
     /// whose hosts moved as stale.
-    Apply { plan: PathBuf },
+    Apply {
+        plan: PathBuf,
+        /// Approval files (`approve --out`) made elsewhere; recorded before the apply.
+        #[arg(long = "approval")]
+        approvals: Vec<PathBuf>,
+    },
     /// Plan going back to the recorded rollback target (or `--to RELEASE`); `--apply` applies.
     Rollback {
         service: String,
@@ -126,11 +131,41 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Approve a plan (by the id `promote` prints); writes a receipt.
+    /// Rollback proof: promote RELEASE in ENV, roll back, promote again, with receipts.
+    ///
+    /// Environments with `require_rehearsal` accept a release only after a rehearsal
+    /// succeeded in an environment before them. A dry-run unless `--apply`.
+    Rehearse {
+        service: String,
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        release: String,
+        #[arg(long)]
+        apply: bool,
+    },
+    /// Approve a saved plan with an SSH signature (sshsig) by one of the environment's
+    /// approvers; records it (store and receipt) and optionally writes it to a file.
+    ///
+    /// Sign with `--key` (an OpenSSH private key file), or sign elsewhere: print the
+    /// statement with `--print-statement`, sign it with
+    /// `ssh-keygen -Y sign -f KEY -n agentctl-approval FILE`, and record it with
+    /// `--statement FILE --signature FILE.sig`.
     Approve {
-        plan_id: String,
-        #[arg(long = "as")]
-        approver: String,
+        /// The plan file `promote --out` wrote.
+        plan: PathBuf,
+        #[arg(long, conflicts_with_all = ["statement", "print_statement"])]
+        key: Option<PathBuf>,
+        /// Print the statement to sign and stop.
+        #[arg(long)]
+        print_statement: bool,
+        #[arg(long, requires = "signature")]
+        statement: Option<PathBuf>,
+        #[arg(long, requires = "statement")]
+        signature: Option<PathBuf>,
+        /// Also write the approval (statement and signature) to this file, for `apply --approval`.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Show, or with `--force` take over, the (environment, service) lock; writes a receipt.
     Unlock {
@@ -248,6 +283,13 @@ pub enum ReceiptsCommand {
 impl Command {
     /// Whether the command opens SSH connections (and so runs under the cleanup guard).
     pub fn reaches_hosts(&self) -> bool {
-        matches!(self, Self::Promote { .. } | Self::Rollback { .. } | Self::Apply { .. } | Self::Status { .. })
+        matches!(
+            self,
+            Self::Promote { .. }
+                | Self::Rollback { .. }
+                | Self::Apply { .. }
+                | Self::Status { .. }
+                | Self::Rehearse { .. }
+        )
     }
 }

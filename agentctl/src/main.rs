@@ -127,8 +127,22 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
             let target = commands::deploy::Target::Rollback { to: to.as_deref() };
             commands::deploy::plan_and_maybe_apply(g, &service, &env, target, apply, out.as_deref()).await
         }
-        Command::Apply { plan } => commands::deploy::apply_saved(g, &plan).await,
-        Command::Approve { plan_id, approver } => commands::deploy::approve(g, &plan_id, &approver).await,
+        Command::Rehearse { service, env, release, apply } => {
+            commands::deploy::rehearse(g, &service, &env, &release, apply).await
+        }
+        Command::Apply { plan, approvals } => commands::deploy::apply_saved(g, &plan, &approvals).await,
+        Command::Approve { plan, key, print_statement, statement, signature, out } => {
+            let how = match (key, print_statement, statement.zip(signature)) {
+                (Some(key), _, _) => commands::approve::How::Key(key),
+                (None, true, _) => commands::approve::How::PrintStatement,
+                (None, false, Some((statement, signature))) => commands::approve::How::Signed { statement, signature },
+                (None, false, None) => return Err(failure::Failure::new(
+                    failure::Code::Invalid,
+                    anyhow::anyhow!("say how to sign: `--key FILE`, or `--print-statement` then `--statement FILE --signature FILE.sig`"),
+                )),
+            };
+            commands::approve::run(g, &plan, how, out.as_deref()).await
+        }
         Command::Unlock { service, env, force } => commands::deploy::unlock(g, &service, &env, force).await,
         Command::Status { service, env, watch, concurrency, timeout } => {
             let args = commands::status::Args {

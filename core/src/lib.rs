@@ -11,6 +11,7 @@
 //! - decisions: `observe` (parse a probe), `drift`, `plan` (build, re-derive, compare),
 //!   `history` (the way back, from what was recorded), `rollout` (the apply state machine), `lock` (is a holder alive), `steps` (remote steps as data).
 
+pub mod approval;
 pub mod canonical;
 pub mod diagnostic;
 pub mod drift;

@@ -68,6 +68,8 @@ pub struct Plan {
     pub kind: PlanKind,
     /// When the plan was made (RFC 3339, UTC): every plan is unique, and a saved plan expires.
     pub created_at: String,
+    /// Who made it (the operator), for separation of duties.
+    pub author: String,
     pub environment: String,
     pub service: String,
     pub release: PlannedRelease,
@@ -109,6 +111,8 @@ pub struct PlanInput<'a> {
     pub recorded: &'a BTreeMap<String, String>,
     /// When the plan is made (or, re-deriving a saved plan, when that one was made).
     pub created_at: DateTime<Utc>,
+    /// Who makes it (or made the saved plan).
+    pub author: &'a str,
 }
 
 /// Computes the plan.
@@ -179,6 +183,7 @@ pub fn build(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
         version: PLAN_VERSION,
         kind: input.kind,
         created_at: input.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        author: input.author.to_owned(),
         environment: input.environment.name.to_string(),
         service: input.service.name.to_string(),
         release: input.release.clone(),
@@ -437,6 +442,7 @@ mod tests {
             known_hashes: &known,
             recorded: &recorded,
             created_at: DateTime::from_timestamp(1_790_000_000, 0).unwrap(),
+            author: "alice",
         })
     }
 
@@ -605,6 +611,7 @@ mod tests {
             known_hashes: &known,
             recorded,
             created_at: DateTime::from_timestamp(1_790_000_000, 0).unwrap(),
+            author: "alice",
         };
         let p = build(&input(&recorded)).unwrap();
         let h = &p.hosts[0];

@@ -19,6 +19,8 @@ pub enum ReceiptKind {
     Refusal,
     Approval,
     LockOverride,
+    /// A release was promoted, rolled back and promoted again in an environment.
+    Rehearsal,
 }
 
 impl ReceiptKind {
@@ -29,11 +31,12 @@ impl ReceiptKind {
             Self::Refusal => "refusal",
             Self::Approval => "approval",
             Self::LockOverride => "lock-override",
+            Self::Rehearsal => "rehearsal",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Apply, Self::Rollback, Self::Refusal, Self::Approval, Self::LockOverride]
+        [Self::Apply, Self::Rollback, Self::Refusal, Self::Approval, Self::LockOverride, Self::Rehearsal]
             .into_iter()
             .find(|k| k.as_str() == s)
     }
@@ -61,6 +64,12 @@ pub struct HostOutcome {
 pub struct ApprovalRecord {
     pub approver: String,
     pub at: String,
+    /// The signed statement (`approval::Statement` bytes) and its SSH signature, so an
+    /// auditor checks it with `ssh-keygen -Y verify`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// Everything a receipt says except its place in the chain.

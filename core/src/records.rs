@@ -79,6 +79,11 @@ pub struct Approval {
     pub plan_id: String,
     pub approver: String,
     pub approved_at: DateTime<Utc>,
+    /// The signed statement and its SSH signature (PEM); re-verified at every apply.
+    #[serde(default)]
+    pub statement: String,
+    #[serde(default)]
+    pub signature: String,
 }
 
 /// One step in the life of (environment, service, host): a release it came to run,

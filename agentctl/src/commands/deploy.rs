@@ -12,7 +12,7 @@ use controlplane::plan::{Plan, SavedPlan};
 use controlplane::receipt::{ReceiptBody, ReceiptKind};
 use controlplane::receipt_log::ReceiptLog;
 use controlplane::ssh::SshClient;
-use controlplane::store::{Approval, SqliteStore, Store};
+use controlplane::store::{SqliteStore, Store};
 use controlplane::verify::Verifier;
 use controlplane::vm::Fleet;
 use std::path::Path;
@@ -97,12 +97,17 @@ fn failure(e: DeployError) -> Failure {
             ),
         }),
         DeployError::Gate { after, .. } => Some(format!("promote it to `{after}` first")),
-        DeployError::Approvals { plan, .. } => Some(format!("`agentctl approve {plan} --as NAME`")),
+        DeployError::Approvals { need, .. } => Some(format!(
+            "{need} distinct approver(s) of the environment sign the saved plan: `agentctl approve PLAN.json --key ~/.ssh/id_ed25519`"
+        )),
         DeployError::UnknownRelease { service, .. } => {
             Some(format!("`agentctl release list {service}` shows the recorded releases"))
         }
         DeployError::Vm(_) => Some("nothing was changed".into()),
         DeployError::Interrupted => Some("nothing was changed; the receipt says `interrupted`".into()),
+        DeployError::NotRehearsed { earlier, digest, .. } => Some(format!(
+            "prove the way back first: `agentctl rehearse SERVICE --env {earlier} --release {digest} --apply`"
+        )),
         DeployError::Expired(_) | DeployError::Replayed(_) => {
             Some("make a new plan (`agentctl promote ... --out PLAN.json`), review it, apply it".into())
         }
@@ -134,7 +139,7 @@ async fn store_for(ctx: &Context, apply: bool) -> Result<SqliteStore, Failure> {
     }
 }
 
-fn environment<'a>(ctx: &'a Context, name: &str) -> Result<&'a Environment, Failure> {
+pub fn environment<'a>(ctx: &'a Context, name: &str) -> Result<&'a Environment, Failure> {
     ctx.set.environments.iter().find(|e| e.name.as_str() == name).ok_or_else(|| {
         let known: Vec<_> = ctx.set.environments.iter().map(|e| e.name.to_string()).collect();
         Failure::new(Code::Invalid, anyhow::anyhow!("no environment `{name}` in the manifests"))
@@ -151,7 +156,7 @@ fn ssh_client(ctx: &Context, env: &Environment) -> Result<SshClient, Failure> {
     .with_key_exchange(ctx.set.ssh.key_exchange.as_deref())?)
 }
 
-fn receipt_key(ctx: &Context) -> Result<SigningKey, Failure> {
+pub fn receipt_key(ctx: &Context) -> Result<SigningKey, Failure> {
     let password =
         ctx.set.settings.receipt_key_password_env.as_ref().and_then(|v| std::env::var(v).ok()).unwrap_or_default();
     let path = ctx.set.resolve(&ctx.set.settings.receipt_key);
@@ -163,7 +168,7 @@ fn receipt_key(ctx: &Context) -> Result<SigningKey, Failure> {
     })
 }
 
-fn receipts(ctx: &Context) -> ReceiptLog {
+pub fn receipts(ctx: &Context) -> ReceiptLog {
     ReceiptLog::new(ctx.set.resolve(&ctx.set.settings.receipts_dir))
 }
 
@@ -265,22 +270,77 @@ fn apply_result(result: Result<deploy::ApplyReport, DeployError>) -> Result<Repo
     .hint(format!("the hosts above say which release each is on; receipt `{}`", report.receipt)))
 }
 
-/// `apply PLAN.json`.
-pub async fn apply_saved(g: &Globals, path: &Path) -> Result<Report, Failure> {
-    catch_interrupts();
+/// `rehearse SERVICE --env ENV --release REF [--apply]`.
+pub async fn rehearse(
+    g: &Globals,
+    service: &str,
+    env_name: &str,
+    release: &str,
+    apply: bool,
+) -> Result<Report, Failure> {
+    if apply {
+        catch_interrupts();
+    }
+    let ctx = Context::load(g)?;
+    let env = environment(&ctx, env_name)?;
+    let store = store_for(&ctx, apply).await?;
+    let ssh = ssh_client(&ctx, env)?;
+    let verifier = verifier(&ctx)?;
+    let deployer = deployer(&ctx, &store, &verifier);
+    let fleet = Fleet::connect(&ssh, &env.hosts, ctx.set.ssh.concurrency)
+        .await
+        .map_err(|e| failure(DeployError::Vm(e.into())))?;
+    if !apply {
+        let planned = deployer.plan_promotion(&fleet, env_name, service, release).await;
+        fleet.close().await;
+        let plan = planned.map_err(failure)?;
+        return Ok(plan_report(
+            &plan,
+            "\n\nrehearsal (dry-run): with `--apply` this plan is applied, the hosts are rolled back one release, and the plan is applied again, each with its receipt.",
+        ));
+    }
+    let key = receipt_key(&ctx)?;
+    let log = receipts(&ctx);
+    let result = deployer.rehearse(&fleet, env_name, service, release, &Receipts { log: &log, key: &key }).await;
+    fleet.close().await;
+    let r = result.map_err(failure)?;
+    Ok(Report::new(format!("rehearsal succeeded: {}; receipt {}", r.detail, r.receipt), serde_json::to_value(&r)?))
+}
+
+/// Reads a saved plan file (exit 2, with line and column, when it is not one).
+pub fn read_plan(path: &Path) -> Result<SavedPlan, Failure> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Failure::new(Code::Invalid, anyhow::Error::new(e).context(format!("cannot read plan `{}`", path.display())))
     })?;
-    let saved = deploy::read_saved(&text).map_err(|e| {
+    deploy::read_saved(&text).map_err(|e| {
         Failure::new(
             Code::Invalid,
             anyhow::anyhow!("`{}` line {}, column {}: not a plan file: {e}", path.display(), e.line(), e.column()),
         )
         .hint("write plans with `agentctl promote ... --out PLAN.json` and apply them unedited")
-    })?;
+    })
+}
+
+/// `apply PLAN.json [--approval FILE]...`.
+pub async fn apply_saved(g: &Globals, path: &Path, approvals: &[std::path::PathBuf]) -> Result<Report, Failure> {
+    catch_interrupts();
+    let saved = read_plan(path)?;
     let ctx = Context::load(g)?;
     let env = environment(&ctx, &saved.plan.environment)?;
     let store = ctx.store().await?;
+    // Approvals made on another machine travel as files: verified and recorded first.
+    for file in approvals {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            Failure::new(Code::Invalid, anyhow::Error::new(e).context(format!("cannot read `{}`", file.display())))
+        })?;
+        let a: super::approve::ApprovalFile = serde_json::from_str(&text).map_err(|e| {
+            Failure::new(Code::Invalid, anyhow::anyhow!("`{}` is not an approval file: {e}", file.display()))
+                .hint("approval files are what `agentctl approve ... --out FILE` writes")
+        })?;
+        let plan_id = saved.plan_id.to_string();
+        let who = super::approve::verify(env, &plan_id, &a.statement, &a.signature)?;
+        super::approve::record(&ctx, &store, &plan_id, &who, &a).await?;
+    }
     let ssh = ssh_client(&ctx, env)?;
     let verifier = verifier(&ctx)?;
     let deployer = deployer(&ctx, &store, &verifier);
@@ -292,36 +352,6 @@ pub async fn apply_saved(g: &Globals, path: &Path) -> Result<Report, Failure> {
     let result = deployer.apply_saved(&fleet, &saved, &Receipts { log: &log, key: &key }).await;
     fleet.close().await;
     apply_result(result)
-}
-
-/// `approve PLAN_ID --as NAME`.
-pub async fn approve(g: &Globals, plan_id: &str, approver: &str) -> Result<Report, Failure> {
-    let ctx = Context::load(g)?;
-    if !plan_id.starts_with("sha256:") || plan_id.len() != 71 {
-        return Err(Failure::new(Code::Invalid, anyhow::anyhow!("`{plan_id}` is not a plan id"))
-            .hint("copy the `sha256:...` id that `agentctl promote` prints"));
-    }
-    let store = ctx.store().await?;
-    let now = chrono::Utc::now();
-    store.approve(&Approval { plan_id: plan_id.into(), approver: approver.into(), approved_at: now }).await?;
-    let body = ReceiptBody {
-        kind: ReceiptKind::Approval,
-        time: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        operator: approver.into(),
-        plan_id: Some(plan_id.into()),
-        environment: None,
-        service: None,
-        release: None,
-        hosts: vec![],
-        approvals: vec![controlplane::receipt::ApprovalRecord { approver: approver.into(), at: now.to_rfc3339() }],
-        outcome: "recorded".into(),
-        detail: None,
-    };
-    let r = receipts(&ctx).append(body, &receipt_key(&ctx)?, Some(&store)).await?;
-    Ok(Report::new(
-        format!("approved plan {plan_id} as `{approver}`; receipt {}", r.file_name()),
-        serde_json::json!({ "plan_id": plan_id, "approver": approver, "receipt": r.file_name() }),
-    ))
 }
 
 /// `unlock SERVICE --env ENV [--force]`.

@@ -56,9 +56,8 @@ pub fn render(plan: &Plan) -> String {
     out.push_str(&format!("\n\n{changes} to change, {} unchanged.", plan.hosts.len() - changes));
     if plan.approvals_required > 0 {
         out.push_str(&format!(
-            " Needs {} approval(s): `agentctl approve {} --as NAME`.",
-            plan.approvals_required,
-            plan.id()
+            " Needs {} approval(s): save it with `--out PLAN.json`, then `agentctl approve PLAN.json --key KEY` by each approver.",
+            plan.approvals_required
         ));
     }
     out

@@ -119,20 +119,30 @@ pub fn clean(dir: &Path) -> Cleanup {
             let _ = rustix::process::kill_process(p, sig);
         }
     };
-    let first = find();
-    for &pid in &first {
-        signal(pid, rustix::process::Signal::TERM);
-    }
+    // Scan until two scans in a row find nothing (a process starting during a scan is
+    // caught by the next one), TERM what is found, KILL what survives the grace period.
+    let mut stopped: Vec<u32> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(2);
-    let mut left = find();
-    while !left.is_empty() && Instant::now() < deadline {
+    let mut quiet = 0;
+    while quiet < 2 && Instant::now() < deadline {
+        let found = find();
+        if found.is_empty() {
+            quiet += 1;
+        } else {
+            quiet = 0;
+            for &pid in &found {
+                if !stopped.contains(&pid) {
+                    signal(pid, rustix::process::Signal::TERM);
+                    stopped.push(pid);
+                }
+            }
+        }
         std::thread::sleep(Duration::from_millis(20));
-        left = find();
     }
-    for &pid in &left {
+    for &pid in &find() {
         signal(pid, rustix::process::Signal::KILL);
     }
-    cleanup.stopped = first;
+    cleanup.stopped = stopped;
     cleanup.removed = std::fs::remove_dir_all(dir).is_ok() || !dir.exists();
     cleanup
 }

@@ -6,5 +6,6 @@ pub mod manifest_files;
 pub mod receipt_log;
 pub mod registry;
 pub mod ssh;
+pub mod sshsig;
 pub mod store;
 pub mod vm;

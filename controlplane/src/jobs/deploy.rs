@@ -64,7 +64,7 @@ pub enum DeployError {
     #[error("`{service}` in `{environment}` is locked by {} on {} (pid {}, plan {}, since {})", holder.holder_user, holder.holder_host, holder.holder_pid, holder.plan_id, holder.since.to_rfc3339())]
     Locked { environment: String, service: String, holder: Box<LockRecord>, liveness: Holder },
     #[error("plan `{plan}` needs {need} approval(s) and has {have}")]
-    Approvals { plan: PlanId, need: u32, have: usize },
+    Approvals { plan: PlanId, need: u32, have: usize, not_counted: Vec<crate::approval::NotCounted> },
     #[error("no rollback target is recorded for `{service}` in `{environment}`")]
     NoRollbackTarget { environment: String, service: String },
     #[error("hosts of `{environment}` record different rollback targets ({targets}); choose one with `--to`")]
@@ -77,6 +77,10 @@ pub enum DeployError {
     Interrupted,
     #[error(transparent)]
     Expired(plan::Expiry),
+    #[error("release `{digest}` has no rollback rehearsal before `{environment}`")]
+    NotRehearsed { environment: String, digest: String, earlier: String },
+    #[error("the rehearsal failed at step `{step}` (receipt {receipt})")]
+    RehearsalFailed { step: &'static str, receipt: String },
     #[error("plan `{0}` was applied before; a plan is applied once")]
     Replayed(PlanId),
 }
@@ -95,6 +99,7 @@ impl DeployError {
                 | Self::Plan(_)
                 | Self::Expired(_)
                 | Self::Replayed(_)
+                | Self::NotRehearsed { .. }
         )
     }
 
@@ -116,6 +121,10 @@ impl DeployError {
             Self::Stale { moved, .. } => moved
                 .iter()
                 .map(|m| format!("host `{}`: {} was `{}` when planned, is `{}` now", m.host, m.field, m.planned, m.now))
+                .collect(),
+            Self::Approvals { not_counted, .. } => not_counted
+                .iter()
+                .map(|n| format!("the approval by `{}` does not count: {}", n.approver, n.reason))
                 .collect(),
             Self::PlanTampered { diffs, .. } => diffs
                 .iter()
@@ -194,6 +203,20 @@ pub struct Deployer<'a> {
     /// Where this control plane runs (lock records), and how to ask whether a pid exists.
     pub machine: Machine,
     pub pid_exists: fn(i64) -> bool,
+}
+
+/// What a rehearsal did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Rehearsal {
+    pub receipt: String,
+    pub detail: String,
+    pub back_to: String,
+}
+
+/// When a plan was made, and by whom.
+struct Made {
+    at: DateTime<Utc>,
+    by: String,
 }
 
 /// What the store says about (environment, service).
@@ -289,6 +312,92 @@ impl<'a> Deployer<'a> {
         }
     }
 
+    /// Where `env` requires it, the release must have been rehearsed in an environment
+    /// that comes before it.
+    async fn rehearsed(&self, env: &Environment, service: &Service, digest: &str) -> Result<(), DeployError> {
+        if !env.require_rehearsal {
+            return Ok(());
+        }
+        let mut earlier = Vec::new();
+        let mut at = env.after.as_ref();
+        while let Some(name) = at {
+            if earlier.contains(&name.to_string()) {
+                break;
+            }
+            earlier.push(name.to_string());
+            at = self.set.environment(name).and_then(|e| e.after.as_ref());
+        }
+        let done = self.store.rehearsals(service.name.as_str(), digest).await?;
+        if done.iter().any(|(e, _)| earlier.contains(e)) {
+            return Ok(());
+        }
+        Err(DeployError::NotRehearsed {
+            environment: env.name.to_string(),
+            digest: digest.to_owned(),
+            earlier: earlier.first().cloned().unwrap_or_default(),
+        })
+    }
+
+    /// Rollback proof: promotes `reference` in `env`, rolls it back to the recorded way
+    /// back, and promotes it again, each with its receipt; then writes the rehearsal
+    /// receipt that environments with `require_rehearsal` look for.
+    pub async fn rehearse(
+        &self,
+        fleet: &Fleet,
+        env_name: &str,
+        service_name: &str,
+        reference: &str,
+        receipts: &Receipts<'_>,
+    ) -> Result<Rehearsal, DeployError> {
+        let step = |name: &'static str, r: ApplyReport| {
+            if r.succeeded() {
+                Ok(r)
+            } else {
+                Err(DeployError::RehearsalFailed { step: name, receipt: r.receipt })
+            }
+        };
+        let forward = self.plan_promotion(fleet, env_name, service_name, reference).await?;
+        let first = step("promote", self.apply(fleet, &forward, receipts).await?)?;
+        let back = self.plan_rollback(fleet, env_name, service_name, None).await?;
+        if back.release.release_id == forward.release.release_id {
+            return Err(DeployError::RehearsalFailed {
+                step: "roll back (no earlier release recorded)",
+                receipt: first.receipt,
+            });
+        }
+        let rolled = step("roll back", self.apply(fleet, &back, receipts).await?)?;
+        let again = self.plan_promotion(fleet, env_name, service_name, reference).await?;
+        let second = step("promote again", self.apply(fleet, &again, receipts).await?)?;
+        let detail = format!(
+            "promoted `{}` ({}), rolled back to `{}` ({}), promoted again ({})",
+            forward.release.release_id, first.receipt, back.release.release_id, rolled.receipt, second.receipt
+        );
+        let body = ReceiptBody {
+            kind: ReceiptKind::Rehearsal,
+            time: self.now(),
+            operator: self.operator.clone(),
+            plan_id: Some(again.id().to_string()),
+            environment: Some(again.environment.clone()),
+            service: Some(again.service.clone()),
+            release: Some(again.release.facts.clone()),
+            hosts: second.hosts.clone(),
+            approvals: Vec::new(),
+            outcome: "succeeded".into(),
+            detail: Some(detail.clone()),
+        };
+        let r = receipts.log.append(body, receipts.key, Some(self.store)).await?;
+        self.store
+            .put_rehearsal(
+                &again.environment,
+                &again.service,
+                &again.release.facts.digest,
+                &r.file_name(),
+                self.clock.now(),
+            )
+            .await?;
+        Ok(Rehearsal { receipt: r.file_name(), detail, back_to: back.release.release_id.to_string() })
+    }
+
     /// Observes `service` on every host of `env` (one round trip each, all at once),
     /// hashing each host's `targets` besides the live release.
     pub async fn observe(
@@ -355,7 +464,7 @@ impl<'a> Deployer<'a> {
         let env = self.environment(env_name)?;
         let service = self.service(service_name)?;
         let record = self.resolve_release(service, reference).await?;
-        self.derive_promotion(fleet, env, service, &record, self.clock.now()).await
+        self.derive_promotion(fleet, env, service, &record, &self.made_now()).await
     }
 
     /// The promotion plan for `record`, derived from the manifests, the store and the hosts.
@@ -365,10 +474,11 @@ impl<'a> Deployer<'a> {
         env: &Environment,
         service: &Service,
         record: &ReleaseRecord,
-        created_at: DateTime<Utc>,
+        made: &Made,
     ) -> Result<Plan, DeployError> {
         let verified = self.verify_record(env, record).await?;
         self.gate(env, service, &record.facts.digest).await?;
+        self.rehearsed(env, service, &record.facts.digest).await?;
         let content = release::render(&ReleaseInput {
             service,
             environment: &env.name,
@@ -401,7 +511,8 @@ impl<'a> Deployer<'a> {
             observed: &observed,
             known_hashes: &recorded.hashes,
             recorded: &recorded.current(),
-            created_at,
+            created_at: made.at,
+            author: &made.by,
         })?)
     }
 
@@ -432,7 +543,7 @@ impl<'a> Deployer<'a> {
                 }
             }
         };
-        self.derive_rollback(fleet, env, service, &target, self.clock.now()).await
+        self.derive_rollback(fleet, env, service, &target, &self.made_now()).await
     }
 
     /// The rollback plan to release `target`, derived from the store and the hosts.
@@ -442,7 +553,7 @@ impl<'a> Deployer<'a> {
         env: &Environment,
         service: &Service,
         target: &str,
-        created_at: DateTime<Utc>,
+        made: &Made,
     ) -> Result<Plan, DeployError> {
         let (e, s) = (env.name.to_string(), service.name.to_string());
         let applied = self.store.applied_release(&e, &s, target).await?.ok_or_else(|| {
@@ -477,7 +588,8 @@ impl<'a> Deployer<'a> {
             observed: &observed,
             known_hashes: &recorded.hashes,
             recorded: &recorded.current(),
-            created_at,
+            created_at: made.at,
+            author: &made.by,
         })?)
     }
 
@@ -543,9 +655,12 @@ impl<'a> Deployer<'a> {
         if let Err(e) = plan::check_age(requested, self.clock.now(), self.set.settings.plan_max_age_secs) {
             return refuse(DeployError::Expired(e)).await;
         }
-        let created = DateTime::parse_from_rfc3339(&requested.created_at)
-            .map(|t| t.with_timezone(&Utc))
-            .unwrap_or_else(|_| self.clock.now());
+        let created = Made {
+            at: DateTime::parse_from_rfc3339(&requested.created_at)
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or_else(|_| self.clock.now()),
+            by: requested.author.clone(),
+        };
         // 1. Derive the plan again: verification, the gate, rendering and observation all
         //    run now. A release that is not recorded cannot be promoted from a file.
         let derived = match requested.kind {
@@ -560,10 +675,10 @@ impl<'a> Deployer<'a> {
                         .await
                     }
                 };
-                self.derive_promotion(fleet, env, service, &record, created).await
+                self.derive_promotion(fleet, env, service, &record, &created).await
             }
             PlanKind::Rollback => {
-                self.derive_rollback(fleet, env, service, requested.release.release_id.as_str(), created).await
+                self.derive_rollback(fleet, env, service, requested.release.release_id.as_str(), &created).await
             }
         };
         let plan = match derived {
@@ -585,18 +700,13 @@ impl<'a> Deployer<'a> {
         }
         let plan_id = plan.id();
 
-        // 2. Approvals, counted per distinct approver against what the environment needs now.
-        let approvals = self.store.approvals(plan_id.as_str()).await?;
-        let mut approvers: Vec<&str> = approvals.iter().map(|a| a.approver.as_str()).collect();
-        approvers.sort_unstable();
-        approvers.dedup();
-        if (approvers.len() as u32) < env.approvals {
-            return refuse(DeployError::Approvals { plan: plan_id, need: env.approvals, have: approvers.len() }).await;
+        // 2. Approvals: each signature verified against the environment's approvers now,
+        //    each statement checked against this plan, counted per distinct approver.
+        let (approval_records, counted, not_counted) = self.check_approvals(env, &plan, &plan_id).await?;
+        if (counted as u32) < env.approvals {
+            let e = DeployError::Approvals { plan: plan_id, need: env.approvals, have: counted, not_counted };
+            return refuse(e).await;
         }
-        let approval_records: Vec<ApprovalRecord> = approvals
-            .iter()
-            .map(|a| ApprovalRecord { approver: a.approver.clone(), at: a.approved_at.to_rfc3339() })
-            .collect();
         if self.interrupt.requested() {
             return self.finish_interrupted_early(&plan, approval_records, receipts).await;
         }
@@ -631,6 +741,58 @@ impl<'a> Deployer<'a> {
         let result = run.apply_locked(receipts).await;
         self.store.unlock(&plan.environment, &plan.service, plan_id.as_str()).await?;
         result
+    }
+
+    /// The approvals of `plan_id` that count (as receipt records), how many distinct
+    /// approvers that is, and why each other stored approval does not count.
+    async fn check_approvals(
+        &self,
+        env: &Environment,
+        plan: &Plan,
+        plan_id: &PlanId,
+    ) -> Result<(Vec<ApprovalRecord>, usize, Vec<crate::approval::NotCounted>), DeployError> {
+        use crate::approval::{self, NotCounted, Statement};
+        let stored = self.store.approvals(plan_id.as_str()).await?;
+        let mut verified = Vec::new();
+        let mut not_counted = Vec::new();
+        for a in &stored {
+            let checked = crate::sshsig::verify(&env.approvers, a.statement.as_bytes(), &a.signature)
+                .and_then(|who| Statement::parse(a.statement.as_bytes()).map(|s| (who, s)));
+            match checked {
+                Ok((approver, statement)) => verified.push((a, approval::Verified { approver, statement })),
+                Err(reason) => not_counted.push(NotCounted { approver: a.approver.clone(), reason }),
+            }
+        }
+        let list: Vec<approval::Verified> = verified.iter().map(|(_, v)| v.clone()).collect();
+        let (counted, refused) = approval::count(
+            &list,
+            &approval::Expected {
+                plan_id: plan_id.as_str(),
+                environment: &plan.environment,
+                service: &plan.service,
+                release_digest: &plan.release.facts.digest,
+                author: &plan.author,
+                author_may_approve: env.author_may_approve,
+                max_validity_secs: env.approval_valid_secs,
+                now: self.clock.now(),
+            },
+        );
+        not_counted.extend(refused);
+        let records = verified
+            .iter()
+            .filter(|(_, v)| counted.contains(&v.approver))
+            .map(|(a, v)| ApprovalRecord {
+                approver: v.approver.clone(),
+                at: a.approved_at.to_rfc3339(),
+                statement: Some(a.statement.clone()),
+                signature: Some(a.signature.clone()),
+            })
+            .collect();
+        Ok((records, counted.len(), not_counted))
+    }
+
+    fn made_now(&self) -> Made {
+        Made { at: self.clock.now(), by: self.operator.clone() }
     }
 
     /// A stop asked for before the lock: nothing moved; the receipt says so.

@@ -10,4 +10,5 @@ pub const FILES: &[(&str, &str)] = &[
     ("templates/api.env.tera", include_str!("../../../manifests/templates/api.env.tera")),
     ("trust/release.pub", include_str!("../../../manifests/trust/release.pub")),
     ("trust/receipts.pub", include_str!("../../../manifests/trust/receipts.pub")),
+    ("trust/prod.allowed_signers", include_str!("../../../manifests/trust/prod.allowed_signers")),
 ];

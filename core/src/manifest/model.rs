@@ -99,7 +99,19 @@ pub struct Environment {
     pub name: EnvName,
     /// The environment a release must have succeeded in first.
     pub after: Option<EnvName>,
+    /// Distinct approvers a plan needs.
     pub approvals: u32,
+    /// Who may approve: the environment's `allowed_signers`.
+    pub approvers: Vec<crate::approval::AllowedSigner>,
+    /// The `allowed_signers` file, relative to the manifest directory.
+    pub approvers_file: Option<PathBuf>,
+    /// The longest life an approval may have.
+    pub approval_valid_secs: u64,
+    /// Whether the plan's author may approve it (separation of duties when not).
+    pub author_may_approve: bool,
+    /// A release must have been rehearsed (promoted, rolled back, promoted again) in an
+    /// earlier environment before it may be promoted here.
+    pub require_rehearsal: bool,
     pub require_provenance: bool,
     pub require_sbom: bool,
     pub rollout: Rollout,

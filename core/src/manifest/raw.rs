@@ -64,6 +64,13 @@ pub struct Ssh {
 pub struct EnvironmentFile {
     pub after: Option<S<String>>,
     pub approvals: Option<S<i64>>,
+    /// `allowed_signers` file (inside the manifest directory) listing the approvers.
+    pub approvers: Option<S<String>>,
+    pub approval_valid_secs: Option<S<i64>>,
+    #[serde(default)]
+    pub author_may_approve: bool,
+    #[serde(default)]
+    pub require_rehearsal: bool,
     #[serde(default)]
     pub require_provenance: bool,
     #[serde(default)]

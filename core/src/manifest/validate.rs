@@ -391,6 +391,34 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// Reads an `allowed_signers` file of approvers; its problems are reported at its lines.
+    fn approvers(&mut self, at: &At<'_>, v: &S<String>) -> Vec<crate::approval::AllowedSigner> {
+        let rel = normalize(Path::new(v.get_ref()));
+        let Some(text) = self.files.get(&rel) else {
+            self.err(
+                at,
+                v,
+                "approvers",
+                format!("`{}` does not exist in the manifest directory", rel.display()),
+                Some("keep the approvers' `allowed_signers` file in the manifests, e.g. `trust/prod.allowed_signers`"),
+            );
+            return Vec::new();
+        };
+        match crate::approval::parse_allowed_signers(text) {
+            Ok(list) => list,
+            Err((line, message)) => {
+                self.push(
+                    &rel,
+                    (line, 1),
+                    "",
+                    format!("not an allowed_signers line: {message}"),
+                    Some("write `NAME ssh-ed25519 AAAA… [comment]`, as `ssh-keygen -Y verify` reads it".into()),
+                );
+                Vec::new()
+            }
+        }
+    }
+
     fn ranged(&mut self, at: &At<'_>, v: Option<&S<i64>>, field: &str, min: i64, max: i64, default: i64) -> i64 {
         match v {
             None => default,
@@ -448,6 +476,32 @@ impl<'a> Validator<'a> {
                 afters.push((path.clone(), index.locate(a.span().start), name.clone(), a.get_ref().clone()));
             }
             let approvals = self.ranged(&at, file.approvals.as_ref(), "approvals", 0, 10, 0) as u32;
+            let approval_valid_secs = self.ranged(
+                &at,
+                file.approval_valid_secs.as_ref(),
+                "approval_valid_secs",
+                60,
+                7 * 24 * 3600,
+                24 * 3600,
+            ) as u64;
+            let approvers = match &file.approvers {
+                Some(v) => self.approvers(&at, v),
+                None => Vec::new(),
+            };
+            let principals: std::collections::BTreeSet<&String> =
+                approvers.iter().flat_map(|a| &a.principals).collect();
+            if (principals.len() as u32) < approvals {
+                let message = format!(
+                    "{approvals} approval(s) required, but {} approver(s) listed in `approvers`",
+                    principals.len()
+                );
+                let hint = Some("list the approvers' SSH public keys in an `allowed_signers` file (`NAME ssh-ed25519 AAAA…`) and name it in `approvers`");
+                match (&file.approvers, &file.approvals) {
+                    (Some(v), _) => self.err(&at, v, "approvers", message, hint),
+                    (None, Some(v)) => self.err(&at, v, "approvals", message, hint),
+                    (None, None) => {}
+                }
+            }
             let rollout = self.rollout(&at, &file.rollout);
             let mut hosts: Vec<Host> = Vec::new();
             for (i, h) in file.host.iter().enumerate() {
@@ -482,6 +536,11 @@ impl<'a> Validator<'a> {
                 name,
                 after,
                 approvals,
+                approvers,
+                approvers_file: file.approvers.as_ref().map(|v| normalize(Path::new(v.get_ref()))),
+                approval_valid_secs,
+                author_may_approve: file.author_may_approve,
+                require_rehearsal: file.require_rehearsal,
                 require_provenance: file.require_provenance,
                 require_sbom: file.require_sbom,
                 rollout: rollout.unwrap_or(Rollout { batch: BatchSize::Count(1), health_timeout_secs: 30 }),

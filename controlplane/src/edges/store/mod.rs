@@ -72,6 +72,18 @@ pub trait Store: Send + Sync {
     /// Records that `plan_id` is being applied; `false` if it was applied before.
     async fn record_plan(&self, plan_id: &str, at: chrono::DateTime<chrono::Utc>) -> Result<bool, StoreError>;
 
+    /// Records that `digest` of `service` was rehearsed in `environment` (receipt file name).
+    async fn put_rehearsal(
+        &self,
+        environment: &str,
+        service: &str,
+        digest: &str,
+        receipt: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError>;
+    /// The environments `digest` of `service` was rehearsed in, with the receipt.
+    async fn rehearsals(&self, service: &str, digest: &str) -> Result<Vec<(String, String)>, StoreError>;
+
     async fn approve(&self, a: &Approval) -> Result<(), StoreError>;
     async fn approvals(&self, plan_id: &str) -> Result<Vec<Approval>, StoreError>;
 }

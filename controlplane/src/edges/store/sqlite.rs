@@ -450,11 +450,54 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn put_rehearsal(
+        &self,
+        environment: &str,
+        service: &str,
+        digest: &str,
+        receipt: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO rehearsals (environment, service, digest, receipt, at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(environment)
+        .bind(service)
+        .bind(digest)
+        .bind(receipt)
+        .bind(ts(&at))
+        .execute(&self.pool)
+        .await
+        .map_err(q("record rehearsal"))?;
+        Ok(())
+    }
+
+    async fn rehearsals(&self, service: &str, digest: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT environment, receipt FROM rehearsals WHERE service = ? AND digest = ? ORDER BY at")
+                .bind(service)
+                .bind(digest)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("read rehearsals"))?;
+        rows.iter()
+            .map(|r| {
+                Ok((r.try_get("environment").map_err(q("environment"))?, r.try_get("receipt").map_err(q("receipt"))?))
+            })
+            .collect()
+    }
+
     async fn approve(&self, a: &Approval) -> Result<(), StoreError> {
-        sqlx::query("INSERT OR IGNORE INTO approvals (plan_id, approver, approved_at) VALUES (?, ?, ?)")
-            .bind(&a.plan_id)
-            .bind(&a.approver)
-            .bind(ts(&a.approved_at))
+        // The latest approval of an approver for a plan replaces an earlier one (a renewed
+        // approval after the first expired).
+        sqlx::query(
+            "INSERT OR REPLACE INTO approvals (plan_id, approver, approved_at, statement, signature) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&a.plan_id)
+        .bind(&a.approver)
+        .bind(ts(&a.approved_at))
+        .bind(&a.statement)
+        .bind(&a.signature)
             .execute(&self.pool)
             .await
             .map_err(q("approve"))?;
@@ -473,6 +516,8 @@ impl Store for SqliteStore {
                     plan_id: row.try_get("plan_id").map_err(q("plan_id"))?,
                     approver: row.try_get("approver").map_err(q("approver"))?,
                     approved_at: time(row, "approved_at")?,
+                    statement: row.try_get("statement").map_err(q("statement"))?,
+                    signature: row.try_get("signature").map_err(q("signature"))?,
                 })
             })
             .collect()
@@ -607,7 +652,13 @@ mod tests {
         assert!(store.record_plan("p-1", t(8)).await.unwrap());
         assert!(!store.record_plan("p-1", t(9)).await.unwrap(), "a plan is applied once");
 
-        let a = Approval { plan_id: "p-1".into(), approver: "carol".into(), approved_at: t(5) };
+        let a = Approval {
+            plan_id: "p-1".into(),
+            approver: "carol".into(),
+            approved_at: t(5),
+            statement: "{}".into(),
+            signature: "sig".into(),
+        };
         store.approve(&a).await.unwrap();
         store.approve(&a).await.unwrap();
         assert_eq!(store.approvals("p-1").await.unwrap(), vec![a]);

@@ -469,41 +469,83 @@ async fn an_edited_plan_is_refused_naming_the_field_and_never_panics() {
 
 #[tokio::test]
 async fn approvals_are_counted_against_the_manifests_not_the_plan_file() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = |who: &str| {
+        let path = keys.path().join(who);
+        let ok = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", who, "-f"])
+            .arg(&path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+        (path, format!("{who} {}", public.split_whitespace().take(2).collect::<Vec<_>>().join(" ")))
+    };
+    let (bob, bob_line) = key("bob");
+    let (carol, carol_line) = key("carol");
+    let (alice, alice_line) = key("alice");
+    let (mallory, _) = key("mallory");
     let set = {
         let mut s = manifests("");
-        s.environments.iter_mut().find(|e| e.name.as_str() == "prod").unwrap().approvals = 2;
+        let prod = s.environments.iter_mut().find(|e| e.name.as_str() == "prod").unwrap();
+        prod.approvals = 2;
+        prod.approval_valid_secs = 3600;
+        prod.approvers =
+            crate::approval::parse_allowed_signers(&[bob_line, carol_line, alice_line].join("\n")).unwrap();
         s
     };
     let w = World::with(set).await;
     w.promote("staging", DIGEST_1).await;
     let plan = w.plan("prod", DIGEST_1).await.unwrap();
-    assert_eq!(plan.approvals_required, 2);
+    assert_eq!((plan.approvals_required, plan.author.as_str()), (2, "alice"));
     let mut zero = plan.clone();
     zero.approvals_required = 0;
     let e = w.apply(&zero).await.unwrap_err();
     assert!(matches!(&e, DeployError::PlanTampered { diffs, .. } if diffs[0].field == "approvals_required"), "{e}");
-    // The same approver twice counts once.
-    for _ in 0..2 {
-        w.store
-            .approve(&crate::store::Approval {
-                plan_id: plan.id().to_string(),
-                approver: "bob".into(),
-                approved_at: FixedClock.now(),
-            })
-            .await
-            .unwrap();
+    let statement = |plan_id: &str, hours: i64| crate::approval::Statement {
+        plan_id: plan_id.into(),
+        environment: "prod".into(),
+        service: "api".into(),
+        release_digest: plan.release.facts.digest.clone(),
+        signed_at: FixedClock.now().to_rfc3339(),
+        expires_at: (FixedClock.now() + chrono::Duration::hours(hours)).to_rfc3339(),
+    };
+    let approve = |who: &str, key: &std::path::Path, st: crate::approval::Statement| {
+        let signature = crate::sshsig::sign(key, &st).unwrap();
+        crate::store::Approval {
+            plan_id: plan.id().to_string(),
+            approver: who.into(),
+            approved_at: FixedClock.now(),
+            statement: String::from_utf8(st.to_bytes()).unwrap(),
+            signature,
+        }
+    };
+    let id = plan.id().to_string();
+    // Each of these is stored and refused with its own reason.
+    for a in [
+        approve("mallory", &mallory, statement(&id, 1)),
+        approve("bob", &bob, statement("sha256:another-plan", 1)),
+        approve("alice", &alice, statement(&id, 1)),
+        approve("carol", &carol, statement(&id, 48)),
+    ] {
+        w.store.approve(&a).await.unwrap();
     }
     let e = w.apply(&plan).await.unwrap_err();
-    assert!(matches!(e, DeployError::Approvals { need: 2, have: 1, .. }), "{e}");
-    w.store
-        .approve(&crate::store::Approval {
-            plan_id: plan.id().to_string(),
-            approver: "carol".into(),
-            approved_at: FixedClock.now(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(w.apply(&plan).await.unwrap().outcome, Outcome::Succeeded);
+    let DeployError::Approvals { need: 2, have: 0, .. } = &e else { panic!("{e}") };
+    let details = e.details().join("\n");
+    for reason in ["not one of the environment's approvers", "not this one", "separation of duties", "longer than"] {
+        assert!(details.contains(reason), "{reason} in {details}");
+    }
+    // Valid approvals by bob (twice) and carol: two distinct approvers.
+    w.store.approve(&approve("bob", &bob, statement(&id, 1))).await.unwrap();
+    w.store.approve(&approve("carol", &carol, statement(&id, 1))).await.unwrap();
+    let r = w.apply(&plan).await.unwrap();
+    assert_eq!(r.outcome, Outcome::Succeeded);
+    let receipt = w.last_receipt();
+    let who: Vec<&str> = receipt.body.approvals.iter().map(|a| a.approver.as_str()).collect();
+    assert_eq!(who, ["bob", "carol"]);
+    assert!(receipt.body.approvals.iter().all(|a| a.signature.as_deref().is_some_and(|s| s.contains("SSH SIGNATURE"))));
 }
 
 #[tokio::test]

@@ -70,18 +70,18 @@ fn field_errors_name_line_and_field() {
         "inside the manifest directory",
     );
     check(prod, "after = \"staging\"", "after = \"stage\"", 2, "after", "does not exist");
-    check(prod, "batch = \"50%\"", "batch = \"150%\"", 8, "rollout.batch", "percentage");
-    check(prod, "name = \"prod-2\"", "name = \"prod-1\"", 20, "host[1].name", "duplicate host");
-    check(prod, "port = 2203", "port = 2202", 21, "host[1].address", "is already host `prod-1`");
+    check(prod, "batch = \"50%\"", "batch = \"150%\"", 12, "rollout.batch", "percentage");
+    check(prod, "name = \"prod-2\"", "name = \"prod-1\"", 24, "host[1].name", "duplicate host");
+    check(prod, "port = 2203", "port = 2202", 25, "host[1].address", "is already host `prod-1`");
     check("environments/staging.toml", "port = 2201", "port = 2202", 12, "host[0].address", "is already host `prod-1`");
-    check(prod, "name = \"prod-2\"", "name = \"prod;2\"", 20, "host[1].name", "not a valid name");
-    check(prod, "user = \"deploy\"", "user = \"-oProxyCommand=x\"", 15, "host[0].user", "not a valid login");
-    check(prod, "root = \"/srv/agents\"", "root = \"/srv/../etc\"", 17, "host[0].root", "safe absolute path");
+    check(prod, "name = \"prod-2\"", "name = \"prod;2\"", 24, "host[1].name", "not a valid name");
+    check(prod, "user = \"deploy\"", "user = \"-oProxyCommand=x\"", 19, "host[0].user", "not a valid login");
+    check(prod, "root = \"/srv/agents\"", "root = \"/srv/../etc\"", 21, "host[0].root", "safe absolute path");
     check(
         prod,
         "host_key = \"ssh-ed25519 ",
         "host_key = \"ssh-rsa ",
-        16,
+        20,
         "host[0].host_key",
         "pinned SSH host public key",
     );
@@ -120,7 +120,7 @@ fn parse_errors_name_line_and_field() {
         "invalid type",
     );
     check(svc, "image = \"127.0.0.1:5000/demo/api\"", "image = \"127.0.0.1:5000/demo/api", 5, "image", "");
-    check("environments/prod.toml", "port = 2202", "port = \"2202\"", 14, "port", "invalid type");
+    check("environments/prod.toml", "port = 2202", "port = \"2202\"", 18, "port", "invalid type");
     check(
         "environments/staging.toml",
         "require_sbom = false",

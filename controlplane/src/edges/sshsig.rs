@@ -1,0 +1,66 @@
+//! SSH signatures (`sshsig`, as `ssh-keygen -Y sign` makes them) over approval
+//! statements, with the `ssh-key` crate: signing with an operator's key file, and
+//! verifying against an environment's `allowed_signers`.
+
+use crate::approval::{AllowedSigner, Statement, NAMESPACE};
+use ssh_key::{HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshSigError {
+    #[error("cannot read the SSH key `{}`", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: ssh_key::Error,
+    },
+    #[error("the SSH key `{}` is encrypted", path.display())]
+    Encrypted { path: std::path::PathBuf },
+    #[error("cannot sign with `{}`", path.display())]
+    Sign {
+        path: std::path::PathBuf,
+        #[source]
+        source: ssh_key::Error,
+    },
+}
+
+/// Signs `statement` with the private key at `path` (OpenSSH format, unencrypted); the
+/// PEM `-----BEGIN SSH SIGNATURE-----` text.
+pub fn sign(path: &Path, statement: &Statement) -> Result<String, SshSigError> {
+    let key =
+        PrivateKey::read_openssh_file(path).map_err(|source| SshSigError::Read { path: path.to_owned(), source })?;
+    if key.is_encrypted() {
+        return Err(SshSigError::Encrypted { path: path.to_owned() });
+    }
+    let sig = key
+        .sign(NAMESPACE, HashAlg::Sha512, &statement.to_bytes())
+        .map_err(|source| SshSigError::Sign { path: path.to_owned(), source })?;
+    sig.to_pem(LineEnding::LF).map_err(|source| SshSigError::Sign { path: path.to_owned(), source })
+}
+
+/// Verifies `signature` over `statement` against `signers`; the approver's name, or why
+/// the signature does not count.
+pub fn verify(signers: &[AllowedSigner], statement: &[u8], signature: &str) -> Result<String, String> {
+    let sig = SshSig::from_pem(signature.trim()).map_err(|e| format!("not an SSH signature: {e}"))?;
+    if sig.namespace() != NAMESPACE {
+        return Err(format!("signed for namespace `{}`, not `{NAMESPACE}`", sig.namespace()));
+    }
+    let signer_key = PublicKey::from(sig.public_key().clone());
+    for s in signers {
+        let Ok(listed) = PublicKey::from_openssh(&s.key) else { continue };
+        if listed.key_data() != sig.public_key() {
+            continue;
+        }
+        if s.namespaces.as_ref().is_some_and(|n| !n.iter().any(|x| x == NAMESPACE)) {
+            return Err(format!("`{}` may not sign approvals (namespaces)", s.principals[0]));
+        }
+        return match listed.verify(NAMESPACE, statement, &sig) {
+            Ok(()) => Ok(s.principals[0].clone()),
+            Err(_) => Err(format!("the signature by `{}` does not verify (statement edited?)", s.principals[0])),
+        };
+    }
+    Err(format!(
+        "signed by key {}, which is not one of the environment's approvers",
+        signer_key.fingerprint(HashAlg::Sha256)
+    ))
+}
