@@ -59,11 +59,14 @@ async fn however_an_apply_ends_hosts_are_old_or_new_nothing_survives_and_a_rerun
     assert_ok(&dry);
     let plan: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
     let new = format!("releases/{}", plan["plan"]["release"]["release_id"].as_str().unwrap());
-    for ending in [Ending::Kill, Ending::TerminalInterrupt, Ending::Term] {
-        let case = format!("{ending:?}");
+    // Two points: during the canary's health check, and during the second batch's activation.
+    let points = [("prod-1", "hang-health"), ("prod-2", "hang-activate")];
+    let endings = [Ending::Kill, Ending::TerminalInterrupt, Ending::Term];
+    for ((host, control), ending) in points.iter().flat_map(|p| endings.iter().map(move |e| (*p, *e))) {
+        let case = format!("{ending:?} during {host} {control}");
         let tmp = tempfile::tempdir().unwrap();
-        // prod-1's health check takes 3 s: the signal arrives while prod-1 is moving.
-        w.runtime("prod-1", "hang-health", "3");
+        // The step takes 3 s: the signal arrives while the host is moving.
+        w.runtime(host, control, "3");
         let mut cmd = Command::new(BIN);
         cmd.arg("--manifests")
             .arg(w.manifests())
@@ -76,8 +79,8 @@ async fn however_an_apply_ends_hosts_are_old_or_new_nothing_survives_and_a_rerun
         let child = cmd.spawn().unwrap();
         let pid = Pid::from_raw(child.id() as i32).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while w.current("prod-1").as_deref() == Some(old.as_str()) {
-            assert!(Instant::now() < deadline, "{case}: apply never swapped prod-1");
+        while w.current(host).as_deref() == Some(old.as_str()) {
+            assert!(Instant::now() < deadline, "{case}: apply never swapped {host}");
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(!processes_naming(tmp.path()).is_empty(), "{case}: the run's ssh processes are findable");
@@ -88,7 +91,7 @@ async fn however_an_apply_ends_hosts_are_old_or_new_nothing_survives_and_a_rerun
         }
         let out = child.wait_with_output().unwrap();
         assert_ne!(out.status.code(), Some(0), "{case}: exits non-zero");
-        w.clear_runtime("prod-1", "hang-health");
+        w.clear_runtime(host, control);
         assert_nothing_left(tmp.path(), &case);
         // Every host is on its old or its new release.
         for h in ["prod-1", "prod-2", "prod-3"] {
