@@ -131,6 +131,28 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Continuous drift watch: held connections, Prometheus metrics, one JSON event per
+    /// change of state on stdout (and optionally a signed webhook). SIGTERM/SIGINT stop it
+    /// cleanly; SIGHUP reloads the manifests.
+    Watch {
+        #[arg(long)]
+        env: Option<String>,
+        /// Seconds between probes over the held connections.
+        #[arg(long, default_value_t = 10.0)]
+        interval: f64,
+        /// Seconds between fresh connections to each host.
+        #[arg(long, default_value_t = 60.0)]
+        fresh_interval: f64,
+        /// Where to serve `/metrics` and `/healthz` (port 0: any free port, printed on stderr).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        metrics: std::net::SocketAddr,
+        /// POST each event here, signed with HMAC-SHA256.
+        #[arg(long, requires = "webhook_secret_env")]
+        webhook: Option<String>,
+        /// Name of the environment variable holding the webhook secret.
+        #[arg(long)]
+        webhook_secret_env: Option<String>,
+    },
     /// Rollback proof: promote RELEASE in ENV, roll back, promote again, with receipts.
     ///
     /// Environments with `require_rehearsal` accept a release only after a rehearsal

@@ -127,6 +127,17 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
             let target = commands::deploy::Target::Rollback { to: to.as_deref() };
             commands::deploy::plan_and_maybe_apply(g, &service, &env, target, apply, out.as_deref()).await
         }
+        Command::Watch { env, interval, fresh_interval, metrics, webhook, webhook_secret_env } => {
+            let args = commands::watch::Args {
+                env,
+                interval: std::time::Duration::from_secs_f64(interval.max(0.1)),
+                fresh_interval: std::time::Duration::from_secs_f64(fresh_interval.max(0.5)),
+                metrics,
+                webhook,
+                webhook_secret_env,
+            };
+            commands::watch::run(g, args).await
+        }
         Command::Rehearse { service, env, release, apply } => {
             commands::deploy::rehearse(g, &service, &env, &release, apply).await
         }

@@ -9,7 +9,7 @@
 //!   `untrusted` (what a host says, bounded and sanitized), `workflow` (CI workflow hygiene);
 //! - formats: `ids` (release id, content hash, plan id), `canonical`, `remote`, `release`, `tarball`, `receipt`, `records`;
 //! - decisions: `observe` (parse a probe), `drift`, `plan` (build, re-derive, compare),
-//!   `history` (the way back, from what was recorded), `rollout` (the apply state machine), `lock` (is a holder alive), `steps` (remote steps as data).
+//!   `history` (the way back, from what was recorded), `rollout` (the apply state machine), `lock` (is a holder alive), `watch` (drift events, jitter, webhook signatures), `steps` (remote steps as data).
 
 pub mod approval;
 pub mod canonical;
@@ -32,6 +32,7 @@ pub mod secrets;
 pub mod steps;
 pub mod tarball;
 pub mod untrusted;
+pub mod watch;
 pub mod workflow;
 
 /// The version recorded in receipts.

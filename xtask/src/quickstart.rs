@@ -36,7 +36,11 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     if !status.success() {
         bail!("building agentctl failed");
     }
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/agentctl");
+    // Where cargo put it: `CARGO_TARGET_DIR` when set, else the workspace's `target/`.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/agentctl");
     let dir = keep.then(|| std::path::absolute("lab-run")).transpose()?;
     if let Some(d) = &dir {
         if d.exists() {

@@ -11,3 +11,4 @@ pub mod release;
 pub mod sign;
 pub mod status;
 pub mod verify;
+pub mod watch;

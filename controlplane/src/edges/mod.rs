@@ -3,6 +3,7 @@
 pub mod hygiene;
 pub mod keys;
 pub mod manifest_files;
+pub mod metrics;
 pub mod receipt_log;
 pub mod registry;
 pub mod ssh;

@@ -87,6 +87,11 @@ pub struct SshVm {
 }
 
 impl SshVm {
+    /// A golden VM over an open session.
+    pub fn new(session: SshSession) -> Self {
+        Self { session }
+    }
+
     async fn run(
         &self,
         cmd: &RemoteCommand,

@@ -6,3 +6,4 @@ pub mod init;
 pub mod sign;
 pub mod status;
 pub mod verify;
+pub mod watch;

@@ -70,7 +70,7 @@ pub async fn probe_all(
 }
 
 /// One `ssh` process, one round trip.
-async fn probe_one(
+pub async fn probe_one(
     ssh: &SshClient,
     host: &Host,
     service: &Service,

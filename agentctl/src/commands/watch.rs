@@ -1,0 +1,135 @@
+//! `agentctl watch`.
+
+use super::context::Context;
+use crate::failure::{Code, Failure};
+use crate::render::Report;
+use crate::Globals;
+use controlplane::deploy::SystemClock;
+use controlplane::jobs::watch::{Events, WatchSettings, Watcher};
+use controlplane::metrics::Metrics;
+use controlplane::ssh::SshClient;
+use controlplane::store::SqliteStore;
+use controlplane::watch::{sign_webhook, Event};
+use std::io::Write as _;
+use std::time::Duration;
+
+pub struct Args {
+    pub env: Option<String>,
+    pub interval: Duration,
+    pub fresh_interval: Duration,
+    pub metrics: std::net::SocketAddr,
+    pub webhook: Option<String>,
+    pub webhook_secret_env: Option<String>,
+}
+
+/// Events as JSON lines on stdout, and to the webhook (in the background, in order).
+struct Sink {
+    webhook: Option<tokio::sync::mpsc::UnboundedSender<Vec<u8>>>,
+}
+
+impl Events for Sink {
+    fn emit(&self, event: &Event) {
+        let Ok(line) = serde_json::to_vec(event) else { return };
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&line);
+        let _ = out.write_all(b"\n");
+        let _ = out.flush();
+        if let Some(tx) = &self.webhook {
+            let _ = tx.send(line);
+        }
+    }
+}
+
+/// Delivers event bodies to `url`, each signed over its timestamp and body.
+fn webhook_sender(url: String, secret: Vec<u8>) -> tokio::sync::mpsc::UnboundedSender<Vec<u8>> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+        while let Some(body) = rx.recv().await {
+            let ts = chrono::Utc::now().timestamp();
+            let sig = sign_webhook(&secret, ts, &body);
+            let sent = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("x-agentctl-timestamp", ts.to_string())
+                .header("x-agentctl-signature", sig)
+                .body(body)
+                .send()
+                .await;
+            if let Err(e) = sent {
+                tracing::warn!("webhook delivery failed: {e}");
+            }
+        }
+    });
+    tx
+}
+
+pub async fn run(g: &Globals, a: Args) -> Result<Report, Failure> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let secret = match &a.webhook_secret_env {
+        Some(name) => Some(std::env::var(name).map_err(|_| {
+            Failure::new(Code::Invalid, anyhow::anyhow!("the webhook secret variable `{name}` is not set"))
+                .hint("export the secret under that name; its value never goes into the manifests")
+        })?),
+        None => None,
+    };
+    let metrics = Metrics::new().map_err(|e| Failure::new(Code::Failed, e))?;
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let bound = controlplane::metrics::serve(a.metrics, metrics.clone(), async {
+        let _ = server_stopped.await;
+    })
+    .await
+    .map_err(|e| {
+        Failure::new(Code::Failed, anyhow::Error::new(e).context(format!("cannot listen on `{}`", a.metrics)))
+            .hint("choose another `--metrics` address")
+    })?;
+    eprintln!("metrics on http://{bound}/metrics");
+    let sink = Sink { webhook: a.webhook.clone().zip(secret).map(|(url, s)| webhook_sender(url, s.into_bytes())) };
+    let (mut term, mut int, mut hup) =
+        (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?);
+    loop {
+        let ctx = Context::load(g)?;
+        let envs: Vec<_> =
+            ctx.set.environments.iter().filter(|e| a.env.as_deref().is_none_or(|n| e.name.as_str() == n)).collect();
+        if envs.is_empty() {
+            return Err(Failure::new(Code::Invalid, anyhow::anyhow!("no environment `{}`", a.env.unwrap_or_default())));
+        }
+        let store = match ctx.read_store().await? {
+            Some(s) => s,
+            None => SqliteStore::in_memory().await?,
+        };
+        let ssh = SshClient::new(
+            envs.iter().flat_map(|e| &e.hosts),
+            &ctx.set.resolve(&ctx.set.ssh.identity),
+            Duration::from_secs(ctx.set.ssh.connect_timeout_secs),
+        )?
+        .with_key_exchange(ctx.set.ssh.key_exchange.as_deref())?;
+        let settings = WatchSettings {
+            interval: a.interval,
+            fresh_interval: a.fresh_interval,
+            concurrency: ctx.set.ssh.concurrency,
+            probe_timeout: Duration::from_secs(ctx.set.ssh.connect_timeout_secs.max(5)),
+        };
+        let services = ctx.set.services.values().collect();
+        let watcher = Watcher::new(&store, &ssh, settings, &sink, &metrics, &SystemClock, services);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let run = watcher.run(&envs, stopped);
+        tokio::pin!(run);
+        let (reload, finished) = tokio::select! {
+            _ = &mut run => (false, true),
+            _ = term.recv() => (false, false),
+            _ = int.recv() => (false, false),
+            _ = hup.recv() => (true, false),
+        };
+        let _ = stop.send(true);
+        if !finished {
+            run.await;
+        }
+        if !reload {
+            break;
+        }
+        eprintln!("SIGHUP: reloading the manifests");
+    }
+    let _ = stop_server.send(());
+    Ok(Report::new("watch stopped".into(), serde_json::json!({ "stopped": true })))
+}

@@ -1,0 +1,208 @@
+//! `agentctl watch` against the lab: events within an interval, unreachable hosts found by
+//! fresh connections, metrics scraped over HTTP and parsed by an independent parser, a
+//! signed webhook a receiver can check and replay-protect, and a clean SIGTERM.
+
+mod common;
+
+use common::*;
+use hmac::{Hmac, Mac};
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Events as they arrive, kept so that waiting for one does not lose another.
+struct Events {
+    rx: mpsc::Receiver<serde_json::Value>,
+    seen: Vec<serde_json::Value>,
+}
+
+impl Events {
+    /// The first event matching `pred` (seen already, or arriving within `within`).
+    fn wait(&mut self, within: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        if let Some(i) = self.seen.iter().position(&pred) {
+            return self.seen.remove(i);
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(e) if pred(&e) => return e,
+                Ok(e) => self.seen.push(e),
+                Err(_) => panic!("no matching event within {within:?}; seen: {:#?}", self.seen),
+            }
+        }
+    }
+}
+
+/// A webhook receiver: checks each delivery's HMAC over `timestamp.body` and refuses a
+/// signature it has seen before (a replay). Answers 200 or 401; reports what it accepted.
+/// One delivery: whether it was accepted, its timestamp and signature headers, its body.
+type Delivery = (bool, String, String, Vec<u8>);
+
+fn receiver(secret: &'static [u8]) -> (u16, mpsc::Receiver<Delivery>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = std::collections::HashSet::new();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut headers = std::collections::HashMap::new();
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                continue;
+            }
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+                }
+            }
+            let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            let ts = headers.get("x-agentctl-timestamp").cloned().unwrap_or_default();
+            let sig = headers.get("x-agentctl-signature").cloned().unwrap_or_default();
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+            mac.update(format!("{ts}.").as_bytes());
+            mac.update(&body);
+            let good = sig == format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+            let fresh = seen.insert(sig.clone());
+            let ok = good && fresh;
+            let status = if ok { "200 OK" } else { "401 Unauthorized" };
+            use std::io::Write as _;
+            let _ = write!(stream, "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = tx.send((ok, ts, sig, body));
+        }
+    });
+    (port, rx)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_reports_changes_metrics_webhooks_and_stops_cleanly() {
+    let mut w = World::start(fleet(2)).await;
+    w.deploy("v1", &["staging", "prod"]).await;
+    let (hook, deliveries) = receiver(b"hook-secret");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--manifests")
+        .arg(w.manifests())
+        .args(["watch", "--interval", "1", "--fresh-interval", "2", "--metrics", "127.0.0.1:0"])
+        .args(["--webhook", &format!("http://127.0.0.1:{hook}/hook"), "--webhook-secret-env", "HOOK_SECRET"])
+        .env("HOOK_SECRET", "hook-secret")
+        .env("TMPDIR", tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let mut events = Events { rx, seen: Vec::new() };
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    let url = first.trim().strip_prefix("metrics on ").unwrap_or_else(|| panic!("{first}")).to_owned();
+    std::thread::spawn(move || for _ in stderr.lines().map_while(Result::ok) {});
+
+    // Every target starts as an event: unknown -> in-sync.
+    for host in ["stage-1", "prod-1", "prod-2"] {
+        events.wait(Duration::from_secs(15), |e| e["host"] == host && e["to"] == "in-sync");
+    }
+    // Metrics over HTTP, parsed by an independent parser.
+    let scrape = || async {
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
+    };
+    let value = |s: &prometheus_parse::Scrape, host: &str, state: &str| {
+        s.samples
+            .iter()
+            .find(|m| {
+                m.metric == "agentctl_drift_state"
+                    && m.labels.get("host") == Some(host)
+                    && m.labels.get("state") == Some(state)
+            })
+            .map(|m| match m.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    assert_eq!(value(&scrape().await, "prod-1", "in-sync"), Some(1.0));
+    let healthz = reqwest::get(url.replace("/metrics", "/healthz")).await.unwrap();
+    assert!(healthz.status().is_success());
+
+    // A changed host is reported within one interval (plus a probe's time).
+    let changed = Instant::now();
+    w.runtime("prod-1", "report", "sha256:1111111111111111111111111111111111111111111111111111111111111111");
+    let e = events.wait(Duration::from_secs(4), |e| e["host"] == "prod-1" && e["to"] == "drifted");
+    assert!(e["detail"].as_str().unwrap().contains("image digest"), "{e}");
+    assert!(changed.elapsed() < Duration::from_secs(3), "reported after {:?}", changed.elapsed());
+    assert_eq!(value(&scrape().await, "prod-1", "drifted"), Some(1.0));
+
+    // sshd killed while its connection is held: unreachable within two fresh periods.
+    let killed = Instant::now();
+    w.lab.stop_host("prod-2");
+    // (The lab kills only the listening sshd: the held connection's own sshd lives on, so
+    // only a fresh connection can tell.)
+    let e = events.wait(Duration::from_secs(6), |e| e["host"] == "prod-2" && e["to"] == "unreachable");
+    assert!(e["detail"].as_str().unwrap().contains("no longer accepts new connections"), "{e}");
+    assert!(killed.elapsed() < Duration::from_secs(5), "after {:?}", killed.elapsed());
+
+    // The webhook got signed deliveries; a replayed one is refused by the receiver.
+    let (ok, ts, sig, body) = deliveries.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(ok, "the first delivery verifies");
+    let replay = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{hook}/hook"))
+        .header("x-agentctl-timestamp", ts)
+        .header("x-agentctl-signature", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status().as_u16(), 401, "a replay is refused");
+
+    // SIGTERM: a clean stop, no ssh process left.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "watch did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let needle = tmp.path().as_os_str().as_encoded_bytes().to_vec();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<u32> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle.as_slice()))
+            })
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "processes left: {left:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
