@@ -6,6 +6,7 @@
 //! - `test`: `setup`, then the whole test suite.
 
 mod bench;
+mod bench_watch;
 mod quickstart;
 
 use anyhow::{bail, Context as _};
@@ -72,6 +73,16 @@ enum BenchCommand {
         #[arg(long)]
         kex: Option<String>,
     },
+    /// A warm probe round over held connections (the watch) vs the local floor and Ansible.
+    Watch {
+        #[arg(long, default_value_t = 50)]
+        hosts: usize,
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+        /// Skip the Ansible comparison.
+        #[arg(long)]
+        no_ansible: bool,
+    },
     /// `receipts verify` over N receipts, in-process and through the binary.
     Receipts {
         #[arg(long, default_value_t = 10_000)]
@@ -129,6 +140,9 @@ fn main() -> anyhow::Result<()> {
             match bench {
                 BenchCommand::Verify { images, runs } => rt.block_on(bench::verify(images, runs)),
                 BenchCommand::Receipts { count, runs } => rt.block_on(bench::receipts(count, runs)),
+                BenchCommand::Watch { hosts, runs, no_ansible } => {
+                    rt.block_on(bench_watch::watch(hosts, runs, !no_ansible))
+                }
                 BenchCommand::Status { hosts, runs, no_ansible, kex } => {
                     rt.block_on(bench::status(hosts, runs, !no_ansible, kex))
                 }

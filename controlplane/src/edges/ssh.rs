@@ -1,5 +1,6 @@
-//! The SSH edge: one multiplexed session per host (openssh, process-mux), host keys
-//! pinned from the manifests, output bounded. The only module that imports openssh.
+//! The SSH edge: one multiplexed session per host (openssh with native-mux: a command is a
+//! new channel on the master's control socket, not a new `ssh` process), host keys pinned
+//! from the manifests, output bounded. The only module that imports openssh.
 
 use crate::manifest::Host;
 use crate::remote::RemoteCommand;
@@ -166,7 +167,7 @@ impl SshClient {
             .connect_timeout(self.connect_timeout)
             .control_directory(self.dir.path());
         let secs = self.connect_timeout.as_secs();
-        let session = tokio::time::timeout(self.connect_timeout + Duration::from_secs(5), b.connect(&host.address))
+        let session = tokio::time::timeout(self.connect_timeout + Duration::from_secs(5), b.connect_mux(&host.address))
             .await
             .map_err(|_| SshError::Timeout { host: host.name.to_string(), secs })?
             .map_err(|e| SshError::from_ssh_message(host, &error_chain(&e), secs))?;

@@ -65,8 +65,19 @@ impl Fleet {
             .collect()
             .await;
         let mut vms: Vec<Box<dyn GoldenVm>> = Vec::new();
+        let mut failed = None;
         for r in results {
-            vms.push(Box::new(SshVm { session: r? }));
+            match r {
+                Ok(session) => vms.push(Box::new(SshVm { session })),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            // Close what did connect: a control master left behind would outlive us.
+            futures::future::join_all(vms.into_iter().map(|vm| vm.close())).await;
+            return Err(e);
         }
         Ok(Self::new(vms))
     }
