@@ -29,6 +29,27 @@ pub struct Statement {
 }
 
 impl Statement {
+    /// The statement approving a plan at `now`, valid for `valid_secs`.
+    pub fn approving(
+        plan_id: &str,
+        environment: &str,
+        service: &str,
+        release_digest: &str,
+        now: DateTime<Utc>,
+        valid_secs: u64,
+    ) -> Self {
+        let secs = i64::try_from(valid_secs).unwrap_or(i64::MAX);
+        let at = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        Self {
+            plan_id: plan_id.to_owned(),
+            environment: environment.to_owned(),
+            service: service.to_owned(),
+            release_digest: release_digest.to_owned(),
+            signed_at: at(now),
+            expires_at: at(now + chrono::Duration::seconds(secs)),
+        }
+    }
+
     /// The exact bytes that are signed: canonical JSON and a newline (so the file an
     /// auditor writes from a receipt and feeds to `ssh-keygen -Y verify` is a text file).
     pub fn to_bytes(&self) -> Vec<u8> {

@@ -38,16 +38,16 @@ fn read(path: &Path) -> Result<String, Failure> {
 
 /// The statement an approval of `saved` signs now.
 fn statement(env: &Environment, saved: &SavedPlan) -> Statement {
-    let now = chrono::Utc::now();
-    let secs = i64::try_from(env.approval_valid_secs).unwrap_or(i64::MAX);
-    Statement {
-        plan_id: saved.plan_id.to_string(),
-        environment: saved.plan.environment.clone(),
-        service: saved.plan.service.clone(),
-        release_digest: saved.plan.release.facts.digest.clone(),
-        signed_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        expires_at: (now + chrono::Duration::seconds(secs)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    }
+    let p = &saved.plan;
+    let digest = &p.release.facts.digest;
+    Statement::approving(
+        saved.plan_id.as_str(),
+        &p.environment,
+        &p.service,
+        digest,
+        chrono::Utc::now(),
+        env.approval_valid_secs,
+    )
 }
 
 /// Verifies an approval against `env`'s approvers and `plan_id`: the approver's name.
