@@ -110,6 +110,8 @@ async fn the_deploy_path_as_an_operator_sees_it() {
     snap!("apply_failed", shown(&w.promote("staging", &v4, &["--apply"])));
     w.clear_runtime("stage-1", "fail-health");
 
+    snap!("receipts_list", shown(&w.agentctl(&["receipts", "list"])));
+
     // Invalid manifests: one problem per line (this caught a literal `\n` once).
     let env = w.manifests().join("environments/staging.toml");
     let text = std::fs::read_to_string(&env).unwrap();

@@ -98,25 +98,34 @@ pub async fn list(g: &Globals, dir: Option<&Path>) -> Result<Report, Failure> {
     let src = sources(g, dir, None, false).await?;
     let (files, _) = src.log.read()?;
     let mut rows = Vec::new();
-    let mut text = format!("{} receipt(s) in `{}`", files.len(), src.log.dir().display());
+    let mut table = Vec::new();
+    let mut unreadable = String::new();
     for f in &files {
         match serde_json::from_slice::<Receipt>(&f.bytes) {
             Ok(r) => {
-                text.push_str(&format!(
-                    "\n{:>6}  {:<13} {:<9} {}  {}/{}  by {}",
-                    r.seq,
-                    r.body.kind.as_str(),
-                    r.body.outcome,
-                    r.body.time,
-                    r.body.environment.as_deref().unwrap_or("-"),
-                    r.body.service.as_deref().unwrap_or("-"),
-                    r.body.operator
-                ));
+                table.push(vec![
+                    r.seq.to_string(),
+                    r.body.kind.as_str().to_owned(),
+                    r.body.outcome.clone(),
+                    r.body.time.clone(),
+                    format!(
+                        "{}/{}",
+                        r.body.environment.as_deref().unwrap_or("-"),
+                        r.body.service.as_deref().unwrap_or("-")
+                    ),
+                    r.body.operator.clone(),
+                ]);
                 rows.push(serde_json::to_value(&r)?);
             }
-            Err(e) => text.push_str(&format!("\n{}  unreadable: {e}", f.name)),
+            Err(e) => unreadable.push_str(&format!("\n{}  unreadable: {e}", f.name)),
         }
     }
+    let text = format!(
+        "{} receipt(s) in `{}`\n{}{unreadable}",
+        files.len(),
+        src.log.dir().display(),
+        crate::render::table(&["SEQ", "KIND", "OUTCOME", "TIME", "TARGET", "BY"], table)
+    );
     Ok(Report::new(text, serde_json::Value::Array(rows)))
 }
 
