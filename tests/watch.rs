@@ -95,6 +95,7 @@ async fn watch_reports_changes_metrics_webhooks_and_stops_cleanly() {
         .arg(w.manifests())
         .args(["watch", "--interval", "1", "--fresh-interval", "2", "--metrics", "127.0.0.1:0"])
         .args(["--webhook", &format!("http://127.0.0.1:{hook}/hook"), "--webhook-secret-env", "HOOK_SECRET"])
+        .arg("--drift-receipts")
         .env("HOOK_SECRET", "hook-secret")
         .env("TMPDIR", tmp.path())
         .stdout(Stdio::piped())
@@ -150,6 +151,13 @@ async fn watch_reports_changes_metrics_webhooks_and_stops_cleanly() {
     assert!(e["detail"].as_str().unwrap().contains("image digest"), "{e}");
     assert!(changed.elapsed() < Duration::from_secs(3), "reported after {:?}", changed.elapsed());
     assert_eq!(value(&scrape().await, "prod-1", "drifted"), Some(1.0));
+    // ... and signed into the receipt chain when first seen.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !w.receipts().iter().any(|r| r["kind"] == "drift" && r["hosts"][0]["host"] == "prod-1") {
+        assert!(Instant::now() < deadline, "no drift receipt for prod-1");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_ok(&w.agentctl(&["receipts", "verify"]));
 
     // sshd killed while its connection is held: unreachable within two fresh periods.
     let killed = Instant::now();

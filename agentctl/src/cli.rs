@@ -152,6 +152,9 @@ pub enum Command {
         /// Name of the environment variable holding the webhook secret.
         #[arg(long)]
         webhook_secret_env: Option<String>,
+        /// Also write a signed `drift` receipt into the chain when a target leaves `in-sync`.
+        #[arg(long)]
+        drift_receipts: bool,
     },
     /// Rollback proof: promote RELEASE in ENV, roll back, promote again, with receipts.
     ///

@@ -127,7 +127,7 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
             let target = commands::deploy::Target::Rollback { to: to.as_deref() };
             commands::deploy::plan_and_maybe_apply(g, &service, &env, target, apply, out.as_deref()).await
         }
-        Command::Watch { env, interval, fresh_interval, metrics, webhook, webhook_secret_env } => {
+        Command::Watch { env, interval, fresh_interval, metrics, webhook, webhook_secret_env, drift_receipts } => {
             let args = commands::watch::Args {
                 env,
                 interval: std::time::Duration::from_secs_f64(interval.max(0.1)),
@@ -135,6 +135,7 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
                 metrics,
                 webhook,
                 webhook_secret_env,
+                drift_receipts,
             };
             commands::watch::run(g, args).await
         }

@@ -21,6 +21,8 @@ pub enum ReceiptKind {
     LockOverride,
     /// A release was promoted, rolled back and promoted again in an environment.
     Rehearsal,
+    /// The watch saw a target leave `in-sync` (or change how it is out of sync).
+    Drift,
 }
 
 impl ReceiptKind {
@@ -32,11 +34,12 @@ impl ReceiptKind {
             Self::Approval => "approval",
             Self::LockOverride => "lock-override",
             Self::Rehearsal => "rehearsal",
+            Self::Drift => "drift",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Apply, Self::Rollback, Self::Refusal, Self::Approval, Self::LockOverride, Self::Rehearsal]
+        [Self::Apply, Self::Rollback, Self::Refusal, Self::Approval, Self::LockOverride, Self::Rehearsal, Self::Drift]
             .into_iter()
             .find(|k| k.as_str() == s)
     }

@@ -20,11 +20,14 @@ pub struct Args {
     pub metrics: std::net::SocketAddr,
     pub webhook: Option<String>,
     pub webhook_secret_env: Option<String>,
+    pub drift_receipts: bool,
 }
 
-/// Events as JSON lines on stdout, and to the webhook (in the background, in order).
+/// Events as JSON lines on stdout, to the webhook and to the receipt chain (in the
+/// background, in order).
 struct Sink {
     webhook: Option<tokio::sync::mpsc::UnboundedSender<Vec<u8>>>,
+    receipts: Option<tokio::sync::mpsc::UnboundedSender<Event>>,
 }
 
 impl Events for Sink {
@@ -37,7 +40,54 @@ impl Events for Sink {
         if let Some(tx) = &self.webhook {
             let _ = tx.send(line);
         }
+        if let Some(tx) = self.receipts.as_ref().filter(|_| event.to != "in-sync") {
+            let _ = tx.send(event.clone());
+        }
     }
+}
+
+/// Writes a signed `drift` receipt for each event it is sent (when drift was first seen).
+fn drift_receipts(ctx: &Context) -> Result<tokio::sync::mpsc::UnboundedSender<Event>, Failure> {
+    use controlplane::receipt::{ReceiptBody, ReceiptKind};
+    let key = super::deploy::receipt_key(ctx)?;
+    let log = super::deploy::receipts(ctx);
+    let operator = ctx.operator();
+    let state = ctx.set.resolve(match &ctx.set.settings.state {
+        controlplane::manifest::StateUrl::Sqlite(p) => p,
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    tokio::spawn(async move {
+        let store = match SqliteStore::open(&state).await {
+            Ok(s) => s,
+            Err(e) => return tracing::warn!("drift receipts: cannot open the state store: {e}"),
+        };
+        while let Some(e) = rx.recv().await {
+            let body = ReceiptBody {
+                kind: ReceiptKind::Drift,
+                time: e.time.clone(),
+                operator: operator.clone(),
+                plan_id: None,
+                environment: Some(e.target.environment.clone()),
+                service: Some(e.target.service.clone()),
+                release: None,
+                hosts: vec![controlplane::receipt::HostOutcome {
+                    host: e.target.host.clone(),
+                    before: None,
+                    after: None,
+                    rollback_target: None,
+                    outcome: e.to.clone(),
+                    detail: Some(controlplane::untrusted::HostText::new(&e.detail)),
+                }],
+                approvals: vec![],
+                outcome: "recorded".into(),
+                detail: Some(format!("{} -> {}", e.from, e.to)),
+            };
+            if let Err(err) = log.append(body, &key, Some(&store)).await {
+                tracing::warn!("drift receipt not written: {err}");
+            }
+        }
+    });
+    Ok(tx)
 }
 
 /// Delivers event bodies to `url`, each signed over its timestamp and body.
@@ -84,7 +134,9 @@ pub async fn run(g: &Globals, a: Args) -> Result<Report, Failure> {
             .hint("choose another `--metrics` address")
     })?;
     eprintln!("metrics on http://{bound}/metrics");
-    let sink = Sink { webhook: a.webhook.clone().zip(secret).map(|(url, s)| webhook_sender(url, s.into_bytes())) };
+    let receipts = if a.drift_receipts { Some(drift_receipts(&Context::load(g)?)?) } else { None };
+    let sink =
+        Sink { webhook: a.webhook.clone().zip(secret).map(|(url, s)| webhook_sender(url, s.into_bytes())), receipts };
     let (mut term, mut int, mut hup) =
         (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?);
     loop {
