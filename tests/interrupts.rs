@@ -196,3 +196,41 @@ async fn a_crash_then_an_unhealthy_rerun_ends_on_the_release_recorded_before_the
     assert_eq!(host["after"], old_id, "{receipt}");
     assert_ne!(host["before"], host["after"], "{receipt}");
 }
+
+/// A second SIGTERM/SIGINT aborts at once (exit 130) instead of waiting for the moving
+/// host; the guard still leaves nothing behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_interrupt_aborts_at_once_and_still_leaves_nothing() {
+    let w = World::start(fleet(1)).await;
+    w.deploy("v1", &["staging", "prod"]).await;
+    let v2 = w.deploy("v2", &["staging"]).await;
+    let old = w.current("prod-1").unwrap();
+    w.runtime("prod-1", "hang-health", "30");
+    let tmp = tempfile::tempdir().unwrap();
+    let child = Command::new(BIN)
+        .arg("--manifests")
+        .arg(w.manifests())
+        .args(["promote", "api", "--env", "prod", "--release", v2.digest.as_str(), "--apply"])
+        .env("TMPDIR", tmp.path())
+        .env("COSIGN_PASSWORD", "")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = Pid::from_raw(child.id() as i32).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.current("prod-1").as_deref() == Some(old.as_str()) {
+        assert!(Instant::now() < deadline, "apply never swapped prod-1");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill_process(pid, Signal::TERM).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let aborted = Instant::now();
+    kill_process(pid, Signal::TERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(aborted.elapsed() < Duration::from_secs(5), "did not wait for the 30 s health check");
+    assert!(stderr(&out).contains("aborted by a second interrupt"), "{}", stderr(&out));
+    w.clear_runtime("prod-1", "hang-health");
+    assert_nothing_left(tmp.path(), "second interrupt");
+}

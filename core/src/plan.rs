@@ -285,7 +285,7 @@ pub enum Mismatch {
 /// file holds.
 pub fn compare(file: &Plan, derived: &Plan) -> Result<(), Mismatch> {
     let now: Vec<(String, &Fingerprint)> = derived.hosts.iter().map(|h| (h.host.clone(), &h.observed)).collect();
-    let moved = staleness_of(file, &now);
+    let moved = staleness(file, &now);
     if !moved.is_empty() {
         return Err(Mismatch::Stale(moved));
     }
@@ -344,13 +344,7 @@ fn v<T: Serialize>(x: &T) -> serde_json::Value {
 }
 
 /// What changed between the plan's observations and `now` (per host, in order).
-pub fn staleness(plan: &Plan, now: &[(String, Observation)]) -> Vec<Moved> {
-    let prints: Vec<Fingerprint> = now.iter().map(|(_, o)| o.fingerprint()).collect();
-    let now: Vec<(String, &Fingerprint)> = now.iter().map(|(h, _)| h.clone()).zip(prints.iter()).collect();
-    staleness_of(plan, &now)
-}
-
-fn staleness_of(plan: &Plan, now: &[(String, &Fingerprint)]) -> Vec<Moved> {
+fn staleness(plan: &Plan, now: &[(String, &Fingerprint)]) -> Vec<Moved> {
     let mut moved = Vec::new();
     let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
     let planned: Vec<&str> = plan.hosts.iter().map(|h| h.host.as_str()).collect();
@@ -501,12 +495,13 @@ mod tests {
             obs(Current::Release(crate::ids::test_id(OLD)), Some("sha256:oldhash"), Some("sha256:old")),
         )];
         let p = plan_for(observed.clone(), BatchSize::Count(1)).unwrap();
-        assert!(staleness(&p, &observed).is_empty());
+        assert_eq!(compare(&p, &plan_for(observed, BatchSize::Count(1)).unwrap()), Ok(()));
         let moved = vec![(
             "vm-0".to_owned(),
             obs(Current::Release(crate::ids::test_id(NEW)), Some("sha256:x"), Some("sha256:old")),
         )];
-        let s = staleness(&p, &moved);
+        let now = plan_for(moved, BatchSize::Count(1)).unwrap();
+        let Err(Mismatch::Stale(s)) = compare(&p, &now) else { panic!("stale expected") };
         assert_eq!(
             s,
             vec![Moved {

@@ -284,12 +284,6 @@ pub fn content_hash(files: &BTreeMap<String, Vec<u8>>) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(stream.as_bytes())))
 }
 
-/// A syntactically valid release id (`r-` and 16 hex digits).
-pub fn valid_id(id: &str) -> bool {
-    id.strip_prefix("r-")
-        .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-}
-
 #[cfg(test)]
 pub(crate) mod tests_support {
     use crate::manifest;
@@ -340,7 +334,7 @@ mod tests {
         let r1 = render(&input(&set, &env, &a)).unwrap();
         let r2 = render(&input(&set, &env, &a)).unwrap();
         assert_eq!(r1, r2);
-        assert!(valid_id(&r1.id));
+        assert!(crate::ids::ReleaseId::new(&r1.id).is_ok());
         assert_ne!(render(&input(&set, &env, &b)).unwrap().id, r1.id);
         let staging = EnvName::new("staging").unwrap();
         assert_ne!(render(&input(&set, &staging, &a)).unwrap().id, r1.id, "the rendered env file differs");

@@ -28,6 +28,33 @@ pub struct Event {
     pub detail: String,
 }
 
+impl Event {
+    /// The `drift` receipt that records this event in the chain.
+    pub fn receipt(&self, operator: &str) -> crate::receipt::ReceiptBody {
+        use crate::receipt::{HostOutcome, ReceiptBody, ReceiptKind};
+        ReceiptBody {
+            kind: ReceiptKind::Drift,
+            time: self.time.clone(),
+            operator: operator.to_owned(),
+            plan_id: None,
+            environment: Some(self.target.environment.clone()),
+            service: Some(self.target.service.clone()),
+            release: None,
+            hosts: vec![HostOutcome {
+                host: self.target.host.clone(),
+                before: None,
+                after: None,
+                rollback_target: None,
+                outcome: self.to.clone(),
+                detail: Some(crate::untrusted::HostText::new(&self.detail)),
+            }],
+            approvals: vec![],
+            outcome: "recorded".into(),
+            detail: Some(format!("{} -> {}", self.from, self.to)),
+        }
+    }
+}
+
 /// The last state of every target.
 #[derive(Debug, Default)]
 pub struct Tracker {
@@ -48,10 +75,6 @@ impl Tracker {
             to: status.label().to_owned(),
             detail: status.detail(),
         })
-    }
-
-    pub fn get(&self, target: &Target) -> Option<&Status> {
-        self.last.get(target)
     }
 }
 

@@ -6,10 +6,10 @@ use crate::failure::{Code, Failure};
 use crate::render::Report;
 use crate::Globals;
 use controlplane::approval::{Statement, NAMESPACE};
+use controlplane::jobs::approve;
 use controlplane::manifest::Environment;
 use controlplane::plan::SavedPlan;
-use controlplane::receipt::{ApprovalRecord, ReceiptBody, ReceiptKind};
-use controlplane::store::{Approval, Store};
+use controlplane::store::Store;
 use std::path::{Path, PathBuf};
 
 /// How the statement gets signed.
@@ -50,59 +50,25 @@ fn statement(env: &Environment, saved: &SavedPlan) -> Statement {
     )
 }
 
-/// Verifies an approval against `env`'s approvers and `plan_id`: the approver's name.
-pub fn verify(env: &Environment, plan_id: &str, statement: &str, signature: &str) -> Result<String, Failure> {
-    let refused = |why: String| {
-        Failure::new(Code::Refused, anyhow::anyhow!("the approval does not count: {why}"))
-            .hint(format!("sign with a key listed in `{}`'s approvers, in namespace `{NAMESPACE}`", env.name))
-    };
-    let who = controlplane::sshsig::verify(&env.approvers, statement.as_bytes(), signature).map_err(refused)?;
-    let st = Statement::parse(statement.as_bytes()).map_err(refused)?;
-    if st.plan_id != plan_id {
-        return Err(refused(format!("it approves plan `{}`, not `{plan_id}`", st.plan_id)));
-    }
-    Ok(who)
-}
-
-/// Records a verified approval in the store and the receipt chain.
+/// Verifies and records an approval (store and receipt chain): the receipt and the approver.
 pub async fn record(
     ctx: &Context,
     store: &dyn Store,
+    env: &Environment,
     plan_id: &str,
-    approver: &str,
     file: &ApprovalFile,
-) -> Result<String, Failure> {
-    let now = chrono::Utc::now();
-    store
-        .approve(&Approval {
-            plan_id: plan_id.into(),
-            approver: approver.into(),
-            approved_at: now,
-            statement: file.statement.clone(),
-            signature: file.signature.clone(),
-        })
-        .await?;
-    let st = Statement::parse(file.statement.as_bytes()).ok();
-    let body = ReceiptBody {
-        kind: ReceiptKind::Approval,
-        time: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        operator: ctx.operator(),
-        plan_id: Some(plan_id.into()),
-        environment: st.as_ref().map(|s| s.environment.clone()),
-        service: st.as_ref().map(|s| s.service.clone()),
-        release: None,
-        hosts: vec![],
-        approvals: vec![ApprovalRecord {
-            approver: approver.into(),
-            at: now.to_rfc3339(),
-            statement: Some(file.statement.clone()),
-            signature: Some(file.signature.clone()),
-        }],
-        outcome: "recorded".into(),
-        detail: None,
-    };
-    let r = receipts(ctx).append(body, &receipt_key(ctx)?, Some(store)).await?;
-    Ok(r.file_name())
+) -> Result<(String, String), Failure> {
+    let (key, log, operator) = (receipt_key(ctx)?, receipts(ctx), ctx.operator());
+    let to = approve::Record { store, log: &log, key: &key, operator: &operator, now: chrono::Utc::now() };
+    approve::record(&to, env, plan_id, &file.statement, &file.signature).await.map_err(|e| {
+        let hint = e.hint(env);
+        let code = if matches!(e, approve::ApproveError::Refused(_)) { Code::Refused } else { Code::Failed };
+        let f = Failure::new(code, e);
+        match hint {
+            Some(h) => f.hint(h),
+            None => f,
+        }
+    })
 }
 
 pub async fn run(g: &Globals, plan: &Path, how: How, out: Option<&Path>) -> Result<Report, Failure> {
@@ -128,9 +94,13 @@ pub async fn run(g: &Globals, plan: &Path, how: How, out: Option<&Path>) -> Resu
         }
     };
     let plan_id = saved.plan_id.to_string();
-    let approver = verify(env, &plan_id, &file.statement, &file.signature)?;
+    // Refused before anything is written (an unknown key, another plan).
+    approve::verify(env, &plan_id, &file.statement, &file.signature).map_err(|e| {
+        let hint = e.hint(env).unwrap_or_default();
+        Failure::new(Code::Refused, e).hint(hint)
+    })?;
     let store = ctx.store().await?;
-    let receipt = record(&ctx, &store, &plan_id, &approver, &file).await?;
+    let (receipt, approver) = record(&ctx, &store, env, &plan_id, &file).await?;
     if let Some(out) = out {
         std::fs::write(out, serde_json::to_vec_pretty(&file)?).map_err(|e| {
             Failure::new(Code::Failed, anyhow::Error::new(e).context(format!("cannot write `{}`", out.display())))

@@ -108,6 +108,12 @@ fn failure(e: DeployError) -> Failure {
         DeployError::NotRehearsed { earlier, digest, .. } => Some(format!(
             "prove the way back first: `agentctl rehearse SERVICE --env {earlier} --release {digest} --apply`"
         )),
+        DeployError::RehearsalFailed { .. } => Some(
+            "the receipt names each host's outcome; `agentctl status` shows where the environment is now".into(),
+        ),
+        DeployError::NoRollbackTarget { environment, service } => Some(format!(
+            "nothing earlier is recorded; name a release with `agentctl rollback {service} --env {environment} --to r-…` (see `agentctl receipts list`)"
+        )),
         DeployError::Expired(_) | DeployError::Replayed(_) => {
             Some("make a new plan (`agentctl promote ... --out PLAN.json`), review it, apply it".into())
         }
@@ -337,9 +343,7 @@ pub async fn apply_saved(g: &Globals, path: &Path, approvals: &[std::path::PathB
             Failure::new(Code::Invalid, anyhow::anyhow!("`{}` is not an approval file: {e}", file.display()))
                 .hint("approval files are what `agentctl approve ... --out FILE` writes")
         })?;
-        let plan_id = saved.plan_id.to_string();
-        let who = super::approve::verify(env, &plan_id, &a.statement, &a.signature)?;
-        super::approve::record(&ctx, &store, &plan_id, &who, &a).await?;
+        super::approve::record(&ctx, &store, env, saved.plan_id.as_str(), &a).await?;
     }
     let ssh = ssh_client(&ctx, env)?;
     let verifier = verifier(&ctx)?;

@@ -48,7 +48,6 @@ impl Events for Sink {
 
 /// Writes a signed `drift` receipt for each event it is sent (when drift was first seen).
 fn drift_receipts(ctx: &Context) -> Result<tokio::sync::mpsc::UnboundedSender<Event>, Failure> {
-    use controlplane::receipt::{ReceiptBody, ReceiptKind};
     let key = super::deploy::receipt_key(ctx)?;
     let log = super::deploy::receipts(ctx);
     let operator = ctx.operator();
@@ -62,26 +61,7 @@ fn drift_receipts(ctx: &Context) -> Result<tokio::sync::mpsc::UnboundedSender<Ev
             Err(e) => return tracing::warn!("drift receipts: cannot open the state store: {e}"),
         };
         while let Some(e) = rx.recv().await {
-            let body = ReceiptBody {
-                kind: ReceiptKind::Drift,
-                time: e.time.clone(),
-                operator: operator.clone(),
-                plan_id: None,
-                environment: Some(e.target.environment.clone()),
-                service: Some(e.target.service.clone()),
-                release: None,
-                hosts: vec![controlplane::receipt::HostOutcome {
-                    host: e.target.host.clone(),
-                    before: None,
-                    after: None,
-                    rollback_target: None,
-                    outcome: e.to.clone(),
-                    detail: Some(controlplane::untrusted::HostText::new(&e.detail)),
-                }],
-                approvals: vec![],
-                outcome: "recorded".into(),
-                detail: Some(format!("{} -> {}", e.from, e.to)),
-            };
+            let body = e.receipt(&operator);
             if let Err(err) = log.append(body, &key, Some(&store)).await {
                 tracing::warn!("drift receipt not written: {err}");
             }

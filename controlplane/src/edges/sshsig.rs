@@ -64,3 +64,48 @@ pub fn verify(signers: &[AllowedSigner], statement: &[u8], signature: &str) -> R
         signer_key.fingerprint(HashAlg::Sha256)
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::approval::parse_allowed_signers;
+
+    fn key(dir: &Path, who: &str) -> (std::path::PathBuf, String) {
+        let path = dir.join(who);
+        let ok = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", who, "-f"])
+            .arg(&path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+        (path, public.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+    }
+
+    fn statement() -> Statement {
+        Statement::approving("sha256:p", "prod", "api", "sha256:d", chrono::Utc::now(), 3600)
+    }
+
+    #[test]
+    fn a_signature_counts_only_for_a_listed_key_allowed_this_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let (carol, carol_pub) = key(dir.path(), "carol");
+        let st = statement();
+        let sig = sign(&carol, &st).unwrap();
+        let bytes = st.to_bytes();
+        let listed = parse_allowed_signers(&format!("carol {carol_pub}")).unwrap();
+        assert_eq!(verify(&listed, &bytes, &sig), Ok("carol".to_owned()));
+        // The key may sign for other namespaces only (e.g. git commits).
+        let git_only = parse_allowed_signers(&format!("carol namespaces=\"git\" {carol_pub}")).unwrap();
+        assert!(verify(&git_only, &bytes, &sig).unwrap_err().contains("may not sign approvals"));
+        // An edited statement no longer verifies.
+        let mut edited = st.clone();
+        edited.plan_id = "sha256:other".into();
+        assert!(verify(&listed, &edited.to_bytes(), &sig).unwrap_err().contains("does not verify"));
+        // Another key is not an approver.
+        let (_, dave_pub) = key(dir.path(), "dave");
+        let dave = parse_allowed_signers(&format!("dave {dave_pub}")).unwrap();
+        assert!(verify(&dave, &bytes, &sig).unwrap_err().contains("not one of the environment's approvers"));
+    }
+}
