@@ -151,7 +151,7 @@ const CASES: &[(&str, &str, &str, &str, &str)] = &[
     (
         "controlplane.toml",
         "state = \"sqlite:../state/controlplane.db\"",
-        "state = \"postgres://db/cp\"",
+        "state = \"postgres://cp:hunter2@db/cp\"",
         "controlplane.toml:6",
         "controlplane.state",
     ),
@@ -171,6 +171,38 @@ const CASES: &[(&str, &str, &str, &str, &str)] = &[
         "controlplane.receipt_key",
     ),
 ];
+
+#[test]
+fn a_password_in_the_state_url_is_refused_and_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_example(dir.path());
+    let path = dir.path().join("manifests/controlplane.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(
+            "state = \"sqlite:../state/controlplane.db\"",
+            "state = \"postgres://cp:s3cret-pw@db.internal/cp\"",
+        ),
+    )
+    .unwrap();
+    let out = check(dir.path(), false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("state_password_env"), "{stderr}");
+    assert!(!stderr.contains("s3cret-pw"), "the password is echoed:\n{stderr}");
+    // Without the password, with its variable named, the same URL is accepted.
+    std::fs::write(
+        &path,
+        text.replace(
+            "state = \"sqlite:../state/controlplane.db\"",
+            "state = \"postgres://cp@db.internal/cp?sslmode=verify-full\"\nstate_password_env = \"CP_DB_PASSWORD\"",
+        ),
+    )
+    .unwrap();
+    let out = check(dir.path(), false);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
 
 #[test]
 fn malformed_manifests_exit_2_with_location_and_change_nothing() {

@@ -8,7 +8,7 @@ use common::*;
 use controlplane::keys::SigningKey;
 use controlplane::receipt::{HostOutcome, Receipt, ReceiptBody, ReceiptKind, ReceiptRelease};
 use controlplane::receipt_log::ReceiptLog;
-use controlplane::store::SqliteStore;
+use controlplane::store::{Location, SqlStore};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,8 +39,8 @@ impl Project {
         SigningKey::load(&self.dir.join("state/receipt.key"), b"").unwrap()
     }
 
-    async fn store(&self) -> SqliteStore {
-        SqliteStore::open(&self.dir.join("state/controlplane.db")).await.unwrap()
+    async fn store(&self) -> SqlStore {
+        SqlStore::open(&Location::Sqlite(self.dir.join("state/controlplane.db"))).await.unwrap()
     }
 
     async fn append(&self, n: u64) {
@@ -48,7 +48,7 @@ impl Project {
         let store = self.store().await;
         let log = ReceiptLog::new(self.receipts());
         for i in 0..n {
-            log.append(body(i), &key, Some(&store)).await.unwrap();
+            log.append(body(i), &key, &store).await.unwrap();
         }
     }
 }
@@ -278,10 +278,10 @@ async fn concurrent_appends_never_share_a_sequence_number() {
         let key = key.clone();
         let db = p.dir.join("state/controlplane.db");
         tasks.push(tokio::spawn(async move {
-            let store = SqliteStore::open(&db).await.unwrap();
+            let store = SqlStore::open(&Location::Sqlite(db)).await.unwrap();
             let log = ReceiptLog::new(dir);
             for i in 0..40 {
-                log.append(body(writer * 100 + i), &key, Some(&store)).await.unwrap();
+                log.append(body(writer * 100 + i), &key, &store).await.unwrap();
             }
         }));
     }

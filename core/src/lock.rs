@@ -50,6 +50,7 @@ mod tests {
             holder_boot: boot.into(),
             plan_id: "sha256:p".into(),
             since: chrono::DateTime::from_timestamp(0, 0).unwrap(),
+            expires_at: None,
         }
     }
 

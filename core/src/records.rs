@@ -72,6 +72,38 @@ pub struct LockRecord {
     pub holder_boot: String,
     pub plan_id: String,
     pub since: DateTime<Utc>,
+    /// The end of the holder's lease; it renews it while the apply runs. `None`: a lock
+    /// written before leases (it never expires; only `unlock --force` removes it).
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl LockRecord {
+    /// Whether the holder's lease ran out before `now`.
+    pub fn expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|t| t < now)
+    }
+}
+
+/// What taking a lock came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockOutcome {
+    /// It was free.
+    Taken,
+    /// Its holder's lease had expired: taken over from that holder.
+    TakenOver(LockRecord),
+    /// Someone holds it.
+    Held(LockRecord),
+}
+
+/// A receipt as the chain in the store keeps it: the index row, the exact bytes and the
+/// base64 signature. `bytes` is empty for a receipt indexed by a version that kept the
+/// bytes only in the receipts directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReceipt {
+    pub index: ReceiptIndexEntry,
+    pub bytes: Vec<u8>,
+    pub signature: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

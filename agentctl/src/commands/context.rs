@@ -6,7 +6,7 @@ use crate::Globals;
 use controlplane::keys::{PublicKey, SigningKey};
 use controlplane::manifest::{self, ManifestError, ManifestSet, StateUrl};
 use controlplane::registry::Registry;
-use controlplane::store::SqliteStore;
+use controlplane::store::{Location, SqlStore};
 use std::path::Path;
 
 pub struct Context {
@@ -46,22 +46,40 @@ impl Context {
         }
     }
 
+    /// Where the state store is: a SQLite path resolved against the manifest directory,
+    /// or a PostgreSQL URL with the password read from the variable the manifests name.
+    pub fn location(&self) -> Result<Location, Failure> {
+        match &self.set.settings.state {
+            StateUrl::Sqlite(path) => Ok(Location::Sqlite(self.set.resolve(path))),
+            StateUrl::Postgres { url, password_env } => {
+                let password = match password_env {
+                    Some(name) => Some(std::env::var(name).map_err(|_| {
+                        Failure::new(
+                            Code::Invalid,
+                            anyhow::anyhow!("`{name}` (controlplane.state_password_env) is not set"),
+                        )
+                        .hint(format!("export the state database's password as `{name}`"))
+                    })?),
+                    None => None,
+                };
+                Ok(Location::Postgres { url: url.clone(), password })
+            }
+        }
+    }
+
     /// The state store, created on first use.
-    pub async fn store(&self) -> Result<SqliteStore, Failure> {
-        let StateUrl::Sqlite(path) = &self.set.settings.state;
-        Ok(SqliteStore::open(&self.set.resolve(path)).await?)
+    pub async fn store(&self) -> Result<SqlStore, Failure> {
+        Ok(SqlStore::open(&self.location()?).await?)
     }
 
     /// The state store if it exists, writable (never created here).
-    pub async fn existing_store(&self) -> Result<Option<SqliteStore>, Failure> {
-        let StateUrl::Sqlite(path) = &self.set.settings.state;
-        Ok(SqliteStore::open_existing(&self.set.resolve(path)).await?)
+    pub async fn existing_store(&self) -> Result<Option<SqlStore>, Failure> {
+        Ok(SqlStore::open_existing(&self.location()?).await?)
     }
 
     /// The state store if it exists, read-only: for dry-runs and probes.
-    pub async fn read_store(&self) -> Result<Option<SqliteStore>, Failure> {
-        let StateUrl::Sqlite(path) = &self.set.settings.state;
-        Ok(SqliteStore::open_read_only(&self.set.resolve(path)).await?)
+    pub async fn read_store(&self) -> Result<Option<SqlStore>, Failure> {
+        Ok(SqlStore::open_read_only(&self.location()?).await?)
     }
 
     /// Who is operating, for records and receipts.

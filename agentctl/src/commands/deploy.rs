@@ -12,7 +12,7 @@ use controlplane::plan::{Plan, SavedPlan};
 use controlplane::receipt::{ReceiptBody, ReceiptKind};
 use controlplane::receipt_log::ReceiptLog;
 use controlplane::ssh::SshClient;
-use controlplane::store::{SqliteStore, Store};
+use controlplane::store::{SqlStore, Store};
 use controlplane::verify::Verifier;
 use controlplane::vm::Fleet;
 use std::path::Path;
@@ -59,7 +59,7 @@ fn catch_interrupts() {
 }
 
 /// The job, wired to this run's manifests, store and verifier.
-fn deployer<'a>(ctx: &'a Context, store: &'a SqliteStore, verifier: &'a Verifier<'a>) -> Deployer<'a> {
+fn deployer<'a>(ctx: &'a Context, store: &'a SqlStore, verifier: &'a Verifier<'a>) -> Deployer<'a> {
     Deployer {
         set: &ctx.set,
         store,
@@ -135,13 +135,13 @@ fn failure(e: DeployError) -> Failure {
 
 /// What a dry-run reads: the real store if it exists, else an empty one in memory, so
 /// that a dry-run never creates state.
-async fn store_for(ctx: &Context, apply: bool) -> Result<SqliteStore, Failure> {
+async fn store_for(ctx: &Context, apply: bool) -> Result<SqlStore, Failure> {
     if apply {
         return ctx.store().await;
     }
     match ctx.read_store().await? {
         Some(s) => Ok(s),
-        None => Ok(SqliteStore::in_memory().await?),
+        None => Ok(SqlStore::in_memory().await?),
     }
 }
 
@@ -410,7 +410,7 @@ pub async fn unlock(g: &Globals, service: &str, env_name: &str, force: bool) -> 
         outcome: "recorded".into(),
         detail: Some(format!("lock taken over from {who} ({state})")),
     };
-    let r = receipts(&ctx).append(body, &key, Some(&store as &dyn Store)).await?;
+    let r = receipts(&ctx).append(body, &key, &store as &dyn Store).await?;
     Ok(Report::new(
         format!("took over the lock of `{service}` in `{env_name}` from {who}; receipt {}", r.file_name()),
         serde_json::json!({ "released": holder, "receipt": r.file_name() }),

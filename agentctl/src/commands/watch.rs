@@ -8,7 +8,7 @@ use controlplane::deploy::SystemClock;
 use controlplane::jobs::watch::{Events, WatchSettings, Watcher};
 use controlplane::metrics::Metrics;
 use controlplane::ssh::SshClient;
-use controlplane::store::SqliteStore;
+use controlplane::store::SqlStore;
 use controlplane::watch::{sign_webhook, Event};
 use std::io::Write as _;
 use std::time::Duration;
@@ -51,18 +51,16 @@ fn drift_receipts(ctx: &Context) -> Result<tokio::sync::mpsc::UnboundedSender<Ev
     let key = super::deploy::receipt_key(ctx)?;
     let log = super::deploy::receipts(ctx);
     let operator = ctx.operator();
-    let state = ctx.set.resolve(match &ctx.set.settings.state {
-        controlplane::manifest::StateUrl::Sqlite(p) => p,
-    });
+    let state = ctx.location()?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     tokio::spawn(async move {
-        let store = match SqliteStore::open(&state).await {
+        let store = match SqlStore::open(&state).await {
             Ok(s) => s,
             Err(e) => return tracing::warn!("drift receipts: cannot open the state store: {e}"),
         };
         while let Some(e) = rx.recv().await {
             let body = e.receipt(&operator);
-            if let Err(err) = log.append(body, &key, Some(&store)).await {
+            if let Err(err) = log.append(body, &key, &store).await {
                 tracing::warn!("drift receipt not written: {err}");
             }
         }
@@ -128,7 +126,7 @@ pub async fn run(g: &Globals, a: Args) -> Result<Report, Failure> {
         }
         let store = match ctx.read_store().await? {
             Some(s) => s,
-            None => SqliteStore::in_memory().await?,
+            None => SqlStore::in_memory().await?,
         };
         let ssh = SshClient::new(
             envs.iter().flat_map(|e| &e.hosts),

@@ -86,6 +86,6 @@ pub async fn record(
         outcome: "recorded".into(),
         detail: None,
     };
-    let r = to.log.append(body, to.key, Some(to.store)).await?;
+    let r = to.log.append(body, to.key, to.store).await?;
     Ok((r.file_name(), approver))
 }

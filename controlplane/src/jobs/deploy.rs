@@ -22,7 +22,7 @@ use crate::receipt_log::{ReceiptError, ReceiptLog};
 use crate::release::ReleaseFacts;
 use crate::release::{self, ReleaseInput};
 use crate::rollout::{self, HostEnd, HostMove, Next, Outcome};
-use crate::store::{AppliedRelease, DeploymentRecord, LockRecord, ReleaseRecord, Store, StoreError};
+use crate::store::{AppliedRelease, DeploymentRecord, LockOutcome, LockRecord, ReleaseRecord, Store, StoreError};
 use crate::untrusted::HostText;
 use crate::verify::{Requirements, Verified, VerifyError, VerifyRelease};
 use crate::vm::{Fleet, GoldenVm, VmError};
@@ -61,7 +61,7 @@ pub enum DeployError {
     PlanTampered { plan: PlanId, diffs: Vec<FieldDiff> },
     #[error("plan `{plan}` is stale: {} thing(s) moved since it was made", moved.len())]
     Stale { plan: PlanId, moved: Vec<Moved> },
-    #[error("`{service}` in `{environment}` is locked by {} on {} (pid {}, plan {}, since {})", holder.holder_user, holder.holder_host, holder.holder_pid, holder.plan_id, holder.since.to_rfc3339())]
+    #[error("`{service}` in `{environment}` is locked by {} on {} (pid {}, plan {}, since {}{})", holder.holder_user, holder.holder_host, holder.holder_pid, holder.plan_id, holder.since.to_rfc3339(), holder.expires_at.map(|t| format!(", lease until {}", t.to_rfc3339())).unwrap_or_default())]
     Locked { environment: String, service: String, holder: Box<LockRecord>, liveness: Holder },
     #[error("plan `{plan}` needs {need} approval(s) and has {have}")]
     Approvals { plan: PlanId, need: u32, have: usize, not_counted: Vec<crate::approval::NotCounted> },
@@ -385,7 +385,7 @@ impl<'a> Deployer<'a> {
             outcome: "succeeded".into(),
             detail: Some(detail.clone()),
         };
-        let r = receipts.log.append(body, receipts.key, Some(self.store)).await?;
+        let r = receipts.log.append(body, receipts.key, self.store).await?;
         self.store
             .put_rehearsal(
                 &again.environment,
@@ -628,7 +628,7 @@ impl<'a> Deployer<'a> {
             outcome: "refused".into(),
             detail: Some(refusal_detail(e)),
         };
-        Ok(receipts.log.append(body, receipts.key, Some(self.store)).await?)
+        Ok(receipts.log.append(body, receipts.key, self.store).await?)
     }
 
     /// Applies what `requested` asks for, or refuses it. `requested` is not believed: the
@@ -711,7 +711,10 @@ impl<'a> Deployer<'a> {
             return self.finish_interrupted_early(&plan, approval_records, receipts).await;
         }
 
-        // 3. The lock.
+        // 3. The lock: a lease in the store, renewed while the apply runs. A holder whose
+        //    lease ran out (it died, or lost the database) is taken over, on the record.
+        let lease = self.lease();
+        let now = self.clock.now();
         let lock = LockRecord {
             environment: plan.environment.clone(),
             service: plan.service.clone(),
@@ -720,17 +723,22 @@ impl<'a> Deployer<'a> {
             holder_pid: i64::from(std::process::id()),
             holder_boot: self.machine.boot_id.clone(),
             plan_id: plan_id.to_string(),
-            since: self.clock.now(),
+            since: now,
+            expires_at: Some(now + lease),
         };
-        if let Err(holder) = self.store.try_lock(&lock).await? {
-            let liveness = lock::holder(&holder, &self.machine, self.pid_exists);
-            return refuse(DeployError::Locked {
-                environment: plan.environment.clone(),
-                service: plan.service.clone(),
-                holder: Box::new(holder),
-                liveness,
-            })
-            .await;
+        match self.store.try_lock(&lock, now).await? {
+            LockOutcome::Taken => {}
+            LockOutcome::TakenOver(previous) => self.record_takeover(&previous, &plan_id, receipts).await?,
+            LockOutcome::Held(holder) => {
+                let liveness = lock::holder(&holder, &self.machine, self.pid_exists);
+                return refuse(DeployError::Locked {
+                    environment: plan.environment.clone(),
+                    service: plan.service.clone(),
+                    holder: Box::new(holder),
+                    liveness,
+                })
+                .await;
+            }
         }
         // A plan that changes something is applied once, whatever the outcome.
         if !plan.is_noop() && !self.store.record_plan(plan_id.as_str(), self.clock.now()).await? {
@@ -738,7 +746,10 @@ impl<'a> Deployer<'a> {
             return refuse(DeployError::Replayed(plan_id)).await;
         }
         let run = Run { d: self, fleet, plan: &plan, plan_id: &plan_id, env, service, approvals: approval_records };
-        let result = run.apply_locked(receipts).await;
+        let result = tokio::select! {
+            result = run.apply_locked(receipts) => result,
+            never = self.keep_lease(&plan, &plan_id, lease) => match never {},
+        };
         self.store.unlock(&plan.environment, &plan.service, plan_id.as_str()).await?;
         result
     }
@@ -795,6 +806,68 @@ impl<'a> Deployer<'a> {
         Made { at: self.clock.now(), by: self.operator.clone() }
     }
 
+    fn lease(&self) -> chrono::Duration {
+        chrono::Duration::seconds(i64::try_from(self.set.settings.lock_lease_secs).unwrap_or(i64::MAX / 1000))
+    }
+
+    /// Renews the lock lease every third of its length, for as long as it is polled. If
+    /// another control plane took the lock over (this one stalled past its lease), the
+    /// apply is asked to stop: it finishes the hosts it is moving and starts no more.
+    async fn keep_lease(&self, plan: &Plan, plan_id: &PlanId, lease: chrono::Duration) -> std::convert::Infallible {
+        let every = lease.to_std().unwrap_or(Duration::from_secs(60)) / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            match self
+                .store
+                .renew_lock(&plan.environment, &plan.service, plan_id.as_str(), self.clock.now() + lease)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.sink.event("the lock lease was taken over by another control plane: stopping");
+                    self.interrupt.request();
+                    return std::future::pending().await;
+                }
+                // A passing database error: the lease still runs; try again next time.
+                Err(e) => tracing::warn!(error = %e, "cannot renew the lock lease"),
+            }
+        }
+    }
+
+    /// The receipt of a takeover of an expired lease.
+    async fn record_takeover(
+        &self,
+        previous: &LockRecord,
+        plan_id: &PlanId,
+        receipts: &Receipts<'_>,
+    ) -> Result<(), DeployError> {
+        let expired = previous.expires_at.map_or_else(|| "never".into(), |t| t.to_rfc3339());
+        let detail = format!(
+            "lock taken over by plan {plan_id}: the lease of {} on {} (pid {}, plan {}, since {}) expired at {expired}",
+            previous.holder_user,
+            previous.holder_host,
+            previous.holder_pid,
+            previous.plan_id,
+            previous.since.to_rfc3339()
+        );
+        self.sink.event(&detail);
+        let body = ReceiptBody {
+            kind: ReceiptKind::LockOverride,
+            time: self.now(),
+            operator: self.operator.clone(),
+            plan_id: Some(previous.plan_id.clone()),
+            environment: Some(previous.environment.clone()),
+            service: Some(previous.service.clone()),
+            release: None,
+            hosts: vec![],
+            approvals: vec![],
+            outcome: "recorded".into(),
+            detail: Some(detail),
+        };
+        receipts.log.append(body, receipts.key, self.store).await?;
+        Ok(())
+    }
+
     /// A stop asked for before the lock: nothing moved; the receipt says so.
     async fn finish_interrupted_early(
         &self,
@@ -803,7 +876,7 @@ impl<'a> Deployer<'a> {
         receipts: &Receipts<'_>,
     ) -> Result<ApplyReport, DeployError> {
         let body = receipt_body(self, plan, &plan.id(), approvals, Outcome::Interrupted.as_str(), None, Vec::new());
-        receipts.log.append(body, receipts.key, Some(self.store)).await?;
+        receipts.log.append(body, receipts.key, self.store).await?;
         Err(DeployError::Interrupted)
     }
 }
@@ -967,7 +1040,7 @@ impl Run<'_, '_> {
                     .append(
                         self.body("failed", Some(e.to_string()), outcomes.into_values().collect()),
                         receipts.key,
-                        Some(d.store),
+                        d.store,
                     )
                     .await?;
                 d.sink.event(&format!("receipt {}", r.file_name()));
@@ -1060,7 +1133,7 @@ impl Run<'_, '_> {
         let hosts: Vec<HostOutcome> = outcomes.into_values().collect();
         let r = receipts
             .log
-            .append(self.body(outcome.as_str(), failure.clone(), hosts.clone()), receipts.key, Some(d.store))
+            .append(self.body(outcome.as_str(), failure.clone(), hosts.clone()), receipts.key, d.store)
             .await?;
         Ok(ApplyReport { plan_id: self.plan_id.clone(), outcome, hosts, receipt: r.file_name(), failure })
     }

@@ -4,7 +4,7 @@
 
 use crate::keys::{KeyError, SigningKey};
 use crate::manifest::example;
-use crate::store::{SqliteStore, StoreError};
+use crate::store::{Location, SqlStore, StoreError};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -75,7 +75,7 @@ pub async fn scaffold(dir: &Path, password: &[u8]) -> Result<InitReport, InitErr
     std::fs::create_dir_all(s.join("receipts")).map_err(io(s))?;
     std::fs::write(s.join("receipts/README.md"), RECEIPTS_README).map_err(io(s))?;
     let db = s.join("state/controlplane.db");
-    SqliteStore::open(&db).await?;
+    SqlStore::open(&Location::Sqlite(db)).await?.close().await;
 
     for entry in ENTRIES {
         std::fs::rename(s.join(entry), dir.join(entry)).map_err(io(&dir.join(entry)))?;

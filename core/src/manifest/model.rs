@@ -51,6 +51,9 @@ pub struct Settings {
     pub operator_env: String,
     /// A saved plan older than this is refused as expired (default one hour).
     pub plan_max_age_secs: u64,
+    /// How long an apply's lock lease lasts without renewal (default 60 s): a holder that
+    /// died is taken over this long after its last renewal.
+    pub lock_lease_secs: u64,
 }
 
 /// Where the state store lives.
@@ -58,6 +61,10 @@ pub struct Settings {
 pub enum StateUrl {
     /// A SQLite file, relative to the manifest directory unless absolute.
     Sqlite(PathBuf),
+    /// A PostgreSQL database: the URL without a password (TLS settings such as `sslmode`
+    /// and `sslrootcert` pass through), and the name of the environment variable that
+    /// holds the password.
+    Postgres { url: String, password_env: Option<String> },
 }
 
 #[derive(Debug, Clone)]

@@ -23,6 +23,8 @@ pub struct ControlPlaneFile {
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub state: S<String>,
+    pub state_password_env: Option<S<String>>,
+    pub lock_lease_secs: Option<S<u64>>,
     pub receipts: S<String>,
     pub receipt_key: S<String>,
     pub receipt_key_password_env: Option<S<String>>,

@@ -188,7 +188,23 @@ impl<'a> Validator<'a> {
         let before = self.diags.len();
 
         let s = file.controlplane.get_ref();
-        let state = self.state_url(&at, &s.state);
+        let state_password_env =
+            self.env_var_name(&at, s.state_password_env.as_ref(), "controlplane.state_password_env");
+        let state = self.state_url(&at, &s.state, state_password_env);
+        let lock_lease_secs = match &s.lock_lease_secs {
+            None => DEFAULT_LOCK_LEASE_SECS,
+            Some(v) if (3..=3600).contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                self.err(
+                    &at,
+                    v,
+                    "controlplane.lock_lease_secs",
+                    format!("{} is not between 3 and 3600", v.get_ref()),
+                    Some("the holder renews its lease every third of it; the default is 60"),
+                );
+                DEFAULT_LOCK_LEASE_SECS
+            }
+        };
         let receipt_key = PathBuf::from(s.receipt_key.get_ref());
         if stays_inside(&receipt_key) {
             self.err(
@@ -222,6 +238,7 @@ impl<'a> Validator<'a> {
         };
         let settings = Settings {
             plan_max_age_secs,
+            lock_lease_secs,
             state: state.unwrap_or(StateUrl::Sqlite(PathBuf::new())),
             receipts_dir: PathBuf::from(s.receipts.get_ref()),
             receipt_key,
@@ -336,19 +353,48 @@ impl<'a> Validator<'a> {
         })
     }
 
-    fn state_url(&mut self, at: &At<'_>, v: &S<String>) -> Option<StateUrl> {
+    fn state_url(&mut self, at: &At<'_>, v: &S<String>, password_env: Option<String>) -> Option<StateUrl> {
         let url = v.get_ref();
         if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
             if !path.is_empty() {
                 return Some(StateUrl::Sqlite(PathBuf::from(path)));
             }
         }
-        let hint = if url.starts_with("postgres") {
-            "PostgreSQL is not supported yet; use `sqlite:../state/controlplane.db`"
-        } else {
-            "write `sqlite:PATH` (relative to the manifest directory), e.g. `sqlite:../state/controlplane.db`"
-        };
-        self.err(at, v, "controlplane.state", format!("`{url}` is not a state URL"), Some(hint));
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let problem = match url::Url::parse(url) {
+                Err(e) => Some((
+                    format!("`{url}` is not a URL: {e}"),
+                    "e.g. `postgres://controlplane@db.internal:5432/controlplane?sslmode=verify-full`",
+                )),
+                Ok(u) if u.password().is_some() => Some((
+                    "the state URL carries a password, and manifests are committed".to_owned(),
+                    "remove it from the URL and name the variable that holds it in `state_password_env`",
+                )),
+                Ok(u) if u.host_str().is_none_or(str::is_empty) => Some((
+                    "the state URL names no host".to_owned(),
+                    "e.g. `postgres://controlplane@127.0.0.1:5432/controlplane`",
+                )),
+                Ok(u) if u.path().trim_start_matches('/').is_empty() => Some((
+                    "the state URL names no database".to_owned(),
+                    "add the database after the host, e.g. `…:5432/controlplane`",
+                )),
+                Ok(_) => None,
+            };
+            return match problem {
+                Some((message, hint)) => {
+                    self.err(at, v, "controlplane.state", message, Some(hint));
+                    None
+                }
+                None => Some(StateUrl::Postgres { url: url.clone(), password_env }),
+            };
+        }
+        self.err(
+            at,
+            v,
+            "controlplane.state",
+            format!("`{url}` is not a state URL"),
+            Some("write `sqlite:PATH` (relative to the manifest directory), e.g. `sqlite:../state/controlplane.db`, or `postgres://USER@HOST:PORT/DATABASE`"),
+        );
         None
     }
 
@@ -818,6 +864,8 @@ impl<'a> Validator<'a> {
 
 /// How long a saved plan stays valid when the manifests do not say.
 pub const DEFAULT_PLAN_MAX_AGE_SECS: u64 = 3600;
+/// How long a lock lease lasts without renewal unless the manifests say otherwise.
+pub const DEFAULT_LOCK_LEASE_SECS: u64 = 60;
 
 /// Environments in promotion order, or the cycle that prevents one.
 fn order_environments(mut envs: Vec<Environment>) -> Result<Vec<Environment>, Vec<String>> {

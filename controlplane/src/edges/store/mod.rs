@@ -1,10 +1,14 @@
-//! The state store: what the control plane has recorded (releases, deployments,
-//! the receipt index, locks, approvals). A trait, so PostgreSQL can join SQLite
-//! without the core noticing.
+//! The state store: what the control plane has recorded (releases, deployments, the
+//! receipt chain, locks, approvals, history). One trait; one SQL implementation over
+//! SQLite (the embedded default) and PostgreSQL (several control planes, one truth).
 
-mod sqlite;
+mod dialect;
+mod dump;
+mod sql;
 
-pub use sqlite::SqliteStore;
+pub use dialect::Backend;
+pub use dump::StateDump;
+pub use sql::{Location, SqlStore};
 
 use async_trait::async_trait;
 
@@ -30,7 +34,13 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
     #[error("receipt sequence number {0} is already taken")]
     SequenceTaken(i64),
+    #[error("the destination state store at `{0}` is not empty; migrate into an empty database")]
+    NotEmpty(String),
 }
+
+/// Builds and signs the receipt with sequence number `seq` chained to `previous` (the
+/// hash of the receipt before it), inside the store's append transaction.
+pub type MakeReceipt<'a> = &'a (dyn Fn(u64, Option<String>) -> StoredReceipt + Send + Sync);
 
 /// The operations the control plane needs from its state, and nothing more.
 #[async_trait]
@@ -51,13 +61,31 @@ pub trait Store: Send + Sync {
         release_id: &str,
     ) -> Result<Option<AppliedRelease>, StoreError>;
 
-    /// Appends to the receipt index; fails with `SequenceTaken` if `seq` exists.
-    async fn append_receipt(&self, e: &ReceiptIndexEntry) -> Result<(), StoreError>;
+    /// Appends the next receipt of the one chain: in one transaction, reads the head,
+    /// calls `make` with the next sequence number and the head's hash, and stores the
+    /// result. Concurrent appends, from this process or another control plane, are
+    /// serialized by the database: the chain never forks and no number repeats.
+    async fn append_receipt(&self, make: MakeReceipt<'_>) -> Result<StoredReceipt, StoreError>;
     async fn receipt_head(&self) -> Result<Option<ReceiptIndexEntry>, StoreError>;
     async fn receipts(&self) -> Result<Vec<ReceiptIndexEntry>, StoreError>;
+    /// The receipts after sequence number `after`, with their bytes and signatures.
+    async fn stored_receipts(&self, after: i64) -> Result<Vec<StoredReceipt>, StoreError>;
+    /// Fills in the bytes of a receipt indexed by an older version; `false` if the row
+    /// is missing or already has bytes.
+    async fn fill_receipt(&self, seq: i64, bytes: &[u8], signature: &str) -> Result<bool, StoreError>;
 
-    /// Takes the lock, or returns who holds it.
-    async fn try_lock(&self, lock: &LockRecord) -> Result<Result<(), LockRecord>, StoreError>;
+    /// Takes the lock at `now`: free, or held under a lease that expired (taken over),
+    /// or held (returns the holder). The database decides, so two control planes never
+    /// both win.
+    async fn try_lock(&self, lock: &LockRecord, now: chrono::DateTime<chrono::Utc>) -> Result<LockOutcome, StoreError>;
+    /// Extends `plan_id`'s lease to `until`; `false` if `plan_id` no longer holds it.
+    async fn renew_lock(
+        &self,
+        environment: &str,
+        service: &str,
+        plan_id: &str,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError>;
     async fn lock_holder(&self, environment: &str, service: &str) -> Result<Option<LockRecord>, StoreError>;
     /// Releases the lock if `plan_id` holds it; returns whether it did.
     async fn unlock(&self, environment: &str, service: &str, plan_id: &str) -> Result<bool, StoreError>;
@@ -86,4 +114,9 @@ pub trait Store: Send + Sync {
 
     async fn approve(&self, a: &Approval) -> Result<(), StoreError>;
     async fn approvals(&self, plan_id: &str) -> Result<Vec<Approval>, StoreError>;
+
+    /// Every row of every table (for `state migrate` and its comparison).
+    async fn dump(&self) -> Result<StateDump, StoreError>;
+    /// Loads `dump` into an empty store, keeping sequence numbers.
+    async fn load(&self, dump: &StateDump) -> Result<(), StoreError>;
 }

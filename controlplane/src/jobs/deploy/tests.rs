@@ -6,7 +6,7 @@ use super::*;
 use crate::keys::SigningKey;
 use crate::observe::Current;
 use crate::rollout::Step;
-use crate::store::SqliteStore;
+use crate::store::{LockOutcome, SqlStore};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -175,7 +175,7 @@ impl Clock for FixedClock {
 /// A control plane and four fake prod hosts (plus one staging host).
 struct World {
     set: ManifestSet,
-    store: SqliteStore,
+    store: SqlStore,
     trees: BTreeMap<String, Arc<Mutex<Tree>>>,
     script: Arc<Mutex<Script>>,
     interrupt: &'static Interrupt,
@@ -190,7 +190,7 @@ impl World {
     }
 
     async fn with(set: ManifestSet) -> Self {
-        let store = SqliteStore::in_memory().await.unwrap();
+        let store = SqlStore::in_memory().await.unwrap();
         for (digest, commit) in
             [(DIGEST_1, "aaaaaaa"), (DIGEST_2, "bbbbbbb"), (DIGEST_3, "ccccccc"), (DIGEST_4, "ddddddd")]
         {
@@ -571,8 +571,10 @@ async fn a_lock_held_by_a_dead_process_is_reported_as_such() {
         holder_boot: "boot-1".into(),
         plan_id: "sha256:old".into(),
         since: FixedClock.now(),
+        // Its lease still runs: only the pid tells it is gone.
+        expires_at: Some(FixedClock.now() + chrono::Duration::hours(1)),
     };
-    w.store.try_lock(&dead).await.unwrap().unwrap();
+    assert_eq!(w.store.try_lock(&dead, FixedClock.now()).await.unwrap(), LockOutcome::Taken);
     let e = w.apply(&plan).await.unwrap_err();
     assert!(
         matches!(&e, DeployError::Locked { liveness: Holder::Dead(why), .. } if why.contains("no process 999999999")),
@@ -580,9 +582,59 @@ async fn a_lock_held_by_a_dead_process_is_reported_as_such() {
     );
     let rebooted = LockRecord { holder_pid: i64::from(std::process::id()), holder_boot: "boot-0".into(), ..dead };
     w.store.force_unlock("prod", "api").await.unwrap();
-    w.store.try_lock(&rebooted).await.unwrap().unwrap();
+    assert_eq!(w.store.try_lock(&rebooted, FixedClock.now()).await.unwrap(), LockOutcome::Taken);
     let e = w.apply(&plan).await.unwrap_err();
     assert!(matches!(&e, DeployError::Locked { liveness: Holder::Dead(why), .. } if why.contains("rebooted")), "{e}");
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_with_a_receipt_before_the_apply() {
+    let w = World::new().await;
+    w.promote("staging", DIGEST_1).await;
+    let plan = w.plan("prod", DIGEST_1).await.unwrap();
+    let stale = LockRecord {
+        environment: "prod".into(),
+        service: "api".into(),
+        holder_user: "bob".into(),
+        holder_host: "ci-7".into(),
+        holder_pid: 4242,
+        holder_boot: String::new(),
+        plan_id: "sha256:old".into(),
+        since: FixedClock.now() - chrono::Duration::minutes(10),
+        expires_at: Some(FixedClock.now() - chrono::Duration::seconds(1)),
+    };
+    let earlier = FixedClock.now() - chrono::Duration::minutes(10);
+    assert_eq!(w.store.try_lock(&stale, earlier).await.unwrap(), LockOutcome::Taken);
+    let before = w.receipts().len();
+    w.apply(&plan).await.unwrap();
+    let receipts = w.receipts();
+    let kinds: Vec<_> = receipts[before..].iter().map(|r| r.body.kind.as_str()).collect();
+    assert_eq!(kinds, ["lock-override", "apply"]);
+    let detail = receipts[before].body.detail.as_deref().unwrap();
+    assert!(detail.contains("the lease of bob on ci-7 (pid 4242, plan sha256:old"), "{detail}");
+    assert_eq!(w.store.lock_holder("prod", "api").await.unwrap(), None, "released after the apply");
+}
+
+#[tokio::test]
+async fn a_lease_that_has_not_expired_is_not_taken_over() {
+    let w = World::new().await;
+    w.promote("staging", DIGEST_1).await;
+    let plan = w.plan("prod", DIGEST_1).await.unwrap();
+    let live = LockRecord {
+        environment: "prod".into(),
+        service: "api".into(),
+        holder_user: "bob".into(),
+        holder_host: "ci-7".into(),
+        holder_pid: 4242,
+        holder_boot: String::new(),
+        plan_id: "sha256:old".into(),
+        since: FixedClock.now(),
+        expires_at: Some(FixedClock.now() + chrono::Duration::seconds(1)),
+    };
+    assert_eq!(w.store.try_lock(&live, FixedClock.now()).await.unwrap(), LockOutcome::Taken);
+    let e = w.apply(&plan).await.unwrap_err();
+    assert!(matches!(&e, DeployError::Locked { liveness: Holder::Unknown, .. }), "{e}");
+    assert!(e.to_string().contains("lease until"), "{e}");
 }
 
 #[tokio::test]
