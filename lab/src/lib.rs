@@ -4,6 +4,7 @@
 //! `cargo xtask lab up` keeps one running for an operator.
 
 mod image;
+pub mod postgres;
 
 pub use image::{build_image, TestImage};
 
