@@ -223,10 +223,31 @@ pub enum Command {
         #[command(subcommand)]
         command: ReceiptsCommand,
     },
+    /// The state store: move it to another backend.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Copy every table and the receipt chain from the manifests' state store into an
+    /// empty store at URL (`postgres://USER@HOST:PORT/DB` or `sqlite:PATH`), then compare
+    /// both table by table and verify the copied chain. Point the manifests' `state` at
+    /// URL afterwards. Nothing is written to the source.
+    Migrate {
+        /// The destination store.
+        #[arg(long)]
+        to: String,
+        /// The environment variable holding the destination's password (never the password).
+        #[arg(long)]
+        to_password_env: Option<String>,
     },
 }
 
@@ -287,12 +308,25 @@ pub enum ReceiptsCommand {
     /// Needs only the directory and the public key. When the manifests' state store is
     /// available, its chain head is compared too, so that a removed tail is noticed.
     /// Exit 0 when everything holds, 1 otherwise, naming each bad receipt.
+    ///
+    /// With `--store`, checks the chain in the state store instead (the copy every
+    /// control plane appends to), for instance before an export.
     Verify {
-        #[arg(long)]
+        #[arg(long, conflicts_with = "store")]
         dir: Option<PathBuf>,
+        /// Verify the chain in the manifests' state store, not a directory.
+        #[arg(long)]
+        store: bool,
         /// The receipt-signing public key (default: the manifests' `receipt_public_key`).
         #[arg(long)]
         key: Option<PathBuf>,
+    },
+    /// Write every receipt of the state store's chain into DIR (receipt and `.sig` files),
+    /// the directory an auditor verifies offline. Files already there are kept; one whose
+    /// bytes differ from the store's is reported and the command exits 1.
+    Export {
+        #[arg(long)]
+        dir: PathBuf,
     },
     /// Write an HTML report: per environment and service, a timeline with the evidence.
     Report {

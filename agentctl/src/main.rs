@@ -6,7 +6,7 @@ mod failure;
 mod render;
 
 use clap::Parser as _;
-use cli::{Cli, Command, KeysCommand, ReceiptsCommand, ReleaseCommand};
+use cli::{Cli, Command, KeysCommand, ReceiptsCommand, ReleaseCommand, StateCommand};
 use failure::Failure;
 use render::Report;
 use std::io::{IsTerminal as _, Write as _};
@@ -166,10 +166,16 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
             };
             commands::status::run(g, args).await
         }
+        Command::State { command: StateCommand::Migrate { to, to_password_env } } => {
+            commands::state::migrate(g, &to, to_password_env.as_deref()).await
+        }
         Command::Receipts { command } => match command {
             ReceiptsCommand::List { dir } => commands::receipts::list(g, dir.as_deref()).await,
             ReceiptsCommand::Show { id, dir } => commands::receipts::show(g, &id, dir.as_deref()).await,
-            ReceiptsCommand::Verify { dir, key } => commands::receipts::verify(g, dir.as_deref(), key.as_deref()).await,
+            ReceiptsCommand::Verify { dir, store, key } => {
+                commands::receipts::verify(g, dir.as_deref(), store, key.as_deref()).await
+            }
+            ReceiptsCommand::Export { dir } => commands::receipts::export(g, &dir).await,
             ReceiptsCommand::Report { out, dir, key } => {
                 commands::receipts::report(g, &out, dir.as_deref(), key.as_deref()).await
             }

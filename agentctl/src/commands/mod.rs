@@ -9,6 +9,7 @@ pub mod keys;
 pub mod receipts;
 pub mod release;
 pub mod sign;
+pub mod state;
 pub mod status;
 pub mod verify;
 pub mod watch;

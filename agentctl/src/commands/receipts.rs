@@ -16,6 +16,10 @@ struct Sources {
     key: Option<PublicKey>,
     head: Option<StoreHead>,
     store_note: &'static str,
+    /// The chain read from the state store instead of the directory (`verify --store`).
+    from_store: Option<Vec<receipt::ReceiptFile>>,
+    /// What was read, for messages: a directory or the store's location.
+    origin: String,
 }
 
 async fn sources(g: &Globals, dir: Option<&Path>, key: Option<&Path>, need_key: bool) -> Result<Sources, Failure> {
@@ -49,17 +53,57 @@ async fn sources(g: &Globals, dir: Option<&Path>, key: Option<&Path>, need_key: 
             }
         }
     }
-    Ok(Sources { log: ReceiptLog::new(dir), key, head, store_note })
+    let origin = format!("`{}`", dir.display());
+    Ok(Sources { log: ReceiptLog::new(dir), key, head, store_note, from_store: None, origin })
+}
+
+/// The chain as the manifests' state store holds it.
+async fn store_sources(g: &Globals, key: Option<&Path>) -> Result<Sources, Failure> {
+    let ctx = Context::load(g)?;
+    let key = match key {
+        Some(k) => PublicKey::load(k),
+        None => PublicKey::load(&ctx.set.resolve(&ctx.set.settings.receipt_public_key)),
+    }
+    .map_err(|e| Failure::new(Code::Invalid, e))?;
+    let Some(store) = ctx.read_store().await? else {
+        return Err(Failure::new(
+            Code::Invalid,
+            anyhow::anyhow!("there is no state store at `{}` yet", ctx.location()?),
+        )
+        .hint("check `controlplane.state` in the manifests"));
+    };
+    let stored = store.stored_receipts(0).await?;
+    let head = stored.last().map(|r| StoreHead { seq: r.index.seq as u64, sha256: r.index.sha256.clone() });
+    let files = stored
+        .into_iter()
+        .map(|r| receipt::ReceiptFile {
+            name: r.index.file,
+            bytes: r.bytes,
+            signature: (!r.signature.is_empty()).then(|| r.signature.into_bytes()),
+        })
+        .collect();
+    let dir = ctx.set.resolve(&ctx.set.settings.receipts_dir);
+    Ok(Sources {
+        log: ReceiptLog::new(dir),
+        key: Some(key),
+        head: head.or(Some(StoreHead { seq: 0, sha256: String::new() })),
+        store_note: "read from the state store",
+        from_store: Some(files),
+        origin: format!("the state store `{}`", store.location()),
+    })
 }
 
 fn check(src: &Sources) -> Result<ChainReport, Failure> {
-    let (files, orphans) = src.log.read()?;
+    let (files, orphans) = match &src.from_store {
+        Some(files) => (files.clone(), Vec::new()),
+        None => src.log.read()?,
+    };
     let key = src.key.as_ref().expect("verify loads a key");
     Ok(receipt::verify_chain(&files, &orphans, key, src.head.as_ref()))
 }
 
-pub async fn verify(g: &Globals, dir: Option<&Path>, key: Option<&Path>) -> Result<Report, Failure> {
-    let src = sources(g, dir, key, true).await?;
+pub async fn verify(g: &Globals, dir: Option<&Path>, store: bool, key: Option<&Path>) -> Result<Report, Failure> {
+    let src = if store { store_sources(g, key).await? } else { sources(g, dir, key, true).await? };
     let report = check(&src)?;
     let mut text = String::new();
     for p in &report.problems {
@@ -69,12 +113,12 @@ pub async fn verify(g: &Globals, dir: Option<&Path>, key: Option<&Path>) -> Resu
         text.push_str(&format!("note {i}: signature of an append that did not complete (crash?); ignored\n"));
     }
     let json =
-        serde_json::json!({ "ok": report.ok(), "report": report, "store": src.store_note, "dir": src.log.dir() });
+        serde_json::json!({ "ok": report.ok(), "report": report, "store": src.store_note, "origin": src.origin });
     if report.ok() {
         text.push_str(&format!(
-            "ok: {} receipt(s) in `{}` verify; chain head {} ({})",
+            "ok: {} receipt(s) in {} verify; chain head {} ({})",
             report.receipts,
-            src.log.dir().display(),
+            src.origin,
             report.head.as_deref().unwrap_or("none"),
             src.store_note
         ));
@@ -83,11 +127,7 @@ pub async fn verify(g: &Globals, dir: Option<&Path>, key: Option<&Path>) -> Resu
         let out = if g.json { serde_json::to_string_pretty(&json)? } else { text.trim_end().to_owned() };
         Err(Failure::new(
             Code::Failed,
-            anyhow::anyhow!(
-                "{} problem(s) in the receipt chain in `{}`",
-                report.problems.len(),
-                src.log.dir().display()
-            ),
+            anyhow::anyhow!("{} problem(s) in the receipt chain in {}", report.problems.len(), src.origin),
         )
         .with_output(out)
         .hint("the receipts named above were edited, removed, reordered or forged; keep the directory as evidence"))
@@ -160,4 +200,44 @@ pub async fn report(g: &Globals, out: &Path, dir: Option<&Path>, key: Option<&Pa
         if chain.ok() { "verifies" } else { "does NOT verify" }
     );
     Ok(Report::new(text, serde_json::json!({ "out": out, "receipts": good.len(), "ok": chain.ok() })))
+}
+
+/// `receipts export --dir DIR`: the store's chain as files an auditor verifies offline.
+pub async fn export(g: &Globals, dir: &Path) -> Result<Report, Failure> {
+    let ctx = Context::load(g)?;
+    let Some(store) = ctx.read_store().await? else {
+        return Err(Failure::new(
+            Code::Invalid,
+            anyhow::anyhow!("there is no state store at `{}` yet", ctx.location()?),
+        )
+        .hint("check `controlplane.state` in the manifests"));
+    };
+    let out = ReceiptLog::new(dir).export(&store).await?;
+    let json = serde_json::to_value(&out)?;
+    let head = out.head.as_ref().map_or_else(|| "none".to_owned(), |(seq, h)| format!("{seq} ({h})"));
+    let mut text = format!(
+        "exported the chain of `{}` into `{}`: {} written, {} already there; head {head}",
+        store.location(),
+        dir.display(),
+        out.written,
+        out.unchanged
+    );
+    for f in &out.without_bytes {
+        text.push_str(&format!("\nnote {f}: indexed by an older version without its bytes; not exported"));
+    }
+    if !out.conflicts.is_empty() {
+        let list = out.conflicts.iter().map(|c| format!("DIFFERS  {c}")).collect::<Vec<_>>().join("\n");
+        return Err(Failure::new(
+            Code::Failed,
+            anyhow::anyhow!(
+                "{} file(s) in `{}` differ from the state store's chain",
+                out.conflicts.len(),
+                dir.display()
+            ),
+        )
+        .with_output(format!("{text}\n{list}"))
+        .hint("keep both as evidence; export into an empty directory and compare with `receipts verify --dir`"));
+    }
+    text.push_str(&format!("\nverify offline: agentctl receipts verify --dir {} --key RECEIPTS.pub", dir.display()));
+    Ok(Report::new(text, json))
 }

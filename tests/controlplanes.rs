@@ -1,0 +1,203 @@
+//! Several control planes, one truth: three `agentctl` processes, each with its own working
+//! directory, manifests copy and receipts directory, on one real PostgreSQL and one lab.
+
+mod common;
+
+use common::*;
+use lab::postgres::{self, Postgres};
+use rustix::process::{kill_process, Pid, Signal};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// One control plane: its own directory with a copy of the lab's manifests and keys.
+struct ControlPlane {
+    dir: tempfile::TempDir,
+    operator: String,
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&src, &dst);
+        } else if e.file_name() != "controlplane.db" {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+impl ControlPlane {
+    fn new(w: &World, pg: &Postgres, n: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        copy_tree(&w.manifests(), &dir.path().join("manifests"));
+        copy_tree(&w.lab.dir().join("state"), &dir.path().join("state"));
+        let toml = dir.path().join("manifests/controlplane.toml");
+        let text = std::fs::read_to_string(&toml).unwrap();
+        let state = text.lines().find(|l| l.starts_with("state = ")).unwrap().to_owned();
+        let shared = format!(
+            "state = \"{}\"\nstate_password_env = \"CP_DB_PASSWORD\"\nlock_lease_secs = 3",
+            pg.url("controlplane")
+        );
+        std::fs::write(&toml, text.replace(&state, &shared)).unwrap();
+        // A second service on the same hosts.
+        let api = std::fs::read_to_string(dir.path().join("manifests/services/api.toml")).unwrap();
+        std::fs::write(dir.path().join("manifests/services/web.toml"), api.replace("/demo/api", "/demo/web")).unwrap();
+        Self { dir, operator: format!("cp{n}") }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--manifests")
+            .arg(self.dir.path().join("manifests"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("COSIGN_PASSWORD", "")
+            .env("USER", &self.operator)
+            .env("CP_DB_PASSWORD", postgres::PASSWORD)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args).spawn().unwrap()
+    }
+
+    fn receipts(&self) -> PathBuf {
+        self.dir.path().join("receipts")
+    }
+}
+
+fn promote(service: &str, env: &str, digest: &str) -> Vec<String> {
+    ["promote", service, "--env", env, "--release", digest, "--apply"].map(str::to_owned).to_vec()
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_control_planes_share_one_lock_and_one_chain() {
+    let w = World::start(fleet(1)).await;
+    let pg = Postgres::start().unwrap();
+    pg.create_database("controlplane").unwrap();
+    let cps: Vec<ControlPlane> = (1..=3).map(|n| ControlPlane::new(&w, &pg, n)).collect();
+
+    // CI (control plane 1) records the releases; every control plane can promote them.
+    let api1 = w.signed_image("demo/api", "api v1").await;
+    let web1 = w.signed_image("demo/web", "web v1").await;
+    assert_ok(&cps[0].run(&["release", "add", "api", &s(&api1), "--commit", COMMIT]));
+    assert_ok(&cps[0].run(&["release", "add", "web", &s(&web1), "--commit", COMMIT]));
+
+    // 1. Different services at once, from different control planes: both succeed.
+    let a = cps[1].spawn(&args(&promote("api", "staging", api1.digest.as_str())));
+    let b = cps[2].spawn(&args(&promote("web", "staging", web1.digest.as_str())));
+    assert_ok(&a.wait_with_output().unwrap());
+    assert_ok(&b.wait_with_output().unwrap());
+
+    // 2. One service from all three at once: one winner, two refusals naming it.
+    let api2 = w.signed_image("demo/api", "api v2").await;
+    assert_ok(&cps[0].run(&["release", "add", "api", &s(&api2), "--commit", COMMIT]));
+    w.runtime("stage-1", "hang-activate", "4");
+    let racers: Vec<Child> =
+        cps.iter().map(|cp| cp.spawn(&args(&promote("api", "staging", api2.digest.as_str())))).collect();
+    let outs: Vec<Output> = racers.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    w.clear_runtime("stage-1", "hang-activate");
+    let winners: Vec<usize> = (0..3).filter(|&i| outs[i].status.success()).collect();
+    assert_eq!(winners.len(), 1, "{:?}", outs.iter().map(|o| (o.status.code(), stderr(o))).collect::<Vec<_>>());
+    let winner = &cps[winners[0]].operator;
+    for (i, out) in outs.iter().enumerate().filter(|(i, _)| *i != winners[0]) {
+        assert_exit(out, 4, &format!("is locked by {winner} on"));
+        assert!(stderr(out).contains("lease until"), "cp{}: {}", i + 1, stderr(out));
+    }
+    assert_eq!(w.live_digest("stage-1").as_deref(), Some(api2.digest.as_str()));
+
+    // 3. The holder is SIGKILLed mid-apply: its lease runs out and another control plane
+    //    takes the lock over, on the record.
+    let api3 = w.signed_image("demo/api", "api v3").await;
+    assert_ok(&cps[0].run(&["release", "add", "api", &s(&api3), "--commit", COMMIT]));
+    w.runtime("stage-1", "hang-activate", "30");
+    let holder = cps[0].spawn(&args(&promote("api", "staging", api3.digest.as_str())));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = cps[1].run(&["unlock", "api", "--env", "staging"]);
+        if out.status.code() == Some(4) && stderr(&out).contains("locked by cp1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cp1 never took the lock: {}", stderr(&out));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kill_process(Pid::from_raw(holder.id() as i32).unwrap(), Signal::KILL).unwrap();
+    let killed = holder.wait_with_output().unwrap();
+    assert_eq!(killed.status.code(), None, "killed by the signal");
+    w.clear_runtime("stage-1", "hang-activate");
+    // Right after the kill the lease still runs: the lock is held.
+    assert_exit(&cps[1].run(&["unlock", "api", "--env", "staging"]), 4, "locked by cp1");
+    std::thread::sleep(Duration::from_secs(4));
+    let took_over = cps[1].run(&args(&promote("api", "staging", api3.digest.as_str())));
+    assert_ok(&took_over);
+    assert!(stderr(&took_over).contains("lock taken over by plan"), "{}", stderr(&took_over));
+    assert_eq!(w.live_digest("stage-1").as_deref(), Some(api3.digest.as_str()));
+
+    // 4. One unbroken chain: exported by a third control plane, verified offline.
+    let export = tempfile::tempdir().unwrap();
+    let out = cps[2].run(&["receipts", "export", "--dir", &export.path().display().to_string()]);
+    assert_ok(&out);
+    let key = cps[2].dir.path().join("manifests/trust/receipts.pub");
+    let out = cps[2].run(&[
+        "receipts",
+        "verify",
+        "--dir",
+        &export.path().display().to_string(),
+        "--key",
+        &key.display().to_string(),
+    ]);
+    assert_ok(&out);
+    assert_ok(&cps[0].run(&["receipts", "verify", "--store"]));
+    let mut seqs = Vec::new();
+    let mut kinds = Vec::new();
+    for e in std::fs::read_dir(export.path()).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".json") {
+            let (seq, kind) = stem.split_once('-').unwrap();
+            seqs.push(seq.parse::<u64>().unwrap());
+            kinds.push(kind.to_owned());
+        }
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no duplicate or missing sequence number");
+    // api and web to staging, the race's winner and two refusals, the takeover, its apply.
+    assert_eq!(kinds.iter().filter(|k| *k == "apply").count(), 4, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| *k == "refusal").count(), 2, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| *k == "lock-override").count(), 1, "{kinds:?}");
+    let override_receipt = std::fs::read_dir(export.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("-lock-override.json"))
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&std::fs::read(override_receipt).unwrap()).unwrap();
+    assert!(body["detail"].as_str().unwrap().contains("the lease of cp1 on"), "{body}");
+    assert_eq!(body["operator"], "cp2");
+    // Each control plane's own receipts directory is the same chain up to its last append.
+    for cp in &cps {
+        for e in std::fs::read_dir(cp.receipts()).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "json") {
+                let name = p.file_name().unwrap();
+                assert_eq!(
+                    std::fs::read(&p).unwrap(),
+                    std::fs::read(export.path().join(name)).unwrap(),
+                    "{}",
+                    p.display()
+                );
+            }
+        }
+    }
+}
