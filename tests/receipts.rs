@@ -328,3 +328,63 @@ async fn list_show_and_report() {
     assert!(text.contains("Every signature and every link of the chain verifies"));
     assert_exit(&p.agentctl(&["receipts", "show", "99"]), 2, "no receipt `99`");
 }
+
+/// What a version that kept receipt bytes only in the directory left in the store.
+async fn forget_bytes(db: &Path) {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    sqlx::query("UPDATE receipts SET body = NULL, signature = NULL").execute(&pool).await.unwrap();
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn receipts_kept_only_in_the_directory_move_into_the_store_at_the_next_append() {
+    let p = Project::init();
+    p.append(3).await;
+    let db = p.dir.join("state/controlplane.db");
+    forget_bytes(&db).await;
+    assert_exit(&p.agentctl(&["receipts", "verify", "--store"]), 1, "");
+    p.append(1).await;
+    let out = p.agentctl(&["receipts", "verify", "--store"]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("4 receipt(s)"), "{}", stdout(&out));
+
+    // An edited file is not adopted: the append fails, and the store is unchanged.
+    forget_bytes(&db).await;
+    let name = name_of(&p.receipts(), 2);
+    let path = p.receipts().join(&name);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let store = p.store().await;
+    let before = controlplane::store::Store::dump(&store).await.unwrap();
+    let err = ReceiptLog::new(p.receipts()).append(body(9), &p.key(), &store).await.unwrap_err();
+    assert!(err.to_string().contains(&name) || format!("{err:?}").contains("hash"), "{err}");
+    assert_eq!(controlplane::store::Store::dump(&store).await.unwrap(), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_directory_that_fell_behind_is_caught_up_by_the_next_append_and_export_keeps_evidence() {
+    let p = Project::init();
+    p.append(3).await;
+    // The directory lost its last receipt (a failed write, a full disk): the store has it.
+    let last = name_of(&p.receipts(), 3);
+    std::fs::remove_file(p.receipts().join(&last)).unwrap();
+    assert_exit(&p.agentctl(&["receipts", "verify"]), 1, "");
+    p.append(1).await;
+    let out = p.agentctl(&["receipts", "verify"]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("4 receipt(s)"), "{}", stdout(&out));
+
+    // Export into a directory holding an edited copy: the edit is named, never overwritten.
+    let export = tempfile::tempdir().unwrap();
+    let dir = export.path().display().to_string();
+    assert_ok(&p.agentctl(&["receipts", "export", "--dir", &dir]));
+    let edited = export.path().join(name_of(&p.receipts(), 2));
+    let mut bytes = std::fs::read(&edited).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&edited, &bytes).unwrap();
+    let out = p.agentctl(&["receipts", "export", "--dir", &dir]);
+    assert_exit(&out, 1, "differ from the state store's chain");
+    assert!(stderr(&out).contains(&name_of(&p.receipts(), 2)) || stdout(&out).contains(&name_of(&p.receipts(), 2)));
+    assert_eq!(std::fs::read(&edited).unwrap(), bytes, "the edited file is kept as evidence");
+}

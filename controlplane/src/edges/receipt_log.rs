@@ -19,6 +19,8 @@ pub enum ReceiptError {
     },
     #[error("the last receipt `{name}` is unreadable, so no receipt can be chained after it: {detail}")]
     BrokenHead { name: String, detail: String },
+    #[error("receipt `{name}` cannot move from the receipts directory into the state store: {detail}")]
+    Unadoptable { name: String, detail: String },
     #[error("cannot append to the receipt chain in the state store")]
     Append {
         #[source]
@@ -223,18 +225,23 @@ impl ReceiptLog {
         if head_has_bytes {
             return Ok(());
         }
+        // Every file is checked before the first is adopted: all or nothing.
+        let mut adopt = Vec::new();
         for r in store.stored_receipts(0).await.map_err(store_err)?.iter().filter(|r| r.bytes.is_empty()) {
             let path = self.dir.join(&r.index.file);
             let bytes = std::fs::read(&path).map_err(io(&path))?;
             if receipt::hash(&bytes) != r.index.sha256 {
-                return Err(ReceiptError::BrokenHead {
+                return Err(ReceiptError::Unadoptable {
                     name: r.index.file.clone(),
-                    detail: format!("its hash is not the {} the state store indexed", r.index.sha256),
+                    detail: format!("its hash is not the {} the state store indexed (edited?)", r.index.sha256),
                 });
             }
             let sig_path = self.dir.join(format!("{}.sig", r.index.file));
             let sig = std::fs::read_to_string(&sig_path).map_err(io(&sig_path))?;
-            store.fill_receipt(r.index.seq, &bytes, &sig).await.map_err(store_err)?;
+            adopt.push((r.index.seq, bytes, sig));
+        }
+        for (seq, bytes, sig) in adopt {
+            store.fill_receipt(seq, &bytes, &sig).await.map_err(store_err)?;
         }
         Ok(())
     }
