@@ -30,6 +30,8 @@ const RUNTIME_SHIM: &str = include_str!("agent-runtime.sh");
 pub enum LabError {
     #[error("`{0}` is not installed; install the Debian packages {packages}", packages = PACKAGES.join(" "))]
     Missing(&'static str),
+    #[error("the PostgreSQL server is not installed (no /usr/lib/postgresql/*/bin/initdb); install the Debian package `postgresql` (`cargo xtask setup` as root)")]
+    MissingPostgres,
     #[error("lab I/O on `{}`", path.display())]
     Io {
         path: PathBuf,

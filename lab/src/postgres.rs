@@ -34,7 +34,7 @@ fn bindir() -> Result<PathBuf, LabError> {
         })
         .collect();
     versions.sort();
-    versions.pop().map(|(_, b)| b).ok_or(LabError::Missing("/usr/lib/postgresql/*/bin/initdb"))
+    versions.pop().map(|(_, b)| b).ok_or(LabError::MissingPostgres)
 }
 
 impl Postgres {

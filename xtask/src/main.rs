@@ -6,6 +6,7 @@
 //! - `test`: `setup`, then the whole test suite.
 
 mod bench;
+mod bench_store;
 mod bench_watch;
 mod quickstart;
 
@@ -72,6 +73,16 @@ enum BenchCommand {
         /// One SSH key-exchange algorithm for all contenders (default: OpenSSH's).
         #[arg(long)]
         kex: Option<String>,
+    },
+    /// The state store: receipts/s by 1 and 4 control planes, status and plan over N
+    /// hosts, PostgreSQL vs SQLite (starts a PostgreSQL server from Debian's package).
+    Store {
+        #[arg(long, default_value_t = 50)]
+        hosts: usize,
+        #[arg(long, default_value_t = 400)]
+        receipts: usize,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
     },
     /// A warm probe round over held connections (the watch) vs the local floor and Ansible.
     Watch {
@@ -140,6 +151,7 @@ fn main() -> anyhow::Result<()> {
             match bench {
                 BenchCommand::Verify { images, runs } => rt.block_on(bench::verify(images, runs)),
                 BenchCommand::Receipts { count, runs } => rt.block_on(bench::receipts(count, runs)),
+                BenchCommand::Store { hosts, receipts, runs } => rt.block_on(bench_store::store(hosts, receipts, runs)),
                 BenchCommand::Watch { hosts, runs, no_ansible } => {
                     rt.block_on(bench_watch::watch(hosts, runs, !no_ansible))
                 }
@@ -176,6 +188,7 @@ pub fn setup() -> anyhow::Result<()> {
         ("docker-registry", lab::REGISTRY),
         ("skopeo", "/usr/bin/skopeo"),
         ("openssl", "/usr/bin/openssl"),
+        (lab::postgres::PACKAGE, "/usr/lib/postgresql"),
     ];
     let missing: Vec<&str> = needed.iter().filter(|(_, bin)| !Path::new(bin).exists()).map(|(p, _)| *p).collect();
     if missing.is_empty() {
