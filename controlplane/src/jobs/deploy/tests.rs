@@ -54,6 +54,8 @@ struct Script {
     interrupt_at: Option<(String, &'static str)>,
     /// Health output, as an untrusted workload might print it.
     health_stderr: String,
+    /// A step that takes this long on a host (a slow activation).
+    stall: Option<(String, &'static str, Duration)>,
 }
 
 struct FakeVm {
@@ -118,14 +120,19 @@ impl GoldenVm for FakeVm {
     async fn step(&self, _service: &Service, step: &Step, _health: Duration) -> Result<(), HostText> {
         let what = step.describe();
         self.log.lock().unwrap().push(format!("{}: {what}", self.name));
-        let script = self.script.lock().unwrap();
-        if script.interrupt_at.as_ref().is_some_and(|(h, s)| *h == self.name && *s == what) {
-            self.interrupt.request();
+        let stall = {
+            let script = self.script.lock().unwrap();
+            if script.interrupt_at.as_ref().is_some_and(|(h, s)| *h == self.name && *s == what) {
+                self.interrupt.request();
+            }
+            if script.fail.iter().any(|(h, s)| *h == self.name && *s == what) {
+                return Err(HostText::new(&format!("exited with status 1: {}", script.health_stderr)));
+            }
+            script.stall.clone().filter(|(h, s, _)| *h == self.name && *s == what).map(|(_, _, d)| d)
+        };
+        if let Some(d) = stall {
+            tokio::time::sleep(d).await;
         }
-        if script.fail.iter().any(|(h, s)| *h == self.name && *s == what) {
-            return Err(HostText::new(&format!("exited with status 1: {}", script.health_stderr)));
-        }
-        drop(script);
         let mut t = self.tree.lock().unwrap();
         match step {
             Step::Swap(id) | Step::SwapBack(id) => {
@@ -613,6 +620,33 @@ async fn an_expired_lease_is_taken_over_with_a_receipt_before_the_apply() {
     let detail = receipts[before].body.detail.as_deref().unwrap();
     assert!(detail.contains("the lease of bob on ci-7 (pid 4242, plan sha256:old"), "{detail}");
     assert_eq!(w.store.lock_holder("prod", "api").await.unwrap(), None, "released after the apply");
+}
+
+#[tokio::test]
+async fn an_apply_whose_lease_was_taken_over_starts_no_further_host() {
+    let mut set = manifests("");
+    set.settings.lock_lease_secs = 3;
+    let w = World::with(set).await;
+    let (v1, plan) = w.v1_live_and_v2_in_staging().await;
+    // prod-1's activation takes 2.5 s; meanwhile another control plane takes the lock over
+    // (as it would once this one's lease had run out); the renewal every second notices.
+    w.script.lock().unwrap().stall = Some(("prod-1".into(), "activation", Duration::from_millis(2500)));
+    let store = w.store.clone();
+    let thief = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let holder = store.force_unlock("prod", "api").await.unwrap().expect("the apply holds the lock");
+        let other = LockRecord { holder_user: "mallory".into(), plan_id: "sha256:other".into(), ..holder };
+        assert_eq!(store.try_lock(&other, FixedClock.now()).await.unwrap(), LockOutcome::Taken);
+    });
+    let r = w.apply(&plan).await.unwrap();
+    thief.await.unwrap();
+    assert_eq!(r.outcome, Outcome::Interrupted, "{r:#?}");
+    assert_eq!(w.prod()[2..], [Some(v1.clone()), Some(v1)], "no host of the second batch started");
+    assert_eq!(
+        w.store.lock_holder("prod", "api").await.unwrap().unwrap().holder_user,
+        "mallory",
+        "its lock is left alone"
+    );
 }
 
 #[tokio::test]
