@@ -223,6 +223,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ReceiptsCommand,
     },
+    /// Prove a control on the hosts, with a signed receipt.
+    Prove {
+        #[command(subcommand)]
+        command: ProveCommand,
+    },
     /// The state store: move it to another backend.
     State {
         #[command(subcommand)]
@@ -232,6 +237,19 @@ pub enum Command {
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProveCommand {
+    /// On every host, as the service's workload identity: connect to each allowed
+    /// destination (must succeed), to the environment's canaries and to one destination
+    /// outside the allowlist (must fail). Prints a per-host table, writes a signed
+    /// `egress-proof` receipt; exit 0 only when every expectation held, 1 otherwise.
+    Egress {
+        service: String,
+        #[arg(long)]
+        env: String,
     },
 }
 
@@ -349,6 +367,7 @@ impl Command {
                 | Self::Apply { .. }
                 | Self::Status { .. }
                 | Self::Rehearse { .. }
+                | Self::Prove { .. }
         )
     }
 }

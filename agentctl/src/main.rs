@@ -6,7 +6,7 @@ mod failure;
 mod render;
 
 use clap::Parser as _;
-use cli::{Cli, Command, KeysCommand, ReceiptsCommand, ReleaseCommand, StateCommand};
+use cli::{Cli, Command, KeysCommand, ProveCommand, ReceiptsCommand, ReleaseCommand, StateCommand};
 use failure::Failure;
 use render::Report;
 use std::io::{IsTerminal as _, Write as _};
@@ -165,6 +165,9 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
                 timeout,
             };
             commands::status::run(g, args).await
+        }
+        Command::Prove { command: ProveCommand::Egress { service, env } } => {
+            commands::prove::egress(g, &service, &env).await
         }
         Command::State { command: StateCommand::Migrate { to, to_password_env } } => {
             commands::state::migrate(g, &to, to_password_env.as_deref()).await

@@ -19,10 +19,11 @@ pub mod edges;
 pub mod jobs;
 
 pub use controlplane_core::{
-    approval, canonical, diagnostic, drift, history, ids, image, lock, names, observe, plan, receipt, records, release,
-    remote, rollout, secrets, steps, tarball, untrusted, watch, workflow, VERSION,
+    approval, canonical, diagnostic, drift, egress, history, ids, image, lock, names, observe, plan, receipt, records,
+    release, remote, rollout, secrets, steps, tarball, untrusted, watch, workflow, VERSION,
 };
 pub use edges::{hygiene, keys, metrics, receipt_log, registry, ssh, sshsig, store, vm};
+pub use jobs::egress as egress_proof;
 pub use jobs::{catalog, deploy, init, sign, status, verify};
 
 /// The manifest set: the core's format and validation, and `load` from a directory.

@@ -34,6 +34,11 @@ pub enum Status {
     },
     /// Nothing recorded and nothing live.
     NotDeployed,
+    /// The release is in sync, but the egress rules loaded on the host do not mean what
+    /// the release's rules mean (flushed, edited, never loaded).
+    Egress {
+        differences: Vec<String>,
+    },
 }
 
 impl Status {
@@ -45,6 +50,7 @@ impl Status {
             Self::Tampered { .. } => "tampered",
             Self::Unreachable { .. } => "unreachable",
             Self::NotDeployed => "not-deployed",
+            Self::Egress { .. } => "egress",
         }
     }
 
@@ -57,6 +63,7 @@ impl Status {
     pub fn detail(&self) -> String {
         match self {
             Self::InSync | Self::NotDeployed => String::new(),
+            Self::Egress { differences } => differences.join("; "),
             Self::Drifted { differences } => differences
                 .iter()
                 .map(|d| format!("{}: recorded `{}`, live `{}`", d.field, d.recorded, d.live))
@@ -71,6 +78,34 @@ impl Status {
 
 fn or_none(s: Option<&str>) -> String {
     s.unwrap_or("none").to_owned()
+}
+
+/// Compares the egress rules loaded on a host with the live release's (`egress.json`).
+pub fn classify_egress(service: &str, obs: &crate::observe::EgressObservation) -> Status {
+    let expected = match &obs.release {
+        None => None,
+        Some(b) => match serde_json::from_slice::<crate::egress::Pinned>(b) {
+            Ok(p) => Some(p.ruleset),
+            Err(e) => return Status::Tampered { reason: format!("egress.json cannot be read: {e}") },
+        },
+    };
+    let live = crate::egress::from_nft_json(service, &obs.live);
+    match (expected, live) {
+        (None, Ok(None)) => Status::InSync,
+        (None, Ok(Some(_))) => Status::Egress { differences: vec!["rules are loaded but the release has none".into()] },
+        (Some(_), Ok(None)) => Status::Egress { differences: vec!["no egress rules are loaded (flushed?)".into()] },
+        (Some(_), Err(why)) | (None, Err(why)) => {
+            Status::Egress { differences: vec![format!("the loaded rules are not ours: {why}")] }
+        }
+        (Some(e), Ok(Some(l))) => {
+            let d = crate::egress::differences(&e, &l);
+            if d.is_empty() {
+                Status::InSync
+            } else {
+                Status::Egress { differences: d }
+            }
+        }
+    }
 }
 
 /// Classifies what `obs` shows for a service whose recorded state is `record`.

@@ -15,6 +15,7 @@ pub mod approval;
 pub mod canonical;
 pub mod diagnostic;
 pub mod drift;
+pub mod egress;
 pub mod history;
 pub mod ids;
 pub mod image;

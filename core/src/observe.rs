@@ -70,6 +70,65 @@ pub fn probe_command(host: &Host, service: &Service, targets: &[&ReleaseId]) -> 
     RemoteCommand::script(&probe_script(), args)
 }
 
+/// The egress probe: `root service rules-argv...`. Prints the live release's
+/// `egress.json` and what the runtime lists as loaded, both base64.
+const EGRESS_SCRIPT: &str = r#"set -u
+root="$1"; service="$2"; shift 2
+d="$root/$service"
+b64() { base64 -w0; echo; }
+echo "agentctl-egress 1"
+if [ -L "$d/current" ] && [ -f "$d/current/egress.json" ] && [ ! -L "$d/current/egress.json" ]; then
+  printf 'json '; head -c 65537 "$d/current/egress.json" | b64
+else
+  echo "json -"
+fi
+printf 'live '; "$@" "$service" 2>/dev/null | head -c 200000 | b64
+echo "end"
+"#;
+
+/// The remote command that reads `service`'s egress state on `host` (its manifest must
+/// name `egress_rules`).
+pub fn egress_command(host: &Host, service: &Service) -> RemoteCommand {
+    let mut args = vec![host.root.to_string(), service.name.to_string()];
+    args.extend(service.egress_list.iter().flatten().cloned());
+    RemoteCommand::script(EGRESS_SCRIPT, args)
+}
+
+/// What the egress probe reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressObservation {
+    /// The live release's `egress.json` (at most 64 KiB + 1).
+    pub release: Option<Vec<u8>>,
+    /// The runtime's listing of the loaded rules (`nft -j`), possibly empty.
+    pub live: Vec<u8>,
+}
+
+/// Parses the egress probe's output, strictly.
+pub fn parse_egress(output: &[u8]) -> Result<EgressObservation, String> {
+    if output.len() > MAX_PROBE_OUTPUT {
+        return Err(format!("egress output is over {MAX_PROBE_OUTPUT} bytes"));
+    }
+    let text = std::str::from_utf8(output).map_err(|_| "egress output is not UTF-8".to_owned())?;
+    let mut lines = text.lines();
+    if lines.next() != Some("agentctl-egress 1") {
+        return Err("egress output does not start with its header".into());
+    }
+    let mut field = |key: &str| -> Result<Option<Vec<u8>>, String> {
+        let line = lines.next().ok_or_else(|| format!("egress output ends before `{key}`"))?;
+        let v = line.strip_prefix(key).and_then(|r| r.strip_prefix(' ')).ok_or_else(|| format!("expected `{key}`"))?;
+        if v == "-" || v.is_empty() {
+            return Ok(None);
+        }
+        B64.decode(v).map(Some).map_err(|_| format!("`{key}` is not base64"))
+    };
+    let release = field("json")?;
+    let live = field("live")?.unwrap_or_default();
+    if lines.next() != Some("end") {
+        return Err("egress output is truncated".into());
+    }
+    Ok(EgressObservation { release, live })
+}
+
 /// Where `current` points.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", content = "target", rename_all = "kebab-case")]

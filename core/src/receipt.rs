@@ -23,6 +23,8 @@ pub enum ReceiptKind {
     Rehearsal,
     /// The watch saw a target leave `in-sync` (or change how it is out of sync).
     Drift,
+    /// `prove egress`: what each host's workload could and could not reach.
+    EgressProof,
 }
 
 impl ReceiptKind {
@@ -35,13 +37,23 @@ impl ReceiptKind {
             Self::LockOverride => "lock-override",
             Self::Rehearsal => "rehearsal",
             Self::Drift => "drift",
+            Self::EgressProof => "egress-proof",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Apply, Self::Rollback, Self::Refusal, Self::Approval, Self::LockOverride, Self::Rehearsal, Self::Drift]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            Self::Apply,
+            Self::Rollback,
+            Self::Refusal,
+            Self::Approval,
+            Self::LockOverride,
+            Self::Rehearsal,
+            Self::Drift,
+            Self::EgressProof,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 

@@ -145,7 +145,16 @@ pub struct ReleaseInput<'a> {
     pub signer_key_id: &'a str,
     pub provenance: Option<&'a str>,
     pub sbom: Option<&'a str>,
+    /// The pinned egress rules, when the environment enforces egress: rendered into
+    /// `egress.nft` (what the runtime loads) and `egress.json` (what they mean and how each
+    /// name resolved), so they are hashed, drift-checked and rolled back with the release.
+    pub egress: Option<&'a crate::egress::Pinned>,
 }
+
+/// The nftables file of a release that enforces egress.
+pub const EGRESS_NFT: &str = "egress.nft";
+/// What the rules of `egress.nft` mean, and how names were pinned.
+pub const EGRESS_JSON: &str = "egress.json";
 
 /// What every record of a release says about it: the image, where it came from, who
 /// signed it, its attestations. Plans, receipts, the catalog and the record of applied
@@ -213,6 +222,10 @@ pub fn render(input: &ReleaseInput<'_>) -> Result<ReleaseContent, ReleaseError> 
     let mut files = BTreeMap::new();
     for t in &s.templates {
         files.insert(t.target.clone(), render_one(s.name.as_str(), t, &ctx)?.into_bytes());
+    }
+    if let Some(pinned) = input.egress {
+        files.insert(EGRESS_NFT.to_owned(), crate::egress::render(&pinned.ruleset).into_bytes());
+        files.insert(EGRESS_JSON.to_owned(), canonical::to_canonical(pinned).expect("no floats"));
     }
     // The id covers the image and every rendered file, nothing else.
     let mut h = Sha256::new();
@@ -316,6 +329,7 @@ mod tests {
             signer_key_id: "sha256:k",
             provenance: None,
             sbom: None,
+            egress: None,
         }
     }
 

@@ -4,6 +4,7 @@
 //! `cargo xtask lab up` keeps one running for an operator.
 
 mod image;
+pub mod network;
 pub mod postgres;
 
 pub use image::{build_image, TestImage};
@@ -62,17 +63,24 @@ pub struct LabConfig {
     pub registry: bool,
     /// Keep the lab in this directory (for `lab up`); `None`: a temporary directory.
     pub dir: Option<PathBuf>,
+    /// Give each golden VM its own network namespace (a veth on a lab bridge) with
+    /// nftables, a workload user per service, and log in as root (the runtime loads the
+    /// VM's egress rules and runs the workload's connections): see [`network`].
+    pub egress: bool,
 }
 
 impl Default for LabConfig {
     fn default() -> Self {
-        Self { hosts: 3, staging: 1, registry: true, dir: None }
+        Self { hosts: 3, staging: 1, registry: true, dir: None, egress: false }
     }
 }
 
 /// One golden VM.
 #[derive(Debug, Serialize, Deserialize, Clone)]
 pub struct VmInfo {
+    /// The VM's network namespace and address on the lab bridge (egress labs).
+    #[serde(default)]
+    pub netns: Option<network::Attachment>,
     pub name: String,
     pub environment: String,
     pub port: u16,
@@ -97,6 +105,9 @@ impl VmInfo {
 /// What `lab up` records so `lab down` and `lab status` can find everything.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LabInfo {
+    /// The lab bridge the VMs' namespaces hang on (egress labs).
+    #[serde(default)]
+    pub network: Option<network::Bridge>,
     pub dir: PathBuf,
     pub user: String,
     pub registry: Option<RegistryInfo>,
@@ -143,9 +154,15 @@ impl Lab {
             }
         };
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let user = lab_user()?;
+        if cfg.egress && !is_root() {
+            return Err(LabError::Command {
+                command: "an egress lab".into(),
+                detail: "network namespaces and nftables need root".into(),
+            });
+        }
+        let user = if cfg.egress { "root".to_owned() } else { lab_user()? };
         let mut lab = Lab {
-            info: LabInfo { dir: dir.clone(), user: user.clone(), registry: None, hosts: Vec::new() },
+            info: LabInfo { network: None, dir: dir.clone(), user: user.clone(), registry: None, hosts: Vec::new() },
             children: Vec::new(),
             tmp,
             keep: false,
@@ -161,14 +178,23 @@ impl Lab {
             std::fs::create_dir_all("/run/sshd").map_err(io(Path::new("/run/sshd")))?;
         }
 
+        if cfg.egress {
+            lab.info.network = Some(network::Bridge::create()?);
+            network::workload_user("api")?;
+        }
         for i in 0..cfg.hosts {
             let (name, env) = if i < cfg.staging {
                 (format!("stage-{}", i + 1), "staging")
             } else {
                 (format!("prod-{}", i + 1 - cfg.staging), "prod")
             };
-            let (vm, child) = start_vm(&dir, &name, env, &user, &client_pub)?;
+            let (mut vm, child) = start_vm(&dir, &name, env, &user, &client_pub)?;
             lab.children.push(child);
+            if let Some(bridge) = &lab.info.network {
+                let a = bridge.attach(i)?;
+                std::fs::write(vm.runtime().join("netns"), &a.netns).map_err(io(&vm.runtime()))?;
+                vm.netns = Some(a);
+            }
             lab.info.hosts.push(vm);
         }
         if cfg.registry {
@@ -283,7 +309,7 @@ impl Lab {
         self.children.clear();
         std::mem::replace(
             &mut self.info,
-            LabInfo { dir: PathBuf::new(), user: String::new(), registry: None, hosts: Vec::new() },
+            LabInfo { network: None, dir: PathBuf::new(), user: String::new(), registry: None, hosts: Vec::new() },
         )
     }
 
@@ -354,6 +380,12 @@ impl Drop for Lab {
         }
         for c in &mut self.children {
             let _ = c.wait();
+        }
+        if let Some(bridge) = &self.info.network {
+            for a in self.info.hosts.iter().filter_map(|h| h.netns.as_ref()) {
+                a.remove();
+            }
+            bridge.remove();
         }
         if self.tmp.is_none() && !self.info.dir.as_os_str().is_empty() {
             let _ = std::fs::remove_dir_all(&self.info.dir);
@@ -489,7 +521,7 @@ fn start_vm(lab: &Path, name: &str, env: &str, user: &str, client_pub: &str) -> 
     let host_key = pubkey.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
     write_mode(&dir.join("authorized_keys"), client_pub.as_bytes(), 0o644)?;
     let (port, child) = spawn_sshd(lab, &dir, user)?;
-    let vm = VmInfo { name: name.into(), environment: env.into(), port, pid: child.id(), host_key, dir };
+    let vm = VmInfo { netns: None, name: name.into(), environment: env.into(), port, pid: child.id(), host_key, dir };
     Ok((vm, child))
 }
 
@@ -502,7 +534,7 @@ fn spawn_sshd(lab: &Path, dir: &Path, user: &str) -> Result<(u16, Child), LabErr
          StrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
          PubkeyAuthentication yes\nUsePAM no\nX11Forwarding no\nPrintMotd no\nPrintLastLog no\nAllowUsers {user}\n\
          MaxSessions 200\nMaxStartups 500:30:1000\nLogLevel ERROR\n\
-         SetEnv AGENT_RUNTIME_DIR={runtime} PATH={bin}:/usr/local/bin:/usr/bin:/bin\n",
+         SetEnv AGENT_RUNTIME_DIR={runtime} PATH={bin}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin\n",
         key = key.display(),
         pid = dir.join("sshd.pid").display(),
         auth = dir.join("authorized_keys").display(),

@@ -54,7 +54,7 @@ fn memory_of(needle: &str) -> (u64, u64, usize) {
 }
 
 pub async fn watch(hosts: usize, runs: usize, ansible: bool) -> anyhow::Result<()> {
-    let lab = Lab::start(LabConfig { hosts, staging: 1, registry: false, dir: None }).await?;
+    let lab = Lab::start(LabConfig { hosts, staging: 1, registry: false, dir: None, egress: false }).await?;
     let set = controlplane::manifest::load(&lab.manifests())?;
     let service = set.services.values().next().context("a service")?;
     let all: Vec<_> = set.environments.iter().flat_map(|e| e.hosts.clone()).collect();

@@ -221,7 +221,8 @@ async fn lab_command(cmd: LabCommand) -> anyhow::Result<()> {
             }
             let dir = std::path::absolute(&dir)?;
             let started = Instant::now();
-            let lab = Lab::start(LabConfig { hosts, staging, registry: true, dir: Some(dir.clone()) }).await?;
+            let lab =
+                Lab::start(LabConfig { hosts, staging, registry: true, dir: Some(dir.clone()), egress: false }).await?;
             let elapsed = started.elapsed();
             let info = lab.detach();
             println!(

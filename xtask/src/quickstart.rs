@@ -47,7 +47,9 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
             bail!("`{}` exists: run `cargo xtask lab down` first", d.display());
         }
     }
-    let lab = Lab::start(LabConfig { hosts: 3, staging: 1, registry: true, dir }).await.context("starting the lab")?;
+    let lab = Lab::start(LabConfig { hosts: 3, staging: 1, registry: true, dir, egress: false })
+        .await
+        .context("starting the lab")?;
     println!(
         "lab: registry {} and {} golden VMs in `{}`",
         lab.registry_host(),

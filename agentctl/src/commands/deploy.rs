@@ -77,7 +77,7 @@ fn verifier(ctx: &Context) -> Result<Verifier<'_>, Failure> {
     Ok(Verifier { registry: &ctx.registry, keys: ctx.trusted_keys(&[])?, builders: ctx.set.trust.builders.clone() })
 }
 
-fn failure(e: DeployError) -> Failure {
+pub fn failure(e: DeployError) -> Failure {
     let hint = match &e {
         DeployError::Verify(v) => v.hint(),
         DeployError::Stale { .. } => Some("make a new plan: `agentctl promote ...` shows what is live now".into()),
@@ -153,7 +153,7 @@ pub fn environment<'a>(ctx: &'a Context, name: &str) -> Result<&'a Environment, 
     })
 }
 
-fn ssh_client(ctx: &Context, env: &Environment) -> Result<SshClient, Failure> {
+pub fn ssh_client(ctx: &Context, env: &Environment) -> Result<SshClient, Failure> {
     Ok(SshClient::new(
         &env.hosts,
         &ctx.set.resolve(&ctx.set.ssh.identity),

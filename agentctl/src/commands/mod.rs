@@ -6,6 +6,7 @@ pub mod context;
 pub mod deploy;
 pub mod init;
 pub mod keys;
+pub mod prove;
 pub mod receipts;
 pub mod release;
 pub mod sign;

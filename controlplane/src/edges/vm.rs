@@ -31,7 +31,15 @@ pub enum VmError {
     Ssh(#[from] SshError),
     #[error("host `{host}` sent a probe answer that cannot be believed: {reason}")]
     Probe { host: String, reason: HostText },
+    #[error("service `{service}` names no `{field}` command in its manifest")]
+    NoCommand { service: String, field: &'static str },
+    #[error("on host `{host}`: {detail}")]
+    Command { host: String, detail: HostText },
 }
+
+/// How long one egress connection attempt may take on the host (the runtime's own limit
+/// is shorter).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One golden VM, for one run.
 #[async_trait]
@@ -43,6 +51,17 @@ pub trait GoldenVm: Send + Sync {
     async fn stage(&self, service: &Service, id: &str, content_hash: &str, tar: &[u8]) -> Result<(), HostText>;
     /// Runs one rollout step; `Err` says why it failed.
     async fn step(&self, service: &Service, step: &Step, health_timeout: Duration) -> Result<(), HostText>;
+    /// Tries a TCP connection to `addr:port` as `service`'s workload identity from its
+    /// network: `Ok(true)` connected, `Ok(false)` refused, rejected or timed out.
+    async fn connect(&self, service: &Service, addr: std::net::IpAddr, port: u16) -> Result<bool, VmError> {
+        let _ = (addr, port);
+        Err(VmError::NoCommand { service: service.name.to_string(), field: "egress_connect" })
+    }
+    /// The service's loaded egress ruleset as `nft -j` lists it (raw, bounded; empty when
+    /// none is loaded).
+    async fn egress_rules(&self, service: &Service) -> Result<Vec<u8>, VmError> {
+        Err(VmError::NoCommand { service: service.name.to_string(), field: "egress_rules" })
+    }
     /// Ends the connection.
     async fn close(self: Box<Self>) {}
 }
@@ -163,6 +182,43 @@ impl GoldenVm for SshVm {
             _ => step.describe().to_owned(),
         };
         self.run(&cmd, None, timeout, &what).await
+    }
+
+    async fn connect(&self, service: &Service, addr: std::net::IpAddr, port: u16) -> Result<bool, VmError> {
+        let argv = service
+            .egress_connect
+            .as_ref()
+            .ok_or_else(|| VmError::NoCommand { service: service.name.to_string(), field: "egress_connect" })?;
+        let mut args: Vec<String> = argv[1..].to_vec();
+        args.extend([service.name.to_string(), addr.to_string(), port.to_string()]);
+        let cmd = RemoteCommand::new(argv[0].clone(), args).with_deadline(CONNECT_TIMEOUT.as_secs());
+        let out = self.session.run(&cmd, None, 4096, CONNECT_TIMEOUT + DEADLINE_GRACE).await?;
+        match out.status {
+            Some(0) => Ok(true),
+            Some(_) => Ok(false),
+            None => Err(VmError::Command {
+                host: self.name().to_owned(),
+                detail: HostText::new("the connection attempt was killed by a signal"),
+            }),
+        }
+    }
+
+    async fn egress_rules(&self, service: &Service) -> Result<Vec<u8>, VmError> {
+        let argv = service
+            .egress_list
+            .as_ref()
+            .ok_or_else(|| VmError::NoCommand { service: service.name.to_string(), field: "egress_rules" })?;
+        let mut args: Vec<String> = argv[1..].to_vec();
+        args.push(service.name.to_string());
+        let cmd = RemoteCommand::new(argv[0].clone(), args).with_deadline(PROBE_TIMEOUT.as_secs());
+        let out = self.session.run(&cmd, None, 256 * 1024, PROBE_TIMEOUT + DEADLINE_GRACE).await?;
+        if !out.success() {
+            return Err(VmError::Command {
+                host: self.name().to_owned(),
+                detail: HostText::new(&format!("`{cmd}` exited with status {:?}: {}", out.status, out.stderr)),
+            });
+        }
+        Ok(out.stdout)
     }
 
     async fn close(self: Box<Self>) {

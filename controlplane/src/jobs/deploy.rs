@@ -73,6 +73,8 @@ pub enum DeployError {
     UnknownRollbackRelease { environment: String, service: String, release: String },
     #[error("staging failed on host `{host}`: {reason}; no host was changed")]
     Staging { host: String, reason: HostText },
+    #[error("cannot pin the egress rules of `{service}`: {detail}")]
+    Egress { service: String, detail: String },
     #[error("interrupted before any host was changed")]
     Interrupted,
     #[error(transparent)]
@@ -479,6 +481,7 @@ impl<'a> Deployer<'a> {
         let verified = self.verify_record(env, record).await?;
         self.gate(env, service, &record.facts.digest).await?;
         self.rehearsed(env, service, &record.facts.digest).await?;
+        let egress = if env.egress.enforce { Some(pin_egress(service).await?) } else { None };
         let content = release::render(&ReleaseInput {
             service,
             environment: &env.name,
@@ -487,6 +490,7 @@ impl<'a> Deployer<'a> {
             signer_key_id: &verified.signature.key_id,
             provenance: verified.provenance().map(|p| p.layer.as_str()),
             sbom: verified.sbom().map(|p| p.layer.as_str()),
+            egress: egress.as_ref(),
         })?;
         let recorded = self.recorded(env, service).await?;
         let observed = self.observe(fleet, env, service, &recorded.probe_targets(&env.hosts, None)).await?;
@@ -711,6 +715,11 @@ impl<'a> Deployer<'a> {
             return self.finish_interrupted_early(&plan, approval_records, receipts).await;
         }
 
+        let egress_checks = match env.egress.prove_on_apply && !plan.is_noop() {
+            true => Some(crate::egress_proof::expectations(env, service).await?),
+            false => None,
+        };
+
         // 3. The lock: a lease in the store, renewed while the apply runs. A holder whose
         //    lease ran out (it died, or lost the database) is taken over, on the record.
         let lease = self.lease();
@@ -745,7 +754,16 @@ impl<'a> Deployer<'a> {
             self.store.unlock(&plan.environment, &plan.service, plan_id.as_str()).await?;
             return refuse(DeployError::Replayed(plan_id)).await;
         }
-        let run = Run { d: self, fleet, plan: &plan, plan_id: &plan_id, env, service, approvals: approval_records };
+        let run = Run {
+            d: self,
+            fleet,
+            plan: &plan,
+            plan_id: &plan_id,
+            env,
+            service,
+            approvals: approval_records,
+            egress_checks,
+        };
         let result = tokio::select! {
             result = run.apply_locked(receipts) => result,
             never = self.keep_lease(&plan, &plan_id, lease) => match never {},
@@ -881,6 +899,31 @@ impl<'a> Deployer<'a> {
     }
 }
 
+/// Resolves the names of `service`'s egress allowlist (now: at plan time, and again at
+/// apply time, when the plan is derived again) and pins the rules to the addresses.
+pub async fn pin_egress(service: &Service) -> Result<crate::egress::Pinned, DeployError> {
+    use crate::egress::Destination;
+    let fail = |detail: String| DeployError::Egress { service: service.name.to_string(), detail };
+    let mut resolved = BTreeMap::new();
+    for rule in &service.egress_rules {
+        if let Destination::Name(name) = &rule.to {
+            if resolved.contains_key(name) {
+                continue;
+            }
+            let addrs =
+                tokio::time::timeout(Duration::from_secs(10), tokio::net::lookup_host((name.as_str(), rule.port)))
+                    .await
+                    .map_err(|_| fail(format!("resolving `{name}` timed out")))?
+                    .map_err(|e| fail(format!("`{name}` does not resolve: {e}")))?;
+            let mut ips: Vec<std::net::IpAddr> = addrs.map(|a| a.ip()).collect();
+            ips.sort();
+            ips.dedup();
+            resolved.insert(name.clone(), ips);
+        }
+    }
+    crate::egress::pin(service.name.as_str(), &service.egress_rules, service.egress_loopback, &resolved).map_err(fail)
+}
+
 /// A saved plan file, read strictly. Its content is checked against its `plan_id` and then
 /// treated as a request ([`Deployer::apply_saved`]).
 pub fn read_saved(text: &str) -> Result<plan::SavedPlan, serde_json::Error> {
@@ -959,6 +1002,8 @@ struct Run<'r, 'a> {
     env: &'a Environment,
     service: &'a Service,
     approvals: Vec<ApprovalRecord>,
+    /// With `prove_on_apply`: what each host's workload must (not) reach after its health check.
+    egress_checks: Option<Vec<crate::egress::Expectation>>,
 }
 
 impl Run<'_, '_> {
@@ -1176,7 +1221,15 @@ impl Run<'_, '_> {
         let health = Duration::from_secs(self.env.rollout.health_timeout_secs);
         let mut step = machine.first();
         loop {
-            let result = vm.step(self.service, &step, health).await.map_err(|t| t.to_string());
+            let mut result = vm.step(self.service, &step, health).await.map_err(|t| t.to_string());
+            // The egress proof is part of the health gate: a host whose workload reaches what
+            // it must not (or not what it must) fails like an unhealthy one.
+            if let (Ok(()), rollout::Step::Health, Some(checks)) = (&result, &step, &self.egress_checks) {
+                let proof = crate::egress_proof::prove_host(vm, self.service, checks).await;
+                if !proof.held() {
+                    result = Err(format!("egress proof failed: {}", proof.failures().join("; ")));
+                }
+            }
             if let Err(e) = &result {
                 if !matches!(step, rollout::Step::Swap(_) | rollout::Step::Activate(_) | rollout::Step::Health) {
                     self.d.sink.event(&format!("{name}: the way back failed: {e}"));

@@ -3,6 +3,7 @@
 pub mod approve;
 pub mod catalog;
 pub mod deploy;
+pub mod egress;
 pub mod init;
 pub mod sign;
 pub mod status;

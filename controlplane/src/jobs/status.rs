@@ -48,7 +48,18 @@ pub async fn probe_all(
             d.environment == env.name.as_str() && d.service == service.name.as_str() && d.host == host.name.as_str()
         });
         let status = match probe_one(ssh, host, service, settings.timeout).await {
-            Ok(obs) => (drift::classify(service.name.as_str(), rec, &obs), obs.release_id().map(ToString::to_string)),
+            Ok(obs) => {
+                let mut status = drift::classify(service.name.as_str(), rec, &obs);
+                // Where the environment enforces egress, the loaded rules must mean what the
+                // live release's rules mean.
+                if env.egress.enforce && status == Status::InSync && service.egress_list.is_some() {
+                    status = match probe_egress(ssh, host, service, settings.timeout).await {
+                        Ok(out) => drift::classify_egress(service.name.as_str(), &out),
+                        Err(e) => Status::Unreachable { reason: e.to_string(), security: false },
+                    };
+                }
+                (status, obs.release_id().map(ToString::to_string))
+            }
             Err(e) => {
                 let security = matches!(e, SshError::HostKeyMismatch { .. });
                 (Status::Unreachable { reason: e.to_string(), security }, None)
@@ -76,7 +87,37 @@ pub async fn probe_one(
     service: &Service,
     timeout: Duration,
 ) -> Result<observe::Observation, SshError> {
-    let cmd = observe::probe_command(host, service, &[]).with_deadline(timeout.as_secs());
+    let cmd = observe::probe_command(host, service, &[]);
+    let stdout = run_fresh(ssh, host, &cmd, observe::MAX_PROBE_OUTPUT, timeout).await?;
+    observe::parse(&stdout).map_err(|reason| SshError::Run {
+        host: host.name.to_string(),
+        detail: HostText::new(&format!("probe answer cannot be believed: {reason}")),
+    })
+}
+
+/// The live release's `egress.json` and the loaded rules, over a fresh connection.
+pub async fn probe_egress(
+    ssh: &SshClient,
+    host: &Host,
+    service: &Service,
+    timeout: Duration,
+) -> Result<observe::EgressObservation, SshError> {
+    let cmd = observe::egress_command(host, service);
+    let stdout = run_fresh(ssh, host, &cmd, observe::MAX_PROBE_OUTPUT, timeout).await?;
+    observe::parse_egress(&stdout).map_err(|reason| SshError::Run {
+        host: host.name.to_string(),
+        detail: HostText::new(&format!("egress answer cannot be believed: {reason}")),
+    })
+}
+
+async fn run_fresh(
+    ssh: &SshClient,
+    host: &Host,
+    cmd: &crate::remote::RemoteCommand,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, SshError> {
+    let cmd = cmd.with_deadline(timeout.as_secs());
     let mut child = tokio::process::Command::new("ssh")
         .args(ssh.ssh_args(host))
         .arg("--")
@@ -93,8 +134,7 @@ pub async fn probe_one(
     let mut out = child.stdout.take().expect("piped");
     let mut err = child.stderr.take().expect("piped");
     let work = async {
-        let (stdout, stderr) =
-            tokio::join!(read_bounded(&mut out, observe::MAX_PROBE_OUTPUT), read_bounded(&mut err, 16 * 1024));
+        let (stdout, stderr) = tokio::join!(read_bounded(&mut out, limit), read_bounded(&mut err, 16 * 1024));
         let status = child.wait().await;
         (stdout, stderr, status)
     };
@@ -107,8 +147,5 @@ pub async fn probe_one(
     if status.code() == Some(255) {
         return Err(SshError::from_ssh_message(host, &stderr, timeout.as_secs()));
     }
-    let stdout = stdout
-        .map_err(|e| run(e.to_string()))?
-        .ok_or(SshError::OutputTooLarge { host: host.name.to_string(), limit: observe::MAX_PROBE_OUTPUT })?;
-    observe::parse(&stdout).map_err(|reason| run(format!("probe answer cannot be believed: {reason}")))
+    stdout.map_err(|e| run(e.to_string()))?.ok_or(SshError::OutputTooLarge { host: host.name.to_string(), limit })
 }

@@ -122,7 +122,19 @@ pub struct Environment {
     pub require_provenance: bool,
     pub require_sbom: bool,
     pub rollout: Rollout,
+    pub egress: EgressPolicy,
     pub hosts: Vec<Host>,
+}
+
+/// How an environment treats its services' egress allowlists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EgressPolicy {
+    /// Render default-deny rules into each release and have the runtime load them.
+    pub enforce: bool,
+    /// A passing egress proof is part of apply's health gate.
+    pub prove_on_apply: bool,
+    /// Destinations that must be unreachable (besides one outside every allowlist).
+    pub canaries: Vec<crate::egress::Rule>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -201,7 +213,18 @@ pub struct Service {
     pub probe: Vec<String>,
     pub templates: Vec<Template>,
     pub secrets: Vec<SecretName>,
+    /// The egress allowlist as written (templates see it).
     pub egress: Vec<String>,
+    /// The same, parsed.
+    pub egress_rules: Vec<crate::egress::Rule>,
+    /// Whether the workload may talk to loopback.
+    pub egress_loopback: bool,
+    /// argv run on the host as `egress_connect... <service> <address> <port>`: a TCP connection
+    /// attempt as the workload identity, from its network; exit 0 when it connected.
+    pub egress_connect: Option<Vec<String>>,
+    /// argv run on the host as `egress_rules... <service>`: prints the service's loaded
+    /// ruleset as `nft -j list table inet agentctl_<service>` does (nothing when none).
+    pub egress_list: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]

@@ -78,8 +78,21 @@ pub struct EnvironmentFile {
     #[serde(default)]
     pub require_sbom: bool,
     pub rollout: S<Rollout>,
+    pub egress: Option<S<Egress>>,
     #[serde(default)]
     pub host: Vec<S<Host>>,
+}
+
+/// `[egress]` of an environment.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Egress {
+    #[serde(default)]
+    pub enforce: bool,
+    #[serde(default)]
+    pub prove_on_apply: bool,
+    #[serde(default)]
+    pub canaries: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +135,10 @@ pub struct ServiceFile {
     pub secrets: Vec<S<String>>,
     #[serde(default)]
     pub egress: Vec<S<String>>,
+    #[serde(default)]
+    pub egress_loopback: bool,
+    pub egress_connect: Option<S<Vec<S<String>>>>,
+    pub egress_rules: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -549,6 +549,42 @@ impl<'a> Validator<'a> {
                 }
             }
             let rollout = self.rollout(&at, &file.rollout);
+            let mut egress = EgressPolicy::default();
+            if let Some(e) = &file.egress {
+                let e = e.get_ref();
+                egress.enforce = e.enforce;
+                egress.prove_on_apply = e.prove_on_apply;
+                if e.prove_on_apply && !e.enforce {
+                    self.push(
+                        &path,
+                        (1, 1),
+                        "egress.prove_on_apply",
+                        "an egress proof on apply needs `enforce = true`".into(),
+                        Some("set `enforce = true` in `[egress]`".into()),
+                    );
+                }
+                for (i, c) in e.canaries.iter().enumerate() {
+                    match crate::egress::Rule::parse(c.get_ref()) {
+                        Ok(r @ crate::egress::Rule { to: crate::egress::Destination::Net(n), .. }) if n.is_host() => {
+                            egress.canaries.push(r)
+                        }
+                        Ok(_) => self.err(
+                            &at,
+                            c,
+                            &format!("egress.canaries[{i}]"),
+                            format!("`{}` is not one address", c.get_ref().escape_debug()),
+                            Some("a canary is `IP:PORT`: one address to try, e.g. `203.0.113.7:443`"),
+                        ),
+                        Err(why) => self.err(
+                            &at,
+                            c,
+                            &format!("egress.canaries[{i}]"),
+                            format!("`{}` is not a destination: {why}", c.get_ref().escape_debug()),
+                            Some("a canary is `IP:PORT`, e.g. `203.0.113.7:443`"),
+                        ),
+                    }
+                }
+            }
             let mut hosts: Vec<Host> = Vec::new();
             for (i, h) in file.host.iter().enumerate() {
                 let Some(host) = self.host(&at, h.get_ref(), i) else { continue };
@@ -590,6 +626,7 @@ impl<'a> Validator<'a> {
                 require_provenance: file.require_provenance,
                 require_sbom: file.require_sbom,
                 rollout: rollout.unwrap_or(Rollout { batch: BatchSize::Count(1), health_timeout_secs: 30 }),
+                egress,
                 hosts,
             });
         }
@@ -794,7 +831,8 @@ impl<'a> Validator<'a> {
                 }
             }
             let target = t.target.get_ref();
-            let target_ok = relative_path_ok(target) && target != "release.json";
+            let target_ok =
+                relative_path_ok(target) && !["release.json", "egress.nft", "egress.json"].contains(&target.as_str());
             if !target_ok {
                 self.err(at, &t.target, &format!("template[{i}].target"), format!("`{}` is not a safe path inside the release directory", target.escape_debug()), Some("use a relative path without `..` (and not `release.json`, which the control plane writes), e.g. `config/app.env`"));
             } else if templates.iter().any(|x| x.target == *target) {
@@ -815,17 +853,21 @@ impl<'a> Validator<'a> {
                 Err(e) => self.err(at, s, &format!("secrets[{i}]"), e.to_string(), None),
             }
         }
+        let mut egress_rules = Vec::new();
         for (i, e) in f.egress.iter().enumerate() {
-            if !valid_egress(e.get_ref()) {
-                self.err(
+            match crate::egress::Rule::parse(e.get_ref()) {
+                Ok(r) => egress_rules.push(r),
+                Err(why) => self.err(
                     at,
                     e,
                     &format!("egress[{i}]"),
-                    format!("`{}` is not an egress rule", e.get_ref().escape_debug()),
-                    Some("write `host:port`, e.g. `api.example.com:443`"),
-                );
+                    format!("`{}` is not an egress rule: {why}", e.get_ref().escape_debug()),
+                    Some("write `host:port`, `ip:port` or `cidr:port` (TCP), e.g. `api.example.com:443`, `10.0.0.0/8:5432`"),
+                ),
             }
         }
+        let egress_connect = f.egress_connect.as_ref().and_then(|v| self.argv(at, v, "egress_connect"));
+        let egress_list = f.egress_rules.as_ref().and_then(|v| self.argv(at, v, "egress_rules"));
         Some(Service {
             name,
             repository: repository?,
@@ -835,6 +877,10 @@ impl<'a> Validator<'a> {
             templates,
             secrets,
             egress: f.egress.iter().map(|e| e.get_ref().clone()).collect(),
+            egress_rules,
+            egress_loopback: f.egress_loopback,
+            egress_connect,
+            egress_list,
         })
     }
 
@@ -979,12 +1025,6 @@ fn valid_address(s: &str) -> bool {
                 && !l.starts_with('-')
                 && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         })
-}
-
-fn valid_egress(s: &str) -> bool {
-    let Some((host, port)) = s.rsplit_once(':') else { return false };
-    let host = host.strip_prefix("*.").unwrap_or(host);
-    valid_address(host) && port.parse::<u16>().is_ok_and(|p| p > 0)
 }
 
 fn parse_host_key(s: &str) -> Option<HostKey> {

@@ -1,0 +1,76 @@
+//! `agentctl prove egress SERVICE --env ENV`.
+
+use super::context::Context;
+use super::deploy::{environment, failure, receipt_key, receipts, ssh_client};
+use crate::failure::{Code, Failure};
+use crate::render::Report;
+use crate::Globals;
+use controlplane::deploy::DeployError;
+use controlplane::egress_proof;
+use controlplane::names::ServiceName;
+use controlplane::vm::Fleet;
+
+pub async fn egress(g: &Globals, service_name: &str, env_name: &str) -> Result<Report, Failure> {
+    let ctx = Context::load(g)?;
+    let env = environment(&ctx, env_name)?;
+    let service = ServiceName::new(service_name)
+        .ok()
+        .and_then(|n| ctx.set.service(&n))
+        .ok_or_else(|| Failure::new(Code::Invalid, anyhow::anyhow!("no service `{service_name}` in the manifests")))?;
+    if service.egress_connect.is_none() {
+        return Err(Failure::new(Code::Invalid, anyhow::anyhow!("service `{service_name}` names no `egress_connect` command"))
+            .hint("add `egress_connect = [\"agent-runtime\", \"connect\"]` (called as `… SERVICE ADDRESS PORT`) to its manifest"));
+    }
+    let expectations = egress_proof::expectations(env, service).await.map_err(failure)?;
+    let ssh = ssh_client(&ctx, env)?;
+    let fleet = Fleet::connect(&ssh, &env.hosts, ctx.set.ssh.concurrency)
+        .await
+        .map_err(|e| failure(DeployError::Vm(e.into())))?;
+    let proofs = egress_proof::prove(&fleet, env, service, &expectations).await;
+    fleet.close().await;
+
+    let key = receipt_key(&ctx)?;
+    let store = ctx.store().await?;
+    let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let body = egress_proof::receipt_body(env, service, &ctx.operator(), time, &proofs);
+    let receipt = receipts(&ctx).append(body, &key, &store).await?;
+
+    let mut rows = Vec::new();
+    for p in &proofs {
+        for t in &p.tried {
+            let e = &t.expectation;
+            rows.push(vec![
+                p.host.clone(),
+                format!("{}:{}", e.addr, e.port),
+                e.why.clone(),
+                if e.allowed { "connects" } else { "refused" }.to_owned(),
+                if t.connected { "connected" } else { "refused" }.to_owned(),
+                if t.held() { "ok" } else { "FAIL" }.to_owned(),
+            ]);
+        }
+        if let Some(err) = &p.error {
+            rows.push(vec![p.host.clone(), "-".into(), "-".into(), "-".into(), err.to_string(), "FAIL".into()]);
+        }
+    }
+    let held = proofs.iter().all(egress_proof::HostProof::held);
+    let table = crate::render::table(&["HOST", "DESTINATION", "WHY", "EXPECTED", "RESULT", ""], rows);
+    let text = format!(
+        "egress of `{service_name}` in `{env_name}` as `{}`\n{table}\nreceipt {}",
+        controlplane::egress::workload_user(service_name),
+        receipt.file_name()
+    );
+    let json = serde_json::json!({ "held": held, "hosts": proofs, "receipt": receipt.file_name() });
+    if held {
+        Ok(Report::new(format!("{text}\nok: every expectation held on {} host(s)", proofs.len()), json))
+    } else {
+        let failed: Vec<String> =
+            proofs.iter().filter(|p| !p.held()).map(|p| format!("{}: {}", p.host, p.failures().join("; "))).collect();
+        let out = if g.json { serde_json::to_string_pretty(&json)? } else { text };
+        Err(Failure::new(
+            Code::Failed,
+            anyhow::anyhow!("the egress proof failed on {} host(s): {}", failed.len(), failed.join(" | ")),
+        )
+        .with_output(out)
+        .hint("run `agentctl status` for egress drift; re-promote the release to load its rules again"))
+    }
+}

@@ -1,0 +1,154 @@
+//! `prove egress`: on every host, as the service's workload identity, a connection to each
+//! allowed destination (must succeed) and to denied ones (must fail), through the
+//! runtime's `egress_connect`. Also the per-host proof that `prove_on_apply` adds to the
+//! health gate.
+
+use crate::egress::{self, Expectation};
+use crate::manifest::{Environment, Service};
+use crate::receipt::{HostOutcome, ReceiptBody, ReceiptKind};
+use crate::untrusted::HostText;
+use crate::vm::{Fleet, GoldenVm, VmError};
+use serde::Serialize;
+
+/// One attempted connection and what happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tried {
+    #[serde(flatten)]
+    pub expectation: Expectation,
+    pub connected: bool,
+}
+
+impl Tried {
+    pub fn held(&self) -> bool {
+        self.connected == self.expectation.allowed
+    }
+}
+
+/// One host's proof.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostProof {
+    pub host: String,
+    pub tried: Vec<Tried>,
+    /// Why the proof could not run on this host.
+    pub error: Option<HostText>,
+}
+
+impl HostProof {
+    pub fn held(&self) -> bool {
+        self.error.is_none() && self.tried.iter().all(Tried::held)
+    }
+
+    /// The expectations that did not hold, one phrase each.
+    pub fn failures(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .tried
+            .iter()
+            .filter(|t| !t.held())
+            .map(|t| {
+                let e = &t.expectation;
+                if e.allowed {
+                    format!("{}:{} ({}) is unreachable", e.addr, e.port, e.why)
+                } else {
+                    format!("{}:{} ({}) is reachable", e.addr, e.port, e.why)
+                }
+            })
+            .collect();
+        out.extend(self.error.iter().map(ToString::to_string));
+        out
+    }
+}
+
+/// What the proof tries for `service` in `env`: the manifests' allowlist, pinned now.
+pub async fn expectations(
+    env: &Environment,
+    service: &Service,
+) -> Result<Vec<Expectation>, crate::deploy::DeployError> {
+    let pinned = crate::deploy::pin_egress(service).await?;
+    Ok(egress::expectations(&pinned.ruleset, &env.egress.canaries))
+}
+
+/// Runs every expectation on one host.
+pub async fn prove_host(vm: &dyn GoldenVm, service: &Service, expectations: &[Expectation]) -> HostProof {
+    let mut tried = Vec::new();
+    for e in expectations {
+        match vm.connect(service, e.addr, e.port).await {
+            Ok(connected) => tried.push(Tried { expectation: e.clone(), connected }),
+            Err(err) => {
+                return HostProof { host: vm.name().to_owned(), tried, error: Some(HostText::new(&err.to_string())) }
+            }
+        }
+    }
+    HostProof { host: vm.name().to_owned(), tried, error: None }
+}
+
+/// Runs the proof on every host of `env`, all hosts at once.
+pub async fn prove(
+    fleet: &Fleet,
+    env: &Environment,
+    service: &Service,
+    expectations: &[Expectation],
+) -> Vec<HostProof> {
+    let runs = env.hosts.iter().map(|h| async move {
+        match fleet.get(h.name.as_str()) {
+            Some(vm) => prove_host(vm, service, expectations).await,
+            None => HostProof {
+                host: h.name.to_string(),
+                tried: Vec::new(),
+                error: Some(HostText::new(
+                    &VmError::Command { host: h.name.to_string(), detail: HostText::new("not connected") }.to_string(),
+                )),
+            },
+        }
+    });
+    futures::future::join_all(runs).await
+}
+
+/// The signed record of a proof.
+pub fn receipt_body(
+    env: &Environment,
+    service: &Service,
+    operator: &str,
+    time: String,
+    proofs: &[HostProof],
+) -> ReceiptBody {
+    let held = proofs.iter().all(HostProof::held);
+    ReceiptBody {
+        kind: ReceiptKind::EgressProof,
+        time,
+        operator: operator.to_owned(),
+        plan_id: None,
+        environment: Some(env.name.to_string()),
+        service: Some(service.name.to_string()),
+        release: None,
+        hosts: proofs
+            .iter()
+            .map(|p| HostOutcome {
+                host: p.host.clone(),
+                before: None,
+                after: None,
+                rollback_target: None,
+                outcome: if p.held() { "held".into() } else { "failed".into() },
+                detail: Some(HostText::new(
+                    &p.tried
+                        .iter()
+                        .map(|t| {
+                            format!(
+                                "{}:{} ({}) {} {}",
+                                t.expectation.addr,
+                                t.expectation.port,
+                                t.expectation.why,
+                                if t.expectation.allowed { "allow" } else { "deny" },
+                                if t.connected { "connected" } else { "refused" }
+                            )
+                        })
+                        .chain(p.error.iter().map(|e| format!("error: {e}")))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )),
+            })
+            .collect(),
+        approvals: vec![],
+        outcome: if held { "held".into() } else { "failed".into() },
+        detail: None,
+    }
+}
