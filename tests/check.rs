@@ -149,6 +149,13 @@ const CASES: &[(&str, &str, &str, &str, &str)] = &[
     ),
     ("environments/prod.toml", "approvals = 1", "aprovals = 1", "environments/prod.toml:3", "aprovals"),
     (
+        "services/api.toml",
+        "egress = [\"api.example.com:443\"]",
+        "egress = [\"10.1.2.3/8:443\"]",
+        "services/api.toml:18",
+        "egress[0]",
+    ),
+    (
         "controlplane.toml",
         "state = \"sqlite:../state/controlplane.db\"",
         "state = \"postgres://cp:hunter2@db/cp\"",

@@ -149,3 +149,33 @@ async fn a_failing_egress_proof_fails_the_health_gate_and_the_host_goes_back() {
     assert_ne!(last["outcome"], "succeeded", "{last}");
     let _ = v1;
 }
+
+#[test]
+fn nftables_reads_back_exactly_the_rules_we_render() {
+    use controlplane::egress::{self, Rule};
+    // nftables itself parses what we render and lists it back: our reader must see the same
+    // meaning (a different, independent implementation of the format on each side).
+    lab::network::workload_user("api").unwrap();
+    let rules: Vec<Rule> = ["10.20.30.40:443", "10.0.0.0/8:5432", "[2001:db8::1]:80", "2001:db8:1::/48:8443"]
+        .iter()
+        .map(|r| Rule::parse(r).unwrap())
+        .collect();
+    for loopback in [false, true] {
+        let pinned = egress::pin("api", &rules, loopback, &Default::default()).unwrap();
+        let ns = format!("agentctl-nft-{}-{loopback}", std::process::id());
+        let ip = |args: &[&str]| std::process::Command::new("ip").args(args).output().unwrap();
+        assert!(ip(&["netns", "add", &ns]).status.success());
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), egress::render(&pinned.ruleset)).unwrap();
+        let load = ip(&["netns", "exec", &ns, "nft", "-f", &file.path().display().to_string()]);
+        // Loading twice replaces the table atomically (the file deletes it first).
+        let again = ip(&["netns", "exec", &ns, "nft", "-f", &file.path().display().to_string()]);
+        let listed = ip(&["netns", "exec", &ns, "nft", "-j", "list", "table", "inet", "agentctl_api"]);
+        ip(&["netns", "del", &ns]);
+        assert!(load.status.success() && again.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
+        let back = egress::from_nft_json("api", &listed.stdout).unwrap().expect("a table");
+        assert_eq!(back.allow, pinned.ruleset.allow, "loopback {loopback}");
+        assert_eq!(back.loopback, loopback);
+        assert!(egress::differences(&pinned.ruleset, &back).is_empty(), "{:?}", egress::differences(&pinned.ruleset, &back));
+    }
+}

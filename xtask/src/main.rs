@@ -189,6 +189,8 @@ pub fn setup() -> anyhow::Result<()> {
         ("skopeo", "/usr/bin/skopeo"),
         ("openssl", "/usr/bin/openssl"),
         (lab::postgres::PACKAGE, "/usr/lib/postgresql"),
+        ("nftables", "/usr/sbin/nft"),
+        ("iproute2", "/usr/sbin/ip"),
     ];
     let missing: Vec<&str> = needed.iter().filter(|(_, bin)| !Path::new(bin).exists()).map(|(p, _)| *p).collect();
     if missing.is_empty() {
