@@ -176,6 +176,10 @@ fn nftables_reads_back_exactly_the_rules_we_render() {
         let back = egress::from_nft_json("api", &listed.stdout).unwrap().expect("a table");
         assert_eq!(back.allow, pinned.ruleset.allow, "loopback {loopback}");
         assert_eq!(back.loopback, loopback);
-        assert!(egress::differences(&pinned.ruleset, &back).is_empty(), "{:?}", egress::differences(&pinned.ruleset, &back));
+        assert!(
+            egress::differences(&pinned.ruleset, &back).is_empty(),
+            "{:?}",
+            egress::differences(&pinned.ruleset, &back)
+        );
     }
 }
