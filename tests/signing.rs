@@ -277,3 +277,76 @@ async fn a_registry_serving_other_bytes_than_the_digest_is_refused() {
     assert!(stderr(&out).contains("security incident"), "{}", stderr(&out));
     assert!(!stderr(&out).contains("no signature"), "{}", stderr(&out));
 }
+
+/// Attaches a Sigstore bundle to `img` as cosign 3 does on a registry without the referrers
+/// API: an artifact manifest whose `subject` is the image, listed in an OCI index under the
+/// referrers tag schema's tag `sha256-<hex>`.
+async fn attach_bundle_referrer(w: &World, img: &controlplane::image::PinnedImage) {
+    use controlplane::registry::{OCI_INDEX, OCI_MANIFEST};
+    let reg = w.lab.registry_client();
+    let repo = &img.repository;
+    let bundle_type = "application/vnd.dev.sigstore.bundle.v0.3+json";
+    let empty = reg.push_blob(repo, b"{}").await.unwrap();
+    let bundle = br#"{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","verificationMaterial":{},"messageSignature":{}}"#;
+    let layer = reg.push_blob(repo, bundle).await.unwrap();
+    let (image_manifest, _) = reg.manifest(repo, img.digest.as_str()).await.unwrap().unwrap();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": bundle_type,
+        "config": { "mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2 },
+        "layers": [{ "mediaType": bundle_type, "digest": layer, "size": bundle.len() }],
+        "subject": { "mediaType": OCI_MANIFEST, "digest": img.digest.as_str(), "size": image_manifest.len() },
+    });
+    let bytes = serde_json::to_vec(&manifest).unwrap();
+    let digest = reg.push_manifest(repo, None, bytes.clone()).await.unwrap();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{ "mediaType": OCI_MANIFEST, "digest": digest, "size": bytes.len(), "artifactType": bundle_type }],
+    });
+    let tag = format!("sha256-{}", img.digest.as_str().trim_start_matches("sha256:"));
+    reg.push_manifest(repo, Some(&tag), serde_json::to_vec(&index).unwrap()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cosign_3_bundle_is_named_as_such_never_as_no_signature() {
+    let w = World::start(no_hosts()).await;
+    let img = w.lab.push_image("demo/api", "v1", "bundle-signed").await.unwrap();
+    attach_bundle_referrer(&w, &img).await;
+    let out = w.agentctl(&["verify", &s(&img)]);
+    assert_exit(&out, 4, "Sigstore bundle v0.3");
+    assert!(!stderr(&out).contains("has no signature"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--new-bundle-format=false --use-signing-config=false"), "{}", stderr(&out));
+    // And a release cannot be recorded from it.
+    assert_exit(&w.agentctl(&["release", "add", "api", &s(&img), "--commit", COMMIT]), 4, "Sigstore bundle");
+    // Signing it the legacy way makes it verify.
+    assert_ok(&w.agentctl(&["sign", &s(&img), "--key", &w.release_key()]));
+    assert_ok(&w.agentctl(&["verify", &s(&img)]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_that_stops_before_the_referrers_answer_is_unreachable_not_unsigned() {
+    let w = World::start(no_hosts()).await;
+    let port: u16 = w.lab.registry_host().rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = Proxy::start(port).await;
+    let cp = w.manifests().join("controlplane.toml");
+    let text = std::fs::read_to_string(&cp).unwrap();
+    let extra = format!("[[registry]]\nhost = \"{}\"\ninsecure = true\n\n[trust]", proxy.host());
+    std::fs::write(&cp, text.replacen("[trust]", &extra, 1)).unwrap();
+    let repo = Repository::new(&format!("{}/demo/api", proxy.host())).unwrap();
+    let client = controlplane::registry::Registry::new(&[controlplane::manifest::RegistrySettings {
+        host: proxy.host(),
+        insecure: true,
+        username_env: None,
+        password_env: None,
+    }]);
+    let digest = client.push_artifact(&repo, Some("v1"), &lab::build_image("unsigned").artifact).await.unwrap();
+    let img = format!("{repo}@{digest}");
+    assert_exit(&w.agentctl(&["verify", &img]), 4, "has no signature");
+    // The image manifest and the missing `.sig` answer; the referrers lookup does not.
+    proxy.set_budget(2);
+    let out = w.agentctl(&["verify", &img]);
+    assert_exit(&out, 4, "the registry could not be asked");
+    assert!(!stderr(&out).contains("no signature"), "{}", stderr(&out));
+}

@@ -20,6 +20,16 @@ pub const MAX_BLOB_BYTES: usize = 16 << 20;
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// A manifest that refers to an image (its `subject`), as the referrers API or the
+/// referrers tag schema lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Referrer {
+    pub digest: String,
+    /// The referrer's `artifactType` (or its config media type), when known.
+    pub artifact_type: Option<String>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -181,6 +191,66 @@ impl Registry {
         Ok(Some((bytes, digest)))
     }
 
+    /// The referrers of `digest`: through the OCI 1.1 referrers API, or, on a registry
+    /// without it, the referrers tag schema (an index under the tag `sha256-<hex>`). Empty
+    /// when there are none; a registry error stays an error, never "none".
+    pub async fn referrers(&self, repo: &Repository, digest: &Digest) -> Result<Vec<Referrer>, RegistryError> {
+        let auth = self.auth(repo)?;
+        self.client.store_auth_if_needed(repo.registry(), &auth).await;
+        self.count(1);
+        match self.client.pull_referrers(&Self::reference(repo, digest.as_str()), None).await {
+            Ok(index) => {
+                // The API's index may not carry each entry's artifact type (and this client
+                // does not keep it): read it from each referrer's manifest.
+                let mut out = Vec::new();
+                for entry in index.manifests.iter().take(64) {
+                    let Some((bytes, _)) = self.manifest(repo, &entry.digest).await? else { continue };
+                    out.push(Referrer { digest: entry.digest.clone(), artifact_type: artifact_type_of(&bytes) });
+                }
+                return Ok(out);
+            }
+            Err(e) if Self::is_not_found(&e) || matches!(e, OciDistributionError::UnsupportedSchemaVersionError(_)) => {
+            }
+            Err(e) => return Err(Self::classify(repo, e)),
+        }
+        let hex = digest.as_str().trim_start_matches("sha256:");
+        self.count(1);
+        let r =
+            self.client.pull_manifest_raw(&Self::reference(repo, &format!("sha256-{hex}")), &auth, &[OCI_INDEX]).await;
+        let bytes = match r {
+            Ok((b, _)) => b,
+            Err(e) if Self::is_not_found(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(Self::classify(repo, e)),
+        };
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(RegistryError::TooLarge {
+                registry: repo.registry().into(),
+                what: "a referrers index",
+                limit: MAX_MANIFEST_BYTES,
+            });
+        }
+        let index: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Invalid {
+            registry: repo.registry().into(),
+            detail: format!("referrers index: {e}"),
+        })?;
+        Ok(index
+            .get("manifests")
+            .and_then(|m| m.as_array())
+            .map(|entries| {
+                entries
+                    .iter()
+                    .take(64)
+                    .filter_map(|e| {
+                        Some(Referrer {
+                            digest: e.get("digest")?.as_str()?.to_owned(),
+                            artifact_type: e.get("artifactType").and_then(|t| t.as_str()).map(str::to_owned),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     /// The blob `digest`, checked against its digest and bounded in size.
     pub async fn blob(&self, repo: &Repository, digest: &Digest) -> Result<Vec<u8>, RegistryError> {
         self.auth(repo)?;
@@ -231,7 +301,12 @@ impl Registry {
         let reference = Self::reference(repo, tag.unwrap_or(digest.as_str()));
         self.client.store_auth_if_needed(repo.registry(), &auth).await;
         self.count(1);
-        let content_type = OCI_MANIFEST.parse().expect("a static header value");
+        let media_type = serde_json::from_slice::<serde_json::Value>(&manifest)
+            .ok()
+            .and_then(|m| m.get("mediaType").and_then(|t| t.as_str()).map(str::to_owned))
+            .filter(|t| t == OCI_INDEX)
+            .unwrap_or_else(|| OCI_MANIFEST.to_owned());
+        let content_type = media_type.parse().expect("a static header value");
         self.client.push_manifest_raw(&reference, manifest, content_type).await.map_err(|e| Self::classify(repo, e))?;
         Ok(digest)
     }
@@ -262,6 +337,15 @@ impl Registry {
         });
         self.push_manifest(repo, tag, serde_json::to_vec(&manifest).expect("JSON")).await
     }
+}
+
+/// A manifest's `artifactType`, else its config's media type.
+fn artifact_type_of(manifest: &[u8]) -> Option<String> {
+    let m: serde_json::Value = serde_json::from_slice(manifest).ok()?;
+    m.get("artifactType")
+        .and_then(|t| t.as_str())
+        .or_else(|| m.get("config")?.get("mediaType")?.as_str())
+        .map(str::to_owned)
 }
 
 /// An image or artifact to push: config blob and layers.

@@ -22,6 +22,8 @@ pub enum VerifyError {
     ImageNotFound(PinnedImage),
     #[error("image `{0}` has no signature")]
     NoSignature(PinnedImage),
+    #[error("image `{image}` is signed, but as {format}, which this version of agentctl does not verify yet")]
+    UnsupportedFormat { image: PinnedImage, format: String },
     #[error("image `{0}` is signed, but by no trusted key")]
     UntrustedKey(PinnedImage),
     #[error(
@@ -61,6 +63,9 @@ impl VerifyError {
             Self::NoSignature(i) => {
                 format!("sign it in CI: `agentctl sign {i} --key KEY` (or `cosign sign --key KEY {i}`)")
             }
+            Self::UnsupportedFormat { image, .. } => format!(
+                "agentctl verifies cosign's legacy signatures (`sha256-<hex>.sig`): sign with `agentctl sign {image} --key KEY`, or with cosign 3 `cosign sign --key KEY --new-bundle-format=false --use-signing-config=false {image}`"
+            ),
             Self::UntrustedKey(_) => {
                 "sign with a key listed under `[trust] keys`, or add the signer's public key there".into()
             }
@@ -176,7 +181,17 @@ impl Verifier<'_> {
             return Err(VerifyError::ImageNotFound(image.clone()));
         }
         let sig_layers = self.layers(repo, &cosign::signature_tag(&image.digest)).await.map_err(reg)?;
-        let Some(sig_layers) = sig_layers else { return Err(VerifyError::NoSignature(image.clone())) };
+        let Some(sig_layers) = sig_layers else {
+            // No legacy signature: is it signed in a format we do not verify (cosign 3's
+            // default, a Sigstore bundle as an OCI referrer)? Say so, never "no signature".
+            let referrers = self.registry.referrers(repo, &image.digest).await.map_err(reg)?;
+            if let Some(format) =
+                referrers.iter().find_map(|r| r.artifact_type.as_deref().and_then(cosign::bundle_format))
+            {
+                return Err(VerifyError::UnsupportedFormat { image: image.clone(), format: format.to_owned() });
+            }
+            return Err(VerifyError::NoSignature(image.clone()));
+        };
         let signature = cosign::evaluate_signatures(image, &sig_layers, &self.keys).map_err(|p| match p {
             SignatureProblem::Empty => VerifyError::NoSignature(image.clone()),
             SignatureProblem::UntrustedKey => VerifyError::UntrustedKey(image.clone()),
