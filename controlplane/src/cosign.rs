@@ -346,6 +346,23 @@ pub fn provenance_facts(p: &serde_json::Value) -> (Option<String>, Option<String
     (builder, commit)
 }
 
+/// What a referrer's artifact type says it is, when it is a Sigstore bundle (the format
+/// cosign 3 writes by default, signatures and attestations alike).
+pub fn bundle_format(artifact_type: &str) -> Option<&'static str> {
+    match artifact_type {
+        "application/vnd.dev.sigstore.bundle.v0.3+json" | "application/vnd.dev.sigstore.bundle+json;version=0.3" => {
+            Some("a Sigstore bundle v0.3 (cosign 3's default) attached as an OCI referrer")
+        }
+        "application/vnd.dev.sigstore.bundle+json;version=0.2" => {
+            Some("a Sigstore bundle v0.2 attached as an OCI referrer")
+        }
+        "application/vnd.dev.sigstore.bundle+json;version=0.1" | "application/vnd.dev.sigstore.bundle+json" => {
+            Some("a Sigstore bundle v0.1 attached as an OCI referrer")
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,22 +456,5 @@ mod tests {
     #[test]
     fn pae_is_the_dsse_encoding() {
         assert_eq!(pae("t", b"body"), b"DSSEv1 1 t 4 body");
-    }
-}
-
-/// What a referrer's artifact type says it is, when it is a Sigstore bundle (the format
-/// cosign 3 writes by default, signatures and attestations alike).
-pub fn bundle_format(artifact_type: &str) -> Option<&'static str> {
-    match artifact_type {
-        "application/vnd.dev.sigstore.bundle.v0.3+json" | "application/vnd.dev.sigstore.bundle+json;version=0.3" => {
-            Some("a Sigstore bundle v0.3 (cosign 3's default) attached as an OCI referrer")
-        }
-        "application/vnd.dev.sigstore.bundle+json;version=0.2" => {
-            Some("a Sigstore bundle v0.2 attached as an OCI referrer")
-        }
-        "application/vnd.dev.sigstore.bundle+json;version=0.1" | "application/vnd.dev.sigstore.bundle+json" => {
-            Some("a Sigstore bundle v0.1 attached as an OCI referrer")
-        }
-        _ => None,
     }
 }
