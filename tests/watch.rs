@@ -181,6 +181,27 @@ async fn watch_reports_changes_metrics_webhooks_and_stops_cleanly() {
         .unwrap();
     assert_eq!(replay.status().as_u16(), 401, "a replay is refused");
 
+    // SIGHUP reloads the manifests: a host removed from them is no longer watched, the
+    // others are announced again by the reloaded watch.
+    let prod = w.manifests().join("environments/prod.toml");
+    let text = std::fs::read_to_string(&prod).unwrap();
+    let kept: Vec<&str> = text.split("\n[[host]]").filter(|b| !b.contains("name = \"prod-1\"")).collect();
+    std::fs::write(&prod, kept.join("\n[[host]]")).unwrap();
+    events.seen.clear();
+    while events.rx.try_recv().is_ok() {}
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::HUP,
+    )
+    .unwrap();
+    events.wait(Duration::from_secs(15), |e| e["host"] == "stage-1" && e["to"] == "in-sync");
+    std::thread::sleep(Duration::from_secs(3));
+    while let Ok(e) = events.rx.try_recv() {
+        events.seen.push(e);
+    }
+    assert!(!events.seen.iter().any(|e| e["host"] == "prod-1"), "prod-1 is still watched: {:#?}", events.seen);
+    assert!(child.try_wait().unwrap().is_none(), "watch exited on SIGHUP");
+
     // SIGTERM: a clean stop, no ssh process left.
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
