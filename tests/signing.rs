@@ -100,12 +100,11 @@ async fn a_registry_that_is_down_is_unreachable_not_unsigned() {
     assert!(!stderr(&out).contains("no signature"));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_registry_that_stops_mid_way_is_unreachable_not_unsigned() {
-    let w = World::start(no_hosts()).await;
+/// A proxy in front of the lab registry, named as a (plain HTTP) registry in the manifests,
+/// with the repository and a client that pushes through it.
+async fn through_a_proxy(w: &World) -> (Proxy, Repository, controlplane::registry::Registry) {
     let port: u16 = w.lab.registry_host().rsplit(':').next().unwrap().parse().unwrap();
     let proxy = Proxy::start(port).await;
-    // Name the proxy as a (plain HTTP) registry in the manifests and push through it.
     let cp = w.manifests().join("controlplane.toml");
     let text = std::fs::read_to_string(&cp).unwrap();
     let extra = format!("[[registry]]\nhost = \"{}\"\ninsecure = true\n\n[trust]", proxy.host());
@@ -117,6 +116,13 @@ async fn a_registry_that_stops_mid_way_is_unreachable_not_unsigned() {
         username_env: None,
         password_env: None,
     }]);
+    (proxy, repo, client)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_that_stops_mid_way_is_unreachable_not_unsigned() {
+    let w = World::start(no_hosts()).await;
+    let (proxy, repo, client) = through_a_proxy(&w).await;
     let digest =
         client.push_artifact(&repo, Some("v1"), &lab::build_image("through the proxy").artifact).await.unwrap();
     let img = format!("{repo}@{digest}");
@@ -328,19 +334,7 @@ async fn a_cosign_3_bundle_is_named_as_such_never_as_no_signature() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_registry_that_stops_before_the_referrers_answer_is_unreachable_not_unsigned() {
     let w = World::start(no_hosts()).await;
-    let port: u16 = w.lab.registry_host().rsplit(':').next().unwrap().parse().unwrap();
-    let proxy = Proxy::start(port).await;
-    let cp = w.manifests().join("controlplane.toml");
-    let text = std::fs::read_to_string(&cp).unwrap();
-    let extra = format!("[[registry]]\nhost = \"{}\"\ninsecure = true\n\n[trust]", proxy.host());
-    std::fs::write(&cp, text.replacen("[trust]", &extra, 1)).unwrap();
-    let repo = Repository::new(&format!("{}/demo/api", proxy.host())).unwrap();
-    let client = controlplane::registry::Registry::new(&[controlplane::manifest::RegistrySettings {
-        host: proxy.host(),
-        insecure: true,
-        username_env: None,
-        password_env: None,
-    }]);
+    let (proxy, repo, client) = through_a_proxy(&w).await;
     let digest = client.push_artifact(&repo, Some("v1"), &lab::build_image("unsigned").artifact).await.unwrap();
     let img = format!("{repo}@{digest}");
     assert_exit(&w.agentctl(&["verify", &img]), 4, "has no signature");

@@ -594,12 +594,10 @@ async fn a_lock_held_by_a_dead_process_is_reported_as_such() {
     assert!(matches!(&e, DeployError::Locked { liveness: Holder::Dead(why), .. } if why.contains("rebooted")), "{e}");
 }
 
-#[tokio::test]
-async fn an_expired_lease_is_taken_over_with_a_receipt_before_the_apply() {
-    let w = World::new().await;
-    w.promote("staging", DIGEST_1).await;
-    let plan = w.plan("prod", DIGEST_1).await.unwrap();
-    let stale = LockRecord {
+/// bob's lock from another control plane (`ci-7`), taken at `since`, its lease ending
+/// `lease_end_secs` from now (negative: already expired).
+fn bobs_lock(since: DateTime<Utc>, lease_end_secs: i64) -> LockRecord {
+    LockRecord {
         environment: "prod".into(),
         service: "api".into(),
         holder_user: "bob".into(),
@@ -607,9 +605,17 @@ async fn an_expired_lease_is_taken_over_with_a_receipt_before_the_apply() {
         holder_pid: 4242,
         holder_boot: String::new(),
         plan_id: "sha256:old".into(),
-        since: FixedClock.now() - chrono::Duration::minutes(10),
-        expires_at: Some(FixedClock.now() - chrono::Duration::seconds(1)),
-    };
+        since,
+        expires_at: Some(FixedClock.now() + chrono::Duration::seconds(lease_end_secs)),
+    }
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_with_a_receipt_before_the_apply() {
+    let w = World::new().await;
+    w.promote("staging", DIGEST_1).await;
+    let plan = w.plan("prod", DIGEST_1).await.unwrap();
+    let stale = bobs_lock(FixedClock.now() - chrono::Duration::minutes(10), -1);
     let earlier = FixedClock.now() - chrono::Duration::minutes(10);
     assert_eq!(w.store.try_lock(&stale, earlier).await.unwrap(), LockOutcome::Taken);
     let before = w.receipts().len();
@@ -654,17 +660,7 @@ async fn a_lease_that_has_not_expired_is_not_taken_over() {
     let w = World::new().await;
     w.promote("staging", DIGEST_1).await;
     let plan = w.plan("prod", DIGEST_1).await.unwrap();
-    let live = LockRecord {
-        environment: "prod".into(),
-        service: "api".into(),
-        holder_user: "bob".into(),
-        holder_host: "ci-7".into(),
-        holder_pid: 4242,
-        holder_boot: String::new(),
-        plan_id: "sha256:old".into(),
-        since: FixedClock.now(),
-        expires_at: Some(FixedClock.now() + chrono::Duration::seconds(1)),
-    };
+    let live = bobs_lock(FixedClock.now(), 1);
     assert_eq!(w.store.try_lock(&live, FixedClock.now()).await.unwrap(), LockOutcome::Taken);
     let e = w.apply(&plan).await.unwrap_err();
     assert!(matches!(&e, DeployError::Locked { liveness: Holder::Unknown, .. }), "{e}");
