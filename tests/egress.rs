@@ -10,6 +10,34 @@ use lab::network::Server;
 use lab::LabConfig;
 use std::path::Path;
 
+/// What an operator sees.
+fn shown(out: &std::process::Output) -> String {
+    format!(
+        "exit: {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        stdout(out).trim_end(),
+        stderr(out).trim_end()
+    )
+}
+
+/// Pins `value` with what differs per run (bridge addresses, ports, paths, times, hashes)
+/// replaced, and runs of spaces folded (column widths follow the addresses).
+macro_rules! snap {
+    ($name:expr, $value:expr) => {
+        let filters = vec![
+            (r"10\.\d+\.\d+\.\d+:\d+", "[BRIDGE]:[PORT]"),
+            (r"sha256:[0-9a-f]{64}", "sha256:[HASH]"),
+            (r"\br-[0-9a-f]{16}\b", "r-[ID]"),
+            (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", "[TIME]"),
+            (r"/tmp/agentlab-[A-Za-z0-9]+", "[LAB]"),
+            (r"[ \t]+", " "),
+        ];
+        insta::with_settings!({ filters => filters, prepend_module_to_snapshot => false, omit_expression => true }, {
+            insta::assert_snapshot!($name, $value);
+        })
+    };
+}
+
 /// staging (stage-1) and prod (prod-1), each VM in its own namespace.
 fn egress_lab() -> LabConfig {
     LabConfig { hosts: 2, staging: 1, registry: true, dir: None, egress: true }
@@ -77,6 +105,7 @@ async fn egress_is_enforced_proven_drift_checked_and_rolled_back() {
     let out = w.agentctl(&["prove", "egress", "api", "--env", "staging"]);
     assert_ok(&out);
     assert!(stdout(&out).contains("every expectation held"), "{}", stdout(&out));
+    snap!("egress_proof_held", shown(&out));
     assert_eq!(denied.accepted(), 0, "the denied server never saw a connection");
     assert!(allowed.accepted() >= 2, "the allowed server saw the test's and the proof's connections");
     assert_ok(&w.agentctl(&["status", "--env", "staging"]));
@@ -88,8 +117,10 @@ async fn egress_is_enforced_proven_drift_checked_and_rolled_back() {
     let out = w.agentctl(&["status", "--env", "staging"]);
     assert_exit(&out, 3, "");
     assert!(stdout(&out).contains("egress") && stdout(&out).contains("no egress rules are loaded"), "{}", stdout(&out));
+    snap!("status_egress_drift", shown(&out));
     let out = w.agentctl(&["prove", "egress", "api", "--env", "staging"]);
     assert_exit(&out, 1, "the egress proof failed");
+    snap!("egress_proof_failed", shown(&out));
     assert!(stderr(&out).contains(&format!("{} (canary) is reachable", denied.destination())), "{}", stderr(&out));
 
     // Removing the destination and promoting makes it unreachable (a new release, new rules).

@@ -71,6 +71,6 @@ pub async fn egress(g: &Globals, service_name: &str, env_name: &str) -> Result<R
             anyhow::anyhow!("the egress proof failed on {} host(s): {}", failed.len(), failed.join(" | ")),
         )
         .with_output(out)
-        .hint("run `agentctl status` for egress drift; re-promote the release to load its rules again"))
+        .hint("`agentctl status` shows whether the loaded rules still match the release's; the runtime reloads them when the release is activated again (roll back and promote it)"))
     }
 }

@@ -17,8 +17,13 @@ pub fn render(rows: &[Row]) -> String {
         }),
     );
     let count = |l: &str| rows.iter().filter(|r| r.status.label() == l).count();
+    // Egress drift exists only where an environment enforces egress: counted when present.
+    let egress = match count("egress") {
+        0 => String::new(),
+        n => format!(", {n} egress"),
+    };
     format!(
-        "{table}\n{} probed: {} in sync, {} drifted, {} missing, {} tampered, {} unreachable, {} not deployed",
+        "{table}\n{} probed: {} in sync, {} drifted, {} missing, {} tampered, {} unreachable, {} not deployed{egress}",
         rows.len(),
         count("in-sync"),
         count("drifted"),
