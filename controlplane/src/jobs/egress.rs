@@ -152,3 +152,34 @@ pub fn receipt_body(
         detail: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    #[tokio::test]
+    async fn names_are_resolved_and_the_resolution_recorded() {
+        let files: std::collections::BTreeMap<std::path::PathBuf, String> = crate::manifest::example::FILES
+            .iter()
+            .map(|(p, t)| (std::path::PathBuf::from(p), (*t).to_owned()))
+            .collect();
+        let set = crate::manifest::validate(std::path::Path::new("m"), &files).unwrap();
+        let mut service = set.services.values().next().unwrap().clone();
+        service.egress_rules =
+            ["localhost:8080", "10.0.0.0/8:5432"].iter().map(|r| egress::Rule::parse(r).unwrap()).collect();
+        let pinned = crate::deploy::pin_egress(&service).await.unwrap();
+        let localhost = &pinned.resolved["localhost"];
+        assert!(localhost.contains(&"127.0.0.1".parse::<IpAddr>().unwrap()), "{localhost:?}");
+        assert!(pinned
+            .ruleset
+            .allow
+            .iter()
+            .any(|(n, p)| n.addr == "127.0.0.1".parse::<IpAddr>().unwrap() && *p == 8080));
+        assert_eq!(pinned.rules, ["localhost:8080", "10.0.0.0/8:5432"]);
+
+        service.egress_rules = vec![egress::Rule::parse("no-such-host.invalid:443").unwrap()];
+        let e = crate::deploy::pin_egress(&service).await.unwrap_err();
+        assert!(e.to_string().contains("no-such-host.invalid"), "{e}");
+    }
+}
