@@ -358,3 +358,22 @@ async fn dump_and_load_keep_every_row(b: Backend) {
     assert!(matches!(dst.load(&dump).await, Err(StoreError::NotEmpty(_))));
     assert_eq!(dst.dump().await.unwrap(), before);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgresql_over_tls_verifies_the_server_with_the_settings_in_the_url() {
+    let pg = Postgres::start_tls().unwrap();
+    let ca = pg.ca().unwrap().display().to_string();
+    let at = |query: &str| Location::Postgres {
+        url: format!("postgres://postgres@127.0.0.1:{}/postgres?{query}", pg.port()),
+        password: Some(postgres::PASSWORD.to_owned()),
+    };
+    // The TLS settings in the URL reach the driver: the server is verified against the CA.
+    let store = SqlStore::open(&at(&format!("sslmode=verify-full&sslrootcert={ca}"))).await.unwrap();
+    store.append_receipt(&|seq, prev| receipt_maker(seq, prev, "tls")).await.unwrap();
+    assert_eq!(store.receipts().await.unwrap().len(), 1);
+    // Without TLS the server refuses the connection (hostssl only) ...
+    assert!(SqlStore::open(&at("sslmode=disable")).await.is_err());
+    // ... and with TLS but without trusting its CA, the client refuses the server.
+    let err = SqlStore::open(&at("sslmode=verify-full")).await.unwrap_err();
+    assert!(format!("{err:?}").to_lowercase().contains("certificate") || format!("{err:?}").contains("Tls"), "{err:?}");
+}

@@ -19,6 +19,8 @@ pub struct Postgres {
     bin: PathBuf,
     port: u16,
     as_postgres: bool,
+    /// With TLS: the CA certificate that signed the server's (for `sslrootcert`).
+    ca: Option<PathBuf>,
 }
 
 /// The newest `/usr/lib/postgresql/<version>/bin` with `initdb`.
@@ -40,13 +42,23 @@ fn bindir() -> Result<PathBuf, LabError> {
 impl Postgres {
     /// Initializes and starts a server; waits until it accepts connections.
     pub fn start() -> Result<Self, LabError> {
+        Self::start_with(false)
+    }
+
+    /// A server that accepts TCP connections over TLS only (`hostssl`), with a certificate
+    /// for `127.0.0.1` signed by a CA made for it ([`Postgres::ca`]).
+    pub fn start_tls() -> Result<Self, LabError> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Result<Self, LabError> {
         let bin = bindir()?;
         let dir = tempfile::Builder::new().prefix("lab-postgres-").tempdir().map_err(io(Path::new("/tmp")))?;
         let as_postgres = is_root();
         if as_postgres {
             run(Command::new("chown").arg("postgres:postgres").arg(dir.path()))?;
         }
-        let pg = Self { dir, bin, port: free_port()?, as_postgres };
+        let mut pg = Self { dir, bin, port: free_port()?, as_postgres, ca: None };
         let data = pg.data();
         // Password authentication over TCP, so the tests prove the password travels.
         let pwfile = pg.dir.path().join("pwfile");
@@ -66,11 +78,14 @@ impl Postgres {
             .arg(format!("--pwfile={}", pwfile.display()))
             .arg("-D")
             .arg(&data))?;
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
             pg.port,
             data.display()
         );
+        if tls {
+            options.push_str(&pg.make_certificates(&data)?);
+        }
         run(pg
             .command("pg_ctl")
             .arg("-D")
@@ -90,6 +105,91 @@ impl Postgres {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(pg)
+    }
+
+    /// A CA and a server certificate for `127.0.0.1` (openssl), TCP allowed over TLS only;
+    /// returns the server options that turn TLS on.
+    fn make_certificates(&mut self, data: &Path) -> Result<String, LabError> {
+        let d = self.dir.path();
+        let (ca_key, ca, key, csr, crt, ext) = (
+            d.join("ca.key"),
+            d.join("ca.crt"),
+            data.join("server.key"),
+            d.join("server.csr"),
+            data.join("server.crt"),
+            d.join("san.ext"),
+        );
+        let openssl = |args: &[&str]| run(Command::new("openssl").args(args));
+        let p = |p: &Path| p.display().to_string();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &p(&ca_key),
+            "-out",
+            &p(&ca),
+            "-subj",
+            "/CN=lab-postgres-ca",
+            "-days",
+            "2",
+        ])?;
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &p(&key),
+            "-out",
+            &p(&csr),
+            "-subj",
+            "/CN=127.0.0.1",
+        ])?;
+        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\n").map_err(io(&ext))?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &p(&csr),
+            "-CA",
+            &p(&ca),
+            "-CAkey",
+            &p(&ca_key),
+            "-CAcreateserial",
+            "-out",
+            &p(&crt),
+            "-days",
+            "2",
+            "-extfile",
+            &p(&ext),
+        ])?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).map_err(io(&key))?;
+        if self.as_postgres {
+            run(Command::new("chown").arg("postgres:postgres").arg(&key).arg(&crt))?;
+        }
+        // TCP only over TLS: a plain connection is refused.
+        let hba = data.join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba).map_err(io(&hba))?;
+        let text: String = text
+            .lines()
+            .map(|l| if l.starts_with("host ") { format!("hostssl{}\n", &l[4..]) } else { format!("{l}\n") })
+            .collect();
+        std::fs::write(&hba, text).map_err(io(&hba))?;
+        self.ca = Some(ca);
+        Ok(format!(" -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}", crt.display(), key.display()))
+    }
+
+    /// The CA certificate of a TLS server.
+    pub fn ca(&self) -> Option<&Path> {
+        self.ca.as_deref()
     }
 
     fn data(&self) -> PathBuf {
