@@ -226,6 +226,17 @@ async fn state_migrate_to_postgresql_and_back_loses_nothing() {
     let pg = Postgres::start().unwrap();
     pg.create_database("controlplane").unwrap();
     let url = pg.url("controlplane");
+    // A wrong password: refused by the server, and the password appears in no output.
+    let wrong = Command::new(BIN)
+        .arg("--manifests")
+        .arg(w.manifests())
+        .args(["state", "migrate", "--to", &url, "--to-password-env", "CP_DB_PASSWORD"])
+        .env("CP_DB_PASSWORD", "wrong-s3cret-pw")
+        .output()
+        .unwrap();
+    assert_ne!(wrong.status.code(), Some(0));
+    assert!(stderr(&wrong).contains("password authentication failed"), "{}", stderr(&wrong));
+    assert!(!stderr(&wrong).contains("wrong-s3cret-pw") && !stdout(&wrong).contains("wrong-s3cret-pw"));
     let out = migrate(&url);
     assert_ok(&out);
     assert!(stdout(&out).contains("every table matches"), "{}", stdout(&out));
