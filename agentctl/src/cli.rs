@@ -200,7 +200,8 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Probe every host and classify drift: in-sync, drifted, missing, tampered, unreachable.
+    /// Probe every host and classify drift: in-sync, drifted, missing, tampered, unreachable,
+    /// and egress (loaded egress rules that differ from the release's) where egress is enforced.
     ///
     /// Exit 0 when all are in sync, 3 when anything is not.
     Status {
@@ -218,7 +219,7 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         timeout: u64,
     },
-    /// Receipts: list, show, verify the signed chain, report for auditors.
+    /// Receipts: list, show, verify the signed chain, export it from the store, report for auditors.
     Receipts {
         #[command(subcommand)]
         command: ReceiptsCommand,
