@@ -287,13 +287,12 @@ async fn a_registry_serving_other_bytes_than_the_digest_is_refused() {
 /// Attaches a Sigstore bundle to `img` as cosign 3 does on a registry without the referrers
 /// API: an artifact manifest whose `subject` is the image, listed in an OCI index under the
 /// referrers tag schema's tag `sha256-<hex>`.
-async fn attach_bundle_referrer(w: &World, img: &controlplane::image::PinnedImage) {
+async fn attach_bundle_referrer(w: &World, img: &controlplane::image::PinnedImage, bundle: &[u8]) {
     use controlplane::registry::{OCI_INDEX, OCI_MANIFEST};
     let reg = w.lab.registry_client();
     let repo = &img.repository;
     let bundle_type = "application/vnd.dev.sigstore.bundle.v0.3+json";
     let empty = reg.push_blob(repo, b"{}").await.unwrap();
-    let bundle = br#"{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","verificationMaterial":{},"messageSignature":{}}"#;
     let layer = reg.push_blob(repo, bundle).await.unwrap();
     let (image_manifest, _) = reg.manifest(repo, img.digest.as_str()).await.unwrap().unwrap();
     let manifest = serde_json::json!({
@@ -319,7 +318,13 @@ async fn attach_bundle_referrer(w: &World, img: &controlplane::image::PinnedImag
 async fn a_cosign_3_bundle_is_named_as_such_never_as_no_signature() {
     let w = World::start(no_hosts()).await;
     let img = w.lab.push_image("demo/api", "v1", "bundle-signed").await.unwrap();
-    attach_bundle_referrer(&w, &img).await;
+    // A message-signature bundle and a keyless one: both named, neither "no signature".
+    let keyless = br#"{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","verificationMaterial":{"certificate":{"rawBytes":"MIIB"}},"dsseEnvelope":{"payload":"e30=","payloadType":"application/vnd.in-toto+json","signatures":[]}}"#;
+    let other = w.lab.push_image("demo/api", "v9", "keyless-signed").await.unwrap();
+    attach_bundle_referrer(&w, &other, keyless).await;
+    assert_exit(&w.agentctl(&["verify", &s(&other)]), 4, "signed keyless (a Fulcio certificate)");
+    let message = br#"{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","verificationMaterial":{"publicKey":{"hint":"k"}},"messageSignature":{}}"#;
+    attach_bundle_referrer(&w, &img, message).await;
     let out = w.agentctl(&["verify", &s(&img)]);
     assert_exit(&out, 4, "Sigstore bundle v0.3");
     assert!(!stderr(&out).contains("has no signature"), "{}", stderr(&out));
@@ -343,4 +348,83 @@ async fn a_registry_that_stops_before_the_referrers_answer_is_unreachable_not_un
     let out = w.agentctl(&["verify", &img]);
     assert_exit(&out, 4, "the registry could not be asked");
     assert!(!stderr(&out).contains("no signature"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bundle_signed_with_a_policy_key_verifies_and_openssl_agrees() {
+    use base64::Engine as _;
+    let w = World::start(no_hosts()).await;
+    let img = w.lab.push_image("demo/api", "v1", "bundle").await.unwrap();
+    assert_ok(&w.agentctl(&["sign", &s(&img), "--key", &w.release_key(), "--format", "bundle"]));
+    assert!(
+        w.lab.registry_client().manifest(&img.repository, &cosign::signature_tag(&img.digest)).await.unwrap().is_none(),
+        "no legacy .sig"
+    );
+    let out = w.agentctl(&["verify", &s(&img), "--json"]);
+    assert_ok(&out);
+    assert_ok(&w.agentctl(&["release", "add", "api", &s(&img), "--commit", COMMIT]));
+
+    // openssl checks the DSSE signature in the bundle, over the pre-authentication encoding.
+    let reg = w.lab.registry_client();
+    let referrers = reg.referrers(&img.repository, &img.digest).await.unwrap();
+    assert_eq!(referrers.len(), 1);
+    assert_eq!(referrers[0].artifact_type.as_deref(), Some(cosign::BUNDLE_V03));
+    let (manifest, _) = reg.manifest(&img.repository, &referrers[0].digest).await.unwrap().unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    assert_eq!(manifest["subject"]["digest"], img.digest.as_str(), "a referrer of the image");
+    let layer = controlplane::image::Digest::new(manifest["layers"][0]["digest"].as_str().unwrap()).unwrap();
+    let bundle: serde_json::Value = serde_json::from_slice(&reg.blob(&img.repository, &layer).await.unwrap()).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let payload = b64.decode(bundle["dsseEnvelope"]["payload"].as_str().unwrap()).unwrap();
+    let statement: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(statement["predicateType"], cosign::COSIGN_SIGN_PREDICATE);
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("pae"), cosign::pae("application/vnd.in-toto+json", &payload)).unwrap();
+    let sig = b64.decode(bundle["dsseEnvelope"]["signatures"][0]["sig"].as_str().unwrap()).unwrap();
+    std::fs::write(tmp.path().join("sig"), sig).unwrap();
+    let verify = |file: &str| {
+        std::process::Command::new("openssl")
+            .args(["dgst", "-sha256", "-verify"])
+            .arg(w.manifests().join("trust/release.pub"))
+            .arg("-signature")
+            .arg(tmp.path().join("sig"))
+            .arg(tmp.path().join(file))
+            .output()
+            .unwrap()
+    };
+    assert!(verify("pae").status.success(), "openssl rejects our DSSE signature");
+    std::fs::write(tmp.path().join("edited"), cosign::pae("application/vnd.in-toto+json", b"{}")).unwrap();
+    assert!(!verify("edited").status.success(), "the check is not vacuous");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bundles_by_other_keys_or_for_other_digests_are_refused() {
+    let w = World::start(no_hosts()).await;
+    // Signed with a key the trust policy does not list.
+    let img = w.lab.push_image("demo/api", "v1", "foreign").await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("other");
+    assert_ok(&w.agentctl(&["keys", "generate", "--out", &prefix.display().to_string()]));
+    let other_key = format!("{}.key", prefix.display());
+    assert_ok(&w.agentctl(&["sign", &s(&img), "--key", &other_key, "--format", "bundle"]));
+    assert_exit(&w.agentctl(&["verify", &s(&img)]), 4, "by no trusted key");
+
+    // A trusted bundle of image A listed as a referrer of image B: made for another digest.
+    let a = w.lab.push_image("demo/api", "a", "image a").await.unwrap();
+    let b = w.lab.push_image("demo/api", "b", "image b").await.unwrap();
+    assert_ok(&w.agentctl(&["sign", &s(&a), "--key", &w.release_key(), "--format", "bundle"]));
+    let reg = w.lab.registry_client();
+    let tag = |d: &controlplane::image::Digest| format!("sha256-{}", d.hex());
+    let (index, _) = {
+        let r = reg.referrers(&a.repository, &a.digest).await.unwrap();
+        let entries: Vec<_> = r.iter().map(|r| serde_json::json!({ "mediaType": controlplane::registry::OCI_MANIFEST, "digest": r.digest, "artifactType": r.artifact_type })).collect();
+        (
+            serde_json::json!({ "schemaVersion": 2, "mediaType": controlplane::registry::OCI_INDEX, "manifests": entries }),
+            (),
+        )
+    };
+    reg.push_manifest(&b.repository, Some(&tag(&b.digest)), serde_json::to_vec(&index).unwrap()).await.unwrap();
+    let out = w.agentctl(&["verify", &s(&b)]);
+    assert_exit(&out, 4, "was made for another image digest");
+    assert!(stderr(&out).contains(a.digest.as_str()), "{}", stderr(&out));
 }

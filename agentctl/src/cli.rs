@@ -65,6 +65,10 @@ pub enum Command {
         image: String,
         #[arg(long)]
         key: PathBuf,
+        /// `legacy`: cosign's `.sig` tag (the default for now); `bundle`: a Sigstore bundle
+        /// as an OCI referrer, as cosign 3 writes by default (with the referrers tag schema).
+        #[arg(long, value_enum, default_value = "legacy")]
+        format: SignatureFormat,
     },
     /// CI: push a signed in-toto attestation (provenance or SBOM) for IMAGE@DIGEST.
     Attest {
@@ -279,6 +283,12 @@ pub enum KeysCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SignatureFormat {
+    Legacy,
+    Bundle,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

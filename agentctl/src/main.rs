@@ -102,7 +102,7 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
         Command::Check { ci: None } => commands::check::run(g),
         Command::Check { ci: Some(dir) } => commands::check::ci(&dir),
         Command::Keys { command: KeysCommand::Generate { out } } => commands::keys::generate(&out),
-        Command::Sign { image, key } => commands::sign::sign(g, &image, &key).await,
+        Command::Sign { image, key, format } => commands::sign::sign(g, &image, &key, format).await,
         Command::Attest { image, predicate, kind, key } => {
             commands::sign::attest(g, &image, &predicate, kind, &key).await
         }

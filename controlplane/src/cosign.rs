@@ -346,11 +346,19 @@ pub fn provenance_facts(p: &serde_json::Value) -> (Option<String>, Option<String
     (builder, commit)
 }
 
+/// The media type (and artifact type) of a Sigstore bundle v0.3, as cosign 3 writes it.
+pub const BUNDLE_V03: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+/// The predicate type of cosign 3's image signatures (an in-toto statement in DSSE).
+pub const COSIGN_SIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
+const IN_TOTO_STATEMENT_V1: &str = "https://in-toto.io/Statement/v1";
+/// A bundle bigger than this is not believed.
+const MAX_BUNDLE_BYTES: usize = 1 << 20;
+
 /// What a referrer's artifact type says it is, when it is a Sigstore bundle (the format
 /// cosign 3 writes by default, signatures and attestations alike).
 pub fn bundle_format(artifact_type: &str) -> Option<&'static str> {
     match artifact_type {
-        "application/vnd.dev.sigstore.bundle.v0.3+json" | "application/vnd.dev.sigstore.bundle+json;version=0.3" => {
+        BUNDLE_V03 | "application/vnd.dev.sigstore.bundle+json;version=0.3" => {
             Some("a Sigstore bundle v0.3 (cosign 3's default) attached as an OCI referrer")
         }
         "application/vnd.dev.sigstore.bundle+json;version=0.2" => {
@@ -361,6 +369,114 @@ pub fn bundle_format(artifact_type: &str) -> Option<&'static str> {
         }
         _ => None,
     }
+}
+
+/// A Sigstore bundle signing `image` as cosign 3 does with a key: an in-toto v1 statement
+/// (subject the image digest, predicate type `https://sigstore.dev/cosign/sign/v1`) in a
+/// DSSE envelope, the key named by its id, no transparency-log entry (nothing public is
+/// contacted).
+pub fn signature_bundle(image: &PinnedImage, key: &SigningKey, key_id: &str) -> Vec<u8> {
+    let statement = serde_json::json!({
+        "_type": IN_TOTO_STATEMENT_V1,
+        "subject": [{ "name": image.repository.as_str(), "digest": { "sha256": image.digest.hex() } }],
+        "predicateType": COSIGN_SIGN_PREDICATE,
+    });
+    let payload = serde_json::to_vec(&statement).expect("JSON");
+    let sig = key.sign(&pae(IN_TOTO_PAYLOAD_TYPE, &payload));
+    let bundle = serde_json::json!({
+        "mediaType": BUNDLE_V03,
+        "verificationMaterial": { "publicKey": { "hint": key_id }, "tlogEntries": [] },
+        "dsseEnvelope": {
+            "payload": B64.encode(&payload),
+            "payloadType": IN_TOTO_PAYLOAD_TYPE,
+            "signatures": [{ "sig": B64.encode(sig), "keyid": "" }],
+        },
+    });
+    serde_json::to_vec(&bundle).expect("JSON")
+}
+
+/// Why a bundle did not prove a signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BundleProblem {
+    /// A kind of bundle this version does not verify (keyless, message signatures): what it is.
+    Unsupported(String),
+    Signature(SignatureProblem),
+}
+
+/// Finds a bundle (`(layer digest, bytes)`) that is a trusted key's signature of exactly
+/// `image`: the DSSE signature verifies with a policy key, the statement is cosign's image
+/// signature and its subject is the image's digest.
+pub fn evaluate_bundles(
+    image: &PinnedImage,
+    bundles: &[(Digest, Vec<u8>)],
+    keys: &[PublicKey],
+) -> Result<SignatureEvidence, BundleProblem> {
+    let mut problems = Vec::new();
+    let mut unsupported = None;
+    for (digest, bytes) in bundles {
+        match evaluate_bundle(image, bytes, keys) {
+            Ok(key_id) => {
+                return Ok(SignatureEvidence {
+                    key_id,
+                    layer: digest.to_string(),
+                    payload: B64.encode(bytes),
+                    signature: String::new(),
+                })
+            }
+            Err(BundleProblem::Unsupported(what)) => unsupported = Some(what),
+            Err(BundleProblem::Signature(p)) => problems.push(p),
+        }
+    }
+    match (problems.is_empty(), unsupported) {
+        (true, Some(what)) => Err(BundleProblem::Unsupported(what)),
+        _ => Err(BundleProblem::Signature(most_telling(problems))),
+    }
+}
+
+fn evaluate_bundle(image: &PinnedImage, bytes: &[u8], keys: &[PublicKey]) -> Result<String, BundleProblem> {
+    let malformed = |d: String| BundleProblem::Signature(SignatureProblem::Malformed(d));
+    if bytes.len() > MAX_BUNDLE_BYTES {
+        return Err(malformed(format!("bundle over {MAX_BUNDLE_BYTES} bytes")));
+    }
+    let b: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| malformed(format!("bundle: {e}")))?;
+    let media = b.get("mediaType").and_then(|m| m.as_str()).unwrap_or("");
+    let format = bundle_format(media).ok_or_else(|| malformed(format!("bundle media type `{media}`")))?;
+    let material =
+        b.get("verificationMaterial").ok_or_else(|| malformed("bundle without verification material".into()))?;
+    if material.get("certificate").is_some() || material.get("x509CertificateChain").is_some() {
+        return Err(BundleProblem::Unsupported(format!("{format}, signed keyless (a Fulcio certificate)")));
+    }
+    let Some(env) = b.get("dsseEnvelope") else {
+        return Err(BundleProblem::Unsupported(format!("{format}, with a message signature")));
+    };
+    let env: Envelope = serde_json::from_value(env.clone()).map_err(|e| malformed(format!("DSSE envelope: {e}")))?;
+    if env.payload_type != IN_TOTO_PAYLOAD_TYPE {
+        return Err(malformed(format!("DSSE payload type `{}`", env.payload_type)));
+    }
+    let payload = B64.decode(&env.payload).map_err(|_| malformed("DSSE payload is not base64".into()))?;
+    let signed = pae(&env.payload_type, &payload);
+    let key = env
+        .signatures
+        .iter()
+        .filter_map(|s| B64.decode(&s.sig).ok())
+        .find_map(|sig| keys.iter().find(|k| k.verify(&signed, &sig)))
+        .ok_or(BundleProblem::Signature(SignatureProblem::UntrustedKey))?;
+    let statement: serde_json::Value =
+        serde_json::from_slice(&payload).map_err(|e| malformed(format!("statement: {e}")))?;
+    let predicate = statement.get("predicateType").and_then(|p| p.as_str()).unwrap_or("");
+    if predicate != COSIGN_SIGN_PREDICATE {
+        return Err(malformed(format!("statement predicate type `{predicate}` is not an image signature")));
+    }
+    let digests: Vec<&str> = statement
+        .get("subject")
+        .and_then(|s| s.as_array())
+        .map(|s| s.iter().filter_map(|x| x.get("digest")?.get("sha256")?.as_str()).collect())
+        .unwrap_or_default();
+    if !digests.contains(&image.digest.hex()) {
+        let signed = digests.first().map_or_else(|| "nothing".to_owned(), |d| format!("sha256:{d}"));
+        return Err(BundleProblem::Signature(SignatureProblem::OtherDigest { signed }));
+    }
+    Ok(key.key_id.clone())
 }
 
 #[cfg(test)]

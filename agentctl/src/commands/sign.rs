@@ -1,7 +1,7 @@
 //! `agentctl sign` and `agentctl attest`: CI pushes signatures and attestations.
 
 use super::context::{signing_key, Context};
-use crate::cli::PredicateType;
+use crate::cli::{PredicateType, SignatureFormat};
 use crate::failure::{Code, Failure};
 use crate::render::Report;
 use crate::Globals;
@@ -39,12 +39,20 @@ fn report(what: &str, image: &PinnedImage, p: &Pushed) -> Report {
     Report::new(text, serde_json::json!({ "image": image.to_string(), "pushed": p }))
 }
 
-pub async fn sign(g: &Globals, image: &str, key: &Path) -> Result<Report, Failure> {
+pub async fn sign(g: &Globals, image: &str, key: &Path, format: SignatureFormat) -> Result<Report, Failure> {
     let image = pinned(image)?;
     let key = signing_key(key)?;
     let ctx = Context::load(g)?;
-    let pushed = sign::sign(&ctx.registry, &image, &key).await.map_err(failure)?;
-    Ok(report("signature", &image, &pushed))
+    match format {
+        SignatureFormat::Legacy => {
+            let pushed = sign::sign(&ctx.registry, &image, &key).await.map_err(failure)?;
+            Ok(report("signature", &image, &pushed))
+        }
+        SignatureFormat::Bundle => {
+            let pushed = sign::sign_bundle(&ctx.registry, &image, &key).await.map_err(failure)?;
+            Ok(report("Sigstore bundle signature (OCI referrer)", &image, &pushed))
+        }
+    }
 }
 
 pub async fn attest(

@@ -42,6 +42,46 @@ pub async fn sign(registry: &Registry, image: &PinnedImage, key: &SigningKey) ->
     append(registry, &image.repository, &cosign::signature_tag(&image.digest), layer, Some(key)).await
 }
 
+/// Signs `image` as cosign 3 does by default: a Sigstore bundle (DSSE, in-toto v1 statement)
+/// pushed as an OCI 1.1 referrer (a manifest whose `subject` is the image), listed in the
+/// referrers tag schema's index `sha256-<hex>` for registries without the referrers API
+/// (entries already there are kept).
+pub async fn sign_bundle(registry: &Registry, image: &PinnedImage, key: &SigningKey) -> Result<Pushed, SignError> {
+    use crate::registry::{OCI_INDEX, OCI_MANIFEST};
+    let Some((image_manifest, _)) = registry.manifest(&image.repository, image.digest.as_str()).await? else {
+        return Err(SignError::ImageNotFound(image.clone()));
+    };
+    let repo = &image.repository;
+    let bundle = cosign::signature_bundle(image, key, &key.public().key_id);
+    let empty = registry.push_blob(repo, b"{}").await?;
+    let layer = registry.push_blob(repo, &bundle).await?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": cosign::BUNDLE_V03,
+        "config": { "mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2 },
+        "layers": [{ "mediaType": cosign::BUNDLE_V03, "digest": layer, "size": bundle.len() }],
+        "subject": { "mediaType": OCI_MANIFEST, "digest": image.digest.as_str(), "size": image_manifest.len() },
+    });
+    let bytes = serde_json::to_vec(&manifest).expect("JSON");
+    let digest = registry.push_manifest(repo, None, bytes.clone()).await?;
+    let tag = format!("sha256-{}", image.digest.hex());
+    let mut entries: Vec<serde_json::Value> = registry
+        .referrers(repo, &image.digest)
+        .await?
+        .into_iter()
+        .filter(|r| r.digest != digest.as_str())
+        .map(|r| serde_json::json!({ "mediaType": OCI_MANIFEST, "digest": r.digest, "artifactType": r.artifact_type }))
+        .collect();
+    let kept = entries.len();
+    entries.push(serde_json::json!({
+        "mediaType": OCI_MANIFEST, "digest": digest, "size": bytes.len(), "artifactType": cosign::BUNDLE_V03,
+    }));
+    let index = serde_json::json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries });
+    registry.push_manifest(repo, Some(&tag), serde_json::to_vec(&index).expect("JSON")).await?;
+    Ok(Pushed { tag, manifest: digest, layer, kept, added: true })
+}
+
 /// Pushes a signed in-toto attestation of `kind` with `predicate` to `sha256-<hex>.att`.
 pub async fn attest(
     registry: &Registry,

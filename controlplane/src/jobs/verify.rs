@@ -109,6 +109,17 @@ pub struct Verified {
     _sealed: Sealed,
 }
 
+/// The refusal for what was wrong with the signatures found for `image`.
+fn refusal(image: &PinnedImage, p: SignatureProblem) -> VerifyError {
+    match p {
+        SignatureProblem::Empty => VerifyError::NoSignature(image.clone()),
+        SignatureProblem::UntrustedKey => VerifyError::UntrustedKey(image.clone()),
+        SignatureProblem::OtherDigest { signed } => VerifyError::OtherDigest { image: image.clone(), signed },
+        SignatureProblem::OtherRepository { signed } => VerifyError::OtherRepository { image: image.clone(), signed },
+        SignatureProblem::Malformed(detail) => VerifyError::Malformed { image: image.clone(), detail },
+    }
+}
+
 /// What the jobs need from verification: a [`Verified`], or why not.
 #[async_trait::async_trait]
 pub trait VerifyRelease: Send + Sync {
@@ -180,27 +191,15 @@ impl Verifier<'_> {
         if self.registry.manifest(repo, image.digest.as_str()).await.map_err(reg)?.is_none() {
             return Err(VerifyError::ImageNotFound(image.clone()));
         }
-        let sig_layers = self.layers(repo, &cosign::signature_tag(&image.digest)).await.map_err(reg)?;
-        let Some(sig_layers) = sig_layers else {
-            // No legacy signature: is it signed in a format we do not verify (cosign 3's
-            // default, a Sigstore bundle as an OCI referrer)? Say so, never "no signature".
-            let referrers = self.registry.referrers(repo, &image.digest).await.map_err(reg)?;
-            if let Some(format) =
-                referrers.iter().find_map(|r| r.artifact_type.as_deref().and_then(cosign::bundle_format))
-            {
-                return Err(VerifyError::UnsupportedFormat { image: image.clone(), format: format.to_owned() });
+        let problem = |p| refusal(image, p);
+        let signature = match self.layers(repo, &cosign::signature_tag(&image.digest)).await.map_err(reg)? {
+            Some(sig_layers) => cosign::evaluate_signatures(image, &sig_layers, &self.keys).map_err(problem)?,
+            // No legacy signature: Sigstore bundles attached as OCI referrers (cosign 3's
+            // default). What cannot be verified is named as such, never "no signature".
+            None => {
+                self.verify_bundles(image).await?.map_or_else(|| Err(VerifyError::NoSignature(image.clone())), Ok)?
             }
-            return Err(VerifyError::NoSignature(image.clone()));
         };
-        let signature = cosign::evaluate_signatures(image, &sig_layers, &self.keys).map_err(|p| match p {
-            SignatureProblem::Empty => VerifyError::NoSignature(image.clone()),
-            SignatureProblem::UntrustedKey => VerifyError::UntrustedKey(image.clone()),
-            SignatureProblem::OtherDigest { signed } => VerifyError::OtherDigest { image: image.clone(), signed },
-            SignatureProblem::OtherRepository { signed } => {
-                VerifyError::OtherRepository { image: image.clone(), signed }
-            }
-            SignatureProblem::Malformed(detail) => VerifyError::Malformed { image: image.clone(), detail },
-        })?;
 
         let att_layers =
             self.layers(repo, &cosign::attestation_tag(&image.digest)).await.map_err(reg)?.unwrap_or_default();
@@ -211,6 +210,33 @@ impl Verifier<'_> {
         let verified = Verified { image: image.clone(), signature, attestations, _sealed: Sealed };
         self.check_requirements(&verified, req)?;
         Ok(verified)
+    }
+
+    /// The image's bundle referrers, evaluated: `None` when there are none.
+    async fn verify_bundles(&self, image: &PinnedImage) -> Result<Option<SignatureEvidence>, VerifyError> {
+        let reg = |source| VerifyError::Registry { image: image.to_string(), source };
+        let repo = &image.repository;
+        let referrers = self.registry.referrers(repo, &image.digest).await.map_err(reg)?;
+        let mut bundles = Vec::new();
+        for r in referrers.iter().filter(|r| r.artifact_type.as_deref().and_then(cosign::bundle_format).is_some()) {
+            let layers = self.layers(repo, &r.digest).await.map_err(reg)?.unwrap_or_default();
+            bundles.extend(
+                layers
+                    .into_iter()
+                    .filter(|l| cosign::bundle_format(&l.media_type).is_some())
+                    .map(|l| (l.digest, l.data)),
+            );
+        }
+        if bundles.is_empty() {
+            return Ok(None);
+        }
+        match cosign::evaluate_bundles(image, &bundles, &self.keys) {
+            Ok(evidence) => Ok(Some(evidence)),
+            Err(cosign::BundleProblem::Unsupported(format)) => {
+                Err(VerifyError::UnsupportedFormat { image: image.clone(), format })
+            }
+            Err(cosign::BundleProblem::Signature(p)) => Err(refusal(image, p)),
+        }
     }
 
     fn check_requirements(&self, v: &Verified, req: &Requirements) -> Result<(), VerifyError> {
