@@ -10,16 +10,6 @@ use lab::network::Server;
 use lab::LabConfig;
 use std::path::Path;
 
-/// What an operator sees.
-fn shown(out: &std::process::Output) -> String {
-    format!(
-        "exit: {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        stdout(out).trim_end(),
-        stderr(out).trim_end()
-    )
-}
-
 /// Pins `value` with what differs per run (bridge addresses, ports, paths, times, hashes)
 /// replaced, and runs of spaces folded (column widths follow the addresses).
 macro_rules! snap {

@@ -7,7 +7,6 @@
 mod common;
 
 use common::*;
-use std::process::Output;
 
 /// Placeholders for what changes between runs.
 fn filters() -> Vec<(&'static str, &'static str)> {
@@ -26,16 +25,6 @@ fn filters() -> Vec<(&'static str, &'static str)> {
         (r"tester on [^\s]+ \(", "tester on [MACHINE] ("),
         (r"runs on `[^`]+`", "runs on `[MACHINE]`"),
     ]
-}
-
-/// Both streams of a run, with its exit code.
-fn shown(out: &Output) -> String {
-    format!(
-        "exit: {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        stdout(out).trim_end(),
-        stderr(out).trim_end()
-    )
 }
 
 macro_rules! snap {
