@@ -428,3 +428,133 @@ async fn bundles_by_other_keys_or_for_other_digests_are_refused() {
     assert_exit(&out, 4, "was made for another image digest");
     assert!(stderr(&out).contains(a.digest.as_str()), "{}", stderr(&out));
 }
+
+/// A registry with the OCI 1.1 referrers API in front of the lab's (which has none): answers
+/// `GET /v2/<name>/referrers/<digest>` with a recorded response and forwards every other GET
+/// or HEAD to the lab registry unchanged.
+struct ReferrersApi {
+    port: u16,
+    /// Status and body of the referrers answer.
+    answer: std::sync::Arc<std::sync::Mutex<(u16, String)>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ReferrersApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ReferrersApi {
+    async fn start(target: u16) -> Self {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answer = std::sync::Arc::new(std::sync::Mutex::new((404, String::new())));
+        let recorded = answer.clone();
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else { return };
+                let (client, recorded) = (client.clone(), recorded.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).into_owned();
+                    let mut words = text.split_whitespace();
+                    let (method, path) = (words.next().unwrap_or("").to_owned(), words.next().unwrap_or("").to_owned());
+                    let accept = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("accept: ").or_else(|| l.strip_prefix("Accept: ")))
+                        .unwrap_or("*/*")
+                        .to_owned();
+                    let (status, content_type, digest, body) = if path.contains("/referrers/") {
+                        let (status, body) = recorded.lock().unwrap().clone();
+                        (status, controlplane::registry::OCI_INDEX.to_owned(), String::new(), body.into_bytes())
+                    } else {
+                        let url = format!("http://127.0.0.1:{target}{path}");
+                        let req = if method == "HEAD" { client.head(url) } else { client.get(url) };
+                        let r = req.header("accept", accept).send().await.unwrap();
+                        let h = |n: &str| r.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                        let (ct, dg) = (h("content-type"), h("docker-content-digest"));
+                        (r.status().as_u16(), ct, dg, r.bytes().await.unwrap().to_vec())
+                    };
+                    let mut out = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n",
+                        body.len()
+                    );
+                    if !digest.is_empty() {
+                        out.push_str(&format!("docker-content-digest: {digest}\r\n"));
+                    }
+                    out.push_str("\r\n");
+                    let _ = conn.write_all(out.as_bytes()).await;
+                    if method != "HEAD" {
+                        let _ = conn.write_all(&body).await;
+                    }
+                });
+            }
+        });
+        Self { port, answer, task }
+    }
+
+    fn answer(&self, status: u16, body: serde_json::Value) {
+        *self.answer.lock().unwrap() = (status, body.to_string());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bundle_found_only_through_the_referrers_api_verifies() {
+    let w = World::start(no_hosts()).await;
+    let lab_port: u16 = w.lab.registry_host().rsplit(':').next().unwrap().parse().unwrap();
+    let api = ReferrersApi::start(lab_port).await;
+    let api_host = format!("127.0.0.1:{}", api.port);
+    let cp = w.manifests().join("controlplane.toml");
+    let text = std::fs::read_to_string(&cp).unwrap();
+    std::fs::write(
+        &cp,
+        text.replacen("[trust]", &format!("[[registry]]\nhost = \"{api_host}\"\ninsecure = true\n\n[trust]"), 1),
+    )
+    .unwrap();
+
+    let img = w.lab.push_image("demo/api", "v1", "api-only").await.unwrap();
+    assert_ok(&w.agentctl(&["sign", &s(&img), "--key", &w.release_key(), "--format", "bundle"]));
+    // Remove the tag-schema index: what remains is the referrer, findable only by its subject.
+    let reg = w.lab.registry_client();
+    let tag = format!("sha256-{}", img.digest.hex());
+    let referrer = reg.referrers(&img.repository, &img.digest).await.unwrap().remove(0);
+    let index = reqwest::Client::new()
+        .get(format!("http://{}/v2/demo/api/manifests/{tag}", w.lab.registry_host()))
+        .header("accept", controlplane::registry::OCI_INDEX)
+        .send()
+        .await
+        .unwrap();
+    let index_digest = index.headers()["docker-content-digest"].to_str().unwrap().to_owned();
+    let deleted = reqwest::Client::new()
+        .delete(format!("http://{}/v2/demo/api/manifests/{index_digest}", w.lab.registry_host()))
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    assert_exit(&w.agentctl(&["verify", &s(&img)]), 4, "has no signature");
+
+    // Through a registry with the referrers API (its entry without an artifact type, as some
+    // registries answer): found, its type read from the manifest, verified.
+    let through_api = format!("{api_host}/demo/api@{}", img.digest);
+    api.answer(
+        200,
+        serde_json::json!({ "schemaVersion": 2, "mediaType": controlplane::registry::OCI_INDEX,
+            "manifests": [{ "mediaType": controlplane::registry::OCI_MANIFEST, "digest": referrer.digest, "size": 1 }] }),
+    );
+    assert_ok(&w.agentctl(&["verify", &through_api]));
+    // A referrers API that fails is an outage, never "no signature".
+    api.answer(500, serde_json::json!({ "errors": [{ "code": "UNKNOWN", "message": "boom" }] }));
+    let out = w.agentctl(&["verify", &through_api]);
+    assert_exit(&out, 4, "the registry could not be asked");
+    assert!(!stderr(&out).contains("no signature"), "{}", stderr(&out));
+}
