@@ -153,6 +153,17 @@ pub struct ReceiptFile {
     pub signature: Option<Vec<u8>>,
 }
 
+impl From<crate::records::StoredReceipt> for ReceiptFile {
+    /// A receipt of the chain in the store, as the chain check reads files.
+    fn from(r: crate::records::StoredReceipt) -> Self {
+        Self {
+            name: r.index.file,
+            bytes: r.bytes,
+            signature: (!r.signature.is_empty()).then(|| r.signature.into_bytes()),
+        }
+    }
+}
+
 /// One thing wrong with a chain, naming the receipt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChainProblem {

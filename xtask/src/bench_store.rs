@@ -63,10 +63,7 @@ async fn append(location: &Location, writers: usize, total: usize, key: &Arc<Sig
 /// The chain in the store verifies and has exactly `count` receipts.
 async fn check_chain(location: &Location, public: &PublicKey, count: usize) -> anyhow::Result<()> {
     let stored = SqlStore::open(location).await?.stored_receipts(0).await?;
-    let files: Vec<ReceiptFile> = stored
-        .into_iter()
-        .map(|r| ReceiptFile { name: r.index.file, bytes: r.bytes, signature: Some(r.signature.into_bytes()) })
-        .collect();
+    let files: Vec<ReceiptFile> = stored.into_iter().map(ReceiptFile::from).collect();
     let report = receipt::verify_chain(&files, &[], public, None);
     anyhow::ensure!(report.ok() && report.receipts == count, "chain: {:?}", report.problems.first());
     Ok(())

@@ -91,11 +91,22 @@ pub fn failure(e: DeployError) -> Failure {
                 holder.service, holder.environment
             ),
             Holder::Alive => format!("wait for plan {} to finish (pid {} is running)", holder.plan_id, holder.holder_pid),
-            Holder::Unknown => format!(
-                "wait for plan {} to finish; if pid {} on `{}` is gone, take the lock over with `agentctl unlock {} --env {} --force`",
-                holder.plan_id, holder.holder_pid, holder.holder_host, holder.service, holder.environment
-            ),
+            Holder::Unknown => match holder.expires_at {
+                Some(t) => format!(
+                    "wait for plan {} to finish; if `{}` is gone, its lease ends at {} and the next apply takes the lock over (with a receipt)",
+                    holder.plan_id,
+                    holder.holder_host,
+                    t.to_rfc3339()
+                ),
+                None => format!(
+                    "wait for plan {} to finish; if pid {} on `{}` is gone, take the lock over with `agentctl unlock {} --env {} --force`",
+                    holder.plan_id, holder.holder_pid, holder.holder_host, holder.service, holder.environment
+                ),
+            },
         }),
+        DeployError::Egress { .. } => Some(
+            "egress names are resolved when the plan is made and again at apply: fix the name's DNS, or write the address (`IP:PORT`, `CIDR:PORT`) in `egress`".into(),
+        ),
         DeployError::Gate { after, .. } => Some(format!("promote it to `{after}` first")),
         DeployError::Approvals { need, .. } => Some(format!(
             "{need} distinct approver(s) of the environment sign the saved plan: `agentctl approve PLAN.json --key ~/.ssh/id_ed25519`"
@@ -151,6 +162,11 @@ pub fn environment<'a>(ctx: &'a Context, name: &str) -> Result<&'a Environment, 
         Failure::new(Code::Invalid, anyhow::anyhow!("no environment `{name}` in the manifests"))
             .hint(format!("known environments: {}", known.join(", ")))
     })
+}
+
+/// One SSH session to every host of `env` (all or none). The sessions live as long as `ssh`.
+pub async fn connect(ssh: &SshClient, ctx: &Context, env: &Environment) -> Result<Fleet, Failure> {
+    Fleet::connect(ssh, &env.hosts, ctx.set.ssh.concurrency).await.map_err(|e| failure(DeployError::Vm(e.into())))
 }
 
 pub fn ssh_client(ctx: &Context, env: &Environment) -> Result<SshClient, Failure> {
@@ -213,12 +229,10 @@ pub async fn plan_and_maybe_apply(
     let ctx = Context::load(g)?;
     let env = environment(&ctx, env_name)?;
     let store = store_for(&ctx, apply).await?;
-    let ssh = ssh_client(&ctx, env)?;
     let verifier = verifier(&ctx)?;
     let deployer = deployer(&ctx, &store, &verifier);
-    let fleet = Fleet::connect(&ssh, &env.hosts, ctx.set.ssh.concurrency)
-        .await
-        .map_err(|e| failure(DeployError::Vm(e.into())))?;
+    let ssh = ssh_client(&ctx, env)?;
+    let fleet = connect(&ssh, &ctx, env).await?;
     let planned = match target {
         Target::Promote { release } => deployer.plan_promotion(&fleet, env_name, service, release).await,
         Target::Rollback { to } => deployer.plan_rollback(&fleet, env_name, service, to).await,
@@ -290,12 +304,10 @@ pub async fn rehearse(
     let ctx = Context::load(g)?;
     let env = environment(&ctx, env_name)?;
     let store = store_for(&ctx, apply).await?;
-    let ssh = ssh_client(&ctx, env)?;
     let verifier = verifier(&ctx)?;
     let deployer = deployer(&ctx, &store, &verifier);
-    let fleet = Fleet::connect(&ssh, &env.hosts, ctx.set.ssh.concurrency)
-        .await
-        .map_err(|e| failure(DeployError::Vm(e.into())))?;
+    let ssh = ssh_client(&ctx, env)?;
+    let fleet = connect(&ssh, &ctx, env).await?;
     if !apply {
         let planned = deployer.plan_promotion(&fleet, env_name, service, release).await;
         fleet.close().await;
@@ -345,14 +357,12 @@ pub async fn apply_saved(g: &Globals, path: &Path, approvals: &[std::path::PathB
         })?;
         super::approve::record(&ctx, &store, env, saved.plan_id.as_str(), &a).await?;
     }
-    let ssh = ssh_client(&ctx, env)?;
     let verifier = verifier(&ctx)?;
     let deployer = deployer(&ctx, &store, &verifier);
     let key = receipt_key(&ctx)?;
     let log = receipts(&ctx);
-    let fleet = Fleet::connect(&ssh, &env.hosts, ctx.set.ssh.concurrency)
-        .await
-        .map_err(|e| failure(DeployError::Vm(e.into())))?;
+    let ssh = ssh_client(&ctx, env)?;
+    let fleet = connect(&ssh, &ctx, env).await?;
     let result = deployer.apply_saved(&fleet, &saved, &Receipts { log: &log, key: &key }).await;
     fleet.close().await;
     apply_result(result)

@@ -1,14 +1,12 @@
 //! `agentctl prove egress SERVICE --env ENV`.
 
 use super::context::Context;
-use super::deploy::{environment, failure, receipt_key, receipts, ssh_client};
+use super::deploy::{connect, environment, failure, receipt_key, receipts, ssh_client};
 use crate::failure::{Code, Failure};
 use crate::render::Report;
 use crate::Globals;
-use controlplane::deploy::DeployError;
 use controlplane::egress_proof;
 use controlplane::names::ServiceName;
-use controlplane::vm::Fleet;
 
 pub async fn egress(g: &Globals, service_name: &str, env_name: &str) -> Result<Report, Failure> {
     let ctx = Context::load(g)?;
@@ -23,9 +21,7 @@ pub async fn egress(g: &Globals, service_name: &str, env_name: &str) -> Result<R
     }
     let expectations = egress_proof::expectations(env, service).await.map_err(failure)?;
     let ssh = ssh_client(&ctx, env)?;
-    let fleet = Fleet::connect(&ssh, &env.hosts, ctx.set.ssh.concurrency)
-        .await
-        .map_err(|e| failure(DeployError::Vm(e.into())))?;
+    let fleet = connect(&ssh, &ctx, env).await?;
     let proofs = egress_proof::prove(&fleet, env, service, &expectations).await;
     fleet.close().await;
 

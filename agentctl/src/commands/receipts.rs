@@ -74,14 +74,7 @@ async fn store_sources(g: &Globals, key: Option<&Path>) -> Result<Sources, Failu
     };
     let stored = store.stored_receipts(0).await?;
     let head = stored.last().map(|r| StoreHead { seq: r.index.seq as u64, sha256: r.index.sha256.clone() });
-    let files = stored
-        .into_iter()
-        .map(|r| receipt::ReceiptFile {
-            name: r.index.file,
-            bytes: r.bytes,
-            signature: (!r.signature.is_empty()).then(|| r.signature.into_bytes()),
-        })
-        .collect();
+    let files = stored.into_iter().map(receipt::ReceiptFile::from).collect();
     let dir = ctx.set.resolve(&ctx.set.settings.receipts_dir);
     Ok(Sources {
         log: ReceiptLog::new(dir),

@@ -19,7 +19,7 @@ pub enum ReceiptError {
     },
     #[error("the last receipt `{name}` is unreadable, so no receipt can be chained after it: {detail}")]
     BrokenHead { name: String, detail: String },
-    #[error("receipt `{name}` cannot move from the receipts directory into the state store: {detail}")]
+    #[error("receipt `{name}` cannot move from the receipts directory into the state store: {detail}; restore it from a backup (nothing was recorded), and keep the edited copy as evidence")]
     Unadoptable { name: String, detail: String },
     #[error("cannot append to the receipt chain in the state store")]
     Append {

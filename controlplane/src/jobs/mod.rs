@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod deploy;
 pub mod egress;
 pub mod init;
+pub mod migrate;
 pub mod sign;
 pub mod status;
 pub mod verify;
