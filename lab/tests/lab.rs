@@ -1,5 +1,6 @@
 //! The lab itself: real registry, real sshd hosts, strict host keys, clean teardown.
 
+use controlplane::held::HeldClient;
 use controlplane::manifest::{self, Host};
 use controlplane::remote::RemoteCommand;
 use controlplane::ssh::{Remote as _, SshClient, SshError};
@@ -55,6 +56,30 @@ async fn a_wrong_pinned_host_key_is_refused() {
     assert!(err.to_string().contains("SECURITY"), "{err}");
     // The correctly pinned host still works.
     ssh.connect(&hosts[1]).await.unwrap().close().await;
+
+    // The watch's in-process client pins the same way.
+    let held = HeldClient::new(&lab.dir().join("state/ssh/id_ed25519"), None, Duration::from_secs(5)).unwrap();
+    let err = held.hold(&hosts[0]).await.expect_err("a mismatched host key must not connect");
+    assert!(matches!(err, SshError::HostKeyMismatch { .. }), "{err}");
+    let session = held.hold(&hosts[1]).await.unwrap();
+    let out = session
+        .run(&RemoteCommand::new("sh", ["-c", "printf out; printf err >&2; exit 3"]), None, 64, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!((out.status, out.stdout.as_slice()), (Some(3), &b"out"[..]));
+    // (sshd says first that the lab login has no home directory.)
+    assert!(out.stderr.ends_with("err"), "{}", out.stderr);
+    let err = session
+        .run(&RemoteCommand::new("head", ["-c", "100000", "/dev/zero"]), None, 64, Duration::from_secs(5))
+        .await
+        .expect_err("output over the limit is refused");
+    assert!(matches!(err, SshError::OutputTooLarge { limit: 64, .. }), "{err}");
+    Box::new(session).close().await;
+    // Our key, but a user the host does not know.
+    let mut stranger = hosts[1].clone();
+    stranger.user = controlplane::names::UserName::new("nobody-here").unwrap();
+    let err = held.hold(&stranger).await.expect_err("an unknown user is refused");
+    assert!(matches!(err, SshError::AuthFailed { .. }), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -27,30 +27,28 @@ fn cpu() -> f64 {
     (tick(11) + tick(12) + tick(13) + tick(14)) / 100.0
 }
 
-/// (RSS, PSS) in KiB of the processes whose command line names `needle`.
-fn memory_of(needle: &str) -> (u64, u64, usize) {
-    let mut rss = 0;
-    let mut pss = 0;
-    let mut n = 0;
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let path = e.path();
-        let Ok(cmd) = std::fs::read(path.join("cmdline")) else { continue };
-        if !String::from_utf8_lossy(&cmd).contains(needle) {
-            continue;
-        }
-        let Ok(roll) = std::fs::read_to_string(path.join("smaps_rollup")) else { continue };
-        let get = |key: &str| {
-            roll.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        rss += get("Rss:");
-        pss += get("Pss:");
-        n += 1;
-    }
-    (rss, pss, n)
+/// This process's resident memory in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Processes (other than this one) whose command line names `needle`: an OpenSSH
+/// master per host would show here.
+fn processes_naming(needle: &str) -> usize {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name() != me.as_str())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|cmd| String::from_utf8_lossy(cmd).contains(needle))
+        .count()
 }
 
 pub async fn watch(hosts: usize, runs: usize, ansible: bool) -> anyhow::Result<()> {
@@ -60,7 +58,10 @@ pub async fn watch(hosts: usize, runs: usize, ansible: bool) -> anyhow::Result<(
     let all: Vec<_> = set.environments.iter().flat_map(|e| e.hosts.clone()).collect();
     let identity = set.resolve(&set.ssh.identity);
     let ssh = controlplane::ssh::SshClient::new(&all, &identity, Duration::from_secs(30))?;
-    let fleet = Fleet::connect(&ssh, &all, 32).await?;
+    let rss_before = rss_kib();
+    let held =
+        controlplane::held::HeldClient::new(&identity, set.ssh.key_exchange.as_deref(), Duration::from_secs(30))?;
+    let fleet = Fleet::hold(&held, &all, 32).await?;
     let round = || async {
         let probes = all.iter().map(|h| async {
             fleet.get(h.name.as_str()).context("connected")?.probe(service, &[]).await.map_err(anyhow::Error::from)
@@ -79,14 +80,10 @@ pub async fn watch(hosts: usize, runs: usize, ansible: bool) -> anyhow::Result<(
         ours.push(t.elapsed());
     }
     let our_cpu = (cpu() - cpu0) / runs as f64;
+    // The held connections live in this process: what it grew by holding and probing them.
+    let grown = rss_kib().saturating_sub(rss_before);
     let client_dir = ssh.known_hosts().parent().map(|p| p.display().to_string()).unwrap_or_default();
-    let (rss, pss, masters) = memory_of(&client_dir);
-    let self_rss = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .unwrap_or(0);
+    let helpers = processes_naming(&client_dir);
 
     // The floor: the same probe script, run locally for every host at once, no SSH.
     let script = controlplane::observe::probe_script();
@@ -137,10 +134,11 @@ pub async fn watch(hosts: usize, runs: usize, ansible: bool) -> anyhow::Result<(
         o.as_secs_f64() / f.as_secs_f64()
     );
     println!(
-        "  memory per held host: {:.2} MiB RSS, {:.2} MiB PSS ({masters} ssh masters), plus the control plane's {:.1} MiB RSS in all",
-        rss as f64 / 1024.0 / all.len() as f64,
-        pss as f64 / 1024.0 / all.len() as f64,
-        self_rss as f64 / 1024.0
+        "  memory per held host: {:.3} MiB (the control plane grew {:.1} MiB RSS holding and probing {} connections; {helpers} helper processes), {:.1} MiB RSS in all",
+        grown as f64 / 1024.0 / all.len() as f64,
+        grown as f64 / 1024.0,
+        all.len(),
+        rss_kib() as f64 / 1024.0
     );
 
     if ansible {

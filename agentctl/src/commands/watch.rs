@@ -5,7 +5,8 @@ use crate::failure::{Code, Failure};
 use crate::render::Report;
 use crate::Globals;
 use controlplane::deploy::SystemClock;
-use controlplane::jobs::watch::{Events, WatchSettings, Watcher};
+use controlplane::held::HeldClient;
+use controlplane::jobs::watch::{Connections, Events, WatchSettings, Watcher};
 use controlplane::metrics::Metrics;
 use controlplane::ssh::SshClient;
 use controlplane::store::SqlStore;
@@ -128,12 +129,13 @@ pub async fn run(g: &Globals, a: Args) -> Result<Report, Failure> {
             Some(s) => s,
             None => SqlStore::in_memory().await?,
         };
-        let ssh = SshClient::new(
-            envs.iter().flat_map(|e| &e.hosts),
-            &ctx.set.resolve(&ctx.set.ssh.identity),
-            Duration::from_secs(ctx.set.ssh.connect_timeout_secs),
-        )?
-        .with_key_exchange(ctx.set.ssh.key_exchange.as_deref())?;
+        let identity = ctx.set.resolve(&ctx.set.ssh.identity);
+        let timeout = Duration::from_secs(ctx.set.ssh.connect_timeout_secs);
+        let kex = ctx.set.ssh.key_exchange.as_deref();
+        let ssh = Connections {
+            fresh: SshClient::new(envs.iter().flat_map(|e| &e.hosts), &identity, timeout)?.with_key_exchange(kex)?,
+            held: HeldClient::new(&identity, kex, timeout)?,
+        };
         let settings = WatchSettings {
             interval: a.interval,
             fresh_interval: a.fresh_interval,

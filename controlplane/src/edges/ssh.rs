@@ -84,6 +84,8 @@ pub trait Remote: Send + Sync {
         limit: usize,
         timeout: Duration,
     ) -> Result<CommandOutput, SshError>;
+    /// Ends the connection.
+    async fn close(self: Box<Self>);
 }
 
 /// The `known_hosts` line that pins `host`'s key.
@@ -242,6 +244,10 @@ impl Remote for SshSession {
         let Some(stdout) = stdout else { return Err(SshError::OutputTooLarge { host, limit }) };
         let stderr = String::from_utf8_lossy(&stderr.unwrap_or_default()).into_owned();
         Ok(CommandOutput { status: status.code(), stdout, stderr })
+    }
+
+    async fn close(self: Box<Self>) {
+        SshSession::close(*self).await;
     }
 }
 

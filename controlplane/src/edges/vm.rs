@@ -5,12 +5,13 @@
 //! Everything a host sends back reaches the job as [`HostText`] (bounded, sanitized) or
 //! as a strictly parsed [`Observation`].
 
+use crate::held::HeldClient;
 use crate::ids::ReleaseId;
 use crate::manifest::{Host, Service};
 use crate::observe::{self, Observation};
 use crate::remote::RemoteCommand;
 use crate::rollout::Step;
-use crate::ssh::{Remote as _, SshClient, SshError, SshSession};
+use crate::ssh::{Remote, SshClient, SshError};
 use crate::steps;
 use crate::untrusted::HostText;
 use async_trait::async_trait;
@@ -78,16 +79,27 @@ impl Fleet {
 
     /// Connects to every host over SSH (bounded concurrency); the first failure is returned.
     pub async fn connect(ssh: &SshClient, hosts: &[Host], concurrency: usize) -> Result<Self, SshError> {
+        Self::connect_with(hosts, concurrency, |h| async move { Ok(SshVm::new(ssh.connect(h).await?)) }).await
+    }
+
+    /// Holds an in-process connection to every host (what the watch does).
+    pub async fn hold(held: &HeldClient, hosts: &[Host], concurrency: usize) -> Result<Self, SshError> {
+        Self::connect_with(hosts, concurrency, |h| async move { Ok(SshVm::new(held.hold(h).await?)) }).await
+    }
+
+    async fn connect_with<'h, F, Fut>(hosts: &'h [Host], concurrency: usize, open: F) -> Result<Self, SshError>
+    where
+        F: Fn(&'h Host) -> Fut,
+        Fut: std::future::Future<Output = Result<SshVm, SshError>>,
+    {
         use futures::StreamExt as _;
-        let results: Vec<_> = futures::stream::iter(hosts.iter().map(|h| async move { ssh.connect(h).await }))
-            .buffered(concurrency.max(1))
-            .collect()
-            .await;
+        let results: Vec<_> =
+            futures::stream::iter(hosts.iter().map(open)).buffered(concurrency.max(1)).collect().await;
         let mut vms: Vec<Box<dyn GoldenVm>> = Vec::new();
         let mut failed = None;
         for r in results {
             match r {
-                Ok(session) => vms.push(Box::new(SshVm { session })),
+                Ok(vm) => vms.push(Box::new(vm)),
                 Err(e) => {
                     failed.get_or_insert(e);
                 }
@@ -111,15 +123,16 @@ impl Fleet {
     }
 }
 
-/// A golden VM over one multiplexed SSH session.
+/// A golden VM over one SSH connection (OpenSSH's multiplexed session, or a held
+/// in-process one).
 pub struct SshVm {
-    session: SshSession,
+    session: Box<dyn Remote>,
 }
 
 impl SshVm {
     /// A golden VM over an open session.
-    pub fn new(session: SshSession) -> Self {
-        Self { session }
+    pub fn new(session: impl Remote + 'static) -> Self {
+        Self { session: Box::new(session) }
     }
 
     async fn run(

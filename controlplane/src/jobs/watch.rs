@@ -5,6 +5,7 @@
 
 use crate::deploy::Clock;
 use crate::drift::{self, Status};
+use crate::held::HeldClient;
 use crate::manifest::{Environment, Host, Service};
 use crate::metrics::Metrics;
 use crate::ssh::{SshClient, SshError};
@@ -28,6 +29,14 @@ pub struct WatchSettings {
     pub probe_timeout: Duration,
 }
 
+/// The watch's two ways to a host: held in-process connections for the probes, and
+/// OpenSSH for the fresh connection that proves the host's sshd still accepts one.
+#[derive(Debug)]
+pub struct Connections {
+    pub fresh: SshClient,
+    pub held: HeldClient,
+}
+
 /// Where events go.
 pub trait Events: Send + Sync {
     fn emit(&self, event: &Event);
@@ -36,7 +45,7 @@ pub trait Events: Send + Sync {
 /// One watch over some environments.
 pub struct Watcher<'a> {
     pub store: &'a dyn Store,
-    pub ssh: &'a SshClient,
+    pub ssh: &'a Connections,
     pub settings: WatchSettings,
     pub events: &'a dyn Events,
     pub metrics: &'a Metrics,
@@ -49,7 +58,7 @@ pub struct Watcher<'a> {
 impl<'a> Watcher<'a> {
     pub fn new(
         store: &'a dyn Store,
-        ssh: &'a SshClient,
+        ssh: &'a Connections,
         settings: WatchSettings,
         events: &'a dyn Events,
         metrics: &'a Metrics,
@@ -116,7 +125,7 @@ impl<'a> Watcher<'a> {
             if vm.is_none() {
                 let connected = {
                     let _permit = self.connecting.acquire().await;
-                    self.ssh.connect(host).await
+                    self.ssh.held.hold(host).await
                 };
                 match connected {
                     Ok(session) => {
@@ -166,7 +175,7 @@ impl<'a> Watcher<'a> {
             if vm.is_some() && Instant::now() >= next_fresh {
                 next_fresh = Instant::now() + self.settings.fresh_interval;
                 if let Some(service) = self.services.first() {
-                    if let Err(e) = probe_one(self.ssh, host, service, self.settings.probe_timeout).await {
+                    if let Err(e) = probe_one(&self.ssh.fresh, host, service, self.settings.probe_timeout).await {
                         let security = matches!(e, SshError::HostKeyMismatch { .. });
                         let reason = format!("the host no longer accepts new connections: {e}");
                         self.all_unreachable(env, host, &reason, security, &stop);
