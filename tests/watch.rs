@@ -235,3 +235,121 @@ async fn watch_reports_changes_metrics_webhooks_and_stops_cleanly() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Starts a watch on `w` with `args`; returns the child, its events and its metrics URL.
+fn start_watch(w: &World, args: &[&str]) -> (std::process::Child, Events, String) {
+    let mut child = Command::new(BIN)
+        .arg("--manifests")
+        .arg(w.manifests())
+        .args(["watch", "--metrics", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    let url = first.trim().strip_prefix("metrics on ").unwrap_or_else(|| panic!("{first}")).to_owned();
+    std::thread::spawn(move || for _ in stderr.lines().map_while(Result::ok) {});
+    (child, Events { rx, seen: Vec::new() }, url)
+}
+
+/// `agentctl_probes_total{host, kind}` as scraped now.
+async fn probes(url: &str, host: &str, kind: &str) -> f64 {
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    scrape
+        .samples
+        .iter()
+        .find(|m| {
+            m.metric == "agentctl_probes_total"
+                && m.labels.get("host") == Some(host)
+                && m.labels.get("kind") == Some(kind)
+        })
+        .map_or(0.0, |m| match m.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+async fn wait_probes(url: &str, host: &str, kind: &str, at_least: f64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let n = probes(url, host, kind).await;
+        if n >= at_least {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{kind} probes of {host}: {n} < {at_least} after {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn stop(mut child: std::process::Child) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn between_full_hashes_the_stamp_still_sees_an_edit_that_keeps_size_and_mtime() {
+    let w = World::start(fleet(1)).await;
+    w.deploy("v1", &["staging", "prod"]).await;
+
+    // Full hashes only at the start: every later answer comes through the stamp.
+    let (child, mut events, url) = start_watch(&w, &["--env", "prod", "--interval", "0.5", "--full-interval", "3600"]);
+    events.wait(Duration::from_secs(15), |e| e["host"] == "prod-1" && e["to"] == "in-sync");
+    wait_probes(&url, "prod-1", "same", 2.0, Duration::from_secs(5)).await;
+    assert_eq!(probes(&url, "prod-1", "full").await, 1.0, "one full probe, then stamps");
+
+    // Same length, modification time put back: only the change time tells.
+    let live = w.lab.host("prod-1").root().join("api").join(w.current("prod-1").unwrap());
+    let file = walk(&live).into_iter().find(|p| !p.ends_with("release.json")).expect("a file besides release.json");
+    let before = std::fs::read(&file).unwrap();
+    let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+    let mut after = before.clone();
+    after[0] ^= 0x20;
+    std::fs::write(&file, &after).unwrap();
+    std::fs::File::options().write(true).open(&file).unwrap().set_modified(mtime).unwrap();
+    let edited = Instant::now();
+    let e = events.wait(Duration::from_secs(5), |e| e["host"] == "prod-1" && e["to"] == "tampered");
+    assert!(edited.elapsed() < Duration::from_secs(3), "reported after {:?}", edited.elapsed());
+    assert!(e["detail"].as_str().unwrap().contains("is not what was applied"), "{e}");
+    assert!(probes(&url, "prod-1", "full").await >= 2.0, "the changed stamp made the host read in full");
+    stop(child);
+
+    // With a short full interval the release is hashed in full again and again even
+    // though nothing changes (the backstop against a forged change time).
+    std::fs::write(&file, &before).unwrap();
+    let (child, mut events, url) = start_watch(&w, &["--env", "prod", "--interval", "0.3", "--full-interval", "1"]);
+    events.wait(Duration::from_secs(15), |e| e["host"] == "prod-1" && e["to"] == "in-sync");
+    wait_probes(&url, "prod-1", "same", 1.0, Duration::from_secs(5)).await;
+    wait_probes(&url, "prod-1", "full", 3.0, Duration::from_secs(5)).await;
+    stop(child);
+}
+
+/// Every regular file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if p.is_file() {
+            out.push(p);
+        }
+    }
+    out
+}

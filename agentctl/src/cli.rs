@@ -147,6 +147,11 @@ pub enum Command {
         /// Seconds between fresh connections to each host.
         #[arg(long, default_value_t = 60.0)]
         fresh_interval: f64,
+        /// Seconds between full hashes of each live release; between them, a probe whose
+        /// metadata stamp (every entry's inode, size, mode and change time) still holds
+        /// skips hashing the content.
+        #[arg(long, default_value_t = 300.0)]
+        full_interval: f64,
         /// Where to serve `/metrics` and `/healthz` (port 0: any free port, printed on stderr).
         #[arg(long, default_value = "127.0.0.1:9464")]
         metrics: std::net::SocketAddr,

@@ -127,11 +127,21 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
             let target = commands::deploy::Target::Rollback { to: to.as_deref() };
             commands::deploy::plan_and_maybe_apply(g, &service, &env, target, apply, out.as_deref()).await
         }
-        Command::Watch { env, interval, fresh_interval, metrics, webhook, webhook_secret_env, drift_receipts } => {
+        Command::Watch {
+            env,
+            interval,
+            fresh_interval,
+            full_interval,
+            metrics,
+            webhook,
+            webhook_secret_env,
+            drift_receipts,
+        } => {
             let args = commands::watch::Args {
                 env,
-                interval: std::time::Duration::from_secs_f64(interval.max(0.1)),
-                fresh_interval: std::time::Duration::from_secs_f64(fresh_interval.max(0.5)),
+                interval: seconds(interval, 0.1),
+                fresh_interval: seconds(fresh_interval, 0.5),
+                full_interval: seconds(full_interval, 0.0),
                 metrics,
                 webhook,
                 webhook_secret_env,
@@ -210,4 +220,10 @@ fn init_tracing(verbose: u8) {
         .with_ansi(color)
         .with_target(false)
         .init();
+}
+
+/// A duration from a number of seconds on the command line: at least `min`, at most a
+/// year (NaN and infinities cannot reach `Duration`, which would panic on them).
+fn seconds(value: f64, min: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(value.max(min).min(365.0 * 86400.0))
 }

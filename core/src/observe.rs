@@ -17,13 +17,27 @@ use sha2::{Digest as _, Sha256};
 pub const MAX_PROBE_OUTPUT: usize = 256 * 1024;
 const MAX_RUNNING: usize = 4096;
 
-/// The probe: `root service targets|- probe-argv...`, where `targets` is a space-separated
-/// list of validated release ids whose directories are hashed too. Data only in arguments.
+/// The probe: `root service targets|- seen|- probe-argv...`, where `targets` is a
+/// space-separated list of validated release ids whose directories are hashed too, and
+/// `seen` asks for the live release's [`Stamp`] (`-`: not wanted; `0`: wanted, none seen
+/// yet; a stamp: answer `same` without hashing when it still holds). Data only in
+/// arguments.
 const PROBE_SCRIPT: &str = r#"set -u
-root="$1"; service="$2"; targets="$3"; shift 3
+root="$1"; service="$2"; targets="$3"; seen="$4"; shift 4
 d="$root/$service"
 b64() { base64 -w0; echo; }
-@HASH_DIR@echo "agentctl-probe 1"
+@HASH_DIR@stamp=""
+if [ "$seen" != - ]; then
+  stamp=$(find "$d/current" "$d/releases" -printf '%y %m %U %G %s %i %T@ %C@ %p\0%l\0' 2>/dev/null | sha256sum)
+  stamp=${stamp%% *}
+  if [ "$stamp" = "$seen" ]; then
+    echo "agentctl-probe 1"; echo "same $stamp"
+    printf 'running '; "$@" "$service" 2>/dev/null | head -c 4097 | b64
+    echo "end"; exit 0
+  fi
+fi
+echo "agentctl-probe 1"
+if [ -n "$stamp" ]; then echo "stamp $stamp"; fi
 if [ -L "$d/current" ]; then
   t=$(readlink "$d/current")
   printf 'current '; printf %s "$t" | head -c 4096 | b64
@@ -65,9 +79,70 @@ pub fn probe_command(host: &Host, service: &Service, targets: &[&ReleaseId]) -> 
         host.root.to_string(),
         service.name.to_string(),
         if list.is_empty() { "-".to_owned() } else { list.join(" ") },
+        "-".to_owned(),
     ];
     args.extend(service.probe.iter().cloned());
     RemoteCommand::script(&probe_script(), args)
+}
+
+/// The watch's probe of `service` on `host`: everything, with the live release's stamp,
+/// or only `same` and what is running when the stamp is still `seen`.
+pub fn watch_command(host: &Host, service: &Service, seen: Option<&Stamp>) -> RemoteCommand {
+    let mut args = vec![
+        host.root.to_string(),
+        service.name.to_string(),
+        "-".to_owned(),
+        seen.map_or_else(|| "0".to_owned(), |s| s.0.clone()),
+    ];
+    args.extend(service.probe.iter().cloned());
+    RemoteCommand::script(&probe_script(), args)
+}
+
+/// What the host computes over the service's metadata, in one `find` that follows no
+/// link: where `current` points, and for every entry under `releases/` (the live release
+/// and those kept for rollback) its type, mode, owner, size, inode, modification and
+/// change times (nanoseconds), path and link target. Writing, renaming, replacing or
+/// changing the mode of anything there changes a change time, so an unchanged stamp lets
+/// the watch skip hashing the content; the watch still hashes in full at its
+/// `full_interval`, because a change time can be forged by whoever owns the host's clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp(String);
+
+impl Stamp {
+    fn parse(hex: &str) -> Result<Self, String> {
+        if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+            Ok(Self(hex.to_owned()))
+        } else {
+            Err("a stamp is not a sha256".into())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The watch's probe answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Everything, and the stamp it was read under (none when the host has no release
+    /// to stamp, or when it was not asked for one).
+    Full { observation: Observation, stamp: Option<Stamp> },
+    /// The stamp asked about still holds; what is running is read anew.
+    Same { stamp: Stamp, running: Option<HostText> },
+}
+
+impl Answer {
+    /// The observation this answer stands for, given what was seen under `seen`.
+    pub fn observation(self, seen: Option<&(Stamp, Observation)>) -> Result<(Observation, Option<Stamp>), String> {
+        match self {
+            Answer::Full { observation, stamp } => Ok((observation, stamp)),
+            Answer::Same { stamp, running } => match seen {
+                Some((s, o)) if *s == stamp => Ok((Observation { running, ..o.clone() }, Some(stamp))),
+                _ => Err("the host answered `same` for a stamp it was not asked about".into()),
+            },
+        }
+    }
 }
 
 /// The egress probe: `root service rules-argv...`. Prints the live release's
@@ -201,6 +276,23 @@ pub struct Fingerprint {
 
 /// Parses the probe's output, strictly.
 pub fn parse(output: &[u8]) -> Result<Observation, String> {
+    match parse_answer(output)? {
+        Answer::Full { observation, .. } => Ok(observation),
+        Answer::Same { .. } => Err("the host answered `same` to a probe that asked for everything".into()),
+    }
+}
+
+/// What the runtime reported as running, bounded and sanitized.
+fn running_text(running: Option<Vec<u8>>) -> Result<Option<HostText>, String> {
+    match running {
+        Some(r) if r.len() > MAX_RUNNING => Err(format!("runtime reported over {MAX_RUNNING} bytes")),
+        Some(r) => Ok(Some(HostText::from_bytes(&r)).filter(|t| !t.is_empty())),
+        None => Ok(None),
+    }
+}
+
+/// Parses the probe's output, strictly, in either of its two shapes.
+pub fn parse_answer(output: &[u8]) -> Result<Answer, String> {
     if output.len() > MAX_PROBE_OUTPUT {
         return Err(format!("probe output is over {MAX_PROBE_OUTPUT} bytes"));
     }
@@ -224,6 +316,16 @@ pub fn parse(output: &[u8]) -> Result<Observation, String> {
     };
     let hex_hash = |v: Option<String>, what: &str| -> Result<Option<ContentHash>, String> {
         v.map(|h| ContentHash::new(&format!("sha256:{h}")).map_err(|_| format!("`{what}` is not a sha256"))).transpose()
+    };
+    if let Some(same) = lines.next_if(|l| l.starts_with("same ")) {
+        let stamp = Stamp::parse(&same["same ".len()..])?;
+        let running = running_text(decode(field(&mut lines, "running")?, "running")?)?;
+        field(&mut lines, "end").map_err(|_| "probe output is truncated".to_owned())?;
+        return Ok(Answer::Same { stamp, running });
+    }
+    let stamp = match lines.next_if(|l| l.starts_with("stamp ")) {
+        Some(l) => Some(Stamp::parse(&l["stamp ".len()..])?),
+        None => None,
     };
     let current_raw = decode(field(&mut lines, "current")?, "current")?;
     let release_json = decode(field(&mut lines, "json")?, "json")?;
@@ -258,12 +360,8 @@ pub fn parse(output: &[u8]) -> Result<Observation, String> {
             }
         }
     };
-    let running = match running {
-        Some(r) if r.len() > MAX_RUNNING => return Err(format!("runtime reported over {MAX_RUNNING} bytes")),
-        Some(r) => Some(HostText::from_bytes(&r)).filter(|t| !t.is_empty()),
-        None => None,
-    };
-    Ok(Observation {
+    let running = running_text(running)?;
+    let observation = Observation {
         current,
         release_json_sha256: release_json.as_ref().map(|b| format!("sha256:{}", hex::encode(Sha256::digest(b)))),
         release_json,
@@ -271,7 +369,8 @@ pub fn parse(output: &[u8]) -> Result<Observation, String> {
         odd_entries: String::from_utf8_lossy(&odd).lines().filter(|l| !l.is_empty()).map(HostText::new).collect(),
         target_hashes,
         running,
-    })
+    };
+    Ok(Answer::Full { observation, stamp })
 }
 
 #[cfg(test)]
@@ -340,6 +439,7 @@ mod tests {
                 root.display().to_string(),
                 "api".into(),
                 "r-0123456789abcdef".into(),
+                "-".into(),
                 "echo".into(),
                 "sha256:running".into(),
             ],
@@ -359,5 +459,81 @@ mod tests {
         let obs = parse(&o.stdout).unwrap();
         assert_eq!(obs.current, Current::Outside(HostText::new("../../etc")));
         assert!(obs.release_json.is_none() && obs.content_hash.is_none());
+    }
+
+    fn watch_answer(root: &std::path::Path, seen: Option<&Stamp>) -> Answer {
+        let (set, host) = crate::release::tests_support::example();
+        let host = Host { root: crate::manifest::RemotePath(root.display().to_string()), ..host };
+        let api = set.services.values().find(|s| s.name.as_str() == "api").expect("the example has `api`");
+        let service = Service { probe: vec!["echo".into(), "sha256:running".into()], ..api.clone() };
+        let cmd = watch_command(&host, &service, seen);
+        let o = std::process::Command::new(&cmd.program).args(&cmd.args).output().unwrap();
+        parse_answer(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+    }
+
+    #[test]
+    fn an_unchanged_stamp_skips_hashing_and_any_change_ends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let rel = root.join("api/releases/r-0123456789abcdef");
+        std::fs::create_dir_all(rel.join("etc")).unwrap();
+        std::fs::write(rel.join("release.json"), "{\"a\":1}").unwrap();
+        std::fs::write(rel.join("etc/config"), "port = 1").unwrap();
+        std::os::unix::fs::symlink("releases/r-0123456789abcdef", root.join("api/current")).unwrap();
+
+        let Answer::Full { observation: full, stamp: Some(stamp) } = watch_answer(root, None) else {
+            panic!("a first watch probe reads everything and stamps it")
+        };
+        assert!(full.content_hash.is_some());
+        let seen = (stamp.clone(), full.clone());
+        let same = watch_answer(root, Some(&stamp));
+        assert!(matches!(&same, Answer::Same { stamp: s, .. } if *s == stamp), "{same:?}");
+        let (o, _) = same.observation(Some(&seen)).unwrap();
+        assert_eq!(o, full, "an unchanged stamp stands for the same observation");
+
+        // The same size and the modification time put back: the change time still moves.
+        let config = rel.join("etc/config");
+        let mtime = std::fs::metadata(&config).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&config, "port = 2").unwrap();
+        std::fs::File::options().write(true).open(&config).unwrap().set_modified(mtime).unwrap();
+        let Answer::Full { observation: changed, stamp: Some(new) } = watch_answer(root, Some(&stamp)) else {
+            panic!("an edited release is read in full")
+        };
+        assert_ne!(new, stamp);
+        assert_ne!(changed.content_hash, full.content_hash);
+
+        // A new file, a mode change, `current` moved: each ends the stamp.
+        let mut last = new;
+        let changes: [&dyn Fn(); 3] = [
+            &|| std::fs::write(rel.join("etc/extra"), "").unwrap(),
+            &|| {
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(rel.join("etc/extra"), std::fs::Permissions::from_mode(0o600)).unwrap()
+            },
+            &|| {
+                // An identical copy of the release, under another id.
+                let copy = root.join("api/releases/r-1111111111111111");
+                std::fs::create_dir_all(copy.join("etc")).unwrap();
+                for f in ["release.json", "etc/config", "etc/extra"] {
+                    std::fs::copy(rel.join(f), copy.join(f)).unwrap();
+                }
+                std::fs::remove_file(root.join("api/current")).unwrap();
+                std::os::unix::fs::symlink("releases/r-1111111111111111", root.join("api/current")).unwrap()
+            },
+        ];
+        for change in changes {
+            change();
+            match watch_answer(root, Some(&last)) {
+                Answer::Full { stamp: Some(s), .. } => last = s,
+                other => panic!("a change must end the stamp: {other:?}"),
+            }
+        }
+
+        // A host that claims `same` for a stamp it was not asked about is not believed.
+        let other = Stamp::parse(&"0".repeat(64)).unwrap();
+        let lie = Answer::Same { stamp: other, running: None };
+        assert!(lie.observation(Some(&seen)).is_err());
+        assert!(parse(b"agentctl-probe 1\nsame 00\nrunning -\nend\n").is_err());
     }
 }

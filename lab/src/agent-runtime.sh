@@ -25,7 +25,7 @@ cmd="${1:?usage: agent-runtime activate|health|running SERVICE [RELEASE_DIR]}"
 service="${2:?missing SERVICE}"
 case "$service" in *[!a-z0-9-]*) echo "agent-runtime: bad service name" >&2; exit 2 ;; esac
 in_vm() { if [ -s "$state/netns" ]; then ip netns exec "$(cat "$state/netns")" "$@"; else "$@"; fi; }
-table="agentctl_$(printf %s "$service" | tr - _)"
+table() { printf 'agentctl_%s' "$service" | tr - _; }
 case "$cmd" in
 activate)
     release="${3:?missing RELEASE_DIR}"
@@ -34,8 +34,8 @@ activate)
         if [ -e "$state/$service.nft-broken" ] || ! in_vm nft -f "$release/egress.nft"; then
             echo "agent-runtime: cannot load the egress rules of $service" >&2; exit 1
         fi
-    elif in_vm nft list table inet "$table" >/dev/null 2>&1; then
-        in_vm nft delete table inet "$table"
+    elif in_vm nft list table inet "$(table)" >/dev/null 2>&1; then
+        in_vm nft delete table inet "$(table)"
     fi
     digest=$(grep -o '"digest":"sha256:[0-9a-f]*"' "$release/release.json" | head -n 1 | cut -d '"' -f 4)
     [ -n "$digest" ] || { echo "agent-runtime: no digest in $release/release.json" >&2; exit 1; }
@@ -58,7 +58,7 @@ connect)
         timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$addr" "$port" 2>/dev/null
     ;;
 egress-rules)
-    in_vm nft -j list table inet "$table" 2>/dev/null || true
+    in_vm nft -j list table inet "$(table)" 2>/dev/null || true
     ;;
 running)
     if [ -e "$state/$service.report" ]; then cat "$state/$service.report"

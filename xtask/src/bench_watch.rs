@@ -4,6 +4,8 @@
 //! default), in the same run. Medians, ratios, CPU seconds per round, memory per host.
 
 use anyhow::Context as _;
+use controlplane::observe::{watch_command, Answer, Stamp};
+use controlplane::remote::RemoteCommand;
 use controlplane::vm::Fleet;
 use lab::{Lab, LabConfig};
 use std::process::{Command, Stdio};
@@ -51,10 +53,78 @@ fn processes_naming(needle: &str) -> usize {
         .count()
 }
 
+/// Puts the same rendered release live on every host (as `promote` leaves it: the release
+/// directory, `current`, the runtime running its digest), so the probes hash real content.
+fn deploy_everywhere(
+    lab: &Lab,
+    set: &controlplane::manifest::ManifestSet,
+    service: &controlplane::manifest::Service,
+) -> anyhow::Result<String> {
+    use controlplane::release::{render, ReleaseInput};
+    let env = &set.environments[0];
+    let image = controlplane::image::PinnedImage {
+        repository: controlplane::image::Repository::new("127.0.0.1:5000/demo/api")?,
+        digest: controlplane::image::Digest::of(b"bench"),
+    };
+    let content = render(&ReleaseInput {
+        service,
+        environment: &env.name,
+        image: &image,
+        source_commit: "0123456789abcdef0123456789abcdef01234567",
+        signer_key_id: "sha256:bench",
+        provenance: None,
+        sbom: None,
+        egress: None,
+    })?;
+    for h in set.environments.iter().flat_map(|e| &e.hosts) {
+        let vm = lab.host(h.name.as_str());
+        let dir = vm.root().join(service.name.as_str());
+        let rel = dir.join("releases").join(&content.id);
+        for (path, bytes) in &content.files {
+            let file = rel.join(path);
+            std::fs::create_dir_all(file.parent().context("a parent")?)?;
+            std::fs::write(file, bytes)?;
+        }
+        let _ = std::fs::remove_file(dir.join("current"));
+        std::os::unix::fs::symlink(format!("releases/{}", content.id), dir.join("current"))?;
+        std::fs::write(vm.runtime().join(format!("{}.running", service.name)), format!("{}\n", image.digest))?;
+    }
+    Ok(format!("{} files, {} bytes", content.files.len(), content.files.values().map(Vec::len).sum::<usize>()))
+}
+
+/// Runs `cmd` for every host at once, locally, without SSH; medians of `runs` rounds and
+/// CPU seconds per round.
+fn local_rounds(lab: &Lab, cmds: &[(String, RemoteCommand)], runs: usize) -> anyhow::Result<(Duration, f64)> {
+    let mut times = Vec::new();
+    let cpu0 = cpu();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let children: Vec<_> = cmds
+            .iter()
+            .map(|(host, cmd)| {
+                Command::new(&cmd.program)
+                    .args(&cmd.args)
+                    .env("AGENT_RUNTIME_DIR", lab.host(host).runtime())
+                    .env("PATH", format!("{}:/usr/bin:/bin", lab.dir().join("bin").display()))
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+            })
+            .collect::<Result<_, _>>()?;
+        for c in children {
+            let out = c.wait_with_output()?;
+            anyhow::ensure!(out.status.success(), "the probe failed locally");
+        }
+        times.push(t.elapsed());
+    }
+    Ok((median(times), (cpu() - cpu0) / runs as f64))
+}
+
 pub async fn watch(hosts: usize, runs: usize, ansible: bool) -> anyhow::Result<()> {
     let lab = Lab::start(LabConfig { hosts, staging: 1, registry: false, dir: None, egress: false }).await?;
     let set = controlplane::manifest::load(&lab.manifests())?;
     let service = set.services.values().next().context("a service")?;
+    let release = deploy_everywhere(&lab, &set, service)?;
     let all: Vec<_> = set.environments.iter().flat_map(|e| e.hosts.clone()).collect();
     let identity = set.resolve(&set.ssh.identity);
     let ssh = controlplane::ssh::SshClient::new(&all, &identity, Duration::from_secs(30))?;
@@ -62,76 +132,80 @@ pub async fn watch(hosts: usize, runs: usize, ansible: bool) -> anyhow::Result<(
     let held =
         controlplane::held::HeldClient::new(&identity, set.ssh.key_exchange.as_deref(), Duration::from_secs(30))?;
     let fleet = Fleet::hold(&held, &all, 32).await?;
-    let round = || async {
-        let probes = all.iter().map(|h| async {
-            fleet.get(h.name.as_str()).context("connected")?.probe(service, &[]).await.map_err(anyhow::Error::from)
-        });
-        for r in futures::future::join_all(probes).await {
-            r?;
+    // One round of the watch: every host probed at once over its held connection, with
+    // the stamps seen before (`same` answers) or none (everything read and hashed).
+    let round = |seen: Option<Vec<Stamp>>| {
+        let fleet = &fleet;
+        let all = &all;
+        async move {
+            let probes = all.iter().enumerate().map(|(i, h)| {
+                let seen = seen.as_ref().map(|s| s[i].clone());
+                async move {
+                    let vm = fleet.get(h.name.as_str()).context("connected")?;
+                    match vm.probe_since(service, seen.as_ref()).await? {
+                        Answer::Full { stamp: Some(s), observation } if seen.is_none() => {
+                            anyhow::ensure!(observation.content_hash.is_some(), "{}: nothing hashed", h.name);
+                            Ok(s)
+                        }
+                        Answer::Same { stamp, .. } if seen.is_some() => Ok(stamp),
+                        other => anyhow::bail!("{}: unexpected answer {other:?}", h.name),
+                    }
+                }
+            });
+            futures::future::join_all(probes).await.into_iter().collect::<anyhow::Result<Vec<Stamp>>>()
         }
-        anyhow::Ok(())
     };
-    round().await?; // warm
-    let mut ours = Vec::new();
-    let cpu0 = cpu();
-    for _ in 0..runs {
-        let t = Instant::now();
-        round().await?;
-        ours.push(t.elapsed());
-    }
-    let our_cpu = (cpu() - cpu0) / runs as f64;
+    let stamps = round(None).await?; // warm
+    let timed = |seen: Option<Vec<Stamp>>| {
+        let round = &round;
+        async move {
+            let mut times = Vec::new();
+            let cpu0 = cpu();
+            for _ in 0..runs {
+                let t = Instant::now();
+                round(seen.clone()).await?;
+                times.push(t.elapsed());
+            }
+            anyhow::Ok((median(times), (cpu() - cpu0) / runs as f64))
+        }
+    };
+    let (ours_full, ours_full_cpu) = timed(None).await?;
+    let (ours, our_cpu) = timed(Some(stamps.clone())).await?;
     // The held connections live in this process: what it grew by holding and probing them.
     let grown = rss_kib().saturating_sub(rss_before);
     let client_dir = ssh.known_hosts().parent().map(|p| p.display().to_string()).unwrap_or_default();
     let helpers = processes_naming(&client_dir);
 
-    // The floor: the same probe script, run locally for every host at once, no SSH.
-    let script = controlplane::observe::probe_script();
-    let mut floor = Vec::new();
-    let cpu0 = cpu();
-    for _ in 0..runs {
-        let t = Instant::now();
-        let children: Vec<_> = all
-            .iter()
-            .map(|h| {
-                let vm = lab.host(h.name.as_str());
-                Command::new("sh")
-                    .arg("-c")
-                    .arg(&script)
-                    .arg("sh")
-                    .arg(h.root.as_str())
-                    .arg(service.name.as_str())
-                    .arg("-")
-                    .args(&service.probe)
-                    .env("AGENT_RUNTIME_DIR", vm.runtime())
-                    .env("PATH", format!("{}:/usr/bin:/bin", lab.dir().join("bin").display()))
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-            })
-            .collect::<Result<_, _>>()?;
-        for mut c in children {
-            c.wait()?;
-        }
-        floor.push(t.elapsed());
-    }
-    let floor_cpu = (cpu() - cpu0) / runs as f64;
-    let (o, f) = (median(ours), median(floor));
+    // The floor: the same probe commands, run locally for every host at once, no SSH.
+    let local = |seen: Option<&[Stamp]>| -> Vec<(String, RemoteCommand)> {
+        all.iter()
+            .enumerate()
+            .map(|(i, h)| (h.name.to_string(), watch_command(h, service, seen.map(|s| &s[i]))))
+            .collect()
+    };
+    let (floor_full, floor_full_cpu) = local_rounds(&lab, &local(None), runs)?;
+    let (floor, floor_cpu) = local_rounds(&lab, &local(Some(&stamps)), runs)?;
     println!(
-        "watch benchmark: one warm probe round, {} hosts, {runs} runs, medians, {} build",
+        "watch benchmark: {} hosts, each running the same release ({release}), {runs} runs, medians, {} build",
         all.len(),
         if cfg!(debug_assertions) { "dev" } else { "release" }
     );
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
     println!(
-        "  agentctl, held connections: {}  (CPU {:.2} s/round, this side: the control plane and its ssh clients)",
-        ms(o),
-        our_cpu
+        "  warm round, stamps unchanged (every interval): agentctl {} (CPU {:.2} s, this side) · local floor {} (CPU {:.2} s) · agentctl/floor {:.2}x",
+        ms(ours),
+        our_cpu,
+        ms(floor),
+        floor_cpu,
+        ratio(ours, floor)
     );
     println!(
-        "  local floor, no SSH:        {}  (CPU {:.2} s/round; agentctl/floor = {:.2}x)",
-        ms(f),
-        floor_cpu,
-        o.as_secs_f64() / f.as_secs_f64()
+        "  full round, every release hashed (every full interval): agentctl {} (CPU {:.2} s) · local floor {} (CPU {:.2} s) · agentctl/floor {:.2}x",
+        ms(ours_full),
+        ours_full_cpu,
+        ms(floor_full),
+        floor_full_cpu,
+        ratio(ours_full, floor_full)
     );
     println!(
         "  memory per held host: {:.3} MiB (the control plane grew {:.1} MiB RSS holding and probing {} connections; {helpers} helper processes), {:.1} MiB RSS in all",
@@ -149,12 +223,17 @@ pub async fn watch(hosts: usize, runs: usize, ansible: bool) -> anyhow::Result<(
                 && Command::new(bin.join("pip")).args(["install", "--quiet", "ansible-core"]).status()?.success();
             anyhow::ensure!(ok, "could not install ansible-core into {}", venv.display());
         }
+        // The same probe, each host's stamp in its inventory line.
         let inventory = lab.dir().join("inventory.ini");
         let mut inv = String::from("[lab]\n");
-        for h in &all {
+        for (h, stamp) in all.iter().zip(&stamps) {
             inv.push_str(&format!(
-                "{} ansible_host={} ansible_port={} ansible_user={}\n",
-                h.name, h.address, h.port, h.user
+                "{} ansible_host={} ansible_port={} ansible_user={} seen={}\n",
+                h.name,
+                h.address,
+                h.port,
+                h.user,
+                stamp.as_str()
             ));
         }
         inv.push_str(&format!(
@@ -164,9 +243,10 @@ pub async fn watch(hosts: usize, runs: usize, ansible: bool) -> anyhow::Result<(
         ));
         std::fs::write(&inventory, inv)?;
         let first = &all[0];
-        let line = controlplane::observe::probe_command(first, service, &[]).shell_line();
+        let line = watch_command(first, service, Some(&stamps[0])).shell_line();
         let probe = line
-            .replace(&controlplane::remote::quote(first.root.as_str()), "\"$(dirname \"$AGENT_RUNTIME_DIR\")/root\"");
+            .replace(&controlplane::remote::quote(first.root.as_str()), "\"$(dirname \"$AGENT_RUNTIME_DIR\")/root\"")
+            .replace(stamps[0].as_str(), "{{ seen }}");
         let forks = all.len().min(50).to_string();
         let run = || -> anyhow::Result<Duration> {
             let t = Instant::now();
@@ -180,10 +260,11 @@ pub async fn watch(hosts: usize, runs: usize, ansible: bool) -> anyhow::Result<(
                 .env("ANSIBLE_LOCAL_TEMP", lab.dir().join("ansible-tmp"))
                 .env("ANSIBLE_SSH_CONTROL_PATH_DIR", lab.dir().join("ansible-cp"))
                 .output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
             anyhow::ensure!(
-                out.status.success(),
-                "ansible failed: {}",
-                String::from_utf8_lossy(&out.stdout).lines().take(8).collect::<Vec<_>>().join("\n")
+                out.status.success() && text.matches("\nsame ").count() == all.len(),
+                "ansible failed or did not take the stamp path: {}",
+                text.lines().take(8).collect::<Vec<_>>().join("\n")
             );
             Ok(t.elapsed())
         };
@@ -196,10 +277,10 @@ pub async fn watch(hosts: usize, runs: usize, ansible: bool) -> anyhow::Result<(
         let a_cpu = (cpu() - cpu0) / runs as f64;
         let a = median(times);
         println!(
-            "  ansible, persistent connections (raw module, {forks} forks): {}  (CPU {:.2} s/round; ansible/agentctl = {:.1}x)",
+            "  ansible, persistent connections (raw module, {forks} forks), same probe, stamps unchanged: {} (CPU {:.2} s); ansible/agentctl = {:.1}x",
             ms(a),
             a_cpu,
-            a.as_secs_f64() / o.as_secs_f64()
+            ratio(a, ours)
         );
         // Ansible's ControlPersist masters outlive it by design; end them.
         let _ = Command::new("pkill").arg("-f").arg(lab.dir().join("ansible-cp").display().to_string()).status();

@@ -18,6 +18,7 @@ pub struct Args {
     pub env: Option<String>,
     pub interval: Duration,
     pub fresh_interval: Duration,
+    pub full_interval: Duration,
     pub metrics: std::net::SocketAddr,
     pub webhook: Option<String>,
     pub webhook_secret_env: Option<String>,
@@ -139,6 +140,7 @@ pub async fn run(g: &Globals, a: Args) -> Result<Report, Failure> {
         let settings = WatchSettings {
             interval: a.interval,
             fresh_interval: a.fresh_interval,
+            full_interval: a.full_interval,
             concurrency: ctx.set.ssh.concurrency,
             probe_timeout: Duration::from_secs(ctx.set.ssh.connect_timeout_secs.max(5)),
         };

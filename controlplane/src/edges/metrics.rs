@@ -2,7 +2,9 @@
 //! small HTTP server that exposes them (`/metrics`, `/healthz`, hyper).
 
 use crate::watch::Target;
-use prometheus::{Encoder as _, GaugeVec, HistogramOpts, HistogramVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder as _, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -17,6 +19,7 @@ pub struct Metrics {
     last_success: GaugeVec,
     duration: HistogramVec,
     connection: IntGaugeVec,
+    probes: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -49,8 +52,16 @@ impl Metrics {
         registry.register(Box::new(drift.clone()))?;
         registry.register(Box::new(last_success.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        let probes = IntCounterVec::new(
+            Opts::new(
+                "agentctl_probes_total",
+                "Probes answered, by kind: `full` read and hashed the release, `same` found its stamp unchanged",
+            ),
+            &["environment", "service", "host", "kind"],
+        )?;
         registry.register(Box::new(connection.clone()))?;
-        Ok(Self { registry, drift, last_success, duration, connection })
+        registry.register(Box::new(probes.clone()))?;
+        Ok(Self { registry, drift, last_success, duration, connection, probes })
     }
 
     /// Sets `target`'s drift state (one-hot over [`STATES`]).
@@ -65,6 +76,12 @@ impl Metrics {
         let labels = [t.environment.as_str(), t.service.as_str(), t.host.as_str()];
         self.duration.with_label_values(&labels).observe(seconds);
         self.last_success.with_label_values(&labels).set(unix_now);
+    }
+
+    /// Counts an answered probe of `kind` (`full` or `same`).
+    pub fn probe_kind(&self, t: &Target, kind: &str) {
+        let labels = [t.environment.as_str(), t.service.as_str(), t.host.as_str(), kind];
+        self.probes.with_label_values(&labels).inc();
     }
 
     pub fn connection(&self, environment: &str, host: &str, up: bool) {

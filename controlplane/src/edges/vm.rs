@@ -8,7 +8,7 @@
 use crate::held::HeldClient;
 use crate::ids::ReleaseId;
 use crate::manifest::{Host, Service};
-use crate::observe::{self, Observation};
+use crate::observe::{self, Answer, Observation, Stamp};
 use crate::remote::RemoteCommand;
 use crate::rollout::Step;
 use crate::ssh::{Remote, SshClient, SshError};
@@ -48,6 +48,11 @@ pub trait GoldenVm: Send + Sync {
     fn name(&self) -> &str;
     /// Observes `service`; `targets` are releases whose directories are hashed too.
     async fn probe(&self, service: &Service, targets: &[&ReleaseId]) -> Result<Observation, VmError>;
+    /// The watch's probe: everything and its stamp, or `same` while `seen` still holds.
+    async fn probe_since(&self, service: &Service, seen: Option<&Stamp>) -> Result<Answer, VmError> {
+        let _ = seen;
+        Ok(Answer::Full { observation: self.probe(service, &[]).await?, stamp: None })
+    }
     /// Stages release `id` from the tar stream `tar`; the host checks `content_hash`.
     async fn stage(&self, service: &Service, id: &str, content_hash: &str, tar: &[u8]) -> Result<(), HostText>;
     /// Runs one rollout step; `Err` says why it failed.
@@ -173,6 +178,14 @@ impl GoldenVm for SshVm {
         let cmd = observe::probe_command(host, service, targets).with_deadline(PROBE_TIMEOUT.as_secs());
         let out = self.session.run(&cmd, None, observe::MAX_PROBE_OUTPUT, PROBE_TIMEOUT + DEADLINE_GRACE).await?;
         observe::parse(&out.stdout)
+            .map_err(|reason| VmError::Probe { host: host.name.to_string(), reason: HostText::new(&reason) })
+    }
+
+    async fn probe_since(&self, service: &Service, seen: Option<&Stamp>) -> Result<Answer, VmError> {
+        let host = self.session.host();
+        let cmd = observe::watch_command(host, service, seen).with_deadline(PROBE_TIMEOUT.as_secs());
+        let out = self.session.run(&cmd, None, observe::MAX_PROBE_OUTPUT, PROBE_TIMEOUT + DEADLINE_GRACE).await?;
+        observe::parse_answer(&out.stdout)
             .map_err(|reason| VmError::Probe { host: host.name.to_string(), reason: HostText::new(&reason) })
     }
 

@@ -8,6 +8,7 @@ use crate::drift::{self, Status};
 use crate::held::HeldClient;
 use crate::manifest::{Environment, Host, Service};
 use crate::metrics::Metrics;
+use crate::observe::{Answer, Observation, Stamp};
 use crate::ssh::{SshClient, SshError};
 use crate::status::probe_one;
 use crate::store::Store;
@@ -24,6 +25,9 @@ pub struct WatchSettings {
     pub interval: Duration,
     /// Between fresh connections to each host.
     pub fresh_interval: Duration,
+    /// Every release is hashed in full at least this often; between, a probe whose
+    /// stamp still holds skips hashing (see [`crate::observe::Stamp`]).
+    pub full_interval: Duration,
     /// Connections being opened at once.
     pub concurrency: usize,
     pub probe_timeout: Duration,
@@ -120,6 +124,9 @@ impl<'a> Watcher<'a> {
         let mut attempt = 0u32;
         let mut round = 0u64;
         let mut next_fresh = Instant::now() + self.settings.fresh_interval;
+        let mut next_full = Instant::now() + self.settings.full_interval;
+        // Per service: the last stamp and what was observed under it.
+        let mut seen: std::collections::HashMap<String, (Stamp, Observation)> = Default::default();
         let interval_ms = self.settings.interval.as_millis() as u64;
         loop {
             if vm.is_none() {
@@ -147,19 +154,39 @@ impl<'a> Watcher<'a> {
             }
             if let Some(held) = &vm {
                 let mut broken = false;
+                if Instant::now() >= next_full {
+                    // Hash everything this round, whatever the stamps say.
+                    seen.clear();
+                    next_full = Instant::now() + self.settings.full_interval;
+                }
                 for service in &self.services {
                     let target = self.target(env, host, service);
                     let started = Instant::now();
-                    match held.probe(service, &[]).await {
-                        Ok(obs) => {
+                    let key = service.name.as_str();
+                    let answer = held.probe_since(service, seen.get(key).map(|(s, _)| s)).await;
+                    let answered = answer.map_err(|e| e.to_string()).and_then(|a| {
+                        let kind = if matches!(a, Answer::Same { .. }) { "same" } else { "full" };
+                        let (obs, stamp) = a.observation(seen.get(key)).map_err(|reason| {
+                            format!("host `{}` sent a probe answer that cannot be believed: {reason}", host.name)
+                        })?;
+                        Ok((obs, stamp, kind))
+                    });
+                    match answered {
+                        Ok((obs, stamp, kind)) => {
+                            match stamp {
+                                Some(s) => seen.insert(key.to_owned(), (s, obs.clone())),
+                                None => seen.remove(key),
+                            };
+                            self.metrics.probe_kind(&target, kind);
                             let unix = self.clock.now().timestamp_millis() as f64 / 1000.0;
                             self.metrics.probe_ok(&target, started.elapsed().as_secs_f64(), unix);
                             let recorded = self.store.deployments(env.name.as_str(), service.name.as_str()).await;
                             let rec = recorded.ok().and_then(|r| r.into_iter().find(|d| d.host == host.name.as_str()));
                             self.record(&target, drift::classify(service.name.as_str(), rec.as_ref(), &obs), &stop);
                         }
-                        Err(e) => {
-                            self.record(&target, Status::Unreachable { reason: e.to_string(), security: false }, &stop);
+                        Err(reason) => {
+                            seen.remove(key);
+                            self.record(&target, Status::Unreachable { reason, security: false }, &stop);
                             broken = true;
                         }
                     }
