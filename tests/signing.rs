@@ -212,6 +212,16 @@ async fn attestations_round_trip_and_release_add_records_the_evidence() {
     assert_ok(&out);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["verified"]["attestations"].as_array().unwrap().len(), 2);
+    // Each `.att` layer carries the annotations `cosign verify-attestation` requires: the
+    // predicate type, and the signature annotation, empty (cosign's own layout).
+    let reg = w.lab.registry_client();
+    let (manifest, _) = reg.manifest(&img.repository, &cosign::attestation_tag(&img.digest)).await.unwrap().unwrap();
+    let layers = cosign::manifest_layers(&manifest).unwrap();
+    assert_eq!(layers.len(), 2);
+    for l in &layers {
+        assert_eq!(l.annotations.get("dev.cosignproject.cosign/signature").map(String::as_str), Some(""), "{l:?}");
+        assert!(l.annotations.contains_key("predicateType"), "{l:?}");
+    }
 
     let out = w.agentctl(&["release", "add", "api", &s(&img), "--commit", COMMIT, "--json"]);
     assert_ok(&out);

@@ -92,8 +92,13 @@ pub async fn attest(
 ) -> Result<Pushed, SignError> {
     ensure_exists(registry, image).await?;
     let envelope: Envelope = cosign::attestation_envelope(image, kind, predicate, key);
-    let annotations: BTreeMap<String, String> =
-        [(cosign::PREDICATE_TYPE_ANNOTATION.to_owned(), kind.predicate_type().to_owned())].into();
+    // cosign writes the signature annotation empty on attestation layers (the signature
+    // is inside the envelope) and `cosign verify-attestation` refuses a layer without it.
+    let annotations: BTreeMap<String, String> = [
+        (cosign::PREDICATE_TYPE_ANNOTATION.to_owned(), kind.predicate_type().to_owned()),
+        (cosign::SIGNATURE_ANNOTATION.to_owned(), String::new()),
+    ]
+    .into();
     let layer = Layer {
         media_type: cosign::DSSE_MEDIA_TYPE.into(),
         data: serde_json::to_vec(&envelope).expect("JSON"),
