@@ -260,6 +260,21 @@ async fn openssl_verifies_a_receipt_independently() {
     let out = verify(&dir.join(&name));
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("Verified OK"));
+    // The README's own commands, exactly as written, from where it says to run them.
+    let readme = std::fs::read_to_string(p.dir.join("receipts/README.md")).unwrap();
+    let block = readme
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .find(|b| b.contains("openssl dgst"))
+        .expect("the README shows the openssl check");
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(block.replace("000001-apply.json", &name))
+        .current_dir(&p.dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success() && stdout(&out).contains("Verified OK"), "{}{}", stdout(&out), stderr(&out));
     // And openssl rejects an edited copy: the check is not vacuous.
     let edited = tmp.path().join("edited.json");
     let mut b = std::fs::read(dir.join(&name)).unwrap();
