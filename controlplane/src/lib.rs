@@ -17,6 +17,7 @@
 pub mod cosign;
 pub mod edges;
 pub mod jobs;
+pub mod keyless;
 
 pub use controlplane_core::{
     approval, canonical, diagnostic, drift, egress, history, ids, image, lock, names, observe, plan, receipt, records,

@@ -5,6 +5,7 @@
 
 mod image;
 pub mod network;
+pub mod sigstore;
 pub mod postgres;
 
 pub use image::{build_image, TestImage};

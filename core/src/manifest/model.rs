@@ -83,6 +83,57 @@ pub struct TrustPolicy {
     pub keys: Vec<TrustedKey>,
     /// Builder ids a provenance attestation may name.
     pub builders: Vec<String>,
+    /// Keyless signatures: the trusted root and the identities allowed.
+    pub keyless: Option<KeylessPolicy>,
+}
+
+/// Who may sign keyless, and under which roots of trust.
+#[derive(Debug, Clone)]
+pub struct KeylessPolicy {
+    /// The `trusted_root.json` file, relative to the manifest directory.
+    pub trusted_root: PathBuf,
+    /// Its text (parsed by the verifier).
+    pub trusted_root_json: String,
+    pub identities: Vec<AllowedIdentity>,
+}
+
+/// One identity allowed to sign keyless: the certificate's OIDC issuer, exactly, and its
+/// subject (SAN), exactly or by a regular expression matching the whole subject (as
+/// cosign's `--certificate-oidc-issuer` / `--certificate-identity[-regexp]`).
+#[derive(Debug, Clone)]
+pub struct AllowedIdentity {
+    pub issuer: String,
+    pub subject: SubjectMatch,
+}
+
+#[derive(Debug, Clone)]
+pub enum SubjectMatch {
+    Exact(String),
+    /// Anchored: the whole subject must match.
+    Regexp(regex::Regex),
+}
+
+impl AllowedIdentity {
+    pub fn allows(&self, issuer: &str, subject: &str) -> bool {
+        issuer == self.issuer
+            && match &self.subject {
+                SubjectMatch::Exact(s) => s == subject,
+                SubjectMatch::Regexp(r) => r.is_match(subject),
+            }
+    }
+}
+
+impl fmt::Display for AllowedIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.subject {
+            SubjectMatch::Exact(s) => write!(f, "`{s}` (issuer `{}`)", self.issuer),
+            SubjectMatch::Regexp(r) => {
+                let whole = r.as_str();
+                let inner = whole.strip_prefix("^(?:").and_then(|r| r.strip_suffix(")$")).unwrap_or(whole);
+                write!(f, "subjects matching `{inner}` (issuer `{}`)", self.issuer)
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

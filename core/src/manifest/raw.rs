@@ -49,6 +49,20 @@ pub struct Trust {
     pub keys: S<Vec<S<String>>>,
     #[serde(default)]
     pub builders: Vec<S<String>>,
+    /// A Sigstore `trusted_root.json` (Fulcio CAs, Rekor logs, CT logs, TSAs) for keyless
+    /// signatures.
+    pub trusted_root: Option<S<String>>,
+    /// The keyless identities allowed.
+    #[serde(default)]
+    pub identity: Vec<S<Identity>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    pub issuer: S<String>,
+    pub subject: Option<S<String>>,
+    pub subject_regexp: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -278,13 +278,13 @@ impl<'a> Validator<'a> {
         }
 
         let t = file.trust.get_ref();
-        if t.keys.get_ref().is_empty() {
+        if t.keys.get_ref().is_empty() && t.identity.is_empty() {
             self.err(
                 &at,
                 &t.keys,
                 "trust.keys",
-                "no trusted keys: nothing could ever be promoted".into(),
-                Some("list the cosign public key(s) CI signs with, e.g. `keys = [\"trust/release.pub\"]`"),
+                "no trusted keys and no keyless identities: nothing could ever be promoted".into(),
+                Some("list the cosign public key(s) CI signs with, e.g. `keys = [\"trust/release.pub\"]`, or a `trusted_root` and `[[trust.identity]]` entries"),
             );
         }
         let mut keys = Vec::new();
@@ -306,6 +306,8 @@ impl<'a> Validator<'a> {
             }
             builders.push(b.get_ref().clone());
         }
+
+        let keyless = self.keyless(&at, t);
 
         let ssh = file.ssh.get_ref();
         let identity = PathBuf::from(ssh.identity.get_ref());
@@ -342,7 +344,7 @@ impl<'a> Validator<'a> {
             (
                 settings,
                 registries,
-                TrustPolicy { keys, builders },
+                TrustPolicy { keys, builders, keyless },
                 SshSettings {
                     identity,
                     concurrency: concurrency as usize,
@@ -416,6 +418,65 @@ impl<'a> Validator<'a> {
     }
 
     /// A PEM public key file inside the manifest directory.
+    /// The keyless part of the trust policy: a trusted root and at least one identity,
+    /// or neither.
+    fn keyless(&mut self, at: &At<'_>, t: &raw::Trust) -> Option<KeylessPolicy> {
+        let mut identities = Vec::new();
+        for (i, id) in t.identity.iter().enumerate() {
+            let field = |f: &str| format!("trust.identity[{i}].{f}");
+            let raw = id.get_ref();
+            let issuer = raw.issuer.get_ref().trim().to_owned();
+            if issuer.is_empty() {
+                self.err(at, &raw.issuer, &field("issuer"), "empty OIDC issuer".into(), Some("e.g. `https://token.actions.githubusercontent.com`"));
+            }
+            let subject = match (&raw.subject, &raw.subject_regexp) {
+                (Some(s), None) if !s.get_ref().is_empty() => Some(SubjectMatch::Exact(s.get_ref().clone())),
+                (None, Some(r)) => match regex::Regex::new(&format!("^(?:{})$", r.get_ref())) {
+                    Ok(re) => Some(SubjectMatch::Regexp(re)),
+                    Err(e) => {
+                        let first = e.to_string().lines().last().unwrap_or("").trim().to_owned();
+                        self.err(at, r, &field("subject_regexp"), format!("not a regular expression: {first}"), Some("e.g. `https://github.com/acme/api/\\.github/workflows/.*`; it must match the whole subject"));
+                        None
+                    }
+                },
+                _ => {
+                    self.err(at, id, &format!("trust.identity[{i}]"), "an identity needs exactly one of `subject` and `subject_regexp`".into(), Some("e.g. `subject = \"https://github.com/acme/api/.github/workflows/release.yml@refs/heads/main\"`"));
+                    None
+                }
+            };
+            if let Some(subject) = subject {
+                identities.push(AllowedIdentity { issuer, subject });
+            }
+        }
+        let root = match &t.trusted_root {
+            None if identities.is_empty() => return None,
+            None => {
+                self.err(at, &t.keys, "trust.trusted_root", "keyless identities are listed but no `trusted_root`".into(), Some("name the Sigstore trusted root, e.g. `trusted_root = \"trust/trusted_root.json\"` (`cosign trusted-root create` or `gh attestation trusted-root` writes one)"));
+                return None;
+            }
+            Some(r) => r,
+        };
+        if identities.is_empty() {
+            self.err(at, root, "trust.identity", "a trusted root but no `[[trust.identity]]`: no keyless signer would be allowed".into(), Some("add `[[trust.identity]]` with `issuer` and `subject` (or `subject_regexp`)"));
+        }
+        let rel = normalize(Path::new(root.get_ref()));
+        let json = match self.files.get(&rel) {
+            Some(text) => text.clone(),
+            None => {
+                self.err(at, root, "trust.trusted_root", format!("`{}` does not exist in the manifest directory", rel.display()), Some("keep it in the manifests, e.g. `trust/trusted_root.json`"));
+                return None;
+            }
+        };
+        let media = serde_json::from_str::<serde_json::Value>(&json)
+            .ok()
+            .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_owned));
+        if !media.as_deref().is_some_and(|m| m.starts_with("application/vnd.dev.sigstore.trustedroot")) {
+            self.err(at, root, "trust.trusted_root", format!("`{}` is not a Sigstore trusted root (`trusted_root.json`)", rel.display()), Some("expected JSON with `\"mediaType\": \"application/vnd.dev.sigstore.trustedroot+json;version=0.1\"`"));
+            return None;
+        }
+        Some(KeylessPolicy { trusted_root: rel, trusted_root_json: json, identities })
+    }
+
     fn public_key(&mut self, at: &At<'_>, v: &S<String>, field: &str) -> Option<String> {
         let rel = Path::new(v.get_ref());
         match self.files.get(&normalize(rel)) {

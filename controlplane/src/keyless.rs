@@ -1,0 +1,131 @@
+//! Keyless signatures: a Sigstore bundle signed with a Fulcio-style certificate is
+//! verified, offline, against the trust policy's `trusted_root.json` by the maintained
+//! `sigstore-verify` crate (certificate chain at the log-proven signing time, inclusion
+//! proof and signed checkpoint, SET, RFC 3161 timestamps, SCTs where the root lists CT
+//! logs), and then its identity — the certificate's OIDC issuer and subject — is matched
+//! against the identities the policy allows. Why this crate: docs/SIGSTORE.md.
+//!
+//! Pure: no I/O; the bundle bytes come from the registry edge.
+
+use crate::cosign::COSIGN_SIGN_PREDICATE;
+use crate::image::PinnedImage;
+use crate::manifest::{AllowedIdentity, KeylessPolicy};
+use sigstore_verify::types::{Artifact, ArtifactDigest, Bundle, Sha256Hash};
+use sigstore_verify::{Error as SigstoreError, VerificationPolicy};
+
+/// The keyless half of the trust policy, prepared once per run.
+pub struct Keyless {
+    verifier: sigstore_verify::Verifier,
+    identities: Vec<AllowedIdentity>,
+    /// Whether the root lists CT logs: certificates' SCTs are checked only then.
+    has_ct_logs: bool,
+}
+
+impl std::fmt::Debug for Keyless {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyless").field("identities", &self.identities.len()).finish_non_exhaustive()
+    }
+}
+
+/// Why a keyless trust policy cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("`{}` cannot be used as a Sigstore trusted root: {detail}", path.display())]
+pub struct RootError {
+    pub path: std::path::PathBuf,
+    pub detail: String,
+}
+
+/// Who signed, as the certificate says (after it verified).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub issuer: String,
+    pub subject: String,
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` (issuer `{}`)", self.subject, self.issuer)
+    }
+}
+
+/// Why a keyless bundle did not prove a signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeylessProblem {
+    /// Everything verified, but the identity is not one the policy allows.
+    NotAllowed { found: Identity, allowed: Vec<String> },
+    /// The certificate chain, the transparency evidence, the signing time or the
+    /// signature did not verify: which, and why.
+    Invalid { what: &'static str, detail: String },
+    /// A valid signature for another image digest.
+    OtherDigest,
+}
+
+impl Keyless {
+    pub fn new(policy: &KeylessPolicy) -> Result<Self, RootError> {
+        let err = |detail: String| RootError { path: policy.trusted_root.clone(), detail };
+        let root = sigstore_verify::trust_root::TrustedRoot::from_json(&policy.trusted_root_json)
+            .map_err(|e| err(e.to_string()))?;
+        let has_ct_logs = !root.ctlogs.is_empty();
+        let verifier = sigstore_verify::Verifier::new(&root).map_err(|e| err(e.to_string()))?;
+        Ok(Self { verifier, identities: policy.identities.clone(), has_ct_logs })
+    }
+
+    /// Verifies `bundle` as a keyless signature of exactly `image` by an allowed identity.
+    pub fn verify_image(&self, image: &PinnedImage, bundle: &[u8]) -> Result<Identity, KeylessProblem> {
+        let (found, predicate) = self.verify_statement(image, bundle)?;
+        if predicate != COSIGN_SIGN_PREDICATE {
+            return Err(KeylessProblem::Invalid {
+                what: "statement",
+                detail: format!("predicate type `{predicate}` is not an image signature"),
+            });
+        }
+        Ok(found)
+    }
+
+    /// Verifies a keyless DSSE bundle whose in-toto statement names `image`, and its
+    /// identity; returns the identity and the statement's predicate type.
+    pub fn verify_statement(&self, image: &PinnedImage, bundle: &[u8]) -> Result<(Identity, String), KeylessProblem> {
+        let invalid = |what: &'static str, detail: String| KeylessProblem::Invalid { what, detail };
+        let text = std::str::from_utf8(bundle).map_err(|_| invalid("bundle", "not UTF-8".into()))?;
+        let parsed = Bundle::from_json(text).map_err(|e| invalid("bundle", e.to_string()))?;
+        let digest =
+            Sha256Hash::from_hex(image.digest.hex()).map_err(|e| invalid("image digest", e.to_string()))?;
+        // The identity is checked here, after the cryptography, so a refusal can name
+        // both the identity found and those allowed.
+        let mut policy = VerificationPolicy::any_identity();
+        if !self.has_ct_logs {
+            policy = policy.skip_sct();
+        }
+        let result = self
+            .verifier
+            .verify(Artifact::Digest(ArtifactDigest::sha256(digest)), &parsed, &policy)
+            .map_err(|e| match e {
+                SigstoreError::ArtifactMismatch(_) => KeylessProblem::OtherDigest,
+                SigstoreError::Certificate(c) => invalid("certificate chain", c.to_string()),
+                SigstoreError::TransparencyLog(t) => invalid("transparency log evidence", t.to_string()),
+                SigstoreError::Timestamp(t) => invalid("signing time", t.to_string()),
+                SigstoreError::SignatureInvalid(s) => invalid("signature", s),
+                other => invalid("bundle", other.to_string()),
+            })?;
+        let (Some(subject), Some(issuer)) = (result.identity(), result.issuer()) else {
+            return Err(invalid("certificate", "it names no identity or no OIDC issuer".into()));
+        };
+        let found = Identity { issuer: issuer.to_owned(), subject: subject.as_str().to_owned() };
+        if !self.identities.iter().any(|a| a.allows(&found.issuer, &found.subject)) {
+            let allowed = self.identities.iter().map(ToString::to_string).collect();
+            return Err(KeylessProblem::NotAllowed { found, allowed });
+        }
+        let predicate = statement_predicate(&parsed).unwrap_or_default();
+        Ok((found, predicate))
+    }
+}
+
+/// The predicate type of the bundle's DSSE statement.
+fn statement_predicate(bundle: &Bundle) -> Option<String> {
+    let value = serde_json::to_value(bundle).ok()?;
+    let payload = value.get("dsseEnvelope")?.get("payload")?.as_str()?;
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(payload).ok()?;
+    let statement: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    statement.get("predicateType")?.as_str().map(str::to_owned)
+}

@@ -1,0 +1,250 @@
+//! A private Sigstore for tests: a Fulcio-style certificate authority, a Rekor-style log,
+//! the `trusted_root.json` that names them, and keyless bundles made with them as cosign 3
+//! makes them for an image: a v0.3 bundle whose DSSE envelope carries cosign's image
+//! signature statement, signed by a short-lived leaf certificate that names an OIDC issuer
+//! and a subject; a `dsse` 0.0.1 log entry with an inclusion proof, a signed checkpoint
+//! and a signed entry timestamp (SET). Nothing public is contacted.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use rcgen::{
+    BasicConstraints, CertificateParams, CustomExtension, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PublicKeyData as _, SanType, SigningKey as _, PKCS_ECDSA_P256_SHA256,
+};
+use sha2::{Digest as _, Sha256};
+use time::OffsetDateTime;
+
+/// Fulcio's OIDC issuer extensions: v1 (the raw string) and v2 (a DER UTF8String).
+const OID_ISSUER_V1: &[u64] = &[1, 3, 6, 1, 4, 1, 57264, 1, 1];
+const OID_ISSUER_V2: &[u64] = &[1, 3, 6, 1, 4, 1, 57264, 1, 8];
+
+/// Who signs, and when: what a CI's OIDC token and Fulcio would put in the certificate.
+#[derive(Debug, Clone)]
+pub struct Signer {
+    pub issuer: String,
+    /// A URI (`https://…`) or an email address.
+    pub subject: String,
+    /// The certificate's validity.
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    /// When the log says it integrated the entry (the proven signing time).
+    pub integrated_time: OffsetDateTime,
+}
+
+impl Signer {
+    /// A CI identity with a ten-minute certificate issued a minute ago, logged now.
+    pub fn ci(issuer: &str, subject: &str) -> Self {
+        let now = OffsetDateTime::now_utc();
+        Self {
+            issuer: issuer.into(),
+            subject: subject.into(),
+            not_before: now - time::Duration::minutes(1),
+            not_after: now + time::Duration::minutes(9),
+            integrated_time: now - time::Duration::seconds(5),
+        }
+    }
+}
+
+/// A certificate authority and a transparency log.
+pub struct TestSigstore {
+    ca_key: KeyPair,
+    ca_params: CertificateParams,
+    ca_der: Vec<u8>,
+    log_key: KeyPair,
+}
+
+impl std::fmt::Debug for TestSigstore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TestSigstore")
+    }
+}
+
+fn key() -> KeyPair {
+    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("P-256 key")
+}
+
+fn ca(name: &str, key: &KeyPair) -> (CertificateParams, Vec<u8>) {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::OrganizationName, "agentctl-lab");
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_before = OffsetDateTime::now_utc() - time::Duration::days(1);
+    params.not_after = OffsetDateTime::now_utc() + time::Duration::days(365);
+    let der = params.self_signed(key).expect("CA certificate").der().to_vec();
+    (params, der)
+}
+
+/// DER length prefix.
+fn der_len(n: usize) -> Vec<u8> {
+    match n {
+        0..=127 => vec![n as u8],
+        128..=255 => vec![0x81, n as u8],
+        _ => vec![0x82, (n >> 8) as u8, n as u8],
+    }
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).expect("a time")
+}
+
+impl TestSigstore {
+    pub fn new(name: &str) -> Self {
+        let ca_key = key();
+        let (ca_params, ca_der) = ca(name, &ca_key);
+        Self { ca_key, ca_params, ca_der, log_key: key() }
+    }
+
+    /// Another certificate authority in front of the same log.
+    pub fn other_ca(&self, name: &str) -> Self {
+        let ca_key = key();
+        let (ca_params, ca_der) = ca(name, &ca_key);
+        let log_key = KeyPair::try_from(self.log_key.serialize_der().as_slice()).expect("the log key");
+        Self { ca_key, ca_params, ca_der, log_key }
+    }
+
+    /// The log's id: SHA-256 of its public key (SubjectPublicKeyInfo, DER).
+    fn log_id(&self) -> [u8; 32] {
+        Sha256::digest(self.log_key.subject_public_key_info()).into()
+    }
+
+    /// The CA certificate, PEM.
+    pub fn ca_pem(&self) -> String {
+        let b64 = B64.encode(&self.ca_der);
+        let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64")).collect();
+        format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
+    }
+
+    /// `trusted_root.json` naming this CA and this log (no CT logs, no TSAs), valid from a
+    /// day ago.
+    pub fn trusted_root(&self) -> String {
+        let start = rfc3339(OffsetDateTime::now_utc() - time::Duration::days(1));
+        serde_json::to_string_pretty(&serde_json::json!({
+            "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
+            "tlogs": [{
+                "baseUrl": "https://rekor.lab.invalid",
+                "hashAlgorithm": "SHA2_256",
+                "publicKey": {
+                    "rawBytes": B64.encode(self.log_key.subject_public_key_info()),
+                    "keyDetails": "PKIX_ECDSA_P256_SHA_256",
+                    "validFor": { "start": start },
+                },
+                "logId": { "keyId": B64.encode(self.log_id()) },
+            }],
+            "certificateAuthorities": [{
+                "subject": { "organization": "agentctl-lab", "commonName": "lab fulcio" },
+                "uri": "https://fulcio.lab.invalid",
+                "certChain": { "certificates": [{ "rawBytes": B64.encode(&self.ca_der) }] },
+                "validFor": { "start": start },
+            }],
+            "ctlogs": [],
+            "timestampAuthorities": [],
+        }))
+        .expect("JSON")
+    }
+
+    /// A keyless bundle (JSON) signing image `repository@sha256:<digest_hex>` as `who`.
+    pub fn sign_image(&self, repository: &str, digest_hex: &str, who: &Signer) -> Vec<u8> {
+        let statement = serde_json::json!({
+            "_type": "https://in-toto.io/Statement/v1",
+            "subject": [{ "name": repository, "digest": { "sha256": digest_hex } }],
+            "predicateType": "https://sigstore.dev/cosign/sign/v1",
+            "predicate": {},
+        });
+        self.sign_statement(&serde_json::to_vec(&statement).expect("JSON"), who)
+    }
+
+    /// A keyless bundle (JSON) of a DSSE envelope over the in-toto `statement`.
+    pub fn sign_statement(&self, statement: &[u8], who: &Signer) -> Vec<u8> {
+        const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
+        // The leaf: an ephemeral key, the identity in the SAN, the issuer in Fulcio's extensions.
+        let leaf_key = key();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.not_before = who.not_before;
+        params.not_after = who.not_after;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
+        params.use_authority_key_identifier_extension = true;
+        let san = if who.subject.contains("://") {
+            SanType::URI(who.subject.clone().try_into().expect("an IA5 subject"))
+        } else {
+            SanType::Rfc822Name(who.subject.clone().try_into().expect("an IA5 subject"))
+        };
+        params.subject_alt_names = vec![san];
+        let mut v2 = vec![0x0c];
+        v2.extend(der_len(who.issuer.len()));
+        v2.extend(who.issuer.as_bytes());
+        params.custom_extensions = vec![
+            CustomExtension::from_oid_content(OID_ISSUER_V1, who.issuer.as_bytes().to_vec()),
+            CustomExtension::from_oid_content(OID_ISSUER_V2, v2),
+        ];
+        let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
+        let leaf = params.signed_by(&leaf_key, &issuer).expect("leaf certificate");
+        let leaf_der = leaf.der().to_vec();
+
+        // DSSE over the pre-authentication encoding.
+        let mut pae = format!("DSSEv1 {} {} {} ", PAYLOAD_TYPE.len(), PAYLOAD_TYPE, statement.len()).into_bytes();
+        pae.extend_from_slice(statement);
+        let sig = leaf_key.sign(&pae).expect("signature");
+        let envelope = serde_json::json!({
+            "payload": B64.encode(statement),
+            "payloadType": PAYLOAD_TYPE,
+            "signatures": [{ "sig": B64.encode(&sig), "keyid": "" }],
+        });
+
+        // The log entry, as Rekor's `dsse` 0.0.1 kind records it.
+        let body = serde_json::json!({
+            "apiVersion": "0.0.1",
+            "kind": "dsse",
+            "spec": {
+                "envelopeHash": { "algorithm": "sha256", "value": hex::encode(Sha256::digest(serde_json::to_vec(&envelope).expect("JSON"))) },
+                "payloadHash": { "algorithm": "sha256", "value": hex::encode(Sha256::digest(statement)) },
+                "signatures": [{ "signature": B64.encode(&sig), "verifier": B64.encode(leaf.pem()) }],
+            },
+        });
+        let body = serde_json::to_vec(&body).expect("JSON");
+        let integrated = who.integrated_time.unix_timestamp();
+        let log_id = self.log_id();
+        // SET: the log's signature over the canonical JSON of the entry.
+        let set_payload = format!(
+            r#"{{"body":"{}","integratedTime":{integrated},"logID":"{}","logIndex":0}}"#,
+            B64.encode(&body),
+            hex::encode(log_id)
+        );
+        let set = self.log_key.sign(set_payload.as_bytes()).expect("SET");
+        // A tree of one leaf: the root is the leaf hash; the checkpoint signs it.
+        let mut leaf_input = vec![0u8];
+        leaf_input.extend_from_slice(&body);
+        let root: [u8; 32] = Sha256::digest(&leaf_input).into();
+        let note = format!("rekor.lab.invalid - 1\n1\n{}\n", B64.encode(root));
+        let mut note_sig = log_id[..4].to_vec();
+        note_sig.extend(self.log_key.sign(note.as_bytes()).expect("checkpoint"));
+        let checkpoint = format!("{note}\n\u{2014} rekor.lab.invalid {}\n", B64.encode(note_sig));
+
+        serde_json::to_vec_pretty(&serde_json::json!({
+            "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+            "verificationMaterial": {
+                "certificate": { "rawBytes": B64.encode(&leaf_der) },
+                "tlogEntries": [{
+                    "logIndex": "0",
+                    "logId": { "keyId": B64.encode(log_id) },
+                    "kindVersion": { "kind": "dsse", "version": "0.0.1" },
+                    "integratedTime": integrated.to_string(),
+                    "inclusionPromise": { "signedEntryTimestamp": B64.encode(&set) },
+                    "inclusionProof": {
+                        "logIndex": "0",
+                        "rootHash": B64.encode(root),
+                        "treeSize": "1",
+                        "hashes": [],
+                        "checkpoint": { "envelope": checkpoint },
+                    },
+                    "canonicalizedBody": B64.encode(&body),
+                }],
+            },
+            "dsseEnvelope": envelope,
+        }))
+        .expect("JSON")
+    }
+}
