@@ -568,3 +568,144 @@ async fn a_bundle_found_only_through_the_referrers_api_verifies() {
     assert_exit(&out, 4, "the registry could not be asked");
     assert!(!stderr(&out).contains("no signature"), "{}", stderr(&out));
 }
+
+const ISSUER: &str = "https://token.actions.githubusercontent.com";
+const CI_SUBJECT: &str = "https://github.com/acme/api/.github/workflows/release.yml@refs/heads/main";
+
+/// Names `sigstore`'s trusted root and `identities` (TOML bodies of `[[trust.identity]]`)
+/// in `w`'s trust policy.
+fn trust_keyless(w: &World, sigstore: &lab::sigstore::TestSigstore, identities: &[&str]) {
+    std::fs::write(w.manifests().join("trust/trusted_root.json"), sigstore.trusted_root()).unwrap();
+    let path = w.manifests().join("controlplane.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let builders = text.lines().find(|l| l.starts_with("builders = ")).expect("a builders line").to_owned();
+    let mut text = text.replace(&builders, &format!("{builders}\ntrusted_root = \"trust/trusted_root.json\""));
+    for id in identities {
+        text.push_str(&format!("\n[[trust.identity]]\n{id}\n"));
+    }
+    std::fs::write(&path, text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keyless_bundles_verify_for_allowed_identities_and_every_other_case_is_refused_by_name() {
+    use lab::sigstore::{Signer, TestSigstore};
+    let w = World::start(no_hosts()).await;
+    let sigstore = TestSigstore::new("lab fulcio");
+    let exact = format!("issuer = \"{ISSUER}\"\nsubject = \"{CI_SUBJECT}\"");
+    let pattern = format!("issuer = \"{ISSUER}\"\nsubject_regexp = 'https://github\\.com/acme/tools/\\.github/workflows/[a-z]+\\.yml@refs/tags/v.*'");
+    // Before the policy names a trusted root: named as keyless, never "no signature".
+    let img = w.lab.push_image("demo/api", "k0", "keyless").await.unwrap();
+    let bundle = sigstore.sign_image(img.repository.as_str(), img.digest.hex(), &Signer::ci(ISSUER, CI_SUBJECT));
+    attach_bundle_referrer(&w, &img, &bundle).await;
+    let out = w.agentctl(&["verify", &s(&img)]);
+    assert_exit(&out, 4, "signed keyless (a Fulcio certificate), and the trust policy names no `trusted_root`");
+    assert!(stderr(&out).contains("[[trust.identity]]"), "{}", stderr(&out));
+
+    trust_keyless(&w, &sigstore, &[&exact, &pattern]);
+    assert_ok(&w.agentctl(&["check"]));
+    let out = w.agentctl(&["verify", &s(&img), "--json"]);
+    assert_ok(&out);
+    let out = w.agentctl(&["release", "add", "api", &s(&img), "--commit", COMMIT, "--json"]);
+    assert_ok(&out);
+    let rec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rec["signer_key_id"], format!("keyless:{CI_SUBJECT} issuer={ISSUER}"), "{rec}");
+    // A subject matching the regular expression, whole.
+    let tagged = w.lab.push_image("demo/api", "k1", "keyless by pattern").await.unwrap();
+    let by_pattern = "https://github.com/acme/tools/.github/workflows/build.yml@refs/tags/v1.2.0";
+    let b = sigstore.sign_image(tagged.repository.as_str(), tagged.digest.hex(), &Signer::ci(ISSUER, by_pattern));
+    attach_bundle_referrer(&w, &tagged, &b).await;
+    assert_ok(&w.agentctl(&["verify", &s(&tagged)]));
+
+    // Each refusal on its own image: (what signs, what the refusal must say).
+    let other_ca = sigstore.other_ca("another fulcio");
+    let mut before = Signer::ci(ISSUER, CI_SUBJECT);
+    before.integrated_time = before.not_before - time::Duration::minutes(5);
+    type Sign<'a> = Box<dyn Fn(&controlplane::image::PinnedImage) -> Vec<u8> + 'a>;
+    let refusals: Vec<(&str, Sign, &str)> = vec![
+        (
+            "another subject",
+            Box::new(|i| {
+                let evil = "https://github.com/evil/api/.github/workflows/release.yml@refs/heads/main";
+                sigstore.sign_image(i.repository.as_str(), i.digest.hex(), &Signer::ci(ISSUER, evil))
+            }),
+            "signed keyless by `https://github.com/evil/api/.github/workflows/release.yml@refs/heads/main`",
+        ),
+        (
+            "another issuer",
+            Box::new(|i| {
+                sigstore.sign_image(
+                    i.repository.as_str(),
+                    i.digest.hex(),
+                    &Signer::ci("https://accounts.example", CI_SUBJECT),
+                )
+            }),
+            "(issuer `https://accounts.example`), which the trust policy does not allow",
+        ),
+        (
+            "a pattern that matches only part of the subject",
+            Box::new(|i| {
+                // Unanchored, the pattern would match inside it.
+                let longer =
+                    "https://evil.example/https://github.com/acme/tools/.github/workflows/build.yml@refs/tags/v1";
+                sigstore.sign_image(i.repository.as_str(), i.digest.hex(), &Signer::ci(ISSUER, longer))
+            }),
+            "which the trust policy does not allow",
+        ),
+        (
+            "a certificate from another CA",
+            Box::new(|i| other_ca.sign_image(i.repository.as_str(), i.digest.hex(), &Signer::ci(ISSUER, CI_SUBJECT))),
+            "does not verify: certificate chain",
+        ),
+        (
+            "a tampered SET",
+            Box::new(|i| {
+                let b = sigstore.sign_image(i.repository.as_str(), i.digest.hex(), &Signer::ci(ISSUER, CI_SUBJECT));
+                let mut v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+                let set = &mut v["verificationMaterial"]["tlogEntries"][0]["inclusionPromise"]["signedEntryTimestamp"];
+                let mut raw =
+                    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, set.as_str().unwrap()).unwrap();
+                let n = raw.len();
+                raw[n - 3] ^= 1;
+                *set = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, raw).into();
+                serde_json::to_vec(&v).unwrap()
+            }),
+            "does not verify: transparency log evidence",
+        ),
+        (
+            "a signing time before the certificate's validity",
+            Box::new(|i| sigstore.sign_image(i.repository.as_str(), i.digest.hex(), &before)),
+            "does not verify",
+        ),
+        (
+            "a valid signature of another image",
+            Box::new(|_| {
+                sigstore.sign_image("127.0.0.1:5000/demo/api", &"ab".repeat(32), &Signer::ci(ISSUER, CI_SUBJECT))
+            }),
+            "was made for another image digest",
+        ),
+    ];
+    let filters = vec![
+        (r"sha256:[0-9a-f]{64}", "sha256:[HASH]"),
+        (r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]"),
+        (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?", "[TIME]"),
+        (r"\b\d{10}\b", "[UNIX]"),
+    ];
+    for (n, (case, sign, expected)) in refusals.iter().enumerate() {
+        let img = w.lab.push_image("demo/api", &format!("r{n}"), &format!("refused {n}")).await.unwrap();
+        attach_bundle_referrer(&w, &img, &sign(&img)).await;
+        let out = w.agentctl(&["verify", &s(&img)]);
+        if [0, 3, 4, 5].contains(&n) {
+            insta::with_settings!({ filters => filters.clone(), prepend_module_to_snapshot => false, omit_expression => true }, {
+                insta::assert_snapshot!(format!("keyless_refused_{n}"), shown(&out));
+            });
+        }
+        assert_eq!(out.status.code(), Some(4), "{case}: {}", stderr(&out));
+        assert!(stderr(&out).contains(expected), "{case}: expected `{expected}` in\n{}", stderr(&out));
+        assert!(!stderr(&out).contains("has no signature"), "{case}: {}", stderr(&out));
+    }
+    // The identity refusal names the identities allowed.
+    let img = w.lab.push_image("demo/api", "r0", "refused 0").await.unwrap();
+    let out = w.agentctl(&["verify", &s(&img)]);
+    assert!(stderr(&out).contains(CI_SUBJECT) && stderr(&out).contains("subjects matching"), "{}", stderr(&out));
+    assert!(stdout(&w.agentctl(&["release", "list", "api"])).contains("1 release(s)"), "only the allowed one recorded");
+}

@@ -398,9 +398,12 @@ pub fn signature_bundle(image: &PinnedImage, key: &SigningKey, key_id: &str) -> 
 /// Why a bundle did not prove a signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BundleProblem {
-    /// A kind of bundle this version does not verify (keyless, message signatures): what it is.
+    /// A kind of bundle this version does not verify (message signatures, or keyless
+    /// without a trusted root in the policy): what it is.
     Unsupported(String),
     Signature(SignatureProblem),
+    /// A keyless bundle that did not prove a signature by an allowed identity.
+    Keyless(crate::keyless::KeylessProblem),
 }
 
 /// Finds a bundle (`(layer digest, bytes)`) that is a trusted key's signature of exactly
@@ -410,11 +413,13 @@ pub fn evaluate_bundles(
     image: &PinnedImage,
     bundles: &[(Digest, Vec<u8>)],
     keys: &[PublicKey],
+    keyless: Option<&crate::keyless::Keyless>,
 ) -> Result<SignatureEvidence, BundleProblem> {
     let mut problems = Vec::new();
     let mut unsupported = None;
+    let mut keyless_problem = None;
     for (digest, bytes) in bundles {
-        match evaluate_bundle(image, bytes, keys) {
+        match evaluate_bundle(image, bytes, keys, keyless) {
             Ok(key_id) => {
                 return Ok(SignatureEvidence {
                     key_id,
@@ -425,7 +430,12 @@ pub fn evaluate_bundles(
             }
             Err(BundleProblem::Unsupported(what)) => unsupported = Some(what),
             Err(BundleProblem::Signature(p)) => problems.push(p),
+            Err(BundleProblem::Keyless(p)) => keyless_problem = Some(p),
         }
+    }
+    // A keyless bundle that verified as far as its identity says the most.
+    if let Some(p) = keyless_problem {
+        return Err(BundleProblem::Keyless(p));
     }
     match (problems.is_empty(), unsupported) {
         (true, Some(what)) => Err(BundleProblem::Unsupported(what)),
@@ -433,7 +443,12 @@ pub fn evaluate_bundles(
     }
 }
 
-fn evaluate_bundle(image: &PinnedImage, bytes: &[u8], keys: &[PublicKey]) -> Result<String, BundleProblem> {
+fn evaluate_bundle(
+    image: &PinnedImage,
+    bytes: &[u8],
+    keys: &[PublicKey],
+    keyless: Option<&crate::keyless::Keyless>,
+) -> Result<String, BundleProblem> {
     let malformed = |d: String| BundleProblem::Signature(SignatureProblem::Malformed(d));
     if bytes.len() > MAX_BUNDLE_BYTES {
         return Err(malformed(format!("bundle over {MAX_BUNDLE_BYTES} bytes")));
@@ -444,7 +459,12 @@ fn evaluate_bundle(image: &PinnedImage, bytes: &[u8], keys: &[PublicKey]) -> Res
     let material =
         b.get("verificationMaterial").ok_or_else(|| malformed("bundle without verification material".into()))?;
     if material.get("certificate").is_some() || material.get("x509CertificateChain").is_some() {
-        return Err(BundleProblem::Unsupported(format!("{format}, signed keyless (a Fulcio certificate)")));
+        let Some(keyless) = keyless else {
+            return Err(BundleProblem::Unsupported(format!(
+                "{format}, signed keyless (a Fulcio certificate), and the trust policy names no `trusted_root`"
+            )));
+        };
+        return keyless.verify_image(image, bytes).map(|who| who.key_id()).map_err(BundleProblem::Keyless);
     }
     let Some(env) = b.get("dsseEnvelope") else {
         return Err(BundleProblem::Unsupported(format!("{format}, with a message signature")));

@@ -10,6 +10,7 @@
 use crate::cosign::COSIGN_SIGN_PREDICATE;
 use crate::image::PinnedImage;
 use crate::manifest::{AllowedIdentity, KeylessPolicy};
+use crate::untrusted::HostText;
 use sigstore_verify::types::{Artifact, ArtifactDigest, Bundle, Sha256Hash};
 use sigstore_verify::{Error as SigstoreError, VerificationPolicy};
 
@@ -40,6 +41,13 @@ pub struct RootError {
 pub struct Identity {
     pub issuer: String,
     pub subject: String,
+}
+
+impl Identity {
+    /// How a release records who signed it (where a key signature records its key id).
+    pub fn key_id(&self) -> String {
+        format!("keyless:{} issuer={}", self.subject, self.issuer)
+    }
 }
 
 impl std::fmt::Display for Identity {
@@ -85,27 +93,30 @@ impl Keyless {
     /// Verifies a keyless DSSE bundle whose in-toto statement names `image`, and its
     /// identity; returns the identity and the statement's predicate type.
     pub fn verify_statement(&self, image: &PinnedImage, bundle: &[u8]) -> Result<(Identity, String), KeylessProblem> {
-        let invalid = |what: &'static str, detail: String| KeylessProblem::Invalid { what, detail };
+        // What a bundle says is shown sanitized and bounded (it came from a registry).
+        let invalid = |what: &'static str, detail: String| KeylessProblem::Invalid {
+            what,
+            detail: HostText::new(&detail).to_string(),
+        };
         let text = std::str::from_utf8(bundle).map_err(|_| invalid("bundle", "not UTF-8".into()))?;
         let parsed = Bundle::from_json(text).map_err(|e| invalid("bundle", e.to_string()))?;
-        let digest =
-            Sha256Hash::from_hex(image.digest.hex()).map_err(|e| invalid("image digest", e.to_string()))?;
+        let digest = Sha256Hash::from_hex(image.digest.hex()).map_err(|e| invalid("image digest", e.to_string()))?;
         // The identity is checked here, after the cryptography, so a refusal can name
         // both the identity found and those allowed.
         let mut policy = VerificationPolicy::any_identity();
         if !self.has_ct_logs {
             policy = policy.skip_sct();
         }
-        let result = self
-            .verifier
-            .verify(Artifact::Digest(ArtifactDigest::sha256(digest)), &parsed, &policy)
-            .map_err(|e| match e {
-                SigstoreError::ArtifactMismatch(_) => KeylessProblem::OtherDigest,
-                SigstoreError::Certificate(c) => invalid("certificate chain", c.to_string()),
-                SigstoreError::TransparencyLog(t) => invalid("transparency log evidence", t.to_string()),
-                SigstoreError::Timestamp(t) => invalid("signing time", t.to_string()),
-                SigstoreError::SignatureInvalid(s) => invalid("signature", s),
-                other => invalid("bundle", other.to_string()),
+        let result =
+            self.verifier.verify(Artifact::Digest(ArtifactDigest::sha256(digest)), &parsed, &policy).map_err(|e| {
+                match e {
+                    SigstoreError::ArtifactMismatch(_) => KeylessProblem::OtherDigest,
+                    SigstoreError::Certificate(c) => invalid("certificate chain", c.to_string()),
+                    SigstoreError::TransparencyLog(t) => invalid("transparency log evidence", t.to_string()),
+                    SigstoreError::Timestamp(t) => invalid("signing time", t.to_string()),
+                    SigstoreError::SignatureInvalid(s) => invalid("signature", s),
+                    other => invalid("bundle", other.to_string()),
+                }
             })?;
         let (Some(subject), Some(issuer)) = (result.identity(), result.issuer()) else {
             return Err(invalid("certificate", "it names no identity or no OIDC issuer".into()));
@@ -113,7 +124,11 @@ impl Keyless {
         let found = Identity { issuer: issuer.to_owned(), subject: subject.as_str().to_owned() };
         if !self.identities.iter().any(|a| a.allows(&found.issuer, &found.subject)) {
             let allowed = self.identities.iter().map(ToString::to_string).collect();
-            return Err(KeylessProblem::NotAllowed { found, allowed });
+            let shown = Identity {
+                issuer: HostText::new(&found.issuer).to_string(),
+                subject: HostText::new(&found.subject).to_string(),
+            };
+            return Err(KeylessProblem::NotAllowed { found: shown, allowed });
         }
         let predicate = statement_predicate(&parsed).unwrap_or_default();
         Ok((found, predicate))

@@ -5,8 +5,8 @@
 
 mod image;
 pub mod network;
-pub mod sigstore;
 pub mod postgres;
+pub mod sigstore;
 
 pub use image::{build_image, TestImage};
 

@@ -32,7 +32,7 @@ pub async fn verify(images: usize, runs: usize) -> anyhow::Result<()> {
     let mut trips_one = 0;
     for _ in 0..runs {
         let reg = lab.registry_client();
-        let v = Verifier { registry: &reg, keys: vec![public.clone()], builders: vec![] };
+        let v = Verifier { registry: &reg, keys: vec![public.clone()], builders: vec![], keyless: None };
         let t = Instant::now();
         v.verify(&refs[0], &Requirements::default()).await?;
         one.push(t.elapsed());
@@ -43,7 +43,7 @@ pub async fn verify(images: usize, runs: usize) -> anyhow::Result<()> {
     let mut trips_many = 0;
     for _ in 0..runs {
         let reg = lab.registry_client();
-        let v = Verifier { registry: &reg, keys: vec![public.clone()], builders: vec![] };
+        let v = Verifier { registry: &reg, keys: vec![public.clone()], builders: vec![], keyless: None };
         let t = Instant::now();
         let req = Requirements::default();
         let results = futures::future::join_all(refs.iter().map(|r| v.verify(r, &req))).await;

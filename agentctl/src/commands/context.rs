@@ -30,6 +30,16 @@ impl Context {
     }
 
     /// The trust policy's keys, or `keys` when given.
+    /// The keyless half of the trust policy, prepared (its trusted root parsed).
+    pub fn keyless(&self) -> Result<Option<controlplane::keyless::Keyless>, Failure> {
+        let Some(policy) = &self.set.trust.keyless else { return Ok(None) };
+        controlplane::keyless::Keyless::new(policy).map(Some).map_err(|e| {
+            Failure::new(Code::Invalid, e).hint(
+                "write it with `cosign trusted-root create` or `gh attestation trusted-root`, or fetch your private Sigstore's",
+            )
+        })
+    }
+
     pub fn trusted_keys(&self, keys: &[std::path::PathBuf]) -> Result<Vec<PublicKey>, Failure> {
         if keys.is_empty() {
             self.set

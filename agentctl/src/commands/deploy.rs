@@ -74,7 +74,12 @@ fn deployer<'a>(ctx: &'a Context, store: &'a SqlStore, verifier: &'a Verifier<'a
 }
 
 fn verifier(ctx: &Context) -> Result<Verifier<'_>, Failure> {
-    Ok(Verifier { registry: &ctx.registry, keys: ctx.trusted_keys(&[])?, builders: ctx.set.trust.builders.clone() })
+    Ok(Verifier {
+        registry: &ctx.registry,
+        keys: ctx.trusted_keys(&[])?,
+        builders: ctx.set.trust.builders.clone(),
+        keyless: ctx.keyless()?,
+    })
 }
 
 pub fn failure(e: DeployError) -> Failure {

@@ -12,8 +12,12 @@ use controlplane::verify::Verifier;
 pub async fn add(g: &Globals, r: Registration<'_>) -> Result<Report, Failure> {
     let ctx = Context::load(g)?;
     let operator = ctx.operator();
-    let verifier =
-        Verifier { registry: &ctx.registry, keys: ctx.trusted_keys(&[])?, builders: ctx.set.trust.builders.clone() };
+    let verifier = Verifier {
+        registry: &ctx.registry,
+        keys: ctx.trusted_keys(&[])?,
+        builders: ctx.set.trust.builders.clone(),
+        keyless: ctx.keyless()?,
+    };
     let store = ctx.store().await?;
     let record = catalog::register(&ctx.set, &verifier, &store, &Registration { operator: &operator, ..r })
         .await

@@ -18,8 +18,12 @@ pub fn refusal(e: VerifyError) -> Failure {
 
 pub async fn run(g: &Globals, image: &str, keys: &[PathBuf]) -> Result<Report, Failure> {
     let ctx = Context::load(g)?;
-    let verifier =
-        Verifier { registry: &ctx.registry, keys: ctx.trusted_keys(keys)?, builders: ctx.set.trust.builders.clone() };
+    let verifier = Verifier {
+        registry: &ctx.registry,
+        keys: ctx.trusted_keys(keys)?,
+        builders: ctx.set.trust.builders.clone(),
+        keyless: ctx.keyless()?,
+    };
     let verified = verifier.verify(image, &Requirements::default()).await.map_err(refusal)?;
     let mut text = format!(
         "verified `{}`\n  signed by key {}\n  signature layer {}",

@@ -8,6 +8,7 @@
 
 use crate::cosign::{self, AttestationEvidence, FetchedLayer, SignatureEvidence, SignatureProblem};
 use crate::image::{Digest, ImageRef, PinnedImage, Repository};
+use crate::keyless::KeylessProblem;
 use crate::keys::PublicKey;
 use crate::registry::{Registry, RegistryError};
 use serde::Serialize;
@@ -48,7 +49,11 @@ pub enum VerifyError {
     CommitMismatch { image: PinnedImage, release: String, provenance: String },
     #[error("provenance of `{image}` was built by `{builder}`, which the trust policy does not allow")]
     UntrustedBuilder { image: PinnedImage, builder: String },
-    #[error("no trusted keys to verify against")]
+    #[error("image `{image}` is signed keyless by {found}, which the trust policy does not allow")]
+    IdentityNotAllowed { image: PinnedImage, found: crate::keyless::Identity, allowed: Vec<String> },
+    #[error("the keyless signature of `{image}` does not verify: {what}: {detail}")]
+    KeylessInvalid { image: PinnedImage, what: &'static str, detail: String },
+    #[error("no trusted keys or keyless identities to verify against")]
     NoKeys,
 }
 
@@ -62,6 +67,16 @@ impl VerifyError {
             Self::NotPinned { .. } => "pin it as `REPOSITORY@sha256:...`".into(),
             Self::NoSignature(i) => {
                 format!("sign it in CI: `agentctl sign {i} --key KEY` (or `cosign sign --key KEY {i}`)")
+            }
+            Self::IdentityNotAllowed { allowed, .. } => format!(
+                "allowed: {}; if this signer is trusted, add it under `[[trust.identity]]` (`issuer` and `subject` or `subject_regexp`), as `cosign verify --certificate-oidc-issuer … --certificate-identity …` would be given",
+                allowed.join(", ")
+            ),
+            Self::KeylessInvalid { .. } => {
+                "the bundle's certificate, log entry or signature does not verify against `trust.trusted_root`: re-sign in CI (`cosign sign IMAGE` with cosign 3), or update the trusted root (`cosign trusted-root create`) if the CA or log keys rotated".into()
+            }
+            Self::UnsupportedFormat { format, .. } if format.contains("signed keyless") => {
+                "to trust keyless signatures, name a Sigstore trusted root (`trusted_root = \"trust/trusted_root.json\"`) and the allowed identities (`[[trust.identity]]`) under `[trust]`".into()
             }
             Self::UnsupportedFormat { image, .. } => format!(
                 "agentctl verifies cosign's legacy signatures (`sha256-<hex>.sig`): sign with `agentctl sign {image} --key KEY`, or with cosign 3 `cosign sign --key KEY --new-bundle-format=false --use-signing-config=false {image}`"
@@ -129,7 +144,7 @@ pub trait VerifyRelease: Send + Sync {
 #[async_trait::async_trait]
 impl VerifyRelease for Verifier<'_> {
     async fn verify_release(&self, image: &PinnedImage, req: &Requirements) -> Result<Verified, VerifyError> {
-        if self.keys.is_empty() {
+        if self.keys.is_empty() && self.keyless.is_none() {
             return Err(VerifyError::NoKeys);
         }
         self.verify_pinned(image, req).await
@@ -166,13 +181,15 @@ pub struct Verifier<'a> {
     pub registry: &'a Registry,
     pub keys: Vec<PublicKey>,
     pub builders: Vec<String>,
+    /// Keyless signatures: the trusted root and allowed identities, if the policy has them.
+    pub keyless: Option<crate::keyless::Keyless>,
 }
 
 impl Verifier<'_> {
     /// Verifies `reference` (which must be `repo@sha256:...`).
     #[tracing::instrument(skip_all, fields(image = %reference))]
     pub async fn verify(&self, reference: &str, req: &Requirements) -> Result<Verified, VerifyError> {
-        if self.keys.is_empty() {
+        if self.keys.is_empty() && self.keyless.is_none() {
             return Err(VerifyError::NoKeys);
         }
         let image = match ImageRef::parse(reference).map_err(|e| VerifyError::BadReference(reference.into(), e))? {
@@ -230,12 +247,23 @@ impl Verifier<'_> {
         if bundles.is_empty() {
             return Ok(None);
         }
-        match cosign::evaluate_bundles(image, &bundles, &self.keys) {
+        match cosign::evaluate_bundles(image, &bundles, &self.keys, self.keyless.as_ref()) {
             Ok(evidence) => Ok(Some(evidence)),
             Err(cosign::BundleProblem::Unsupported(format)) => {
                 Err(VerifyError::UnsupportedFormat { image: image.clone(), format })
             }
             Err(cosign::BundleProblem::Signature(p)) => Err(refusal(image, p)),
+            Err(cosign::BundleProblem::Keyless(p)) => Err(match p {
+                KeylessProblem::NotAllowed { found, allowed } => {
+                    VerifyError::IdentityNotAllowed { image: image.clone(), found, allowed }
+                }
+                KeylessProblem::Invalid { what, detail } => {
+                    VerifyError::KeylessInvalid { image: image.clone(), what, detail }
+                }
+                KeylessProblem::OtherDigest => {
+                    VerifyError::OtherDigest { image: image.clone(), signed: "a digest other than this image's".into() }
+                }
+            }),
         }
     }
 

@@ -427,7 +427,13 @@ impl<'a> Validator<'a> {
             let raw = id.get_ref();
             let issuer = raw.issuer.get_ref().trim().to_owned();
             if issuer.is_empty() {
-                self.err(at, &raw.issuer, &field("issuer"), "empty OIDC issuer".into(), Some("e.g. `https://token.actions.githubusercontent.com`"));
+                self.err(
+                    at,
+                    &raw.issuer,
+                    &field("issuer"),
+                    "empty OIDC issuer".into(),
+                    Some("e.g. `https://token.actions.githubusercontent.com`"),
+                );
             }
             let subject = match (&raw.subject, &raw.subject_regexp) {
                 (Some(s), None) if !s.get_ref().is_empty() => Some(SubjectMatch::Exact(s.get_ref().clone())),
@@ -457,13 +463,25 @@ impl<'a> Validator<'a> {
             Some(r) => r,
         };
         if identities.is_empty() {
-            self.err(at, root, "trust.identity", "a trusted root but no `[[trust.identity]]`: no keyless signer would be allowed".into(), Some("add `[[trust.identity]]` with `issuer` and `subject` (or `subject_regexp`)"));
+            self.err(
+                at,
+                root,
+                "trust.identity",
+                "a trusted root but no `[[trust.identity]]`: no keyless signer would be allowed".into(),
+                Some("add `[[trust.identity]]` with `issuer` and `subject` (or `subject_regexp`)"),
+            );
         }
         let rel = normalize(Path::new(root.get_ref()));
         let json = match self.files.get(&rel) {
             Some(text) => text.clone(),
             None => {
-                self.err(at, root, "trust.trusted_root", format!("`{}` does not exist in the manifest directory", rel.display()), Some("keep it in the manifests, e.g. `trust/trusted_root.json`"));
+                self.err(
+                    at,
+                    root,
+                    "trust.trusted_root",
+                    format!("`{}` does not exist in the manifest directory", rel.display()),
+                    Some("keep it in the manifests, e.g. `trust/trusted_root.json`"),
+                );
                 return None;
             }
         };
@@ -471,7 +489,15 @@ impl<'a> Validator<'a> {
             .ok()
             .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_owned));
         if !media.as_deref().is_some_and(|m| m.starts_with("application/vnd.dev.sigstore.trustedroot")) {
-            self.err(at, root, "trust.trusted_root", format!("`{}` is not a Sigstore trusted root (`trusted_root.json`)", rel.display()), Some("expected JSON with `\"mediaType\": \"application/vnd.dev.sigstore.trustedroot+json;version=0.1\"`"));
+            self.err(
+                at,
+                root,
+                "trust.trusted_root",
+                format!("`{}` is not a Sigstore trusted root (`trusted_root.json`)", rel.display()),
+                Some(
+                    "expected JSON with `\"mediaType\": \"application/vnd.dev.sigstore.trustedroot+json;version=0.1\"`",
+                ),
+            );
             return None;
         }
         Some(KeylessPolicy { trusted_root: rel, trusted_root_json: json, identities })
