@@ -65,7 +65,7 @@ async fn a_signature_by_an_untrusted_key_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_signature_copied_from_another_digest_is_refused() {
     let w = World::start(no_hosts()).await;
-    let signed = w.signed_image("demo/api", "good").await;
+    let signed = w.signed_image_legacy("demo/api", "good").await;
     let victim = w.lab.push_image("demo/api", "evil", "evil").await.unwrap();
     let reg = w.lab.registry_client();
     let repo = &signed.repository;
@@ -79,7 +79,7 @@ async fn a_signature_copied_from_another_digest_is_refused() {
 async fn a_signature_for_another_repository_is_refused() {
     let w = World::start(no_hosts()).await;
     // The same content under two names has one digest; sign it only as `demo/other`.
-    let other = w.signed_image("demo/other", "same bytes").await;
+    let other = w.signed_image_legacy("demo/other", "same bytes").await;
     let api = w.lab.push_image("demo/api", "v1", "same bytes").await.unwrap();
     assert_eq!(other.digest, api.digest);
     let reg = w.lab.registry_client();
@@ -143,7 +143,7 @@ async fn sigstores_cosign_client_accepts_our_signatures() {
     use sigstore::registry::{Auth, ClientConfig, ClientProtocol, OciReference};
 
     let w = World::start(no_hosts()).await;
-    let img = w.signed_image("demo/api", "interop").await;
+    let img = w.signed_image_legacy("demo/api", "interop").await;
     let config =
         ClientConfig { protocol: ClientProtocol::HttpsExcept(vec![w.lab.registry_host()]), ..Default::default() };
     let mut client = ClientBuilder::default().with_oci_client_config(config).build().unwrap();
@@ -212,10 +212,32 @@ async fn attestations_round_trip_and_release_add_records_the_evidence() {
     assert_ok(&out);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["verified"]["attestations"].as_array().unwrap().len(), 2);
-    // Each `.att` layer carries the annotations `cosign verify-attestation` requires: the
-    // predicate type, and the signature annotation, empty (cosign's own layout).
+    // By default both are Sigstore bundles, referrers of the image (cosign 3's layout).
     let reg = w.lab.registry_client();
-    let (manifest, _) = reg.manifest(&img.repository, &cosign::attestation_tag(&img.digest)).await.unwrap().unwrap();
+    assert!(reg.manifest(&img.repository, &cosign::attestation_tag(&img.digest)).await.unwrap().is_none());
+    let referrers = reg.referrers(&img.repository, &img.digest).await.unwrap();
+    assert_eq!(referrers.len(), 3, "signature, provenance, SBOM: {referrers:?}");
+
+    // `--format legacy`: `.att` layers carrying the annotations `cosign verify-attestation`
+    // requires: the predicate type, and the signature annotation, empty (cosign's layout).
+    let old = w.lab.push_image("demo/api", "legacy-att", "legacy attested").await.unwrap();
+    let prov = predicate_file(dir.path(), COMMIT, BUILDER);
+    for (file, kind) in [(prov.as_str(), "slsaprovenance"), (sbom.to_str().unwrap(), "spdx")] {
+        let key = w.release_key();
+        assert_ok(&w.agentctl(&[
+            "attest",
+            &s(&old),
+            "--predicate",
+            file,
+            "--type",
+            kind,
+            "--key",
+            &key,
+            "--format",
+            "legacy",
+        ]));
+    }
+    let (manifest, _) = reg.manifest(&old.repository, &cosign::attestation_tag(&old.digest)).await.unwrap().unwrap();
     let layers = cosign::manifest_layers(&manifest).unwrap();
     assert_eq!(layers.len(), 2);
     for l in &layers {
@@ -239,13 +261,66 @@ async fn attestations_round_trip_and_release_add_records_the_evidence() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_provenance_naming_another_commit_is_refused_with_both_commits() {
     let w = World::start(no_hosts()).await;
-    let img = w.signed_image("demo/api", "mismatch").await;
     let dir = tempfile::tempdir().unwrap();
-    attest_provenance(&w, &s(&img), dir.path(), OTHER_COMMIT, BUILDER);
-    let out = w.agentctl(&["release", "add", "api", &s(&img), "--commit", COMMIT]);
-    assert_exit(&out, 4, OTHER_COMMIT);
-    assert!(stderr(&out).contains(COMMIT));
+    // Each attestation format with each signature format: a legacy `.att` layer, and a
+    // Sigstore bundle referrer (the default).
+    for (sig, format) in [("legacy", "legacy"), ("legacy", "bundle"), ("bundle", "legacy"), ("bundle", "bundle")] {
+        let img = if sig == "legacy" {
+            w.signed_image_legacy("demo/api", &format!("mismatch {sig} {format}")).await
+        } else {
+            w.signed_image("demo/api", &format!("mismatch {sig} {format}")).await
+        };
+        let prov = predicate_file(dir.path(), OTHER_COMMIT, BUILDER);
+        let key = w.release_key();
+        let args =
+            ["attest", &s(&img), "--predicate", &prov, "--type", "slsaprovenance", "--key", &key, "--format", format];
+        assert_ok(&w.agentctl(&args));
+        let out = w.agentctl(&["release", "add", "api", &s(&img), "--commit", COMMIT]);
+        assert_exit(&out, 4, OTHER_COMMIT);
+        assert!(stderr(&out).contains(COMMIT), "{format}: {}", stderr(&out));
+    }
     assert!(stdout(&w.agentctl(&["release", "list", "api"])).contains("0 release(s)"), "nothing recorded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keyless_slsa_v1_provenance_in_a_bundle_is_checked_like_any_other() {
+    use lab::sigstore::{Signer, TestSigstore};
+    let w = World::start(no_hosts()).await;
+    let sigstore = TestSigstore::new("lab fulcio");
+    trust_keyless(&w, &sigstore, &[&format!("issuer = \"{ISSUER}\"\nsubject = \"{CI_SUBJECT}\"")]);
+    let ci = Signer::ci(ISSUER, CI_SUBJECT);
+    // SLSA provenance v1: the builder in `runDetails`, the commit in resolved dependencies.
+    let provenance = |img: &controlplane::image::PinnedImage, commit: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "_type": "https://in-toto.io/Statement/v1",
+            "subject": [{ "name": img.repository.as_str(), "digest": { "sha256": img.digest.hex() } }],
+            "predicateType": "https://slsa.dev/provenance/v1",
+            "predicate": {
+                "buildDefinition": {
+                    "buildType": "https://actions.github.io/buildtypes/workflow/v1",
+                    "externalParameters": {},
+                    "resolvedDependencies": [{ "uri": "git+https://github.com/acme/api@refs/heads/main", "digest": { "gitCommit": commit } }],
+                },
+                "runDetails": { "builder": { "id": BUILDER } },
+            },
+        }))
+        .unwrap()
+    };
+    for (n, commit) in [COMMIT, OTHER_COMMIT].into_iter().enumerate() {
+        let img = w.lab.push_image("demo/api", &format!("v1-{n}"), &format!("keyless provenance {n}")).await.unwrap();
+        attach_bundle_referrer(&w, &img, &sigstore.sign_image(img.repository.as_str(), img.digest.hex(), &ci)).await;
+        attach_bundle_referrer(&w, &img, &sigstore.sign_statement(&provenance(&img, commit), &ci)).await;
+        let out = w.agentctl(&["release", "add", "api", &s(&img), "--commit", COMMIT, "--json"]);
+        if commit == COMMIT {
+            assert_ok(&out);
+            let rec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert!(rec["provenance"].as_str().unwrap().starts_with("sha256:"), "{rec}");
+        } else {
+            assert_exit(&out, 4, OTHER_COMMIT);
+            assert!(stderr(&out).contains(COMMIT), "{}", stderr(&out));
+        }
+    }
+    assert!(stdout(&w.agentctl(&["release", "list", "api"])).contains("1 release(s)"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -278,7 +353,7 @@ async fn release_add_refuses_unsigned_images_and_other_repositories() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_registry_serving_other_bytes_than_the_digest_is_refused() {
     let w = World::start(no_hosts()).await;
-    let img = w.signed_image("demo/api", "v1").await;
+    let img = w.signed_image_legacy("demo/api", "v1").await;
     // Corrupt the signature payload blob in the registry's own storage.
     let reg = w.lab.registry_client();
     let (manifest, _) = reg.manifest(&img.repository, &cosign::signature_tag(&img.digest)).await.unwrap().unwrap();
@@ -315,11 +390,16 @@ async fn attach_bundle_referrer(w: &World, img: &controlplane::image::PinnedImag
     });
     let bytes = serde_json::to_vec(&manifest).unwrap();
     let digest = reg.push_manifest(repo, None, bytes.clone()).await.unwrap();
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [{ "mediaType": OCI_MANIFEST, "digest": digest, "size": bytes.len(), "artifactType": bundle_type }],
-    });
+    // Keep what the index listed already.
+    let mut entries: Vec<serde_json::Value> = reg
+        .referrers(repo, &img.digest)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| serde_json::json!({ "mediaType": OCI_MANIFEST, "digest": r.digest, "artifactType": r.artifact_type }))
+        .collect();
+    entries.push(serde_json::json!({ "mediaType": OCI_MANIFEST, "digest": digest, "size": bytes.len(), "artifactType": bundle_type }));
+    let index = serde_json::json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries });
     let tag = format!("sha256-{}", img.digest.as_str().trim_start_matches("sha256:"));
     reg.push_manifest(repo, Some(&tag), serde_json::to_vec(&index).unwrap()).await.unwrap();
 }
@@ -342,7 +422,7 @@ async fn a_cosign_3_bundle_is_named_as_such_never_as_no_signature() {
     // And a release cannot be recorded from it.
     assert_exit(&w.agentctl(&["release", "add", "api", &s(&img), "--commit", COMMIT]), 4, "Sigstore bundle");
     // Signing it the legacy way makes it verify.
-    assert_ok(&w.agentctl(&["sign", &s(&img), "--key", &w.release_key()]));
+    assert_ok(&w.agentctl(&["sign", &s(&img), "--key", &w.release_key(), "--format", "legacy"]));
     assert_ok(&w.agentctl(&["verify", &s(&img)]));
 }
 

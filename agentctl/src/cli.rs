@@ -65,9 +65,9 @@ pub enum Command {
         image: String,
         #[arg(long)]
         key: PathBuf,
-        /// `legacy`: cosign's `.sig` tag (the default for now); `bundle`: a Sigstore bundle
-        /// as an OCI referrer, as cosign 3 writes by default (with the referrers tag schema).
-        #[arg(long, value_enum, default_value = "legacy")]
+        /// `bundle`: a Sigstore bundle as an OCI referrer, as cosign 3 writes by default (with
+        /// the referrers tag schema); `legacy`: cosign's `.sig` tag.
+        #[arg(long, value_enum, default_value = "bundle")]
         format: SignatureFormat,
     },
     /// CI: push a signed in-toto attestation (provenance or SBOM) for IMAGE@DIGEST.
@@ -80,6 +80,10 @@ pub enum Command {
         kind: PredicateType,
         #[arg(long)]
         key: PathBuf,
+        /// `bundle`: a Sigstore bundle as an OCI referrer (cosign 3's default); `legacy`:
+        /// a layer of cosign's `.att` tag.
+        #[arg(long, value_enum, default_value = "bundle")]
+        format: SignatureFormat,
     },
     /// Verify IMAGE@DIGEST against the trust policy (or only the keys given).
     ///

@@ -103,8 +103,8 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
         Command::Check { ci: Some(dir) } => commands::check::ci(&dir),
         Command::Keys { command: KeysCommand::Generate { out } } => commands::keys::generate(&out),
         Command::Sign { image, key, format } => commands::sign::sign(g, &image, &key, format).await,
-        Command::Attest { image, predicate, kind, key } => {
-            commands::sign::attest(g, &image, &predicate, kind, &key).await
+        Command::Attest { image, predicate, kind, key, format } => {
+            commands::sign::attest(g, &image, &predicate, kind, &key, format).await
         }
         Command::Verify { image, key } => commands::verify::run(g, &image, &key).await,
         Command::Release { command: ReleaseCommand::Add { service, image, commit, provenance, sbom } } => {

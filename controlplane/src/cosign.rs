@@ -270,6 +270,8 @@ pub enum AttestationProblem {
     Malformed(String),
     UntrustedKey,
     OtherSubject,
+    /// A keyless attestation that did not verify, or by an identity not allowed.
+    Keyless(crate::keyless::KeylessProblem),
 }
 
 /// Every layer of an `.att` manifest that is a trusted, well-formed statement about `image`.
@@ -310,7 +312,19 @@ fn evaluate_attestation(
         .filter_map(|s| B64.decode(s.sig.trim()).ok())
         .find_map(|sig| keys.iter().find(|k| k.verify(&signed, &sig)))
         .ok_or(AttestationProblem::UntrustedKey)?;
-    let st: serde_json::Value = serde_json::from_slice(&payload).map_err(|e| malformed(format!("statement: {e}")))?;
+    attestation_from_statement(image, &payload, key.key_id.clone(), layer.digest.to_string())
+}
+
+/// What a statement whose signature verified (by `signer`) says about `image`;
+/// `location` is the layer or bundle it came from.
+fn attestation_from_statement(
+    image: &PinnedImage,
+    payload: &[u8],
+    signer: String,
+    location: String,
+) -> Result<AttestationEvidence, AttestationProblem> {
+    let malformed = |m: String| AttestationProblem::Malformed(m);
+    let st: serde_json::Value = serde_json::from_slice(payload).map_err(|e| malformed(format!("statement: {e}")))?;
     let about_us = st["subject"]
         .as_array()
         .is_some_and(|subjects| subjects.iter().any(|s| s["digest"]["sha256"].as_str() == Some(image.digest.hex())));
@@ -322,14 +336,82 @@ fn evaluate_attestation(
         .ok_or_else(|| malformed(format!("unknown predicate type `{predicate_type}`")))?;
     let (builder, commit) =
         if kind == PredicateKind::Slsaprovenance { provenance_facts(&st["predicate"]) } else { (None, None) };
-    Ok(AttestationEvidence {
-        kind,
-        predicate_type,
-        key_id: key.key_id.clone(),
-        layer: layer.digest.to_string(),
-        builder,
-        commit,
-    })
+    Ok(AttestationEvidence { kind, predicate_type, key_id: signer, layer: location, builder, commit })
+}
+
+/// Every bundle (`(layer digest, bytes)`, from the image's referrers) that is a trusted
+/// attestation about `image`: a DSSE statement other than cosign's image signature,
+/// signed by a policy key or keyless by an allowed identity. Signatures and message
+/// signatures are not attestations and are passed over.
+pub fn evaluate_bundle_attestations(
+    image: &PinnedImage,
+    bundles: &[(Digest, Vec<u8>)],
+    keys: &[PublicKey],
+    keyless: Option<&crate::keyless::Keyless>,
+) -> (Vec<AttestationEvidence>, Vec<AttestationProblem>) {
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for (digest, bytes) in bundles {
+        match bundle_attestation(image, digest, bytes, keys, keyless) {
+            Ok(Some(e)) => good.push(e),
+            Ok(None) => {}
+            Err(p) => bad.push(p),
+        }
+    }
+    (good, bad)
+}
+
+/// The predicate type of a bundle's DSSE statement, if it has one.
+pub(crate) fn dsse_predicate(bytes: &[u8]) -> Option<String> {
+    if bytes.len() > MAX_BUNDLE_BYTES {
+        return None;
+    }
+    let b: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let payload = B64.decode(b.get("dsseEnvelope")?.get("payload")?.as_str()?).ok()?;
+    let st: serde_json::Value = serde_json::from_slice(&payload).ok()?;
+    st.get("predicateType")?.as_str().map(str::to_owned)
+}
+
+fn bundle_attestation(
+    image: &PinnedImage,
+    digest: &Digest,
+    bytes: &[u8],
+    keys: &[PublicKey],
+    keyless: Option<&crate::keyless::Keyless>,
+) -> Result<Option<AttestationEvidence>, AttestationProblem> {
+    let malformed = |m: String| AttestationProblem::Malformed(m);
+    if bytes.len() > MAX_BUNDLE_BYTES {
+        return Err(malformed(format!("bundle over {MAX_BUNDLE_BYTES} bytes")));
+    }
+    let b: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| malformed(format!("bundle: {e}")))?;
+    let Some(env) = b.get("dsseEnvelope") else { return Ok(None) };
+    let env: Envelope = serde_json::from_value(env.clone()).map_err(|e| malformed(format!("DSSE envelope: {e}")))?;
+    if env.payload_type != IN_TOTO_PAYLOAD_TYPE {
+        return Err(malformed(format!("DSSE payload type `{}`", env.payload_type)));
+    }
+    let payload = B64.decode(&env.payload).map_err(|_| malformed("DSSE payload is not base64".into()))?;
+    if dsse_predicate(bytes).is_none_or(|p| p == COSIGN_SIGN_PREDICATE) {
+        return Ok(None);
+    }
+    let material = b.get("verificationMaterial");
+    let keyless_signed =
+        material.is_some_and(|m| m.get("certificate").is_some() || m.get("x509CertificateChain").is_some());
+    let signer = if keyless_signed {
+        let Some(keyless) = keyless else {
+            return Err(malformed("a keyless attestation, and the trust policy names no `trusted_root`".into()));
+        };
+        keyless.verify_statement(image, bytes).map_err(AttestationProblem::Keyless)?.0.key_id()
+    } else {
+        let signed = pae(&env.payload_type, &payload);
+        env.signatures
+            .iter()
+            .filter_map(|s| B64.decode(&s.sig).ok())
+            .find_map(|sig| keys.iter().find(|k| k.verify(&signed, &sig)))
+            .ok_or(AttestationProblem::UntrustedKey)?
+            .key_id
+            .clone()
+    };
+    attestation_from_statement(image, &payload, signer, digest.to_string()).map(Some)
 }
 
 /// The builder id and source commit a SLSA provenance predicate (v0.2 or v1) names.
@@ -376,11 +458,35 @@ pub fn bundle_format(artifact_type: &str) -> Option<&'static str> {
 /// DSSE envelope, the key named by its id, no transparency-log entry (nothing public is
 /// contacted).
 pub fn signature_bundle(image: &PinnedImage, key: &SigningKey, key_id: &str) -> Vec<u8> {
-    let statement = serde_json::json!({
+    dsse_bundle(image, COSIGN_SIGN_PREDICATE, None, key, key_id)
+}
+
+/// A Sigstore bundle v0.3 as cosign 3 writes for `cosign attest --key`: an in-toto v1
+/// statement about `image` with `predicate`, in a DSSE envelope signed by `key`.
+pub fn attestation_bundle(
+    image: &PinnedImage,
+    kind: PredicateKind,
+    predicate: serde_json::Value,
+    key: &SigningKey,
+) -> Vec<u8> {
+    dsse_bundle(image, kind.predicate_type(), Some(predicate), key, &key.public().key_id)
+}
+
+fn dsse_bundle(
+    image: &PinnedImage,
+    predicate_type: &str,
+    predicate: Option<serde_json::Value>,
+    key: &SigningKey,
+    key_id: &str,
+) -> Vec<u8> {
+    let mut statement = serde_json::json!({
         "_type": IN_TOTO_STATEMENT_V1,
         "subject": [{ "name": image.repository.as_str(), "digest": { "sha256": image.digest.hex() } }],
-        "predicateType": COSIGN_SIGN_PREDICATE,
+        "predicateType": predicate_type,
     });
+    if let Some(p) = predicate {
+        statement["predicate"] = p;
+    }
     let payload = serde_json::to_vec(&statement).expect("JSON");
     let sig = key.sign(&pae(IN_TOTO_PAYLOAD_TYPE, &payload));
     let bundle = serde_json::json!({
@@ -418,7 +524,9 @@ pub fn evaluate_bundles(
     let mut problems = Vec::new();
     let mut unsupported = None;
     let mut keyless_problem = None;
-    for (digest, bytes) in bundles {
+    // Attestations (statements other than the image signature) are not signatures.
+    let signatures = bundles.iter().filter(|(_, b)| dsse_predicate(b).is_none_or(|p| p == COSIGN_SIGN_PREDICATE));
+    for (digest, bytes) in signatures {
         match evaluate_bundle(image, bytes, keys, keyless) {
             Ok(key_id) => {
                 return Ok(SignatureEvidence {

@@ -130,17 +130,7 @@ impl Keyless {
             };
             return Err(KeylessProblem::NotAllowed { found: shown, allowed });
         }
-        let predicate = statement_predicate(&parsed).unwrap_or_default();
+        let predicate = crate::cosign::dsse_predicate(bundle).unwrap_or_default();
         Ok((found, predicate))
     }
-}
-
-/// The predicate type of the bundle's DSSE statement.
-fn statement_predicate(bundle: &Bundle) -> Option<String> {
-    let value = serde_json::to_value(bundle).ok()?;
-    let payload = value.get("dsseEnvelope")?.get("payload")?.as_str()?;
-    use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(payload).ok()?;
-    let statement: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    statement.get("predicateType")?.as_str().map(str::to_owned)
 }

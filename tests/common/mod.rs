@@ -43,10 +43,20 @@ impl World {
         self.lab.release_key().display().to_string()
     }
 
-    /// Pushes an image and signs it with the trusted release key through the CLI.
+    /// Pushes an image and signs it with the trusted release key through the CLI, in the
+    /// default format (a Sigstore bundle referrer, as cosign 3).
     pub async fn signed_image(&self, path: &str, content: &str) -> PinnedImage {
+        self.signed_image_as(path, content, "bundle").await
+    }
+
+    /// The same, with cosign's legacy `.sig` tag.
+    pub async fn signed_image_legacy(&self, path: &str, content: &str) -> PinnedImage {
+        self.signed_image_as(path, content, "legacy").await
+    }
+
+    async fn signed_image_as(&self, path: &str, content: &str, format: &str) -> PinnedImage {
         let img = self.lab.push_image(path, "latest", content).await.unwrap();
-        let out = self.agentctl(&["sign", &img.to_string(), "--key", &self.release_key()]);
+        let out = self.agentctl(&["sign", &img.to_string(), "--key", &self.release_key(), "--format", format]);
         assert_ok(&out);
         img
     }

@@ -61,6 +61,7 @@ pub async fn attest(
     predicate: &Path,
     kind: PredicateType,
     key: &Path,
+    format: SignatureFormat,
 ) -> Result<Report, Failure> {
     let image = pinned(image)?;
     let text = std::fs::read_to_string(predicate).map_err(|e| {
@@ -82,6 +83,14 @@ pub async fn attest(
     };
     let key = signing_key(key)?;
     let ctx = Context::load(g)?;
-    let pushed = sign::attest(&ctx.registry, &image, kind, value, &key).await.map_err(failure)?;
-    Ok(report("attestation", &image, &pushed))
+    match format {
+        SignatureFormat::Legacy => {
+            let pushed = sign::attest(&ctx.registry, &image, kind, value, &key).await.map_err(failure)?;
+            Ok(report("attestation", &image, &pushed))
+        }
+        SignatureFormat::Bundle => {
+            let pushed = sign::attest_bundle(&ctx.registry, &image, kind, value, &key).await.map_err(failure)?;
+            Ok(report("Sigstore bundle attestation (OCI referrer)", &image, &pushed))
+        }
+    }
 }

@@ -63,6 +63,10 @@ pub struct Registry {
     client: Arc<Client>,
     settings: Vec<RegistrySettings>,
     round_trips: Arc<AtomicU64>,
+    /// Registries that answered 404 to the referrers API: by the OCI 1.1 spec they do not
+    /// implement it (one that does answers an empty index), so the tag schema is asked
+    /// directly from then on.
+    no_referrers_api: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -82,7 +86,12 @@ impl Registry {
             use_monolithic_push: true,
             ..ClientConfig::default()
         };
-        Self { client: Arc::new(Client::new(config)), settings: settings.to_vec(), round_trips: Arc::default() }
+        Self {
+            client: Arc::new(Client::new(config)),
+            settings: settings.to_vec(),
+            round_trips: Arc::default(),
+            no_referrers_api: Arc::default(),
+        }
     }
 
     /// Requests sent so far (an upper bound for chunked uploads: one per call).
@@ -197,21 +206,11 @@ impl Registry {
     pub async fn referrers(&self, repo: &Repository, digest: &Digest) -> Result<Vec<Referrer>, RegistryError> {
         let auth = self.auth(repo)?;
         self.client.store_auth_if_needed(repo.registry(), &auth).await;
-        self.count(1);
-        match self.client.pull_referrers(&Self::reference(repo, digest.as_str()), None).await {
-            Ok(index) => {
-                // The API's index may not carry each entry's artifact type (and this client
-                // does not keep it): read it from each referrer's manifest.
-                let mut out = Vec::new();
-                for entry in index.manifests.iter().take(64) {
-                    let Some((bytes, _)) = self.manifest(repo, &entry.digest).await? else { continue };
-                    out.push(Referrer { digest: entry.digest.clone(), artifact_type: artifact_type_of(&bytes) });
-                }
-                return Ok(out);
+        let known_without = self.no_referrers_api.lock().unwrap_or_else(|p| p.into_inner()).contains(repo.registry());
+        if !known_without {
+            if let Some(found) = self.referrers_api(repo, digest).await? {
+                return Ok(found);
             }
-            Err(e) if Self::is_not_found(&e) || matches!(e, OciDistributionError::UnsupportedSchemaVersionError(_)) => {
-            }
-            Err(e) => return Err(Self::classify(repo, e)),
         }
         let hex = digest.as_str().trim_start_matches("sha256:");
         self.count(1);
@@ -249,6 +248,29 @@ impl Registry {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    /// The referrers API's answer; `None` when the registry does not implement it (and
+    /// that is remembered for the rest of the run).
+    async fn referrers_api(&self, repo: &Repository, digest: &Digest) -> Result<Option<Vec<Referrer>>, RegistryError> {
+        self.count(1);
+        match self.client.pull_referrers(&Self::reference(repo, digest.as_str()), None).await {
+            Ok(index) => {
+                // The API's index may not carry each entry's artifact type (and this client
+                // does not keep it): read it from each referrer's manifest.
+                let mut out = Vec::new();
+                for entry in index.manifests.iter().take(64) {
+                    let Some((bytes, _)) = self.manifest(repo, &entry.digest).await? else { continue };
+                    out.push(Referrer { digest: entry.digest.clone(), artifact_type: artifact_type_of(&bytes) });
+                }
+                Ok(Some(out))
+            }
+            Err(e) if Self::is_not_found(&e) || matches!(e, OciDistributionError::UnsupportedSchemaVersionError(_)) => {
+                self.no_referrers_api.lock().unwrap_or_else(|p| p.into_inner()).insert(repo.registry().to_owned());
+                Ok(None)
+            }
+            Err(e) => Err(Self::classify(repo, e)),
+        }
     }
 
     /// The blob `digest`, checked against its digest and bounded in size.

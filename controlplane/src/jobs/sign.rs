@@ -47,14 +47,45 @@ pub async fn sign(registry: &Registry, image: &PinnedImage, key: &SigningKey) ->
 /// referrers tag schema's index `sha256-<hex>` for registries without the referrers API
 /// (entries already there are kept).
 pub async fn sign_bundle(registry: &Registry, image: &PinnedImage, key: &SigningKey) -> Result<Pushed, SignError> {
+    // Signing again with the same key adds nothing (as for `.sig`).
+    let repo = &image.repository;
+    let public = key.public();
+    let referrers = registry.referrers(repo, &image.digest).await?;
+    for r in referrers.iter().filter(|r| r.artifact_type.as_deref().and_then(cosign::bundle_format).is_some()) {
+        let Some((manifest, digest)) = registry.manifest(repo, &r.digest).await? else { continue };
+        let layers = cosign::manifest_layers(&manifest).unwrap_or_default();
+        for l in layers.into_iter().filter(|l| cosign::bundle_format(&l.media_type).is_some()) {
+            let bytes = registry.blob(repo, &l.digest).await?;
+            let ours = [(l.digest.clone(), bytes)];
+            if cosign::evaluate_bundles(image, &ours, std::slice::from_ref(public), None).is_ok() {
+                let tag = format!("sha256-{}", image.digest.hex());
+                return Ok(Pushed { tag, manifest: digest, layer: l.digest, kept: referrers.len(), added: false });
+            }
+        }
+    }
+    push_bundle(registry, image, &cosign::signature_bundle(image, key, &public.key_id)).await
+}
+
+/// Pushes a signed in-toto attestation of `kind` with `predicate` as a Sigstore bundle
+/// referrer of `image` (cosign 3's `cosign attest` default).
+pub async fn attest_bundle(
+    registry: &Registry,
+    image: &PinnedImage,
+    kind: PredicateKind,
+    predicate: serde_json::Value,
+    key: &SigningKey,
+) -> Result<Pushed, SignError> {
+    push_bundle(registry, image, &cosign::attestation_bundle(image, kind, predicate, key)).await
+}
+
+async fn push_bundle(registry: &Registry, image: &PinnedImage, bundle: &[u8]) -> Result<Pushed, SignError> {
     use crate::registry::{OCI_INDEX, OCI_MANIFEST};
     let Some((image_manifest, _)) = registry.manifest(&image.repository, image.digest.as_str()).await? else {
         return Err(SignError::ImageNotFound(image.clone()));
     };
     let repo = &image.repository;
-    let bundle = cosign::signature_bundle(image, key, &key.public().key_id);
     let empty = registry.push_blob(repo, b"{}").await?;
-    let layer = registry.push_blob(repo, &bundle).await?;
+    let layer = registry.push_blob(repo, bundle).await?;
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,

@@ -209,28 +209,34 @@ impl Verifier<'_> {
             return Err(VerifyError::ImageNotFound(image.clone()));
         }
         let problem = |p| refusal(image, p);
-        let signature = match self.layers(repo, &cosign::signature_tag(&image.digest)).await.map_err(reg)? {
-            Some(sig_layers) => cosign::evaluate_signatures(image, &sig_layers, &self.keys).map_err(problem)?,
-            // No legacy signature: Sigstore bundles attached as OCI referrers (cosign 3's
-            // default). What cannot be verified is named as such, never "no signature".
-            None => {
-                self.verify_bundles(image).await?.map_or_else(|| Err(VerifyError::NoSignature(image.clone())), Ok)?
-            }
+        let sig_layers = self.layers(repo, &cosign::signature_tag(&image.digest)).await.map_err(reg)?;
+        // Every attestation is read, in every format, whatever format the signature is in: a
+        // provenance that names another commit must never go unchecked. Sigstore bundles are
+        // OCI referrers (cosign 3's default).
+        let att_layers = self.layers(repo, &cosign::attestation_tag(&image.digest)).await.map_err(reg)?;
+        let bundles = self.bundles(image).await?;
+        let signature = match &sig_layers {
+            Some(sig_layers) => cosign::evaluate_signatures(image, sig_layers, &self.keys).map_err(problem)?,
+            // What cannot be verified is named as such, never "no signature".
+            None if bundles.is_empty() => return Err(VerifyError::NoSignature(image.clone())),
+            None => self.verify_bundles(image, &bundles)?,
         };
-
-        let att_layers =
-            self.layers(repo, &cosign::attestation_tag(&image.digest)).await.map_err(reg)?.unwrap_or_default();
-        let (attestations, problems) = cosign::evaluate_attestations(image, &att_layers, &self.keys);
+        let (mut attestations, mut problems) =
+            cosign::evaluate_attestations(image, &att_layers.unwrap_or_default(), &self.keys);
+        let (more, more_problems) =
+            cosign::evaluate_bundle_attestations(image, &bundles, &self.keys, self.keyless.as_ref());
+        attestations.extend(more);
+        problems.extend(more_problems);
         if !problems.is_empty() {
-            tracing::warn!(?problems, "attestation layers that did not verify were ignored");
+            tracing::warn!(?problems, "attestations that did not verify were ignored");
         }
         let verified = Verified { image: image.clone(), signature, attestations, _sealed: Sealed };
         self.check_requirements(&verified, req)?;
         Ok(verified)
     }
 
-    /// The image's bundle referrers, evaluated: `None` when there are none.
-    async fn verify_bundles(&self, image: &PinnedImage) -> Result<Option<SignatureEvidence>, VerifyError> {
+    /// The Sigstore bundles among the image's referrers: `(layer digest, bytes)`.
+    async fn bundles(&self, image: &PinnedImage) -> Result<Vec<(Digest, Vec<u8>)>, VerifyError> {
         let reg = |source| VerifyError::Registry { image: image.to_string(), source };
         let repo = &image.repository;
         let referrers = self.registry.referrers(repo, &image.digest).await.map_err(reg)?;
@@ -244,11 +250,17 @@ impl Verifier<'_> {
                     .map(|l| (l.digest, l.data)),
             );
         }
-        if bundles.is_empty() {
-            return Ok(None);
-        }
-        match cosign::evaluate_bundles(image, &bundles, &self.keys, self.keyless.as_ref()) {
-            Ok(evidence) => Ok(Some(evidence)),
+        Ok(bundles)
+    }
+
+    /// The signature among the bundles, or why none proves one.
+    fn verify_bundles(
+        &self,
+        image: &PinnedImage,
+        bundles: &[(Digest, Vec<u8>)],
+    ) -> Result<SignatureEvidence, VerifyError> {
+        match cosign::evaluate_bundles(image, bundles, &self.keys, self.keyless.as_ref()) {
+            Ok(evidence) => Ok(evidence),
             Err(cosign::BundleProblem::Unsupported(format)) => {
                 Err(VerifyError::UnsupportedFormat { image: image.clone(), format })
             }
