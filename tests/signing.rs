@@ -689,6 +689,12 @@ async fn keyless_bundles_verify_for_allowed_identities_and_every_other_case_is_r
     assert_ok(&out);
     let rec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rec["signer_key_id"], format!("keyless:{CI_SUBJECT} issuer={ISSUER}"), "{rec}");
+    // `release list` names the identity, the format and the bundle that carried it.
+    let list = stdout(&w.agentctl(&["release", "list", "api"]));
+    assert!(
+        list.contains(&format!("signed by keyless:{CI_SUBJECT} issuer={ISSUER} (bundle-keyless sha256:")),
+        "{list}"
+    );
     // A subject matching the regular expression, whole.
     let tagged = w.lab.push_image("demo/api", "k1", "keyless by pattern").await.unwrap();
     let by_pattern = "https://github.com/acme/tools/.github/workflows/build.yml@refs/tags/v1.2.0";

@@ -184,10 +184,18 @@ pub enum SignatureProblem {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignatureEvidence {
     pub key_id: String,
-    /// The `.sig` layer digest (the payload's digest).
+    /// The `.sig` layer digest (the payload's digest), or the bundle's.
     pub layer: String,
     pub payload: String,
     pub signature: String,
+    /// What carried the signature: `legacy` (cosign's `.sig` tag), `bundle` (a Sigstore
+    /// bundle signed with a policy key) or `bundle-keyless` (a Fulcio certificate).
+    #[serde(default = "legacy_format")]
+    pub format: String,
+}
+
+fn legacy_format() -> String {
+    "legacy".into()
 }
 
 /// Finds a layer that is a trusted key's signature of exactly `image`.
@@ -234,6 +242,7 @@ pub fn evaluate_signatures(
                 layer: layer.digest.to_string(),
                 payload: B64.encode(&layer.data),
                 signature: sig_b64.trim().to_owned(),
+                format: legacy_format(),
             });
         }
     }
@@ -529,12 +538,14 @@ pub fn evaluate_bundles(
     for (digest, bytes) in signatures {
         match evaluate_bundle(image, bytes, keys, keyless) {
             Ok(key_id) => {
+                let format = if key_id.starts_with("keyless:") { "bundle-keyless" } else { "bundle" };
                 return Ok(SignatureEvidence {
                     key_id,
                     layer: digest.to_string(),
                     payload: B64.encode(bytes),
                     signature: String::new(),
-                })
+                    format: format.into(),
+                });
             }
             Err(BundleProblem::Unsupported(what)) => unsupported = Some(what),
             Err(BundleProblem::Signature(p)) => problems.push(p),

@@ -26,8 +26,8 @@ pub async fn run(g: &Globals, image: &str, keys: &[PathBuf]) -> Result<Report, F
     };
     let verified = verifier.verify(image, &Requirements::default()).await.map_err(refusal)?;
     let mut text = format!(
-        "verified `{}`\n  signed by key {}\n  signature layer {}",
-        verified.image, verified.signature.key_id, verified.signature.layer
+        "verified `{}`\n  signed by {}\n  signature {} ({})",
+        verified.image, verified.signature.key_id, verified.signature.layer, verified.signature.format
     );
     for a in &verified.attestations {
         text.push_str(&format!("\n  attestation {} ({})", a.layer, a.predicate_type));

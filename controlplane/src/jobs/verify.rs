@@ -163,6 +163,7 @@ impl Verified {
             layer: String::new(),
             payload: String::new(),
             signature: String::new(),
+            format: "legacy".into(),
         };
         Self { image, signature, attestations: Vec::new(), _sealed: Sealed }
     }
