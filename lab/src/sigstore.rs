@@ -2,8 +2,9 @@
 //! the `trusted_root.json` that names them, and keyless bundles made with them as cosign 3
 //! makes them for an image: a v0.3 bundle whose DSSE envelope carries cosign's image
 //! signature statement, signed by a short-lived leaf certificate that names an OIDC issuer
-//! and a subject; a `dsse` 0.0.1 log entry with an inclusion proof, a signed checkpoint
-//! and a signed entry timestamp (SET). Nothing public is contacted.
+//! and a subject, with an SCT from the lab's certificate-transparency log embedded as
+//! Fulcio does; a `dsse` 0.0.1 log entry with an inclusion proof, a signed checkpoint and
+//! a signed entry timestamp (SET). Nothing public is contacted.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -14,9 +15,16 @@ use rcgen::{
 use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 
+/// Where `cargo xtask setup` installs sigstore-python's command line (its own venv).
+pub const PYTHON_CLI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/sigstore-python/bin/sigstore");
+/// The sigstore-python release the tests compare with.
+pub const PYTHON_VERSION: &str = "4.5.1";
+
 /// Fulcio's OIDC issuer extensions: v1 (the raw string) and v2 (a DER UTF8String).
 const OID_ISSUER_V1: &[u64] = &[1, 3, 6, 1, 4, 1, 57264, 1, 1];
 const OID_ISSUER_V2: &[u64] = &[1, 3, 6, 1, 4, 1, 57264, 1, 8];
+/// RFC 6962's embedded SCT list.
+const OID_SCT_LIST: &[u64] = &[1, 3, 6, 1, 4, 1, 11129, 2, 4, 2];
 
 /// Who signs, and when: what a CI's OIDC token and Fulcio would put in the certificate.
 #[derive(Debug, Clone)]
@@ -51,6 +59,7 @@ pub struct TestSigstore {
     ca_params: CertificateParams,
     ca_der: Vec<u8>,
     log_key: KeyPair,
+    ct_key: KeyPair,
 }
 
 impl std::fmt::Debug for TestSigstore {
@@ -85,6 +94,23 @@ fn der_len(n: usize) -> Vec<u8> {
     }
 }
 
+/// The TBSCertificate of a DER certificate (the first element of its outer SEQUENCE).
+fn tbs_of(cert: &[u8]) -> &[u8] {
+    // Tag and length of a DER element at `at`: (header length, content length).
+    let header = |at: usize| -> (usize, usize) {
+        let first = cert[at + 1] as usize;
+        if first < 0x80 {
+            (2, first)
+        } else {
+            let n = first & 0x7f;
+            (2 + n, cert[at + 2..at + 2 + n].iter().fold(0, |acc, b| (acc << 8) | *b as usize))
+        }
+    };
+    let (outer, _) = header(0);
+    let (h, len) = header(outer);
+    &cert[outer..outer + h + len]
+}
+
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339).expect("a time")
 }
@@ -93,7 +119,7 @@ impl TestSigstore {
     pub fn new(name: &str) -> Self {
         let ca_key = key();
         let (ca_params, ca_der) = ca(name, &ca_key);
-        Self { ca_key, ca_params, ca_der, log_key: key() }
+        Self { ca_key, ca_params, ca_der, log_key: key(), ct_key: key() }
     }
 
     /// Another certificate authority in front of the same log.
@@ -101,12 +127,40 @@ impl TestSigstore {
         let ca_key = key();
         let (ca_params, ca_der) = ca(name, &ca_key);
         let log_key = KeyPair::try_from(self.log_key.serialize_der().as_slice()).expect("the log key");
-        Self { ca_key, ca_params, ca_der, log_key }
+        let ct_key = KeyPair::try_from(self.ct_key.serialize_der().as_slice()).expect("the CT log key");
+        Self { ca_key, ca_params, ca_der, log_key, ct_key }
     }
 
     /// The log's id: SHA-256 of its public key (SubjectPublicKeyInfo, DER).
     fn log_id(&self) -> [u8; 32] {
         Sha256::digest(self.log_key.subject_public_key_info()).into()
+    }
+
+    fn ct_log_id(&self) -> [u8; 32] {
+        Sha256::digest(self.ct_key.subject_public_key_info()).into()
+    }
+
+    /// An RFC 6962 SCT (v1, precertificate entry) over `tbs`, the leaf's TBSCertificate
+    /// without the SCT extension, issued by the CA; serialized as it is embedded.
+    fn sct(&self, tbs: &[u8], when: OffsetDateTime) -> Vec<u8> {
+        let timestamp = (when.unix_timestamp_nanos() / 1_000_000) as u64;
+        let issuer_key_hash = Sha256::digest(self.ca_key.subject_public_key_info());
+        let mut signed = vec![0u8, 0u8]; // v1, certificate_timestamp
+        signed.extend(timestamp.to_be_bytes());
+        signed.extend([0u8, 1u8]); // precert_entry
+        signed.extend(issuer_key_hash);
+        signed.extend(&(tbs.len() as u32).to_be_bytes()[1..]);
+        signed.extend(tbs);
+        signed.extend([0u8, 0u8]); // no extensions
+        let sig = self.ct_key.sign(&signed).expect("SCT signature");
+        let mut sct = vec![0u8]; // v1
+        sct.extend(self.ct_log_id());
+        sct.extend(timestamp.to_be_bytes());
+        sct.extend([0u8, 0u8]);
+        sct.extend([4u8, 3u8]); // SHA-256, ECDSA
+        sct.extend((sig.len() as u16).to_be_bytes());
+        sct.extend(sig);
+        sct
     }
 
     /// The CA certificate, PEM.
@@ -116,7 +170,7 @@ impl TestSigstore {
         format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
     }
 
-    /// `trusted_root.json` naming this CA and this log (no CT logs, no TSAs), valid from a
+    /// `trusted_root.json` naming this CA, this log and this CT log (no TSAs), valid from a
     /// day ago.
     pub fn trusted_root(&self) -> String {
         let start = rfc3339(OffsetDateTime::now_utc() - time::Duration::days(1));
@@ -138,7 +192,16 @@ impl TestSigstore {
                 "certChain": { "certificates": [{ "rawBytes": B64.encode(&self.ca_der) }] },
                 "validFor": { "start": start },
             }],
-            "ctlogs": [],
+            "ctlogs": [{
+                "baseUrl": "https://ctfe.lab.invalid",
+                "hashAlgorithm": "SHA2_256",
+                "publicKey": {
+                    "rawBytes": B64.encode(self.ct_key.subject_public_key_info()),
+                    "keyDetails": "PKIX_ECDSA_P256_SHA_256",
+                    "validFor": { "start": start },
+                },
+                "logId": { "keyId": B64.encode(self.ct_log_id()) },
+            }],
             "timestampAuthorities": [],
         }))
         .expect("JSON")
@@ -180,7 +243,20 @@ impl TestSigstore {
             CustomExtension::from_oid_content(OID_ISSUER_V1, who.issuer.as_bytes().to_vec()),
             CustomExtension::from_oid_content(OID_ISSUER_V2, v2),
         ];
+        let serial: [u8; 16] = Sha256::digest(leaf_key.subject_public_key_info())[..16].try_into().expect("16 bytes");
+        params.serial_number = Some(serial.to_vec().into());
         let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
+        // The SCT signs the certificate as it is without the SCT extension (the
+        // "precertificate"); the certificate then carries it.
+        let pre = params.signed_by(&leaf_key, &issuer).expect("precertificate");
+        let sct = self.sct(tbs_of(pre.der()), who.not_before);
+        let mut list = ((sct.len() + 2) as u16).to_be_bytes().to_vec();
+        list.extend((sct.len() as u16).to_be_bytes());
+        list.extend(&sct);
+        let mut octets = vec![0x04];
+        octets.extend(der_len(list.len()));
+        octets.extend(list);
+        params.custom_extensions.push(CustomExtension::from_oid_content(OID_SCT_LIST, octets));
         let leaf = params.signed_by(&leaf_key, &issuer).expect("leaf certificate");
         let leaf_der = leaf.der().to_vec();
 
@@ -244,6 +320,30 @@ impl TestSigstore {
                 }],
             },
             "dsseEnvelope": envelope,
+        }))
+        .expect("JSON")
+    }
+}
+
+impl TestSigstore {
+    /// sigstore-python's client trust configuration for this instance: the trusted root
+    /// and a signing configuration naming the lab's (unreachable) services.
+    pub fn client_trust_config(&self) -> String {
+        let start = rfc3339(OffsetDateTime::now_utc() - time::Duration::days(1));
+        let service = |url: &str| serde_json::json!({ "url": url, "majorApiVersion": 1, "validFor": { "start": start }, "operator": "agentctl-lab" });
+        let root: serde_json::Value = serde_json::from_str(&self.trusted_root()).expect("JSON");
+        serde_json::to_string_pretty(&serde_json::json!({
+            "mediaType": "application/vnd.dev.sigstore.clienttrustconfig.v0.1+json",
+            "trustedRoot": root,
+            "signingConfig": {
+                "mediaType": "application/vnd.dev.sigstore.signingconfig.v0.2+json",
+                "caUrls": [service("https://fulcio.lab.invalid")],
+                "oidcUrls": [],
+                "rekorTlogUrls": [service("https://rekor.lab.invalid")],
+                "tsaUrls": [],
+                "rekorTlogConfig": { "selector": "ANY" },
+                "tsaConfig": { "selector": "ANY" },
+            },
         }))
         .expect("JSON")
     }

@@ -194,7 +194,7 @@ pub fn setup() -> anyhow::Result<()> {
     ];
     let missing: Vec<&str> = needed.iter().filter(|(_, bin)| !Path::new(bin).exists()).map(|(p, _)| *p).collect();
     if missing.is_empty() {
-        return Ok(());
+        return sigstore_python();
     }
     let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
     if !root {
@@ -210,6 +210,29 @@ pub fn setup() -> anyhow::Result<()> {
             .success();
     if !ok {
         bail!("apt-get install {} failed", missing.join(" "));
+    }
+    sigstore_python()
+}
+
+/// sigstore-python (PyPI `sigstore`), the independent verifier the keyless tests compare
+/// with, in its own venv under `target/` (`lab::sigstore::PYTHON_CLI`).
+fn sigstore_python() -> anyhow::Result<()> {
+    let cli = Path::new(lab::sigstore::PYTHON_CLI);
+    if cli.exists() {
+        return Ok(());
+    }
+    let venv = cli.parent().and_then(Path::parent).context("the venv directory")?;
+    eprintln!("installing sigstore-python {} into {}", lab::sigstore::PYTHON_VERSION, venv.display());
+    let ok = Command::new("python3").arg("-m").arg("venv").arg(venv).status()?.success()
+        && Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", &format!("sigstore=={}", lab::sigstore::PYTHON_VERSION)])
+            .status()?
+            .success();
+    if !ok {
+        bail!(
+            "could not install sigstore-python into {} (python3 with venv and pip, and PyPI, are needed)",
+            venv.display()
+        );
     }
     Ok(())
 }
