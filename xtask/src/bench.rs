@@ -15,52 +15,76 @@ pub fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// `verify` of one image and of `images` images concurrently against the lab registry.
+/// `verify` of one image and of `images` images concurrently against the lab registry, for
+/// each signature format: cosign's legacy `.sig`, a Sigstore bundle signed with a key, and a
+/// keyless bundle (the lab's own CA and log); round trips per image compared with legacy.
 pub async fn verify(images: usize, runs: usize) -> anyhow::Result<()> {
+    use controlplane::manifest::{AllowedIdentity, KeylessPolicy, SubjectMatch};
+    use lab::sigstore::{Signer, TestSigstore};
+    const ISSUER: &str = "https://token.actions.githubusercontent.com";
+    const SUBJECT: &str = "https://github.com/acme/api/.github/workflows/release.yml@refs/heads/main";
     let lab = Lab::start(LabConfig { hosts: 0, staging: 0, registry: true, dir: None, egress: false }).await?;
     let key = SigningKey::load(&lab.release_key(), b"")?;
     let registry = lab.registry_client();
-    let mut refs = Vec::new();
-    for i in 0..images {
-        let img = lab.push_image("bench/api", &format!("v{i}"), &format!("bench image {i}")).await?;
-        controlplane::sign::sign(&registry, &img, &key).await?;
-        refs.push(img.to_string());
-    }
+    let sigstore = TestSigstore::new("bench fulcio");
+    let policy = KeylessPolicy {
+        trusted_root: "trust/trusted_root.json".into(),
+        trusted_root_json: sigstore.trusted_root(),
+        identities: vec![AllowedIdentity { issuer: ISSUER.into(), subject: SubjectMatch::Exact(SUBJECT.into()) }],
+    };
     let public = PublicKey::from_pem("release", key.public().pem())?;
-
-    let mut one = Vec::new();
-    let mut trips_one = 0;
-    for _ in 0..runs {
-        let reg = lab.registry_client();
-        let v = Verifier { registry: &reg, keys: vec![public.clone()], builders: vec![], keyless: None };
-        let t = Instant::now();
-        v.verify(&refs[0], &Requirements::default()).await?;
-        one.push(t.elapsed());
-        trips_one = reg.round_trips();
-    }
-
-    let mut many = Vec::new();
-    let mut trips_many = 0;
-    for _ in 0..runs {
-        let reg = lab.registry_client();
-        let v = Verifier { registry: &reg, keys: vec![public.clone()], builders: vec![], keyless: None };
-        let t = Instant::now();
-        let req = Requirements::default();
-        let results = futures::future::join_all(refs.iter().map(|r| v.verify(r, &req))).await;
-        many.push(t.elapsed());
-        for r in results {
-            r?;
+    println!("verify benchmark (lab registry on loopback, without the referrers API; {runs} runs each, medians)");
+    let mut legacy_trips = None;
+    for format in ["legacy", "bundle", "keyless"] {
+        let mut refs = Vec::new();
+        for i in 0..images {
+            let img = lab.push_image("bench/api", &format!("{format}-{i}"), &format!("bench {format} {i}")).await?;
+            match format {
+                "legacy" => drop(controlplane::sign::sign(&registry, &img, &key).await?),
+                "bundle" => drop(controlplane::sign::sign_bundle(&registry, &img, &key).await?),
+                _ => {
+                    let bundle =
+                        sigstore.sign_image(img.repository.as_str(), img.digest.hex(), &Signer::ci(ISSUER, SUBJECT));
+                    drop(controlplane::sign::push_bundle(&registry, &img, &bundle).await?)
+                }
+            }
+            refs.push(img.to_string());
         }
-        trips_many = reg.round_trips();
+        let keyless = || (format == "keyless").then(|| controlplane::keyless::Keyless::new(&policy)).transpose();
+        let mut one = Vec::new();
+        let mut trips_one = 0;
+        for _ in 0..runs {
+            let reg = lab.registry_client();
+            let v = Verifier { registry: &reg, keys: vec![public.clone()], builders: vec![], keyless: keyless()? };
+            let t = Instant::now();
+            v.verify(&refs[0], &Requirements::default()).await?;
+            one.push(t.elapsed());
+            trips_one = reg.round_trips();
+        }
+        let mut many = Vec::new();
+        let mut trips_many = 0;
+        for _ in 0..runs {
+            let reg = lab.registry_client();
+            let v = Verifier { registry: &reg, keys: vec![public.clone()], builders: vec![], keyless: keyless()? };
+            let t = Instant::now();
+            let req = Requirements::default();
+            let results = futures::future::join_all(refs.iter().map(|r| v.verify(r, &req))).await;
+            many.push(t.elapsed());
+            for r in results {
+                r?;
+            }
+            trips_many = reg.round_trips();
+        }
+        let per_image = trips_many as f64 / images as f64;
+        let base = *legacy_trips.get_or_insert(trips_one);
+        println!(
+            "  {format:8} 1 image: {} ({trips_one} round trips, legacy {:+}); {images} images concurrently: {} ({per_image:.1} round trips per image; {:.1} images/s)",
+            ms(median(one.clone())),
+            trips_one as i64 - base as i64,
+            ms(median(many.clone())),
+            images as f64 / median(many).as_secs_f64()
+        );
     }
-    println!("verify benchmark (lab registry on loopback, {runs} runs each, medians)");
-    println!("  1 image:                 {}  ({trips_one} registry round trips)", ms(median(one.clone())));
-    println!(
-        "  {images} images concurrently:  {}  ({:.1} round trips per image; {:.1} images/s)",
-        ms(median(many.clone())),
-        trips_many as f64 / images as f64,
-        images as f64 / median(many).as_secs_f64()
-    );
     Ok(())
 }
 

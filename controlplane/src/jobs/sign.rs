@@ -78,7 +78,9 @@ pub async fn attest_bundle(
     push_bundle(registry, image, &cosign::attestation_bundle(image, kind, predicate, key)).await
 }
 
-async fn push_bundle(registry: &Registry, image: &PinnedImage, bundle: &[u8]) -> Result<Pushed, SignError> {
+/// Pushes `bundle` (a Sigstore bundle) as a referrer of `image`, listed in the referrers tag
+/// schema's index (entries already there are kept).
+pub async fn push_bundle(registry: &Registry, image: &PinnedImage, bundle: &[u8]) -> Result<Pushed, SignError> {
     use crate::registry::{OCI_INDEX, OCI_MANIFEST};
     let Some((image_manifest, _)) = registry.manifest(&image.repository, image.digest.as_str()).await? else {
         return Err(SignError::ImageNotFound(image.clone()));
