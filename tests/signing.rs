@@ -413,17 +413,69 @@ async fn a_cosign_3_bundle_is_named_as_such_never_as_no_signature() {
     let other = w.lab.push_image("demo/api", "v9", "keyless-signed").await.unwrap();
     attach_bundle_referrer(&w, &other, keyless).await;
     assert_exit(&w.agentctl(&["verify", &s(&other)]), 4, "signed keyless (a Fulcio certificate)");
-    let message = br#"{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","verificationMaterial":{"publicKey":{"hint":"k"}},"messageSignature":{}}"#;
-    attach_bundle_referrer(&w, &img, message).await;
+    // A message-signature bundle (over the manifest's bytes) by a key the policy does not
+    // list: named as signed by no trusted key, never "no signature".
+    let reg = w.lab.registry_client();
+    let (manifest, _) = reg.manifest(&img.repository, img.digest.as_str()).await.unwrap().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("other");
+    assert_ok(&w.agentctl(&["keys", "generate", "--out", &prefix.display().to_string()]));
+    let foreign = controlplane::keys::SigningKey::load(&prefix.with_extension("key"), b"").unwrap();
+    attach_bundle_referrer(&w, &img, &message_bundle(&manifest, &foreign)).await;
     let out = w.agentctl(&["verify", &s(&img)]);
-    assert_exit(&out, 4, "Sigstore bundle v0.3");
+    assert_exit(&out, 4, "signed, but by no trusted key");
     assert!(!stderr(&out).contains("has no signature"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("--new-bundle-format=false --use-signing-config=false"), "{}", stderr(&out));
-    // And a release cannot be recorded from it.
-    assert_exit(&w.agentctl(&["release", "add", "api", &s(&img), "--commit", COMMIT]), 4, "Sigstore bundle");
-    // Signing it the legacy way makes it verify.
-    assert_ok(&w.agentctl(&["sign", &s(&img), "--key", &w.release_key(), "--format", "legacy"]));
+    assert_exit(&w.agentctl(&["release", "add", "api", &s(&img), "--commit", COMMIT]), 4, "no trusted key");
+}
+
+/// A Sigstore bundle v0.3 with a message signature over `artifact` by `key`, as
+/// `cosign sign-blob --key … --bundle` writes (no log entry).
+fn message_bundle(artifact: &[u8], key: &controlplane::keys::SigningKey) -> Vec<u8> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    serde_json::to_vec(&serde_json::json!({
+        "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "verificationMaterial": { "publicKey": { "hint": key.public().key_id }, "tlogEntries": [] },
+        "messageSignature": {
+            "messageDigest": { "algorithm": "SHA2_256", "digest": b64.encode(sha2::Sha256::digest(artifact)) },
+            "signature": b64.encode(key.sign(artifact)),
+        },
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn message_signature_bundles_over_the_manifest_verify_with_a_key_or_keyless() {
+    use lab::sigstore::{Signer, TestSigstore};
+    let w = World::start(no_hosts()).await;
+    let reg = w.lab.registry_client();
+    let key = controlplane::keys::SigningKey::load(std::path::Path::new(&w.release_key()), b"").unwrap();
+    let img = w.lab.push_image("demo/api", "m1", "message signed").await.unwrap();
+    let (manifest, _) = reg.manifest(&img.repository, img.digest.as_str()).await.unwrap().unwrap();
+    attach_bundle_referrer(&w, &img, &message_bundle(&manifest, &key)).await;
     assert_ok(&w.agentctl(&["verify", &s(&img)]));
+    // The same signature listed for another image names the digest it was made for.
+    let other = w.lab.push_image("demo/api", "m2", "another image").await.unwrap();
+    attach_bundle_referrer(&w, &other, &message_bundle(&manifest, &key)).await;
+    assert_exit(
+        &w.agentctl(&["verify", &s(&other)]),
+        4,
+        &format!("was made for another image digest, `{}`", img.digest),
+    );
+    // Keyless, from the lab's Sigstore.
+    let sigstore = TestSigstore::new("lab fulcio");
+    trust_keyless(&w, &sigstore, &[&format!("issuer = \"{ISSUER}\"\nsubject = \"{CI_SUBJECT}\"")]);
+    let k = w.lab.push_image("demo/api", "m3", "keyless message").await.unwrap();
+    let (manifest, _) = reg.manifest(&k.repository, k.digest.as_str()).await.unwrap().unwrap();
+    attach_bundle_referrer(&w, &k, &sigstore.sign_message(&manifest, &Signer::ci(ISSUER, CI_SUBJECT))).await;
+    let out = w.agentctl(&["verify", &s(&k)]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("bundle-keyless"), "{}", stdout(&out));
+    // Keyless over another image's manifest: refused.
+    let k2 = w.lab.push_image("demo/api", "m4", "keyless elsewhere").await.unwrap();
+    attach_bundle_referrer(&w, &k2, &sigstore.sign_message(&manifest, &Signer::ci(ISSUER, CI_SUBJECT))).await;
+    assert_exit(&w.agentctl(&["verify", &s(&k2)]), 4, "was made for another image digest");
 }
 
 #[tokio::test(flavor = "multi_thread")]

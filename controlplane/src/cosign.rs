@@ -526,6 +526,7 @@ pub enum BundleProblem {
 /// signature and its subject is the image's digest.
 pub fn evaluate_bundles(
     image: &PinnedImage,
+    manifest: &[u8],
     bundles: &[(Digest, Vec<u8>)],
     keys: &[PublicKey],
     keyless: Option<&crate::keyless::Keyless>,
@@ -536,7 +537,7 @@ pub fn evaluate_bundles(
     // Attestations (statements other than the image signature) are not signatures.
     let signatures = bundles.iter().filter(|(_, b)| dsse_predicate(b).is_none_or(|p| p == COSIGN_SIGN_PREDICATE));
     for (digest, bytes) in signatures {
-        match evaluate_bundle(image, bytes, keys, keyless) {
+        match evaluate_bundle(image, manifest, bytes, keys, keyless) {
             Ok(key_id) => {
                 let format = if key_id.starts_with("keyless:") { "bundle-keyless" } else { "bundle" };
                 return Ok(SignatureEvidence {
@@ -562,8 +563,38 @@ pub fn evaluate_bundles(
     }
 }
 
+/// A bundle's message signature (no DSSE): over the image manifest's bytes, whose digest
+/// it must name, by a policy key.
+fn message_signature(
+    image: &PinnedImage,
+    manifest: &[u8],
+    b: &serde_json::Value,
+    keys: &[PublicKey],
+) -> Result<String, BundleProblem> {
+    let malformed = |d: &str| BundleProblem::Signature(SignatureProblem::Malformed(d.into()));
+    let msg =
+        b.get("messageSignature").ok_or_else(|| malformed("a bundle with neither DSSE nor a message signature"))?;
+    let named = msg["messageDigest"]["digest"]
+        .as_str()
+        .and_then(|d| B64.decode(d).ok())
+        .ok_or_else(|| malformed("a message signature without its digest"))?;
+    if named != hex::decode(image.digest.hex()).unwrap_or_default() {
+        let signed = format!("sha256:{}", hex::encode(&named));
+        return Err(BundleProblem::Signature(SignatureProblem::OtherDigest { signed }));
+    }
+    let sig = msg["signature"]
+        .as_str()
+        .and_then(|s| B64.decode(s).ok())
+        .ok_or_else(|| malformed("a message signature that is not base64"))?;
+    keys.iter()
+        .find(|k| k.verify(manifest, &sig))
+        .map(|k| k.key_id.clone())
+        .ok_or(BundleProblem::Signature(SignatureProblem::UntrustedKey))
+}
+
 fn evaluate_bundle(
     image: &PinnedImage,
+    manifest: &[u8],
     bytes: &[u8],
     keys: &[PublicKey],
     keyless: Option<&crate::keyless::Keyless>,
@@ -586,7 +617,7 @@ fn evaluate_bundle(
         return keyless.verify_image(image, bytes).map(|who| who.key_id()).map_err(BundleProblem::Keyless);
     }
     let Some(env) = b.get("dsseEnvelope") else {
-        return Err(BundleProblem::Unsupported(format!("{format}, with a message signature")));
+        return message_signature(image, manifest, &b, keys);
     };
     let env: Envelope = serde_json::from_value(env.clone()).map_err(|e| malformed(format!("DSSE envelope: {e}")))?;
     if env.payload_type != IN_TOTO_PAYLOAD_TYPE {

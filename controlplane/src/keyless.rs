@@ -78,10 +78,13 @@ impl Keyless {
         Ok(Self { verifier, identities: policy.identities.clone(), has_ct_logs })
     }
 
-    /// Verifies `bundle` as a keyless signature of exactly `image` by an allowed identity.
+    /// Verifies `bundle` as a keyless signature of exactly `image` by an allowed identity:
+    /// cosign 3's image-signature statement in DSSE, or a message signature over the image
+    /// manifest (the crate checks its digest against the image's).
     pub fn verify_image(&self, image: &PinnedImage, bundle: &[u8]) -> Result<Identity, KeylessProblem> {
         let (found, predicate) = self.verify_statement(image, bundle)?;
-        if predicate != COSIGN_SIGN_PREDICATE {
+        let dsse = serde_json::from_slice::<serde_json::Value>(bundle).is_ok_and(|b| b.get("dsseEnvelope").is_some());
+        if dsse && predicate != COSIGN_SIGN_PREDICATE {
             return Err(KeylessProblem::Invalid {
                 what: "statement",
                 detail: format!("predicate type `{predicate}` is not an image signature"),
@@ -90,8 +93,9 @@ impl Keyless {
         Ok(found)
     }
 
-    /// Verifies a keyless DSSE bundle whose in-toto statement names `image`, and its
-    /// identity; returns the identity and the statement's predicate type.
+    /// Verifies a keyless bundle about `image` (a DSSE statement naming it, or a message
+    /// signature of it), and its identity; returns the identity and the statement's
+    /// predicate type (empty for a message signature).
     pub fn verify_statement(&self, image: &PinnedImage, bundle: &[u8]) -> Result<(Identity, String), KeylessProblem> {
         // What a bundle says is shown sanitized and bounded (it came from a registry).
         let invalid = |what: &'static str, detail: String| KeylessProblem::Invalid {

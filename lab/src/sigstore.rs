@@ -53,6 +53,14 @@ impl Signer {
     }
 }
 
+/// What a bundle signs.
+enum Content<'a> {
+    /// An in-toto statement, in a DSSE envelope.
+    Statement(&'a [u8]),
+    /// The artifact's bytes, as a message signature.
+    Message(&'a [u8]),
+}
+
 /// A certificate authority and a transparency log.
 pub struct TestSigstore {
     ca_key: KeyPair,
@@ -220,6 +228,17 @@ impl TestSigstore {
 
     /// A keyless bundle (JSON) of a DSSE envelope over the in-toto `statement`.
     pub fn sign_statement(&self, statement: &[u8], who: &Signer) -> Vec<u8> {
+        self.sign_content(Content::Statement(statement), who)
+    }
+
+    /// A keyless bundle (JSON) with a message signature over `artifact`'s bytes (for an
+    /// image: its manifest), as `cosign sign-blob --bundle` and GitHub's attestations of
+    /// plain artifacts make.
+    pub fn sign_message(&self, artifact: &[u8], who: &Signer) -> Vec<u8> {
+        self.sign_content(Content::Message(artifact), who)
+    }
+
+    fn sign_content(&self, content: Content<'_>, who: &Signer) -> Vec<u8> {
         const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
         // The leaf: an ephemeral key, the identity in the SAN, the issuer in Fulcio's extensions.
         let leaf_key = key();
@@ -260,26 +279,51 @@ impl TestSigstore {
         let leaf = params.signed_by(&leaf_key, &issuer).expect("leaf certificate");
         let leaf_der = leaf.der().to_vec();
 
-        // DSSE over the pre-authentication encoding.
-        let mut pae = format!("DSSEv1 {} {} {} ", PAYLOAD_TYPE.len(), PAYLOAD_TYPE, statement.len()).into_bytes();
-        pae.extend_from_slice(statement);
-        let sig = leaf_key.sign(&pae).expect("signature");
-        let envelope = serde_json::json!({
-            "payload": B64.encode(statement),
-            "payloadType": PAYLOAD_TYPE,
-            "signatures": [{ "sig": B64.encode(&sig), "keyid": "" }],
-        });
-
-        // The log entry, as Rekor's `dsse` 0.0.1 kind records it.
-        let body = serde_json::json!({
-            "apiVersion": "0.0.1",
-            "kind": "dsse",
-            "spec": {
-                "envelopeHash": { "algorithm": "sha256", "value": hex::encode(Sha256::digest(serde_json::to_vec(&envelope).expect("JSON"))) },
-                "payloadHash": { "algorithm": "sha256", "value": hex::encode(Sha256::digest(statement)) },
-                "signatures": [{ "signature": B64.encode(&sig), "verifier": B64.encode(leaf.pem()) }],
-            },
-        });
+        // The content, and the log entry as Rekor records its kind: DSSE over the
+        // pre-authentication encoding (`dsse` 0.0.1), or a signature over the artifact's
+        // bytes (`hashedrekord` 0.0.1).
+        let (content_key, content, body) = match content {
+            Content::Statement(statement) => {
+                let mut pae =
+                    format!("DSSEv1 {} {} {} ", PAYLOAD_TYPE.len(), PAYLOAD_TYPE, statement.len()).into_bytes();
+                pae.extend_from_slice(statement);
+                let sig = leaf_key.sign(&pae).expect("signature");
+                let envelope = serde_json::json!({
+                    "payload": B64.encode(statement),
+                    "payloadType": PAYLOAD_TYPE,
+                    "signatures": [{ "sig": B64.encode(&sig), "keyid": "" }],
+                });
+                let envelope_hash = hex::encode(Sha256::digest(serde_json::to_vec(&envelope).expect("JSON")));
+                let body = serde_json::json!({
+                    "apiVersion": "0.0.1",
+                    "kind": "dsse",
+                    "spec": {
+                        "envelopeHash": { "algorithm": "sha256", "value": envelope_hash },
+                        "payloadHash": { "algorithm": "sha256", "value": hex::encode(Sha256::digest(statement)) },
+                        "signatures": [{ "signature": B64.encode(&sig), "verifier": B64.encode(leaf.pem()) }],
+                    },
+                });
+                ("dsseEnvelope", envelope, body)
+            }
+            Content::Message(artifact) => {
+                let sig = leaf_key.sign(artifact).expect("signature");
+                let digest = Sha256::digest(artifact);
+                let message = serde_json::json!({
+                    "messageDigest": { "algorithm": "SHA2_256", "digest": B64.encode(digest) },
+                    "signature": B64.encode(&sig),
+                });
+                let body = serde_json::json!({
+                    "apiVersion": "0.0.1",
+                    "kind": "hashedrekord",
+                    "spec": {
+                        "data": { "hash": { "algorithm": "sha256", "value": hex::encode(digest) } },
+                        "signature": { "content": B64.encode(&sig), "publicKey": { "content": B64.encode(leaf.pem()) } },
+                    },
+                });
+                ("messageSignature", message, body)
+            }
+        };
+        let kind = body["kind"].as_str().expect("a kind").to_owned();
         let body = serde_json::to_vec(&body).expect("JSON");
         let integrated = who.integrated_time.unix_timestamp();
         let log_id = self.log_id();
@@ -306,7 +350,7 @@ impl TestSigstore {
                 "tlogEntries": [{
                     "logIndex": "0",
                     "logId": { "keyId": B64.encode(log_id) },
-                    "kindVersion": { "kind": "dsse", "version": "0.0.1" },
+                    "kindVersion": { "kind": kind, "version": "0.0.1" },
                     "integratedTime": integrated.to_string(),
                     "inclusionPromise": { "signedEntryTimestamp": B64.encode(&set) },
                     "inclusionProof": {
@@ -319,7 +363,7 @@ impl TestSigstore {
                     "canonicalizedBody": B64.encode(&body),
                 }],
             },
-            "dsseEnvelope": envelope,
+            content_key: content,
         }))
         .expect("JSON")
     }

@@ -42,8 +42,8 @@ fn a_keyless_bundle_verifies_for_the_allowed_identity_only() {
 
 /// sigstore-python (an independent implementation, from PyPI) and our verifier reach the
 /// same decision on the lab's keyless bundles, offline: the genuine one verifies for its
-/// identity; another identity, another issuer, a certificate from another CA and a
-/// tampered SET are refused by both.
+/// identity (DSSE and message signature); another identity, another issuer, a certificate
+/// from another CA and a tampered SET are refused by both.
 #[test]
 fn sigstore_python_and_our_verifier_agree_offline() {
     let cli = std::path::Path::new(lab::sigstore::PYTHON_CLI);
@@ -75,6 +75,10 @@ fn sigstore_python_and_our_verifier_agree_offline() {
     let good = sign(&sigstore, &Signer::ci(ISSUER, SUBJECT));
     assert!(ours.verify_image(&img, &good).is_ok());
     assert!(theirs(&good, SUBJECT, ISSUER), "sigstore-python refuses the lab's bundle");
+    // A message signature over the manifest's bytes (`hashedrekord`), too.
+    let message = sigstore.sign_message(manifest, &Signer::ci(ISSUER, SUBJECT));
+    assert!(ours.verify_image(&img, &message).is_ok());
+    assert!(theirs(&message, SUBJECT, ISSUER), "sigstore-python refuses the lab's message signature");
 
     let evil = "https://github.com/evil/api/.github/workflows/release.yml@refs/heads/main";
     let other_subject = sign(&sigstore, &Signer::ci(ISSUER, evil));

@@ -50,6 +50,9 @@ pub async fn sign_bundle(registry: &Registry, image: &PinnedImage, key: &Signing
     // Signing again with the same key adds nothing (as for `.sig`).
     let repo = &image.repository;
     let public = key.public();
+    let Some((image_manifest, _)) = registry.manifest(repo, image.digest.as_str()).await? else {
+        return Err(SignError::ImageNotFound(image.clone()));
+    };
     let referrers = registry.referrers(repo, &image.digest).await?;
     for r in referrers.iter().filter(|r| r.artifact_type.as_deref().and_then(cosign::bundle_format).is_some()) {
         let Some((manifest, digest)) = registry.manifest(repo, &r.digest).await? else { continue };
@@ -57,7 +60,7 @@ pub async fn sign_bundle(registry: &Registry, image: &PinnedImage, key: &Signing
         for l in layers.into_iter().filter(|l| cosign::bundle_format(&l.media_type).is_some()) {
             let bytes = registry.blob(repo, &l.digest).await?;
             let ours = [(l.digest.clone(), bytes)];
-            if cosign::evaluate_bundles(image, &ours, std::slice::from_ref(public), None).is_ok() {
+            if cosign::evaluate_bundles(image, &image_manifest, &ours, std::slice::from_ref(public), None).is_ok() {
                 let tag = format!("sha256-{}", image.digest.hex());
                 return Ok(Pushed { tag, manifest: digest, layer: l.digest, kept: referrers.len(), added: false });
             }

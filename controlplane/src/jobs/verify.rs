@@ -206,9 +206,9 @@ impl Verifier<'_> {
     pub async fn verify_pinned(&self, image: &PinnedImage, req: &Requirements) -> Result<Verified, VerifyError> {
         let reg = |source| VerifyError::Registry { image: image.to_string(), source };
         let repo = &image.repository;
-        if self.registry.manifest(repo, image.digest.as_str()).await.map_err(reg)?.is_none() {
+        let Some((manifest, _)) = self.registry.manifest(repo, image.digest.as_str()).await.map_err(reg)? else {
             return Err(VerifyError::ImageNotFound(image.clone()));
-        }
+        };
         let problem = |p| refusal(image, p);
         let sig_layers = self.layers(repo, &cosign::signature_tag(&image.digest)).await.map_err(reg)?;
         // Every attestation is read, in every format, whatever format the signature is in: a
@@ -220,7 +220,7 @@ impl Verifier<'_> {
             Some(sig_layers) => cosign::evaluate_signatures(image, sig_layers, &self.keys).map_err(problem)?,
             // What cannot be verified is named as such, never "no signature".
             None if bundles.is_empty() => return Err(VerifyError::NoSignature(image.clone())),
-            None => self.verify_bundles(image, &bundles)?,
+            None => self.verify_bundles(image, &manifest, &bundles)?,
         };
         let (mut attestations, mut problems) =
             cosign::evaluate_attestations(image, &att_layers.unwrap_or_default(), &self.keys);
@@ -258,9 +258,10 @@ impl Verifier<'_> {
     fn verify_bundles(
         &self,
         image: &PinnedImage,
+        manifest: &[u8],
         bundles: &[(Digest, Vec<u8>)],
     ) -> Result<SignatureEvidence, VerifyError> {
-        match cosign::evaluate_bundles(image, bundles, &self.keys, self.keyless.as_ref()) {
+        match cosign::evaluate_bundles(image, manifest, bundles, &self.keys, self.keyless.as_ref()) {
             Ok(evidence) => Ok(evidence),
             Err(cosign::BundleProblem::Unsupported(format)) => {
                 Err(VerifyError::UnsupportedFormat { image: image.clone(), format })
