@@ -70,6 +70,7 @@ fn body(i: u64) -> ReceiptBody {
             signer_key_id: "sha256:k".into(),
             provenance: None,
             sbom: None,
+            signature: None,
         }),
         hosts: vec![HostOutcome {
             host: "vm-1".into(),

@@ -45,6 +45,10 @@ async fn the_deploy_path_as_an_operator_sees_it() {
     let json = w.agentctl(&["--json", "promote", "api", "--env", "staging", "--release", v1.digest.as_str()]);
     snap!("plan_json", shown(&json));
     snap!("apply_report", shown(&w.promote("staging", &v1, &["--apply"])));
+    // The apply receipt names what carried the signature (cosign 3's bundle, the default).
+    let receipts = w.receipts();
+    let applied = receipts.iter().rev().find(|r| r["kind"] == "apply").expect("an apply receipt");
+    assert!(applied["release"]["signature"].as_str().is_some_and(|s| s.starts_with("bundle sha256:")), "{applied}");
     snap!("status_in_sync", shown(&w.agentctl(&["status", "--env", "staging"])));
 
     // Refusals, each with its layout.

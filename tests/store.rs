@@ -103,6 +103,7 @@ async fn round_trips_every_table(b: Backend) {
             signer_key_id: "sha256:k".into(),
             provenance: Some("sha256:p".into()),
             sbom: None,
+            signature: None,
         },
         evidence: "{\"sig\":1}".into(),
         added_at: t(1),
@@ -175,6 +176,7 @@ async fn round_trips_every_table(b: Backend) {
             signer_key_id: "k".into(),
             provenance: None,
             sbom: Some("s".into()),
+            signature: None,
         },
         applied_at: t(6),
     };

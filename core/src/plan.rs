@@ -387,6 +387,7 @@ mod tests {
                 signer_key_id: "k".into(),
                 provenance: None,
                 sbom: None,
+                signature: None,
             },
         }
     }

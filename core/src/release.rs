@@ -171,6 +171,12 @@ pub struct ReleaseFacts {
     pub provenance: Option<String>,
     /// Digest of the SBOM attestation layer, if one verified.
     pub sbom: Option<String>,
+    /// What carried the signature and its digest: `legacy sha256:…` (a `.sig` layer),
+    /// `bundle sha256:…` or `bundle-keyless sha256:…` (a Sigstore bundle). Set where the
+    /// release was verified (plans, receipts, `release add`); not kept in the store's
+    /// columns (the catalog keeps it in the release's evidence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 impl ReleaseFacts {

@@ -17,6 +17,9 @@ pub fn render(plan: &Plan) -> String {
         plan.release.facts.source_commit,
         plan.release.facts.signer_key_id,
     );
+    if let Some(s) = &plan.release.facts.signature {
+        out.push_str(&format!(" ({s})"));
+    }
     if let Some(p) = &plan.release.facts.provenance {
         out.push_str(&format!("\n  provenance {p}"));
     }

@@ -91,6 +91,7 @@ pub async fn register(
             signer_key_id: verified.signature.key_id.clone(),
             provenance: verified.provenance().map(|p| p.layer.clone()),
             sbom: verified.sbom().map(|p| p.layer.clone()),
+            signature: Some(verified.signature_summary()),
         },
         evidence: serde_json::to_string(&verified).expect("evidence serializes"),
         added_at: chrono::Utc::now(),

@@ -504,6 +504,7 @@ impl<'a> Deployer<'a> {
                 signer_key_id: verified.signature.key_id.clone(),
                 provenance: content.json.provenance.clone(),
                 sbom: content.json.sbom.clone(),
+                signature: Some(verified.signature_summary()),
             },
         };
         Ok(plan::build(&PlanInput {
@@ -581,7 +582,11 @@ impl<'a> Deployer<'a> {
         let planned = PlannedRelease {
             release_id: target_id,
             content_hash: ContentHash::new(&applied.content_hash).map_err(corrupt)?,
-            facts: ReleaseFacts { signer_key_id: verified.signature.key_id.clone(), ..applied.facts },
+            facts: ReleaseFacts {
+                signer_key_id: verified.signature.key_id.clone(),
+                signature: Some(verified.signature_summary()),
+                ..applied.facts
+            },
         };
         Ok(plan::build(&PlanInput {
             kind: PlanKind::Rollback,

@@ -155,6 +155,11 @@ impl VerifyRelease for Verifier<'_> {
 struct Sealed;
 
 impl Verified {
+    /// What carried the signature, and its digest (`bundle sha256:…`), for the records.
+    pub fn signature_summary(&self) -> String {
+        format!("{} {}", self.signature.format, self.signature.layer)
+    }
+
     /// A stand-in for the apply job's unit tests, which run without a registry.
     #[cfg(test)]
     pub(crate) fn for_tests(image: PinnedImage, key_id: &str) -> Self {

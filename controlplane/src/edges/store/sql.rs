@@ -262,6 +262,7 @@ impl SqlStore {
             signer_key_id: text(row, "signer_key_id")?,
             provenance: opt_text(row, "provenance")?,
             sbom: opt_text(row, "sbom")?,
+            signature: None,
         })
     }
 

@@ -211,6 +211,7 @@ impl World {
                         signer_key_id: "release-key".into(),
                         provenance: None,
                         sbom: None,
+                        signature: None,
                     },
                     evidence: String::new(),
                     added_at: FixedClock.now(),
