@@ -90,33 +90,11 @@ async fn watch_reports_changes_metrics_webhooks_and_stops_cleanly() {
     w.deploy("v1", &["staging", "prod"]).await;
     let (hook, deliveries) = receiver(b"hook-secret");
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .arg("--manifests")
-        .arg(w.manifests())
-        .args(["watch", "--interval", "1", "--fresh-interval", "2", "--metrics", "127.0.0.1:0"])
-        .args(["--webhook", &format!("http://127.0.0.1:{hook}/hook"), "--webhook-secret-env", "HOOK_SECRET"])
-        .arg("--drift-receipts")
-        .env("HOOK_SECRET", "hook-secret")
-        .env("TMPDIR", tmp.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let mut events = Events { rx, seen: Vec::new() };
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                let _ = tx.send(v);
-            }
-        }
-    });
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut first = String::new();
-    stderr.read_line(&mut first).unwrap();
-    let url = first.trim().strip_prefix("metrics on ").unwrap_or_else(|| panic!("{first}")).to_owned();
-    std::thread::spawn(move || for _ in stderr.lines().map_while(Result::ok) {});
+    let hook_url = format!("http://127.0.0.1:{hook}/hook");
+    let args =
+        ["--interval", "1", "--fresh-interval", "2", "--webhook", &hook_url, "--webhook-secret-env", "HOOK_SECRET"];
+    let envs = [("HOOK_SECRET", std::path::Path::new("hook-secret")), ("TMPDIR", tmp.path())];
+    let (mut child, mut events, url) = start_watch(&w, &[&args[..], &["--drift-receipts"]].concat(), &envs);
 
     // Every target starts as an event: unknown -> in-sync.
     for host in ["stage-1", "prod-1", "prod-2"] {
@@ -236,13 +214,15 @@ async fn watch_reports_changes_metrics_webhooks_and_stops_cleanly() {
     }
 }
 
-/// Starts a watch on `w` with `args`; returns the child, its events and its metrics URL.
-fn start_watch(w: &World, args: &[&str]) -> (std::process::Child, Events, String) {
+/// Starts a watch on `w` with `args` and `envs`; returns the child, its events and its
+/// metrics URL.
+fn start_watch(w: &World, args: &[&str], envs: &[(&str, &std::path::Path)]) -> (std::process::Child, Events, String) {
     let mut child = Command::new(BIN)
         .arg("--manifests")
         .arg(w.manifests())
         .args(["watch", "--metrics", "127.0.0.1:0"])
         .args(args)
+        .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -309,7 +289,8 @@ async fn between_full_hashes_the_stamp_still_sees_an_edit_that_keeps_size_and_mt
     w.deploy("v1", &["staging", "prod"]).await;
 
     // Full hashes only at the start: every later answer comes through the stamp.
-    let (child, mut events, url) = start_watch(&w, &["--env", "prod", "--interval", "0.5", "--full-interval", "3600"]);
+    let (child, mut events, url) =
+        start_watch(&w, &["--env", "prod", "--interval", "0.5", "--full-interval", "3600"], &[]);
     events.wait(Duration::from_secs(15), |e| e["host"] == "prod-1" && e["to"] == "in-sync");
     wait_probes(&url, "prod-1", "same", 2.0, Duration::from_secs(5)).await;
     assert_eq!(probes(&url, "prod-1", "full").await, 1.0, "one full probe, then stamps");
@@ -333,7 +314,8 @@ async fn between_full_hashes_the_stamp_still_sees_an_edit_that_keeps_size_and_mt
     // With a short full interval the release is hashed in full again and again even
     // though nothing changes (the backstop against a forged change time).
     std::fs::write(&file, &before).unwrap();
-    let (child, mut events, url) = start_watch(&w, &["--env", "prod", "--interval", "0.3", "--full-interval", "1"]);
+    let (child, mut events, url) =
+        start_watch(&w, &["--env", "prod", "--interval", "0.3", "--full-interval", "1"], &[]);
     events.wait(Duration::from_secs(15), |e| e["host"] == "prod-1" && e["to"] == "in-sync");
     wait_probes(&url, "prod-1", "same", 1.0, Duration::from_secs(5)).await;
     wait_probes(&url, "prod-1", "full", 3.0, Duration::from_secs(5)).await;
