@@ -38,6 +38,18 @@ fn a_keyless_bundle_verifies_for_the_allowed_identity_only() {
         &Signer::ci(ISSUER, "https://github.com/evil/api/.github/workflows/release.yml@refs/heads/main"),
     );
     assert!(matches!(k.verify_image(&img, &other), Err(KeylessProblem::NotAllowed { .. })));
+
+    // The same content under the older bundle media types (v0.1 needs the SET, v0.2 the
+    // inclusion proof; the lab's entries carry both).
+    for media in
+        ["application/vnd.dev.sigstore.bundle+json;version=0.1", "application/vnd.dev.sigstore.bundle+json;version=0.2"]
+    {
+        let mut b: serde_json::Value = serde_json::from_slice(&bundle).unwrap();
+        b["mediaType"] = media.into();
+        let b = serde_json::to_vec(&b).unwrap();
+        assert!(k.verify_image(&img, &b).is_ok(), "{media}: {:?}", k.verify_image(&img, &b));
+        assert!(controlplane::cosign::bundle_format(media).is_some(), "{media} is discovered");
+    }
 }
 
 /// sigstore-python (an independent implementation, from PyPI) and our verifier reach the
