@@ -37,10 +37,8 @@ impl HeldClient {
     /// as `ssh.key_exchange` does for OpenSSH; names this client does not implement are
     /// skipped, and a list with none it implements is refused.
     pub fn new(identity: &Path, key_exchange: Option<&[String]>, connect_timeout: Duration) -> Result<Self, SshError> {
-        let identity = russh::keys::load_secret_key(identity, None).map_err(|e| SshError::Local {
-            path: identity.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
-        })?;
+        let identity = russh::keys::load_secret_key(identity, None)
+            .map_err(|e| SshError::Identity { path: identity.to_path_buf(), detail: e.to_string() })?;
         let mut preferred = russh::Preferred::default();
         if let Some(names) = key_exchange.filter(|n| !n.is_empty()) {
             let mut kex: Vec<russh::kex::Name> =
