@@ -224,3 +224,33 @@ fn a_template_rendering_a_secret_value_is_refused() {
     assert!(d[0].message.contains("renders a token with the well-known prefix `ghp_`"), "{}", d[0]);
     assert_eq!(d[0].line, 8, "the rendered line");
 }
+
+#[test]
+fn keyless_trust_is_validated_with_file_line_and_field() {
+    let cp = "controlplane.toml";
+    let builders = "builders = [\"https://github.com/actions/runner\"]";
+    let with = |identity: &str, root: Option<&str>| {
+        let root = root.map(|r| format!("\ntrusted_root = \"{r}\"")).unwrap_or_default();
+        diags(cp, builders, &format!("{builders}{root}\n[[trust.identity]]\n{identity}"))
+    };
+    let has = |d: &[Diagnostic], line: usize, field: &str, needle: &str| {
+        assert!(
+            d.iter().any(|d| d.line == line && d.field == field && d.message.contains(needle)),
+            "expected {field} at line {line} with `{needle}` in {d:#?}"
+        );
+    };
+    let issuer = "issuer = \"https://token.actions.githubusercontent.com\"";
+    // A regular expression that does not compile, named at its own line.
+    let d = with(&format!("{issuer}\nsubject_regexp = \"(unclosed\""), Some("trust/release.pub"));
+    has(&d, 34, "trust.identity[0].subject_regexp", "not a regular expression");
+    // A file that is not a trusted root.
+    has(&d, 31, "trust.trusted_root", "is not a Sigstore trusted root");
+    // Identities without a trusted root.
+    let d = with(&format!("{issuer}\nsubject = \"https://x\""), None);
+    assert_eq!(d.len(), 1, "{d:#?}");
+    has(&d, 28, "trust.trusted_root", "no `trusted_root`");
+    // Both subject and subject_regexp; a trusted root that does not exist.
+    let d = with(&format!("{issuer}\nsubject = \"a\"\nsubject_regexp = \"b\""), Some("trust/missing.json"));
+    assert!(d.iter().any(|d| d.field == "trust.identity[0]" && d.message.contains("exactly one")), "{d:#?}");
+    has(&d, 31, "trust.trusted_root", "does not exist");
+}
