@@ -27,7 +27,7 @@ pub async fn add(g: &Globals, r: Registration<'_>) -> Result<Report, Failure> {
             CatalogError::Store(_) => Failure::new(Code::Failed, e),
             other => Failure::new(Code::Invalid, other),
         })?;
-    let format = signature_format(&record.evidence);
+    let format = controlplane::catalog::signature_of(&record.evidence);
     let text = format!(
         "recorded release of `{}`: {}@{}\n  commit {}\n  signed by {} ({format})\n  provenance {}\n  sbom {}",
         record.service,
@@ -55,21 +55,10 @@ pub async fn list(g: &Globals, service: &str) -> Result<Report, Failure> {
             r.facts.digest,
             &r.facts.source_commit,
             r.facts.signer_key_id,
-            signature_format(&r.evidence),
+            controlplane::catalog::signature_of(&r.evidence),
             r.added_at.format("%Y-%m-%d %H:%M:%S"),
             r.added_by
         ));
     }
     Ok(Report::new(text, serde_json::to_value(&releases)?))
-}
-
-/// Which format carried a recorded release's signature, and the layer or bundle digest,
-/// from its evidence.
-fn signature_format(evidence: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(evidence).unwrap_or_default();
-    let format = v["signature"]["format"].as_str().unwrap_or("legacy");
-    match v["signature"]["layer"].as_str() {
-        Some(layer) => format!("{format} {layer}"),
-        None => format.to_owned(),
-    }
 }

@@ -27,7 +27,7 @@ pub enum SshError {
     Run { host: String, detail: HostText },
     #[error("host `{host}` sent more than {limit} bytes of output")]
     OutputTooLarge { host: String, limit: usize },
-    #[error("cannot use the SSH identity `{}`: {detail}", path.display())]
+    #[error("cannot use the SSH identity `{}` (`ssh.identity`: an unencrypted OpenSSH private key, as `ssh-keygen -N ''` writes): {detail}", path.display())]
     Identity { path: PathBuf, detail: String },
     #[error("cannot prepare SSH client files in `{}`", path.display())]
     Local {

@@ -125,6 +125,17 @@ pub async fn resolve(
     }
 }
 
+/// What carried a recorded release's signature and its digest (`bundle sha256:…`), from the
+/// release's evidence; evidence recorded before formats were kept was a legacy `.sig`.
+pub fn signature_of(evidence: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(evidence).unwrap_or_default();
+    let format = v["signature"]["format"].as_str().unwrap_or("legacy");
+    match v["signature"]["layer"].as_str() {
+        Some(layer) => format!("{format} {layer}"),
+        None => format.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
