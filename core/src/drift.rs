@@ -39,6 +39,20 @@ pub enum Status {
     Egress {
         differences: Vec<String>,
     },
+    /// The live release's workload does not run: its container is stopped, exited or
+    /// gone, or the host has no Podman (the Podman runtime).
+    Stopped {
+        reason: String,
+    },
+    /// The live release's workload restarted since it started.
+    CrashLooping {
+        reason: String,
+    },
+    /// What runs under the service's names was not started by agentctl for the live
+    /// release (made by hand, or a stray beside it).
+    Foreign {
+        reason: String,
+    },
 }
 
 impl Status {
@@ -51,6 +65,9 @@ impl Status {
             Self::Unreachable { .. } => "unreachable",
             Self::NotDeployed => "not-deployed",
             Self::Egress { .. } => "egress",
+            Self::Stopped { .. } => "stopped",
+            Self::CrashLooping { .. } => "crash-looping",
+            Self::Foreign { .. } => "foreign",
         }
     }
 
@@ -69,7 +86,11 @@ impl Status {
                 .map(|d| format!("{}: recorded `{}`, live `{}`", d.field, d.recorded, d.live))
                 .collect::<Vec<_>>()
                 .join("; "),
-            Self::Missing { reason } | Self::Tampered { reason } => reason.clone(),
+            Self::Missing { reason }
+            | Self::Tampered { reason }
+            | Self::Stopped { reason }
+            | Self::CrashLooping { reason }
+            | Self::Foreign { reason } => reason.clone(),
             Self::Unreachable { reason, security: true } => format!("SECURITY: {reason}"),
             Self::Unreachable { reason, .. } => reason.clone(),
         }
@@ -174,12 +195,39 @@ pub fn classify(service: &str, record: Option<&DeploymentRecord>, obs: &Observat
     };
     diff("symlink target", format!("releases/{}", r.release_id), format!("releases/{id}"));
     diff("source commit", r.source_commit.clone(), HostText::new(&json.source_commit).to_string());
-    diff("image digest", r.digest.clone(), or_none(obs.running.as_ref().map(HostText::as_str)));
-    if differences.is_empty() {
-        Status::InSync
-    } else {
-        Status::Drifted { differences }
+    let running = obs.running.as_ref().map(HostText::as_str);
+    let podman = running.filter(|r| r.starts_with("podman=")).map(crate::podman::Report::parse);
+    let findings = match podman {
+        None => {
+            diff("image digest", r.digest.clone(), or_none(running));
+            Vec::new()
+        }
+        Some(Err(e)) => return Status::Tampered { reason: e },
+        Some(Ok(report)) => report.findings(id.as_str(), &r.digest),
+    };
+    use crate::podman::Finding;
+    for f in &findings {
+        if let Finding::Digest(live) = f {
+            diff("image digest", r.digest.clone(), live.clone());
+        }
     }
+    let said = |pick: fn(&Finding) -> bool| -> Option<String> {
+        let v: Vec<String> = findings.iter().filter(|f| pick(f)).map(ToString::to_string).collect();
+        (!v.is_empty()).then(|| v.join("; "))
+    };
+    if let Some(reason) = said(|f| matches!(f, Finding::Foreign(_) | Finding::Strays(_))) {
+        return Status::Foreign { reason };
+    }
+    if !differences.is_empty() {
+        return Status::Drifted { differences };
+    }
+    if let Some(reason) = said(|f| matches!(f, Finding::NoPodman | Finding::Absent | Finding::Stopped(_))) {
+        return Status::Stopped { reason };
+    }
+    if let Some(reason) = said(|f| matches!(f, Finding::CrashLooping(_))) {
+        return Status::CrashLooping { reason };
+    }
+    Status::InSync
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub mod manifest;
 pub mod names;
 pub mod observe;
 pub mod plan;
+pub mod podman;
 pub mod receipt;
 pub mod records;
 pub mod release;

@@ -81,8 +81,16 @@ pub fn probe_command(host: &Host, service: &Service, targets: &[&ReleaseId]) -> 
         if list.is_empty() { "-".to_owned() } else { list.join(" ") },
         "-".to_owned(),
     ];
-    args.extend(service.probe.iter().cloned());
+    args.extend(running_argv(host, service));
     RemoteCommand::script(&probe_script(), args)
+}
+
+/// What the probe runs to learn what is running (it appends the service name).
+fn running_argv(host: &Host, service: &Service) -> Vec<String> {
+    match &service.runtime {
+        crate::manifest::Runtime::Command(c) => c.probe.clone(),
+        crate::manifest::Runtime::Podman(_) => crate::podman::running_argv(host, service),
+    }
 }
 
 /// The watch's probe of `service` on `host`: everything, with the live release's stamp,
@@ -94,7 +102,7 @@ pub fn watch_command(host: &Host, service: &Service, seen: Option<&Stamp>) -> Re
         "-".to_owned(),
         seen.map_or_else(|| "0".to_owned(), |s| s.0.clone()),
     ];
-    args.extend(service.probe.iter().cloned());
+    args.extend(running_argv(host, service));
     RemoteCommand::script(&probe_script(), args)
 }
 
@@ -165,7 +173,10 @@ echo "end"
 /// name `egress_rules`).
 pub fn egress_command(host: &Host, service: &Service) -> RemoteCommand {
     let mut args = vec![host.root.to_string(), service.name.to_string()];
-    args.extend(service.egress_list.iter().flatten().cloned());
+    match &service.runtime {
+        crate::manifest::Runtime::Command(c) => args.extend(c.egress_list.iter().flatten().cloned()),
+        crate::manifest::Runtime::Podman(_) => args.extend(crate::podman::rules_argv()),
+    }
     RemoteCommand::script(EGRESS_SCRIPT, args)
 }
 
@@ -465,7 +476,10 @@ mod tests {
         let (set, host) = crate::release::tests_support::example();
         let host = Host { root: crate::manifest::RemotePath(root.display().to_string()), ..host };
         let api = set.services.values().find(|s| s.name.as_str() == "api").expect("the example has `api`");
-        let service = Service { probe: vec!["echo".into(), "sha256:running".into()], ..api.clone() };
+        let mut service = api.clone();
+        if let crate::manifest::Runtime::Command(c) = &mut service.runtime {
+            c.probe = vec!["echo".into(), "sha256:running".into()];
+        }
         let cmd = watch_command(&host, &service, seen);
         let o = std::process::Command::new(&cmd.program).args(&cmd.args).output().unwrap();
         parse_answer(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))

@@ -155,6 +155,9 @@ pub struct ReleaseInput<'a> {
 pub const EGRESS_NFT: &str = "egress.nft";
 /// What the rules of `egress.nft` mean, and how names were pinned.
 pub const EGRESS_JSON: &str = "egress.json";
+/// The Podman runtime's settings a release runs with (limits, sandbox, health), so that
+/// changing them makes a new release that is planned, receipted and rolled back.
+pub const RUNTIME_JSON: &str = "runtime.json";
 
 /// What every record of a release says about it: the image, where it came from, who
 /// signed it, its attestations. Plans, receipts, the catalog and the record of applied
@@ -228,6 +231,9 @@ pub fn render(input: &ReleaseInput<'_>) -> Result<ReleaseContent, ReleaseError> 
     let mut files = BTreeMap::new();
     for t in &s.templates {
         files.insert(t.target.clone(), render_one(s.name.as_str(), t, &ctx)?.into_bytes());
+    }
+    if let Some(p) = s.podman() {
+        files.insert(RUNTIME_JSON.to_owned(), canonical::to_canonical(p).expect("no floats"));
     }
     if let Some(pinned) = input.egress {
         files.insert(EGRESS_NFT.to_owned(), crate::egress::render(&pinned.ruleset).into_bytes());
@@ -308,7 +314,26 @@ pub(crate) mod tests_support {
     use crate::manifest;
 
     /// The example manifest set and its first host.
+    /// The example manifests with the command runtime (the lab's shim), and a host.
     pub(crate) fn example() -> (manifest::ManifestSet, manifest::Host) {
+        let files = manifest::example::FILES
+            .iter()
+            .map(|(p, t)| {
+                let text = if *p == "services/api.toml" {
+                    manifest::example::with_command_runtime(t)
+                } else {
+                    (*t).to_owned()
+                };
+                (std::path::PathBuf::from(p), text)
+            })
+            .collect();
+        let set = manifest::validate(std::path::Path::new("m"), &files).unwrap();
+        let host = set.environments[0].hosts[0].clone();
+        (set, host)
+    }
+
+    /// The example manifests as written (the Podman runtime), and a host.
+    pub(crate) fn example_podman() -> (manifest::ManifestSet, manifest::Host) {
         let files =
             manifest::example::FILES.iter().map(|(p, t)| (std::path::PathBuf::from(p), (*t).to_owned())).collect();
         let set = manifest::validate(std::path::Path::new("m"), &files).unwrap();

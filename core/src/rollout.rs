@@ -26,6 +26,14 @@ pub enum Step {
     Reactivate(String),
     /// Remove `current` (the host had nothing before).
     Unset,
+    /// Start-first runtimes (Podman): start the new release's workload beside what runs.
+    Start(String),
+    /// Start-first: health-check the new release's workload (before `current` moves).
+    Check(String),
+    /// Start-first: remove the new release's workload after a failure.
+    Discard(String),
+    /// Start-first: make sure the release `current` points at runs (after a failure).
+    Restore,
 }
 
 impl Step {
@@ -38,11 +46,21 @@ impl Step {
             Self::SwapBack(_) => "swap back",
             Self::Reactivate(_) => "re-activation",
             Self::Unset => "unset",
+            Self::Start(_) => "start",
+            Self::Check(_) => "health check",
+            Self::Discard(_) => "discard",
+            Self::Restore => "restore",
         }
     }
 
-    fn is_forward(&self) -> bool {
-        matches!(self, Self::Swap(_) | Self::Activate(_) | Self::Health)
+    /// A step of the way forward (a failure turns back), not of the way back.
+    pub fn is_forward(&self) -> bool {
+        matches!(self, Self::Swap(_) | Self::Activate(_) | Self::Health | Self::Start(_) | Self::Check(_))
+    }
+
+    /// The step after which the workload is known healthy (where the egress proof runs).
+    pub fn is_health(&self) -> bool {
+        matches!(self, Self::Health | Self::Check(_))
     }
 }
 
@@ -75,6 +93,19 @@ pub struct HostMove {
     release: String,
     target: Option<String>,
     reason: Option<String>,
+    order: Order,
+}
+
+/// In which order a host moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// swap → activate → health; back: swap back → re-activate (or unset). The command
+    /// runtime's activation reads `current`.
+    SwapFirst,
+    /// start → check → swap; back: discard → restore. `current` moves only once the new
+    /// workload is healthy, so the way back never needs the recorded target: whatever
+    /// `current` still points at is started again (the Podman runtime).
+    StartFirst,
 }
 
 /// What to do after a step.
@@ -87,15 +118,26 @@ pub enum Next {
 impl HostMove {
     /// A host moving to `release`, going back to `target` (what was live) if it fails.
     pub fn new(release: &str, target: Option<&str>) -> Self {
-        Self { release: release.to_owned(), target: target.map(str::to_owned), reason: None }
+        Self { release: release.to_owned(), target: target.map(str::to_owned), reason: None, order: Order::SwapFirst }
+    }
+
+    /// A start-first move (see [`Order::StartFirst`]).
+    pub fn start_first(release: &str) -> Self {
+        Self { release: release.to_owned(), target: None, reason: None, order: Order::StartFirst }
     }
 
     pub fn first(&self) -> Step {
-        Step::Swap(self.release.clone())
+        match self.order {
+            Order::SwapFirst => Step::Swap(self.release.clone()),
+            Order::StartFirst => Step::Start(self.release.clone()),
+        }
     }
 
     /// Decides what follows `step`, given how it went (`Err` carries why it failed).
     pub fn after(&mut self, step: &Step, result: Result<(), String>) -> Next {
+        if self.order == Order::StartFirst {
+            return self.after_start_first(step, result);
+        }
         match (step, result) {
             (Step::Swap(_), Ok(())) => Next::Run(Step::Activate(self.release.clone())),
             (Step::Activate(_), Ok(())) => Next::Run(Step::Health),
@@ -114,6 +156,34 @@ impl HostMove {
             (s, Err(back)) => Next::Done(HostEnd::Failed {
                 reason: self.reason.clone().unwrap_or_default(),
                 back: format!("{} failed: {back}", s.describe()),
+            }),
+            (s, Ok(())) => Next::Done(HostEnd::Failed {
+                reason: self.reason.clone().unwrap_or_default(),
+                back: format!("unexpected step {} in a swap-first move", s.describe()),
+            }),
+        }
+    }
+}
+
+impl HostMove {
+    fn after_start_first(&mut self, step: &Step, result: Result<(), String>) -> Next {
+        match (step, result) {
+            (Step::Start(_), Ok(())) => Next::Run(Step::Check(self.release.clone())),
+            (Step::Check(_), Ok(())) => Next::Run(Step::Swap(self.release.clone())),
+            (Step::Swap(_), Ok(())) => Next::Done(HostEnd::Changed),
+            (s, Err(reason)) if s.is_forward() => {
+                self.reason = Some(format!("{} failed: {reason}", s.describe()));
+                Next::Run(Step::Discard(self.release.clone()))
+            }
+            (Step::Discard(_), Ok(())) => Next::Run(Step::Restore),
+            (Step::Restore, Ok(())) => Next::Done(HostEnd::RolledBack { reason: self.reason.clone().unwrap_or_default() }),
+            (s, Err(back)) => Next::Done(HostEnd::Failed {
+                reason: self.reason.clone().unwrap_or_default(),
+                back: format!("{} failed: {back}", s.describe()),
+            }),
+            (s, Ok(())) => Next::Done(HostEnd::Failed {
+                reason: self.reason.clone().unwrap_or_default(),
+                back: format!("unexpected step {} in a start-first move", s.describe()),
             }),
         }
     }
@@ -208,6 +278,42 @@ mod tests {
             end,
             HostEnd::Failed { reason: "health check failed: boom".into(), back: "re-activation failed: boom".into() }
         );
+    }
+
+    fn run_start_first(fail: impl Fn(&Step) -> Option<&'static str>) -> (Vec<&'static str>, HostEnd) {
+        let mut m = HostMove::start_first("r-new");
+        let mut step = m.first();
+        let mut steps = Vec::new();
+        loop {
+            steps.push(step.describe());
+            let result = fail(&step).map_or(Ok(()), |e| Err(e.to_owned()));
+            match m.after(&step, result) {
+                Next::Run(s) => step = s,
+                Next::Done(end) => return (steps, end),
+            }
+        }
+    }
+
+    /// Start-first: `current` (the swap) moves last, after the health check; every
+    /// failure before it discards the new workload and restores what `current` names.
+    #[test]
+    fn start_first_swaps_only_after_the_health_check() {
+        let (steps, end) = run_start_first(|_| None);
+        assert_eq!(steps, ["start", "health check", "swap"]);
+        assert_eq!(end, HostEnd::Changed);
+        for failing in ["start", "health check", "swap"] {
+            let (steps, end) = run_start_first(|s| (s.describe() == failing).then_some("boom"));
+            let at = steps.iter().position(|s| *s == failing).unwrap();
+            assert_eq!(steps[at + 1..], ["discard", "restore"], "after a failed {failing}");
+            assert!(!steps[at + 1..].contains(&"swap"), "the way back never moves `current`");
+            assert!(matches!(end, HostEnd::RolledBack { ref reason } if reason.contains("boom")), "{end:?}");
+        }
+        let (_, end) = run_start_first(|s| match s {
+            Step::Check(_) => Some("unhealthy"),
+            Step::Restore => Some("old container gone"),
+            _ => None,
+        });
+        assert!(matches!(end, HostEnd::Failed { ref back, .. } if back.contains("old container gone")), "{end:?}");
     }
 
     #[test]

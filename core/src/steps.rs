@@ -1,7 +1,7 @@
 //! The remote steps of an apply, as data: stage, swap, activate, health, unset. Fixed
 //! scripts; paths and ids only as positional arguments.
 
-use crate::manifest::{Host, Service};
+use crate::manifest::{CommandRuntime, Host, Service};
 use crate::remote::RemoteCommand;
 
 /// Stages a release from a tar stream on stdin: `root service id content-hash`.
@@ -56,17 +56,14 @@ pub fn unset(host: &Host, service: &Service) -> RemoteCommand {
 }
 
 /// `activate... <service> <release-dir>`.
-pub fn activate(host: &Host, service: &Service, id: &str) -> RemoteCommand {
+pub fn activate(host: &Host, service: &Service, c: &CommandRuntime, id: &str) -> RemoteCommand {
     let dir = format!("{}/{}/releases/{id}", host.root, service.name);
-    RemoteCommand::new(
-        &service.activate[0],
-        service.activate[1..].iter().cloned().chain([service.name.to_string(), dir]),
-    )
+    RemoteCommand::new(&c.activate[0], c.activate[1..].iter().cloned().chain([service.name.to_string(), dir]))
 }
 
 /// `health... <service>`.
-pub fn health(service: &Service) -> RemoteCommand {
-    RemoteCommand::new(&service.health[0], service.health[1..].iter().cloned().chain([service.name.to_string()]))
+pub fn health(service: &Service, c: &CommandRuntime) -> RemoteCommand {
+    RemoteCommand::new(&c.health[0], c.health[1..].iter().cloned().chain([service.name.to_string()]))
 }
 
 #[cfg(test)]
@@ -78,12 +75,13 @@ mod tests {
     fn commands_are_data_with_arguments_apart() {
         let (set, host) = example();
         let svc = set.services.values().next().unwrap();
-        let a = activate(&host, svc, "r-0123456789abcdef");
+        let c = svc.commands().unwrap();
+        let a = activate(&host, svc, c, "r-0123456789abcdef");
         assert_eq!(a.program, "agent-runtime");
         assert_eq!(a.args, ["activate", "api", "/srv/agents/api/releases/r-0123456789abcdef"]);
         let s = swap(&host, svc, "r-0123456789abcdef");
         assert_eq!(s.args[3..], ["/srv/agents", "api", "r-0123456789abcdef"]);
-        assert_eq!(health(svc).args, ["health", "api"]);
+        assert_eq!(health(svc, c).args, ["health", "api"]);
     }
 
     #[test]

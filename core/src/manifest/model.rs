@@ -256,12 +256,8 @@ impl fmt::Display for RemotePath {
 pub struct Service {
     pub name: ServiceName,
     pub repository: Repository,
-    /// argv run on the host as `activate... <service> <release-dir>`.
-    pub activate: Vec<String>,
-    /// argv run on the host as `health... <service>`; exit 0 means healthy.
-    pub health: Vec<String>,
-    /// argv run on the host as `probe... <service>`; prints the running image digest.
-    pub probe: Vec<String>,
+    /// How the workload runs on a golden VM.
+    pub runtime: Runtime,
     pub templates: Vec<Template>,
     pub secrets: Vec<SecretName>,
     /// The egress allowlist as written (templates see it).
@@ -270,12 +266,153 @@ pub struct Service {
     pub egress_rules: Vec<crate::egress::Rule>,
     /// Whether the workload may talk to loopback.
     pub egress_loopback: bool,
+}
+
+impl Service {
+    /// The Podman runtime's settings, when the service runs on it.
+    pub fn podman(&self) -> Option<&PodmanRuntime> {
+        match &self.runtime {
+            Runtime::Podman(p) => Some(p),
+            Runtime::Command(_) => None,
+        }
+    }
+
+    /// The command runtime's settings, when the service runs on it.
+    pub fn commands(&self) -> Option<&CommandRuntime> {
+        match &self.runtime {
+            Runtime::Command(c) => Some(c),
+            Runtime::Podman(_) => None,
+        }
+    }
+}
+
+/// How a service's workload runs on its hosts (`[runtime] kind`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Runtime {
+    /// `kind = "command"`: the host's own runtime, driven through argv commands the
+    /// manifest names (`activate`, `health`, `probe`, …).
+    Command(CommandRuntime),
+    /// `kind = "podman"`: agentctl drives Podman on the host itself (docs/RUNTIME.md).
+    Podman(PodmanRuntime),
+}
+
+impl Runtime {
+    /// `command` or `podman`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Command(_) => "command",
+            Self::Podman(_) => "podman",
+        }
+    }
+}
+
+/// A runtime of the host's own, reached through commands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRuntime {
+    /// argv run on the host as `activate... <service> <release-dir>`.
+    pub activate: Vec<String>,
+    /// argv run on the host as `health... <service>`; exit 0 means healthy.
+    pub health: Vec<String>,
+    /// argv run on the host as `probe... <service>`; prints the running image digest.
+    pub probe: Vec<String>,
     /// argv run on the host as `egress_connect... <service> <address> <port>`: a TCP connection
     /// attempt as the workload identity, from its network; exit 0 when it connected.
     pub egress_connect: Option<Vec<String>>,
     /// argv run on the host as `egress_rules... <service>`: prints the service's loaded
     /// ruleset as `nft -j list table inet agentctl_<service>` does (nothing when none).
     pub egress_list: Option<Vec<String>>,
+}
+
+/// The built-in Podman runtime: one container per release, sandboxed by default. Each
+/// field that relaxes the sandbox is named here and shown by `check` and in plans.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PodmanRuntime {
+    /// The host's registry credentials: a path to an auth file on the host
+    /// (`podman login --authfile`), never a credential.
+    pub auth_file: Option<RemotePath>,
+    /// A rendered file of the release (a template's `target`) passed as `--env-file`.
+    pub env_file: Option<String>,
+    /// Where the release directory is mounted, read-only, inside the container.
+    pub mount: String,
+    /// Arguments to the image's entrypoint (none: the image's own `CMD`).
+    pub command: Vec<String>,
+    /// `--memory`, e.g. `256m` (bytes with an optional k/m/g suffix).
+    pub memory: String,
+    /// `--cpus`, a decimal number of CPUs, e.g. `0.5`.
+    pub cpus: String,
+    /// `--pids-limit`.
+    pub pids: u32,
+    /// Named volumes (`agentctl-<service>-<name>` on the host), mounted read-write.
+    pub volumes: Vec<Volume>,
+    /// Relaxation: the container's root filesystem is writable (default read-only).
+    pub writable_root: bool,
+    /// Relaxation: capabilities added back after dropping all (default none).
+    pub capabilities: Vec<String>,
+    /// Whether the new release's container may run beside the old one until it is
+    /// healthy (default); `false` stops the old one first (a workload that cannot run twice).
+    pub overlap: bool,
+    /// How long `podman stop` waits before SIGKILL.
+    pub stop_timeout_secs: u64,
+    /// How many releases' containers and images stay on each host for the way back.
+    pub retain: u32,
+    pub health: HealthCheck,
+}
+
+impl PodmanRuntime {
+    /// The sandbox defaults this service relaxes, in words (empty: none).
+    pub fn relaxations(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.writable_root {
+            out.push("writable root filesystem".to_owned());
+        }
+        if !self.capabilities.is_empty() {
+            out.push(format!("capabilities {}", self.capabilities.join(", ")));
+        }
+        out
+    }
+}
+
+/// A named volume: `name:/path/in/container`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Volume {
+    pub name: String,
+    pub target: String,
+}
+
+/// How the runtime decides the workload is healthy (`[runtime.health]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthCheck {
+    pub probe: HealthProbe,
+    /// Failures during this long after start do not count.
+    pub start_period_secs: u64,
+    /// Between two attempts.
+    pub interval_secs: u64,
+    /// Failed attempts (after the start period) before the workload is unhealthy.
+    pub retries: u32,
+    /// How long one attempt may take.
+    pub timeout_secs: u64,
+}
+
+/// One health attempt against the workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealthProbe {
+    /// `GET path` on `127.0.0.1:port` of the host's network; 2xx or 3xx is healthy.
+    Http { port: u16, path: String },
+    /// A TCP connection to `127.0.0.1:port`.
+    Tcp { port: u16 },
+    /// A command run inside the container (`podman exec`); exit 0 is healthy.
+    Exec(Vec<String>),
+}
+
+impl fmt::Display for HealthProbe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Http { port, path } => write!(f, "http :{port}{path}"),
+            Self::Tcp { port } => write!(f, "tcp :{port}"),
+            Self::Exec(argv) => write!(f, "exec {}", argv.join(" ")),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -140,9 +140,11 @@ pub struct Host {
 #[serde(deny_unknown_fields)]
 pub struct ServiceFile {
     pub image: S<String>,
-    pub activate: S<Vec<S<String>>>,
-    pub health: S<Vec<S<String>>>,
-    pub probe: S<Vec<S<String>>>,
+    /// `kind = "command"` only (at the top level, as before `[runtime]` existed).
+    pub activate: Option<S<Vec<S<String>>>>,
+    pub health: Option<S<Vec<S<String>>>>,
+    pub probe: Option<S<Vec<S<String>>>>,
+    pub runtime: Option<S<Runtime>>,
     #[serde(default)]
     pub template: Vec<S<Template>>,
     #[serde(default)]
@@ -160,4 +162,41 @@ pub struct ServiceFile {
 pub struct Template {
     pub source: S<String>,
     pub target: S<String>,
+}
+
+/// `[runtime]` of a service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    pub kind: S<String>,
+    pub auth_file: Option<S<String>>,
+    pub env_file: Option<S<String>>,
+    pub mount: Option<S<String>>,
+    pub command: Option<S<Vec<S<String>>>>,
+    pub memory: Option<S<String>>,
+    pub cpus: Option<S<f64>>,
+    pub pids: Option<S<i64>>,
+    #[serde(default)]
+    pub volumes: Vec<S<String>>,
+    pub writable_root: Option<S<bool>>,
+    #[serde(default)]
+    pub capabilities: Vec<S<String>>,
+    pub overlap: Option<S<bool>>,
+    pub stop_timeout_secs: Option<S<i64>>,
+    pub retain: Option<S<i64>>,
+    pub health: Option<S<Health>>,
+}
+
+/// `[runtime.health]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    pub http: Option<S<String>>,
+    pub tcp: Option<S<bool>>,
+    pub exec: Option<S<Vec<S<String>>>>,
+    pub port: Option<S<i64>>,
+    pub start_period_secs: Option<S<i64>>,
+    pub interval_secs: Option<S<i64>>,
+    pub retries: Option<S<i64>>,
+    pub timeout_secs: Option<S<i64>>,
 }

@@ -888,9 +888,6 @@ impl<'a> Validator<'a> {
                 None
             }
         };
-        let activate = self.argv(at, &f.activate, "activate");
-        let health = self.argv(at, &f.health, "health");
-        let probe = self.argv(at, &f.probe, "probe");
         let mut templates: Vec<Template> = Vec::new();
         for (i, t) in f.template.iter().enumerate() {
             let t = t.get_ref();
@@ -919,7 +916,7 @@ impl<'a> Validator<'a> {
             }
             let target = t.target.get_ref();
             let target_ok =
-                relative_path_ok(target) && !["release.json", "egress.nft", "egress.json"].contains(&target.as_str());
+                relative_path_ok(target) && !["release.json", "egress.nft", "egress.json", "runtime.json"].contains(&target.as_str());
             if !target_ok {
                 self.err(at, &t.target, &format!("template[{i}].target"), format!("`{}` is not a safe path inside the release directory", target.escape_debug()), Some("use a relative path without `..` (and not `release.json`, which the control plane writes), e.g. `config/app.env`"));
             } else if templates.iter().any(|x| x.target == *target) {
@@ -953,21 +950,16 @@ impl<'a> Validator<'a> {
                 ),
             }
         }
-        let egress_connect = f.egress_connect.as_ref().and_then(|v| self.argv(at, v, "egress_connect"));
-        let egress_list = f.egress_rules.as_ref().and_then(|v| self.argv(at, v, "egress_rules"));
+        let runtime = self.runtime(at, f, &templates);
         Some(Service {
             name,
             repository: repository?,
-            activate: activate?,
-            health: health?,
-            probe: probe?,
+            runtime: runtime?,
             templates,
             secrets,
             egress: f.egress.iter().map(|e| e.get_ref().clone()).collect(),
             egress_rules,
             egress_loopback: f.egress_loopback,
-            egress_connect,
-            egress_list,
         })
     }
 
@@ -1149,6 +1141,8 @@ pub fn relative_path_ok(s: &str) -> bool {
     };
     s.len() <= 99 && !s.starts_with('/') && s.split('/').all(component_ok)
 }
+
+mod runtime;
 
 #[cfg(test)]
 mod tests;

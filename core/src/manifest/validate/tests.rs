@@ -93,15 +93,15 @@ fn field_errors_name_line_and_field() {
         "image",
         "not pinned",
     );
-    check(svc, "activate = [\"agent-runtime\", \"activate\"]", "activate = []", 9, "activate", "empty command");
-    check(svc, "secrets = [\"API_TOKEN\"]", "secrets = [\"api token\"]", 16, "secrets[0]", "secret name");
-    check(svc, "egress = [\"api.example.com:443\"]", "egress = [\"api.example.com\"]", 18, "egress[0]", "egress rule");
-    check(svc, "target = \"config/api.env\"", "target = \"../../etc/passwd\"", 23, "template[0].target", "safe path");
+    check(svc, "secrets = [\"API_TOKEN\"]", "secrets = [\"api token\"]", 8, "secrets[0]", "secret name");
+    check(svc, "egress = [\"api.example.com:443\"]", "egress = [\"api.example.com\"]", 10, "egress[0]", "egress rule");
+    let d = diags(svc, "target = \"config/api.env\"", "target = \"../../etc/passwd\"");
+    assert!(d.iter().any(|d| (d.line, d.field.as_str()) == (15, "template[0].target") && d.message.contains("safe path")), "{d:#?}");
     check(
         svc,
         "source = \"templates/api.env.tera\"",
         "source = \"templates/none.tera\"",
-        22,
+        14,
         "template[0].source",
         "does not exist",
     );
@@ -110,15 +110,9 @@ fn field_errors_name_line_and_field() {
 #[test]
 fn parse_errors_name_line_and_field() {
     let svc = "services/api.toml";
-    check(svc, "egress = [", "egres = [", 18, "egres", "unknown field `egres`");
-    check(
-        svc,
-        "probe = [\"agent-runtime\", \"running\"]",
-        "probe = \"agent-runtime running\"",
-        13,
-        "probe",
-        "invalid type",
-    );
+    check(svc, "egress = [", "egres = [", 10, "egres", "unknown field `egres`");
+    check(svc, "retain = 3", "retian = 3", 33, "retian", "unknown field `retian`");
+    check(svc, "memory = \"256m\"", "memory = 256", 27, "memory", "invalid type");
     check(svc, "image = \"127.0.0.1:5000/demo/api\"", "image = \"127.0.0.1:5000/demo/api", 5, "image", "");
     check("environments/prod.toml", "port = 2202", "port = \"2202\"", 18, "port", "invalid type");
     check(
@@ -131,12 +125,44 @@ fn parse_errors_name_line_and_field() {
     );
 }
 
+/// The Podman runtime's fields: each wrong value named at its line, and the sandbox
+/// relaxations visible on the model.
+#[test]
+fn podman_runtime_fields_name_line_and_field() {
+    let svc = "services/api.toml";
+    check(svc, "kind = \"podman\"", "kind = \"docker\"", 22, "runtime.kind", "unknown runtime");
+    check(svc, "memory = \"256m\"", "memory = \"lots\"", 27, "runtime.memory", "not a memory size");
+    check(svc, "cpus = 0.5", "cpus = -1.0", 28, "runtime.cpus", "not a number of CPUs");
+    check(svc, "overlap = false", "overlap = true", 32, "runtime.overlap", "port health check needs `overlap = false`");
+    check(svc, "http = \"/healthz\"", "http = \"healthz\"", 39, "runtime.health.http", "not a request path");
+    check(svc, "http = \"/healthz\"", "tcp = true\nhttp = \"/healthz\"", 38, "runtime.health", "exactly one");
+    check(svc, "env_file = \"config/api.env\"", "env_file = \"config/other.env\"", 25, "runtime.env_file", "no template renders");
+    check(svc, "mount = \"/etc/agent\"", "mount = \"etc\"", 26, "runtime.mount", "not an absolute path");
+    check(svc, "# auth_file = \"/etc/agentctl/auth.json\"", "auth_file = \"x:y\"", 24, "runtime.auth_file", "not an absolute path");
+    check(svc, "# capabilities = [\"NET_BIND_SERVICE\"]", "capabilities = [\"SYS_ADMIN\"]", 36, "runtime.capabilities[0]", "not a capability");
+    check(svc, "secrets = [", "activate = [\"x\"]\nsecrets = [", 8, "activate", "command-runtime field");
+    let relaxed = {
+        let mut files = example();
+        let text = files.get_mut(Path::new(svc)).unwrap();
+        *text = text
+            .replace("# writable_root = true", "writable_root = true")
+            .replace("# capabilities = [\"NET_BIND_SERVICE\"]", "capabilities = [\"cap_net_bind_service\"]");
+        validate(Path::new("m"), &files).unwrap_or_else(|d| panic!("{d:#?}"))
+    };
+    let p = relaxed.services.values().next().unwrap().podman().unwrap().clone();
+    assert_eq!(p.relaxations(), ["writable root filesystem", "capabilities NET_BIND_SERVICE"]);
+    let strict = validate(Path::new("m"), &example()).unwrap();
+    let p = strict.services.values().next().unwrap().podman().unwrap().clone();
+    assert!(p.relaxations().is_empty());
+    assert_eq!((p.memory.as_str(), p.cpus.as_str(), p.pids, p.retain, p.overlap), ("256m", "0.5", 128, 3, false));
+}
+
 #[test]
 fn secret_values_are_refused() {
     let svc = "services/api.toml";
     let d =
         diags(svc, "secrets = [\"API_TOKEN\"]", "secrets = [\"API_TOKEN\", \"ghp_abcdefghijklmnopqrstuvwxyz0123\"]");
-    assert!(d.iter().any(|d| d.field == "secrets[1]" && d.message.contains("`ghp_`") && d.line == 16), "{d:#?}");
+    assert!(d.iter().any(|d| d.field == "secrets[1]" && d.message.contains("`ghp_`") && d.line == 8), "{d:#?}");
     let d = diags("templates/api.env.tera", "SERVICE=", "TOKEN=sk-live-abcdefghijklmnopqrstuv\nSERVICE=");
     assert!(d.iter().any(|d| d.line == 2 && d.message.contains("secret")), "{d:#?}");
     let d = diags("controlplane.toml", "operator_env = \"USER\"", "operator_env = \"USER\"\n# x\n");
