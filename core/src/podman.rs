@@ -458,6 +458,21 @@ fn safe(s: &str, max: usize) -> bool {
     !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
+/// The command that fixes what [`Report::ready`] found.
+pub fn readiness_hint(reason: &str, service: &str) -> String {
+    if reason.starts_with("podman is not installed") {
+        "install Podman on the host (Debian: `apt-get install podman`; docs/RUNTIME.md lists what a host needs)".into()
+    } else if !reason.contains("has no secret") {
+        "the host's answer is not one agentctl's probe gives: check what runs the probe there (docs/RUNTIME.md)".into()
+    } else {
+        let names = reason.rsplit("secret ").next().unwrap_or("NAME");
+        format!(
+            "create each on the host, reading the value from a file or stdin: `podman secret create {} -` (agentctl never handles the value; `{service}` receives it as an environment variable)",
+            names.split(", ").next().unwrap_or("NAME")
+        )
+    }
+}
+
 /// What is wrong with the workload of release `id`, if anything, given the recorded
 /// image digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -492,6 +507,18 @@ impl fmt::Display for Finding {
 }
 
 impl Report {
+    /// Whether the host can run the service at all: Podman installed, every secret the
+    /// service names present. `Err` names what is missing.
+    pub fn ready(&self) -> Result<(), String> {
+        if !self.podman {
+            return Err("podman is not installed".into());
+        }
+        if !self.missing_secrets.is_empty() {
+            return Err(format!("the host's Podman has no secret {}", self.missing_secrets.join(", ")));
+        }
+        Ok(())
+    }
+
     /// Compares the report with the release `id` recorded with image `digest`.
     pub fn findings(&self, id: &str, digest: &str) -> Vec<Finding> {
         if !self.podman {

@@ -15,7 +15,7 @@ pub async fn egress(g: &Globals, service_name: &str, env_name: &str) -> Result<R
         .ok()
         .and_then(|n| ctx.set.service(&n))
         .ok_or_else(|| Failure::new(Code::Invalid, anyhow::anyhow!("no service `{service_name}` in the manifests")))?;
-    if service.egress_connect.is_none() {
+    if !service.connects_as_workload() {
         return Err(Failure::new(Code::Invalid, anyhow::anyhow!("service `{service_name}` names no `egress_connect` command"))
             .hint("add `egress_connect = [\"agent-runtime\", \"connect\"]` (called as `… SERVICE ADDRESS PORT`) to its manifest"));
     }

@@ -7,7 +7,8 @@
 
 use crate::held::HeldClient;
 use crate::ids::ReleaseId;
-use crate::manifest::{Host, Service};
+use crate::manifest::{Host, Runtime, Service};
+use crate::podman;
 use crate::observe::{self, Answer, Observation, Stamp};
 use crate::remote::RemoteCommand;
 use crate::rollout::Step;
@@ -55,8 +56,8 @@ pub trait GoldenVm: Send + Sync {
     }
     /// Stages release `id` from the tar stream `tar`; the host checks `content_hash`.
     async fn stage(&self, service: &Service, id: &str, content_hash: &str, tar: &[u8]) -> Result<(), HostText>;
-    /// Runs one rollout step; `Err` says why it failed.
-    async fn step(&self, service: &Service, step: &Step, health_timeout: Duration) -> Result<(), HostText>;
+    /// Runs one rollout step of plan `plan`; `Err` says why it failed.
+    async fn step(&self, service: &Service, step: &Step, health_timeout: Duration, plan: &str) -> Result<(), HostText>;
     /// Tries a TCP connection to `addr:port` as `service`'s workload identity from its
     /// network: `Ok(true)` connected, `Ok(false)` refused, rejected or timed out.
     async fn connect(&self, service: &Service, addr: std::net::IpAddr, port: u16) -> Result<bool, VmError> {
@@ -190,34 +191,58 @@ impl GoldenVm for SshVm {
     }
 
     async fn stage(&self, service: &Service, id: &str, content_hash: &str, tar: &[u8]) -> Result<(), HostText> {
-        let cmd = steps::stage(self.session.host(), service, id, content_hash);
-        self.run(&cmd, Some(tar), STEP_TIMEOUT, "staging").await
+        let host = self.session.host();
+        let cmd = steps::stage(host, service, id, content_hash);
+        self.run(&cmd, Some(tar), STEP_TIMEOUT, "staging").await?;
+        // The image comes before any host moves: a registry that refuses this host's
+        // credentials (or an unknown digest) stops the rollout here.
+        if let Some(p) = service.podman() {
+            self.run(&podman::pull(host, service, p, id), None, STEP_TIMEOUT, "the image pull").await?;
+        }
+        Ok(())
     }
 
-    async fn step(&self, service: &Service, step: &Step, health_timeout: Duration) -> Result<(), HostText> {
+    async fn step(&self, service: &Service, step: &Step, health_timeout: Duration, plan: &str) -> Result<(), HostText> {
         let host = self.session.host();
-        let (cmd, timeout) = match step {
-            Step::Swap(id) | Step::SwapBack(id) => (steps::swap(host, service, id), STEP_TIMEOUT),
-            Step::Activate(id) | Step::Reactivate(id) => (steps::activate(host, service, id), STEP_TIMEOUT),
-            Step::Health => (steps::health(service), health_timeout),
-            Step::Unset => (steps::unset(host, service), STEP_TIMEOUT),
+        let (cmd, timeout) = match &service.runtime {
+            Runtime::Command(c) => match step {
+                Step::Swap(id) | Step::SwapBack(id) => (steps::swap(host, service, id), STEP_TIMEOUT),
+                Step::Activate(id) | Step::Reactivate(id) => (steps::activate(host, service, c, id), STEP_TIMEOUT),
+                Step::Health => (steps::health(service, c), health_timeout),
+                Step::Unset => (steps::unset(host, service), STEP_TIMEOUT),
+                other => return Err(HostText::new(&format!("the command runtime has no {} step", other.describe()))),
+            },
+            Runtime::Podman(p) => match step {
+                Step::Start(id) => (podman::start(host, service, p, Some(id), plan), STEP_TIMEOUT),
+                Step::Check(id) => (podman::check(host, service, p, id), health_timeout),
+                Step::Swap(id) => (podman::swap(host, service, p, id), STEP_TIMEOUT),
+                Step::Discard(id) => (podman::discard(service, p, id), STEP_TIMEOUT),
+                Step::Restore => (podman::start(host, service, p, None, plan), STEP_TIMEOUT),
+                other => return Err(HostText::new(&format!("the Podman runtime has no {} step", other.describe()))),
+            },
         };
         // The service's own commands are worth naming; our fixed scripts are not.
-        let what = match step {
-            Step::Activate(_) | Step::Reactivate(_) | Step::Health => format!("`{cmd}`"),
+        let what = match (step, &service.runtime) {
+            (Step::Activate(_) | Step::Reactivate(_) | Step::Health, Runtime::Command(_)) => format!("`{cmd}`"),
             _ => step.describe().to_owned(),
         };
         self.run(&cmd, None, timeout, &what).await
     }
 
     async fn connect(&self, service: &Service, addr: std::net::IpAddr, port: u16) -> Result<bool, VmError> {
-        let argv = service
-            .egress_connect
-            .as_ref()
-            .ok_or_else(|| VmError::NoCommand { service: service.name.to_string(), field: "egress_connect" })?;
-        let mut args: Vec<String> = argv[1..].to_vec();
-        args.extend([service.name.to_string(), addr.to_string(), port.to_string()]);
-        let cmd = RemoteCommand::new(argv[0].clone(), args).with_deadline(CONNECT_TIMEOUT.as_secs());
+        let cmd = match &service.runtime {
+            Runtime::Podman(_) => podman::connect(service, addr, port),
+            Runtime::Command(c) => {
+                let argv = c
+                    .egress_connect
+                    .as_ref()
+                    .ok_or_else(|| VmError::NoCommand { service: service.name.to_string(), field: "egress_connect" })?;
+                let mut args: Vec<String> = argv[1..].to_vec();
+                args.extend([service.name.to_string(), addr.to_string(), port.to_string()]);
+                RemoteCommand::new(argv[0].clone(), args)
+            }
+        }
+        .with_deadline(CONNECT_TIMEOUT.as_secs());
         let out = self.session.run(&cmd, None, 4096, CONNECT_TIMEOUT + DEADLINE_GRACE).await?;
         match out.status {
             Some(0) => Ok(true),
@@ -230,10 +255,13 @@ impl GoldenVm for SshVm {
     }
 
     async fn egress_rules(&self, service: &Service) -> Result<Vec<u8>, VmError> {
-        let argv = service
-            .egress_list
-            .as_ref()
-            .ok_or_else(|| VmError::NoCommand { service: service.name.to_string(), field: "egress_rules" })?;
+        let argv = match &service.runtime {
+            Runtime::Podman(_) => podman::rules_argv(),
+            Runtime::Command(c) => c
+                .egress_list
+                .clone()
+                .ok_or_else(|| VmError::NoCommand { service: service.name.to_string(), field: "egress_rules" })?,
+        };
         let mut args: Vec<String> = argv[1..].to_vec();
         args.push(service.name.to_string());
         let cmd = RemoteCommand::new(argv[0].clone(), args).with_deadline(PROBE_TIMEOUT.as_secs());

@@ -85,6 +85,8 @@ pub enum DeployError {
     RehearsalFailed { step: &'static str, receipt: String },
     #[error("plan `{0}` was applied before; a plan is applied once")]
     Replayed(PlanId),
+    #[error("host `{host}` cannot run `{service}`: {reason}")]
+    HostNotReady { host: String, service: String, reason: String, hint: String },
 }
 
 impl DeployError {
@@ -102,6 +104,7 @@ impl DeployError {
                 | Self::Expired(_)
                 | Self::Replayed(_)
                 | Self::NotRehearsed { .. }
+                | Self::HostNotReady { .. }
         )
     }
 
@@ -414,7 +417,21 @@ impl<'a> Deployer<'a> {
             let list: Vec<&ReleaseId> = targets.get(h.name.as_str()).into_iter().flatten().collect();
             Ok::<_, DeployError>((h.name.to_string(), vm.probe(service, &list).await?))
         });
-        futures::future::join_all(futs).await.into_iter().collect()
+        let observed: Vec<(String, Observation)> = futures::future::join_all(futs).await.into_iter().collect::<Result<_, _>>()?;
+        if service.podman().is_some() {
+            for (host, obs) in &observed {
+                let report = obs.running.as_ref().map(|r| crate::podman::Report::parse(r.as_str()));
+                if let Some(Err(reason)) | Some(Ok(Err(reason))) = report.map(|r| r.map(|r| r.ready())) {
+                    return Err(DeployError::HostNotReady {
+                        host: host.clone(),
+                        service: service.name.to_string(),
+                        hint: crate::podman::readiness_hint(&reason, service.name.as_str()),
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(observed)
     }
 
     /// What was recorded for (environment, service): each host's history as a stack, and
@@ -1219,24 +1236,30 @@ impl Run<'_, '_> {
     /// Walks one host through its steps; the core's [`HostMove`] decides each next one.
     async fn move_host(&self, name: &str) -> HostEnd {
         let target = self.plan.hosts.iter().find(|h| h.host == name).and_then(|h| h.rollback_target.as_ref());
-        let mut machine = HostMove::new(self.plan.release.release_id.as_str(), target.map(ReleaseId::as_str));
+        let release = self.plan.release.release_id.as_str();
+        let mut machine = match self.service.runtime {
+            // Podman: the new container is healthy before `current` moves (docs/RUNTIME.md).
+            crate::manifest::Runtime::Podman(_) => HostMove::start_first(release),
+            crate::manifest::Runtime::Command(_) => HostMove::new(release, target.map(ReleaseId::as_str)),
+        };
         let Some(vm) = self.fleet.get(name) else {
             return HostEnd::Failed { reason: "the host is not connected".into(), back: "not attempted".into() };
         };
         let health = Duration::from_secs(self.env.rollout.health_timeout_secs);
         let mut step = machine.first();
         loop {
-            let mut result = vm.step(self.service, &step, health).await.map_err(|t| t.to_string());
+            let mut result =
+                vm.step(self.service, &step, health, self.plan_id.as_str()).await.map_err(|t| t.to_string());
             // The egress proof is part of the health gate: a host whose workload reaches what
             // it must not (or not what it must) fails like an unhealthy one.
-            if let (Ok(()), rollout::Step::Health, Some(checks)) = (&result, &step, &self.egress_checks) {
+            if let (Ok(()), true, Some(checks)) = (&result, step.is_health(), &self.egress_checks) {
                 let proof = crate::egress_proof::prove_host(vm, self.service, checks).await;
                 if !proof.held() {
                     result = Err(format!("egress proof failed: {}", proof.failures().join("; ")));
                 }
             }
             if let Err(e) = &result {
-                if !matches!(step, rollout::Step::Swap(_) | rollout::Step::Activate(_) | rollout::Step::Health) {
+                if !step.is_forward() {
                     self.d.sink.event(&format!("{name}: the way back failed: {e}"));
                 }
             }

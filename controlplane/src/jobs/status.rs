@@ -52,7 +52,7 @@ pub async fn probe_all(
                 let mut status = drift::classify(service.name.as_str(), rec, &obs);
                 // Where the environment enforces egress, the loaded rules must mean what the
                 // live release's rules mean.
-                if env.egress.enforce && status == Status::InSync && service.egress_list.is_some() {
+                if env.egress.enforce && status == Status::InSync && service.lists_egress_rules() {
                     status = match probe_egress(ssh, host, service, settings.timeout).await {
                         Ok(out) => drift::classify_egress(service.name.as_str(), &out),
                         Err(e) => Status::Unreachable { reason: e.to_string(), security: false },

@@ -277,6 +277,16 @@ impl Service {
         }
     }
 
+    /// Whether the runtime can list the loaded egress rules (Podman always can).
+    pub fn lists_egress_rules(&self) -> bool {
+        self.commands().is_none_or(|c| c.egress_list.is_some())
+    }
+
+    /// Whether the runtime can try a connection as the workload (Podman always can).
+    pub fn connects_as_workload(&self) -> bool {
+        self.commands().is_none_or(|c| c.egress_connect.is_some())
+    }
+
     /// The command runtime's settings, when the service runs on it.
     pub fn commands(&self) -> Option<&CommandRuntime> {
         match &self.runtime {

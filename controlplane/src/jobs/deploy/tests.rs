@@ -16,10 +16,20 @@ const DIGEST_3: &str = "sha256:3333333333333333333333333333333333333333333333333
 const DIGEST_4: &str = "sha256:4444444444444444444444444444444444444444444444444444444444444444";
 const REPO: &str = "127.0.0.1:5000/demo/api";
 
-/// The example manifests with `prod` made of four hosts in batches of two.
+/// The example manifests with `prod` made of four hosts in batches of two (the command
+/// runtime).
 fn manifests(prod_extra: &str) -> ManifestSet {
+    manifests_with(prod_extra, false)
+}
+
+/// The same, on the Podman runtime (start-first moves) when `podman`.
+fn manifests_with(prod_extra: &str, podman: bool) -> ManifestSet {
     let mut files: BTreeMap<PathBuf, String> =
         crate::manifest::example::FILES.iter().map(|(p, t)| (PathBuf::from(p), (*t).to_owned())).collect();
+    if !podman {
+        let api = files[Path::new("services/api.toml")].clone();
+        files.insert(PathBuf::from("services/api.toml"), crate::manifest::example::with_command_runtime(&api));
+    }
     let staging = files[Path::new("environments/staging.toml")].clone();
     let host = |n: usize| {
         staging
@@ -72,7 +82,7 @@ impl GoldenVm for FakeVm {
         &self.name
     }
 
-    async fn probe(&self, _service: &Service, targets: &[&ReleaseId]) -> Result<Observation, VmError> {
+    async fn probe(&self, service: &Service, targets: &[&ReleaseId]) -> Result<Observation, VmError> {
         let t = self.tree.lock().unwrap().clone();
         let live = t.current.as_ref().and_then(|id| t.releases.get(id));
         let json = live.and_then(|f| f.get("release.json").cloned());
@@ -93,7 +103,13 @@ impl GoldenVm for FakeVm {
                     Some(((*id).clone(), ContentHash::new(&release::content_hash(files)).ok()?))
                 })
                 .collect(),
-            running: t.running.as_deref().map(HostText::new),
+            running: match (service.podman(), &t.current, &t.running) {
+                (Some(_), Some(id), Some(d)) => {
+                    Some(HostText::new(&format!("podman=1 container=running digest={d} restarts=0 release={id}")))
+                }
+                (Some(_), _, _) => Some(HostText::new("podman=1")),
+                (None, _, r) => r.as_deref().map(HostText::new),
+            },
         })
     }
 
@@ -117,7 +133,7 @@ impl GoldenVm for FakeVm {
         Ok(())
     }
 
-    async fn step(&self, _service: &Service, step: &Step, _health: Duration) -> Result<(), HostText> {
+    async fn step(&self, _service: &Service, step: &Step, _health: Duration, _plan: &str) -> Result<(), HostText> {
         let what = step.describe();
         self.log.lock().unwrap().push(format!("{}: {what}", self.name));
         let stall = {
@@ -146,10 +162,25 @@ impl GoldenVm for FakeVm {
                     .map_err(|e| HostText::new(&e.to_string()))?;
                 t.running = Some(json.digest);
             }
-            Step::Health => {}
+            Step::Health | Step::Check(_) => {}
             Step::Unset => {
                 t.current = None;
                 t.running = None;
+            }
+            Step::Start(id) => {
+                let json: release::ReleaseJson = serde_json::from_slice(&t.releases[id]["release.json"])
+                    .map_err(|e| HostText::new(&e.to_string()))?;
+                t.running = Some(json.digest);
+            }
+            Step::Discard(_) | Step::Restore => {
+                t.running = match t.current.clone() {
+                    Some(c) => Some(
+                        serde_json::from_slice::<release::ReleaseJson>(&t.releases[&c]["release.json"])
+                            .map_err(|e| HostText::new(&e.to_string()))?
+                            .digest,
+                    ),
+                    None => None,
+                };
             }
         }
         Ok(())
@@ -351,6 +382,27 @@ async fn a_health_check_failing_in_batch_two_rolls_that_host_back_and_stops() {
     let receipt = w.last_receipt();
     assert_eq!(receipt.body.outcome, "failed");
     assert!(receipt.body.detail.unwrap().contains("host `prod-3` failed in batch 2 of 2"));
+}
+
+/// The Podman runtime moves start-first: a host whose new container fails its health
+/// check never had `current` moved, its new container is discarded and the old one
+/// restored; a healthy host swaps last.
+#[tokio::test]
+async fn podman_hosts_swap_only_after_the_new_container_is_healthy() {
+    let w = World::with(manifests_with("", true)).await;
+    let (v1, plan) = w.v1_live_and_v2_in_staging().await;
+    let v2 = plan.release.release_id.to_string();
+    w.script.lock().unwrap().fail.push(("prod-2".into(), "health check"));
+    w.log.lock().unwrap().clear();
+    let r = w.apply(&plan).await.unwrap();
+    assert_eq!(r.outcome, Outcome::Failed);
+    assert_eq!(w.prod(), vec![Some(v2), Some(v1.clone()), Some(v1.clone()), Some(v1)]);
+    let log = w.log.lock().unwrap().clone();
+    let of = |h: &str| log.iter().filter(|l| l.starts_with(h)).map(|l| l[h.len() + 2..].to_owned()).collect::<Vec<_>>();
+    assert_eq!(of("prod-1")[1..], ["start", "health check", "swap"]);
+    assert_eq!(of("prod-2")[1..], ["start", "health check", "discard", "restore"]);
+    assert_eq!(r.hosts[1].outcome, "rolled-back");
+    assert!(r.hosts[1].detail.as_ref().unwrap().as_str().contains("health check failed"));
 }
 
 #[tokio::test]
