@@ -30,7 +30,7 @@ macro_rules! snap {
 
 /// staging (stage-1) and prod (prod-1), each VM in its own namespace.
 fn egress_lab() -> LabConfig {
-    LabConfig { hosts: 2, staging: 1, registry: true, dir: None, egress: true }
+    LabConfig { hosts: 2, staging: 1, registry: true, dir: None, egress: true, podman: false }
 }
 
 fn edit(path: &Path, f: impl FnOnce(String) -> String) {

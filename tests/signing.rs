@@ -9,7 +9,7 @@ use controlplane::image::Repository;
 use lab::LabConfig;
 
 fn no_hosts() -> LabConfig {
-    LabConfig { hosts: 1, staging: 1, registry: true, dir: None, egress: false }
+    LabConfig { hosts: 1, staging: 1, registry: true, dir: None, egress: false, podman: false }
 }
 
 #[tokio::test(flavor = "multi_thread")]

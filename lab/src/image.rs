@@ -56,3 +56,99 @@ mod tests {
         assert_eq!(out.stdout, b"hello");
     }
 }
+
+/// How a lab app behaves (each a real, runnable image built from Debian's static
+/// busybox: `httpd` serving `/` with its version and `/healthz`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Serves `/` ("api VERSION") and `/healthz` ("ok") on `$PORT` (default 8080).
+    Healthy,
+    /// Serves `/` but has no `/healthz` (404: the health check fails).
+    Unhealthy,
+    /// Exits with status 3 as soon as it starts.
+    ExitsAtStart,
+    /// Serves like `Healthy`, then exits with status 4 after this many seconds.
+    CrashesAfter(u32),
+}
+
+/// Where Debian's `busybox-static` puts its binary.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// A runnable app image: busybox (one layer, shared by every version) and the app (a
+/// second layer). Its first instruction, when `first_connect` is `ADDRESS:PORT`, tries
+/// a TCP connection there and prints `first-connect: connected` or `… refused` (what a
+/// workload could do before anything else ran). Entry point: `/bin/busybox sh /app/run`.
+pub fn build_app(version: &str, behaviour: &Behaviour, first_connect: Option<&str>) -> std::io::Result<TestImage> {
+    let busybox = std::fs::read(BUSYBOX)?;
+    let base = tar_entries(&[("bin/busybox", &busybox, 0o755)]);
+    let mut run = String::from("B=/bin/busybox\n");
+    if let Some(dest) = first_connect {
+        let (addr, port) = dest.rsplit_once(':').unwrap_or((dest, "80"));
+        run.push_str(&format!(
+            "if $B nc -w 2 {addr} {port} </dev/null >/dev/null 2>&1; then echo 'first-connect: connected'; else echo 'first-connect: refused'; fi\n"
+        ));
+    }
+    match behaviour {
+        Behaviour::ExitsAtStart => run.push_str("echo 'exiting at start'; exit 3\n"),
+        Behaviour::CrashesAfter(s) => {
+            run.push_str(&format!("trap 'exit 0' TERM INT\n$B httpd -f -p \"${{PORT:-8080}}\" -h /app/www &\n$B sleep {s}\necho 'crashing'; exit 4\n"))
+        }
+        _ => run.push_str("trap 'exit 0' TERM INT\n$B httpd -f -p \"${PORT:-8080}\" -h /app/www &\nwait\n"),
+    }
+    let index = format!("api {version}\n");
+    let mut files: Vec<(&str, &[u8], u32)> = vec![("app/run", run.as_bytes(), 0o755), ("app/www/index.html", index.as_bytes(), 0o644)];
+    if *behaviour != Behaviour::Unhealthy {
+        files.push(("app/www/healthz", b"ok\n", 0o644));
+    }
+    let app = tar_entries(&files);
+    let diff_ids = [Digest::of(&base), Digest::of(&app)];
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Entrypoint": ["/bin/busybox", "sh", "/app/run"],
+            "Env": ["PATH=/bin"],
+            "Labels": { "org.opencontainers.image.version": version, "org.opencontainers.image.description": "agentctl lab app" },
+        },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+    });
+    let layer = |data: Vec<u8>| Layer { media_type: OCI_LAYER_TAR.into(), data, annotations: Default::default() };
+    Ok(TestImage {
+        artifact: Artifact {
+            config_media_type: OCI_CONFIG.into(),
+            config: serde_json::to_vec(&config).expect("JSON"),
+            layers: vec![layer(base), layer(app)],
+        },
+    })
+}
+
+/// A deterministic tar of regular files with the given modes (directories implied).
+fn tar_entries(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dirs = std::collections::BTreeSet::new();
+    for (path, _, _) in files {
+        let mut p = std::path::Path::new(path).parent();
+        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+            dirs.insert(format!("{}/", d.display()));
+            p = d.parent();
+        }
+    }
+    for d in dirs {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, &d, std::io::empty()).expect("in-memory tar");
+    }
+    for (path, data, mode) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(*mode);
+        h.set_size(data.len() as u64);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, path, *data).expect("in-memory tar");
+    }
+    b.into_inner().expect("in-memory tar")
+}

@@ -5,10 +5,11 @@
 
 mod image;
 pub mod network;
+pub mod podman;
 pub mod postgres;
 pub mod sigstore;
 
-pub use image::{build_image, TestImage};
+pub use image::{build_app, build_image, Behaviour, TestImage, BUSYBOX};
 
 use controlplane::image::{PinnedImage, Repository};
 use controlplane::manifest::RegistrySettings;
@@ -68,11 +69,23 @@ pub struct LabConfig {
     /// nftables, a workload user per service, and log in as root (the runtime loads the
     /// VM's egress rules and runs the workload's connections): see [`network`].
     pub egress: bool,
+    /// Golden VMs that run Podman (as root, each with its own storage), each in its own
+    /// network namespace on a lab bridge with its sshd inside it (the workload's network
+    /// is the VM's), and the example service on the Podman runtime. Without it, the
+    /// service uses the command runtime and the `agent-runtime` shim.
+    pub podman: bool,
 }
 
 impl Default for LabConfig {
     fn default() -> Self {
-        Self { hosts: 3, staging: 1, registry: true, dir: None, egress: false }
+        Self { hosts: 3, staging: 1, registry: true, dir: None, egress: false, podman: false }
+    }
+}
+
+impl LabConfig {
+    /// The default lab on Podman.
+    pub fn podman() -> Self {
+        Self { podman: true, ..Self::default() }
     }
 }
 
@@ -90,6 +103,9 @@ pub struct VmInfo {
     pub host_key: String,
     /// The host's directory: sshd config, keys, `root/` and `runtime/`.
     pub dir: PathBuf,
+    /// The VM runs Podman, its sshd inside its namespace (reached at its bridge address).
+    #[serde(default)]
+    pub podman: bool,
 }
 
 impl VmInfo {
@@ -100,6 +116,20 @@ impl VmInfo {
     /// The runtime shim's state.
     pub fn runtime(&self) -> PathBuf {
         self.dir.join("runtime")
+    }
+
+    /// Where the control plane reaches the VM's sshd.
+    pub fn address(&self) -> std::net::IpAddr {
+        match (&self.netns, self.podman) {
+            (Some(a), true) => std::net::IpAddr::V4(a.address),
+            _ => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        }
+    }
+
+    /// `podman ARGS` on this VM (its storage, its namespace), as the runtime runs it.
+    pub fn podman(&self, args: &[&str]) -> std::process::Output {
+        let netns = self.netns.as_ref().map(|a| a.netns.as_str()).expect("a Podman VM has a namespace");
+        podman::run(&self.dir, netns, args, None).expect("podman runs")
     }
 }
 
@@ -117,13 +147,21 @@ pub struct LabInfo {
 
 #[derive(Debug, Serialize, Deserialize, Clone)]
 pub struct RegistryInfo {
+    /// Where it listens: loopback, or the lab bridge's address in a Podman lab (so the
+    /// VMs reach it from their namespaces).
+    #[serde(default = "loopback")]
+    pub address: std::net::Ipv4Addr,
     pub port: u16,
     pub pid: u32,
 }
 
+fn loopback() -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::LOCALHOST
+}
+
 impl RegistryInfo {
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.address, self.port)
     }
 }
 
@@ -155,13 +193,21 @@ impl Lab {
             }
         };
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        if cfg.egress && !is_root() {
+        if (cfg.egress || cfg.podman) && !is_root() {
             return Err(LabError::Command {
-                command: "an egress lab".into(),
-                detail: "network namespaces and nftables need root".into(),
+                command: if cfg.podman { "a Podman lab" } else { "an egress lab" }.into(),
+                detail: "network namespaces, nftables and rootful Podman need root".into(),
             });
         }
-        let user = if cfg.egress { "root".to_owned() } else { lab_user()? };
+        if cfg.podman {
+            if let Some(pkg) = podman::missing() {
+                return Err(LabError::Command {
+                    command: "a Podman lab".into(),
+                    detail: format!("`{pkg}` is not installed; install the Debian packages {}", podman::PACKAGES.join(" ")),
+                });
+            }
+        }
+        let user = if cfg.egress || cfg.podman { "root".to_owned() } else { lab_user()? };
         let mut lab = Lab {
             info: LabInfo { network: None, dir: dir.clone(), user: user.clone(), registry: None, hosts: Vec::new() },
             children: Vec::new(),
@@ -179,7 +225,7 @@ impl Lab {
             std::fs::create_dir_all("/run/sshd").map_err(io(Path::new("/run/sshd")))?;
         }
 
-        if cfg.egress {
+        if cfg.egress || cfg.podman {
             lab.info.network = Some(network::Bridge::create()?);
             network::workload_user("api")?;
         }
@@ -189,17 +235,26 @@ impl Lab {
             } else {
                 (format!("prod-{}", i + 1 - cfg.staging), "prod")
             };
-            let (mut vm, child) = start_vm(&dir, &name, env, &user, &client_pub)?;
+            // A Podman VM's namespace comes first: its sshd runs inside it.
+            let attachment = match (&lab.info.network, cfg.podman) {
+                (Some(bridge), true) => Some(bridge.attach(i)?),
+                _ => None,
+            };
+            let (mut vm, child) = start_vm(&dir, &name, env, &user, &client_pub, attachment)?;
             lab.children.push(child);
-            if let Some(bridge) = &lab.info.network {
+            if let (Some(bridge), false) = (&lab.info.network, cfg.podman) {
                 let a = bridge.attach(i)?;
                 std::fs::write(vm.runtime().join("netns"), &a.netns).map_err(io(&vm.runtime()))?;
                 vm.netns = Some(a);
             }
             lab.info.hosts.push(vm);
         }
+        let registry_address = match (&lab.info.network, cfg.podman) {
+            (Some(b), true) => b.gateway,
+            _ => std::net::Ipv4Addr::LOCALHOST,
+        };
         if cfg.registry {
-            let (reg, child) = start_registry(&dir)?;
+            let (reg, child) = start_registry(&dir, registry_address)?;
             lab.children.push(child);
             lab.info.registry = Some(reg);
         }
@@ -209,14 +264,16 @@ impl Lab {
         // new port, a few times at most.
         for i in 0..lab.info.hosts.len() {
             let what = format!("golden VM `{}`", lab.info.hosts[i].name);
+            let address = lab.info.hosts[i].address();
             for attempt in 0.. {
-                if wait_listening(&what, lab.info.hosts[i].port, &mut lab.children[i], &dir)? {
+                if wait_listening(&what, address, lab.info.hosts[i].port, &mut lab.children[i], &dir)? {
                     break;
                 }
                 if attempt == 4 {
                     return Err(start_error(&what, &dir));
                 }
-                let (port, child) = spawn_sshd(&dir, &lab.info.hosts[i].dir.clone(), &user)?;
+                let netns = lab.info.hosts[i].netns.clone().filter(|_| cfg.podman);
+                let (port, child) = spawn_sshd(&dir, &lab.info.hosts[i].dir.clone(), &user, netns.as_ref())?;
                 lab.info.hosts[i].port = port;
                 lab.info.hosts[i].pid = child.id();
                 lab.children[i] = child;
@@ -225,17 +282,23 @@ impl Lab {
         if let Some(mut reg) = lab.info.registry.clone() {
             let i = lab.children.len() - 1;
             for attempt in 0.. {
-                if wait_listening("registry", reg.port, &mut lab.children[i], &dir)? {
+                if wait_listening("registry", reg.address.into(), reg.port, &mut lab.children[i], &dir)? {
                     break;
                 }
                 if attempt == 4 {
                     return Err(start_error("registry", &dir));
                 }
-                let (r, child) = start_registry(&dir)?;
+                let (r, child) = start_registry(&dir, registry_address)?;
                 reg = r;
                 lab.children[i] = child;
             }
             lab.info.registry = Some(reg);
+        }
+        for vm in lab.info.hosts.iter().filter(|h| h.podman) {
+            let registry = lab.info.registry.as_ref().map(RegistryInfo::host);
+            podman::write_registries(&vm.dir, registry.as_deref())?;
+            let netns = vm.netns.as_ref().map(|a| a.netns.as_str()).unwrap_or_default();
+            podman::create_secret(&vm.dir, netns, podman::SECRET_NAME, podman::SECRET_VALUE)?;
         }
         lab.write_manifests()?;
         lab.write_info()?;
@@ -278,6 +341,20 @@ impl Lab {
         let repo =
             Repository::new(&format!("{}/{path}", self.registry_host())).expect("lab repository names are valid");
         let img = build_image(content);
+        let digest = self.registry_client().push_artifact(&repo, Some(tag), &img.artifact).await?;
+        Ok(PinnedImage { repository: repo, digest })
+    }
+
+    /// Builds a runnable app image ([`build_app`]) and pushes it as `demo/api:TAG`.
+    pub async fn push_app(
+        &self,
+        tag: &str,
+        version: &str,
+        behaviour: &Behaviour,
+        first_connect: Option<&str>,
+    ) -> Result<PinnedImage, LabError> {
+        let repo = Repository::new(&format!("{}/demo/api", self.registry_host())).expect("lab repository names are valid");
+        let img = build_app(version, behaviour, first_connect).map_err(io(Path::new(image::BUSYBOX)))?;
         let digest = self.registry_client().push_artifact(&repo, Some(tag), &img.artifact).await?;
         Ok(PinnedImage { repository: repo, digest })
     }
@@ -325,6 +402,7 @@ impl Lab {
         if self.info.registry.is_some() {
             self.point_at_registry(&m)?;
         }
+        self.choose_runtime(&m)?;
         self.write_environments(&m)
     }
 
@@ -341,6 +419,18 @@ impl Lab {
         std::fs::write(&svc, text).map_err(io(&svc))
     }
 
+    /// The example service on the command runtime (the `agent-runtime` shim) unless the
+    /// VMs run Podman.
+    fn choose_runtime(&self, m: &Path) -> Result<(), LabError> {
+        if self.info.hosts.iter().any(|h| h.podman) {
+            return Ok(());
+        }
+        let svc = m.join("services/api.toml");
+        let text = std::fs::read_to_string(&svc).map_err(io(&svc))?;
+        let text = controlplane::manifest::example::with_command_runtime(&text);
+        std::fs::write(&svc, text).map_err(io(&svc))
+    }
+
     fn write_environments(&self, m: &Path) -> Result<(), LabError> {
         for env in ["staging", "prod"] {
             let mut out = String::from("# Written by the lab: golden VMs on loopback.\n");
@@ -352,8 +442,9 @@ impl Lab {
             out.push_str("\n[rollout]\nbatch = 1\nhealth_timeout_secs = 10\n");
             for h in self.info.hosts.iter().filter(|h| h.environment == env) {
                 out.push_str(&format!(
-                    "\n[[host]]\nname = \"{}\"\naddress = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\nhost_key = \"{}\"\nroot = \"{}\"\n",
+                    "\n[[host]]\nname = \"{}\"\naddress = \"{}\"\nport = {}\nuser = \"{}\"\nhost_key = \"{}\"\nroot = \"{}\"\n",
                     h.name,
+                    h.address(),
                     h.port,
                     self.info.user,
                     h.host_key,
@@ -375,6 +466,9 @@ impl Drop for Lab {
     fn drop(&mut self) {
         if self.keep {
             return;
+        }
+        for h in self.info.hosts.iter().filter(|h| h.podman) {
+            podman::reset(&h.dir);
         }
         for c in &mut self.children {
             let _ = c.kill();
@@ -399,6 +493,9 @@ pub fn down(dir: &Path) -> Result<LabInfo, LabError> {
     let path = dir.join("lab.json");
     let info: LabInfo = serde_json::from_slice(&std::fs::read(&path).map_err(io(&path))?)
         .map_err(|e| LabError::Command { command: format!("read {}", path.display()), detail: e.to_string() })?;
+    for h in info.hosts.iter().filter(|h| h.podman) {
+        podman::reset(&h.dir);
+    }
     let pids: Vec<u32> = info.hosts.iter().map(|h| h.pid).chain(info.registry.iter().map(|r| r.pid)).collect();
     for pid in &pids {
         let _ = Command::new("kill").arg(pid.to_string()).stderr(Stdio::null()).status();
@@ -406,6 +503,12 @@ pub fn down(dir: &Path) -> Result<LabInfo, LabError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(bridge) = &info.network {
+        for a in info.hosts.iter().filter_map(|h| h.netns.as_ref()) {
+            a.remove();
+        }
+        bridge.remove();
     }
     std::fs::remove_dir_all(dir).map_err(io(dir))?;
     Ok(info)
@@ -419,7 +522,12 @@ pub fn alive(pid: u32) -> bool {
 
 /// Whether something listens on 127.0.0.1:`port`.
 pub fn listening(port: u16) -> bool {
-    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
+    listening_on(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), port)
+}
+
+/// Whether something listens on `address:port`.
+pub fn listening_on(address: std::net::IpAddr, port: u16) -> bool {
+    TcpStream::connect_timeout(&SocketAddr::new(address, port), Duration::from_millis(200)).is_ok()
 }
 
 fn is_root() -> bool {
@@ -482,7 +590,11 @@ fn lab_user() -> Result<String, LabError> {
 }
 
 fn free_port() -> Result<u16, LabError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(io(Path::new("127.0.0.1:0")))?;
+    free_port_on(std::net::Ipv4Addr::LOCALHOST)
+}
+
+fn free_port_on(address: std::net::Ipv4Addr) -> Result<u16, LabError> {
+    let l = TcpListener::bind((address, 0)).map_err(io(Path::new("127.0.0.1:0")))?;
     Ok(l.local_addr().map_err(io(Path::new("127.0.0.1:0")))?.port())
 }
 
@@ -505,7 +617,14 @@ fn run(cmd: &mut Command) -> Result<(), LabError> {
     }
 }
 
-fn start_vm(lab: &Path, name: &str, env: &str, user: &str, client_pub: &str) -> Result<(VmInfo, Child), LabError> {
+fn start_vm(
+    lab: &Path,
+    name: &str,
+    env: &str,
+    user: &str,
+    client_pub: &str,
+    netns: Option<network::Attachment>,
+) -> Result<(VmInfo, Child), LabError> {
     let dir = lab.join("hosts").join(name);
     for d in [dir.join("root"), dir.join("runtime")] {
         std::fs::create_dir_all(&d).map_err(io(&d))?;
@@ -521,21 +640,35 @@ fn start_vm(lab: &Path, name: &str, env: &str, user: &str, client_pub: &str) -> 
     let pubkey = std::fs::read_to_string(key.with_extension("pub")).map_err(io(&key))?;
     let host_key = pubkey.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
     write_mode(&dir.join("authorized_keys"), client_pub.as_bytes(), 0o644)?;
-    let (port, child) = spawn_sshd(lab, &dir, user)?;
-    let vm = VmInfo { netns: None, name: name.into(), environment: env.into(), port, pid: child.id(), host_key, dir };
+    let podman = netns.is_some();
+    if podman {
+        podman::configure(&dir)?;
+    }
+    let (port, child) = spawn_sshd(lab, &dir, user, netns.as_ref())?;
+    let vm =
+        VmInfo { netns, name: name.into(), environment: env.into(), port, pid: child.id(), host_key, dir, podman };
     Ok((vm, child))
 }
 
-/// Starts sshd for the VM in `dir` on a free port.
-fn spawn_sshd(lab: &Path, dir: &Path, user: &str) -> Result<(u16, Child), LabError> {
-    let port = free_port()?;
+/// Starts sshd for the VM in `dir` on a free port, or on port 22 inside the VM's
+/// namespace (a Podman VM: its sshd and its workloads share the VM's network).
+fn spawn_sshd(lab: &Path, dir: &Path, user: &str, netns: Option<&network::Attachment>) -> Result<(u16, Child), LabError> {
+    let (port, listen) = match netns {
+        Some(a) => (22, a.address.to_string()),
+        None => (free_port()?, "127.0.0.1".to_owned()),
+    };
     let key = dir.join("ssh_host_ed25519_key");
+    let podman_env: String = if netns.is_some() {
+        podman::env(dir).iter().map(|(k, v)| format!(" {k}={}", v.display())).collect()
+    } else {
+        String::new()
+    };
     let config = format!(
-        "Port {port}\nListenAddress 127.0.0.1\nHostKey {key}\nPidFile {pid}\nAuthorizedKeysFile {auth}\n\
+        "Port {port}\nListenAddress {listen}\nHostKey {key}\nPidFile {pid}\nAuthorizedKeysFile {auth}\n\
          StrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
          PubkeyAuthentication yes\nUsePAM no\nX11Forwarding no\nPrintMotd no\nPrintLastLog no\nAllowUsers {user}\n\
          MaxSessions 200\nMaxStartups 500:30:1000\nLogLevel ERROR\n\
-         SetEnv AGENT_RUNTIME_DIR={runtime} PATH={bin}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin\n",
+         SetEnv AGENT_RUNTIME_DIR={runtime} PATH={bin}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin{podman_env}\n",
         key = key.display(),
         pid = dir.join("sshd.pid").display(),
         auth = dir.join("authorized_keys").display(),
@@ -547,7 +680,17 @@ fn spawn_sshd(lab: &Path, dir: &Path, user: &str) -> Result<(u16, Child), LabErr
     let log = std::fs::File::create(dir.join("sshd.log")).map_err(io(dir))?;
     // `-r`: no re-exec per connection, so measurements reflect the control plane more
     // than sshd's own start-up (the lab is loopback-only and short-lived).
-    let child = Command::new(SSHD)
+    let mut cmd = match netns {
+        // `nsenter --net` enters the namespace alone (`ip netns exec` would also remount
+        // /sys, hiding the cgroup hierarchy Podman needs).
+        Some(a) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{}", a.netns)).arg("--").arg(SSHD);
+            c
+        }
+        None => Command::new(SSHD),
+    };
+    let child = cmd
         .arg("-D")
         .arg("-e")
         .arg("-r")
@@ -561,12 +704,12 @@ fn spawn_sshd(lab: &Path, dir: &Path, user: &str) -> Result<(u16, Child), LabErr
     Ok((port, child))
 }
 
-fn start_registry(lab: &Path) -> Result<(RegistryInfo, Child), LabError> {
+fn start_registry(lab: &Path, address: std::net::Ipv4Addr) -> Result<(RegistryInfo, Child), LabError> {
     let dir = lab.join("registry");
     std::fs::create_dir_all(dir.join("storage")).map_err(io(&dir))?;
-    let port = free_port()?;
+    let port = free_port_on(address)?;
     let config = format!(
-        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {address}:{port}\n",
         dir.join("storage").display()
     );
     let cfg = dir.join("config.yml");
@@ -580,18 +723,24 @@ fn start_registry(lab: &Path) -> Result<(RegistryInfo, Child), LabError> {
         .stderr(log)
         .spawn()
         .map_err(|e| LabError::Command { command: REGISTRY.into(), detail: e.to_string() })?;
-    Ok((RegistryInfo { port, pid: child.id() }, child))
+    Ok((RegistryInfo { address, port, pid: child.id() }, child))
 }
 
 /// Waits until `port` listens (`true`) or `child` exits (`false`, e.g. the port was
 /// taken); an error after 20 s.
-fn wait_listening(what: &str, port: u16, child: &mut Child, lab: &Path) -> Result<bool, LabError> {
+fn wait_listening(
+    what: &str,
+    address: std::net::IpAddr,
+    port: u16,
+    child: &mut Child,
+    lab: &Path,
+) -> Result<bool, LabError> {
     let since = Instant::now();
     while since.elapsed() < START_LIMIT {
         if let Ok(Some(_)) = child.try_wait() {
             return Ok(false);
         }
-        if listening(port) {
+        if listening_on(address, port) {
             return Ok(true);
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -626,6 +775,6 @@ mod tests {
         drop(thief);
         let mut child = Command::new("sh").arg("-c").arg("exit 1").spawn().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        assert!(!wait_listening("test", port, &mut child, dir.path()).unwrap());
+        assert!(!wait_listening("test", std::net::Ipv4Addr::LOCALHOST.into(), port, &mut child, dir.path()).unwrap());
     }
 }

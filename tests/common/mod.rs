@@ -291,5 +291,5 @@ pub fn hosts_only(snap: std::collections::BTreeMap<PathBuf, Vec<u8>>) -> std::co
 
 /// One environment `staging` (1 host) and `prod` (`prod` hosts), batch size 1.
 pub fn fleet(prod: usize) -> LabConfig {
-    LabConfig { hosts: 1 + prod, staging: 1, registry: true, dir: None, egress: false }
+    LabConfig { hosts: 1 + prod, staging: 1, registry: true, dir: None, egress: false, podman: false }
 }

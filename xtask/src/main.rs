@@ -191,6 +191,11 @@ pub fn setup() -> anyhow::Result<()> {
         (lab::postgres::PACKAGE, "/usr/lib/postgresql"),
         ("nftables", "/usr/sbin/nft"),
         ("iproute2", "/usr/sbin/ip"),
+        ("podman", "/usr/bin/podman"),
+        ("runc", "/usr/sbin/runc"),
+        ("uidmap", "/usr/bin/newuidmap"),
+        ("fuse-overlayfs", "/usr/bin/fuse-overlayfs"),
+        ("busybox-static", lab::BUSYBOX),
     ];
     let missing: Vec<&str> = needed.iter().filter(|(_, bin)| !Path::new(bin).exists()).map(|(p, _)| *p).collect();
     if missing.is_empty() {
@@ -246,8 +251,10 @@ async fn lab_command(cmd: LabCommand) -> anyhow::Result<()> {
             }
             let dir = std::path::absolute(&dir)?;
             let started = Instant::now();
-            let lab =
-                Lab::start(LabConfig { hosts, staging, registry: true, dir: Some(dir.clone()), egress: false }).await?;
+            // Real containers (Podman) when root; the command-runtime shim otherwise.
+            let podman = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+            let lab = Lab::start(LabConfig { hosts, staging, registry: true, dir: Some(dir.clone()), egress: false, podman })
+                .await?;
             let elapsed = started.elapsed();
             let info = lab.detach();
             println!(

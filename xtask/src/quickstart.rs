@@ -47,7 +47,13 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
             bail!("`{}` exists: run `cargo xtask lab down` first", d.display());
         }
     }
-    let lab = Lab::start(LabConfig { hosts: 3, staging: 1, registry: true, dir, egress: false })
+    // Real containers need root (rootful Podman, the VMs' network namespaces); without
+    // it the VMs run the command-runtime shim and nothing is served.
+    let podman = is_root();
+    if !podman {
+        println!("not root: the golden VMs use the `agent-runtime` shim instead of Podman (nothing will answer)");
+    }
+    let lab = Lab::start(LabConfig { hosts: 3, staging: 1, registry: true, dir, egress: false, podman })
         .await
         .context("starting the lab")?;
     println!(
@@ -64,7 +70,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     ctl.run(&["check"], env, 0)?;
 
     // CI: an image pushed by digest, signed, with provenance, recorded as a release.
-    let v1 = lab.push_image("demo/api", "v1", "quickstart release 1").await?.to_string();
+    let v1 = lab.push_app("v1", "v1", &lab::Behaviour::Healthy, None).await?.to_string();
     println!("\npushed {v1}");
     ctl.run(&["verify", &v1], env, 4)?;
     ctl.run(&["sign", &v1, "--key", &key], env, 0)?;
@@ -92,15 +98,18 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     ctl.run(&["promote", "api", "--env", "staging", "--release", &digest, "--apply"], env, 0)?;
     ctl.run(&["promote", "api", "--env", "prod", "--release", &digest, "--apply"], env, 0)?;
     ctl.run(&["status"], env, 0)?;
+    answers(&lab, podman, "v1")?;
 
     // A second release, then back.
-    let v2 = lab.push_image("demo/api", "v2", "quickstart release 2").await?.to_string();
+    let v2 = lab.push_app("v2", "v2", &lab::Behaviour::Healthy, None).await?.to_string();
     ctl.run(&["sign", &v2, "--key", &key], env, 0)?;
     ctl.run(&["release", "add", "api", &v2, "--commit", commit], env, 0)?;
     let digest2 = v2.rsplit('@').next().unwrap_or_default().to_owned();
     ctl.run(&["promote", "api", "--env", "staging", "--release", &digest2, "--apply"], env, 0)?;
+    answers_on(&lab, podman, "staging", "v2")?;
     ctl.run(&["rollback", "api", "--env", "staging", "--apply"], env, 0)?;
     ctl.run(&["status"], env, 0)?;
+    answers(&lab, podman, "v1")?;
 
     // Auditor: the receipts, checked offline.
     ctl.run(&["receipts", "list"], env, 0)?;
@@ -114,4 +123,43 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         println!("the lab keeps running in `{}`; stop it with `cargo xtask lab down`", info.dir.display());
     }
     Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// What every VM's workload answers on `/`: each must say `api VERSION`.
+fn answers(lab: &Lab, podman: bool, version: &str) -> anyhow::Result<()> {
+    answers_on(lab, podman, "", version)
+}
+
+fn answers_on(lab: &Lab, podman: bool, environment: &str, version: &str) -> anyhow::Result<()> {
+    if !podman {
+        return Ok(());
+    }
+    for vm in lab.info.hosts.iter().filter(|h| environment.is_empty() || h.environment == environment) {
+        let addr = std::net::SocketAddr::new(vm.address(), 8080);
+        let body = http_get(addr, "/").with_context(|| format!("GET http://{addr}/ ({})", vm.name))?;
+        println!("\n$ curl http://{addr}/    # {}\n{}", vm.name, body.trim_end());
+        if body.trim_end() != format!("api {version}") {
+            bail!("{} answered `{}`, expected `api {version}`", vm.name, body.trim_end());
+        }
+    }
+    Ok(())
+}
+
+/// A plain HTTP/1.0 GET; the body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        bail!("answered `{}`", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_owned())
 }
