@@ -69,6 +69,8 @@ pub enum Behaviour {
     ExitsAtStart,
     /// Serves like `Healthy`, then exits with status 4 after this many seconds.
     CrashesAfter(u32),
+    /// Its entry point does not exist: the container cannot start.
+    NoEntrypoint,
 }
 
 /// Where Debian's `busybox-static` puts its binary.
@@ -106,7 +108,7 @@ pub fn build_app(version: &str, behaviour: &Behaviour, first_connect: Option<&st
         "architecture": "amd64",
         "os": "linux",
         "config": {
-            "Entrypoint": ["/bin/busybox", "sh", "/app/run"],
+            "Entrypoint": if *behaviour == Behaviour::NoEntrypoint { serde_json::json!(["/bin/nonexistent"]) } else { serde_json::json!(["/bin/busybox", "sh", "/app/run"]) },
             "Env": ["PATH=/bin"],
             "Labels": { "org.opencontainers.image.version": version, "org.opencontainers.image.description": "agentctl lab app" },
         },

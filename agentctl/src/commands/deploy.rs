@@ -120,6 +120,7 @@ pub fn failure(e: DeployError) -> Failure {
             Some(format!("`agentctl release list {service}` shows the recorded releases"))
         }
         DeployError::Vm(_) => Some("nothing was changed".into()),
+        DeployError::HostNotReady { hint, .. } => Some(format!("{hint}; nothing was changed")),
         DeployError::Interrupted => Some("nothing was changed; the receipt says `interrupted`".into()),
         DeployError::NotRehearsed { earlier, digest, .. } => Some(format!(
             "prove the way back first: `agentctl rehearse SERVICE --env {earlier} --release {digest} --apply`"

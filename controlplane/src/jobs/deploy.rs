@@ -589,7 +589,29 @@ impl<'a> Deployer<'a> {
             added_at: applied.applied_at,
             added_by: String::new(),
         };
-        let verified = self.verify_record(env, &record).await?;
+        let verified = match self.verify_record(env, &record).await {
+            // The way back must not depend on the registry (the hosts keep the image): an
+            // outage falls back to what was verified when the release was recorded and
+            // applied, if its signer is still trusted. A refusal stays a refusal.
+            Err(DeployError::Verify(VerifyError::Registry { image, .. })) => {
+                self.sink.event(&format!(
+                    "the registry is unreachable for `{image}`: going back on the recorded verification (signer still trusted)"
+                ));
+                let pinned = PinnedImage {
+                    repository: Repository::new(&record.facts.repository)
+                        .map_err(|e| VerifyError::BadReference(record.facts.repository.clone(), e))?,
+                    digest: Digest::new(&record.facts.digest)
+                        .map_err(|e| VerifyError::BadReference(record.facts.digest.clone(), e))?,
+                };
+                let req = Requirements {
+                    provenance: env.require_provenance,
+                    sbom: env.require_sbom,
+                    commit: Some(record.facts.source_commit.clone()),
+                };
+                self.verifier.verify_recorded(&pinned, &record.facts, &req)?
+            }
+            other => other?,
+        };
         let corrupt = |e: crate::ids::IdError| {
             DeployError::Store(StoreError::Corrupt { what: "applied release", detail: e.to_string() })
         };

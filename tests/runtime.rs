@@ -1,0 +1,311 @@
+//! The Podman runtime on golden VMs that really run containers (Podman from Debian, each
+//! VM with its own storage and network namespace, images built from Debian's static
+//! busybox): what runs answers a real HTTP client, failures roll back to a container
+//! that still answers, the sandbox holds from inside, secrets arrive by name only, the
+//! way back works with the registry stopped, and what runs is read from Podman.
+
+mod common;
+
+use common::*;
+use controlplane::image::PinnedImage;
+use lab::{Behaviour, LabConfig};
+use std::path::Path;
+
+/// staging (stage-1) and prod (prod-1), both on Podman.
+fn podman_lab() -> LabConfig {
+    LabConfig { hosts: 2, staging: 1, registry: true, dir: None, egress: false, podman: true }
+}
+
+impl World {
+    /// Pushes a runnable app, signs it, records it as a release of `api`.
+    async fn app(&self, version: &str, behaviour: Behaviour, first_connect: Option<&str>) -> PinnedImage {
+        let img = self.lab.push_app(version, version, &behaviour, first_connect).await.unwrap();
+        assert_ok(&self.agentctl(&["sign", &s(&img), "--key", &self.release_key()]));
+        assert_ok(&self.agentctl(&["release", "add", "api", &s(&img), "--commit", COMMIT]));
+        img
+    }
+
+    /// What `host`'s workload answers on `path` (status line and body), from outside.
+    fn http(&self, host: &str, path: &str) -> Result<String, String> {
+        use std::io::{Read as _, Write as _};
+        let addr = std::net::SocketAddr::new(self.lab.host(host).address(), 8080);
+        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))
+            .map_err(|e| format!("{addr}: {e}"))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(3))).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+        Ok(text)
+    }
+
+    /// The body `host`'s workload serves on `/`.
+    fn page(&self, host: &str) -> String {
+        let text = self.http(host, "/").unwrap_or_else(|e| panic!("{host} does not answer: {e}"));
+        assert!(text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"), "{text}");
+        text.split("\r\n\r\n").nth(1).unwrap_or("").trim_end().to_owned()
+    }
+
+    /// `podman ARGS` on `host`, as its runtime runs it.
+    fn podman(&self, host: &str, args: &[&str]) -> std::process::Output {
+        self.lab.host(host).podman(args)
+    }
+
+    /// The container of what `current` names on `host`.
+    fn container(&self, host: &str) -> String {
+        format!("agentctl-api-{}", self.current(host).unwrap().trim_start_matches("releases/"))
+    }
+
+    /// Names of every container on `host`'s Podman.
+    fn containers(&self, host: &str) -> Vec<String> {
+        let out = self.podman(host, &["ps", "-a", "--format", "{{.Names}}"]);
+        stdout(&out).lines().map(str::to_owned).collect()
+    }
+}
+
+fn edit(path: &Path, f: impl FnOnce(String) -> String) {
+    let text = std::fs::read_to_string(path).unwrap();
+    std::fs::write(path, f(text)).unwrap();
+}
+
+/// Every regular file below `dir`, read (what agentctl wrote there).
+fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            if meta.is_dir() {
+                stack.push(p);
+            } else if meta.is_file() {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// Promote → the new version answers; inside the container: not root, a read-only root,
+/// no capabilities, the secret in its environment — and its value in nothing agentctl
+/// wrote; rollback with the registry stopped starts the old release from local storage.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_workload_runs_sandboxed_answers_and_rolls_back_without_the_registry() {
+    let mut w = World::start(podman_lab()).await;
+    let v1 = w.app("v1", Behaviour::Healthy, None).await;
+    let mut outputs = Vec::new();
+    for env in ["staging", "prod"] {
+        let out = w.promote(env, &v1, &["--apply"]);
+        assert_ok(&out);
+        outputs.push(out);
+    }
+    assert_eq!(w.page("stage-1"), "api v1");
+    assert_eq!(w.page("prod-1"), "api v1");
+    let status = w.agentctl(&["status"]);
+    assert_ok(&status);
+    outputs.push(status);
+
+    let v2 = w.app("v2", Behaviour::Healthy, None).await;
+    let plan_file = w.lab.dir().join("plan.json");
+    let out = w.promote("staging", &v2, &["--out", &plan_file.display().to_string()]);
+    assert_ok(&out);
+    outputs.push(out);
+    let out = w.agentctl(&["apply", &plan_file.display().to_string()]);
+    assert_ok(&out);
+    outputs.push(out);
+    assert_eq!(w.page("stage-1"), "api v2");
+
+    // The sandbox, from inside the running container.
+    let c = w.container("stage-1");
+    let exec = |args: &[&str]| {
+        let mut all = vec!["exec", c.as_str(), "/bin/busybox"];
+        all.extend_from_slice(args);
+        w.podman("stage-1", &all)
+    };
+    let uid = stdout(&exec(&["id", "-u"])).trim().to_owned();
+    assert!(!uid.is_empty() && uid != "0", "the workload runs as uid {uid:?}");
+    let write = exec(&["sh", "-c", "echo x > /written"]);
+    assert!(!write.status.success(), "a write to the root filesystem succeeded");
+    assert!(stderr(&write).contains("Read-only file system"), "{}", stderr(&write));
+    let status = stdout(&exec(&["cat", "/proc/self/status"]));
+    assert!(status.lines().any(|l| l == "CapEff:\t0000000000000000"), "{status}");
+    assert!(status.lines().any(|l| l == "NoNewPrivs:\t1"), "{status}");
+    let id = stdout(&w.podman("stage-1", &["inspect", "--format", "{{.Id}}", &c])).trim().to_owned();
+    let cgroup = |controller: &str, file: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{controller}/libpod_parent/libpod-{id}/{file}"))
+            .unwrap_or_else(|e| panic!("{controller}/{file}: {e}"))
+    };
+    assert_eq!(cgroup("memory", "memory.limit_in_bytes").trim(), (256 << 20).to_string(), "memory = \"256m\"");
+    assert_eq!(cgroup("pids", "pids.max").trim(), "128", "pids = 128");
+    assert_eq!(cgroup("cpu", "cpu.cfs_quota_us").trim(), "50000", "cpus = 0.5");
+    let env = stdout(&exec(&["env"]));
+    assert!(env.lines().any(|l| l == format!("{}={}", lab::podman::SECRET_NAME, lab::podman::SECRET_VALUE)), "{env}");
+    assert!(env.lines().any(|l| l == "SERVICE=api"), "the rendered env file is the container's environment: {env}");
+    let mounted = stdout(&exec(&["cat", "/etc/agent/config/api.env"]));
+    assert!(mounted.contains("SERVICE=api"), "the release directory is mounted read-only at /etc/agent");
+    assert!(!exec(&["touch", "/etc/agent/x"]).status.success(), "the release mount is writable");
+
+    // The secret's value is in nothing agentctl wrote or printed.
+    let needle = lab::podman::SECRET_VALUE.as_bytes();
+    let mut written = files_under(&w.lab.dir().join("receipts"));
+    written.extend(files_under(&w.lab.dir().join("state")));
+    written.push((plan_file.clone(), std::fs::read(&plan_file).unwrap()));
+    for h in &w.lab.info.hosts {
+        written.extend(files_under(&h.root()));
+    }
+    assert!(written.len() > 10, "the search covers receipts, the state, the plan and the release directories");
+    for (path, bytes) in &written {
+        assert!(!bytes.windows(needle.len()).any(|x| x == needle), "the secret's value is in {}", path.display());
+    }
+    for out in &outputs {
+        let both = [out.stdout.as_slice(), out.stderr.as_slice()].concat();
+        assert!(!both.windows(needle.len()).any(|x| x == needle), "the secret's value was printed");
+    }
+
+    // The way back without the registry: v1's image and container are still on the host.
+    w.lab.stop_registry();
+    let out = w.agentctl(&["rollback", "api", "--env", "staging", "--apply"]);
+    assert_ok(&out);
+    assert_eq!(w.page("stage-1"), "api v1");
+    assert_ok(&w.agentctl(&["status", "--env", "staging"]));
+    let running = stdout(&w.podman("stage-1", &["ps", "--format", "{{.Names}}"]));
+    assert_eq!(running.lines().count(), 1, "only the live release runs: {running}");
+}
+
+/// A release whose health check fails, and one that exits at start: each rolled back,
+/// the old container answers, the receipt says so, and the failed container is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_releases_roll_back_to_a_container_that_still_answers() {
+    let w = World::start(LabConfig { hosts: 1, ..podman_lab() }).await;
+    let v1 = w.app("v1", Behaviour::Healthy, None).await;
+    assert_ok(&w.promote("staging", &v1, &["--apply"]));
+    let before = w.containers("stage-1");
+
+    for (version, behaviour, says) in [
+        ("v2", Behaviour::Unhealthy, "GET /healthz answered: HTTP/1.1 404"),
+        ("v3", Behaviour::ExitsAtStart, "exiting at start"),
+    ] {
+        let img = w.app(version, behaviour, None).await;
+        let out = w.promote("staging", &img, &["--apply"]);
+        assert_exit(&out, 1, "rolled back");
+        assert!(stderr(&out).contains(says), "{version}: {}", stderr(&out));
+        assert_eq!(w.page("stage-1"), "api v1", "after {version}");
+        let receipt = w.receipts().pop().unwrap();
+        assert_eq!(receipt["outcome"], "failed", "{receipt:#}");
+        let hosts = receipt["hosts"].as_array().unwrap();
+        assert_eq!(hosts[0]["outcome"], "rolled-back", "{receipt:#}");
+        assert!(hosts[0]["detail"].as_str().unwrap().contains(says), "{receipt:#}");
+        assert_eq!(w.containers("stage-1"), before, "the failed container was discarded");
+        assert_ok(&w.agentctl(&["status", "--env", "staging"]));
+    }
+}
+
+/// What runs is read from Podman: a container stopped or removed by hand, and one
+/// started by hand under the release's name with another image, are drift.
+#[tokio::test(flavor = "multi_thread")]
+async fn containers_changed_by_hand_are_drift() {
+    let w = World::start(LabConfig { hosts: 1, ..podman_lab() }).await;
+    let v1 = w.app("v1", Behaviour::Healthy, None).await;
+    assert_ok(&w.promote("staging", &v1, &["--apply"]));
+    let c = w.container("stage-1");
+    let status = |class: &str| {
+        let out = w.agentctl(&["status", "--env", "staging"]);
+        assert_exit(&out, 3, "");
+        assert!(stdout(&out).contains(class), "expected `{class}`:\n{}", stdout(&out));
+        stdout(&out)
+    };
+
+    assert!(w.podman("stage-1", &["stop", "-t", "1", &c]).status.success());
+    let text = status("stopped");
+    assert!(text.contains("exited"), "{text}");
+    let watch = watch_once(&w);
+    assert!(watch.contains("stopped"), "the watch reports it too: {watch}");
+
+    assert!(w.podman("stage-1", &["rm", "-f", &c]).status.success());
+    let text = status("stopped");
+    assert!(text.contains("does not exist"), "{text}");
+
+    // Another image under the release's own name, started by hand.
+    let other = w.lab.push_app("other", "other", &Behaviour::Healthy, None).await.unwrap();
+    let run = w.podman("stage-1", &["run", "-d", "--name", &c, "--network", "host", &s(&other)]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let text = status("foreign");
+    assert!(text.contains("no agentctl labels"), "{text}");
+
+}
+
+/// `agentctl watch` for a few rounds; what it printed.
+fn watch_once(w: &World) -> String {
+    let mut child = std::process::Command::new(BIN)
+        .arg("--manifests")
+        .arg(w.manifests())
+        .args(["--json", "watch", "--env", "staging", "--interval", "0.5"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    // SIGTERM: the watch stops cleanly.
+    let _ = std::process::Command::new("kill").arg(child.id().to_string()).status();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    stdout(&out)
+}
+
+/// Bad input on a real host: each a clear error naming host and cause, exit non-zero,
+/// the host on its old release (still answering), a receipt.
+#[tokio::test(flavor = "multi_thread")]
+async fn hosts_that_cannot_run_a_release_are_refused_or_rolled_back_with_the_cause() {
+    let w = World::start(LabConfig { hosts: 1, ..podman_lab() }).await;
+    let v1 = w.app("v1", Behaviour::Healthy, None).await;
+    assert_ok(&w.promote("staging", &v1, &["--apply"]));
+    let svc = w.manifests().join("services/api.toml");
+    let receipts = || w.receipts().len();
+
+    // A host whose Podman lacks the secret: refused at plan time, naming host and secret.
+    assert!(w.podman("stage-1", &["secret", "rm", lab::podman::SECRET_NAME]).status.success());
+    let v2 = w.app("v2", Behaviour::Healthy, None).await;
+    let out = w.promote("staging", &v2, &[]);
+    assert_exit(&out, 4, "host `stage-1` cannot run `api`: the host's Podman has no secret API_TOKEN");
+    assert!(stderr(&out).contains("podman secret create API_TOKEN -"), "{}", stderr(&out));
+    let n = receipts();
+    let out = w.promote("staging", &v2, &["--apply"]);
+    assert_exit(&out, 4, "has no secret API_TOKEN");
+    assert_eq!(receipts(), n + 1, "the refused apply has its receipt");
+    assert_eq!(w.page("stage-1"), "api v1");
+    lab::podman::create_secret(
+        &w.lab.host("stage-1").dir,
+        &w.lab.host("stage-1").netns.as_ref().unwrap().netns,
+        lab::podman::SECRET_NAME,
+        lab::podman::SECRET_VALUE,
+    )
+    .unwrap();
+
+    // A release whose container cannot start (its entry point does not exist): rolled
+    // back, the cause named, the old container still answering.
+    let broken = w.app("broken", Behaviour::NoEntrypoint, None).await;
+    let out = w.promote("staging", &broken, &["--apply"]);
+    assert_exit(&out, 1, "start failed");
+    assert!(stderr(&out).contains("stage-1") && stderr(&out).contains("/bin/nonexistent"), "{}", stderr(&out));
+    assert_eq!(w.page("stage-1"), "api v1");
+
+    // An auth file the host does not have: staging stops before any host moves.
+    edit(&svc, |t| t.replace("# auth_file = \"/etc/agentctl/auth.json\"", "auth_file = \"/nonexistent/auth.json\""));
+    let out = w.promote("staging", &v2, &["--apply"]);
+    assert_exit(&out, 1, "staging failed on host `stage-1`");
+    assert!(stderr(&out).contains("the registry auth file /nonexistent/auth.json does not exist on this host"), "{}", stderr(&out));
+    assert_eq!(w.page("stage-1"), "api v1");
+    edit(&svc, |t| t.replace("auth_file = \"/nonexistent/auth.json\"", "# auth_file = \"/etc/agentctl/auth.json\""));
+
+    // A digest the registry does not have: refused before any host is asked.
+    let unknown = format!("{}/demo/api@sha256:{}", w.lab.registry_host(), "0".repeat(64));
+    let out = w.agentctl(&["release", "add", "api", &unknown, "--commit", COMMIT]);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(w.page("stage-1"), "api v1");
+
+    // And after all that the host is still on v1, in sync.
+    assert_ok(&w.agentctl(&["status", "--env", "staging"]));
+}
