@@ -230,7 +230,6 @@ async fn containers_changed_by_hand_are_drift() {
     assert!(run.status.success(), "{}", stderr(&run));
     let text = status("foreign");
     assert!(text.contains("no agentctl labels"), "{text}");
-
 }
 
 /// `agentctl watch` for a few rounds; what it printed.
@@ -296,7 +295,11 @@ async fn hosts_that_cannot_run_a_release_are_refused_or_rolled_back_with_the_cau
     edit(&svc, |t| t.replace("# auth_file = \"/etc/agentctl/auth.json\"", "auth_file = \"/nonexistent/auth.json\""));
     let out = w.promote("staging", &v2, &["--apply"]);
     assert_exit(&out, 1, "staging failed on host `stage-1`");
-    assert!(stderr(&out).contains("the registry auth file /nonexistent/auth.json does not exist on this host"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the registry auth file /nonexistent/auth.json does not exist on this host"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(w.page("stage-1"), "api v1");
     edit(&svc, |t| t.replace("auth_file = \"/nonexistent/auth.json\"", "# auth_file = \"/etc/agentctl/auth.json\""));
 
@@ -307,5 +310,56 @@ async fn hosts_that_cannot_run_a_release_are_refused_or_rolled_back_with_the_cau
     assert_eq!(w.page("stage-1"), "api v1");
 
     // And after all that the host is still on v1, in sync.
+    assert_ok(&w.agentctl(&["status", "--env", "staging"]));
+}
+
+/// Default-deny egress holds for the container: loaded before it starts (its very first
+/// instruction is already refused), an allowed destination connects from inside it, a
+/// denied one does not, and `prove egress` proves it. The test servers' own accept
+/// counts say what reached them.
+#[tokio::test(flavor = "multi_thread")]
+async fn egress_holds_from_inside_the_container_from_its_first_instruction() {
+    let w = World::start(LabConfig { hosts: 1, ..podman_lab() }).await;
+    let bridge = w.lab.info.network.clone().unwrap();
+    let allowed = lab::network::Server::start(&bridge).unwrap();
+    let denied = lab::network::Server::start(&bridge).unwrap();
+    edit(&w.manifests().join("services/api.toml"), |t| {
+        t.replace("egress = [\"api.example.com:443\"]", &format!("egress = [\"{}\"]", allowed.destination()))
+    });
+    edit(&w.manifests().join("environments/staging.toml"), |t| {
+        format!("{t}\n[egress]\nenforce = true\ncanaries = [\"{}\"]\n", denied.destination())
+    });
+    assert_ok(&w.agentctl(&["check"]));
+
+    // The workload's first instruction tries the denied server: refused.
+    let v1 = w.app("v1", Behaviour::Healthy, Some(&denied.destination())).await;
+    assert_ok(&w.promote("staging", &v1, &["--apply"]));
+    let c = w.container("stage-1");
+    let logs = stdout(&w.podman("stage-1", &["logs", &c]));
+    assert!(logs.contains("first-connect: refused"), "{logs}");
+    assert_eq!(denied.accepted(), 0, "the denied server saw a connection");
+
+    // From inside the running container: allowed connects, denied does not.
+    let nc = |server: &lab::network::Server| {
+        let (ip, port) = (server.addr.ip().to_string(), server.addr.port().to_string());
+        w.podman("stage-1", &["exec", &c, "/bin/busybox", "nc", "-w", "2", &ip, &port]).status.success()
+    };
+    let before = allowed.accepted();
+    assert!(nc(&allowed), "an allowed destination is unreachable from the container");
+    assert!(allowed.accepted() > before, "the allowed server saw the container's connection");
+    assert!(!nc(&denied), "a denied destination is reachable from the container");
+    assert_eq!(denied.accepted(), 0);
+
+    let out = w.agentctl(&["prove", "egress", "api", "--env", "staging"]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("every expectation held"), "{}", stdout(&out));
+    assert_eq!(denied.accepted(), 0);
+
+    // The same first instruction towards the allowed server connects: the check above
+    // can see a connection when there is one.
+    let v2 = w.app("v2", Behaviour::Healthy, Some(&allowed.destination())).await;
+    assert_ok(&w.promote("staging", &v2, &["--apply"]));
+    let logs = stdout(&w.podman("stage-1", &["logs", &w.container("stage-1")]));
+    assert!(logs.contains("first-connect: connected"), "{logs}");
     assert_ok(&w.agentctl(&["status", "--env", "staging"]));
 }

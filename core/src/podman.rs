@@ -11,7 +11,7 @@
 //! most a stray new container beside it), or on the new release with the new container
 //! running and healthy (at most a stray old one beside it).
 
-use crate::manifest::{Host, HealthProbe, PodmanRuntime, Service};
+use crate::manifest::{HealthProbe, Host, PodmanRuntime, Service};
 use crate::remote::RemoteCommand;
 use std::fmt;
 
@@ -439,7 +439,12 @@ impl Report {
                 "digest" if v.is_empty() || crate::image::Digest::new(v).is_ok() => digest = Some(v.to_owned()),
                 "restarts" => restarts = Some(v.parse::<u64>().map_err(|_| "`restarts` is not a number".to_owned())?),
                 "release" if v.is_empty() || safe(v, 64) => release = Some(v.to_owned()),
-                _ => return Err(format!("unexpected `{}` in the runtime's report", k.chars().take(32).collect::<String>())),
+                _ => {
+                    return Err(format!(
+                        "unexpected `{}` in the runtime's report",
+                        k.chars().take(32).collect::<String>()
+                    ))
+                }
             }
         }
         if let Some(status) = status {
@@ -499,7 +504,9 @@ impl fmt::Display for Finding {
             Self::Absent => write!(f, "the release's container does not exist (removed by hand?)"),
             Self::Stopped(s) => write!(f, "the release's container is {s}, not running"),
             Self::CrashLooping(n) => write!(f, "the release's container restarted {n} times"),
-            Self::Foreign(why) => write!(f, "the container under the release's name was not started by agentctl: {why}"),
+            Self::Foreign(why) => {
+                write!(f, "the container under the release's name was not started by agentctl: {why}")
+            }
             Self::Strays(names) => write!(f, "other containers run under the service's names: {}", names.join(", ")),
             Self::Digest(d) => write!(f, "the container runs image {d}"),
         }
@@ -572,7 +579,14 @@ mod tests {
         );
         assert_eq!(Report::parse("podman=none").unwrap().findings("r-x", D), [Finding::NoPodman]);
         assert_eq!(Report::parse("podman=1 container=absent").unwrap().findings("r-x", D), [Finding::Absent]);
-        for bad in ["", "docker=1", "podman=1 container=$(x)", "podman=1 digest=sha256:zz", "podman=1 what=1", "podman=1 restarts=-1"] {
+        for bad in [
+            "",
+            "docker=1",
+            "podman=1 container=$(x)",
+            "podman=1 digest=sha256:zz",
+            "podman=1 what=1",
+            "podman=1 restarts=-1",
+        ] {
             assert!(Report::parse(bad).is_err(), "{bad}");
         }
     }
@@ -586,10 +600,43 @@ mod tests {
         assert_eq!(f[2], Finding::Stopped("exited".into()));
     }
 
+    /// The container options carry every sandbox default, and a relaxation only where the
+    /// manifest names it; secrets go by name, the release mount is read-only.
+    #[test]
+    fn create_options_are_the_sandbox() {
+        let (set, host) = crate::release::tests_support::example_podman();
+        let svc = set.services.values().next().unwrap();
+        let p = svc.podman().unwrap();
+        let o = create_options(svc, p);
+        let pair = |a: &str, b: &str| o.windows(2).any(|w| w[0] == a && w[1] == b);
+        assert!(pair("--user", "@USER@") && pair("--cap-drop", "all") && pair("--security-opt", "no-new-privileges"));
+        assert!(pair("--memory", "256m") && pair("--cpus", "0.5") && pair("--pids-limit", "128"));
+        assert!(pair("--network", "host") && pair("--volume", "@REL@:/etc/agent:ro"));
+        assert!(pair("--secret", "API_TOKEN,type=env,target=API_TOKEN") && pair("--env-file", "@REL@/config/api.env"));
+        assert!(o.contains(&"--read-only".to_owned()) && !o.contains(&"--cap-add".to_owned()));
+        assert_eq!(o.iter().filter(|a| a.starts_with("@REL@")).count(), 2, "no other host path is mounted");
+        let relaxed = PodmanRuntime { writable_root: true, capabilities: vec!["NET_BIND_SERVICE".into()], ..p.clone() };
+        let o = create_options(svc, &relaxed);
+        assert!(!o.contains(&"--read-only".to_owned()));
+        assert!(o.windows(2).any(|w| w[0] == "--cap-add" && w[1] == "NET_BIND_SERVICE"));
+        let start = start(&host, svc, p, Some("r-0123456789abcdef"), "sha256:plan");
+        assert_eq!(start.program, "sh", "a fixed script; the values are positional arguments");
+        assert_eq!(start.args[3..10], ["/srv/agents", "api", "r-0123456789abcdef", "0", "10", "sha256:plan", "-"]);
+    }
+
     /// The scripts are valid POSIX shell (`sh -n`), with the shared functions in.
     #[test]
     fn scripts_parse() {
-        for s in [script(PULL), script(START), CHECK.into(), SWAP.into(), DISCARD.into(), RUNNING.into(), CONNECT.into(), RULES.into()] {
+        for s in [
+            script(PULL),
+            script(START),
+            CHECK.into(),
+            SWAP.into(),
+            DISCARD.into(),
+            RUNNING.into(),
+            CONNECT.into(),
+            RULES.into(),
+        ] {
             let out = std::process::Command::new("sh").arg("-n").arg("-c").arg(&s).output().unwrap();
             assert!(out.status.success(), "{}\n{s}", String::from_utf8_lossy(&out.stderr));
         }

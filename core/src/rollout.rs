@@ -176,7 +176,9 @@ impl HostMove {
                 Next::Run(Step::Discard(self.release.clone()))
             }
             (Step::Discard(_), Ok(())) => Next::Run(Step::Restore),
-            (Step::Restore, Ok(())) => Next::Done(HostEnd::RolledBack { reason: self.reason.clone().unwrap_or_default() }),
+            (Step::Restore, Ok(())) => {
+                Next::Done(HostEnd::RolledBack { reason: self.reason.clone().unwrap_or_default() })
+            }
             (s, Err(back)) => Next::Done(HostEnd::Failed {
                 reason: self.reason.clone().unwrap_or_default(),
                 back: format!("{} failed: {back}", s.describe()),

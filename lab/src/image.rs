@@ -98,7 +98,8 @@ pub fn build_app(version: &str, behaviour: &Behaviour, first_connect: Option<&st
         _ => run.push_str("trap 'exit 0' TERM INT\n$B httpd -f -p \"${PORT:-8080}\" -h /app/www &\nwait\n"),
     }
     let index = format!("api {version}\n");
-    let mut files: Vec<(&str, &[u8], u32)> = vec![("app/run", run.as_bytes(), 0o755), ("app/www/index.html", index.as_bytes(), 0o644)];
+    let mut files: Vec<(&str, &[u8], u32)> =
+        vec![("app/run", run.as_bytes(), 0o755), ("app/www/index.html", index.as_bytes(), 0o644)];
     if *behaviour != Behaviour::Unhealthy {
         files.push(("app/www/healthz", b"ok\n", 0o644));
     }

@@ -203,7 +203,10 @@ impl Lab {
             if let Some(pkg) = podman::missing() {
                 return Err(LabError::Command {
                     command: "a Podman lab".into(),
-                    detail: format!("`{pkg}` is not installed; install the Debian packages {}", podman::PACKAGES.join(" ")),
+                    detail: format!(
+                        "`{pkg}` is not installed; install the Debian packages {}",
+                        podman::PACKAGES.join(" ")
+                    ),
                 });
             }
         }
@@ -353,7 +356,8 @@ impl Lab {
         behaviour: &Behaviour,
         first_connect: Option<&str>,
     ) -> Result<PinnedImage, LabError> {
-        let repo = Repository::new(&format!("{}/demo/api", self.registry_host())).expect("lab repository names are valid");
+        let repo =
+            Repository::new(&format!("{}/demo/api", self.registry_host())).expect("lab repository names are valid");
         let img = build_app(version, behaviour, first_connect).map_err(io(Path::new(image::BUSYBOX)))?;
         let digest = self.registry_client().push_artifact(&repo, Some(tag), &img.artifact).await?;
         Ok(PinnedImage { repository: repo, digest })
@@ -645,14 +649,18 @@ fn start_vm(
         podman::configure(&dir)?;
     }
     let (port, child) = spawn_sshd(lab, &dir, user, netns.as_ref())?;
-    let vm =
-        VmInfo { netns, name: name.into(), environment: env.into(), port, pid: child.id(), host_key, dir, podman };
+    let vm = VmInfo { netns, name: name.into(), environment: env.into(), port, pid: child.id(), host_key, dir, podman };
     Ok((vm, child))
 }
 
 /// Starts sshd for the VM in `dir` on a free port, or on port 22 inside the VM's
 /// namespace (a Podman VM: its sshd and its workloads share the VM's network).
-fn spawn_sshd(lab: &Path, dir: &Path, user: &str, netns: Option<&network::Attachment>) -> Result<(u16, Child), LabError> {
+fn spawn_sshd(
+    lab: &Path,
+    dir: &Path,
+    user: &str,
+    netns: Option<&network::Attachment>,
+) -> Result<(u16, Child), LabError> {
     let (port, listen) = match netns {
         Some(a) => (22, a.address.to_string()),
         None => (free_port()?, "127.0.0.1".to_owned()),

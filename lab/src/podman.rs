@@ -96,7 +96,8 @@ pub fn create_secret(vm_dir: &Path, netns: &str, name: &str, value: &str) -> Res
 /// Removes every container, image and the storage of a VM (nothing outlives the lab).
 pub fn reset(vm_dir: &Path) {
     let podman = |args: &[&str]| {
-        let _ = Command::new("podman").args(args).envs(env(vm_dir)).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ =
+            Command::new("podman").args(args).envs(env(vm_dir)).stdout(Stdio::null()).stderr(Stdio::null()).status();
     };
     podman(&["rm", "--all", "--force", "--time", "0"]);
     podman(&["system", "reset", "--force"]);

@@ -46,7 +46,9 @@ async fn lab_serves_images_and_hosts_with_pinned_keys() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_pinned_host_key_is_refused() {
-    let lab = Lab::start(LabConfig { hosts: 2, staging: 1, registry: false, dir: None, egress: false, podman: false }).await.unwrap();
+    let lab = Lab::start(LabConfig { hosts: 2, staging: 1, registry: false, dir: None, egress: false, podman: false })
+        .await
+        .unwrap();
     let mut hosts = hosts(&lab);
     // Pin host 1's key for host 0: exactly what a man in the middle would look like.
     hosts[0].host_key = hosts[1].host_key.clone();
@@ -84,7 +86,9 @@ async fn a_wrong_pinned_host_key_is_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dropping_a_lab_leaves_nothing_behind() {
-    let lab = Lab::start(LabConfig { hosts: 4, staging: 2, registry: true, dir: None, egress: false, podman: false }).await.unwrap();
+    let lab = Lab::start(LabConfig { hosts: 4, staging: 2, registry: true, dir: None, egress: false, podman: false })
+        .await
+        .unwrap();
     let dir = lab.dir().to_path_buf();
     let pids: Vec<u32> = lab.info.hosts.iter().map(|h| h.pid).chain(lab.info.registry.iter().map(|r| r.pid)).collect();
     let ports: Vec<u16> =
@@ -103,10 +107,16 @@ async fn a_lab_is_stopped_when_the_test_panics() {
     let handle = tokio::spawn({
         let lab_dir = lab_dir.clone();
         async move {
-            let lab =
-                Lab::start(LabConfig { hosts: 1, staging: 1, registry: false, dir: Some(lab_dir), egress: false, podman: false })
-                    .await
-                    .unwrap();
+            let lab = Lab::start(LabConfig {
+                hosts: 1,
+                staging: 1,
+                registry: false,
+                dir: Some(lab_dir),
+                egress: false,
+                podman: false,
+            })
+            .await
+            .unwrap();
             let pid = lab.info.hosts[0].pid;
             std::fs::write(lab.dir().join("../pid"), pid.to_string()).unwrap();
             panic!("a failing test");
@@ -122,9 +132,16 @@ async fn a_lab_is_stopped_when_the_test_panics() {
 async fn lab_down_stops_a_detached_lab() {
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("lab");
-    let lab = Lab::start(LabConfig { hosts: 3, staging: 1, registry: true, dir: Some(dir.clone()), egress: false, podman: false })
-        .await
-        .unwrap();
+    let lab = Lab::start(LabConfig {
+        hosts: 3,
+        staging: 1,
+        registry: true,
+        dir: Some(dir.clone()),
+        egress: false,
+        podman: false,
+    })
+    .await
+    .unwrap();
     let info = lab.detach();
     let pids: Vec<u32> = info.hosts.iter().map(|h| h.pid).chain(info.registry.iter().map(|r| r.pid)).collect();
     let ports: Vec<u16> = info.hosts.iter().map(|h| h.port).chain(info.registry.iter().map(|r| r.port)).collect();

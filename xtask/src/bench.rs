@@ -23,7 +23,8 @@ pub async fn verify(images: usize, runs: usize) -> anyhow::Result<()> {
     use lab::sigstore::{Signer, TestSigstore};
     const ISSUER: &str = "https://token.actions.githubusercontent.com";
     const SUBJECT: &str = "https://github.com/acme/api/.github/workflows/release.yml@refs/heads/main";
-    let lab = Lab::start(LabConfig { hosts: 0, staging: 0, registry: true, dir: None, egress: false, podman: false }).await?;
+    let lab =
+        Lab::start(LabConfig { hosts: 0, staging: 0, registry: true, dir: None, egress: false, podman: false }).await?;
     let key = SigningKey::load(&lab.release_key(), b"")?;
     let registry = lab.registry_client();
     let sigstore = TestSigstore::new("bench fulcio");
@@ -198,7 +199,8 @@ pub async fn status(hosts: usize, runs: usize, ansible: bool, kex: Option<String
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
     let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/{profile}/agentctl"));
     anyhow::ensure!(bin.exists(), "build {} first", bin.display());
-    let lab = Lab::start(LabConfig { hosts, staging: 1, registry: true, dir: None, egress: false, podman: false }).await?;
+    let lab =
+        Lab::start(LabConfig { hosts, staging: 1, registry: true, dir: None, egress: false, podman: false }).await?;
     let m = lab.manifests();
     if let Some(k) = &kex {
         // The same key exchange for all three contenders.

@@ -107,7 +107,8 @@ pub async fn store(hosts: usize, receipts: usize, runs: usize) -> anyhow::Result
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
     let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/{profile}/agentctl"));
     anyhow::ensure!(bin.exists(), "build {} first", bin.display());
-    let lab = Lab::start(LabConfig { hosts, staging: 1, registry: true, dir: None, egress: false, podman: false }).await?;
+    let lab =
+        Lab::start(LabConfig { hosts, staging: 1, registry: true, dir: None, egress: false, podman: false }).await?;
     let sqlite_manifests = lab.manifests();
     let ctl = |m: &std::path::Path, args: &[&str]| -> anyhow::Result<std::process::Output> {
         Ok(Command::new(&bin)

@@ -121,7 +121,8 @@ fn local_rounds(lab: &Lab, cmds: &[(String, RemoteCommand)], runs: usize) -> any
 }
 
 pub async fn watch(hosts: usize, runs: usize, ansible: bool) -> anyhow::Result<()> {
-    let lab = Lab::start(LabConfig { hosts, staging: 1, registry: false, dir: None, egress: false, podman: false }).await?;
+    let lab =
+        Lab::start(LabConfig { hosts, staging: 1, registry: false, dir: None, egress: false, podman: false }).await?;
     let set = controlplane::manifest::load(&lab.manifests())?;
     let service = set.services.values().next().context("a service")?;
     let release = deploy_everywhere(&lab, &set, service)?;

@@ -253,8 +253,9 @@ async fn lab_command(cmd: LabCommand) -> anyhow::Result<()> {
             let started = Instant::now();
             // Real containers (Podman) when root; the command-runtime shim otherwise.
             let podman = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-            let lab = Lab::start(LabConfig { hosts, staging, registry: true, dir: Some(dir.clone()), egress: false, podman })
-                .await?;
+            let lab =
+                Lab::start(LabConfig { hosts, staging, registry: true, dir: Some(dir.clone()), egress: false, podman })
+                    .await?;
             let elapsed = started.elapsed();
             let info = lab.detach();
             println!(

@@ -8,8 +8,8 @@
 use crate::held::HeldClient;
 use crate::ids::ReleaseId;
 use crate::manifest::{Host, Runtime, Service};
-use crate::podman;
 use crate::observe::{self, Answer, Observation, Stamp};
+use crate::podman;
 use crate::remote::RemoteCommand;
 use crate::rollout::Step;
 use crate::ssh::{Remote, SshClient, SshError};

@@ -417,7 +417,8 @@ impl<'a> Deployer<'a> {
             let list: Vec<&ReleaseId> = targets.get(h.name.as_str()).into_iter().flatten().collect();
             Ok::<_, DeployError>((h.name.to_string(), vm.probe(service, &list).await?))
         });
-        let observed: Vec<(String, Observation)> = futures::future::join_all(futs).await.into_iter().collect::<Result<_, _>>()?;
+        let observed: Vec<(String, Observation)> =
+            futures::future::join_all(futs).await.into_iter().collect::<Result<_, _>>()?;
         if service.podman().is_some() {
             for (host, obs) in &observed {
                 let report = obs.running.as_ref().map(|r| crate::podman::Report::parse(r.as_str()));

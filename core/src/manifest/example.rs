@@ -38,7 +38,9 @@ mod tests {
         let files = |api: String| -> std::collections::BTreeMap<std::path::PathBuf, String> {
             super::FILES
                 .iter()
-                .map(|(p, t)| (std::path::PathBuf::from(p), if *p == "services/api.toml" { api.clone() } else { (*t).to_owned() }))
+                .map(|(p, t)| {
+                    (std::path::PathBuf::from(p), if *p == "services/api.toml" { api.clone() } else { (*t).to_owned() })
+                })
                 .collect()
         };
         let api = super::FILES.iter().find(|(p, _)| *p == "services/api.toml").unwrap().1;

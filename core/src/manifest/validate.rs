@@ -915,8 +915,8 @@ impl<'a> Validator<'a> {
                 }
             }
             let target = t.target.get_ref();
-            let target_ok =
-                relative_path_ok(target) && !["release.json", "egress.nft", "egress.json", "runtime.json"].contains(&target.as_str());
+            let target_ok = relative_path_ok(target)
+                && !["release.json", "egress.nft", "egress.json", "runtime.json"].contains(&target.as_str());
             if !target_ok {
                 self.err(at, &t.target, &format!("template[{i}].target"), format!("`{}` is not a safe path inside the release directory", target.escape_debug()), Some("use a relative path without `..` (and not `release.json`, which the control plane writes), e.g. `config/app.env`"));
             } else if templates.iter().any(|x| x.target == *target) {

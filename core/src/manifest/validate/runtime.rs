@@ -68,7 +68,13 @@ impl Validator<'_> {
         if let Some(r) = &f.runtime {
             let r = r.get_ref();
             if r.health.is_some() || r.auth_file.is_some() || r.memory.is_some() || r.command.is_some() {
-                self.err(at, &r.kind, "runtime", "Podman settings under `kind = \"command\"`".into(), Some("set `kind = \"podman\"`, or remove them"));
+                self.err(
+                    at,
+                    &r.kind,
+                    "runtime",
+                    "Podman settings under `kind = \"command\"`".into(),
+                    Some("set `kind = \"podman\"`, or remove them"),
+                );
             }
         }
         let mut argv = |field: &'static str, v: &Option<S<Vec<S<String>>>>| match v {
@@ -103,14 +109,26 @@ impl Validator<'_> {
         });
         let env_file = r.env_file.as_ref().map(|v| {
             if !templates.iter().any(|t| &t.target == v.get_ref()) {
-                self.err(at, v, "runtime.env_file", format!("no template renders `{}`", v.get_ref().escape_debug()), Some("name the `target` of one of the service's `[[template]]`s"));
+                self.err(
+                    at,
+                    v,
+                    "runtime.env_file",
+                    format!("no template renders `{}`", v.get_ref().escape_debug()),
+                    Some("name the `target` of one of the service's `[[template]]`s"),
+                );
             }
             v.get_ref().clone()
         });
         let mount = match &r.mount {
             Some(v) if remote_path(v.get_ref()).is_some() => v.get_ref().clone(),
             Some(v) => {
-                self.err(at, v, "runtime.mount", format!("`{}` is not an absolute path", v.get_ref().escape_debug()), Some("e.g. `/etc/agent`"));
+                self.err(
+                    at,
+                    v,
+                    "runtime.mount",
+                    format!("`{}` is not an absolute path", v.get_ref().escape_debug()),
+                    Some("e.g. `/etc/agent`"),
+                );
                 String::new()
             }
             None => DEFAULT_MOUNT.to_owned(),
@@ -123,7 +141,13 @@ impl Validator<'_> {
         let memory = match &r.memory {
             Some(v) if memory_ok(v.get_ref()) => v.get_ref().to_ascii_lowercase(),
             Some(v) => {
-                self.err(at, v, "runtime.memory", format!("`{}` is not a memory size", v.get_ref().escape_debug()), Some("bytes with an optional k, m or g suffix, at least 6m, e.g. `256m`"));
+                self.err(
+                    at,
+                    v,
+                    "runtime.memory",
+                    format!("`{}` is not a memory size", v.get_ref().escape_debug()),
+                    Some("bytes with an optional k, m or g suffix, at least 6m, e.g. `256m`"),
+                );
                 String::new()
             }
             None => DEFAULT_MEMORY.to_owned(),
@@ -133,7 +157,13 @@ impl Validator<'_> {
                 format!("{}", v.get_ref())
             }
             Some(v) => {
-                self.err(at, v, "runtime.cpus", format!("{} is not a number of CPUs", v.get_ref()), Some("a positive decimal, e.g. `0.5`"));
+                self.err(
+                    at,
+                    v,
+                    "runtime.cpus",
+                    format!("{} is not a number of CPUs", v.get_ref()),
+                    Some("a positive decimal, e.g. `0.5`"),
+                );
                 String::new()
             }
             None => DEFAULT_CPUS.to_owned(),
@@ -161,12 +191,24 @@ impl Validator<'_> {
             if CAPABILITIES.contains(&name.as_str()) {
                 capabilities.push(name);
             } else {
-                self.err(at, c, &format!("runtime.capabilities[{i}]"), format!("`{}` is not a capability a workload may add", c.get_ref().escape_debug()), Some("e.g. `NET_BIND_SERVICE`; CAP_SYS_ADMIN and the like are never added"));
+                self.err(
+                    at,
+                    c,
+                    &format!("runtime.capabilities[{i}]"),
+                    format!("`{}` is not a capability a workload may add", c.get_ref().escape_debug()),
+                    Some("e.g. `NET_BIND_SERVICE`; CAP_SYS_ADMIN and the like are never added"),
+                );
             }
         }
         let overlap = r.overlap.as_ref().is_none_or(|v| *v.get_ref());
-        let stop_timeout_secs =
-            self.ranged(at, r.stop_timeout_secs.as_ref(), "runtime.stop_timeout_secs", 0, 3600, DEFAULT_STOP_TIMEOUT_SECS);
+        let stop_timeout_secs = self.ranged(
+            at,
+            r.stop_timeout_secs.as_ref(),
+            "runtime.stop_timeout_secs",
+            0,
+            3600,
+            DEFAULT_STOP_TIMEOUT_SECS,
+        );
         let retain = self.ranged(at, r.retain.as_ref(), "runtime.retain", 1, 20, DEFAULT_RETAIN);
         let health = match &r.health {
             Some(h) => self.health(at, h, overlap, r.overlap.as_ref()),
@@ -196,12 +238,24 @@ impl Validator<'_> {
         })
     }
 
-    fn health(&mut self, at: &At<'_>, h: &S<raw::Health>, overlap: bool, overlap_at: Option<&S<bool>>) -> Option<HealthCheck> {
+    fn health(
+        &mut self,
+        at: &At<'_>,
+        h: &S<raw::Health>,
+        overlap: bool,
+        overlap_at: Option<&S<bool>>,
+    ) -> Option<HealthCheck> {
         let t = h.get_ref();
         let port = t.port.as_ref().map(|p| self.ranged(at, Some(p), "runtime.health.port", 1, 65535, 1));
         let kinds = usize::from(t.http.is_some()) + usize::from(t.tcp.is_some()) + usize::from(t.exec.is_some());
         if kinds != 1 {
-            self.err(at, h, "runtime.health", "name exactly one of `http`, `tcp` and `exec`".into(), Some("e.g. `http = \"/healthz\"` with `port = 8080`"));
+            self.err(
+                at,
+                h,
+                "runtime.health",
+                "name exactly one of `http`, `tcp` and `exec`".into(),
+                Some("e.g. `http = \"/healthz\"` with `port = 8080`"),
+            );
             return None;
         }
         let port_u16 = |p: Option<i64>| p.and_then(|p| u16::try_from(p).ok());
@@ -210,11 +264,23 @@ impl Validator<'_> {
                 && path.get_ref().len() <= 512
                 && path.get_ref().bytes().all(|b| b.is_ascii_graphic());
             if !ok {
-                self.err(at, path, "runtime.health.http", format!("`{}` is not a request path", path.get_ref().escape_debug()), Some("an absolute path without spaces, e.g. `/healthz`"));
+                self.err(
+                    at,
+                    path,
+                    "runtime.health.http",
+                    format!("`{}` is not a request path", path.get_ref().escape_debug()),
+                    Some("an absolute path without spaces, e.g. `/healthz`"),
+                );
                 return None;
             }
             let Some(port) = port_u16(port) else {
-                self.err(at, path, "runtime.health.port", "an HTTP check needs `port`".into(), Some("the port the workload listens on, e.g. `port = 8080`"));
+                self.err(
+                    at,
+                    path,
+                    "runtime.health.port",
+                    "an HTTP check needs `port`".into(),
+                    Some("the port the workload listens on, e.g. `port = 8080`"),
+                );
                 return None;
             };
             HealthProbe::Http { port, path: path.get_ref().clone() }
@@ -231,12 +297,15 @@ impl Validator<'_> {
         if overlap && !matches!(probe, HealthProbe::Exec(_)) {
             let hint = Some("the old and the new container share the host's network, so a port check could reach the old one: set `overlap = false` under `[runtime]` (the old container stops first), or check with `exec`");
             match overlap_at {
-                Some(o) => self.err(at, o, "runtime.overlap", "a port health check needs `overlap = false`".into(), hint),
+                Some(o) => {
+                    self.err(at, o, "runtime.overlap", "a port health check needs `overlap = false`".into(), hint)
+                }
                 None => self.err(at, h, "runtime.overlap", "a port health check needs `overlap = false`".into(), hint),
             }
             return None;
         }
-        let start_period_secs = self.ranged(at, t.start_period_secs.as_ref(), "runtime.health.start_period_secs", 0, 3600, 0);
+        let start_period_secs =
+            self.ranged(at, t.start_period_secs.as_ref(), "runtime.health.start_period_secs", 0, 3600, 0);
         let interval_secs = self.ranged(at, t.interval_secs.as_ref(), "runtime.health.interval_secs", 1, 600, 1);
         let retries = self.ranged(at, t.retries.as_ref(), "runtime.health.retries", 1, 1000, 3);
         let timeout_secs = self.ranged(at, t.timeout_secs.as_ref(), "runtime.health.timeout_secs", 1, 600, 2);

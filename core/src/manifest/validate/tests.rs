@@ -96,7 +96,10 @@ fn field_errors_name_line_and_field() {
     check(svc, "secrets = [\"API_TOKEN\"]", "secrets = [\"api token\"]", 8, "secrets[0]", "secret name");
     check(svc, "egress = [\"api.example.com:443\"]", "egress = [\"api.example.com\"]", 10, "egress[0]", "egress rule");
     let d = diags(svc, "target = \"config/api.env\"", "target = \"../../etc/passwd\"");
-    assert!(d.iter().any(|d| (d.line, d.field.as_str()) == (15, "template[0].target") && d.message.contains("safe path")), "{d:#?}");
+    assert!(
+        d.iter().any(|d| (d.line, d.field.as_str()) == (15, "template[0].target") && d.message.contains("safe path")),
+        "{d:#?}"
+    );
     check(
         svc,
         "source = \"templates/api.env.tera\"",
@@ -136,10 +139,31 @@ fn podman_runtime_fields_name_line_and_field() {
     check(svc, "overlap = false", "overlap = true", 32, "runtime.overlap", "port health check needs `overlap = false`");
     check(svc, "http = \"/healthz\"", "http = \"healthz\"", 39, "runtime.health.http", "not a request path");
     check(svc, "http = \"/healthz\"", "tcp = true\nhttp = \"/healthz\"", 38, "runtime.health", "exactly one");
-    check(svc, "env_file = \"config/api.env\"", "env_file = \"config/other.env\"", 25, "runtime.env_file", "no template renders");
+    check(
+        svc,
+        "env_file = \"config/api.env\"",
+        "env_file = \"config/other.env\"",
+        25,
+        "runtime.env_file",
+        "no template renders",
+    );
     check(svc, "mount = \"/etc/agent\"", "mount = \"etc\"", 26, "runtime.mount", "not an absolute path");
-    check(svc, "# auth_file = \"/etc/agentctl/auth.json\"", "auth_file = \"x:y\"", 24, "runtime.auth_file", "not an absolute path");
-    check(svc, "# capabilities = [\"NET_BIND_SERVICE\"]", "capabilities = [\"SYS_ADMIN\"]", 36, "runtime.capabilities[0]", "not a capability");
+    check(
+        svc,
+        "# auth_file = \"/etc/agentctl/auth.json\"",
+        "auth_file = \"x:y\"",
+        24,
+        "runtime.auth_file",
+        "not an absolute path",
+    );
+    check(
+        svc,
+        "# capabilities = [\"NET_BIND_SERVICE\"]",
+        "capabilities = [\"SYS_ADMIN\"]",
+        36,
+        "runtime.capabilities[0]",
+        "not a capability",
+    );
     check(svc, "secrets = [", "activate = [\"x\"]\nsecrets = [", 8, "activate", "command-runtime field");
     let relaxed = {
         let mut files = example();
