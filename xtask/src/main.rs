@@ -6,6 +6,7 @@
 //! - `test`: `setup`, then the whole test suite.
 
 mod bench;
+mod bench_deploy;
 mod bench_store;
 mod bench_watch;
 mod quickstart;
@@ -84,6 +85,21 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// `promote --apply` of a new release to N Podman hosts vs plain parallel ssh, Ansible
+    /// and pyinfra doing the same Podman commands.
+    Deploy {
+        /// Host counts to measure, one lab each.
+        #[arg(long, value_delimiter = ',', default_value = "10,50")]
+        hosts: Vec<usize>,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Skip Ansible (installs ansible-core from PyPI into target/).
+        #[arg(long)]
+        no_ansible: bool,
+        /// Skip pyinfra (installs pyinfra from PyPI into target/).
+        #[arg(long)]
+        no_pyinfra: bool,
+    },
     /// A warm probe round over held connections (the watch) vs the local floor and Ansible.
     Watch {
         #[arg(long, default_value_t = 50)]
@@ -150,6 +166,9 @@ fn main() -> anyhow::Result<()> {
             setup()?;
             match bench {
                 BenchCommand::Verify { images, runs } => rt.block_on(bench::verify(images, runs)),
+                BenchCommand::Deploy { hosts, runs, no_ansible, no_pyinfra } => {
+                    rt.block_on(bench_deploy::deploy(&hosts, runs, !no_ansible, !no_pyinfra))
+                }
                 BenchCommand::Receipts { count, runs } => rt.block_on(bench::receipts(count, runs)),
                 BenchCommand::Store { hosts, receipts, runs } => rt.block_on(bench_store::store(hosts, receipts, runs)),
                 BenchCommand::Watch { hosts, runs, no_ansible } => {
