@@ -182,7 +182,7 @@ async fn failed_releases_roll_back_to_a_container_that_still_answers() {
 
     for (version, behaviour, says) in [
         ("v2", Behaviour::Unhealthy, "GET /healthz answered: HTTP/1.1 404"),
-        ("v3", Behaviour::ExitsAtStart, "exiting at start"),
+        ("v3", Behaviour::ExitsAtStart, "the container stopped (exited, exit status 3)"),
     ] {
         let img = w.app(version, behaviour, None).await;
         let out = w.promote("staging", &img, &["--apply"]);
@@ -195,6 +195,8 @@ async fn failed_releases_roll_back_to_a_container_that_still_answers() {
         assert_eq!(hosts[0]["outcome"], "rolled-back", "{receipt:#}");
         assert!(hosts[0]["detail"].as_str().unwrap().contains(says), "{receipt:#}");
         assert_eq!(w.containers("stage-1"), before, "the failed container was discarded");
+        let text = serde_json::to_string(&receipt).unwrap();
+        assert!(!text.contains("exiting at start"), "the workload's own output stays on the host: {text}");
         assert_ok(&w.agentctl(&["status", "--env", "staging"]));
     }
 }

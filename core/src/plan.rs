@@ -133,7 +133,7 @@ pub fn build(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
         let in_place = before.as_ref() == Some(&input.release.release_id)
             && recorded.as_ref() == Some(&input.release.release_id)
             && obs.content_hash.as_ref() == Some(&input.release.content_hash)
-            && obs.running.as_ref().map(HostText::as_str) == Some(input.release.facts.digest.as_str());
+            && runs(obs.running.as_ref(), &input.release.release_id, &input.release.facts.digest);
         let broken = |reason: String| PlanError::RollbackTargetBroken { host: name.clone(), reason };
         if !in_place {
             // The way back is the recorded release, and it must be intact on the host.
@@ -365,6 +365,18 @@ fn staleness(plan: &Plan, now: &[(String, &Fingerprint)]) -> Vec<Moved> {
         cmp("running digest", &text(&h.observed.running), &text(&f.running));
     }
     moved
+}
+
+/// Whether what the runtime reports as running is release `id` with image `digest`: the
+/// digest itself (the command runtime), or the Podman runtime's report of a running,
+/// agentctl-made container of that release on that image.
+fn runs(running: Option<&HostText>, id: &ReleaseId, digest: &str) -> bool {
+    match running.map(HostText::as_str) {
+        Some(r) if r.starts_with("podman=") => {
+            crate::podman::Report::parse(r).is_ok_and(|rep| rep.findings(id.as_str(), digest).is_empty())
+        }
+        other => other == Some(digest),
+    }
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ load_egress() {
   fi
 }
 need_podman() {
-  command -v podman >/dev/null 2>&1 || { echo "podman is not installed on this host (apt-get install podman)" >&2; exit 127; }
+  command -v podman >/dev/null 2>&1 || { echo "podman is not installed on this host (apt-get install podman)" >&2; exit 3; }
 }
 "#;
 
@@ -94,34 +94,39 @@ name="agentctl-$service-$id"
 user="agent-$service"
 uid=$(id -u "$user" 2>/dev/null) && gid=$(id -g "$user" 2>/dev/null) || {
   echo "the workload user $user does not exist on this host (useradd --system --no-create-home --shell /usr/sbin/nologin $user)" >&2; exit 3; }
-[ "$uid" != 0 ] || { echo "the workload user $user is root" >&2; exit 3; }
+[ "$uid" != 0 ] && [ "$gid" != 0 ] || { echo "the workload user $user is root or in group root" >&2; exit 3; }
 load_egress "$rel"
 if [ "$overlap" = 0 ]; then
-  for c in $(podman ps --format '{{.Names}}'); do
-    case "$c" in "agentctl-$service-r-"*) [ "$c" = "$name" ] || podman stop -t "$stopt" "$c" >/dev/null ;; esac
+  running=$(podman ps --filter "label=agentctl.service=$service" --format '{{.Names}}')
+  for c in $running; do
+    [ "$c" = "$name" ] || podman stop -t "$stopt" "$c" >/dev/null
   done
 fi
-if podman container exists "$name"; then
-  label=$(podman container inspect --format '{{index .Config.Labels "agentctl.release"}}' "$name")
+if label=$(podman container inspect --format '{{index .Config.Labels "agentctl.release"}}' "$name" 2>/dev/null); then
   [ "$label" = "$id" ] || { echo "a container named $name exists that agentctl did not create; remove it (podman rm $name)" >&2; exit 3; }
+  out=$(podman start "$name" 2>&1 >/dev/null) || { echo "the container could not start: $(printf %s "$out" | tail -n 2)" >&2; exit 1; }
 else
+  # Staging pulled the image; a rollback finds it in local storage (pulled only if it is gone).
   if ! podman image exists "$img"; then
     if [ "$auth" != - ]; then a="--authfile=$auth"; else a="--quiet"; fi
     out=$(podman pull --quiet "$a" "$img" 2>&1 >/dev/null) || { echo "pull of $img failed: $(printf %s "$out" | tail -n 3)" >&2; exit 4; }
   fi
+  opts=1
   for a do
     shift
-    case "$a" in
-      @USER@) set -- "$@" "$uid:$gid" ;;
-      @IMAGE@) set -- "$@" "$img" ;;
-      @REL@*) set -- "$@" "$rel${a#@REL@}" ;;
-      *) set -- "$@" "$a" ;;
-    esac
+    if [ "$opts" = 1 ]; then
+      case "$a" in
+        @USER@) a="$uid:$gid" ;;
+        @IMAGE@) a="$img"; opts=0 ;;
+        @REL@*) a="$rel${a#@REL@}" ;;
+      esac
+    fi
+    set -- "$@" "$a"
   done
-  podman create --name "$name" --label "agentctl.service=$service" --label "agentctl.release=$id" \
-    --label "agentctl.plan=$plan" --label "agentctl.image=$img" --pull never "$@" >/dev/null
+  out=$(podman run --detach --name "$name" --label "agentctl.service=$service" --label "agentctl.release=$id" \
+    --label "agentctl.plan=$plan" --label "agentctl.image=$img" --pull never "$@" 2>&1 >/dev/null) || {
+    echo "the container could not start: $(printf %s "$out" | tail -n 2)" >&2; exit 1; }
 fi
-podman start "$name" >/dev/null
 echo "started $name"
 "#;
 
@@ -132,17 +137,18 @@ echo "started $name"
 const CHECK: &str = r#"set -u
 root="$1"; service="$2"; id="$3"; period="$4"; interval="$5"; retries="$6"; to="$7"; kind="$8"; port="$9"; path="${10}"; shift 10
 name="agentctl-$service-$id"
-start=$(date +%s); fails=0; why=""
+start=$(date +%s); fails=0; why=""; pause=0.1
 attempt() {
   case "$kind" in
     http) why=$(timeout "$to" bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0" || exit 2
 printf "GET %s HTTP/1.0\r\nHost: localhost\r\nUser-Agent: agentctl\r\nConnection: close\r\n\r\n" "$1" >&3
 IFS= read -r line <&3 || exit 2
-line=$(printf %s "$line" | tr -d "\r")
-case "$line" in "HTTP/1."[01]" "[23]*) exit 0 ;; esac
-echo "GET $1 answered: $line"; exit 1' "$port" "$path" 2>&1) ;;
+code=$(printf %s "$line" | cut -c 1-12 | tr -dc "A-Z0-9/. ")
+case "$code" in "HTTP/1."[01]" "[23]*) exit 0 ;; esac
+echo "GET $1 answered: $code"; exit 1' "$port" "$path" 2>&1) ;;
     tcp) why=$(timeout "$to" bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0"' "$port" 2>&1) ;;
-    exec) why=$(timeout "$to" podman exec "$name" "$@" 2>&1 | tail -c 400) ;;
+    exec) timeout "$to" podman exec "$name" "$@" >/dev/null 2>&1; rc=$?
+          why="the check exited with status $rc"; return "$rc" ;;
   esac
 }
 while :; do
@@ -150,7 +156,7 @@ while :; do
     echo "the container $name does not exist" >&2; exit 1; }
   case "$state" in
     running*) ;;
-    *) echo "the container stopped (${state%% *}, exit status ${state##* }); its last output: $(podman logs --tail 5 "$name" 2>&1 | tail -c 600 | tr '\n' ' ')" >&2; exit 1 ;;
+    *) echo "the container stopped (${state%% *}, exit status ${state##* }); its output stays on the host: podman logs $name" >&2; exit 1 ;;
   esac
   if attempt; then echo "healthy"; exit 0; fi
   [ -n "$why" ] || why="no answer within ${to} s"
@@ -158,7 +164,9 @@ while :; do
     fails=$((fails + 1))
     if [ "$fails" -ge "$retries" ]; then echo "unhealthy after $fails attempts ($kind): $why" >&2; exit 1; fi
   fi
-  sleep "$interval"
+  # A workload that is nearly up is seen at once: 0.1 s, doubling up to the interval.
+  sleep "$pause"
+  pause=$(awk -v p="$pause" -v m="$interval" 'BEGIN { p *= 2; print (p > m ? m : p) }')
 done
 "#;
 
@@ -174,17 +182,14 @@ ln -sfn "releases/$id" "$d/.current.$$"
 mv -T "$d/.current.$$" "$d/current"
 set +e
 name="agentctl-$service-$id"
-for c in $(podman ps --format '{{.Names}}'); do
-  case "$c" in "agentctl-$service-r-"*) [ "$c" = "$name" ] || podman stop -t "$stopt" "$c" >/dev/null || echo "could not stop $c" >&2 ;; esac
-done
+# One listing of the service's containers, most recently started first.
+list=$(podman ps -a --filter "label=agentctl.service=$service" --format '{{.StartedAt}} {{.Names}} {{.State}} {{index .Labels "agentctl.image"}}' | sort -rn)
 n=0
-for c in $(podman ps -a --filter "label=agentctl.service=$service" --format '{{.Names}}' | while read -r c; do
-             printf '%s %s\n' "$(podman container inspect --format '{{.State.StartedAt.Unix}}' "$c")" "$c"; done | sort -rn | cut -d ' ' -f 2); do
-  case "$c" in "agentctl-$service-r-"*) ;; *) continue ;; esac
-  if [ "$c" = "$name" ]; then continue; fi
+printf '%s\n' "$list" | while read -r started c state img; do
+  [ -n "$c" ] && [ "$c" != "$name" ] || continue
+  case "$state" in [Rr]unning) podman stop -t "$stopt" "$c" >/dev/null || echo "could not stop $c" >&2 ;; esac
   n=$((n + 1))
   if [ "$n" -ge "$retain" ]; then
-    img=$(podman container inspect --format '{{index .Config.Labels "agentctl.image"}}' "$c")
     podman rm -f "$c" >/dev/null && echo "pruned $c"
     [ -z "$img" ] || podman rmi "$img" >/dev/null 2>&1 || true
   fi
@@ -192,11 +197,15 @@ done
 exit 0
 "#;
 
-/// Stops and removes the container of release `id` (a start that failed):
-/// `service id stop-timeout`.
+/// Stops and removes the container of release `id` (a start that failed), unless
+/// `current` already names it (a swap that renamed and then failed): `root service id
+/// stop-timeout`.
 const DISCARD: &str = r#"set -eu
-service="$1"; id="$2"; stopt="$3"
+root="$1"; service="$2"; id="$3"; stopt="$4"
 name="agentctl-$service-$id"
+if [ "$(readlink "$root/$service/current" 2>/dev/null)" = "releases/$id" ]; then
+  echo "\`current\` already names $id (the swap happened): its container is live and is not discarded" >&2; exit 3
+fi
 if podman container exists "$name"; then podman rm -f -t "$stopt" "$name" >/dev/null; fi
 echo "discarded $name"
 "#;
@@ -218,14 +227,15 @@ if [ -n "$secrets" ]; then
 fi
 printf 'podman=1'
 [ -z "$missing" ] || printf ' missing-secrets=%s' "${missing#,}"
-others=""
-for c in $(podman ps --format '{{.Names}}' 2>/dev/null); do
-  case "$c" in "agentctl-$service-$id") ;; "agentctl-$service-"*|"$service") others="$others,$c" ;; esac
+others=""; n=0
+for c in $(podman ps --filter "label=agentctl.service=$service" --format '{{.Names}}' 2>/dev/null); do
+  [ "$c" != "agentctl-$service-$id" ] || continue
+  n=$((n + 1)); [ "$n" -le 8 ] && others="$others,$c"
 done
 [ -z "$others" ] || printf ' others=%s' "${others#,}"
 if [ -n "$id" ]; then
-  if podman container exists "agentctl-$service-$id"; then
-    podman container inspect --format ' container={{.State.Status}} digest={{.ImageDigest}} restarts={{.RestartCount}} release={{index .Config.Labels "agentctl.release"}}' "agentctl-$service-$id" | tr -d '\n'
+  if c=$(podman container inspect --format ' container={{.State.Status}} digest={{.ImageDigest}} restarts={{.RestartCount}} release={{index .Config.Labels "agentctl.release"}}' "agentctl-$service-$id" 2>/dev/null); then
+    printf %s "$c" | tr -d '\n'
   else
     printf ' container=absent'
   fi
@@ -295,7 +305,7 @@ pub fn create_options(service: &Service, p: &PodmanRuntime) -> Vec<String> {
         o.extend(["--secret".into(), format!("{s},type=env,target={s}")]);
     }
     for v in &p.volumes {
-        o.extend(["--volume".into(), format!("agentctl-{}-{}:{}", service.name, v.name, v.target)]);
+        o.extend(["--volume".into(), format!("agentctl.{}.{}:{}", service.name, v.name, v.target)]);
     }
     o.push("@IMAGE@".into());
     o.extend(p.command.iter().cloned());
@@ -356,8 +366,11 @@ pub fn swap(host: &Host, service: &Service, p: &PodmanRuntime, id: &str) -> Remo
 }
 
 /// Removes the container of release `id`.
-pub fn discard(service: &Service, p: &PodmanRuntime, id: &str) -> RemoteCommand {
-    RemoteCommand::script(DISCARD, [service.name.to_string(), id.to_owned(), p.stop_timeout_secs.to_string()])
+pub fn discard(host: &Host, service: &Service, p: &PodmanRuntime, id: &str) -> RemoteCommand {
+    RemoteCommand::script(
+        DISCARD,
+        [host.root.to_string(), service.name.to_string(), id.to_owned(), p.stop_timeout_secs.to_string()],
+    )
 }
 
 /// The probe's `running` argv (the probe appends the service name).

@@ -120,8 +120,9 @@ pub async fn deploy(sizes: &[usize], runs: usize, ansible: bool, pyinfra: bool) 
     let pyinfra_bin = if pyinfra { Some(venv_tool("pyinfra", "pyinfra")?) } else { None };
     println!("deploy benchmark ({runs} runs each, medians; {profile} build; {} cores)", num_cpus());
     for &n in sizes {
-        let lab = Lab::start(LabConfig { hosts: n, staging: n, registry: true, dir: None, egress: false, podman: true })
-            .await?;
+        let lab =
+            Lab::start(LabConfig { hosts: n, staging: n, registry: true, dir: None, egress: false, podman: true })
+                .await?;
         let m = lab.manifests();
         // One batch, every host at once, for every contender.
         let env = m.join("environments/staging.toml");
@@ -141,9 +142,17 @@ pub async fn deploy(sizes: &[usize], runs: usize, ansible: bool, pyinfra: bool) 
         let mut releases = Vec::new();
         for r in 0..=runs {
             let img = image(format!("agentctl-{n}-{r}")).await?.to_string();
-            for args in [vec!["sign", img.as_str(), "--key", key.as_str()], vec!["release", "add", "api", &img, "--commit", commit]] {
+            for args in [
+                vec!["sign", img.as_str(), "--key", key.as_str()],
+                vec!["release", "add", "api", &img, "--commit", commit],
+            ] {
                 let out = ctl(&args)?;
-                anyhow::ensure!(out.status.success(), "`agentctl {}`: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+                anyhow::ensure!(
+                    out.status.success(),
+                    "`agentctl {}`: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             releases.push(img.rsplit('@').next().unwrap_or_default().to_owned());
         }
@@ -174,20 +183,28 @@ pub async fn deploy(sizes: &[usize], runs: usize, ansible: bool, pyinfra: bool) 
             let mut all = String::from("set -e\npids=\"\"\n");
             for h in &hosts {
                 let args: Vec<String> = ssh.ssh_args(h).iter().map(|a| controlplane::remote::quote(a)).collect();
-                all.push_str(&format!("ssh {} -- {} </dev/null >/dev/null & pids=\"$pids $!\"\n", args.join(" "), controlplane::remote::quote(&sh)));
+                all.push_str(&format!(
+                    "ssh {} -- {} </dev/null >/dev/null & pids=\"$pids $!\"\n",
+                    args.join(" "),
+                    controlplane::remote::quote(&sh)
+                ));
             }
             all.push_str("for p in $pids; do wait \"$p\"; done\n");
             floor.push(timed(Command::new("sh").arg("-c").arg(all), "plain ssh")?);
         }
 
-        let mut contenders: Vec<(&str, Vec<Run>)> = vec![("agentctl promote --apply", ours), ("plain ssh (floor)", floor)];
+        let mut contenders: Vec<(&str, Vec<Run>)> =
+            vec![("agentctl promote --apply", ours), ("plain ssh (floor)", floor)];
         let work = lab.dir().join("bench-work");
         std::fs::create_dir_all(&work)?;
         if let Some(ansible) = &ansible_bin {
             let inventory = work.join("inventory.ini");
             let mut inv = String::from("[lab]\n");
             for h in &hosts {
-                inv.push_str(&format!("{} ansible_host={} ansible_port={} ansible_user={}\n", h.name, h.address, h.port, h.user));
+                inv.push_str(&format!(
+                    "{} ansible_host={} ansible_port={} ansible_user={}\n",
+                    h.name, h.address, h.port, h.user
+                ));
             }
             inv.push_str(&format!(
                 "[lab:vars]\nansible_ssh_private_key_file={}\nansible_ssh_common_args='-o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o ControlMaster=auto -o ControlPersist=60s'\nansible_python_interpreter=/usr/bin/python3\n",
@@ -260,7 +277,10 @@ pub async fn deploy(sizes: &[usize], runs: usize, ansible: bool, pyinfra: bool) 
                     .arg("--parallel")
                     .arg(n.to_string())
                     .arg("--data")
-                    .arg(format!("script={}", controlplane::remote::RemoteCommand::script(&script, Vec::<String>::new()).shell_line()))
+                    .arg(format!(
+                        "script={}",
+                        controlplane::remote::RemoteCommand::script(&script, Vec::<String>::new()).shell_line()
+                    ))
                     .current_dir(&work);
                 runs_p.push(timed(&mut c, "pyinfra")?);
             }

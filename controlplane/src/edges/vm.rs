@@ -216,7 +216,7 @@ impl GoldenVm for SshVm {
                 Step::Start(id) => (podman::start(host, service, p, Some(id), plan), STEP_TIMEOUT),
                 Step::Check(id) => (podman::check(host, service, p, id), health_timeout),
                 Step::Swap(id) => (podman::swap(host, service, p, id), STEP_TIMEOUT),
-                Step::Discard(id) => (podman::discard(service, p, id), STEP_TIMEOUT),
+                Step::Discard(id) => (podman::discard(host, service, p, id), STEP_TIMEOUT),
                 Step::Restore => (podman::start(host, service, p, None, plan), STEP_TIMEOUT),
                 other => return Err(HostText::new(&format!("the Podman runtime has no {} step", other.describe()))),
             },

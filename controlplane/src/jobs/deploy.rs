@@ -594,7 +594,12 @@ impl<'a> Deployer<'a> {
             // The way back must not depend on the registry (the hosts keep the image): an
             // outage falls back to what was verified when the release was recorded and
             // applied, if its signer is still trusted. A refusal stays a refusal.
-            Err(DeployError::Verify(VerifyError::Registry { image, .. })) => {
+            // Only an unreachable registry: an answer that does not match its digest, or
+            // any other wrong answer, stays a refusal.
+            Err(DeployError::Verify(VerifyError::Registry {
+                image,
+                source: crate::registry::RegistryError::Unreachable { .. },
+            })) => {
                 self.sink.event(&format!(
                     "the registry is unreachable for `{image}`: going back on the recorded verification (signer still trusted)"
                 ));

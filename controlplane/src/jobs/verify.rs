@@ -55,6 +55,8 @@ pub enum VerifyError {
     KeylessInvalid { image: PinnedImage, what: &'static str, detail: String },
     #[error("no trusted keys or keyless identities to verify against")]
     NoKeys,
+    #[error("cannot go back to `{image}` while its registry is unreachable: {why}")]
+    NotOffline { image: PinnedImage, why: String },
 }
 
 impl VerifyError {
@@ -98,6 +100,9 @@ impl VerifyError {
             }
             Self::MissingSbom(i) => format!("attach one: `agentctl attest {i} --type spdx --predicate FILE --key KEY`"),
             Self::UntrustedBuilder { .. } => "add the builder id to `[trust] builders` if it is trusted".into(),
+            Self::NotOffline { .. } => {
+                "bring the registry back and plan again (`agentctl status` shows what runs meanwhile)".into()
+            }
             _ => return None,
         })
     }
@@ -173,14 +178,14 @@ impl VerifyRelease for Verifier<'_> {
         if facts.digest != image.digest.as_str() || facts.repository != image.repository.as_str() {
             return Err(VerifyError::OtherDigest { image: image.clone(), signed: facts.image() });
         }
+        let not = |why: &str| VerifyError::NotOffline { image: image.clone(), why: why.to_owned() };
         if !self.keys.iter().any(|k| k.key_id == facts.signer_key_id) {
-            return Err(VerifyError::UntrustedKey(image.clone()));
+            return Err(not("its recorded signer is no longer a key of the trust policy (keyless signers are never re-checked offline)"));
         }
-        if req.provenance && facts.provenance.is_none() {
-            return Err(VerifyError::MissingProvenance(image.clone()));
-        }
-        if req.sbom && facts.sbom.is_none() {
-            return Err(VerifyError::MissingSbom(image.clone()));
+        if req.provenance || req.sbom {
+            return Err(not(
+                "the environment requires attestations, whose builder and commit cannot be re-checked offline",
+            ));
         }
         let signature = SignatureEvidence {
             key_id: facts.signer_key_id.clone(),

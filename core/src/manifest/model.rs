@@ -352,7 +352,7 @@ pub struct PodmanRuntime {
     pub cpus: String,
     /// `--pids-limit`.
     pub pids: u32,
-    /// Named volumes (`agentctl-<service>-<name>` on the host), mounted read-write.
+    /// Named volumes (`agentctl.<service>.<name>` on the host), mounted read-write.
     pub volumes: Vec<Volume>,
     /// Relaxation: the container's root filesystem is writable (default read-only).
     pub writable_root: bool,

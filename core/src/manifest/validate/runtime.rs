@@ -13,23 +13,12 @@ pub const DEFAULT_MOUNT: &str = "/etc/agent";
 pub const DEFAULT_RETAIN: i64 = 3;
 pub const DEFAULT_STOP_TIMEOUT_SECS: i64 = 10;
 
-/// Capabilities a service may add back (the kernel's names without `CAP_`).
-const CAPABILITIES: &[&str] = &[
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "NET_BIND_SERVICE",
-    "NET_RAW",
-    "SETGID",
-    "SETUID",
-    "SETPCAP",
-    "SYS_CHROOT",
-    "AUDIT_WRITE",
-    "MKNOD",
-    "SETFCAP",
-];
+/// Capabilities a service may add back (the kernel's names without `CAP_`). Podman runs
+/// rootful without a user namespace, so an added capability is the host's: none that
+/// leads back to uid 0 (`SETUID`, `SETGID`, `SETPCAP`, `SETFCAP`), past file permissions
+/// (`DAC_OVERRIDE`), to devices (`MKNOD`) or around the egress rules on the host's
+/// network (`NET_RAW`, `NET_ADMIN`) is on the list.
+const CAPABILITIES: &[&str] = &["NET_BIND_SERVICE", "KILL", "CHOWN", "FOWNER"];
 
 impl Validator<'_> {
     pub(super) fn runtime(&mut self, at: &At<'_>, f: &raw::ServiceFile, templates: &[Template]) -> Option<Runtime> {
@@ -196,7 +185,7 @@ impl Validator<'_> {
                     c,
                     &format!("runtime.capabilities[{i}]"),
                     format!("`{}` is not a capability a workload may add", c.get_ref().escape_debug()),
-                    Some("e.g. `NET_BIND_SERVICE`; CAP_SYS_ADMIN and the like are never added"),
+                    Some("one of NET_BIND_SERVICE, KILL, CHOWN, FOWNER: a capability that leads back to root or around the egress rules is never added"),
                 );
             }
         }
@@ -206,7 +195,7 @@ impl Validator<'_> {
             r.stop_timeout_secs.as_ref(),
             "runtime.stop_timeout_secs",
             0,
-            3600,
+            60,
             DEFAULT_STOP_TIMEOUT_SECS,
         );
         let retain = self.ranged(at, r.retain.as_ref(), "runtime.retain", 1, 20, DEFAULT_RETAIN);
