@@ -152,13 +152,14 @@ echo "GET $1 answered: $code"; exit 1' "$port" "$path" 2>&1) ;;
   esac
 }
 while :; do
+  # The check first; Podman is asked (a whole process each time) only when it fails.
+  if attempt; then echo "healthy"; exit 0; fi
   state=$(podman container inspect --format '{{.State.Status}} {{.State.ExitCode}}' "$name" 2>/dev/null) || {
     echo "the container $name does not exist" >&2; exit 1; }
   case "$state" in
     running*) ;;
     *) echo "the container stopped (${state%% *}, exit status ${state##* }); its output stays on the host: podman logs $name" >&2; exit 1 ;;
   esac
-  if attempt; then echo "healthy"; exit 0; fi
   [ -n "$why" ] || why="no answer within ${to} s"
   if [ $(( $(date +%s) - start )) -ge "$period" ]; then
     fails=$((fails + 1))

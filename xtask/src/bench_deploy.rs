@@ -126,7 +126,11 @@ pub async fn deploy(sizes: &[usize], runs: usize, ansible: bool, pyinfra: bool) 
         let m = lab.manifests();
         // One batch, every host at once, for every contender.
         let env = m.join("environments/staging.toml");
-        std::fs::write(&env, std::fs::read_to_string(&env)?.replace("batch = 1\n", "batch = \"100%\"\n"))?;
+        // Every host at once on this machine's two cores: a health check may wait its turn.
+        let text = std::fs::read_to_string(&env)?
+            .replace("batch = 1\n", "batch = \"100%\"\n")
+            .replace("health_timeout_secs = 10", "health_timeout_secs = 300");
+        std::fs::write(&env, text)?;
         let cp = m.join("controlplane.toml");
         std::fs::write(&cp, std::fs::read_to_string(&cp)?.replace("concurrency = 16", &format!("concurrency = {n}")))?;
         let ctl = |args: &[&str]| -> anyhow::Result<std::process::Output> {

@@ -377,3 +377,43 @@ impl Verifier<'_> {
         Ok(Some(out))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The offline way back: accepted only for a recorded signer that is still a policy
+    /// key, and never where the environment requires attestations.
+    #[test]
+    fn recorded_verification_needs_a_still_trusted_signer_and_no_attestation_policy() {
+        let registry = crate::registry::Registry::new(&[]);
+        let key = crate::keys::SigningKey::generate().unwrap();
+        let verifier =
+            Verifier { registry: &registry, keys: vec![key.public().clone()], builders: vec![], keyless: None };
+        let image = PinnedImage {
+            repository: crate::image::Repository::new("127.0.0.1:5000/demo/api").unwrap(),
+            digest: crate::image::Digest::of(b"v1"),
+        };
+        let facts = crate::release::ReleaseFacts {
+            repository: image.repository.to_string(),
+            digest: image.digest.to_string(),
+            signer_key_id: key.public().key_id.clone(),
+            signature: Some("bundle sha256:ab".into()),
+            ..Default::default()
+        };
+        let none = Requirements { provenance: false, sbom: false, commit: None };
+        let v = verifier.verify_recorded(&image, &facts, &none).unwrap();
+        assert_eq!(v.signature_summary(), "recorded bundle sha256:ab");
+
+        let retired = crate::release::ReleaseFacts { signer_key_id: "sha256:retired".into(), ..facts.clone() };
+        let e = verifier.verify_recorded(&image, &retired, &none).unwrap_err();
+        assert!(e.to_string().contains("no longer a key of the trust policy"), "{e}");
+
+        let attested = Requirements { provenance: true, sbom: false, commit: None };
+        let e = verifier.verify_recorded(&image, &facts, &attested).unwrap_err();
+        assert!(e.to_string().contains("requires attestations"), "{e}");
+
+        let other = PinnedImage { digest: crate::image::Digest::of(b"v2"), ..image.clone() };
+        assert!(verifier.verify_recorded(&other, &facts, &none).is_err(), "the facts are of another image");
+    }
+}
