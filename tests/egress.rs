@@ -171,6 +171,41 @@ async fn a_failing_egress_proof_fails_the_health_gate_and_the_host_goes_back() {
     let _ = v1;
 }
 
+/// Without canaries, the proof's denied destination is an allowed address on a closed
+/// port, which refuses whether or not any rule is loaded: the proof must also find the
+/// release's rules loaded, or fail. Fails on a proof that only counts refusals.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proof_without_canaries_fails_when_no_rules_are_loaded() {
+    let w = World::start(egress_lab()).await;
+    let bridge = w.lab.info.network.clone().unwrap();
+    let allowed = Server::start(&bridge).unwrap();
+    allow(&w, &[allowed.destination()]);
+    enforce(&w, "staging", "");
+    enforce(&w, "prod", "prove_on_apply = true");
+    let v1 = w.deploy("v1", &["staging"]).await;
+    assert_ok(&w.agentctl(&["prove", "egress", "api", "--env", "staging"]));
+
+    // Every rule flushed: the refusals look the same, the proof does not pass.
+    let ns = w.lab.host("stage-1").netns.clone().unwrap();
+    assert!(ns.exec("nft", &["flush", "ruleset"]).unwrap().status.success());
+    let out = w.agentctl(&["prove", "egress", "api", "--env", "staging"]);
+    assert_exit(&out, 1, "the egress proof failed");
+    assert!(stderr(&out).contains("no egress rules are loaded"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("is reachable"), "the connections alone looked fine: {}", stderr(&out));
+
+    // A runtime that activates without loading the rules: the apply's proof fails the
+    // health gate and the host goes back.
+    w.runtime("prod-1", "skip-nft", "");
+    let out = w.promote("prod", &v1, &["--apply"]);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("egress proof failed") && stderr(&out).contains("no egress rules are loaded"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(w.current("prod-1"), None, "prod-1 had nothing before and has nothing now");
+}
+
 #[test]
 fn nftables_reads_back_exactly_the_rules_we_render() {
     use controlplane::egress::{self, Rule};

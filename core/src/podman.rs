@@ -85,8 +85,8 @@ if [ "$id" = - ]; then
   if [ ! -L "$d/current" ]; then load_egress /nonexistent; echo "no current release"; exit 0; fi
   id=$(readlink "$d/current"); id=${id#releases/}
 fi
-case "$id" in r-*) ;; *) echo "`current` does not name a release" >&2; exit 3 ;; esac
-case "$id" in *[!a-z0-9-]*) echo "`current` does not name a release" >&2; exit 3 ;; esac
+case "$id" in r-*) ;; *) echo "current does not name a release" >&2; exit 3 ;; esac
+case "$id" in *[!a-z0-9-]*) echo "current does not name a release" >&2; exit 3 ;; esac
 rel="$d/releases/$id"
 [ -d "$rel" ] || { echo "release $id is not staged on this host" >&2; exit 3; }
 image_of "$rel"
@@ -102,30 +102,36 @@ if [ "$overlap" = 0 ]; then
     [ "$c" = "$name" ] || podman stop -t "$stopt" "$c" >/dev/null
   done
 fi
-if label=$(podman container inspect --format '{{index .Config.Labels "agentctl.release"}}' "$name" 2>/dev/null); then
+opts=1
+for a do
+  shift
+  if [ "$opts" = 1 ]; then
+    case "$a" in
+      @USER@) a="$uid:$gid" ;;
+      @IMAGE@) a="$img"; opts=0 ;;
+      @REL@*) a="$rel${a#@REL@}" ;;
+    esac
+  fi
+  set -- "$@" "$a"
+done
+run() {
+  podman run --detach --name "$name" --label "agentctl.service=$service" --label "agentctl.release=$id" \
+    --label "agentctl.plan=$plan" --label "agentctl.image=$img" --pull never "$@" 2>&1 >/dev/null
+}
+# The usual case in one Podman call: a new container from the image staging pulled.
+if out=$(run "$@"); then
+  :
+elif label=$(podman container inspect --format '{{index .Config.Labels "agentctl.release"}}' "$name" 2>/dev/null); then
+  # It exists: a rollback or a restore of a kept container (or one that never started).
   [ "$label" = "$id" ] || { echo "a container named $name exists that agentctl did not create; remove it (podman rm $name)" >&2; exit 3; }
   out=$(podman start "$name" 2>&1 >/dev/null) || { echo "the container could not start: $(printf %s "$out" | tail -n 2)" >&2; exit 1; }
+elif ! podman image exists "$img"; then
+  # A rollback whose image was pruned by hand: pulled again (the registry must answer).
+  if [ "$auth" != - ]; then a="--authfile=$auth"; else a="--quiet"; fi
+  out=$(podman pull --quiet "$a" "$img" 2>&1 >/dev/null) || { echo "pull of $img failed: $(printf %s "$out" | tail -n 3)" >&2; exit 4; }
+  out=$(run "$@") || { echo "the container could not start: $(printf %s "$out" | tail -n 2)" >&2; exit 1; }
 else
-  # Staging pulled the image; a rollback finds it in local storage (pulled only if it is gone).
-  if ! podman image exists "$img"; then
-    if [ "$auth" != - ]; then a="--authfile=$auth"; else a="--quiet"; fi
-    out=$(podman pull --quiet "$a" "$img" 2>&1 >/dev/null) || { echo "pull of $img failed: $(printf %s "$out" | tail -n 3)" >&2; exit 4; }
-  fi
-  opts=1
-  for a do
-    shift
-    if [ "$opts" = 1 ]; then
-      case "$a" in
-        @USER@) a="$uid:$gid" ;;
-        @IMAGE@) a="$img"; opts=0 ;;
-        @REL@*) a="$rel${a#@REL@}" ;;
-      esac
-    fi
-    set -- "$@" "$a"
-  done
-  out=$(podman run --detach --name "$name" --label "agentctl.service=$service" --label "agentctl.release=$id" \
-    --label "agentctl.plan=$plan" --label "agentctl.image=$img" --pull never "$@" 2>&1 >/dev/null) || {
-    echo "the container could not start: $(printf %s "$out" | tail -n 2)" >&2; exit 1; }
+  echo "the container could not start: $(printf %s "$out" | tail -n 2)" >&2; exit 1
 fi
 echo "started $name"
 "#;

@@ -19,6 +19,7 @@
 #   $AGENT_RUNTIME_DIR/SERVICE.hang-health   exists: health checks sleep for that many seconds
 #   $AGENT_RUNTIME_DIR/SERVICE.hang-activate exists: activation sleeps for that many seconds
 #   $AGENT_RUNTIME_DIR/SERVICE.nft-broken    exists: loading egress rules fails (as on a kernel without nf_tables)
+#   $AGENT_RUNTIME_DIR/SERVICE.skip-nft      exists: activation does not load the rules (a runtime that forgets)
 set -eu
 state="${AGENT_RUNTIME_DIR:?AGENT_RUNTIME_DIR is not set}"
 cmd="${1:?usage: agent-runtime activate|health|running SERVICE [RELEASE_DIR]}"
@@ -30,7 +31,9 @@ case "$cmd" in
 activate)
     release="${3:?missing RELEASE_DIR}"
     if [ -e "$state/$service.hang-activate" ]; then sleep "$(cat "$state/$service.hang-activate")"; fi
-    if [ -f "$release/egress.nft" ]; then
+    if [ -e "$state/$service.skip-nft" ]; then
+        :
+    elif [ -f "$release/egress.nft" ]; then
         if [ -e "$state/$service.nft-broken" ] || ! in_vm nft -f "$release/egress.nft"; then
             echo "agent-runtime: cannot load the egress rules of $service" >&2; exit 1
         fi

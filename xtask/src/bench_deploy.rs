@@ -131,6 +131,13 @@ pub async fn deploy(sizes: &[usize], runs: usize, ansible: bool, pyinfra: bool) 
             .replace("batch = 1\n", "batch = \"100%\"\n")
             .replace("health_timeout_secs = 10", "health_timeout_secs = 300");
         std::fs::write(&env, text)?;
+        let svc = m.join("services/api.toml");
+        std::fs::write(
+            &svc,
+            std::fs::read_to_string(&svc)?
+                .replace("retries = 5", "retries = 120")
+                .replace("timeout_secs = 2", "timeout_secs = 10"),
+        )?;
         let cp = m.join("controlplane.toml");
         std::fs::write(&cp, std::fs::read_to_string(&cp)?.replace("concurrency = 16", &format!("concurrency = {n}")))?;
         let ctl = |args: &[&str]| -> anyhow::Result<std::process::Output> {

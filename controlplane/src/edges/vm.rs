@@ -69,6 +69,11 @@ pub trait GoldenVm: Send + Sync {
     async fn egress_rules(&self, service: &Service) -> Result<Vec<u8>, VmError> {
         Err(VmError::NoCommand { service: service.name.to_string(), field: "egress_rules" })
     }
+    /// The live release's `egress.json` and the rules loaded for the service, in one
+    /// round trip (the egress probe).
+    async fn egress_state(&self, service: &Service) -> Result<crate::observe::EgressObservation, VmError> {
+        Err(VmError::NoCommand { service: service.name.to_string(), field: "egress_rules" })
+    }
     /// Ends the connection.
     async fn close(self: Box<Self>) {}
 }
@@ -273,6 +278,17 @@ impl GoldenVm for SshVm {
             });
         }
         Ok(out.stdout)
+    }
+
+    async fn egress_state(&self, service: &Service) -> Result<crate::observe::EgressObservation, VmError> {
+        if !service.lists_egress_rules() {
+            return Err(VmError::NoCommand { service: service.name.to_string(), field: "egress_rules" });
+        }
+        let host = self.session.host();
+        let cmd = observe::egress_command(host, service).with_deadline(PROBE_TIMEOUT.as_secs());
+        let out = self.session.run(&cmd, None, observe::MAX_PROBE_OUTPUT, PROBE_TIMEOUT + DEADLINE_GRACE).await?;
+        observe::parse_egress(&out.stdout)
+            .map_err(|reason| VmError::Probe { host: host.name.to_string(), reason: HostText::new(&reason) })
     }
 
     async fn close(self: Box<Self>) {

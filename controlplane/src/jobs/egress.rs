@@ -67,7 +67,11 @@ pub async fn expectations(
     Ok(egress::expectations(&pinned.ruleset, &env.egress.canaries))
 }
 
-/// Runs every expectation on one host.
+/// Runs every expectation on one host, then checks that what refused the denied ones can
+/// only be the release's rules: the rules loaded on the host must mean what the live
+/// release's `egress.json` says. A refused connection alone proves nothing (a closed port
+/// refuses too, with or without rules), so a host whose rules are missing, edited or
+/// unreadable, or whose live release has none, fails the proof.
 pub async fn prove_host(vm: &dyn GoldenVm, service: &Service, expectations: &[Expectation]) -> HostProof {
     let mut tried = Vec::new();
     for e in expectations {
@@ -78,7 +82,19 @@ pub async fn prove_host(vm: &dyn GoldenVm, service: &Service, expectations: &[Ex
             }
         }
     }
-    HostProof { host: vm.name().to_owned(), tried, error: None }
+    let error = match vm.egress_state(service).await {
+        Err(e) => Some(format!(
+            "cannot read the loaded egress rules ({e}): a refused connection alone does not show that the rules refused it"
+        )),
+        Ok(state) if state.release.is_none() => {
+            Some("the live release carries no egress rules (is `[egress] enforce` on?): nothing is there to prove".into())
+        }
+        Ok(state) => match crate::drift::classify_egress(service.name.as_str(), &state) {
+            crate::drift::Status::InSync => None,
+            other => Some(format!("the loaded rules are not the release's: {}", other.detail())),
+        },
+    };
+    HostProof { host: vm.name().to_owned(), tried, error: error.map(|e| HostText::new(&e)) }
 }
 
 /// Runs the proof on every host of `env`, all hosts at once.
