@@ -155,7 +155,10 @@ impl SshVm {
     ) -> Result<(), HostText> {
         // The host ends the command at the deadline; we wait a little longer for its answer.
         let remote = cmd.with_deadline(timeout.as_secs());
-        match self.session.run(&remote, stdin, STEP_OUTPUT_LIMIT, timeout + DEADLINE_GRACE).await {
+        let started = std::time::Instant::now();
+        let result = self.session.run(&remote, stdin, STEP_OUTPUT_LIMIT, timeout + DEADLINE_GRACE).await;
+        tracing::debug!(host = self.name(), step = what, ms = started.elapsed().as_millis() as u64, "remote step");
+        match result {
             Ok(o) if o.success() => Ok(()),
             Ok(o) if o.status.is_some_and(|c| RemoteCommand::DEADLINE_STATUSES.contains(&c)) => {
                 Err(HostText::new(&format!("{what} did not finish within {} s (ended on the host)", timeout.as_secs())))

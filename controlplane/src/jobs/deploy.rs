@@ -287,17 +287,7 @@ impl<'a> Deployer<'a> {
     }
 
     async fn verify_record(&self, env: &Environment, record: &ReleaseRecord) -> Result<Verified, DeployError> {
-        let image = PinnedImage {
-            repository: Repository::new(&record.facts.repository)
-                .map_err(|e| VerifyError::BadReference(record.facts.repository.clone(), e))?,
-            digest: Digest::new(&record.facts.digest)
-                .map_err(|e| VerifyError::BadReference(record.facts.digest.clone(), e))?,
-        };
-        let req = Requirements {
-            provenance: env.require_provenance,
-            sbom: env.require_sbom,
-            commit: Some(record.facts.source_commit.clone()),
-        };
+        let (image, req) = requirements(env, record)?;
         Ok(self.verifier.verify_release(&image, &req).await?)
     }
 
@@ -593,9 +583,8 @@ impl<'a> Deployer<'a> {
         let verified = match self.verify_record(env, &record).await {
             // The way back must not depend on the registry (the hosts keep the image): an
             // outage falls back to what was verified when the release was recorded and
-            // applied, if its signer is still trusted. A refusal stays a refusal.
-            // Only an unreachable registry: an answer that does not match its digest, or
-            // any other wrong answer, stays a refusal.
+            // applied, if its signer is still trusted. Only an unreachable registry: an
+            // answer that does not match its digest, or any other wrong answer, stays a refusal.
             Err(DeployError::Verify(VerifyError::Registry {
                 image,
                 source: crate::registry::RegistryError::Unreachable { .. },
@@ -603,17 +592,7 @@ impl<'a> Deployer<'a> {
                 self.sink.event(&format!(
                     "the registry is unreachable for `{image}`: going back on the recorded verification (signer still trusted)"
                 ));
-                let pinned = PinnedImage {
-                    repository: Repository::new(&record.facts.repository)
-                        .map_err(|e| VerifyError::BadReference(record.facts.repository.clone(), e))?,
-                    digest: Digest::new(&record.facts.digest)
-                        .map_err(|e| VerifyError::BadReference(record.facts.digest.clone(), e))?,
-                };
-                let req = Requirements {
-                    provenance: env.require_provenance,
-                    sbom: env.require_sbom,
-                    commit: Some(record.facts.source_commit.clone()),
-                };
+                let (pinned, req) = requirements(env, &record)?;
                 self.verifier.verify_recorded(&pinned, &record.facts, &req)?
             }
             other => other?,
@@ -1006,6 +985,22 @@ impl Deployer<'_> {
         }
         self.apply(fleet, &saved.plan, receipts).await
     }
+}
+
+/// The recorded release's image and what the environment asks of it.
+fn requirements(env: &Environment, record: &ReleaseRecord) -> Result<(PinnedImage, Requirements), DeployError> {
+    let image = PinnedImage {
+        repository: Repository::new(&record.facts.repository)
+            .map_err(|e| VerifyError::BadReference(record.facts.repository.clone(), e))?,
+        digest: Digest::new(&record.facts.digest)
+            .map_err(|e| VerifyError::BadReference(record.facts.digest.clone(), e))?,
+    };
+    let req = Requirements {
+        provenance: env.require_provenance,
+        sbom: env.require_sbom,
+        commit: Some(record.facts.source_commit.clone()),
+    };
+    Ok((image, req))
 }
 
 fn vm<'f>(fleet: &'f Fleet, name: &str) -> Result<&'f dyn GoldenVm, DeployError> {
