@@ -135,59 +135,47 @@ impl HostMove {
 
     /// Decides what follows `step`, given how it went (`Err` carries why it failed).
     pub fn after(&mut self, step: &Step, result: Result<(), String>) -> Next {
-        if self.order == Order::StartFirst {
-            return self.after_start_first(step, result);
-        }
-        match (step, result) {
-            (Step::Swap(_), Ok(())) => Next::Run(Step::Activate(self.release.clone())),
-            (Step::Activate(_), Ok(())) => Next::Run(Step::Health),
-            (Step::Health, Ok(())) => Next::Done(HostEnd::Changed),
-            (s, Err(reason)) if s.is_forward() => {
-                self.reason = Some(format!("{} failed: {reason}", s.describe()));
-                Next::Run(match &self.target {
-                    Some(t) => Step::SwapBack(t.clone()),
-                    None => Step::Unset,
-                })
-            }
-            (Step::SwapBack(t), Ok(())) => Next::Run(Step::Reactivate(t.clone())),
-            (Step::Reactivate(_) | Step::Unset, Ok(())) => {
-                Next::Done(HostEnd::RolledBack { reason: self.reason.clone().unwrap_or_default() })
-            }
-            (s, Err(back)) => Next::Done(HostEnd::Failed {
-                reason: self.reason.clone().unwrap_or_default(),
-                back: format!("{} failed: {back}", s.describe()),
+        match result {
+            Ok(()) => self.after_success(step).unwrap_or_else(|| {
+                self.failed(format!("unexpected step {} in a {:?} move", step.describe(), self.order))
             }),
-            (s, Ok(())) => Next::Done(HostEnd::Failed {
-                reason: self.reason.clone().unwrap_or_default(),
-                back: format!("unexpected step {} in a swap-first move", s.describe()),
-            }),
+            Err(reason) if step.is_forward() => {
+                self.reason = Some(format!("{} failed: {reason}", step.describe()));
+                Next::Run(self.way_back())
+            }
+            Err(back) => self.failed(format!("{} failed: {back}", step.describe())),
         }
     }
-}
 
-impl HostMove {
-    fn after_start_first(&mut self, step: &Step, result: Result<(), String>) -> Next {
-        match (step, result) {
-            (Step::Start(_), Ok(())) => Next::Run(Step::Check(self.release.clone())),
-            (Step::Check(_), Ok(())) => Next::Run(Step::Swap(self.release.clone())),
-            (Step::Swap(_), Ok(())) => Next::Done(HostEnd::Changed),
-            (s, Err(reason)) if s.is_forward() => {
-                self.reason = Some(format!("{} failed: {reason}", s.describe()));
-                Next::Run(Step::Discard(self.release.clone()))
-            }
-            (Step::Discard(_), Ok(())) => Next::Run(Step::Restore),
-            (Step::Restore, Ok(())) => {
-                Next::Done(HostEnd::RolledBack { reason: self.reason.clone().unwrap_or_default() })
-            }
-            (s, Err(back)) => Next::Done(HostEnd::Failed {
-                reason: self.reason.clone().unwrap_or_default(),
-                back: format!("{} failed: {back}", s.describe()),
-            }),
-            (s, Ok(())) => Next::Done(HostEnd::Failed {
-                reason: self.reason.clone().unwrap_or_default(),
-                back: format!("unexpected step {} in a start-first move", s.describe()),
-            }),
+    /// The step after one that succeeded, in this move's order.
+    fn after_success(&self, step: &Step) -> Option<Next> {
+        let release = || self.release.clone();
+        let rolled_back = || Next::Done(HostEnd::RolledBack { reason: self.reason.clone().unwrap_or_default() });
+        Some(match (self.order, step) {
+            (Order::SwapFirst, Step::Swap(_)) => Next::Run(Step::Activate(release())),
+            (Order::SwapFirst, Step::Activate(_)) => Next::Run(Step::Health),
+            (Order::SwapFirst, Step::Health) | (Order::StartFirst, Step::Swap(_)) => Next::Done(HostEnd::Changed),
+            (Order::SwapFirst, Step::SwapBack(t)) => Next::Run(Step::Reactivate(t.clone())),
+            (Order::SwapFirst, Step::Reactivate(_) | Step::Unset) | (Order::StartFirst, Step::Restore) => rolled_back(),
+            (Order::StartFirst, Step::Start(_)) => Next::Run(Step::Check(release())),
+            (Order::StartFirst, Step::Check(_)) => Next::Run(Step::Swap(release())),
+            (Order::StartFirst, Step::Discard(_)) => Next::Run(Step::Restore),
+            _ => return None,
+        })
+    }
+
+    /// The first step back after a forward step failed.
+    fn way_back(&self) -> Step {
+        match (self.order, &self.target) {
+            (Order::SwapFirst, Some(t)) => Step::SwapBack(t.clone()),
+            (Order::SwapFirst, None) => Step::Unset,
+            (Order::StartFirst, _) => Step::Discard(self.release.clone()),
         }
+    }
+
+    /// The way back failed too: the host needs a person.
+    fn failed(&self, back: String) -> Next {
+        Next::Done(HostEnd::Failed { reason: self.reason.clone().unwrap_or_default(), back })
     }
 }
 
@@ -235,7 +223,10 @@ mod tests {
     /// Runs one host's machine with the results `fail` gives per step; returns the
     /// steps taken and the end.
     fn run(target: Option<&str>, fail: impl Fn(&Step) -> Option<&'static str>) -> (Vec<&'static str>, HostEnd) {
-        let mut m = HostMove::new("r-new", target);
+        walk(HostMove::new("r-new", target), fail)
+    }
+
+    fn walk(mut m: HostMove, fail: impl Fn(&Step) -> Option<&'static str>) -> (Vec<&'static str>, HostEnd) {
         let mut step = m.first();
         let mut steps = Vec::new();
         loop {
@@ -283,17 +274,7 @@ mod tests {
     }
 
     fn run_start_first(fail: impl Fn(&Step) -> Option<&'static str>) -> (Vec<&'static str>, HostEnd) {
-        let mut m = HostMove::start_first("r-new");
-        let mut step = m.first();
-        let mut steps = Vec::new();
-        loop {
-            steps.push(step.describe());
-            let result = fail(&step).map_or(Ok(()), |e| Err(e.to_owned()));
-            match m.after(&step, result) {
-                Next::Run(s) => step = s,
-                Next::Done(end) => return (steps, end),
-            }
-        }
+        walk(HostMove::start_first("r-new"), fail)
     }
 
     /// Start-first: `current` (the swap) moves last, after the health check; every
