@@ -662,6 +662,22 @@ mod tests {
         }
     }
 
+    /// A discard never removes the container `current` already names (a swap that renamed
+    /// and then lost its answer): it refuses before asking Podman anything.
+    #[test]
+    fn discard_refuses_the_live_release() {
+        let (set, mut host) = crate::release::tests_support::example_podman();
+        let svc = set.services.values().next().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        host.root = crate::manifest::RemotePath(dir.path().display().to_string());
+        std::fs::create_dir_all(dir.path().join("api/releases/r-0123456789abcdef")).unwrap();
+        std::os::unix::fs::symlink("releases/r-0123456789abcdef", dir.path().join("api/current")).unwrap();
+        let cmd = discard(&host, svc, svc.podman().unwrap(), "r-0123456789abcdef");
+        let out = std::process::Command::new(&cmd.program).args(&cmd.args).output().unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("is live and is not discarded"));
+    }
+
     /// `image_of` believes only a pinned, well-formed image from `release.json`.
     #[test]
     fn image_of_refuses_what_is_not_pinned() {
