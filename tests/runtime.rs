@@ -201,6 +201,38 @@ async fn failed_releases_roll_back_to_a_container_that_still_answers() {
     }
 }
 
+/// `retain`: the containers and images of the last `retain` releases stay on a host (the
+/// way back without the registry) and older ones are removed with their images; the old
+/// release stops before the new one starts (`overlap = false`), and the way back still
+/// runs from what was kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_last_retain_releases_stay_on_a_host() {
+    let mut w = World::start(LabConfig { hosts: 1, ..podman_lab() }).await;
+    let svc = w.lab.manifests().join("services/api.toml");
+    edit(&svc, |t| t.replace("retain = 3 ", "retain = 2 "));
+    let digests = |w: &World| stdout(&w.podman("stage-1", &["images", "--digests", "--format", "{{.Digest}}"]));
+    let mut images = Vec::new();
+    for v in ["v1", "v2", "v3", "v4"] {
+        let img = w.app(v, Behaviour::Healthy, None).await;
+        assert_ok(&w.promote("staging", &img, &["--apply"]));
+        assert_eq!(w.page("stage-1"), format!("api {v}"));
+        let running = stdout(&w.podman("stage-1", &["ps", "--format", "{{.Names}}"]));
+        assert_eq!(running.lines().collect::<Vec<_>>(), [w.container("stage-1")], "only the live release runs");
+        images.push(img);
+    }
+    let kept = w.containers("stage-1");
+    assert_eq!(kept.len(), 2, "retain = 2 keeps the live release and the way back: {kept:?}");
+    let present = digests(&w);
+    for (i, img) in images.iter().enumerate() {
+        let there = present.contains(img.digest.as_str());
+        assert_eq!(there, i >= 2, "image of v{} present: {there}\n{present}", i + 1);
+    }
+    assert_ok(&w.agentctl(&["status", "--env", "staging"]));
+    w.lab.stop_registry();
+    assert_ok(&w.agentctl(&["rollback", "api", "--env", "staging", "--apply"]));
+    assert_eq!(w.page("stage-1"), "api v3", "the way back ran from what the host kept");
+}
+
 /// What runs is read from Podman: a container stopped or removed by hand, and one
 /// started by hand under the release's name with another image, are drift.
 #[tokio::test(flavor = "multi_thread")]

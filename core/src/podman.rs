@@ -71,13 +71,16 @@ echo "pulled"
 "#;
 
 /// Starts the container of a release: `root service id|- overlap stop-timeout plan
-/// authfile|- OPTIONS...`, where `-` means the release `current` points at (the way back
-/// after a failed start). In OPTIONS, `@USER@` becomes the workload user's `uid:gid`,
-/// an argument starting with `@REL@` has it replaced by the release directory, and
-/// `@IMAGE@` becomes the pinned image. Egress rules are loaded before the container
-/// exists; with `overlap` 0 the service's other containers stop first.
+/// authfile|- retain OPTIONS...`, where `-` means the release `current` points at (the
+/// way back after a failed start). In OPTIONS, `@USER@` becomes the workload user's
+/// `uid:gid`, an argument starting with `@REL@` has it replaced by the release directory,
+/// and `@IMAGE@` becomes the pinned image. Egress rules are loaded before the container
+/// exists. From one listing of the service's containers: with `overlap` 0 the others
+/// stop first; the stopped ones beyond the `retain` most recently started (this release
+/// counted) are removed with their images, never the container `current` names (the way
+/// back) nor this release's image. Pruning never fails the step.
 const START: &str = r#"set -eu
-root="$1"; service="$2"; id="$3"; overlap="$4"; stopt="$5"; plan="$6"; auth="$7"; shift 7
+root="$1"; service="$2"; id="$3"; overlap="$4"; stopt="$5"; plan="$6"; auth="$7"; retain="$8"; shift 8
 @COMMON@
 need_podman
 d="$root/$service"
@@ -96,11 +99,28 @@ uid=$(id -u "$user" 2>/dev/null) && gid=$(id -g "$user" 2>/dev/null) || {
   echo "the workload user $user does not exist on this host (useradd --system --no-create-home --shell /usr/sbin/nologin $user)" >&2; exit 3; }
 [ "$uid" != 0 ] && [ "$gid" != 0 ] || { echo "the workload user $user is root or in group root" >&2; exit 3; }
 load_egress "$rel"
-if [ "$overlap" = 0 ]; then
-  running=$(podman ps --filter "label=agentctl.service=$service" --format '{{.Names}}')
-  for c in $running; do
-    [ "$c" = "$name" ] || podman stop -t "$stopt" "$c" >/dev/null
-  done
+live=""
+if [ -L "$d/current" ]; then live=$(readlink "$d/current"); live="agentctl-$service-${live#releases/}"; fi
+# Podman 4's `.State` is words ("Up 3 seconds ago", "Exited (0) …"): it comes last.
+list=$(podman ps -a --filter "label=agentctl.service=$service" --format '{{.StartedAt}} {{.Names}} {{index .Labels "agentctl.image"}} {{.State}}' | sort -rn)
+stale=""; images=""; n=1
+while read -r started c image state; do
+  [ -n "$c" ] && [ "$c" != "$name" ] || continue
+  case "$state" in
+    Up*|[Rr]unning*) [ "$overlap" = 0 ] || continue; podman stop -t "$stopt" "$c" >/dev/null ;;
+  esac
+  n=$((n + 1))
+  [ "$n" -gt "$retain" ] && [ "$c" != "$live" ] || continue
+  stale="$stale $c"
+  # A label is only believed as a pinned image of safe characters, and never this release's.
+  case "$image" in -*|*[!A-Za-z0-9._:/@-]*|"$img") ;; *@sha256:*) images="$images $image" ;; esac
+done <<LIST
+$list
+LIST
+if [ -n "$stale" ]; then
+  podman rm -f -- $stale >/dev/null 2>&1 || echo "could not remove every old container of $service:$stale" >&2
+  # An image another container still uses stays.
+  [ -z "$images" ] || podman rmi -- $images >/dev/null 2>&1 || true
 fi
 opts=1
 for a do
@@ -177,29 +197,21 @@ while :; do
 done
 "#;
 
-/// Points `current` at release `id` atomically, then stops the service's other
-/// containers and prunes the containers (and unused images) of all but the `retain`
-/// most recently started: `root service id stop-timeout retain`. Only the swap can fail
-/// the step; what follows it is reported on stderr and never undoes it.
+/// Points `current` at release `id` atomically; with `overlap` 1 the service's other
+/// containers then stop (with `overlap` 0 the start step stopped them):
+/// `root service id stop-timeout overlap`. Only the swap can fail the step; what follows
+/// it is reported on stderr and never undoes it.
 const SWAP: &str = r#"set -eu
-root="$1"; service="$2"; id="$3"; stopt="$4"; retain="$5"
+root="$1"; service="$2"; id="$3"; stopt="$4"; overlap="$5"
 d="$root/$service"
 [ -d "$d/releases/$id" ] || { echo "release $id is not staged" >&2; exit 3; }
 ln -sfn "releases/$id" "$d/.current.$$"
 mv -T "$d/.current.$$" "$d/current"
+[ "$overlap" = 1 ] || exit 0
 set +e
 name="agentctl-$service-$id"
-# One listing of the service's containers, most recently started first.
-list=$(podman ps -a --filter "label=agentctl.service=$service" --format '{{.StartedAt}} {{.Names}} {{.State}} {{index .Labels "agentctl.image"}}' | sort -rn)
-n=0
-printf '%s\n' "$list" | while read -r started c state img; do
-  [ -n "$c" ] && [ "$c" != "$name" ] || continue
-  case "$state" in [Rr]unning) podman stop -t "$stopt" "$c" >/dev/null || echo "could not stop $c" >&2 ;; esac
-  n=$((n + 1))
-  if [ "$n" -ge "$retain" ]; then
-    podman rm -f "$c" >/dev/null && echo "pruned $c"
-    [ -z "$img" ] || podman rmi "$img" >/dev/null 2>&1 || true
-  fi
+for c in $(podman ps --filter "label=agentctl.service=$service" --format '{{.Names}}'); do
+  [ "$c" = "$name" ] || podman stop -t "$stopt" "$c" >/dev/null || echo "could not stop $c" >&2
 done
 exit 0
 "#;
@@ -329,6 +341,7 @@ pub fn start(host: &Host, service: &Service, p: &PodmanRuntime, id: Option<&str>
         p.stop_timeout_secs.to_string(),
         if plan.is_empty() { "-".to_owned() } else { plan.to_owned() },
         auth(p),
+        p.retain.to_string(),
     ];
     args.extend(create_options(service, p));
     RemoteCommand::script(&script(START), args)
@@ -358,7 +371,7 @@ pub fn check(host: &Host, service: &Service, p: &PodmanRuntime, id: &str) -> Rem
     RemoteCommand::script(CHECK, args)
 }
 
-/// Swaps `current` to release `id`, stops the others, prunes beyond `retain`.
+/// Swaps `current` to release `id` (and stops the others, with `overlap`).
 pub fn swap(host: &Host, service: &Service, p: &PodmanRuntime, id: &str) -> RemoteCommand {
     RemoteCommand::script(
         SWAP,
@@ -367,7 +380,7 @@ pub fn swap(host: &Host, service: &Service, p: &PodmanRuntime, id: &str) -> Remo
             service.name.to_string(),
             id.to_owned(),
             p.stop_timeout_secs.to_string(),
-            p.retain.to_string(),
+            if p.overlap { "1" } else { "0" }.to_owned(),
         ],
     )
 }
@@ -641,7 +654,7 @@ mod tests {
         assert!(o.windows(2).any(|w| w[0] == "--cap-add" && w[1] == "NET_BIND_SERVICE"));
         let start = start(&host, svc, p, Some("r-0123456789abcdef"), "sha256:plan");
         assert_eq!(start.program, "sh", "a fixed script; the values are positional arguments");
-        assert_eq!(start.args[3..10], ["/srv/agents", "api", "r-0123456789abcdef", "0", "10", "sha256:plan", "-"]);
+        assert_eq!(start.args[3..11], ["/srv/agents", "api", "r-0123456789abcdef", "0", "10", "sha256:plan", "-", "3"]);
     }
 
     /// The scripts are valid POSIX shell (`sh -n`), with the shared functions in.

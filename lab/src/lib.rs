@@ -666,6 +666,10 @@ fn spawn_sshd(
         None => (free_port()?, "127.0.0.1".to_owned()),
     };
     let key = dir.join("ssh_host_ed25519_key");
+    // The VM's own (empty) home: a fresh host's login shell reads no start-up files of
+    // the machine the lab runs on (a developer's ~/.bashrc would run on every command).
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).map_err(io(&home))?;
     let podman_env: String = if netns.is_some() {
         podman::env(dir).iter().map(|(k, v)| format!(" {k}={}", v.display())).collect()
     } else {
@@ -676,8 +680,9 @@ fn spawn_sshd(
          StrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
          PubkeyAuthentication yes\nUsePAM no\nX11Forwarding no\nPrintMotd no\nPrintLastLog no\nAllowUsers {user}\n\
          MaxSessions 200\nMaxStartups 500:30:1000\nLogLevel ERROR\n\
-         SetEnv AGENT_RUNTIME_DIR={runtime} PATH={bin}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin{podman_env}\n",
+         SetEnv AGENT_RUNTIME_DIR={runtime} HOME={home} PATH={bin}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin{podman_env}\n",
         key = key.display(),
+        home = home.display(),
         pid = dir.join("sshd.pid").display(),
         auth = dir.join("authorized_keys").display(),
         runtime = dir.join("runtime").display(),

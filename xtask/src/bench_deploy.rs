@@ -45,6 +45,10 @@ fn timed(cmd: &mut Command, what: &str) -> anyhow::Result<Run> {
         t.current_dir(d);
     }
     let out = t.stdin(Stdio::null()).output()?;
+    if std::env::var_os("AGENTCTL_LOG").is_some() {
+        // Tracing asked for: each run's log, to see where the time goes.
+        eprintln!("--- {what}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
     anyhow::ensure!(
         out.status.success(),
         "{what} failed: {}\n{}",

@@ -240,10 +240,10 @@ pub async fn plan_and_maybe_apply(
     let ssh = ssh_client(&ctx, env)?;
     let fleet = connect(&ssh, &ctx, env).await?;
     let planned = match target {
-        Target::Promote { release } => deployer.plan_promotion(&fleet, env_name, service, release).await,
-        Target::Rollback { to } => deployer.plan_rollback(&fleet, env_name, service, to).await,
+        Target::Promote { release } => deployer.promotion(&fleet, env_name, service, release).await,
+        Target::Rollback { to } => deployer.rollback(&fleet, env_name, service, to).await,
     };
-    let plan = match planned {
+    let derived = match planned {
         Ok(p) => p,
         Err(e) => {
             fleet.close().await;
@@ -259,8 +259,9 @@ pub async fn plan_and_maybe_apply(
             return Err(failure(e));
         }
     };
+    let plan = &derived.plan;
     if let Some(out) = out {
-        save(&plan, out)?;
+        save(plan, out)?;
     }
     if !apply {
         fleet.close().await;
@@ -269,12 +270,12 @@ pub async fn plan_and_maybe_apply(
         } else {
             "\n\ndry-run: nothing was changed. Apply with `--apply`, or save with `--out PLAN.json`."
         };
-        return Ok(plan_report(&plan, hint));
+        return Ok(plan_report(plan, hint));
     }
-    eprintln!("{}", crate::render::plan::render(&plan));
+    eprintln!("{}", crate::render::plan::render(plan));
     let key = receipt_key(&ctx)?;
     let log = receipts(&ctx);
-    let result = deployer.apply(&fleet, &plan, &Receipts { log: &log, key: &key }).await;
+    let result = deployer.apply_derived(&fleet, &derived, &Receipts { log: &log, key: &key }).await;
     fleet.close().await;
     apply_result(result)
 }

@@ -218,6 +218,17 @@ pub struct Rehearsal {
     pub back_to: String,
 }
 
+/// What each host reported, by host name (one probe each).
+type Observed = Vec<(String, Observation)>;
+
+/// A plan this process derived, with what the hosts reported for it: applying it
+/// ([`Deployer::apply_derived`]) consults the manifests, the registry and the store again
+/// but not the hosts, which it observed moments ago (`promote --apply`).
+pub struct Derived {
+    pub plan: Plan,
+    observed: Observed,
+}
+
 /// When a plan was made, and by whom.
 struct Made {
     at: DateTime<Utc>,
@@ -351,18 +362,19 @@ impl<'a> Deployer<'a> {
                 Err(DeployError::RehearsalFailed { step: name, receipt: r.receipt })
             }
         };
-        let forward = self.plan_promotion(fleet, env_name, service_name, reference).await?;
-        let first = step("promote", self.apply(fleet, &forward, receipts).await?)?;
-        let back = self.plan_rollback(fleet, env_name, service_name, None).await?;
-        if back.release.release_id == forward.release.release_id {
+        let forward = self.promotion(fleet, env_name, service_name, reference).await?;
+        let first = step("promote", self.apply_derived(fleet, &forward, receipts).await?)?;
+        let (forward, back) = (forward.plan, self.rollback(fleet, env_name, service_name, None).await?);
+        if back.plan.release.release_id == forward.release.release_id {
             return Err(DeployError::RehearsalFailed {
                 step: "roll back (no earlier release recorded)",
                 receipt: first.receipt,
             });
         }
-        let rolled = step("roll back", self.apply(fleet, &back, receipts).await?)?;
-        let again = self.plan_promotion(fleet, env_name, service_name, reference).await?;
-        let second = step("promote again", self.apply(fleet, &again, receipts).await?)?;
+        let rolled = step("roll back", self.apply_derived(fleet, &back, receipts).await?)?;
+        let (back, again) = (back.plan, self.promotion(fleet, env_name, service_name, reference).await?);
+        let second = step("promote again", self.apply_derived(fleet, &again, receipts).await?)?;
+        let again = again.plan;
         let detail = format!(
             "promoted `{}` ({}), rolled back to `{}` ({}), promoted again ({})",
             forward.release.release_id, first.receipt, back.release.release_id, rolled.receipt, second.receipt
@@ -471,10 +483,21 @@ impl<'a> Deployer<'a> {
         service_name: &str,
         reference: &str,
     ) -> Result<Plan, DeployError> {
+        Ok(self.promotion(fleet, env_name, service_name, reference).await?.plan)
+    }
+
+    /// [`Deployer::plan_promotion`], keeping what the hosts reported for an apply now.
+    pub async fn promotion(
+        &self,
+        fleet: &Fleet,
+        env_name: &str,
+        service_name: &str,
+        reference: &str,
+    ) -> Result<Derived, DeployError> {
         let env = self.environment(env_name)?;
         let service = self.service(service_name)?;
         let record = self.resolve_release(service, reference).await?;
-        self.derive_promotion(fleet, env, service, &record, &self.made_now()).await
+        self.derive_promotion(fleet, env, service, &record, &self.made_now(), None).await
     }
 
     /// The promotion plan for `record`, derived from the manifests, the store and the hosts.
@@ -485,7 +508,8 @@ impl<'a> Deployer<'a> {
         service: &Service,
         record: &ReleaseRecord,
         made: &Made,
-    ) -> Result<Plan, DeployError> {
+        seen: Option<&Observed>,
+    ) -> Result<Derived, DeployError> {
         let verified = self.verify_record(env, record).await?;
         self.gate(env, service, &record.facts.digest).await?;
         self.rehearsed(env, service, &record.facts.digest).await?;
@@ -501,7 +525,10 @@ impl<'a> Deployer<'a> {
             egress: egress.as_ref(),
         })?;
         let recorded = self.recorded(env, service).await?;
-        let observed = self.observe(fleet, env, service, &recorded.probe_targets(&env.hosts, None)).await?;
+        let observed = match seen {
+            Some(o) => o.clone(),
+            None => self.observe(fleet, env, service, &recorded.probe_targets(&env.hosts, None)).await?,
+        };
         let planned = PlannedRelease {
             release_id: ReleaseId::new(&content.id).map_err(|e| PlanError::Invalid(e.to_string()))?,
             content_hash: ContentHash::new(&content.content_hash).map_err(|e| PlanError::Invalid(e.to_string()))?,
@@ -515,7 +542,7 @@ impl<'a> Deployer<'a> {
                 signature: Some(verified.signature_summary()),
             },
         };
-        Ok(plan::build(&PlanInput {
+        let plan = plan::build(&PlanInput {
             kind: PlanKind::Promote,
             environment: env,
             service,
@@ -526,7 +553,8 @@ impl<'a> Deployer<'a> {
             recorded: &recorded.current(),
             created_at: made.at,
             author: &made.by,
-        })?)
+        })?;
+        Ok(Derived { plan, observed })
     }
 
     /// Plans a rollback to the recorded rollback target, or to release `to`.
@@ -537,6 +565,17 @@ impl<'a> Deployer<'a> {
         service_name: &str,
         to: Option<&str>,
     ) -> Result<Plan, DeployError> {
+        Ok(self.rollback(fleet, env_name, service_name, to).await?.plan)
+    }
+
+    /// [`Deployer::plan_rollback`], keeping what the hosts reported for an apply now.
+    pub async fn rollback(
+        &self,
+        fleet: &Fleet,
+        env_name: &str,
+        service_name: &str,
+        to: Option<&str>,
+    ) -> Result<Derived, DeployError> {
         let env = self.environment(env_name)?;
         let service = self.service(service_name)?;
         let (e, s) = (env.name.to_string(), service.name.to_string());
@@ -556,7 +595,7 @@ impl<'a> Deployer<'a> {
                 }
             }
         };
-        self.derive_rollback(fleet, env, service, &target, &self.made_now()).await
+        self.derive_rollback(fleet, env, service, &target, &self.made_now(), None).await
     }
 
     /// The rollback plan to release `target`, derived from the store and the hosts.
@@ -567,7 +606,8 @@ impl<'a> Deployer<'a> {
         service: &Service,
         target: &str,
         made: &Made,
-    ) -> Result<Plan, DeployError> {
+        seen: Option<&Observed>,
+    ) -> Result<Derived, DeployError> {
         let (e, s) = (env.name.to_string(), service.name.to_string());
         let applied = self.store.applied_release(&e, &s, target).await?.ok_or_else(|| {
             DeployError::UnknownRollbackRelease { environment: e.clone(), service: s.clone(), release: target.into() }
@@ -602,7 +642,10 @@ impl<'a> Deployer<'a> {
         };
         let target_id = ReleaseId::new(target).map_err(corrupt)?;
         let recorded = self.recorded(env, service).await?;
-        let observed = self.observe(fleet, env, service, &recorded.probe_targets(&env.hosts, Some(&target_id))).await?;
+        let observed = match seen {
+            Some(o) => o.clone(),
+            None => self.observe(fleet, env, service, &recorded.probe_targets(&env.hosts, Some(&target_id))).await?,
+        };
         let planned = PlannedRelease {
             release_id: target_id,
             content_hash: ContentHash::new(&applied.content_hash).map_err(corrupt)?,
@@ -612,7 +655,7 @@ impl<'a> Deployer<'a> {
                 ..applied.facts
             },
         };
-        Ok(plan::build(&PlanInput {
+        let plan = plan::build(&PlanInput {
             kind: PlanKind::Rollback,
             environment: env,
             service,
@@ -623,7 +666,8 @@ impl<'a> Deployer<'a> {
             recorded: &recorded.current(),
             created_at: made.at,
             author: &made.by,
-        })?)
+        })?;
+        Ok(Derived { plan, observed })
     }
 
     /// Records a refusal that happened before a plan existed (verification, gate), when
@@ -674,6 +718,28 @@ impl<'a> Deployer<'a> {
         requested: &Plan,
         receipts: &Receipts<'_>,
     ) -> Result<ApplyReport, DeployError> {
+        self.apply_seen(fleet, requested, None, receipts).await
+    }
+
+    /// Applies a plan this process derived: like [`Deployer::apply`], except that the
+    /// hosts are not probed a second time (what they reported moments ago is used).
+    /// Verification, the gate, the rendering and the store are consulted again.
+    pub async fn apply_derived(
+        &self,
+        fleet: &Fleet,
+        derived: &Derived,
+        receipts: &Receipts<'_>,
+    ) -> Result<ApplyReport, DeployError> {
+        self.apply_seen(fleet, &derived.plan, Some(&derived.observed), receipts).await
+    }
+
+    async fn apply_seen(
+        &self,
+        fleet: &Fleet,
+        requested: &Plan,
+        seen: Option<&Observed>,
+        receipts: &Receipts<'_>,
+    ) -> Result<ApplyReport, DeployError> {
         let env = self.environment(&requested.environment)?;
         let service = self.service(&requested.service)?;
         let requested_id = requested.id();
@@ -708,14 +774,15 @@ impl<'a> Deployer<'a> {
                         .await
                     }
                 };
-                self.derive_promotion(fleet, env, service, &record, &created).await
+                self.derive_promotion(fleet, env, service, &record, &created, seen).await
             }
             PlanKind::Rollback => {
-                self.derive_rollback(fleet, env, service, requested.release.release_id.as_str(), &created).await
+                let id = requested.release.release_id.as_str();
+                self.derive_rollback(fleet, env, service, id, &created, seen).await
             }
         };
         let plan = match derived {
-            Ok(p) => p,
+            Ok(d) => d.plan,
             Err(e @ (DeployError::Verify(_) | DeployError::Gate { .. } | DeployError::Plan(_))) => {
                 return refuse(e).await
             }
