@@ -369,9 +369,10 @@ async fn a_registry_serving_other_bytes_than_the_digest_is_refused() {
     assert!(!stderr(&out).contains("no signature"), "{}", stderr(&out));
 }
 
-/// Attaches a Sigstore bundle to `img` as cosign 3 does on a registry without the referrers
-/// API: an artifact manifest whose `subject` is the image, listed in an OCI index under the
-/// referrers tag schema's tag `sha256-<hex>`.
+/// Attaches a bundle this test made (contents cosign never wrote: keyless or by keys cosign
+/// was never given) as a referrer through the tag schema: an artifact manifest whose
+/// `subject` is the image, listed under the tag `sha256-<hex>`. What real cosign writes is
+/// exercised by tests/cosign.rs, with cosign itself.
 async fn attach_bundle_referrer(w: &World, img: &controlplane::image::PinnedImage, bundle: &[u8]) {
     use controlplane::registry::{OCI_INDEX, OCI_MANIFEST};
     let reg = w.lab.registry_client();
@@ -578,6 +579,8 @@ struct ReferrersApi {
     port: u16,
     /// Status and body of the referrers answer.
     answer: std::sync::Arc<std::sync::Mutex<(u16, String)>>,
+    /// Answer the lab registry's 404s as Harbor does: its own error code `NOT_FOUND`.
+    harbor: std::sync::Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -593,12 +596,13 @@ impl ReferrersApi {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let answer = std::sync::Arc::new(std::sync::Mutex::new((404, String::new())));
-        let recorded = answer.clone();
+        let harbor = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (recorded, as_harbor) = (answer.clone(), harbor.clone());
         let task = tokio::spawn(async move {
             let client = reqwest::Client::new();
             loop {
                 let Ok((mut conn, _)) = listener.accept().await else { return };
-                let (client, recorded) = (client.clone(), recorded.clone());
+                let (client, recorded, as_harbor) = (client.clone(), recorded.clone(), as_harbor.clone());
                 tokio::spawn(async move {
                     let mut head = Vec::new();
                     let mut buf = [0u8; 4096];
@@ -625,7 +629,13 @@ impl ReferrersApi {
                         let r = req.header("accept", accept).send().await.unwrap();
                         let h = |n: &str| r.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
                         let (ct, dg) = (h("content-type"), h("docker-content-digest"));
-                        (r.status().as_u16(), ct, dg, r.bytes().await.unwrap().to_vec())
+                        let status = r.status().as_u16();
+                        if status == 404 && as_harbor.load(std::sync::atomic::Ordering::SeqCst) {
+                            let body = br#"{"errors":[{"code":"NOT_FOUND","message":"artifact not found"}]}"#;
+                            (404, "application/json".to_owned(), String::new(), body.to_vec())
+                        } else {
+                            (status, ct, dg, r.bytes().await.unwrap().to_vec())
+                        }
                     };
                     let mut out = format!(
                         "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n",
@@ -642,12 +652,38 @@ impl ReferrersApi {
                 });
             }
         });
-        Self { port, answer, task }
+        Self { port, answer, harbor, task }
     }
 
     fn answer(&self, status: u16, body: serde_json::Value) {
         *self.answer.lock().unwrap() = (status, body.to_string());
     }
+}
+
+/// Harbor answers a missing manifest with HTTP 404 and its own error code `NOT_FOUND`: that
+/// is "absent" like any 404, so an unsigned image is unsigned (not an outage) and a signed
+/// one verifies. (The proxy forwards reads only, so the bundle — which names no registry
+/// host — is pushed to the lab registry directly.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registrys_own_not_found_code_means_absent() {
+    let w = World::start(no_hosts()).await;
+    let lab_port: u16 = w.lab.registry_host().rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = ReferrersApi::start(lab_port).await;
+    proxy.harbor.store(true, std::sync::atomic::Ordering::SeqCst);
+    let host = format!("127.0.0.1:{}", proxy.port);
+    let cp = w.manifests().join("controlplane.toml");
+    let text = std::fs::read_to_string(&cp).unwrap();
+    std::fs::write(
+        &cp,
+        text.replacen("[trust]", &format!("[[registry]]\nhost = \"{host}\"\ninsecure = true\n\n[trust]"), 1),
+    )
+    .unwrap();
+    let unsigned = w.lab.push_image("demo/api", "v1", "unsigned").await.unwrap();
+    let out = w.agentctl(&["verify", &format!("{host}/demo/api@{}", unsigned.digest)]);
+    assert_exit(&out, 4, "has no signature");
+    let img = w.lab.push_image("demo/api", "v2", "signed").await.unwrap();
+    assert_ok(&w.agentctl(&["sign", &s(&img), "--key", &w.release_key()]));
+    assert_ok(&w.agentctl(&["verify", &format!("{host}/demo/api@{}", img.digest)]));
 }
 
 #[tokio::test(flavor = "multi_thread")]

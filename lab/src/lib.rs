@@ -3,6 +3,7 @@
 //! [`Lab`] and everything stops when it is dropped (also when the test panics);
 //! `cargo xtask lab up` keeps one running for an operator.
 
+pub mod cosign;
 mod image;
 pub mod network;
 pub mod podman;

@@ -218,7 +218,8 @@ pub fn setup() -> anyhow::Result<()> {
     ];
     let missing: Vec<&str> = needed.iter().filter(|(_, bin)| !Path::new(bin).exists()).map(|(p, _)| *p).collect();
     if missing.is_empty() {
-        return sigstore_python();
+        sigstore_python()?;
+        return cosign();
     }
     let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
     if !root {
@@ -235,7 +236,19 @@ pub fn setup() -> anyhow::Result<()> {
     if !ok {
         bail!("apt-get install {} failed", missing.join(" "));
     }
-    sigstore_python()
+    sigstore_python()?;
+    cosign()
+}
+
+/// The real cosign 2.5 and 3.1 the interop tests run (Debian's packages, under `target/`).
+fn cosign() -> anyhow::Result<()> {
+    for c in [lab::cosign::COSIGN_2_5, lab::cosign::COSIGN_3_1] {
+        if !c.bin().exists() {
+            eprintln!("installing cosign {} (Debian {}) into {}", c.version, c.suite, c.dir().display());
+            c.install().map_err(|e| anyhow::anyhow!("cosign {}: {e}", c.version))?;
+        }
+    }
+    Ok(())
 }
 
 /// sigstore-python (PyPI `sigstore`), the independent verifier the keyless tests compare

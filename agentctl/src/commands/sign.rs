@@ -27,6 +27,8 @@ fn failure(e: SignError) -> Failure {
         SignError::Registry(_) => {
             Failure::new(Code::Failed, e).hint("check that the registry is reachable; nothing was pushed")
         }
+        SignError::LostUpdate { .. } => Failure::new(Code::Failed, e)
+            .hint("the signature manifest was pushed but is not listed yet; run the same `sign` again"),
     }
 }
 

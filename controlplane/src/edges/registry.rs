@@ -21,15 +21,34 @@ pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// What a manifest request accepts: image manifests and image indexes, OCI and Docker
+/// (an image pinned by an index digest — `docker buildx`'s default — is an index).
+const MANIFEST_TYPES: &[&str] = &[
+    OCI_MANIFEST,
+    OCI_INDEX,
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+/// At most this many referrers of one image are read (a registry could list any number).
+pub const MAX_REFERRERS: usize = 256;
 
 /// A manifest that refers to an image (its `subject`), as the referrers API or the
 /// referrers tag schema lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Referrer {
     pub digest: String,
-    /// The referrer's `artifactType` (or its config media type), when known.
+    /// The referrer's type: its own manifest's `artifactType`, else its config's media
+    /// type, else its first layer's (see [`artifact_type_of`]); the index entry's only
+    /// when it names a type other than the empty one.
     pub artifact_type: Option<String>,
+    /// The referrer's manifest, when it was read to learn its type (so it is not asked for
+    /// twice).
+    pub manifest: Option<Vec<u8>>,
 }
+
+/// The OCI empty descriptor's media type: what cosign 3 puts as an index entry's
+/// `artifactType` for a bundle whose own manifest says what it is.
+pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -155,6 +174,9 @@ impl Registry {
                     oci_client::errors::OciErrorCode::ManifestUnknown
                         | oci_client::errors::OciErrorCode::NameUnknown
                         | oci_client::errors::OciErrorCode::BlobUnknown
+                        | oci_client::errors::OciErrorCode::ManifestBlobUnknown
+                        // Harbor's 404 (and others'): not an OCI code, but what it says.
+                        | oci_client::errors::OciErrorCode::NotFound
                 )
             }),
             _ => false,
@@ -169,14 +191,7 @@ impl Registry {
     ) -> Result<Option<(Vec<u8>, Digest)>, RegistryError> {
         let auth = self.auth(repo)?;
         self.count(1);
-        let r = self
-            .client
-            .pull_manifest_raw(
-                &Self::reference(repo, tag_or_digest),
-                &auth,
-                &[OCI_MANIFEST, "application/vnd.docker.distribution.manifest.v2+json"],
-            )
-            .await;
+        let r = self.client.pull_manifest_raw(&Self::reference(repo, tag_or_digest), &auth, MANIFEST_TYPES).await;
         let (bytes, _) = match r {
             Ok(x) => x,
             Err(e) if Self::is_not_found(&e) => return Ok(None),
@@ -212,13 +227,45 @@ impl Registry {
                 return Ok(found);
             }
         }
+        let Some(bytes) = self.tag_schema_index(repo, digest).await? else { return Ok(Vec::new()) };
+        let index: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Invalid {
+            registry: repo.registry().into(),
+            detail: format!("referrers index: {e}"),
+        })?;
+        let entries = index.get("manifests").and_then(|m| m.as_array()).cloned().unwrap_or_default();
+        let mut out = Vec::new();
+        for e in entries.iter().take(MAX_REFERRERS) {
+            let Some(digest) = e.get("digest").and_then(|d| d.as_str()) else { continue };
+            let listed = e.get("artifactType").and_then(|t| t.as_str()).filter(|t| *t != OCI_EMPTY);
+            match listed {
+                Some(t) => {
+                    out.push(Referrer { digest: digest.to_owned(), artifact_type: Some(t.to_owned()), manifest: None })
+                }
+                // The entry does not say (or says "empty"): the referrer's own manifest does.
+                None => {
+                    let Some((bytes, _)) = self.manifest(repo, digest).await? else { continue };
+                    out.push(Referrer {
+                        digest: digest.to_owned(),
+                        artifact_type: artifact_type_of(&bytes),
+                        manifest: Some(bytes),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The referrers tag schema's index of `digest` (the manifest under the tag
+    /// `sha256-<hex>`), bounded, or `None` when there is none.
+    pub async fn tag_schema_index(&self, repo: &Repository, digest: &Digest) -> Result<Option<Vec<u8>>, RegistryError> {
+        let auth = self.auth(repo)?;
         let hex = digest.as_str().trim_start_matches("sha256:");
         self.count(1);
         let r =
             self.client.pull_manifest_raw(&Self::reference(repo, &format!("sha256-{hex}")), &auth, &[OCI_INDEX]).await;
         let bytes = match r {
             Ok((b, _)) => b,
-            Err(e) if Self::is_not_found(&e) => return Ok(Vec::new()),
+            Err(e) if Self::is_not_found(&e) => return Ok(None),
             Err(e) => return Err(Self::classify(repo, e)),
         };
         if bytes.len() > MAX_MANIFEST_BYTES {
@@ -228,26 +275,7 @@ impl Registry {
                 limit: MAX_MANIFEST_BYTES,
             });
         }
-        let index: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Invalid {
-            registry: repo.registry().into(),
-            detail: format!("referrers index: {e}"),
-        })?;
-        Ok(index
-            .get("manifests")
-            .and_then(|m| m.as_array())
-            .map(|entries| {
-                entries
-                    .iter()
-                    .take(64)
-                    .filter_map(|e| {
-                        Some(Referrer {
-                            digest: e.get("digest")?.as_str()?.to_owned(),
-                            artifact_type: e.get("artifactType").and_then(|t| t.as_str()).map(str::to_owned),
-                        })
-                    })
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(Some(bytes))
     }
 
     /// The referrers API's answer; `None` when the registry does not implement it (and
@@ -259,9 +287,10 @@ impl Registry {
                 // The API's index may not carry each entry's artifact type (and this client
                 // does not keep it): read it from each referrer's manifest.
                 let mut out = Vec::new();
-                for entry in index.manifests.iter().take(64) {
+                for entry in index.manifests.iter().take(MAX_REFERRERS) {
                     let Some((bytes, _)) = self.manifest(repo, &entry.digest).await? else { continue };
-                    out.push(Referrer { digest: entry.digest.clone(), artifact_type: artifact_type_of(&bytes) });
+                    let artifact_type = artifact_type_of(&bytes);
+                    out.push(Referrer { digest: entry.digest.clone(), artifact_type, manifest: Some(bytes) });
                 }
                 Ok(Some(out))
             }
@@ -361,12 +390,16 @@ impl Registry {
     }
 }
 
-/// A manifest's `artifactType`, else its config's media type.
-fn artifact_type_of(manifest: &[u8]) -> Option<String> {
+/// What a referrer is, from its own manifest (the OCI 1.1 rule): `artifactType`, else
+/// the config's media type unless that is the empty one, else the first layer's.
+pub fn artifact_type_of(manifest: &[u8]) -> Option<String> {
+    fn named(t: Option<&serde_json::Value>) -> Option<&str> {
+        t.and_then(|t| t.as_str()).filter(|t| *t != OCI_EMPTY)
+    }
     let m: serde_json::Value = serde_json::from_slice(manifest).ok()?;
-    m.get("artifactType")
-        .and_then(|t| t.as_str())
-        .or_else(|| m.get("config")?.get("mediaType")?.as_str())
+    named(m.get("artifactType"))
+        .or_else(|| named(m.get("config").and_then(|c| c.get("mediaType"))))
+        .or_else(|| named(m.get("layers")?.as_array()?.first()?.get("mediaType")))
         .map(str::to_owned)
 }
 

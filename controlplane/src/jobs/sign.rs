@@ -15,6 +15,10 @@ pub enum SignError {
     ImageNotFound(PinnedImage),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error(
+        "the referrers index `{tag}` kept changing under us ({attempts} attempts): another tool is writing it; sign again"
+    )]
+    LostUpdate { tag: String, attempts: u32 },
 }
 
 /// What a push did.
@@ -81,13 +85,22 @@ pub async fn attest_bundle(
     push_bundle(registry, image, &cosign::attestation_bundle(image, kind, predicate, key)).await
 }
 
-/// Pushes `bundle` (a Sigstore bundle) as a referrer of `image`, listed in the referrers tag
-/// schema's index (entries already there are kept).
+/// Pushes `bundle` (a Sigstore bundle) as a referrer of `image` (its `subject` is the
+/// image, with the image manifest's own media type: an image index stays one), listed in
+/// the referrers tag schema's index. Every entry already there is kept byte for byte
+/// (media type, size, digest, artifact type, annotations, and the index's own fields);
+/// the index is read again after the push and the merge retried when another writer's
+/// push replaced ours (registries honour no conditional manifest PUT to prevent that).
 pub async fn push_bundle(registry: &Registry, image: &PinnedImage, bundle: &[u8]) -> Result<Pushed, SignError> {
-    use crate::registry::{OCI_INDEX, OCI_MANIFEST};
+    use crate::registry::{OCI_EMPTY, OCI_INDEX, OCI_MANIFEST};
+    const ATTEMPTS: u32 = 4;
     let Some((image_manifest, _)) = registry.manifest(&image.repository, image.digest.as_str()).await? else {
         return Err(SignError::ImageNotFound(image.clone()));
     };
+    let subject_type = serde_json::from_slice::<serde_json::Value>(&image_manifest)
+        .ok()
+        .and_then(|m| m.get("mediaType").and_then(|t| t.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| OCI_MANIFEST.to_owned());
     let repo = &image.repository;
     let empty = registry.push_blob(repo, b"{}").await?;
     let layer = registry.push_blob(repo, bundle).await?;
@@ -95,27 +108,59 @@ pub async fn push_bundle(registry: &Registry, image: &PinnedImage, bundle: &[u8]
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "artifactType": cosign::BUNDLE_V03,
-        "config": { "mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2 },
+        "config": { "mediaType": OCI_EMPTY, "digest": empty, "size": 2 },
         "layers": [{ "mediaType": cosign::BUNDLE_V03, "digest": layer, "size": bundle.len() }],
-        "subject": { "mediaType": OCI_MANIFEST, "digest": image.digest.as_str(), "size": image_manifest.len() },
+        "subject": { "mediaType": subject_type, "digest": image.digest.as_str(), "size": image_manifest.len() },
     });
     let bytes = serde_json::to_vec(&manifest).expect("JSON");
     let digest = registry.push_manifest(repo, None, bytes.clone()).await?;
-    let tag = format!("sha256-{}", image.digest.hex());
-    let mut entries: Vec<serde_json::Value> = registry
-        .referrers(repo, &image.digest)
-        .await?
-        .into_iter()
-        .filter(|r| r.digest != digest.as_str())
-        .map(|r| serde_json::json!({ "mediaType": OCI_MANIFEST, "digest": r.digest, "artifactType": r.artifact_type }))
-        .collect();
-    let kept = entries.len();
-    entries.push(serde_json::json!({
+    let ours = serde_json::json!({
         "mediaType": OCI_MANIFEST, "digest": digest, "size": bytes.len(), "artifactType": cosign::BUNDLE_V03,
-    }));
-    let index = serde_json::json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries });
-    registry.push_manifest(repo, Some(&tag), serde_json::to_vec(&index).expect("JSON")).await?;
-    Ok(Pushed { tag, manifest: digest, layer, kept, added: true })
+    });
+    let tag = format!("sha256-{}", image.digest.hex());
+    for _ in 0..ATTEMPTS {
+        let (mut index, entries) = tag_schema(registry, repo, &image.digest).await?;
+        let kept: Vec<serde_json::Value> =
+            entries.into_iter().filter(|e| e.get("digest").and_then(|d| d.as_str()) != Some(digest.as_str())).collect();
+        let n = kept.len();
+        let mut all = kept.clone();
+        all.push(ours.clone());
+        index.insert("schemaVersion".into(), 2.into());
+        index.insert("mediaType".into(), OCI_INDEX.into());
+        index.insert("manifests".into(), serde_json::Value::Array(all));
+        registry.push_manifest(repo, Some(&tag), serde_json::to_vec(&index).expect("JSON")).await?;
+        // Another writer may have pushed between our read and our write: ours and every
+        // entry we kept must be there now, or the merge runs again on what is there.
+        let (_, now) = tag_schema(registry, repo, &image.digest).await?;
+        if now.contains(&ours) && kept.iter().all(|e| now.contains(e)) {
+            return Ok(Pushed { tag, manifest: digest, layer, kept: n, added: true });
+        }
+    }
+    Err(SignError::LostUpdate { tag, attempts: ATTEMPTS })
+}
+
+/// The referrers tag schema's index of `digest` as JSON: its top-level fields and its
+/// entries, unchanged (empty when there is none).
+async fn tag_schema(
+    registry: &Registry,
+    repo: &Repository,
+    digest: &Digest,
+) -> Result<(serde_json::Map<String, serde_json::Value>, Vec<serde_json::Value>), SignError> {
+    let Some(bytes) = registry.tag_schema_index(repo, digest).await? else {
+        return Ok((serde_json::Map::new(), Vec::new()));
+    };
+    let invalid = |detail: String| RegistryError::Invalid { registry: repo.registry().into(), detail };
+    let serde_json::Value::Object(mut index) =
+        serde_json::from_slice(&bytes).map_err(|e| invalid(format!("referrers index: {e}")))?
+    else {
+        return Err(invalid("the referrers index is not a JSON object".into()).into());
+    };
+    let entries = match index.remove("manifests") {
+        Some(serde_json::Value::Array(a)) => a,
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(_) => return Err(invalid("the referrers index's `manifests` is not a list".into()).into()),
+    };
+    Ok((index, entries))
 }
 
 /// Pushes a signed in-toto attestation of `kind` with `predicate` to `sha256-<hex>.att`.

@@ -27,6 +27,8 @@ pub enum VerifyError {
     UnsupportedFormat { image: PinnedImage, format: String },
     #[error("image `{0}` is signed, but by no trusted key")]
     UntrustedKey(PinnedImage),
+    #[error("image `{image}` is signed, but no signature verifies: {}", found.join("; "))]
+    NoneVerifies { image: PinnedImage, found: Vec<String> },
     #[error(
         "the signature found for `{image}` was made for another image digest, `{signed}` (copied from another image?)"
     )]
@@ -83,7 +85,7 @@ impl VerifyError {
             Self::UnsupportedFormat { image, .. } => format!(
                 "agentctl verifies cosign's legacy signatures (`sha256-<hex>.sig`): sign with `agentctl sign {image} --key KEY`, or with cosign 3 `cosign sign --key KEY --new-bundle-format=false --use-signing-config=false {image}`"
             ),
-            Self::UntrustedKey(_) => {
+            Self::UntrustedKey(_) | Self::NoneVerifies { .. } => {
                 "sign with a key listed under `[trust] keys`, or add the signer's public key there".into()
             }
             Self::OtherDigest { .. } | Self::OtherRepository { .. } => {
@@ -268,11 +270,24 @@ impl Verifier<'_> {
         // OCI referrers (cosign 3's default).
         let att_layers = self.layers(repo, &cosign::attestation_tag(&image.digest)).await.map_err(reg)?;
         let bundles = self.bundles(image).await?;
-        let signature = match &sig_layers {
-            Some(sig_layers) => cosign::evaluate_signatures(image, sig_layers, &self.keys).map_err(problem)?,
+        // Every signature found, in every place, is tried: the image verifies if any
+        // trusted one does (a legacy `.sig` by a retired key beside a bundle by today's).
+        let legacy = sig_layers.as_ref().map(|l| cosign::evaluate_signatures(image, l, &self.keys).map_err(problem));
+        let signature = match legacy {
+            Some(Ok(evidence)) => evidence,
             // What cannot be verified is named as such, never "no signature".
             None if bundles.is_empty() => return Err(VerifyError::NoSignature(image.clone())),
             None => self.verify_bundles(image, &manifest, &bundles)?,
+            Some(Err(e)) if bundles.is_empty() => return Err(e),
+            Some(Err(legacy)) => match self.verify_bundles(image, &manifest, &bundles) {
+                Ok(evidence) => evidence,
+                Err(bundle) => {
+                    return Err(VerifyError::NoneVerifies {
+                        image: image.clone(),
+                        found: vec![format!("`.sig` tag: {legacy}"), format!("Sigstore bundle referrer: {bundle}")],
+                    })
+                }
+            },
         };
         let (mut attestations, mut problems) =
             cosign::evaluate_attestations(image, &att_layers.unwrap_or_default(), &self.keys);
@@ -295,7 +310,11 @@ impl Verifier<'_> {
         let referrers = self.registry.referrers(repo, &image.digest).await.map_err(reg)?;
         let mut bundles = Vec::new();
         for r in referrers.iter().filter(|r| r.artifact_type.as_deref().and_then(cosign::bundle_format).is_some()) {
-            let layers = self.layers(repo, &r.digest).await.map_err(reg)?.unwrap_or_default();
+            let layers = match &r.manifest {
+                Some(m) => Some(self.layers_of(repo, m).await.map_err(reg)?),
+                None => self.layers(repo, &r.digest).await.map_err(reg)?,
+            }
+            .unwrap_or_default();
             bundles.extend(
                 layers
                     .into_iter()
@@ -367,14 +386,19 @@ impl Verifier<'_> {
     /// The layers of the manifest at `tag`, with their blobs, or `None` if there is none.
     async fn layers(&self, repo: &Repository, tag: &str) -> Result<Option<Vec<FetchedLayer>>, RegistryError> {
         let Some((manifest, _)) = self.registry.manifest(repo, tag).await? else { return Ok(None) };
-        let descriptors = cosign::manifest_layers(&manifest)
+        self.layers_of(repo, &manifest).await.map(Some)
+    }
+
+    /// The layers `manifest` names, with their blobs.
+    async fn layers_of(&self, repo: &Repository, manifest: &[u8]) -> Result<Vec<FetchedLayer>, RegistryError> {
+        let descriptors = cosign::manifest_layers(manifest)
             .map_err(|detail| RegistryError::Invalid { registry: repo.registry().into(), detail })?;
         let mut out = Vec::with_capacity(descriptors.len());
         for d in descriptors {
             let data = self.registry.blob(repo, &d.digest).await?;
             out.push(FetchedLayer { media_type: d.media_type, digest: d.digest, annotations: d.annotations, data });
         }
-        Ok(Some(out))
+        Ok(out)
     }
 }
 
