@@ -656,7 +656,47 @@ impl ReferrersApi {
     }
 
     fn answer(&self, status: u16, body: serde_json::Value) {
-        *self.answer.lock().unwrap() = (status, body.to_string());
+        self.answer_raw(status, &body.to_string());
+    }
+
+    fn answer_raw(&self, status: u16, body: &str) {
+        *self.answer.lock().unwrap() = (status, body.to_owned());
+    }
+}
+
+/// A referrers API that answers anything but an OCI index — 400, 404, 405, 406, an HTML
+/// page, or an empty index while the tag schema lists the signature — is read past: the
+/// tag schema is asked, and the signature found there verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_referrers_api_that_is_not_one_falls_back_to_the_tag_schema() {
+    let w = World::start(no_hosts()).await;
+    let lab_port: u16 = w.lab.registry_host().rsplit(':').next().unwrap().parse().unwrap();
+    let api = ReferrersApi::start(lab_port).await;
+    let host = format!("127.0.0.1:{}", api.port);
+    let cp = w.manifests().join("controlplane.toml");
+    let text = std::fs::read_to_string(&cp).unwrap();
+    std::fs::write(
+        &cp,
+        text.replacen("[trust]", &format!("[[registry]]\nhost = \"{host}\"\ninsecure = true\n\n[trust]"), 1),
+    )
+    .unwrap();
+    let img = w.lab.push_image("demo/api", "v1", "tag schema only").await.unwrap();
+    assert_ok(&w.agentctl(&["sign", &s(&img), "--key", &w.release_key()]));
+    let through = format!("{host}/demo/api@{}", img.digest);
+    let html = "<html><body>Not a registry API</body></html>";
+    let empty =
+        serde_json::json!({ "schemaVersion": 2, "mediaType": controlplane::registry::OCI_INDEX, "manifests": [] });
+    for (status, body) in [
+        (400, html.to_owned()),
+        (404, String::new()),
+        (405, html.to_owned()),
+        (406, String::new()),
+        (200, html.to_owned()),
+        (200, empty.to_string()),
+    ] {
+        api.answer_raw(status, &body);
+        let out = w.agentctl(&["verify", &through]);
+        assert_eq!(out.status.code(), Some(0), "referrers API answering {status} {body:?}: {}", stderr(&out));
     }
 }
 

@@ -16,8 +16,10 @@ pub fn ms(d: Duration) -> String {
 }
 
 /// `verify` of one image and of `images` images concurrently against the lab registry, for
-/// each signature format: cosign's legacy `.sig`, a Sigstore bundle signed with a key, and a
-/// keyless bundle (the lab's own CA and log); round trips per image compared with legacy.
+/// each signature format: cosign's legacy `.sig`, a Sigstore bundle signed with a key, a
+/// keyless bundle (the lab's own CA and log), and what the real cosign 3.1 writes by
+/// default (its bundle referrer, listed with an empty artifact type); round trips per
+/// image compared with legacy.
 pub async fn verify(images: usize, runs: usize) -> anyhow::Result<()> {
     use controlplane::manifest::{AllowedIdentity, KeylessPolicy, SubjectMatch};
     use lab::sigstore::{Signer, TestSigstore};
@@ -36,13 +38,26 @@ pub async fn verify(images: usize, runs: usize) -> anyhow::Result<()> {
     let public = PublicKey::from_pem("release", key.public().pem())?;
     println!("verify benchmark (lab registry on loopback, without the referrers API; {runs} runs each, medians)");
     let mut legacy_trips = None;
-    for format in ["legacy", "bundle", "keyless"] {
+    let cosign3 = lab::cosign::COSIGN_3_1.install().map_err(|e| anyhow::anyhow!("cosign 3.1: {e}"))?;
+    let home = tempfile::tempdir()?;
+    for format in ["legacy", "bundle", "keyless", "cosign3"] {
         let mut refs = Vec::new();
         for i in 0..images {
             let img = lab.push_image("bench/api", &format!("{format}-{i}"), &format!("bench {format} {i}")).await?;
             match format {
                 "legacy" => drop(controlplane::sign::sign(&registry, &img, &key).await?),
                 "bundle" => drop(controlplane::sign::sign_bundle(&registry, &img, &key).await?),
+                "cosign3" => {
+                    let out = std::process::Command::new(&cosign3)
+                        .args(["sign", "--key"])
+                        .arg(lab.release_key())
+                        .args(["--use-signing-config=false", "--tlog-upload=false", "--allow-http-registry"])
+                        .arg(img.to_string())
+                        .env("COSIGN_PASSWORD", "")
+                        .env("HOME", home.path())
+                        .output()?;
+                    anyhow::ensure!(out.status.success(), "cosign sign: {}", String::from_utf8_lossy(&out.stderr));
+                }
                 _ => {
                     let bundle =
                         sigstore.sign_image(img.repository.as_str(), img.digest.hex(), &Signer::ci(ISSUER, SUBJECT));

@@ -183,6 +183,29 @@ impl Registry {
         }
     }
 
+    /// Whether the referrers API's answer says the registry has no such API: a 404 (the
+    /// OCI 1.1 rule), 400, 405 or 406, or an answer that is not an OCI index (an HTML page,
+    /// another schema). An outage (5xx, a connection that fails) or a refused login stays
+    /// an error.
+    fn without_referrers_api(e: &OciDistributionError) -> bool {
+        match e {
+            OciDistributionError::ServerError { code, .. } => matches!(code, 400 | 404 | 405 | 406),
+            OciDistributionError::RegistryError { envelope, .. } => {
+                envelope.errors.iter().any(|x| {
+                    matches!(
+                        x.code,
+                        oci_client::errors::OciErrorCode::Unsupported | oci_client::errors::OciErrorCode::NameInvalid
+                    )
+                }) || Self::is_not_found(e)
+            }
+            OciDistributionError::UnsupportedSchemaVersionError(_)
+            | OciDistributionError::ManifestParsingError(_)
+            | OciDistributionError::JsonError(_)
+            | OciDistributionError::SpecViolationError(_) => true,
+            _ => Self::is_not_found(e),
+        }
+    }
+
     /// The manifest at `tag_or_digest`, its digest checked, or `None` if there is none.
     pub async fn manifest(
         &self,
@@ -223,8 +246,11 @@ impl Registry {
         self.client.store_auth_if_needed(repo.registry(), &auth).await;
         let known_without = self.no_referrers_api.lock().unwrap_or_else(|p| p.into_inner()).contains(repo.registry());
         if !known_without {
-            if let Some(found) = self.referrers_api(repo, digest).await? {
-                return Ok(found);
+            match self.referrers_api(repo, digest).await? {
+                Some(found) if !found.is_empty() => return Ok(found),
+                // An empty answer is believed only if the tag schema lists nothing either
+                // (referrers pushed before the registry gained the API are listed there).
+                Some(_) | None => {}
             }
         }
         let Some(bytes) = self.tag_schema_index(repo, digest).await? else { return Ok(Vec::new()) };
@@ -294,7 +320,7 @@ impl Registry {
                 }
                 Ok(Some(out))
             }
-            Err(e) if Self::is_not_found(&e) || matches!(e, OciDistributionError::UnsupportedSchemaVersionError(_)) => {
+            Err(e) if Self::without_referrers_api(&e) => {
                 self.no_referrers_api.lock().unwrap_or_else(|p| p.into_inner()).insert(repo.registry().to_owned());
                 Ok(None)
             }
