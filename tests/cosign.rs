@@ -277,3 +277,45 @@ async fn an_image_index_signed_by_cosign3_verifies() {
     let tagged = format!("{}:multi", platform.repository);
     assert_exit(&w.agentctl(&["verify", &tagged]), 4, digest.as_str());
 }
+
+/// `cosign sign-blob --bundle` (cosign 3.1, offline, with the release key) →
+/// `agentctl verify-blob` verifies the file and its digest with the public key, and refuses
+/// another file, another key, and a bundle edited by one byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn cosign3_blob_bundles_verify_in_agentctl_verify_blob() {
+    let w = World::start(registry_lab()).await;
+    let c3 = Cli::new(COSIGN_3_1);
+    let dir = w.lab.dir().join("blob");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (file, bundle) = (dir.join("release.tar"), dir.join("release.sigstore.json"));
+    std::fs::write(&file, b"a release artifact\n").unwrap();
+    let (f, b) = (file.display().to_string(), bundle.display().to_string());
+    c3.ok(&[
+        "sign-blob",
+        "--key",
+        &w.release_key(),
+        "--bundle",
+        &b,
+        "--use-signing-config=false",
+        "--tlog-upload=false",
+        &f,
+    ]);
+    let public = w.manifests().join("trust/release.pub").display().to_string();
+    let digest = format!("sha256:{}", controlplane::image::Digest::of(b"a release artifact\n").hex());
+    for artifact in [f.as_str(), digest.as_str()] {
+        assert_ok(&w.agentctl(&["verify-blob", artifact, "--bundle", &b, "--key", &public]));
+    }
+    let other = dir.join("other.tar");
+    std::fs::write(&other, b"another artifact\n").unwrap();
+    assert_exit(&w.agentctl(&["verify-blob", &other.display().to_string(), "--bundle", &b, "--key", &public]), 4, "");
+    let (_, other_pub) = other_key(&w);
+    assert_exit(&w.agentctl(&["verify-blob", &f, "--bundle", &b, "--key", &other_pub]), 4, "does not verify");
+    let mut edited: serde_json::Value = serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
+    let sig = edited.pointer_mut("/messageSignature/signature").expect("a message signature");
+    let text = sig.as_str().unwrap().to_owned();
+    let first = if text.starts_with('A') { 'B' } else { 'A' };
+    let flipped = format!("{first}{}", text.get(1..).unwrap());
+    *sig = serde_json::Value::String(flipped);
+    std::fs::write(&bundle, serde_json::to_vec(&edited).unwrap()).unwrap();
+    assert_exit(&w.agentctl(&["verify-blob", &f, "--bundle", &b, "--key", &public]), 4, "does not verify");
+}

@@ -95,6 +95,33 @@ pub enum Command {
         #[arg(long)]
         key: Vec<PathBuf>,
     },
+    /// Verify a Sigstore bundle for a file (or `sha256:HEX`), offline, as `cosign
+    /// verify-blob --bundle` does: with `--key`, or keyless with `--certificate-identity`
+    /// (or `--certificate-identity-regexp`), `--certificate-oidc-issuer` and
+    /// `--trusted-root`. Exit 0 only when it verifies; 4 with the reason otherwise.
+    VerifyBlob {
+        /// The file, or its digest as `sha256:<64 hex>`.
+        artifact: String,
+        /// The Sigstore bundle (`.sigstore.json`).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// A PEM public key that must have signed it.
+        #[arg(long, conflicts_with_all = ["certificate_identity", "certificate_identity_regexp"])]
+        key: Option<PathBuf>,
+        /// The certificate's subject (SAN), exactly.
+        #[arg(long, conflicts_with = "certificate_identity_regexp", requires = "certificate_oidc_issuer")]
+        certificate_identity: Option<String>,
+        /// The certificate's subject, by a regular expression matching all of it.
+        #[arg(long, requires = "certificate_oidc_issuer")]
+        certificate_identity_regexp: Option<String>,
+        /// The certificate's OIDC issuer, exactly.
+        #[arg(long)]
+        certificate_oidc_issuer: Option<String>,
+        /// A Sigstore `trusted_root.json` (required keyless; with `--key`, for a bundle's
+        /// log entries and timestamps).
+        #[arg(long)]
+        trusted_root: Option<PathBuf>,
+    },
     /// Releases: verified, digest-pinned images of a service.
     Release {
         #[command(subcommand)]

@@ -107,6 +107,22 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
             commands::sign::attest(g, &image, &predicate, kind, &key, format).await
         }
         Command::Verify { image, key } => commands::verify::run(g, &image, &key).await,
+        Command::VerifyBlob {
+            artifact,
+            bundle,
+            key,
+            certificate_identity,
+            certificate_identity_regexp,
+            certificate_oidc_issuer,
+            trusted_root,
+        } => {
+            let identity = commands::verify::Identity {
+                exact: certificate_identity,
+                regexp: certificate_identity_regexp,
+                issuer: certificate_oidc_issuer,
+            };
+            commands::verify::blob(&artifact, &bundle, key, identity, trusted_root.as_deref())
+        }
         Command::Release { command: ReleaseCommand::Add { service, image, commit, provenance, sbom } } => {
             let registration = controlplane::catalog::Registration {
                 service: &service,

@@ -649,6 +649,51 @@ fn evaluate_bundle(
     Ok(key.key_id.clone())
 }
 
+/// A keyed bundle made offline (no log entry, no timestamp: `cosign sign-blob --key …
+/// --bundle` with `--tlog-upload=false`) as a signature of an artifact whose SHA-256 is
+/// `sha256`: a message signature naming that digest and verifying over it (`prehashed`), or
+/// a DSSE envelope verifying over its pre-authentication encoding whose in-toto statement
+/// names the digest as a subject. `verify(message, signature, prehashed)` is the key.
+pub fn evaluate_blob_bundle(
+    sha256: &[u8; 32],
+    bundle: &[u8],
+    verify: impl Fn(&[u8], &[u8], bool) -> bool,
+) -> Result<(), SignatureProblem> {
+    let malformed = |d: &str| SignatureProblem::Malformed(d.into());
+    let other = || SignatureProblem::OtherDigest { signed: "another artifact".into() };
+    let b: serde_json::Value = serde_json::from_slice(bundle).map_err(|e| malformed(&format!("bundle: {e}")))?;
+    if let Some(env) = b.get("dsseEnvelope") {
+        let env: Envelope = serde_json::from_value(env.clone()).map_err(|e| malformed(&format!("DSSE: {e}")))?;
+        let payload = B64.decode(&env.payload).map_err(|_| malformed("DSSE payload is not base64"))?;
+        let signed = pae(&env.payload_type, &payload);
+        if !env.signatures.iter().filter_map(|s| B64.decode(&s.sig).ok()).any(|sig| verify(&signed, &sig, false)) {
+            return Err(SignatureProblem::UntrustedKey);
+        }
+        let statement: serde_json::Value =
+            serde_json::from_slice(&payload).map_err(|e| malformed(&format!("statement: {e}")))?;
+        let want = hex::encode(sha256);
+        let subjects = statement.get("subject").and_then(|s| s.as_array()).cloned().unwrap_or_default();
+        let named =
+            subjects.iter().any(|x| x.pointer("/digest/sha256").and_then(|d| d.as_str()) == Some(want.as_str()));
+        return if named { Ok(()) } else { Err(other()) };
+    }
+    let msg =
+        b.get("messageSignature").ok_or_else(|| malformed("a bundle with neither DSSE nor a message signature"))?;
+    let named = msg.pointer("/messageDigest/digest").and_then(|d| d.as_str()).and_then(|d| B64.decode(d).ok());
+    if named.as_deref() != Some(sha256.as_slice()) {
+        return Err(other());
+    }
+    let sig = msg["signature"]
+        .as_str()
+        .and_then(|s| B64.decode(s).ok())
+        .ok_or_else(|| malformed("signature is not base64"))?;
+    if verify(sha256, &sig, true) {
+        Ok(())
+    } else {
+        Err(SignatureProblem::UntrustedKey)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -97,31 +97,24 @@ impl Keyless {
     /// signature of it), and its identity; returns the identity and the statement's
     /// predicate type (empty for a message signature).
     pub fn verify_statement(&self, image: &PinnedImage, bundle: &[u8]) -> Result<(Identity, String), KeylessProblem> {
-        // What a bundle says is shown sanitized and bounded (it came from a registry).
-        let invalid = |what: &'static str, detail: String| KeylessProblem::Invalid {
-            what,
-            detail: HostText::new(&detail).to_string(),
-        };
-        let text = std::str::from_utf8(bundle).map_err(|_| invalid("bundle", "not UTF-8".into()))?;
-        let parsed = Bundle::from_json(text).map_err(|e| invalid("bundle", e.to_string()))?;
         let digest = Sha256Hash::from_hex(image.digest.hex()).map_err(|e| invalid("image digest", e.to_string()))?;
+        let found = self.verify_artifact(Artifact::Digest(ArtifactDigest::sha256(digest)), bundle)?;
+        let predicate = crate::cosign::dsse_predicate(bundle).unwrap_or_default();
+        Ok((found, predicate))
+    }
+
+    /// Verifies `bundle` as a keyless signature of `artifact` (its bytes, or its SHA-256
+    /// digest) by an allowed identity: what `cosign verify-blob --bundle` checks, and the
+    /// path every image signature takes too.
+    pub fn verify_artifact(&self, artifact: Artifact<'_>, bundle: &[u8]) -> Result<Identity, KeylessProblem> {
+        let parsed = parse_bundle(bundle)?;
         // The identity is checked here, after the cryptography, so a refusal can name
         // both the identity found and those allowed.
         let mut policy = VerificationPolicy::any_identity();
         if !self.has_ct_logs {
             policy = policy.skip_sct();
         }
-        let result =
-            self.verifier.verify(Artifact::Digest(ArtifactDigest::sha256(digest)), &parsed, &policy).map_err(|e| {
-                match e {
-                    SigstoreError::ArtifactMismatch(_) => KeylessProblem::OtherDigest,
-                    SigstoreError::Certificate(c) => invalid("certificate chain", c.to_string()),
-                    SigstoreError::TransparencyLog(t) => invalid("transparency log evidence", t.to_string()),
-                    SigstoreError::Timestamp(t) => invalid("signing time", t.to_string()),
-                    SigstoreError::SignatureInvalid(s) => invalid("signature", s),
-                    other => invalid("bundle", other.to_string()),
-                }
-            })?;
+        let result = self.verifier.verify(artifact, &parsed, &policy).map_err(problem)?;
         let (Some(subject), Some(issuer)) = (result.identity(), result.issuer()) else {
             return Err(invalid("certificate", "it names no identity or no OIDC issuer".into()));
         };
@@ -134,7 +127,50 @@ impl Keyless {
             };
             return Err(KeylessProblem::NotAllowed { found: shown, allowed });
         }
-        let predicate = crate::cosign::dsse_predicate(bundle).unwrap_or_default();
-        Ok((found, predicate))
+        Ok(found)
+    }
+}
+
+/// Verifies `bundle` as a signature of `artifact` by `public_key` (a keyed bundle, as
+/// `cosign sign-blob --key … --bundle` writes): the signature with that key, and the
+/// bundle's transparency-log entries and RFC 3161 timestamps against `root` when it holds
+/// any (a bundle made offline has none; one that has them must prove them).
+pub fn verify_with_key(
+    root: &sigstore_verify::trust_root::TrustedRoot,
+    public_key: sigstore_verify::types::DerPublicKey,
+    artifact: Artifact<'_>,
+    bundle: &[u8],
+) -> Result<(), KeylessProblem> {
+    let parsed = parse_bundle(bundle)?;
+    let logged = serde_json::from_slice::<serde_json::Value>(bundle).is_ok_and(|b| {
+        b.pointer("/verificationMaterial/tlogEntries").and_then(|t| t.as_array()).is_some_and(|t| !t.is_empty())
+    });
+    let mut policy = sigstore_verify::PublicKeyVerificationPolicy::new(public_key);
+    if !logged {
+        policy = policy.skip_tlog_unsafe();
+    }
+    let verifier = sigstore_verify::Verifier::new(root).map_err(|e| invalid("trusted root", e.to_string()))?;
+    verifier.verify(artifact, &parsed, &policy).map_err(problem)?;
+    Ok(())
+}
+
+/// What a bundle says is shown sanitized and bounded (it came from a registry or a file).
+fn invalid(what: &'static str, detail: String) -> KeylessProblem {
+    KeylessProblem::Invalid { what, detail: HostText::new(&detail).to_string() }
+}
+
+fn parse_bundle(bundle: &[u8]) -> Result<Bundle, KeylessProblem> {
+    let text = std::str::from_utf8(bundle).map_err(|_| invalid("bundle", "not UTF-8".into()))?;
+    Bundle::from_json(text).map_err(|e| invalid("bundle", e.to_string()))
+}
+
+fn problem(e: SigstoreError) -> KeylessProblem {
+    match e {
+        SigstoreError::ArtifactMismatch(_) => KeylessProblem::OtherDigest,
+        SigstoreError::Certificate(c) => invalid("certificate chain", c.to_string()),
+        SigstoreError::TransparencyLog(t) => invalid("transparency log evidence", t.to_string()),
+        SigstoreError::Timestamp(t) => invalid("signing time", t.to_string()),
+        SigstoreError::SignatureInvalid(s) => invalid("signature", s),
+        other => invalid("bundle", other.to_string()),
     }
 }

@@ -25,7 +25,7 @@ pub use controlplane_core::{
 };
 pub use edges::{held, hygiene, keys, metrics, receipt_log, registry, ssh, sshsig, store, vm};
 pub use jobs::egress as egress_proof;
-pub use jobs::{catalog, deploy, init, migrate, sign, status, verify};
+pub use jobs::{catalog, deploy, init, migrate, sign, status, verify, verify_blob};
 
 /// The manifest set: the core's format and validation, and `load` from a directory.
 pub mod manifest {

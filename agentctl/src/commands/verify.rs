@@ -5,7 +5,8 @@ use crate::failure::{Code, Failure};
 use crate::render::Report;
 use crate::Globals;
 use controlplane::verify::{Requirements, Verifier, VerifyError};
-use std::path::PathBuf;
+use controlplane::verify_blob::{self, Blob, BlobError, Signer};
+use std::path::{Path, PathBuf};
 
 /// Every verification refusal is a policy refusal (exit 4), with its own message and hint.
 pub fn refusal(e: VerifyError) -> Failure {
@@ -37,4 +38,47 @@ pub async fn run(g: &Globals, image: &str, keys: &[PathBuf]) -> Result<Report, F
     }
     text.push_str(&format!("\n  registry round trips: {}", ctx.registry.round_trips()));
     Ok(Report::new(text, serde_json::json!({ "verified": verified, "round_trips": ctx.registry.round_trips() })))
+}
+
+/// `--certificate-identity[-regexp]` and `--certificate-oidc-issuer`, as given.
+pub struct Identity {
+    pub exact: Option<String>,
+    pub regexp: Option<String>,
+    pub issuer: Option<String>,
+}
+
+/// `verify-blob`: offline, no manifests needed.
+pub fn blob(
+    artifact: &str,
+    bundle: &Path,
+    key: Option<PathBuf>,
+    identity: Identity,
+    trusted_root: Option<&Path>,
+) -> Result<Report, Failure> {
+    use controlplane::manifest::SubjectMatch;
+    let invalid = |m: String| Failure::new(Code::Invalid, anyhow::anyhow!(m));
+    let signer = match (key, identity.exact, identity.regexp, identity.issuer) {
+        (Some(k), None, None, None) => Signer::Key(k),
+        (None, Some(s), None, Some(issuer)) => Signer::Identity { issuer, subject: SubjectMatch::Exact(s) },
+        (None, None, Some(r), Some(issuer)) => {
+            let subject = SubjectMatch::anchored(&r)
+                .map_err(|e| invalid(format!("--certificate-identity-regexp `{r}`: {e}")))?;
+            Signer::Identity { issuer, subject }
+        }
+        _ => {
+            return Err(invalid(
+                "say who must have signed: `--key KEY.pub`, or `--certificate-identity[-regexp]` with `--certificate-oidc-issuer`".into(),
+            )
+            .hint("as `cosign verify-blob` is given"))
+        }
+    };
+    let who = verify_blob::verify_blob(bundle, &Blob::parse(artifact), &signer, trusted_root).map_err(|e| {
+        let code = match e {
+            BlobError::Refused(_) => Code::Refused,
+            _ => Code::Invalid,
+        };
+        Failure::new(code, e)
+    })?;
+    let text = format!("verified `{artifact}`\n  signed by {who}\n  bundle {}", bundle.display());
+    Ok(Report::new(text, serde_json::json!({ "verified": artifact, "signer": who })))
 }

@@ -9,4 +9,5 @@ pub mod migrate;
 pub mod sign;
 pub mod status;
 pub mod verify;
+pub mod verify_blob;
 pub mod watch;

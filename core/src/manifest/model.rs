@@ -113,6 +113,13 @@ pub enum SubjectMatch {
     Regexp(regex::Regex),
 }
 
+impl SubjectMatch {
+    /// A pattern that must match the whole subject (`cosign --certificate-identity-regexp`).
+    pub fn anchored(pattern: &str) -> Result<Self, regex::Error> {
+        Ok(Self::Regexp(regex::Regex::new(&format!("^(?:{pattern})$"))?))
+    }
+}
+
 impl AllowedIdentity {
     pub fn allows(&self, issuer: &str, subject: &str) -> bool {
         issuer == self.issuer

@@ -437,8 +437,8 @@ impl<'a> Validator<'a> {
             }
             let subject = match (&raw.subject, &raw.subject_regexp) {
                 (Some(s), None) if !s.get_ref().is_empty() => Some(SubjectMatch::Exact(s.get_ref().clone())),
-                (None, Some(r)) => match regex::Regex::new(&format!("^(?:{})$", r.get_ref())) {
-                    Ok(re) => Some(SubjectMatch::Regexp(re)),
+                (None, Some(r)) => match SubjectMatch::anchored(r.get_ref()) {
+                    Ok(m) => Some(m),
                     Err(e) => {
                         let first = e.to_string().lines().last().unwrap_or("").trim().to_owned();
                         self.err(at, r, &field("subject_regexp"), format!("not a regular expression: {first}"), Some("e.g. `https://github.com/acme/api/\\.github/workflows/.*`; it must match the whole subject"));
