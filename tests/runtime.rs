@@ -233,6 +233,26 @@ async fn only_the_last_retain_releases_stay_on_a_host() {
     assert_eq!(w.page("stage-1"), "api v3", "the way back ran from what the host kept");
 }
 
+/// An image pinned by the digest of an image index (`docker buildx`'s default): Podman on
+/// the host pulls it by that digest and runs the host's platform (linux/amd64 here, not the
+/// arm64 entry listed first), and reports the digest it was pulled by — the index's, which
+/// the release records — so `status` compares like with like: in sync.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_index_runs_its_platform_and_is_in_sync() {
+    let w = World::start(LabConfig { hosts: 1, ..podman_lab() }).await;
+    let amd64 = w.lab.push_app("v1-amd64", "v1", &Behaviour::Healthy, None).await.unwrap();
+    let other = w.lab.push_app("v1-arm64", "v1 arm64", &Behaviour::Healthy, None).await.unwrap();
+    let index = w.lab.push_index("v1", &[(&other, "linux/arm64"), (&amd64, "linux/amd64")]).await.unwrap();
+    assert_ok(&w.agentctl(&["sign", &s(&index), "--key", &w.release_key()]));
+    assert_ok(&w.agentctl(&["release", "add", "api", &s(&index), "--commit", COMMIT]));
+    let out = w.promote("staging", &index, &["--apply"]);
+    assert_ok(&out);
+    assert_eq!(w.page("stage-1"), "api v1", "the linux/amd64 image runs");
+    let status = w.agentctl(&["status", "--env", "staging"]);
+    assert_ok(&status);
+    assert!(stdout(&status).contains("in sync"), "{}", stdout(&status));
+}
+
 /// What runs is read from Podman: a container stopped or removed by hand, and one
 /// started by hand under the release's name with another image, are drift.
 #[tokio::test(flavor = "multi_thread")]

@@ -364,6 +364,34 @@ impl Lab {
         Ok(PinnedImage { repository: repo, digest })
     }
 
+    /// Pushes an OCI image index under `tag` naming `platforms` (`(image, "os/arch")`, each
+    /// already pushed to the same repository), as `docker buildx` pushes by default.
+    pub async fn push_index(&self, tag: &str, platforms: &[(&PinnedImage, &str)]) -> Result<PinnedImage, LabError> {
+        let reg = self.registry_client();
+        let mut entries = Vec::new();
+        let mut repo = None;
+        for (img, platform) in platforms {
+            let (m, _) =
+                reg.manifest(&img.repository, img.digest.as_str()).await?.expect("the platform image was pushed");
+            let (os, arch) = platform.split_once('/').expect("os/arch");
+            entries.push(serde_json::json!({
+                "mediaType": controlplane::registry::OCI_MANIFEST,
+                "digest": img.digest.as_str(),
+                "size": m.len(),
+                "platform": { "os": os, "architecture": arch },
+            }));
+            repo = Some(img.repository.clone());
+        }
+        let repo = repo.expect("at least one platform");
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": controlplane::registry::OCI_INDEX,
+            "manifests": entries,
+        });
+        let digest = reg.push_manifest(&repo, Some(tag), serde_json::to_vec(&index).expect("JSON")).await?;
+        Ok(PinnedImage { repository: repo, digest })
+    }
+
     /// Stops a host's sshd (to make it unreachable).
     pub fn stop_host(&mut self, name: &str) {
         let pid = self.host(name).pid;
