@@ -164,19 +164,26 @@ fn kill_during(w: &World, img: &str, host: &str, old: &str) {
 }
 
 /// No host may ever have a missing or half-written `current`: each points at a complete
-/// release directory (or is absent where nothing was ever deployed).
+/// release directory. A kill between the swap's two steps may leave its temporary link
+/// (`.current.<pid>`) beside it: harmless only if it, too, names a complete release. (That
+/// the swap is one rename and never an unlink is `core/src/steps.rs`'s strace test.)
 fn assert_current_intact(w: &World, hosts: &[&str]) {
     for h in hosts {
         let link = w.lab.host(h).root().join("api/current");
         let target = std::fs::read_link(&link).unwrap_or_else(|_| panic!("{h}: `current` is missing"));
         let dir = link.parent().unwrap().join(&target);
         assert!(dir.join("release.json").is_file(), "{h}: `current` -> {} is not a complete release", target.display());
-        let leftovers: Vec<_> = std::fs::read_dir(link.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(".current"))
-            .collect();
-        assert!(leftovers.is_empty() || std::fs::read_link(&link).is_ok(), "{h}: {leftovers:?}");
+        for e in std::fs::read_dir(link.parent().unwrap()).unwrap() {
+            let p = e.unwrap().path();
+            if p.file_name().unwrap().to_string_lossy().starts_with(".current") {
+                let t = std::fs::read_link(&p).unwrap_or_else(|_| panic!("{h}: {} is not a link", p.display()));
+                assert!(
+                    link.parent().unwrap().join(&t).join("release.json").is_file(),
+                    "{h}: {} -> {t:?}",
+                    p.display()
+                );
+            }
+        }
     }
 }
 
@@ -548,4 +555,52 @@ async fn prod_requires_a_rehearsal_in_staging_first() {
     assert_ok(&w.promote("prod", &v2, &["--apply"]));
     assert_eq!(w.live_digest("prod-1").as_deref(), Some(v2.digest.as_str()));
     assert_ok(&w.agentctl(&["receipts", "verify"]));
+}
+
+/// Signatures are verified when a plan is made and again when it is applied: a release
+/// whose signer the trust policy stopped trusting after the plan was saved is refused at
+/// apply (exit 4, receipt, no host moved); planned anew it is refused at plan time; an image
+/// that was never signed cannot be planned.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signer_no_longer_trusted_is_refused_at_plan_and_at_apply() {
+    let w = World::start(fleet(1)).await;
+    let img = w.release("v1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.json");
+    assert_ok(&w.promote("staging", &img, &["--out", plan.to_str().unwrap()]));
+
+    // The trust policy rotates to another key: the release's signer is no longer trusted.
+    let prefix = dir.path().join("new");
+    assert_ok(&w.agentctl(&["keys", "generate", "--out", prefix.to_str().unwrap()]));
+    let trusted = w.manifests().join("trust/release.pub");
+    std::fs::copy(prefix.with_extension("pub"), &trusted).unwrap();
+    let before = hosts_only(w.snapshot());
+    let out = w.agentctl(&["apply", plan.to_str().unwrap()]);
+    assert_exit(&out, 4, "no trusted key");
+    assert_same(&before, &hosts_only(w.snapshot()), "no host changed");
+    assert_eq!(w.receipts().last().unwrap()["kind"], "refusal");
+    assert_exit(&w.promote("staging", &img, &[]), 4, "no trusted key");
+    assert_exit(&w.promote("staging", &img, &["--apply"]), 4, "no trusted key");
+    assert!(w.current("stage-1").is_none(), "nothing was applied");
+}
+
+/// The rollback target is hashed again at apply: a saved rollback plan whose target
+/// directory was edited on the host after the plan was made is refused, nothing moves.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_target_altered_after_the_plan_is_refused_at_apply() {
+    let w = World::start(fleet(1)).await;
+    w.deploy("v1", &["staging"]).await;
+    let old = w.current("stage-1").unwrap();
+    w.deploy("v2", &["staging"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("rollback.json");
+    assert_ok(&w.agentctl(&["rollback", "api", "--env", "staging", "--out", plan.to_str().unwrap()]));
+    let target = w.lab.host("stage-1").root().join("api").join(&old);
+    std::fs::write(target.join("config/api.env"), "edited after the plan").unwrap();
+    let before = hosts_only(w.snapshot());
+    let out = w.agentctl(&["apply", plan.to_str().unwrap()]);
+    assert_exit(&out, 4, "the way back is broken on host `stage-1`");
+    assert!(stderr(&out).contains("not the recorded sha256:"), "{}", stderr(&out));
+    assert_same(&before, &hosts_only(w.snapshot()), "no host changed");
+    assert_eq!(w.receipts().last().unwrap()["kind"], "refusal");
 }

@@ -71,6 +71,53 @@ mod tests {
     use super::*;
     use crate::release::tests_support::example;
 
+    /// `current` moves by one `rename(2)` of a complete new link over the old one — never
+    /// removed, never absent, for both runtimes' swap (a `rm current; ln -s …` swap fails
+    /// here). What the scripts do to the file system is read by strace, not assumed.
+    #[test]
+    fn the_swap_is_one_rename_over_current_and_never_an_unlink() {
+        let strace = std::path::Path::new("/usr/bin/strace");
+        assert!(strace.exists(), "strace is needed (apt-get install strace; `cargo xtask setup` installs it)");
+        let (set, mut host) = example();
+        let (podman_set, _) = crate::release::tests_support::example_podman();
+        let svc = set.services.values().next().unwrap();
+        let psvc = podman_set.services.values().next().unwrap();
+        for runtime in ["command", "podman"] {
+            let dir = tempfile::tempdir().unwrap();
+            host.root = crate::manifest::RemotePath(dir.path().display().to_string());
+            let api = dir.path().join("api");
+            for r in ["r-000000000000000a", "r-000000000000000b"] {
+                std::fs::create_dir_all(api.join("releases").join(r)).unwrap();
+            }
+            std::os::unix::fs::symlink("releases/r-000000000000000a", api.join("current")).unwrap();
+            let cmd = match runtime {
+                "command" => swap(&host, svc, "r-000000000000000b"),
+                _ => crate::podman::swap(&host, psvc, psvc.podman().unwrap(), "r-000000000000000b"),
+            };
+            let log = dir.path().join("strace.log");
+            let out = std::process::Command::new(strace)
+                .args(["-f", "-qq", "-e", "trace=unlink,unlinkat,rename,renameat,renameat2,rmdir", "-o"])
+                .arg(&log)
+                .arg(&cmd.program)
+                .args(&cmd.args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{runtime}: {}", String::from_utf8_lossy(&out.stderr));
+            let trace = std::fs::read_to_string(&log).unwrap();
+            let current = format!("\"{}\"", api.join("current").display());
+            let touching: Vec<&str> = trace.lines().filter(|l| l.contains(&current)).collect();
+            assert!(!touching.iter().any(|l| l.contains("unlink") || l.contains("rmdir")), "{runtime}: {touching:#?}");
+            let renamed: Vec<&&str> =
+                touching.iter().filter(|l| l.contains("rename") && l.trim_end().ends_with("= 0")).collect();
+            assert_eq!(renamed.len(), 1, "{runtime}: exactly one rename onto `current`: {touching:#?}");
+            assert!(renamed[0].find(&current) > renamed[0].find(".current."), "{runtime}: {}", renamed[0]);
+            assert_eq!(
+                std::fs::read_link(api.join("current")).unwrap().display().to_string(),
+                "releases/r-000000000000000b"
+            );
+        }
+    }
+
     #[test]
     fn commands_are_data_with_arguments_apart() {
         let (set, host) = example();

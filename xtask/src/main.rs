@@ -215,6 +215,7 @@ pub fn setup() -> anyhow::Result<()> {
         ("uidmap", "/usr/bin/newuidmap"),
         ("fuse-overlayfs", "/usr/bin/fuse-overlayfs"),
         ("busybox-static", lab::BUSYBOX),
+        ("strace", "/usr/bin/strace"),
     ];
     let missing: Vec<&str> = needed.iter().filter(|(_, bin)| !Path::new(bin).exists()).map(|(p, _)| *p).collect();
     if missing.is_empty() {

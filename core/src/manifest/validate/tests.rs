@@ -304,3 +304,42 @@ fn keyless_trust_is_validated_with_file_line_and_field() {
     assert!(d.iter().any(|d| d.field == "trust.identity[0]" && d.message.contains("exactly one")), "{d:#?}");
     has(&d, 31, "trust.trusted_root", "does not exist");
 }
+
+/// Every table of every manifest file refuses a field it does not know, naming it: a
+/// misspelt safety setting is an error, never a silent default (14 tables).
+#[test]
+fn every_table_refuses_unknown_fields() {
+    let cp = "controlplane.toml";
+    let env = "environments/prod.toml";
+    let svc = "services/api.toml";
+    let bogus = "bogus_field = 1\n";
+    // (file, text to find, text to put in its place); a table the example lacks is added.
+    let cases: Vec<(&str, String, String)> = vec![
+        (cp, "[controlplane]\n".into(), format!("{bogus}[controlplane]\n")),
+        (cp, "[controlplane]\n".into(), format!("[controlplane]\n{bogus}")),
+        (cp, "[[registry]]\n".into(), format!("[[registry]]\n{bogus}")),
+        (cp, "[trust]\n".into(), format!("[trust]\n{bogus}")),
+        (
+            cp,
+            "[ssh]\n".into(),
+            format!("[[trust.identity]]\nissuer = \"https://x\"\nsubject = \"s\"\n{bogus}\n[ssh]\n"),
+        ),
+        (cp, "[ssh]\n".into(), format!("[ssh]\n{bogus}")),
+        (env, "[rollout]\n".into(), format!("{bogus}[rollout]\n")),
+        (env, "[rollout]\n".into(), format!("[egress]\n{bogus}\n[rollout]\n")),
+        (env, "[rollout]\n".into(), format!("[rollout]\n{bogus}")),
+        (env, "[[host]]\n".into(), format!("[[host]]\n{bogus}")),
+        (svc, "[[template]]\n".into(), format!("{bogus}[[template]]\n")),
+        (svc, "[[template]]\n".into(), format!("[[template]]\n{bogus}")),
+        (svc, "[runtime]\n".into(), format!("[runtime]\n{bogus}")),
+        (svc, "[runtime.health]\n".into(), format!("[runtime.health]\n{bogus}")),
+    ];
+    assert_eq!(cases.len(), 14);
+    for (file, from, to) in cases {
+        let d = diags(file, &from, &to);
+        assert!(
+            d.iter().any(|d| d.message.contains("unknown field `bogus_field`") && d.field.ends_with("bogus_field")),
+            "{file}: {to:?} was not refused by name: {d:#?}"
+        );
+    }
+}
