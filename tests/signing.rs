@@ -777,6 +777,13 @@ async fn a_bundle_found_only_through_the_referrers_api_verifies() {
     assert!(!stderr(&out).contains("no signature"), "{}", stderr(&out));
 }
 
+/// `bundle` with its first transparency-log entry changed by `f`.
+fn edit_entry(bundle: &[u8], f: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(bundle).unwrap();
+    f(&mut v["verificationMaterial"]["tlogEntries"][0]);
+    serde_json::to_vec(&v).unwrap()
+}
+
 const ISSUER: &str = "https://token.actions.githubusercontent.com";
 const CI_SUBJECT: &str = "https://github.com/acme/api/.github/workflows/release.yml@refs/heads/main";
 
@@ -896,6 +903,62 @@ async fn keyless_bundles_verify_for_allowed_identities_and_every_other_case_is_r
                 sigstore.sign_image("127.0.0.1:5000/demo/api", &"ab".repeat(32), &Signer::ci(ISSUER, CI_SUBJECT))
             }),
             "was made for another image digest",
+        ),
+        (
+            "a checkpoint whose signature was tampered with",
+            Box::new(|i| {
+                edit_entry(
+                    &sigstore.sign_image(i.repository.as_str(), i.digest.hex(), &Signer::ci(ISSUER, CI_SUBJECT)),
+                    |e| {
+                        let cp = e["inclusionProof"]["checkpoint"]["envelope"].as_str().unwrap().to_owned();
+                        // The signature line's last base64 characters.
+                        let n = cp.trim_end().len();
+                        let c = if &cp[n - 2..n - 1] == "A" { "B" } else { "A" };
+                        e["inclusionProof"]["checkpoint"]["envelope"] =
+                            format!("{}{c}{}", &cp[..n - 2], &cp[n - 1..]).into();
+                    },
+                )
+            }),
+            "does not verify: transparency log evidence",
+        ),
+        (
+            "an inclusion proof for another tree",
+            Box::new(|i| {
+                edit_entry(
+                    &sigstore.sign_image(i.repository.as_str(), i.digest.hex(), &Signer::ci(ISSUER, CI_SUBJECT)),
+                    |e| {
+                        e["inclusionProof"]["rootHash"] =
+                            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32]).into();
+                    },
+                )
+            }),
+            "inclusion proof root hash does not match",
+        ),
+        (
+            "a log entry that does not match the bundle",
+            Box::new(|i| {
+                // The entry of another signature, logged for another image.
+                let other =
+                    sigstore.sign_image(i.repository.as_str(), &"cd".repeat(32), &Signer::ci(ISSUER, CI_SUBJECT));
+                let theirs: serde_json::Value = serde_json::from_slice(&other).unwrap();
+                let body = theirs["verificationMaterial"]["tlogEntries"][0]["canonicalizedBody"].clone();
+                edit_entry(
+                    &sigstore.sign_image(i.repository.as_str(), i.digest.hex(), &Signer::ci(ISSUER, CI_SUBJECT)),
+                    |e| {
+                        e["canonicalizedBody"] = body.clone();
+                    },
+                )
+            }),
+            "does not verify",
+        ),
+        (
+            "a certificate without the SCT the root's CT log must have issued",
+            Box::new(|i| {
+                let mut no_sct = Signer::ci(ISSUER, CI_SUBJECT);
+                no_sct.with_sct = false;
+                sigstore.sign_image(i.repository.as_str(), i.digest.hex(), &no_sct)
+            }),
+            "does not verify: certificate chain",
         ),
     ];
     let filters = vec![

@@ -37,6 +37,8 @@ pub struct Signer {
     pub not_after: OffsetDateTime,
     /// When the log says it integrated the entry (the proven signing time).
     pub integrated_time: OffsetDateTime,
+    /// Whether the certificate carries the CT log's SCT (Fulcio always embeds one).
+    pub with_sct: bool,
 }
 
 impl Signer {
@@ -49,6 +51,7 @@ impl Signer {
             not_before: now - time::Duration::minutes(1),
             not_after: now + time::Duration::minutes(9),
             integrated_time: now - time::Duration::seconds(5),
+            with_sct: true,
         }
     }
 }
@@ -268,14 +271,16 @@ impl TestSigstore {
         // The SCT signs the certificate as it is without the SCT extension (the
         // "precertificate"); the certificate then carries it.
         let pre = params.signed_by(&leaf_key, &issuer).expect("precertificate");
-        let sct = self.sct(tbs_of(pre.der()), who.not_before);
-        let mut list = ((sct.len() + 2) as u16).to_be_bytes().to_vec();
-        list.extend((sct.len() as u16).to_be_bytes());
-        list.extend(&sct);
-        let mut octets = vec![0x04];
-        octets.extend(der_len(list.len()));
-        octets.extend(list);
-        params.custom_extensions.push(CustomExtension::from_oid_content(OID_SCT_LIST, octets));
+        if who.with_sct {
+            let sct = self.sct(tbs_of(pre.der()), who.not_before);
+            let mut list = ((sct.len() + 2) as u16).to_be_bytes().to_vec();
+            list.extend((sct.len() as u16).to_be_bytes());
+            list.extend(&sct);
+            let mut octets = vec![0x04];
+            octets.extend(der_len(list.len()));
+            octets.extend(list);
+            params.custom_extensions.push(CustomExtension::from_oid_content(OID_SCT_LIST, octets));
+        }
         let leaf = params.signed_by(&leaf_key, &issuer).expect("leaf certificate");
         let leaf_der = leaf.der().to_vec();
 

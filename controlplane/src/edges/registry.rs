@@ -332,18 +332,18 @@ impl Registry {
     pub async fn blob(&self, repo: &Repository, digest: &Digest) -> Result<Vec<u8>, RegistryError> {
         self.auth(repo)?;
         self.count(1);
-        let mut out = Vec::new();
-        self.client
-            .pull_blob(&Self::reference(repo, digest.as_str()), digest.as_str(), &mut out)
-            .await
-            .map_err(|e| Self::classify(repo, e))?;
-        if out.len() > MAX_BLOB_BYTES {
+        // The bound holds while the body streams in: the download stops at the limit.
+        let mut out = Bounded { buf: Vec::new(), limit: MAX_BLOB_BYTES, over: false };
+        let pulled = self.client.pull_blob(&Self::reference(repo, digest.as_str()), digest.as_str(), &mut out).await;
+        if out.over {
             return Err(RegistryError::TooLarge {
                 registry: repo.registry().into(),
                 what: "a blob",
                 limit: MAX_BLOB_BYTES,
             });
         }
+        pulled.map_err(|e| Self::classify(repo, e))?;
+        let out = out.buf;
         let actual = Digest::of(&out);
         if &actual != digest {
             return Err(RegistryError::DigestMismatch {
@@ -416,6 +416,43 @@ impl Registry {
     }
 }
 
+/// A sink that refuses to hold more than `limit` bytes: the write that would pass it fails
+/// (and sets `over`), so a streaming download ends there.
+struct Bounded {
+    buf: Vec<u8>,
+    limit: usize,
+    over: bool,
+}
+
+impl tokio::io::AsyncWrite for Bounded {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.buf.len() + data.len() > self.limit {
+            self.over = true;
+            return std::task::Poll::Ready(Err(std::io::Error::other("over the size limit")));
+        }
+        self.buf.extend_from_slice(data);
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 /// What a referrer is, from its own manifest (the OCI 1.1 rule): `artifactType`, else
 /// the config's media type unless that is the empty one, else the first layer's.
 pub fn artifact_type_of(manifest: &[u8]) -> Option<String> {
@@ -442,4 +479,67 @@ pub struct Layer {
     pub media_type: String,
     pub data: Vec<u8>,
     pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A registry that answers a blob with an endless body: the download stops at the
+    /// bound (what was sent is at most the bound plus what the sockets buffer), and the
+    /// answer is "too large", never a blob held whole in memory.
+    #[tokio::test]
+    async fn a_blob_past_the_bound_stops_downloading_at_the_bound() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sent = Arc::new(AtomicU64::new(0));
+        let counter = sent.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else { return };
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if !String::from_utf8_lossy(&head).contains("/blobs/") {
+                        let _ = conn
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+                            .await;
+                        return;
+                    }
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n").await;
+                    let chunk = vec![0u8; 64 * 1024];
+                    while conn.write_all(&chunk).await.is_ok() {
+                        counter.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        let host = format!("127.0.0.1:{port}");
+        let reg = Registry::new(&[crate::manifest::RegistrySettings {
+            host: host.clone(),
+            insecure: true,
+            username_env: None,
+            password_env: None,
+        }]);
+        let repo = Repository::new(&format!("{host}/demo/api")).unwrap();
+        let err = reg.blob(&repo, &Digest::of(b"anything")).await.unwrap_err();
+        assert!(matches!(err, RegistryError::TooLarge { what: "a blob", .. }), "{err:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let total = sent.load(Ordering::SeqCst);
+        assert!(
+            total < (MAX_BLOB_BYTES + (8 << 20)) as u64,
+            "the registry sent {total} bytes before the client stopped"
+        );
+        server.abort();
+    }
 }
