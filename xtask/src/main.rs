@@ -194,6 +194,13 @@ fn main() -> anyhow::Result<()> {
             if !status.success() {
                 bail!("tests failed");
             }
+            // nextest does not run doctests; some are compile-fail proofs (`Verified`).
+            if nextest && args.is_empty() {
+                let status = Command::new(env!("CARGO")).args(["test", "--doc", "--workspace"]).status()?;
+                if !status.success() {
+                    bail!("doctests failed");
+                }
+            }
             Ok(())
         }
     }

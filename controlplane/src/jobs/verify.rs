@@ -121,7 +121,30 @@ pub struct Requirements {
 
 /// A release whose verification succeeded. Only [`Verifier`] constructs one (the field
 /// `_sealed` is private and there is no `Deserialize`), so code that requires it —
-/// planning does — can only ever see verified images.
+/// planning does — can only ever see verified images. The compiler refuses both forgeries
+/// (these examples are doctests that must fail to compile, with these error codes):
+///
+/// ```compile_fail,E0451
+/// use controlplane::verify::Verified;
+/// fn forge(v: &Verified) -> Verified {
+///     Verified { image: v.image.clone(), signature: v.signature.clone(), attestations: vec![], _sealed: Default::default() }
+/// }
+/// ```
+///
+/// ```compile_fail,E0277
+/// fn forge(json: &str) -> controlplane::verify::Verified {
+///     serde_json::from_str(json).unwrap()
+/// }
+/// ```
+///
+/// The same code for a type without the seal compiles (so the failures above are the seal's):
+///
+/// ```
+/// #[derive(Clone, Default, serde::Deserialize)]
+/// pub struct Open { pub image: String, pub attestations: Vec<String> }
+/// fn copy(v: &Open) -> Open { Open { image: v.image.clone(), attestations: vec![] } }
+/// fn read(json: &str) -> Open { serde_json::from_str(json).unwrap() }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verified {
     pub image: PinnedImage,
