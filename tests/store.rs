@@ -379,3 +379,46 @@ async fn postgresql_over_tls_verifies_the_server_with_the_settings_in_the_url() 
     let err = SqlStore::open(&at("sslmode=verify-full")).await.unwrap_err();
     assert!(format!("{err:?}").to_lowercase().contains("certificate") || format!("{err:?}").contains("Tls"), "{err:?}");
 }
+
+/// Reads never migrate a shared PostgreSQL: on an empty database a read-only open finds "no
+/// state yet" and leaves it without a single table; once the owner has migrated it, a role
+/// that may only SELECT reads everything through the read-only open (a read that tried to
+/// migrate would need CREATE, which it does not have).
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_never_migrate_a_shared_postgresql() {
+    let pg = Postgres::start().unwrap();
+    pg.create_database("shared").unwrap();
+    let owner = Location::Postgres { url: pg.url("shared"), password: Some(postgres::PASSWORD.to_owned()) };
+    let admin = format!("postgres://postgres:{}@127.0.0.1:{}/shared", postgres::PASSWORD, pg.port());
+    let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+    let tables = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert!(SqlStore::open_read_only(&owner).await.unwrap().is_none(), "an empty database is no state yet");
+    assert_eq!(tables().await, 0, "the read created nothing");
+
+    let store = SqlStore::open(&owner).await.unwrap();
+    store.append_receipt(&|seq, prev| receipt_maker(seq, prev, "owner")).await.unwrap();
+    for sql in [
+        "CREATE ROLE reader LOGIN PASSWORD 'reader-password'",
+        "GRANT CONNECT ON DATABASE shared TO reader",
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+        "GRANT USAGE ON SCHEMA public TO reader",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA public TO reader",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    let before = tables().await;
+    let reader = Location::Postgres {
+        url: format!("postgres://reader@127.0.0.1:{}/shared", pg.port()),
+        password: Some("reader-password".to_owned()),
+    };
+    let ro = SqlStore::open_read_only(&reader).await.unwrap().expect("the state exists");
+    assert_eq!(ro.dump().await.unwrap(), store.dump().await.unwrap(), "the SELECT-only role reads everything");
+    assert!(ro.append_receipt(&|seq, prev| receipt_maker(seq, prev, "reader")).await.is_err());
+    assert_eq!(tables().await, before, "nothing was created by the reads");
+    pool.close().await;
+}
