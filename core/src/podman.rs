@@ -50,24 +50,26 @@ need_podman() {
 }
 "#;
 
-/// Pulls the staged release's image by digest unless it is already in local storage:
-/// `root service id authfile|-`. Podman checks the digest of what it pulls.
+/// Pulls the staged release's image by digest: `root service id authfile|- local-first`.
+/// Podman checks the digest of what it pulls, and a digest already in local storage costs
+/// no download. With `local-first` 1 (the way back) an image in local storage is used
+/// without asking the registry; otherwise the pull comes first (one Podman call for a new
+/// image) and local storage is the fallback only when the pull fails.
 const PULL: &str = r#"set -eu
-root="$1"; service="$2"; id="$3"; auth="$4"
+root="$1"; service="$2"; id="$3"; auth="$4"; local="$5"
 @COMMON@
 need_podman
 image_of "$root/$service/releases/$id"
-if podman image exists "$img"; then echo "present"; exit 0; fi
+if [ "$local" = 1 ] && podman image exists "$img"; then echo "present"; exit 0; fi
 if [ "$auth" != - ]; then
   [ -r "$auth" ] || { echo "the registry auth file $auth does not exist on this host" >&2; exit 3; }
   set -- --authfile "$auth"
 else
   set --
 fi
-if ! out=$(podman pull --quiet "$@" "$img" 2>&1 >/dev/null); then
-  echo "pull of $img failed: $(printf %s "$out" | tail -n 3)" >&2; exit 4
-fi
-echo "pulled"
+if out=$(podman pull --quiet "$@" "$img" 2>&1 >/dev/null); then echo "pulled"; exit 0; fi
+if podman image exists "$img"; then echo "present (the pull failed: $(printf %s "$out" | tail -n 1))"; exit 0; fi
+echo "pull of $img failed: $(printf %s "$out" | tail -n 3)" >&2; exit 4
 "#;
 
 /// Starts the container of a release: `root service id|- overlap stop-timeout plan
@@ -283,9 +285,13 @@ fn auth(p: &PodmanRuntime) -> String {
     p.auth_file.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string)
 }
 
-/// Pulls release `id`'s image on `host` (after staging).
-pub fn pull(host: &Host, service: &Service, p: &PodmanRuntime, id: &str) -> RemoteCommand {
-    RemoteCommand::script(&script(PULL), [host.root.to_string(), service.name.to_string(), id.to_owned(), auth(p)])
+/// Pulls release `id`'s image on `host` (after staging); `local_first` for the way back.
+pub fn pull(host: &Host, service: &Service, p: &PodmanRuntime, id: &str, local_first: bool) -> RemoteCommand {
+    let local = if local_first { "1" } else { "0" }.to_owned();
+    RemoteCommand::script(
+        &script(PULL),
+        [host.root.to_string(), service.name.to_string(), id.to_owned(), auth(p), local],
+    )
 }
 
 /// `podman create` options for `service` (placeholders resolved on the host): the

@@ -1307,7 +1307,7 @@ impl Run<'_, '_> {
                 let result = match self.fleet.get(&h.host) {
                     Some(vm) => {
                         let (id, hash) = (plan.release.release_id.as_str(), plan.release.content_hash.as_str());
-                        vm.stage(self.service, id, hash, tar).await
+                        vm.stage(self.service, id, hash, tar, plan.kind == PlanKind::Rollback).await
                     }
                     None => Err(HostText::new("the host is not connected")),
                 };
