@@ -174,27 +174,16 @@ pub async fn deploy(sizes: &[usize], runs: usize, ansible: bool, pyinfra: bool) 
         let out = ctl(&["promote", "api", "--env", "staging", "--release", &releases[0], "--apply"])?;
         anyhow::ensure!(out.status.success(), "first promote: {}", String::from_utf8_lossy(&out.stderr));
 
-        let mut ours = Vec::new();
-        for d in &releases[1..] {
-            let mut c = Command::new(&bin);
-            c.arg("--manifests").arg(&m).args(["promote", "api", "--env", "staging", "--release", d, "--apply"]);
-            ours.push(timed(&mut c, "agentctl promote --apply")?);
-        }
-        let out = ctl(&["status"])?;
-        anyhow::ensure!(out.status.success(), "status after the runs: {}", String::from_utf8_lossy(&out.stdout));
-
-        // The others' images, pushed (and so new to every host) before their runs.
+        // agentctl and the floor take turns, run after run, so both see the same machine
+        // (on two shared cores, minutes apart is another machine).
         let set = controlplane::manifest::load(&m)?;
         let hosts: Vec<_> = set.environments.iter().flat_map(|e| e.hosts.clone()).collect();
         let identity = set.resolve(&set.ssh.identity);
         let ssh = controlplane::ssh::SshClient::new(&hosts, &identity, Duration::from_secs(10))?;
-        let mut floor = Vec::new();
-        for r in 0..runs {
-            let img = image(format!("floor-{n}-{r}")).await?.to_string();
-            let script = host_script(&img, &format!("floor-{r}"));
-            let sh = controlplane::remote::RemoteCommand::script(&script, Vec::<String>::new()).shell_line();
-            // One process for the whole run (so `time` sees every ssh): a shell that
-            // starts one ssh per host and waits for all.
+        // One process for a whole floor run (so `time` sees every ssh): a shell that starts
+        // one ssh per host with `script` and waits for all.
+        let on_every_host = |script: &str| {
+            let sh = controlplane::remote::RemoteCommand::script(script, Vec::<String>::new()).shell_line();
             let mut all = String::from("set -e\npids=\"\"\n");
             for h in &hosts {
                 let args: Vec<String> = ssh.ssh_args(h).iter().map(|a| controlplane::remote::quote(a)).collect();
@@ -205,8 +194,31 @@ pub async fn deploy(sizes: &[usize], runs: usize, ansible: bool, pyinfra: bool) 
                 ));
             }
             all.push_str("for p in $pids; do wait \"$p\"; done\n");
-            floor.push(timed(Command::new("sh").arg("-c").arg(all), "plain ssh")?);
+            all
+        };
+        // The floor's images, pushed before the runs (and so new to every host).
+        let mut floor_images = Vec::new();
+        for r in 0..runs {
+            floor_images.push(image(format!("floor-{n}-{r}")).await?.to_string());
         }
+        let (mut ours, mut floor) = (Vec::new(), Vec::new());
+        for (r, d) in releases[1..].iter().enumerate() {
+            let mut c = Command::new(&bin);
+            c.arg("--manifests").arg(&m).args(["promote", "api", "--env", "staging", "--release", d, "--apply"]);
+            ours.push(timed(&mut c, "agentctl promote --apply")?);
+            let script = host_script(&floor_images[r], &format!("floor-{r}"));
+            floor.push(timed(Command::new("sh").arg("-c").arg(on_every_host(&script)), "plain ssh")?);
+            // Untimed: the floor's container gives the port back for agentctl's next run.
+            let cleanup = "for c in $(podman ps -q --filter name=floor-); do podman stop -t 1 \"$c\" >/dev/null; done";
+            let out = Command::new("sh").arg("-c").arg(on_every_host(cleanup)).output()?;
+            anyhow::ensure!(out.status.success(), "stopping the floor's containers failed");
+        }
+        // The last agentctl release is what `status` must find (the floor stopped it).
+        let last = releases.last().expect("runs").clone();
+        let out = ctl(&["promote", "api", "--env", "staging", "--release", &last, "--apply"])?;
+        anyhow::ensure!(out.status.success(), "restarting the last release: {}", String::from_utf8_lossy(&out.stderr));
+        let out = ctl(&["status"])?;
+        anyhow::ensure!(out.status.success(), "status after the runs: {}", String::from_utf8_lossy(&out.stdout));
 
         let mut contenders: Vec<(&str, Vec<Run>)> =
             vec![("agentctl promote --apply", ours), ("plain ssh (floor)", floor)];
