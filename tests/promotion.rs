@@ -269,6 +269,29 @@ async fn rollback_restores_the_previous_release_with_a_receipt() {
     assert_ok(&w.agentctl(&["status"]));
 }
 
+/// `rollback --to` takes what `promote --release` takes: an image digest (whole, a prefix,
+/// or `repo@digest`) of a release applied to the environment, as well as its id; an image
+/// never applied there is refused as input (exit 2), naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_to_takes_a_digest_as_promote_does() {
+    let w = World::start(fleet(1)).await;
+    let v1 = w.deploy("v1", &["staging"]).await;
+    let old = w.current("stage-1").unwrap();
+    let v2 = w.deploy("v2", &["staging"]).await;
+    let prefix = &v1.digest.as_str()[..19];
+    for to in [v1.digest.as_str(), prefix, &s(&v1)] {
+        let out = w.agentctl(&["rollback", "api", "--env", "staging", "--to", to]);
+        assert_ok(&out);
+        assert!(stdout(&out).contains(old.trim_start_matches("releases/")), "--to {to}: {}", stdout(&out));
+    }
+    assert_ok(&w.agentctl(&["rollback", "api", "--env", "staging", "--to", v1.digest.as_str(), "--apply"]));
+    assert_eq!(w.current("stage-1").unwrap(), old);
+    let never = w.release("v3").await;
+    let out = w.agentctl(&["rollback", "api", "--env", "staging", "--to", never.digest.as_str()]);
+    assert_exit(&out, 2, "was never applied");
+    assert!(w.current("stage-1").unwrap() == old && v2.digest != never.digest);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rollback_whose_way_back_is_broken_says_so_before_anything_changes() {
     let w = World::start(fleet(1)).await;

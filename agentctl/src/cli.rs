@@ -159,6 +159,8 @@ pub enum Command {
         service: String,
         #[arg(long)]
         env: String,
+        /// A release applied to the environment before: its id (`r-…`), or its image digest
+        /// (`sha256:…`, a prefix, or `REPO@sha256:…`) as `promote --release` takes it.
         #[arg(long)]
         to: Option<String>,
         #[arg(long)]

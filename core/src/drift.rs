@@ -91,7 +91,10 @@ impl Status {
             | Self::Stopped { reason }
             | Self::CrashLooping { reason }
             | Self::Foreign { reason } => reason.clone(),
-            Self::Unreachable { reason, security: true } => format!("SECURITY: {reason}"),
+            // Once: the SSH edge's own message may already say it.
+            Self::Unreachable { reason, security: true } if !reason.starts_with("SECURITY:") => {
+                format!("SECURITY: {reason}")
+            }
             Self::Unreachable { reason, .. } => reason.clone(),
         }
     }
@@ -233,6 +236,14 @@ pub fn classify(service: &str, record: Option<&DeploymentRecord>, obs: &Observat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_security_event_says_security_once() {
+        for reason in ["host `a` presented another key", "SECURITY: host `a` presented another key"] {
+            let d = Status::Unreachable { reason: reason.into(), security: true }.detail();
+            assert_eq!(d.matches("SECURITY:").count(), 1, "{d}");
+        }
+    }
     use crate::release::ReleaseJson;
 
     const ID: &str = "r-0123456789abcdef";

@@ -115,7 +115,13 @@ fn health_loop() -> &'static str {
      [ $n -lt 100 ] || exit 1; sleep 0.2; done\n"
 }
 
-pub async fn deploy(sizes: &[usize], runs: usize, ansible: bool, pyinfra: bool) -> anyhow::Result<()> {
+pub async fn deploy(
+    sizes: &[usize],
+    runs: usize,
+    ansible: bool,
+    pyinfra: bool,
+    kex: Option<&str>,
+) -> anyhow::Result<()> {
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
     let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/{profile}/agentctl"));
     anyhow::ensure!(bin.exists(), "build {} first (cargo build --{profile} -p agentctl)", bin.display());
@@ -143,7 +149,15 @@ pub async fn deploy(sizes: &[usize], runs: usize, ansible: bool, pyinfra: bool) 
                 .replace("timeout_secs = 2", "timeout_secs = 10"),
         )?;
         let cp = m.join("controlplane.toml");
-        std::fs::write(&cp, std::fs::read_to_string(&cp)?.replace("concurrency = 16", &format!("concurrency = {n}")))?;
+        let mut text = std::fs::read_to_string(&cp)?.replace("concurrency = 16", &format!("concurrency = {n}"));
+        if let Some(k) = kex {
+            text = text.replace("# key_exchange = [\"curve25519-sha256\"]", &format!("key_exchange = [\"{k}\"]"));
+            anyhow::ensure!(
+                text.contains(&format!("key_exchange = [\"{k}\"]")),
+                "the lab's controlplane.toml has no key_exchange line"
+            );
+        }
+        std::fs::write(&cp, text)?;
         let ctl = |args: &[&str]| -> anyhow::Result<std::process::Output> {
             Ok(Command::new(&bin).arg("--manifests").arg(&m).args(args).env("COSIGN_PASSWORD", "").output()?)
         };
@@ -179,7 +193,9 @@ pub async fn deploy(sizes: &[usize], runs: usize, ansible: bool, pyinfra: bool) 
         let set = controlplane::manifest::load(&m)?;
         let hosts: Vec<_> = set.environments.iter().flat_map(|e| e.hosts.clone()).collect();
         let identity = set.resolve(&set.ssh.identity);
-        let ssh = controlplane::ssh::SshClient::new(&hosts, &identity, Duration::from_secs(10))?;
+        let kex_list: Option<Vec<String>> = kex.map(|k| vec![k.to_owned()]);
+        let ssh = controlplane::ssh::SshClient::new(&hosts, &identity, Duration::from_secs(10))?
+            .with_key_exchange(kex_list.as_deref())?;
         // One process for a whole floor run (so `time` sees every ssh): a shell that starts
         // one ssh per host with `script` and waits for all.
         let on_every_host = |script: &str| {
@@ -234,9 +250,10 @@ pub async fn deploy(sizes: &[usize], runs: usize, ansible: bool, pyinfra: bool) 
                 ));
             }
             inv.push_str(&format!(
-                "[lab:vars]\nansible_ssh_private_key_file={}\nansible_ssh_common_args='-o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o ControlMaster=auto -o ControlPersist=60s'\nansible_python_interpreter=/usr/bin/python3\n",
+                "[lab:vars]\nansible_ssh_private_key_file={}\nansible_ssh_common_args='-o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o ControlMaster=auto -o ControlPersist=60s{}'\nansible_python_interpreter=/usr/bin/python3\n",
                 identity.display(),
-                ssh.known_hosts().display()
+                ssh.known_hosts().display(),
+                kex.map(|k| format!(" -o KexAlgorithms={k}")).unwrap_or_default()
             ));
             std::fs::write(&inventory, inv)?;
             let playbook = work.join("deploy.yml");

@@ -99,6 +99,11 @@ enum BenchCommand {
         /// Skip pyinfra (installs pyinfra from PyPI into target/).
         #[arg(long)]
         no_pyinfra: bool,
+        /// One key-exchange algorithm for agentctl, the floor and Ansible (OpenSSH's default
+        /// list starts with the post-quantum hybrid; pyinfra's paramiko has none), e.g.
+        /// `curve25519-sha256`: compares the tools with the same cryptography.
+        #[arg(long)]
+        kex: Option<String>,
     },
     /// A warm probe round over held connections (the watch) vs the local floor and Ansible.
     Watch {
@@ -166,8 +171,8 @@ fn main() -> anyhow::Result<()> {
             setup()?;
             match bench {
                 BenchCommand::Verify { images, runs } => rt.block_on(bench::verify(images, runs)),
-                BenchCommand::Deploy { hosts, runs, no_ansible, no_pyinfra } => {
-                    rt.block_on(bench_deploy::deploy(&hosts, runs, !no_ansible, !no_pyinfra))
+                BenchCommand::Deploy { hosts, runs, no_ansible, no_pyinfra, kex } => {
+                    rt.block_on(bench_deploy::deploy(&hosts, runs, !no_ansible, !no_pyinfra, kex.as_deref()))
                 }
                 BenchCommand::Receipts { count, runs } => rt.block_on(bench::receipts(count, runs)),
                 BenchCommand::Store { hosts, receipts, runs } => rt.block_on(bench_store::store(hosts, receipts, runs)),

@@ -71,6 +71,8 @@ pub enum DeployError {
     SplitRollbackTarget { environment: String, targets: String },
     #[error("release `{release}` was never applied to `{service}` in `{environment}`, so it cannot be rolled back to")]
     UnknownRollbackRelease { environment: String, service: String, release: String },
+    #[error("image `{digest}` was applied to `{environment}` as several releases ({releases}); roll back `--to` one of them")]
+    AmbiguousRollbackImage { environment: String, digest: String, releases: String },
     #[error("staging failed on host `{host}`: {reason}; no host was changed")]
     Staging { host: String, reason: HostText },
     #[error("cannot pin the egress rules of `{service}`: {detail}")]
@@ -116,6 +118,7 @@ impl DeployError {
                 | Self::UnknownRelease { .. }
                 | Self::AmbiguousRelease { .. }
                 | Self::UnknownRollbackRelease { .. }
+                | Self::AmbiguousRollbackImage { .. }
         )
     }
 
@@ -580,7 +583,10 @@ impl<'a> Deployer<'a> {
         let service = self.service(service_name)?;
         let (e, s) = (env.name.to_string(), service.name.to_string());
         let target = match to {
-            Some(t) => t.to_owned(),
+            // A release id as plans and `status` show it.
+            Some(t) if t.starts_with("r-") => t.to_owned(),
+            // A digest (or `repo@sha256:…`, or a prefix), as `promote --release` takes it.
+            Some(t) => self.applied_release_for(env, service, t).await?,
             None => {
                 // One step back in each host's history; the hosts must agree.
                 let recorded = self.recorded(env, service).await?;
@@ -596,6 +602,56 @@ impl<'a> Deployer<'a> {
             }
         };
         self.derive_rollback(fleet, env, service, &target, &self.made_now(), None).await
+    }
+
+    /// The release applied to (environment, service) whose image `reference` names (a
+    /// digest, `repo@sha256:…` or a digest prefix): its release id.
+    async fn applied_release_for(
+        &self,
+        env: &Environment,
+        service: &Service,
+        reference: &str,
+    ) -> Result<String, DeployError> {
+        let (e, s) = (env.name.as_str(), service.name.as_str());
+        let record = crate::catalog::resolve(self.store, s, reference).await.map_err(|err| match err {
+            DeployError::UnknownRelease { .. } => DeployError::UnknownRollbackRelease {
+                environment: e.into(),
+                service: s.into(),
+                release: reference.into(),
+            },
+            other => other,
+        })?;
+        let mut ids: Vec<String> = self.store.history(e, s).await?.into_iter().map(|h| h.release_id).collect();
+        ids.extend(
+            self.store
+                .deployments(e, s)
+                .await?
+                .into_iter()
+                .flat_map(|d| [d.release_id].into_iter().chain(d.rollback_target)),
+        );
+        ids.sort();
+        ids.dedup();
+        let mut found = Vec::new();
+        for id in ids.iter().filter(|i| !i.is_empty()) {
+            if let Some(a) = self.store.applied_release(e, s, id).await? {
+                if a.facts.digest == record.facts.digest {
+                    found.push(id.clone());
+                }
+            }
+        }
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => Err(DeployError::UnknownRollbackRelease {
+                environment: e.into(),
+                service: s.into(),
+                release: reference.into(),
+            }),
+            _ => Err(DeployError::AmbiguousRollbackImage {
+                environment: e.into(),
+                digest: record.facts.digest.clone(),
+                releases: found.join(", "),
+            }),
+        }
     }
 
     /// The rollback plan to release `target`, derived from the store and the hosts.
