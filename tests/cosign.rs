@@ -98,11 +98,15 @@ async fn pushed(w: &World, path: &str, content: &str) -> PinnedImage {
 
 /// A second key pair (cosign format), trusted by no one unless the manifests say so.
 fn other_key(w: &World) -> (String, String) {
-    let dir = w.lab.dir().join("other-key");
+    named_key(w, "other")
+}
+
+fn named_key(w: &World, name: &str) -> (String, String) {
+    let dir = w.lab.dir().join("other-keys");
     std::fs::create_dir_all(&dir).unwrap();
-    let out = w.agentctl(&["keys", "generate", "--out", &dir.join("other").display().to_string()]);
+    let out = w.agentctl(&["keys", "generate", "--out", &dir.join(name).display().to_string()]);
     assert_ok(&out);
-    (dir.join("other.key").display().to_string(), dir.join("other.pub").display().to_string())
+    (dir.join(format!("{name}.key")).display().to_string(), dir.join(format!("{name}.pub")).display().to_string())
 }
 
 /// cosign 3.1's default `sign` and `attest` (Sigstore bundles as OCI referrers, written
@@ -212,6 +216,13 @@ async fn an_image_verifies_when_any_of_its_signatures_is_trusted() {
     c2.ok(&with(&["sign", "--key", &retired], C2_SIGN, &[&r]));
     let out = w.agentctl(&["verify", &r]);
     assert_exit(&out, 4, "no trusted key");
+    // A bundle by another untrusted key beside it: neither verifies, and the refusal says
+    // what each place held.
+    let (stranger, _) = named_key(&w, "stranger");
+    c3.ok(&with(&["sign", "--key", &stranger], C3_SIGN, &[&r]));
+    let out = w.agentctl(&["verify", &r]);
+    assert_exit(&out, 4, "no signature verifies");
+    assert!(stderr(&out).contains("`.sig` tag") && stderr(&out).contains("Sigstore bundle"), "{}", stderr(&out));
     c3.ok(&with(&["sign", "--key", &w.release_key()], C3_SIGN, &[&r]));
     let out = w.agentctl(&["verify", &r]);
     assert_ok(&out);

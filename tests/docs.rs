@@ -1,6 +1,8 @@
-//! The security claims name their proof, and the proof exists: every test and path that
-//! docs/SECURITY.md names is looked up in the repository (a renamed or deleted test makes
-//! this fail, so the table cannot silently point at nothing).
+//! The security claims name their proof, and the proof exists: the tests and paths that
+//! docs/SECURITY.md names in code spans — `file.rs::test`, bare test names of five words or
+//! more, paths and snapshots — are looked up in the repository (a renamed or deleted test
+//! makes this fail). A name is found by its `fn` in a file, not by compiling; module paths
+//! (`a::b::test`) and shorter names are not checked.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

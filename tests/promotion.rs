@@ -278,15 +278,21 @@ async fn rollback_to_takes_a_digest_as_promote_does() {
     let v1 = w.deploy("v1", &["staging"]).await;
     let old = w.current("stage-1").unwrap();
     let v2 = w.deploy("v2", &["staging"]).await;
+    let middle = w.current("stage-1").unwrap();
+    // v3 live: the recorded way back is v2, so going to v1 is `--to` doing its work.
+    w.deploy("v3", &["staging"]).await;
+    let out = w.agentctl(&["rollback", "api", "--env", "staging"]);
+    assert!(stdout(&out).contains(middle.trim_start_matches("releases/")), "{}", stdout(&out));
     let prefix = &v1.digest.as_str()[..19];
     for to in [v1.digest.as_str(), prefix, &s(&v1)] {
         let out = w.agentctl(&["rollback", "api", "--env", "staging", "--to", to]);
         assert_ok(&out);
         assert!(stdout(&out).contains(old.trim_start_matches("releases/")), "--to {to}: {}", stdout(&out));
+        assert!(!stdout(&out).contains(middle.trim_start_matches("releases/")), "--to {to}: {}", stdout(&out));
     }
     assert_ok(&w.agentctl(&["rollback", "api", "--env", "staging", "--to", v1.digest.as_str(), "--apply"]));
     assert_eq!(w.current("stage-1").unwrap(), old);
-    let never = w.release("v3").await;
+    let never = w.release("v4").await;
     let out = w.agentctl(&["rollback", "api", "--env", "staging", "--to", never.digest.as_str()]);
     assert_exit(&out, 2, "was never applied");
     assert!(w.current("stage-1").unwrap() == old && v2.digest != never.digest);

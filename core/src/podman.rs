@@ -50,17 +50,16 @@ need_podman() {
 }
 "#;
 
-/// Pulls the staged release's image by digest: `root service id authfile|- local-first`.
-/// Podman checks the digest of what it pulls, and a digest already in local storage costs
-/// no download. With `local-first` 1 (the way back) an image in local storage is used
-/// without asking the registry; otherwise the pull comes first (one Podman call for a new
-/// image) and local storage is the fallback only when the pull fails.
+/// Pulls the staged release's image by digest, at a promotion's staging: `root service id
+/// authfile|-`. Podman checks the digest of what it pulls, and a digest already in local
+/// storage costs no download: the pull comes first (one Podman call for a new image), and
+/// local storage is the fallback only when the pull fails. (A rollback stages nothing: its
+/// release and image are already on the host, and its start never pulls while they are.)
 const PULL: &str = r#"set -eu
-root="$1"; service="$2"; id="$3"; auth="$4"; local="$5"
+root="$1"; service="$2"; id="$3"; auth="$4"
 @COMMON@
 need_podman
 image_of "$root/$service/releases/$id"
-if [ "$local" = 1 ] && podman image exists "$img"; then echo "present"; exit 0; fi
 if [ "$auth" != - ]; then
   [ -r "$auth" ] || { echo "the registry auth file $auth does not exist on this host" >&2; exit 3; }
   set -- --authfile "$auth"
@@ -103,15 +102,20 @@ uid=$(id -u "$user" 2>/dev/null) && gid=$(id -g "$user" 2>/dev/null) || {
 load_egress "$rel"
 live=""
 if [ -L "$d/current" ]; then live=$(readlink "$d/current"); live="agentctl-$service-${live#releases/}"; fi
-# Podman 4's `.State` is words ("Up 3 seconds ago", "Exited (0) …"): it comes last.
-list=$(podman ps -a --filter "label=agentctl.service=$service" --format '{{.StartedAt}} {{.Names}} {{index .Labels "agentctl.image"}} {{.State}}' | sort -rn)
+# Podman 4's `.State` is words ("Up 3 seconds ago", "Exited (0) …"): it comes last, and the
+# image label carries a prefix so that an empty one shifts no field. A listing that fails
+# fails the step: "no containers" would start the new one beside the old.
+raw=$(podman ps -a --filter "label=agentctl.service=$service" --format '{{.StartedAt}} {{.Names}} img={{index .Labels "agentctl.image"}} {{.State}}') || {
+  echo "cannot list the containers of $service (podman ps)" >&2; exit 1; }
+list=$(printf '%s\n' "$raw" | sort -rn)
 stale=""; images=""; n=1
 while read -r started c image state; do
   [ -n "$c" ] && [ "$c" != "$name" ] || continue
+  image=${image#img=}
+  n=$((n + 1))
   case "$state" in
     Up*|[Rr]unning*) [ "$overlap" = 0 ] || continue; podman stop -t "$stopt" "$c" >/dev/null ;;
   esac
-  n=$((n + 1))
   [ "$n" -gt "$retain" ] && [ "$c" != "$live" ] || continue
   stale="$stale $c"
   # A label is only believed as a pinned image of safe characters, and never this release's.
@@ -285,13 +289,9 @@ fn auth(p: &PodmanRuntime) -> String {
     p.auth_file.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string)
 }
 
-/// Pulls release `id`'s image on `host` (after staging); `local_first` for the way back.
-pub fn pull(host: &Host, service: &Service, p: &PodmanRuntime, id: &str, local_first: bool) -> RemoteCommand {
-    let local = if local_first { "1" } else { "0" }.to_owned();
-    RemoteCommand::script(
-        &script(PULL),
-        [host.root.to_string(), service.name.to_string(), id.to_owned(), auth(p), local],
-    )
+/// Pulls release `id`'s image on `host` (after staging).
+pub fn pull(host: &Host, service: &Service, p: &PodmanRuntime, id: &str) -> RemoteCommand {
+    RemoteCommand::script(&script(PULL), [host.root.to_string(), service.name.to_string(), id.to_owned(), auth(p)])
 }
 
 /// `podman create` options for `service` (placeholders resolved on the host): the

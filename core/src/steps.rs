@@ -110,7 +110,8 @@ mod tests {
             let renamed: Vec<&&str> =
                 touching.iter().filter(|l| l.contains("rename") && l.trim_end().ends_with("= 0")).collect();
             assert_eq!(renamed.len(), 1, "{runtime}: exactly one rename onto `current`: {touching:#?}");
-            assert!(renamed[0].find(&current) > renamed[0].find(".current."), "{runtime}: {}", renamed[0]);
+            let (from, to) = (renamed[0].find(".current."), renamed[0].find(&current));
+            assert!(from.is_some() && to > from, "{runtime}: a new link renamed onto `current`: {}", renamed[0]);
             assert_eq!(
                 std::fs::read_link(api.join("current")).unwrap().display().to_string(),
                 "releases/r-000000000000000b"

@@ -259,7 +259,7 @@ pub async fn plan_and_maybe_apply(
             return Err(failure(e));
         }
     };
-    let plan = &derived.plan;
+    let plan = derived.plan();
     if let Some(out) = out {
         save(plan, out)?;
     }

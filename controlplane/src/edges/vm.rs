@@ -54,17 +54,8 @@ pub trait GoldenVm: Send + Sync {
         let _ = seen;
         Ok(Answer::Full { observation: self.probe(service, &[]).await?, stamp: None })
     }
-    /// Stages release `id` from the tar stream `tar`; the host checks `content_hash`. With
-    /// `going_back` (a rollback) an image already on the host is used without asking the
-    /// registry (the way back works during an outage, without waiting on it).
-    async fn stage(
-        &self,
-        service: &Service,
-        id: &str,
-        content_hash: &str,
-        tar: &[u8],
-        going_back: bool,
-    ) -> Result<(), HostText>;
+    /// Stages release `id` from the tar stream `tar`; the host checks `content_hash`.
+    async fn stage(&self, service: &Service, id: &str, content_hash: &str, tar: &[u8]) -> Result<(), HostText>;
     /// Runs one rollout step of plan `plan`; `Err` says why it failed.
     async fn step(&self, service: &Service, step: &Step, health_timeout: Duration, plan: &str) -> Result<(), HostText>;
     /// Tries a TCP connection to `addr:port` as `service`'s workload identity from its
@@ -207,21 +198,14 @@ impl GoldenVm for SshVm {
             .map_err(|reason| VmError::Probe { host: host.name.to_string(), reason: HostText::new(&reason) })
     }
 
-    async fn stage(
-        &self,
-        service: &Service,
-        id: &str,
-        content_hash: &str,
-        tar: &[u8],
-        going_back: bool,
-    ) -> Result<(), HostText> {
+    async fn stage(&self, service: &Service, id: &str, content_hash: &str, tar: &[u8]) -> Result<(), HostText> {
         let host = self.session.host();
         let cmd = steps::stage(host, service, id, content_hash);
         self.run(&cmd, Some(tar), STEP_TIMEOUT, "staging").await?;
         // The image comes before any host moves: a registry that refuses this host's
         // credentials (or an unknown digest) stops the rollout here.
         if let Some(p) = service.podman() {
-            self.run(&podman::pull(host, service, p, id, going_back), None, STEP_TIMEOUT, "the image pull").await?;
+            self.run(&podman::pull(host, service, p, id), None, STEP_TIMEOUT, "the image pull").await?;
         }
         Ok(())
     }

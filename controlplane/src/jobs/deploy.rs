@@ -228,8 +228,19 @@ type Observed = Vec<(String, Observation)>;
 /// ([`Deployer::apply_derived`]) consults the manifests, the registry and the store again
 /// but not the hosts, which it observed moments ago (`promote --apply`).
 pub struct Derived {
-    pub plan: Plan,
+    plan: Plan,
     observed: Observed,
+}
+
+impl Derived {
+    /// The plan (what the operator is shown).
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn into_plan(self) -> Plan {
+        self.plan
+    }
 }
 
 /// When a plan was made, and by whom.
@@ -1363,7 +1374,7 @@ impl Run<'_, '_> {
                 let result = match self.fleet.get(&h.host) {
                     Some(vm) => {
                         let (id, hash) = (plan.release.release_id.as_str(), plan.release.content_hash.as_str());
-                        vm.stage(self.service, id, hash, tar, plan.kind == PlanKind::Rollback).await
+                        vm.stage(self.service, id, hash, tar).await
                     }
                     None => Err(HostText::new("the host is not connected")),
                 };

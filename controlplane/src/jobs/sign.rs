@@ -118,7 +118,11 @@ pub async fn push_bundle(registry: &Registry, image: &PinnedImage, bundle: &[u8]
         "mediaType": OCI_MANIFEST, "digest": digest, "size": bytes.len(), "artifactType": cosign::BUNDLE_V03,
     });
     let tag = format!("sha256-{}", image.digest.hex());
-    for _ in 0..ATTEMPTS {
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            // Another writer, or a registry whose reads lag its writes: give it a moment.
+            tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt))).await;
+        }
         let (mut index, entries) = tag_schema(registry, repo, &image.digest).await?;
         let kept: Vec<serde_json::Value> =
             entries.into_iter().filter(|e| e.get("digest").and_then(|d| d.as_str()) != Some(digest.as_str())).collect();

@@ -113,14 +113,7 @@ impl GoldenVm for FakeVm {
         })
     }
 
-    async fn stage(
-        &self,
-        _service: &Service,
-        id: &str,
-        content_hash: &str,
-        tar: &[u8],
-        _going_back: bool,
-    ) -> Result<(), HostText> {
+    async fn stage(&self, _service: &Service, id: &str, content_hash: &str, tar: &[u8]) -> Result<(), HostText> {
         self.log.lock().unwrap().push(format!("{}: stage {id}", self.name));
         if self.script.lock().unwrap().fail_stage.contains(&self.name) {
             return Err(HostText::new("staging exited with status 1: disk full"));
