@@ -655,6 +655,21 @@ impl ReferrersApi {
         Self { port, answer, harbor, task }
     }
 
+    /// One in front of `w`'s lab registry, named in its manifests as a registry of its own.
+    async fn in_front_of(w: &World) -> Self {
+        let lab_port: u16 = w.lab.registry_host().rsplit(':').next().unwrap().parse().unwrap();
+        let proxy = Self::start(lab_port).await;
+        let cp = w.manifests().join("controlplane.toml");
+        let text = std::fs::read_to_string(&cp).unwrap();
+        let entry = format!("[[registry]]\nhost = \"{}\"\ninsecure = true\n\n[trust]", proxy.host());
+        std::fs::write(&cp, text.replacen("[trust]", &entry, 1)).unwrap();
+        proxy
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     fn answer(&self, status: u16, body: serde_json::Value) {
         self.answer_raw(status, &body.to_string());
     }
@@ -670,16 +685,8 @@ impl ReferrersApi {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_referrers_api_that_is_not_one_falls_back_to_the_tag_schema() {
     let w = World::start(no_hosts()).await;
-    let lab_port: u16 = w.lab.registry_host().rsplit(':').next().unwrap().parse().unwrap();
-    let api = ReferrersApi::start(lab_port).await;
-    let host = format!("127.0.0.1:{}", api.port);
-    let cp = w.manifests().join("controlplane.toml");
-    let text = std::fs::read_to_string(&cp).unwrap();
-    std::fs::write(
-        &cp,
-        text.replacen("[trust]", &format!("[[registry]]\nhost = \"{host}\"\ninsecure = true\n\n[trust]"), 1),
-    )
-    .unwrap();
+    let api = ReferrersApi::in_front_of(&w).await;
+    let host = api.host();
     let img = w.lab.push_image("demo/api", "v1", "tag schema only").await.unwrap();
     assert_ok(&w.agentctl(&["sign", &s(&img), "--key", &w.release_key()]));
     let through = format!("{host}/demo/api@{}", img.digest);
@@ -707,17 +714,9 @@ async fn a_referrers_api_that_is_not_one_falls_back_to_the_tag_schema() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_registrys_own_not_found_code_means_absent() {
     let w = World::start(no_hosts()).await;
-    let lab_port: u16 = w.lab.registry_host().rsplit(':').next().unwrap().parse().unwrap();
-    let proxy = ReferrersApi::start(lab_port).await;
+    let proxy = ReferrersApi::in_front_of(&w).await;
     proxy.harbor.store(true, std::sync::atomic::Ordering::SeqCst);
-    let host = format!("127.0.0.1:{}", proxy.port);
-    let cp = w.manifests().join("controlplane.toml");
-    let text = std::fs::read_to_string(&cp).unwrap();
-    std::fs::write(
-        &cp,
-        text.replacen("[trust]", &format!("[[registry]]\nhost = \"{host}\"\ninsecure = true\n\n[trust]"), 1),
-    )
-    .unwrap();
+    let host = proxy.host();
     let unsigned = w.lab.push_image("demo/api", "v1", "unsigned").await.unwrap();
     let out = w.agentctl(&["verify", &format!("{host}/demo/api@{}", unsigned.digest)]);
     assert_exit(&out, 4, "has no signature");
@@ -729,16 +728,8 @@ async fn a_registrys_own_not_found_code_means_absent() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bundle_found_only_through_the_referrers_api_verifies() {
     let w = World::start(no_hosts()).await;
-    let lab_port: u16 = w.lab.registry_host().rsplit(':').next().unwrap().parse().unwrap();
-    let api = ReferrersApi::start(lab_port).await;
-    let api_host = format!("127.0.0.1:{}", api.port);
-    let cp = w.manifests().join("controlplane.toml");
-    let text = std::fs::read_to_string(&cp).unwrap();
-    std::fs::write(
-        &cp,
-        text.replacen("[trust]", &format!("[[registry]]\nhost = \"{api_host}\"\ninsecure = true\n\n[trust]"), 1),
-    )
-    .unwrap();
+    let api = ReferrersApi::in_front_of(&w).await;
+    let api_host = api.host();
 
     let img = w.lab.push_image("demo/api", "v1", "api-only").await.unwrap();
     assert_ok(&w.agentctl(&["sign", &s(&img), "--key", &w.release_key(), "--format", "bundle"]));
