@@ -264,20 +264,8 @@ async fn an_image_index_signed_by_cosign3_verifies() {
     let w = World::start(registry_lab()).await;
     let c3 = Cli::new(COSIGN_3_1);
     let platform = pushed(&w, "demo/api", "one platform").await;
-    let reg = w.lab.registry_client();
-    let (m, _) = reg.manifest(&platform.repository, platform.digest.as_str()).await.unwrap().unwrap();
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": controlplane::registry::OCI_INDEX,
-        "manifests": [{
-            "mediaType": controlplane::registry::OCI_MANIFEST,
-            "digest": platform.digest.as_str(),
-            "size": m.len(),
-            "platform": {"architecture": "amd64", "os": "linux"}
-        }]
-    });
-    let digest =
-        reg.push_manifest(&platform.repository, Some("multi"), serde_json::to_vec(&index).unwrap()).await.unwrap();
+    let index = w.lab.push_index("multi", &[(&platform, "linux/amd64")]).await.unwrap();
+    let digest = index.digest.clone();
     let r = format!("{}@{digest}", platform.repository);
 
     assert_exit(&w.agentctl(&["verify", &r]), 4, "has no signature");

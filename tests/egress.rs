@@ -144,14 +144,21 @@ async fn egress_is_enforced_proven_drift_checked_and_rolled_back() {
     assert!(html.contains("egress-proof") && html.contains("canary"), "the report lacks the proof");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_failing_egress_proof_fails_the_health_gate_and_the_host_goes_back() {
+/// An egress lab whose service may reach one test server, enforced in both environments,
+/// with the proof in prod's health gate.
+async fn gated_egress_lab() -> (World, Server) {
     let w = World::start(egress_lab()).await;
     let bridge = w.lab.info.network.clone().unwrap();
     let allowed = Server::start(&bridge).unwrap();
     allow(&w, &[allowed.destination()]);
     enforce(&w, "staging", "");
     enforce(&w, "prod", "prove_on_apply = true");
+    (w, allowed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_egress_proof_fails_the_health_gate_and_the_host_goes_back() {
+    let (w, allowed) = gated_egress_lab().await;
     let v1 = w.deploy("v1", &["staging", "prod"]).await;
     let on_v1 = w.current("prod-1");
     assert!(allowed.accepted() >= 1, "the gate's proof connected to the allowed server");
@@ -176,12 +183,7 @@ async fn a_failing_egress_proof_fails_the_health_gate_and_the_host_goes_back() {
 /// release's rules loaded, or fail. Fails on a proof that only counts refusals.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_proof_without_canaries_fails_when_no_rules_are_loaded() {
-    let w = World::start(egress_lab()).await;
-    let bridge = w.lab.info.network.clone().unwrap();
-    let allowed = Server::start(&bridge).unwrap();
-    allow(&w, &[allowed.destination()]);
-    enforce(&w, "staging", "");
-    enforce(&w, "prod", "prove_on_apply = true");
+    let (w, _allowed) = gated_egress_lab().await;
     let v1 = w.deploy("v1", &["staging"]).await;
     assert_ok(&w.agentctl(&["prove", "egress", "api", "--env", "staging"]));
 

@@ -129,8 +129,14 @@ pub fn failure(e: DeployError) -> Failure {
             "the receipt names each host's outcome; `agentctl status` shows where the environment is now".into(),
         ),
         DeployError::NoRollbackTarget { environment, service } => Some(format!(
-            "nothing earlier is recorded; name a release with `agentctl rollback {service} --env {environment} --to r-…` (see `agentctl receipts list`)"
+            "nothing earlier is recorded; name a release with `agentctl rollback {service} --env {environment} --to r-…|sha256:…` (see `agentctl receipts list`)"
         )),
+        DeployError::UnknownRollbackRelease { environment, service, .. } => Some(format!(
+            "`agentctl receipts list` shows the releases applied to `{environment}`; roll back `--to` one of those (`agentctl rollback {service} --env {environment}` goes one step back)"
+        )),
+        DeployError::AmbiguousRollbackImage { .. } => {
+            Some("each of those release ids is the image with other configuration; `--to` takes the id".into())
+        }
         DeployError::Expired(_) | DeployError::Replayed(_) => {
             Some("make a new plan (`agentctl promote ... --out PLAN.json`), review it, apply it".into())
         }

@@ -632,18 +632,11 @@ impl<'a> Deployer<'a> {
             },
             other => other,
         })?;
-        let mut ids: Vec<String> = self.store.history(e, s).await?.into_iter().map(|h| h.release_id).collect();
-        ids.extend(
-            self.store
-                .deployments(e, s)
-                .await?
-                .into_iter()
-                .flat_map(|d| [d.release_id].into_iter().chain(d.rollback_target)),
-        );
-        ids.sort();
-        ids.dedup();
+        // Every release the hosts' recorded histories name.
+        let recorded = self.recorded(env, service).await?;
+        let ids: std::collections::BTreeSet<&String> = recorded.stacks.values().flatten().collect();
         let mut found = Vec::new();
-        for id in ids.iter().filter(|i| !i.is_empty()) {
+        for id in ids {
             if let Some(a) = self.store.applied_release(e, s, id).await? {
                 if a.facts.digest == record.facts.digest {
                     found.push(id.clone());
