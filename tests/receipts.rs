@@ -71,6 +71,7 @@ fn body(i: u64) -> ReceiptBody {
             provenance: None,
             sbom: None,
             signature: None,
+            platform_digest: None,
         }),
         hosts: vec![HostOutcome {
             host: "vm-1".into(),

@@ -233,10 +233,12 @@ async fn only_the_last_retain_releases_stay_on_a_host() {
     assert_eq!(w.page("stage-1"), "api v3", "the way back ran from what the host kept");
 }
 
-/// An image pinned by the digest of an image index (`docker buildx`'s default): Podman on
-/// the host pulls it by that digest and runs the host's platform (linux/amd64 here, not the
-/// arm64 entry listed first), and reports the digest it was pulled by — the index's, which
-/// the release records — so `status` compares like with like: in sync.
+/// An image pinned by the digest of an image index (`docker buildx`'s default) is signed
+/// and recorded as the index; the release records the manifest of the service's platform
+/// (`[runtime] platform`, default linux/amd64 — not the arm64 entry listed first), the host
+/// pulls and runs exactly that manifest, and `status` compares like with like: in sync.
+/// Another platform in the manifests runs the other entry; one the index lacks is refused
+/// at `release add` and at plan time, naming what the index has.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_image_index_runs_its_platform_and_is_in_sync() {
     let w = World::start(LabConfig { hosts: 1, ..podman_lab() }).await;
@@ -245,12 +247,30 @@ async fn an_image_index_runs_its_platform_and_is_in_sync() {
     let index = w.lab.push_index("v1", &[(&other, "linux/arm64"), (&amd64, "linux/amd64")]).await.unwrap();
     assert_ok(&w.agentctl(&["sign", &s(&index), "--key", &w.release_key()]));
     assert_ok(&w.agentctl(&["release", "add", "api", &s(&index), "--commit", COMMIT]));
+    let listed = w.agentctl(&["release", "list", "api", "--json"]);
+    assert!(stdout(&listed).contains(amd64.digest.as_str()), "the platform manifest is recorded: {}", stdout(&listed));
     let out = w.promote("staging", &index, &["--apply"]);
     assert_ok(&out);
     assert_eq!(w.page("stage-1"), "api v1", "the linux/amd64 image runs");
+    let c = w.container("stage-1");
+    let pulled = w.podman("stage-1", &["container", "inspect", "--format", "{{.ImageDigest}}", &c]);
+    assert_eq!(stdout(&pulled).trim(), amd64.digest.as_str(), "the host runs the platform manifest itself");
     let status = w.agentctl(&["status", "--env", "staging"]);
     assert_ok(&status);
     assert!(stdout(&status).contains("in sync"), "{}", stdout(&status));
+
+    let svc = w.manifests().join("services/api.toml");
+    edit(&svc, |t| t.replacen("[runtime]\n", "[runtime]\nplatform = \"linux/arm64\"\n", 1));
+    assert_ok(&w.agentctl(&["release", "add", "api", &s(&index), "--commit", COMMIT]));
+    assert_ok(&w.promote("staging", &index, &["--apply"]));
+    assert_eq!(w.page("stage-1"), "api v1 arm64", "the manifests choose the platform");
+    assert_ok(&w.agentctl(&["status", "--env", "staging"]));
+
+    edit(&svc, |t| t.replacen("platform = \"linux/arm64\"", "platform = \"linux/s390x\"", 1));
+    let out = w.agentctl(&["release", "add", "api", &s(&index), "--commit", COMMIT]);
+    assert_exit(&out, 4, "has no manifest for linux/s390x (it has: linux/arm64, linux/amd64)");
+    assert_exit(&w.promote("staging", &index, &[]), 4, "cannot run on the service's platform");
+    assert_eq!(w.page("stage-1"), "api v1 arm64", "nothing changed");
 }
 
 /// What runs is read from Podman: a container stopped or removed by hand, and one

@@ -104,6 +104,7 @@ async fn round_trips_every_table(b: Backend) {
             provenance: Some("sha256:p".into()),
             sbom: None,
             signature: None,
+            platform_digest: Some(format!("sha256:{}", "b".repeat(64))),
         },
         evidence: "{\"sig\":1}".into(),
         added_at: t(1),
@@ -177,6 +178,7 @@ async fn round_trips_every_table(b: Backend) {
             provenance: None,
             sbom: Some("s".into()),
             signature: None,
+            platform_digest: None,
         },
         applied_at: t(6),
     };

@@ -20,8 +20,8 @@ pub mod jobs;
 pub mod keyless;
 
 pub use controlplane_core::{
-    approval, canonical, diagnostic, drift, egress, history, ids, image, lock, names, observe, plan, podman, receipt,
-    records, release, remote, rollout, secrets, steps, tarball, untrusted, watch, workflow, VERSION,
+    approval, canonical, diagnostic, drift, egress, history, ids, image, lock, names, observe, plan, platform, podman,
+    receipt, records, release, remote, rollout, secrets, steps, tarball, untrusted, watch, workflow, VERSION,
 };
 pub use edges::{held, hygiene, keys, metrics, receipt_log, registry, ssh, sshsig, store, vm};
 pub use jobs::egress as egress_proof;

@@ -199,19 +199,33 @@ pub fn classify(service: &str, record: Option<&DeploymentRecord>, obs: &Observat
     diff("symlink target", format!("releases/{}", r.release_id), format!("releases/{id}"));
     diff("source commit", r.source_commit.clone(), HostText::new(&json.source_commit).to_string());
     let running = obs.running.as_ref().map(HostText::as_str);
+    // Like with like: a release of an image index runs its platform manifest, which its
+    // `release.json` names (believed only for the recorded release, whose content identity
+    // was just checked); any other release runs the image's own digest.
+    let platform = json
+        .platform_image
+        .as_deref()
+        .and_then(|i| i.rsplit_once('@'))
+        .map(|(_, d)| d.to_owned())
+        .filter(|_| r.release_id == id.as_str());
+    let expected = platform.clone().unwrap_or_else(|| r.digest.clone());
     let podman = running.filter(|r| r.starts_with("podman=")).map(crate::podman::Report::parse);
     let findings = match podman {
+        // A runtime of the host's own may report the index's digest or the platform's.
+        None if running.is_some() && (running == Some(r.digest.as_str()) || running == platform.as_deref()) => {
+            Vec::new()
+        }
         None => {
-            diff("image digest", r.digest.clone(), or_none(running));
+            diff("image digest", expected.clone(), or_none(running));
             Vec::new()
         }
         Some(Err(e)) => return Status::Tampered { reason: e },
-        Some(Ok(report)) => report.findings(id.as_str(), &r.digest),
+        Some(Ok(report)) => report.findings(id.as_str(), &expected),
     };
     use crate::podman::Finding;
     for f in &findings {
         if let Finding::Digest(live) = f {
-            diff("image digest", r.digest.clone(), live.clone());
+            diff("image digest", expected.clone(), live.clone());
         }
     }
     let said = |pick: fn(&Finding) -> bool| -> Option<String> {
@@ -261,6 +275,7 @@ mod tests {
             signer_key_id: "k".into(),
             provenance: None,
             sbom: None,
+            platform_image: None,
         };
         serde_json::to_vec(&j).unwrap()
     }
@@ -342,6 +357,22 @@ mod tests {
             "drifted",
             "live `none`",
         );
+        // An image index's release runs its platform manifest: that digest is in sync (a
+        // runtime of the host's own may report either), any other is drift.
+        let p = &format!("sha256:{}", "b".repeat(64));
+        let indexed = |running: &str| {
+            let mut j: ReleaseJson = serde_json::from_slice(&json(ID, "api", "c1")).unwrap();
+            j.platform_image = Some(format!("r/x@{p}"));
+            let j = serde_json::to_vec(&j).unwrap();
+            obs(Current::Release(crate::ids::test_id(ID)), Some(j), Some("sha256:h"), Some(running))
+        };
+        check(indexed(p), "in-sync", "");
+        check(indexed(D), "in-sync", "");
+        check(indexed("sha256:other"), "drifted", &format!("image digest: recorded `{p}`, live `sha256:other`"));
+        let podman = |digest: &str| format!("podman=1 container=running digest={digest} restarts=0 release={ID}");
+        check(indexed(&podman(p)), "in-sync", "");
+        let c = format!("sha256:{}", "c".repeat(64));
+        check(indexed(&podman(&c)), "drifted", &format!("image digest: recorded `{p}`, live `{c}`"));
         check(obs(Current::Missing, None, None, None), "missing", "no `current`");
         check(obs(Current::Release(crate::ids::test_id(ID)), None, None, None), "missing", "gone");
         check(obs(Current::Outside(HostText::new("../../etc")), None, None, None), "tampered", "outside");

@@ -5,7 +5,7 @@
 //! comes in as a value. The `controlplane` crate holds the effectful edges (ssh,
 //! registry, store, files) and the jobs that walk a plan through them.
 //!
-//! - inputs: `names`, `image`, `diagnostic`, `secrets`, `manifest::{raw, model, validate}`,
+//! - inputs: `names`, `image`, `platform` (which manifest of an image index runs), `diagnostic`, `secrets`, `manifest::{raw, model, validate}`,
 //!   `untrusted` (what a host says, bounded and sanitized), `workflow` (CI workflow hygiene);
 //! - formats: `ids` (release id, content hash, plan id), `canonical`, `remote`, `release`, `tarball`, `receipt`, `records`;
 //! - decisions: `observe` (parse a probe), `drift`, `plan` (build, re-derive, compare),
@@ -30,6 +30,7 @@ pub mod manifest;
 pub mod names;
 pub mod observe;
 pub mod plan;
+pub mod platform;
 pub mod podman;
 pub mod receipt;
 pub mod records;

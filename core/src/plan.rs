@@ -400,6 +400,7 @@ mod tests {
                 provenance: None,
                 sbom: None,
                 signature: None,
+                platform_digest: None,
             },
         }
     }

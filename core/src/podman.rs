@@ -21,13 +21,16 @@ pub fn container_name(service: &str, id: &str) -> String {
 }
 
 /// Shell functions every script shares. `image_of DIR` sets `img` from the release's
-/// own `release.json` (staged by agentctl and content-checked): a pinned
-/// `repository@sha256:<64 hex>` made of safe characters, or the script ends.
+/// own `release.json` (staged by agentctl and content-checked): its `platform_image` (an
+/// image index's manifest for the service's platform) when it names one, else its
+/// `image`; a pinned `repository@sha256:<64 hex>` made of safe characters, or the script
+/// ends.
 /// `load_egress DIR` loads the release's `egress.nft` (replacing the service's table
 /// atomically) or removes the service's table when the release has none.
 const COMMON: &str = r#"
 image_of() {
-  img=$(sed -n 's/.*"image":"\([^"]*\)".*/\1/p' "$1/release.json" | head -n 1)
+  img=$(sed -n 's/.*"platform_image":"\([^"]*\)".*/\1/p' "$1/release.json" | head -n 1)
+  [ -n "$img" ] || img=$(sed -n 's/.*"image":"\([^"]*\)".*/\1/p' "$1/release.json" | head -n 1)
   h=${img##*@sha256:}
   case "$img" in
     -*|*[!A-Za-z0-9._:/@-]*|'') echo "release $(basename "$1") names no usable image" >&2; exit 3 ;;
@@ -715,8 +718,14 @@ mod tests {
             format!(r#"{{"image":"a b@{D}"}}"#),
             r#"{"image":"r@sha256:abc"}"#.to_owned(),
             "{}".to_owned(),
+            format!(r#"{{"image":"r/x@{D}","platform_image":"r/x:latest"}}"#),
         ] {
             assert!(!run(&bad).status.success(), "{bad}");
         }
+        // An image index's release runs its platform manifest (release.json is canonical:
+        // `image` comes before `platform_image`).
+        let p = "sha256:".to_owned() + &"b".repeat(64);
+        let index = run(&format!(r#"{{"digest":"{D}","image":"r/x@{D}","platform_image":"r/x@{p}"}}"#));
+        assert_eq!(String::from_utf8_lossy(&index.stdout), format!("r/x@{p}"));
     }
 }

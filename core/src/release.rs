@@ -149,6 +149,9 @@ pub struct ReleaseInput<'a> {
     /// `egress.nft` (what the runtime loads) and `egress.json` (what they mean and how each
     /// name resolved), so they are hashed, drift-checked and rolled back with the release.
     pub egress: Option<&'a crate::egress::Pinned>,
+    /// The manifest the hosts run when `image` is an image index (chosen for the service's
+    /// platform); `None` when `image` is an image manifest.
+    pub platform_digest: Option<&'a crate::image::Digest>,
 }
 
 /// The nftables file of a release that enforces egress.
@@ -180,12 +183,22 @@ pub struct ReleaseFacts {
     /// columns (the catalog keeps it in the release's evidence).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// When `digest` is an image index's: the digest of the manifest the hosts run (the
+    /// service's platform's entry). Absent for an image manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_digest: Option<String>,
 }
 
 impl ReleaseFacts {
     /// `repository@digest`.
     pub fn image(&self) -> String {
         format!("{}@{}", self.repository, self.digest)
+    }
+
+    /// The digest a host's runtime reports for this release: the platform manifest's for
+    /// an image index, else the image's.
+    pub fn running_digest(&self) -> &str {
+        self.platform_digest.as_deref().unwrap_or(&self.digest)
     }
 }
 
@@ -202,6 +215,10 @@ pub struct ReleaseJson {
     pub signer_key_id: String,
     pub provenance: Option<String>,
     pub sbom: Option<String>,
+    /// For an image index: `repository@<platform manifest digest>`, what the Podman runtime
+    /// pulls and runs (the index's digest, signed, is `image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_image: Option<String>,
 }
 
 /// The full content of a release directory.
@@ -242,6 +259,12 @@ pub fn render(input: &ReleaseInput<'_>) -> Result<ReleaseContent, ReleaseError> 
     // The id covers the image and every rendered file, nothing else.
     let mut h = Sha256::new();
     h.update(input.image.to_string().as_bytes());
+    let platform_image = input.platform_digest.map(|d| format!("{}@{d}", input.image.repository));
+    // Only an index's releases name a platform manifest (the ids of others stay as before).
+    if let Some(p) = &platform_image {
+        h.update(b"\0platform\0");
+        h.update(p.as_bytes());
+    }
     for (path, bytes) in &files {
         h.update(b"\0");
         h.update(path.as_bytes());
@@ -259,6 +282,7 @@ pub fn render(input: &ReleaseInput<'_>) -> Result<ReleaseContent, ReleaseError> 
         signer_key_id: input.signer_key_id.to_owned(),
         provenance: input.provenance.map(str::to_owned),
         sbom: input.sbom.map(str::to_owned),
+        platform_image,
     };
     files.insert(RELEASE_JSON.to_owned(), canonical::to_canonical(&json).expect("no floats"));
     let content_hash = content_hash(&files);
@@ -361,6 +385,7 @@ mod tests {
             provenance: None,
             sbom: None,
             egress: None,
+            platform_digest: None,
         }
     }
 

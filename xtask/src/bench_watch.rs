@@ -75,6 +75,7 @@ fn deploy_everywhere(
         provenance: None,
         sbom: None,
         egress: None,
+        platform_digest: None,
     })?;
     for h in set.environments.iter().flat_map(|e| &e.hosts) {
         let vm = lab.host(h.name.as_str());

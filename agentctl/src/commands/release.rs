@@ -38,6 +38,10 @@ pub async fn add(g: &Globals, r: Registration<'_>) -> Result<Report, Failure> {
         record.facts.provenance.as_deref().unwrap_or("none"),
         record.facts.sbom.as_deref().unwrap_or("none")
     );
+    let text = match &record.facts.platform_digest {
+        Some(d) => format!("{text}\n  an image index: hosts run its manifest {d}"),
+        None => text,
+    };
     Ok(Report::new(text, serde_json::to_value(&record)?))
 }
 
@@ -59,6 +63,9 @@ pub async fn list(g: &Globals, service: &str) -> Result<Report, Failure> {
             r.added_at.format("%Y-%m-%d %H:%M:%S"),
             r.added_by
         ));
+        if let Some(d) = &r.facts.platform_digest {
+            text.push_str(&format!("\n    an image index: hosts run its manifest {d}"));
+        }
     }
     Ok(Report::new(text, serde_json::to_value(&releases)?))
 }

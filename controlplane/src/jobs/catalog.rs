@@ -82,6 +82,9 @@ pub async fn register(
             }
         }
     }
+    // An image index runs as its entry for the service's platform: chosen now, from the
+    // index that verified, and recorded (an index without that platform is refused).
+    let platform_digest = verified.platform_digest(&service.platform)?;
     let record = ReleaseRecord {
         service: service.name.to_string(),
         facts: crate::release::ReleaseFacts {
@@ -92,6 +95,7 @@ pub async fn register(
             provenance: verified.provenance().map(|p| p.layer.clone()),
             sbom: verified.sbom().map(|p| p.layer.clone()),
             signature: Some(verified.signature_summary()),
+            platform_digest: platform_digest.map(|d| d.to_string()),
         },
         evidence: serde_json::to_string(&verified).expect("evidence serializes"),
         added_at: chrono::Utc::now(),

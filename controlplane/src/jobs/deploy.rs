@@ -528,6 +528,7 @@ impl<'a> Deployer<'a> {
         self.gate(env, service, &record.facts.digest).await?;
         self.rehearsed(env, service, &record.facts.digest).await?;
         let egress = if env.egress.enforce { Some(pin_egress(service).await?) } else { None };
+        let platform_digest = verified.platform_digest(&service.platform)?;
         let content = release::render(&ReleaseInput {
             service,
             environment: &env.name,
@@ -537,6 +538,7 @@ impl<'a> Deployer<'a> {
             provenance: verified.provenance().map(|p| p.layer.as_str()),
             sbom: verified.sbom().map(|p| p.layer.as_str()),
             egress: egress.as_ref(),
+            platform_digest: platform_digest.as_ref(),
         })?;
         let recorded = self.recorded(env, service).await?;
         let observed = match seen {
@@ -554,6 +556,7 @@ impl<'a> Deployer<'a> {
                 provenance: content.json.provenance.clone(),
                 sbom: content.json.sbom.clone(),
                 signature: Some(verified.signature_summary()),
+                platform_digest: platform_digest.map(|d| d.to_string()),
             },
         };
         let plan = plan::build(&PlanInput {

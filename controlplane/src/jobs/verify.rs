@@ -59,6 +59,12 @@ pub enum VerifyError {
     NoKeys,
     #[error("cannot go back to `{image}` while its registry is unreachable: {why}")]
     NotOffline { image: PinnedImage, why: String },
+    #[error("image `{image}` cannot run on the service's platform")]
+    Platform {
+        image: PinnedImage,
+        #[source]
+        source: crate::platform::PlatformError,
+    },
 }
 
 impl VerifyError {
@@ -69,6 +75,7 @@ impl VerifyError {
                 format!("pin it as `{repository}@{d}` (what the tag resolves to now)")
             }
             Self::NotPinned { .. } => "pin it as `REPOSITORY@sha256:...`".into(),
+            Self::Platform { .. } => "set `platform` under `[runtime]` in the service's manifest to one the index has, or publish the image for this one".into(),
             Self::NoSignature(i) => {
                 format!("sign it in CI: `agentctl sign {i} --key KEY` (or `cosign sign --key KEY {i}`)")
             }
@@ -150,8 +157,24 @@ pub struct Verified {
     pub image: PinnedImage,
     pub signature: SignatureEvidence,
     pub attestations: Vec<AttestationEvidence>,
+    /// What the image's own manifest says it is (an index or an image), for the choice of
+    /// the manifest a host runs.
+    #[serde(skip)]
+    runs: Runs,
     #[serde(skip)]
     _sealed: Sealed,
+}
+
+/// Where the manifest a host runs comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+enum Runs {
+    /// The image's manifest as the registry served it (digest-checked).
+    Manifest(Vec<u8>),
+    /// Verified offline from the records: the platform manifest recorded with the release.
+    Recorded(Option<Digest>),
+    /// Not known (tests without a registry): the image itself.
+    #[default]
+    Image,
 }
 
 /// The refusal for what was wrong with the signatures found for `image`.
@@ -219,7 +242,14 @@ impl VerifyRelease for Verifier<'_> {
             signature: String::new(),
             format: "recorded".into(),
         };
-        Ok(Verified { image: image.clone(), signature, attestations: Vec::new(), _sealed: Sealed })
+        let recorded = facts.platform_digest.as_deref().and_then(|d| Digest::new(d).ok());
+        Ok(Verified {
+            image: image.clone(),
+            signature,
+            attestations: Vec::new(),
+            runs: Runs::Recorded(recorded),
+            _sealed: Sealed,
+        })
     }
 }
 
@@ -242,7 +272,19 @@ impl Verified {
             signature: String::new(),
             format: "legacy".into(),
         };
-        Self { image, signature, attestations: Vec::new(), _sealed: Sealed }
+        Self { image, signature, attestations: Vec::new(), runs: Runs::Image, _sealed: Sealed }
+    }
+
+    /// The digest of the manifest a host runs for `platform` when the image is an image
+    /// index (its entry for the platform); `None` when the image is an image manifest.
+    /// An index without an entry for `platform` is refused.
+    pub fn platform_digest(&self, platform: &crate::platform::Platform) -> Result<Option<Digest>, VerifyError> {
+        match &self.runs {
+            Runs::Manifest(m) => crate::platform::manifest_for(m, platform)
+                .map_err(|source| VerifyError::Platform { image: self.image.clone(), source }),
+            Runs::Recorded(d) => Ok(d.clone()),
+            Runs::Image => Ok(None),
+        }
     }
 
     pub fn provenance(&self) -> Option<&AttestationEvidence> {
@@ -321,7 +363,8 @@ impl Verifier<'_> {
         if !problems.is_empty() {
             tracing::warn!(?problems, "attestations that did not verify were ignored");
         }
-        let verified = Verified { image: image.clone(), signature, attestations, _sealed: Sealed };
+        let verified =
+            Verified { image: image.clone(), signature, attestations, runs: Runs::Manifest(manifest), _sealed: Sealed };
         self.check_requirements(&verified, req)?;
         Ok(verified)
     }

@@ -265,6 +265,9 @@ pub struct Service {
     pub repository: Repository,
     /// How the workload runs on a golden VM.
     pub runtime: Runtime,
+    /// Which manifest of an image index the hosts run (`[runtime] platform`, default
+    /// `linux/amd64`); an image manifest runs as it is.
+    pub platform: crate::platform::Platform,
     pub templates: Vec<Template>,
     pub secrets: Vec<SecretName>,
     /// The egress allowlist as written (templates see it).

@@ -169,6 +169,8 @@ pub struct Template {
 #[serde(deny_unknown_fields)]
 pub struct Runtime {
     pub kind: S<String>,
+    /// `os/architecture[/variant]`: the manifest of an image index the hosts run.
+    pub platform: Option<S<String>>,
     pub auth_file: Option<S<String>>,
     pub env_file: Option<S<String>>,
     pub mount: Option<S<String>>,

@@ -951,10 +951,24 @@ impl<'a> Validator<'a> {
             }
         }
         let runtime = self.runtime(at, f, &templates);
+        let platform = match f.runtime.as_ref().and_then(|r| r.get_ref().platform.as_ref()) {
+            None => crate::platform::Platform::default(),
+            Some(v) => crate::platform::Platform::parse(v.get_ref()).unwrap_or_else(|e| {
+                self.err(
+                    at,
+                    v,
+                    "runtime.platform",
+                    e.to_string(),
+                    Some("e.g. `platform = \"linux/arm64\"`; the default is `linux/amd64`"),
+                );
+                crate::platform::Platform::default()
+            }),
+        };
         Some(Service {
             name,
             repository: repository?,
             runtime: runtime?,
+            platform,
             templates,
             secrets,
             egress: f.egress.iter().map(|e| e.get_ref().clone()).collect(),

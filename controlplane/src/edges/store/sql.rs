@@ -263,13 +263,17 @@ impl SqlStore {
             provenance: opt_text(row, "provenance")?,
             sbom: opt_text(row, "sbom")?,
             signature: None,
+            platform_digest: None,
         })
     }
 
     fn release_from(row: &AnyRow) -> Result<ReleaseRecord, StoreError> {
         Ok(ReleaseRecord {
             service: text(row, "service")?,
-            facts: Self::facts_from(row, text(row, "repository")?)?,
+            facts: ReleaseFacts {
+                platform_digest: opt_text(row, "platform_digest")?,
+                ..Self::facts_from(row, text(row, "repository")?)?
+            },
             evidence: text(row, "evidence")?,
             added_at: time(row, "added_at")?,
             added_by: text(row, "added_by")?,
@@ -431,12 +435,12 @@ fn insert_history(e: &HistoryEntry, with_seq: bool) -> sqlx::query::Query<'_, sq
     }
 }
 
-const PUT_RELEASE: &str = "INSERT INTO releases (service, digest, repository, source_commit, signer_key_id, provenance, sbom, evidence, added_at, added_by)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+const PUT_RELEASE: &str = "INSERT INTO releases (service, digest, repository, source_commit, signer_key_id, provenance, sbom, evidence, added_at, added_by, platform_digest)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
      ON CONFLICT (service, digest) DO UPDATE SET repository = excluded.repository,
        source_commit = excluded.source_commit, signer_key_id = excluded.signer_key_id,
        provenance = excluded.provenance, sbom = excluded.sbom, evidence = excluded.evidence,
-       added_at = excluded.added_at, added_by = excluded.added_by";
+       added_at = excluded.added_at, added_by = excluded.added_by, platform_digest = excluded.platform_digest";
 
 const PUT_DEPLOYMENT: &str = "INSERT INTO deployments (environment, service, host, release_id, digest, source_commit, content_hash, rollback_target, plan_id, updated_at)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
@@ -469,6 +473,7 @@ fn put_release(r: &ReleaseRecord) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any
         .bind(&r.evidence)
         .bind(ts(&r.added_at))
         .bind(&r.added_by)
+        .bind(&r.facts.platform_digest)
 }
 
 fn put_deployment(d: &DeploymentRecord) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {

@@ -243,6 +243,7 @@ impl World {
                         provenance: None,
                         sbom: None,
                         signature: None,
+                        platform_digest: None,
                     },
                     evidence: String::new(),
                     added_at: FixedClock.now(),
