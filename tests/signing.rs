@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::registry_proxy::RegistryProxy;
 use common::*;
 use controlplane::cosign;
 use controlplane::image::Repository;
@@ -572,120 +573,13 @@ async fn bundles_by_other_keys_or_for_other_digests_are_refused() {
     assert!(stderr(&out).contains(a.digest.as_str()), "{}", stderr(&out));
 }
 
-/// A registry with the OCI 1.1 referrers API in front of the lab's (which has none): answers
-/// `GET /v2/<name>/referrers/<digest>` with a recorded response and forwards every other GET
-/// or HEAD to the lab registry unchanged.
-struct ReferrersApi {
-    port: u16,
-    /// Status and body of the referrers answer.
-    answer: std::sync::Arc<std::sync::Mutex<(u16, String)>>,
-    /// Answer the lab registry's 404s as Harbor does: its own error code `NOT_FOUND`.
-    harbor: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for ReferrersApi {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl ReferrersApi {
-    async fn start(target: u16) -> Self {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let answer = std::sync::Arc::new(std::sync::Mutex::new((404, String::new())));
-        let harbor = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (recorded, as_harbor) = (answer.clone(), harbor.clone());
-        let task = tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            loop {
-                let Ok((mut conn, _)) = listener.accept().await else { return };
-                let (client, recorded, as_harbor) = (client.clone(), recorded.clone(), as_harbor.clone());
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let text = String::from_utf8_lossy(&head).into_owned();
-                    let mut words = text.split_whitespace();
-                    let (method, path) = (words.next().unwrap_or("").to_owned(), words.next().unwrap_or("").to_owned());
-                    let accept = text
-                        .lines()
-                        .find_map(|l| l.strip_prefix("accept: ").or_else(|| l.strip_prefix("Accept: ")))
-                        .unwrap_or("*/*")
-                        .to_owned();
-                    let (status, content_type, digest, body) = if path.contains("/referrers/") {
-                        let (status, body) = recorded.lock().unwrap().clone();
-                        (status, controlplane::registry::OCI_INDEX.to_owned(), String::new(), body.into_bytes())
-                    } else {
-                        let url = format!("http://127.0.0.1:{target}{path}");
-                        let req = if method == "HEAD" { client.head(url) } else { client.get(url) };
-                        let r = req.header("accept", accept).send().await.unwrap();
-                        let h = |n: &str| r.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-                        let (ct, dg) = (h("content-type"), h("docker-content-digest"));
-                        let status = r.status().as_u16();
-                        if status == 404 && as_harbor.load(std::sync::atomic::Ordering::SeqCst) {
-                            let body = br#"{"errors":[{"code":"NOT_FOUND","message":"artifact not found"}]}"#;
-                            (404, "application/json".to_owned(), String::new(), body.to_vec())
-                        } else {
-                            (status, ct, dg, r.bytes().await.unwrap().to_vec())
-                        }
-                    };
-                    let mut out = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n",
-                        body.len()
-                    );
-                    if !digest.is_empty() {
-                        out.push_str(&format!("docker-content-digest: {digest}\r\n"));
-                    }
-                    out.push_str("\r\n");
-                    let _ = conn.write_all(out.as_bytes()).await;
-                    if method != "HEAD" {
-                        let _ = conn.write_all(&body).await;
-                    }
-                });
-            }
-        });
-        Self { port, answer, harbor, task }
-    }
-
-    /// One in front of `w`'s lab registry, named in its manifests as a registry of its own.
-    async fn in_front_of(w: &World) -> Self {
-        let lab_port: u16 = w.lab.registry_host().rsplit(':').next().unwrap().parse().unwrap();
-        let proxy = Self::start(lab_port).await;
-        let cp = w.manifests().join("controlplane.toml");
-        let text = std::fs::read_to_string(&cp).unwrap();
-        let entry = format!("[[registry]]\nhost = \"{}\"\ninsecure = true\n\n[trust]", proxy.host());
-        std::fs::write(&cp, text.replacen("[trust]", &entry, 1)).unwrap();
-        proxy
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn answer(&self, status: u16, body: serde_json::Value) {
-        self.answer_raw(status, &body.to_string());
-    }
-
-    fn answer_raw(&self, status: u16, body: &str) {
-        *self.answer.lock().unwrap() = (status, body.to_owned());
-    }
-}
-
 /// A referrers API that answers anything but an OCI index — 400, 404, 405, 406, an HTML
 /// page, or an empty index while the tag schema lists the signature — is read past: the
 /// tag schema is asked, and the signature found there verifies.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_referrers_api_that_is_not_one_falls_back_to_the_tag_schema() {
     let w = World::start(no_hosts()).await;
-    let api = ReferrersApi::in_front_of(&w).await;
+    let api = RegistryProxy::in_front_of(&w).await;
     let host = api.host();
     let img = w.lab.push_image("demo/api", "v1", "tag schema only").await.unwrap();
     assert_ok(&w.agentctl(&["sign", &s(&img), "--key", &w.release_key()]));
@@ -709,13 +603,12 @@ async fn a_referrers_api_that_is_not_one_falls_back_to_the_tag_schema() {
 
 /// Harbor answers a missing manifest with HTTP 404 and its own error code `NOT_FOUND`: that
 /// is "absent" like any 404, so an unsigned image is unsigned (not an outage) and a signed
-/// one verifies. (The proxy forwards reads only, so the bundle — which names no registry
-/// host — is pushed to the lab registry directly.)
+/// one verifies (signed at the lab registry, read through the proxy).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_registrys_own_not_found_code_means_absent() {
     let w = World::start(no_hosts()).await;
-    let proxy = ReferrersApi::in_front_of(&w).await;
-    proxy.harbor.store(true, std::sync::atomic::Ordering::SeqCst);
+    let proxy = RegistryProxy::in_front_of(&w).await;
+    proxy.as_harbor();
     let host = proxy.host();
     let unsigned = w.lab.push_image("demo/api", "v1", "unsigned").await.unwrap();
     let out = w.agentctl(&["verify", &format!("{host}/demo/api@{}", unsigned.digest)]);
@@ -728,7 +621,7 @@ async fn a_registrys_own_not_found_code_means_absent() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bundle_found_only_through_the_referrers_api_verifies() {
     let w = World::start(no_hosts()).await;
-    let api = ReferrersApi::in_front_of(&w).await;
+    let api = RegistryProxy::in_front_of(&w).await;
     let api_host = api.host();
 
     let img = w.lab.push_image("demo/api", "v1", "api-only").await.unwrap();

@@ -11,6 +11,8 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
+pub mod registry_proxy;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_agentctl");
 
 /// A lab and the binary.

@@ -4,7 +4,7 @@
 use crate::cosign::{self, Envelope, LayerDescriptor, PredicateKind};
 use crate::image::{Digest, PinnedImage, Repository};
 use crate::keys::SigningKey;
-use crate::registry::{Layer, Registry, RegistryError, OCI_CONFIG};
+use crate::registry::{Layer, Precondition, Registry, RegistryError, OCI_CONFIG};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use std::collections::BTreeMap;
@@ -123,7 +123,7 @@ pub async fn push_bundle(registry: &Registry, image: &PinnedImage, bundle: &[u8]
             // Another writer, or a registry whose reads lag its writes: give it a moment.
             tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt))).await;
         }
-        let (mut index, entries) = tag_schema(registry, repo, &image.digest).await?;
+        let (mut index, entries, was) = tag_schema(registry, repo, &image.digest).await?;
         let kept: Vec<serde_json::Value> =
             entries.into_iter().filter(|e| e.get("digest").and_then(|d| d.as_str()) != Some(digest.as_str())).collect();
         let n = kept.len();
@@ -132,10 +132,18 @@ pub async fn push_bundle(registry: &Registry, image: &PinnedImage, bundle: &[u8]
         index.insert("schemaVersion".into(), 2.into());
         index.insert("mediaType".into(), OCI_INDEX.into());
         index.insert("manifests".into(), serde_json::Value::Array(all));
-        registry.push_manifest(repo, Some(&tag), serde_json::to_vec(&index).expect("JSON")).await?;
-        // Another writer may have pushed between our read and our write: ours and every
-        // entry we kept must be there now, or the merge runs again on what is there.
-        let (_, now) = tag_schema(registry, repo, &image.digest).await?;
+        // Conditional: a registry that honours `If-Match` refuses the write (412) when
+        // another writer replaced the index since our read, and the merge runs again.
+        let precondition = was.map_or(Precondition::Absent, Precondition::Matches);
+        let written =
+            registry.push_index_if(repo, &tag, serde_json::to_vec(&index).expect("JSON"), &precondition).await?;
+        if written.is_none() {
+            continue;
+        }
+        // One that ignores preconditions may have let another writer in between our read
+        // and our write: ours and every entry we kept must be there now, or the merge runs
+        // again on what is there.
+        let (_, now, _) = tag_schema(registry, repo, &image.digest).await?;
         if now.contains(&ours) && kept.iter().all(|e| now.contains(e)) {
             return Ok(Pushed { tag, manifest: digest, layer, kept: n, added: true });
         }
@@ -143,16 +151,17 @@ pub async fn push_bundle(registry: &Registry, image: &PinnedImage, bundle: &[u8]
     Err(SignError::LostUpdate { tag, attempts: ATTEMPTS })
 }
 
-/// The referrers tag schema's index of `digest` as JSON: its top-level fields and its
-/// entries, unchanged (empty when there is none).
+/// The referrers tag schema's index of `digest` as JSON: its top-level fields, its
+/// entries, unchanged, and its own digest (empty and `None` when there is none).
 async fn tag_schema(
     registry: &Registry,
     repo: &Repository,
     digest: &Digest,
-) -> Result<(serde_json::Map<String, serde_json::Value>, Vec<serde_json::Value>), SignError> {
+) -> Result<(serde_json::Map<String, serde_json::Value>, Vec<serde_json::Value>, Option<Digest>), SignError> {
     let Some(bytes) = registry.tag_schema_index(repo, digest).await? else {
-        return Ok((serde_json::Map::new(), Vec::new()));
+        return Ok((serde_json::Map::new(), Vec::new(), None));
     };
+    let was = Digest::of(&bytes);
     let invalid = |detail: String| RegistryError::Invalid { registry: repo.registry().into(), detail };
     let serde_json::Value::Object(mut index) =
         serde_json::from_slice(&bytes).map_err(|e| invalid(format!("referrers index: {e}")))?
@@ -164,7 +173,7 @@ async fn tag_schema(
         None | Some(serde_json::Value::Null) => Vec::new(),
         Some(_) => return Err(invalid("the referrers index's `manifests` is not a list".into()).into()),
     };
-    Ok((index, entries))
+    Ok((index, entries, Some(was)))
 }
 
 /// Pushes a signed in-toto attestation of `kind` with `predicate` to `sha256-<hex>.att`.

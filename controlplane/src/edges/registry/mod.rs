@@ -29,8 +29,12 @@ const MANIFEST_TYPES: &[&str] = &[
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
-/// At most this many referrers of one image are read (a registry could list any number).
-pub const MAX_REFERRERS: usize = 256;
+/// At most this many referrers of one image that their list gives no type are read one by
+/// one (their manifests say what they are); typed entries cost nothing and are not counted.
+pub const MAX_UNTYPED_REFERRERS: usize = 256;
+
+mod http;
+pub use http::{Precondition, MAX_REFERRER_PAGES};
 
 /// A manifest that refers to an image (its `subject`), as the referrers API or the
 /// referrers tag schema lists it.
@@ -80,6 +84,8 @@ pub enum RegistryError {
 #[derive(Clone)]
 pub struct Registry {
     client: Arc<Client>,
+    /// For the requests oci-client cannot make (see `http`).
+    http: reqwest::Client,
     settings: Vec<RegistrySettings>,
     round_trips: Arc<AtomicU64>,
     /// Registries that answered 404 to the referrers API: by the OCI 1.1 spec they do not
@@ -105,8 +111,16 @@ impl Registry {
             use_monolithic_push: true,
             ..ClientConfig::default()
         };
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(60))
+            // A redirect is an answer of its own: credentials never follow it elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("a TLS backend is compiled in");
         Self {
             client: Arc::new(Client::new(config)),
+            http,
             settings: settings.to_vec(),
             round_trips: Arc::default(),
             no_referrers_api: Arc::default(),
@@ -183,29 +197,6 @@ impl Registry {
         }
     }
 
-    /// Whether the referrers API's answer says the registry has no such API: a 404 (the
-    /// OCI 1.1 rule), 400, 405 or 406, or an answer that is not an OCI index (an HTML page,
-    /// another schema). An outage (5xx, a connection that fails) or a refused login stays
-    /// an error.
-    fn without_referrers_api(e: &OciDistributionError) -> bool {
-        match e {
-            OciDistributionError::ServerError { code, .. } => matches!(code, 400 | 404 | 405 | 406),
-            OciDistributionError::RegistryError { envelope, .. } => {
-                envelope.errors.iter().any(|x| {
-                    matches!(
-                        x.code,
-                        oci_client::errors::OciErrorCode::Unsupported | oci_client::errors::OciErrorCode::NameInvalid
-                    )
-                }) || Self::is_not_found(e)
-            }
-            OciDistributionError::UnsupportedSchemaVersionError(_)
-            | OciDistributionError::ManifestParsingError(_)
-            | OciDistributionError::JsonError(_)
-            | OciDistributionError::SpecViolationError(_) => true,
-            _ => Self::is_not_found(e),
-        }
-    }
-
     /// The manifest at `tag_or_digest`, its digest checked, or `None` if there is none.
     pub async fn manifest(
         &self,
@@ -238,19 +229,32 @@ impl Registry {
         Ok(Some((bytes, digest)))
     }
 
-    /// The referrers of `digest`: through the OCI 1.1 referrers API, or, on a registry
-    /// without it, the referrers tag schema (an index under the tag `sha256-<hex>`). Empty
-    /// when there are none; a registry error stays an error, never "none".
+    /// The referrers of `digest`: through the OCI 1.1 referrers API (every page), or, on a
+    /// registry without it, the referrers tag schema (an index under the tag
+    /// `sha256-<hex>`). Lists of any length are read whole (each page or index bounded in
+    /// bytes); an entry that names its type costs nothing more, one that does not costs its
+    /// manifest (at most [`MAX_UNTYPED_REFERRERS`] of them). Empty when there are none; a
+    /// registry error stays an error, never "none".
     pub async fn referrers(&self, repo: &Repository, digest: &Digest) -> Result<Vec<Referrer>, RegistryError> {
         let auth = self.auth(repo)?;
         self.client.store_auth_if_needed(repo.registry(), &auth).await;
         let known_without = self.no_referrers_api.lock().unwrap_or_else(|p| p.into_inner()).contains(repo.registry());
         if !known_without {
-            match self.referrers_api(repo, digest).await? {
-                Some(found) if !found.is_empty() => return Ok(found),
+            match self.referrers_list(repo, digest).await? {
+                http::ApiAnswer::Listed(found) if !found.is_empty() => return self.typed(repo, found).await,
                 // An empty answer is believed only if the tag schema lists nothing either
                 // (referrers pushed before the registry gained the API are listed there).
-                Some(_) | None => {}
+                http::ApiAnswer::Listed(_) => {}
+                // Only the OCI 1.1 signal (a 404) is remembered for the run; any other odd
+                // answer (an error page from a proxy) is read past for this image alone.
+                http::ApiAnswer::Absent { not_found } => {
+                    if not_found {
+                        self.no_referrers_api
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(repo.registry().to_owned());
+                    }
+                }
             }
         }
         let Some(bytes) = self.tag_schema_index(repo, digest).await? else { return Ok(Vec::new()) };
@@ -259,19 +263,41 @@ impl Registry {
             detail: format!("referrers index: {e}"),
         })?;
         let entries = index.get("manifests").and_then(|m| m.as_array()).cloned().unwrap_or_default();
-        let mut out = Vec::new();
-        for e in entries.iter().take(MAX_REFERRERS) {
-            let Some(digest) = e.get("digest").and_then(|d| d.as_str()) else { continue };
-            let listed = e.get("artifactType").and_then(|t| t.as_str()).filter(|t| *t != OCI_EMPTY);
-            match listed {
-                Some(t) => {
-                    out.push(Referrer { digest: digest.to_owned(), artifact_type: Some(t.to_owned()), manifest: None })
-                }
-                // The entry does not say (or says "empty"): the referrer's own manifest does.
+        let listed = entries
+            .iter()
+            .filter_map(|e| {
+                Some(http::Listed {
+                    digest: e.get("digest")?.as_str()?.to_owned(),
+                    artifact_type: e
+                        .get("artifactType")
+                        .and_then(|t| t.as_str())
+                        .filter(|t| *t != OCI_EMPTY)
+                        .map(str::to_owned),
+                })
+            })
+            .collect();
+        self.typed(repo, listed).await
+    }
+
+    /// Each listed referrer with its type: the list's, else its own manifest's (read once).
+    async fn typed(&self, repo: &Repository, listed: Vec<http::Listed>) -> Result<Vec<Referrer>, RegistryError> {
+        let untyped = listed.iter().filter(|l| l.artifact_type.is_none()).count();
+        if untyped > MAX_UNTYPED_REFERRERS {
+            return Err(RegistryError::Invalid {
+                registry: repo.registry().into(),
+                detail: format!(
+                    "{untyped} referrers are listed without an artifact type (at most {MAX_UNTYPED_REFERRERS} are read one by one)"
+                ),
+            });
+        }
+        let mut out = Vec::with_capacity(listed.len());
+        for l in listed {
+            match l.artifact_type {
+                Some(t) => out.push(Referrer { digest: l.digest, artifact_type: Some(t), manifest: None }),
                 None => {
-                    let Some((bytes, _)) = self.manifest(repo, digest).await? else { continue };
+                    let Some((bytes, _)) = self.manifest(repo, &l.digest).await? else { continue };
                     out.push(Referrer {
-                        digest: digest.to_owned(),
+                        digest: l.digest,
                         artifact_type: artifact_type_of(&bytes),
                         manifest: Some(bytes),
                     });
@@ -302,34 +328,6 @@ impl Registry {
             });
         }
         Ok(Some(bytes))
-    }
-
-    /// The referrers API's answer; `None` when the registry does not implement it (and
-    /// that is remembered for the rest of the run).
-    async fn referrers_api(&self, repo: &Repository, digest: &Digest) -> Result<Option<Vec<Referrer>>, RegistryError> {
-        self.count(1);
-        match self.client.pull_referrers(&Self::reference(repo, digest.as_str()), None).await {
-            Ok(index) => {
-                // The API's index may not carry each entry's artifact type (and this client
-                // does not keep it): read it from each referrer's manifest.
-                let mut out = Vec::new();
-                for entry in index.manifests.iter().take(MAX_REFERRERS) {
-                    let Some((bytes, _)) = self.manifest(repo, &entry.digest).await? else { continue };
-                    let artifact_type = artifact_type_of(&bytes);
-                    out.push(Referrer { digest: entry.digest.clone(), artifact_type, manifest: Some(bytes) });
-                }
-                Ok(Some(out))
-            }
-            Err(e) if Self::without_referrers_api(&e) => {
-                // Only the OCI 1.1 signal (a 404) is remembered for the run; any other odd
-                // answer (an error page from a proxy) is read past for this image alone.
-                if Self::is_not_found(&e) {
-                    self.no_referrers_api.lock().unwrap_or_else(|p| p.into_inner()).insert(repo.registry().to_owned());
-                }
-                Ok(None)
-            }
-            Err(e) => Err(Self::classify(repo, e)),
-        }
     }
 
     /// The blob `digest`, checked against its digest and bounded in size.
