@@ -279,3 +279,46 @@ async fn state_migrate_to_postgresql_and_back_loses_nothing() {
     // The source was only read.
     assert_eq!(SqlStore::open(&sqlite).await.unwrap().dump().await.unwrap(), original);
 }
+
+/// The store stops in the middle of an apply (lease 3 s, renewed every second) while the
+/// canary host activates (5 s): the run cannot renew its lease, and from the moment it can
+/// no longer count on it no host step forward starts — the canary's health check never
+/// runs, so the canary goes back (to nothing: it had no release), and the hosts after it
+/// are never touched. When the store is back, the run's receipt says why it stopped.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_apply_that_loses_its_store_starts_no_host_step_after_its_lease() {
+    let w = World::start(lab::LabConfig { hosts: 3, staging: 3, ..fleet(0) }).await;
+    let pg = Postgres::start().unwrap();
+    pg.create_database("controlplane").unwrap();
+    let cp = ControlPlane::new(&w, &pg, 1);
+    let v1 = w.signed_image("demo/api", "api v1").await;
+    assert_ok(&cp.run(&["release", "add", "api", &s(&v1), "--commit", COMMIT]));
+    w.runtime("stage-1", "hang-activate", "5");
+    let run = cp.spawn(&args(&promote("api", "staging", v1.digest.as_str())));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while w.current("stage-1").is_none() {
+        assert!(Instant::now() < deadline, "stage-1 never swapped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // stage-1 swapped and is activating: the store goes away.
+    pg.stop();
+    std::thread::sleep(Duration::from_secs(8));
+    for h in ["stage-2", "stage-3"] {
+        assert_eq!(w.current(h), None, "{h} was touched after the store stopped");
+    }
+    pg.start_again().unwrap();
+    let out = run.wait_with_output().unwrap();
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(w.current("stage-1"), None, "the canary's health check never started; it went back");
+    for h in ["stage-2", "stage-3"] {
+        assert_eq!(w.current(h), None, "{h} was never touched");
+        assert!(!w.lab.host(h).runtime().join("api.log").exists(), "{h} never activated");
+    }
+    let receipts = cp.run(&["receipts", "list", "--json"]);
+    assert_ok(&receipts);
+    let list: serde_json::Value = serde_json::from_slice(&receipts.stdout).unwrap();
+    let last = list.as_array().unwrap().last().unwrap().to_string();
+    assert!(last.contains("interrupted"), "{last}");
+    assert!(last.contains("the lock's lease could not be renewed before it expires"), "{last}");
+    assert!(last.contains("not started: the lock's lease"), "the canary's detail: {last}");
+}

@@ -51,6 +51,7 @@ on_both!(
     round_trips_every_table,
     concurrent_appends_from_several_control_planes_keep_one_chain,
     a_lock_is_a_lease_taken_over_only_after_it_expires,
+    a_holder_whose_lease_was_taken_over_writes_nothing,
     concurrent_lockers_have_exactly_one_winner,
     a_read_only_store_refuses_every_write,
     dump_and_load_keep_every_row,
@@ -286,6 +287,57 @@ async fn a_lock_is_a_lease_taken_over_only_after_it_expires(b: Backend) {
     assert!(!store.renew_lock("prod", "api", "p-1", t(80)).await.unwrap());
     assert!(!store.unlock("prod", "api", "p-1").await.unwrap());
     assert!(store.unlock("prod", "api", "p-2").await.unwrap());
+}
+
+/// Writes under a lock carry its holder's plan as a fencing token: once the lease was
+/// taken over, the old holder's writes are refused whole (nothing of them lands), the new
+/// holder's go through, and a released lock fences everyone.
+async fn a_holder_whose_lease_was_taken_over_writes_nothing(b: Backend) {
+    let store = b.open().await;
+    let fence = |plan: &str| Fence { environment: "prod".into(), service: "api".into(), plan_id: plan.into() };
+    let deployment = |release: &str, plan: &str| DeploymentRecord {
+        environment: "prod".into(),
+        service: "api".into(),
+        host: "vm-1".into(),
+        release_id: release.into(),
+        digest: "d".into(),
+        source_commit: "c".into(),
+        content_hash: "h".into(),
+        rollback_target: None,
+        plan_id: plan.into(),
+        updated_at: t(1),
+    };
+    let history = |release: &str, plan: &str| HistoryEntry {
+        environment: "prod".into(),
+        service: "api".into(),
+        host: "vm-1".into(),
+        seq: 0,
+        release_id: release.into(),
+        kind: "promote".into(),
+        plan_id: plan.into(),
+        at: t(1),
+    };
+    assert_eq!(store.try_lock(&lock("alice", "p-1", t(0), 30), t(0)).await.unwrap(), LockOutcome::Taken);
+    let (d1, h1) = (deployment("r-1", "p-1"), history("r-1", "p-1"));
+    store.fenced(&fence("p-1"), &[Write::Deployment(&d1), Write::History(&h1)]).await.unwrap();
+
+    // Alice stalls past her lease; Bob takes the lock over.
+    assert!(matches!(store.try_lock(&lock("bob", "p-2", t(40), 30), t(40)).await.unwrap(), LockOutcome::TakenOver(_)));
+    let (d2, h2) = (deployment("r-2", "p-1"), history("r-2", "p-1"));
+    let err = store.fenced(&fence("p-1"), &[Write::Deployment(&d2), Write::History(&h2)]).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Fenced { plan_id, holder: Some(h), .. } if plan_id == "p-1" && h == "p-2"),
+        "{err:?}"
+    );
+    assert_eq!(store.deployments("prod", "api").await.unwrap(), vec![d1.clone()], "nothing of the write landed");
+    assert_eq!(store.history("prod", "api").await.unwrap().len(), 1);
+
+    let (d3, h3) = (deployment("r-3", "p-2"), history("r-3", "p-2"));
+    store.fenced(&fence("p-2"), &[Write::Deployment(&d3), Write::History(&h3)]).await.unwrap();
+    assert_eq!(store.deployments("prod", "api").await.unwrap(), vec![d3]);
+    assert!(store.unlock("prod", "api", "p-2").await.unwrap());
+    let err = store.fenced(&fence("p-2"), &[Write::Deployment(&d1)]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { holder: None, .. }), "{err:?}");
 }
 
 async fn concurrent_lockers_have_exactly_one_winner(b: Backend) {

@@ -21,6 +21,8 @@ pub struct Postgres {
     as_postgres: bool,
     /// With TLS: the CA certificate that signed the server's (for `sslrootcert`).
     ca: Option<PathBuf>,
+    /// The server options it was started with.
+    options: String,
 }
 
 /// The newest `/usr/lib/postgresql/<version>/bin` with `initdb`.
@@ -58,7 +60,7 @@ impl Postgres {
         if as_postgres {
             run(Command::new("chown").arg("postgres:postgres").arg(dir.path()))?;
         }
-        let mut pg = Self { dir, bin, port: free_port()?, as_postgres, ca: None };
+        let mut pg = Self { dir, bin, port: free_port()?, as_postgres, ca: None, options: String::new() };
         let data = pg.data();
         // Password authentication over TCP, so the tests prove the password travels.
         let pwfile = pg.dir.path().join("pwfile");
@@ -86,25 +88,34 @@ impl Postgres {
         if tls {
             options.push_str(&pg.make_certificates(&data)?);
         }
-        run(pg
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(pg.log())
-            .args(["-w", "-t", "60", "-o", &options, "start"]))?;
+        pg.options = options;
+        pg.start_again()?;
+        Ok(pg)
+    }
+
+    /// Starts the server again after [`Postgres::stop`], with its data and options; waits
+    /// until it accepts connections.
+    pub fn start_again(&self) -> Result<(), LabError> {
+        run(self.command("pg_ctl").arg("-D").arg(self.data()).arg("-l").arg(self.log()).args([
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            &self.options,
+            "start",
+        ]))?;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !listening(pg.port) {
+        while !listening(self.port) {
             if Instant::now() > deadline {
                 return Err(LabError::Start {
                     what: "PostgreSQL".into(),
                     secs: 30,
-                    log: std::fs::read_to_string(pg.log()).unwrap_or_default(),
+                    log: std::fs::read_to_string(self.log()).unwrap_or_default(),
                 });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(pg)
+        Ok(())
     }
 
     /// A CA and a server certificate for `127.0.0.1` (openssl), TCP allowed over TLS only;

@@ -22,7 +22,9 @@ use crate::receipt_log::{ReceiptError, ReceiptLog};
 use crate::release::ReleaseFacts;
 use crate::release::{self, ReleaseInput};
 use crate::rollout::{self, HostEnd, HostMove, Next, Outcome};
-use crate::store::{AppliedRelease, DeploymentRecord, LockOutcome, LockRecord, ReleaseRecord, Store, StoreError};
+use crate::store::{
+    AppliedRelease, DeploymentRecord, Fence, LockOutcome, LockRecord, ReleaseRecord, Store, StoreError, Write,
+};
 use crate::untrusted::HostText;
 use crate::verify::{Requirements, Verified, VerifyError, VerifyRelease};
 use crate::vm::{Fleet, GoldenVm, VmError};
@@ -164,22 +166,38 @@ impl Clock for SystemClock {
 }
 
 /// Set when the operator asks the run to stop (SIGINT, SIGTERM). The apply finishes the
-/// hosts it is moving, starts no more, and ends with an `interrupted` receipt.
+/// hosts it is moving, starts no more, and ends with an `interrupted` receipt. Set too,
+/// with a reason, when the run loses its lock's lease ([`Interrupt::lease_lost`]): then
+/// no further host step starts at all (a host that was moving goes back).
 #[derive(Debug, Default)]
-pub struct Interrupt(AtomicU32);
+pub struct Interrupt {
+    requests: AtomicU32,
+    lease_lost: std::sync::Mutex<Option<String>>,
+}
 
 impl Interrupt {
     pub const fn new() -> Self {
-        Self(AtomicU32::new(0))
+        Self { requests: AtomicU32::new(0), lease_lost: std::sync::Mutex::new(None) }
     }
 
     /// Records one request to stop; returns how many there were.
     pub fn request(&self) -> u32 {
-        self.0.fetch_add(1, Ordering::SeqCst) + 1
+        self.requests.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     pub fn requested(&self) -> bool {
-        self.0.load(Ordering::SeqCst) > 0
+        self.requests.load(Ordering::SeqCst) > 0
+    }
+
+    /// Stops the run because its lock can no longer be trusted to be held (`why`).
+    pub fn lose_lease(&self, why: String) {
+        self.lease_lost.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(why);
+        self.request();
+    }
+
+    /// Why the lease was lost, if it was.
+    pub fn lease_lost(&self) -> Option<String> {
+        self.lease_lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -925,9 +943,12 @@ impl<'a> Deployer<'a> {
         };
         let result = tokio::select! {
             result = run.apply_locked(receipts) => result,
-            never = self.keep_lease(&plan, &plan_id, lease) => match never {},
+            never = self.keep_lease(&plan, &plan_id, lease, now) => match never {},
         };
-        self.store.unlock(&plan.environment, &plan.service, plan_id.as_str()).await?;
+        // A lock that cannot be released now runs out with its lease.
+        if let Err(e) = self.store.unlock(&plan.environment, &plan.service, plan_id.as_str()).await {
+            self.sink.event(&format!("cannot release the lock ({e}); it ends when its lease runs out"));
+        }
         result
     }
 
@@ -988,25 +1009,58 @@ impl<'a> Deployer<'a> {
     }
 
     /// Renews the lock lease every third of its length, for as long as it is polled. If
-    /// another control plane took the lock over (this one stalled past its lease), the
-    /// apply is asked to stop: it finishes the hosts it is moving and starts no more.
-    async fn keep_lease(&self, plan: &Plan, plan_id: &PlanId, lease: chrono::Duration) -> std::convert::Infallible {
+    /// another control plane took the lock over (this one stalled past its lease), or the
+    /// lease cannot be confirmed before it runs out (the store is unreachable), the apply
+    /// stops: no further host step starts, and the receipt says why.
+    async fn keep_lease(
+        &self,
+        plan: &Plan,
+        plan_id: &PlanId,
+        lease: chrono::Duration,
+        taken: DateTime<Utc>,
+    ) -> std::convert::Infallible {
         let every = lease.to_std().unwrap_or(Duration::from_secs(60)) / 3;
+        // The lease is ours until this instant, as far as this process can tell (the time a
+        // renewal was asked for plus the lease: the store may have written it later).
+        let mut confirmed_until = taken + lease;
+        let mut wait = every;
         loop {
-            tokio::time::sleep(every).await;
-            match self
-                .store
-                .renew_lock(&plan.environment, &plan.service, plan_id.as_str(), self.clock.now() + lease)
-                .await
-            {
-                Ok(true) => {}
+            tokio::time::sleep(wait).await;
+            let asked = self.clock.now();
+            // A store that does not answer is a store that cannot renew: bounded like a try.
+            let renewed = tokio::time::timeout(
+                every,
+                self.store.renew_lock(&plan.environment, &plan.service, plan_id.as_str(), asked + lease),
+            )
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unanswered { what: "renew lock", secs: every.as_secs_f64() }));
+            match renewed {
+                Ok(true) => {
+                    confirmed_until = asked + lease;
+                    wait = every;
+                }
                 Ok(false) => {
-                    self.sink.event("the lock lease was taken over by another control plane: stopping");
-                    self.interrupt.request();
+                    let why = "the lock's lease was taken over by another control plane".to_owned();
+                    self.sink.event(&format!("{why}: stopping"));
+                    self.interrupt.lose_lease(why);
                     return std::future::pending().await;
                 }
-                // A passing database error: the lease still runs; try again next time.
-                Err(e) => tracing::warn!(error = %e, "cannot renew the lock lease"),
+                Err(e) => {
+                    // Try again sooner; stop while the lease is still ours if the next try
+                    // could come too late.
+                    wait = every / 3;
+                    let left = confirmed_until - self.clock.now();
+                    tracing::warn!(error = %e, "cannot renew the lock lease");
+                    if left.to_std().unwrap_or_default() <= wait * 2 {
+                        let why = format!(
+                            "the lock's lease could not be renewed before it expires at {} ({e})",
+                            confirmed_until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        );
+                        self.sink.event(&format!("{why}: stopping"));
+                        self.interrupt.lose_lease(why);
+                        return std::future::pending().await;
+                    }
+                }
             }
         }
     }
@@ -1182,6 +1236,15 @@ struct Run<'r, 'a> {
 }
 
 impl Run<'_, '_> {
+    /// The fencing token of this run's writes under the lock.
+    fn fence(&self) -> Fence {
+        Fence {
+            environment: self.plan.environment.clone(),
+            service: self.plan.service.clone(),
+            plan_id: self.plan_id.to_string(),
+        }
+    }
+
     fn body(&self, outcome: &str, detail: Option<String>, hosts: Vec<HostOutcome>) -> ReceiptBody {
         receipt_body(self.d, self.plan, self.plan_id, self.approvals.clone(), outcome, detail, hosts)
     }
@@ -1211,24 +1274,26 @@ impl Run<'_, '_> {
             .map(|r| (r.host.clone(), r))
             .collect();
 
-        // 4. Record the way back before the first host is touched.
+        // 4. Record the way back before the first host is touched, under the lock.
+        let mut way_back = Vec::new();
         for h in plan.hosts.iter().filter(|h| h.action == Action::Change) {
             let mut r = self.deployment(&h.host, existing.get(&h.host));
             r.rollback_target = h.rollback_target.as_ref().map(ToString::to_string);
             r.plan_id = self.plan_id.to_string();
             r.updated_at = d.clock.now();
-            d.store.put_deployment(&r).await?;
+            way_back.push(r);
         }
-        d.store
-            .put_applied_release(&AppliedRelease {
-                environment: plan.environment.clone(),
-                service: plan.service.clone(),
-                release_id: plan.release.release_id.to_string(),
-                content_hash: plan.release.content_hash.to_string(),
-                facts: plan.release.facts.clone(),
-                applied_at: d.clock.now(),
-            })
-            .await?;
+        let applied = AppliedRelease {
+            environment: plan.environment.clone(),
+            service: plan.service.clone(),
+            release_id: plan.release.release_id.to_string(),
+            content_hash: plan.release.content_hash.to_string(),
+            facts: plan.release.facts.clone(),
+            applied_at: d.clock.now(),
+        };
+        let mut writes: Vec<Write<'_>> = way_back.iter().map(Write::Deployment).collect();
+        writes.push(Write::Applied(&applied));
+        d.store.fenced(&self.fence(), &writes).await?;
 
         let mut outcomes: BTreeMap<String, HostOutcome> = plan
             .hosts
@@ -1298,20 +1363,27 @@ impl Run<'_, '_> {
                         r.rollback_target = o.rollback_target.clone().or(r.rollback_target);
                         r.plan_id = self.plan_id.to_string();
                         r.updated_at = d.clock.now();
-                        d.store.put_deployment(&r).await?;
-                        d.store
-                            .append_history(&crate::records::HistoryEntry {
-                                environment: plan.environment.clone(),
-                                service: plan.service.clone(),
-                                host: name.clone(),
-                                seq: 0,
-                                release_id: plan.release.release_id.to_string(),
-                                kind: if plan.kind == PlanKind::Promote { "promote" } else { "rollback" }.into(),
-                                plan_id: self.plan_id.to_string(),
-                                at: d.clock.now(),
-                            })
-                            .await?;
-                        d.sink.event(&format!("{name}: {} is live and healthy", plan.release.release_id));
+                        let entry = crate::records::HistoryEntry {
+                            environment: plan.environment.clone(),
+                            service: plan.service.clone(),
+                            host: name.clone(),
+                            seq: 0,
+                            release_id: plan.release.release_id.to_string(),
+                            kind: if plan.kind == PlanKind::Promote { "promote" } else { "rollback" }.into(),
+                            plan_id: self.plan_id.to_string(),
+                            at: d.clock.now(),
+                        };
+                        match d.store.fenced(&self.fence(), &[Write::Deployment(&r), Write::History(&entry)]).await {
+                            Ok(()) => d.sink.event(&format!("{name}: {} is live and healthy", plan.release.release_id)),
+                            // Another control plane holds the lock now, or the store cannot be
+                            // written: what this host runs is not recorded by us, and nothing
+                            // more starts.
+                            Err(e) => {
+                                o.detail = Some(HostText::new(&format!("live, but not recorded: {e}")));
+                                d.sink.event(&format!("{name}: live, but not recorded: {e}"));
+                                d.interrupt.lose_lease(e.to_string());
+                            }
+                        }
                     }
                     HostEnd::RolledBack { reason } => {
                         // Back on its way back: the recorded release, or nothing.
@@ -1347,15 +1419,44 @@ impl Run<'_, '_> {
             plan.hosts.iter().filter(|h| h.action == Action::Change).map(|h| ends.get(&h.host).cloned()).collect();
         let outcome = rollout::outcome(&changing, interrupted);
         if outcome == Outcome::Interrupted {
-            failure.get_or_insert_with(|| "interrupted: no further host was started".into());
-            d.sink.event("interrupted: the hosts that were moving finished; no further host was started");
+            match d.interrupt.lease_lost() {
+                Some(why) => {
+                    failure = Some(format!("stopped: {why}; no further host step was started"));
+                    d.sink.event(&format!("stopped: {why}; no further host step was started"));
+                }
+                None => {
+                    failure.get_or_insert_with(|| "interrupted: no further host was started".into());
+                    d.sink.event("interrupted: the hosts that were moving finished; no further host was started");
+                }
+            }
         }
         let hosts: Vec<HostOutcome> = outcomes.into_values().collect();
-        let r = receipts
-            .log
-            .append(self.body(outcome.as_str(), failure.clone(), hosts.clone()), receipts.key, d.store)
-            .await?;
+        let r = self.final_receipt(self.body(outcome.as_str(), failure.clone(), hosts.clone()), receipts).await?;
         Ok(ApplyReport { plan_id: self.plan_id.clone(), outcome, hosts, receipt: r.file_name(), failure })
+    }
+
+    /// Appends the run's last receipt. Hosts may have moved, so a store that cannot be
+    /// reached is tried again for a bounded time (about two minutes) before giving up.
+    async fn final_receipt(
+        &self,
+        body: ReceiptBody,
+        receipts: &Receipts<'_>,
+    ) -> Result<crate::receipt::Receipt, DeployError> {
+        let mut wait = Duration::from_millis(500);
+        for attempt in 1.. {
+            match receipts.log.append(body.clone(), receipts.key, self.d.store).await {
+                Ok(r) => return Ok(r),
+                Err(e) if attempt < 8 => {
+                    self.d
+                        .sink
+                        .event(&format!("cannot write the receipt ({e}); trying again in {}s", wait.as_secs_f32()));
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        unreachable!("the loop returns")
     }
 
     async fn stage_all(&self) -> Result<(), DeployError> {
@@ -1401,8 +1502,13 @@ impl Run<'_, '_> {
         let health = Duration::from_secs(self.env.rollout.health_timeout_secs);
         let mut step = machine.first();
         loop {
-            let mut result =
-                vm.step(self.service, &step, health, self.plan_id.as_str()).await.map_err(|t| t.to_string());
+            // Without a lease this run may no longer own the hosts: no step forward starts
+            // (the way back still runs, so a host that was moving returns).
+            let lost = if step.is_forward() { self.d.interrupt.lease_lost() } else { None };
+            let mut result = match lost {
+                Some(why) => Err(format!("not started: {why}")),
+                None => vm.step(self.service, &step, health, self.plan_id.as_str()).await.map_err(|t| t.to_string()),
+            };
             // The egress proof is part of the health gate: a host whose workload reaches what
             // it must not (or not what it must) fails like an unhealthy one.
             if let (Ok(()), true, Some(checks)) = (&result, step.is_health(), &self.egress_checks) {

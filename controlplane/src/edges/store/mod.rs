@@ -36,6 +36,27 @@ pub enum StoreError {
     SequenceTaken(i64),
     #[error("the destination state store at `{0}` is not empty; migrate into an empty database")]
     NotEmpty(String),
+    #[error("the lock of `{service}` in `{environment}` is no longer held by plan {plan_id} (its lease was taken over{}); nothing was written", holder.as_deref().map(|h| format!(" by plan {h}")).unwrap_or_default())]
+    Fenced { environment: String, service: String, plan_id: String, holder: Option<String> },
+    #[error("the state store did not answer ({what}) within {secs} s")]
+    Unanswered { what: &'static str, secs: f64 },
+}
+
+/// The fencing token of writes made under a lock: the plan that holds it. Plan ids are
+/// single use, so a lock taken over (or released and taken again) never carries it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub environment: String,
+    pub service: String,
+    pub plan_id: String,
+}
+
+/// A write made under a lock (see [`Store::fenced`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Write<'a> {
+    Deployment(&'a DeploymentRecord),
+    History(&'a HistoryEntry),
+    Applied(&'a AppliedRelease),
 }
 
 /// Builds and signs the receipt with sequence number `seq` chained to `previous` (the
@@ -50,6 +71,9 @@ pub trait Store: Send + Sync {
     async fn releases(&self, service: &str) -> Result<Vec<ReleaseRecord>, StoreError>;
 
     async fn put_deployment(&self, d: &DeploymentRecord) -> Result<(), StoreError>;
+    /// Makes `writes` in one transaction, only while `fence`'s plan still holds the lock:
+    /// a holder whose lease was taken over gets [`StoreError::Fenced`] and writes nothing.
+    async fn fenced(&self, fence: &Fence, writes: &[Write<'_>]) -> Result<(), StoreError>;
     async fn deployments(&self, environment: &str, service: &str) -> Result<Vec<DeploymentRecord>, StoreError>;
     async fn all_deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError>;
 

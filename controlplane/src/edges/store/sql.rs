@@ -564,6 +564,53 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn fenced(&self, fence: &Fence, writes: &[Write<'_>]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(q("begin fenced write"))?;
+        // The check and the writes are one transaction: on PostgreSQL the lock row is held
+        // (`FOR UPDATE`), on SQLite the first write takes the database's write lock, and the
+        // row is read again before the commit.
+        let lock_row = match self.backend {
+            Backend::Postgres => "SELECT plan_id FROM locks WHERE environment = $1 AND service = $2 FOR UPDATE",
+            Backend::Sqlite => "SELECT plan_id FROM locks WHERE environment = $1 AND service = $2",
+        };
+        let holder = |row: Option<AnyRow>| row.map(|r| text(&r, "plan_id")).transpose();
+        let check = |held: Option<String>| {
+            if held.as_deref() == Some(fence.plan_id.as_str()) {
+                Ok(())
+            } else {
+                Err(StoreError::Fenced {
+                    environment: fence.environment.clone(),
+                    service: fence.service.clone(),
+                    plan_id: fence.plan_id.clone(),
+                    holder: held,
+                })
+            }
+        };
+        let row = sqlx::query(lock_row)
+            .bind(&fence.environment)
+            .bind(&fence.service)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(q("read lock"))?;
+        check(holder(row)?)?;
+        for w in writes {
+            match w {
+                Write::Deployment(d) => put_deployment(d).execute(&mut *tx).await.map_err(q("put deployment"))?,
+                Write::History(e) => insert_history(e, false).execute(&mut *tx).await.map_err(q("append history"))?,
+                Write::Applied(a) => put_applied(a).execute(&mut *tx).await.map_err(q("put applied release"))?,
+            };
+        }
+        let row = sqlx::query(lock_row)
+            .bind(&fence.environment)
+            .bind(&fence.service)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(q("read lock"))?;
+        check(holder(row)?)?;
+        tx.commit().await.map_err(q("commit fenced write"))?;
+        Ok(())
+    }
+
     async fn deployments(&self, environment: &str, service: &str) -> Result<Vec<DeploymentRecord>, StoreError> {
         let rows = sqlx::query("SELECT * FROM deployments WHERE environment = $1 AND service = $2 ORDER BY host")
             .bind(environment)

@@ -62,6 +62,9 @@ struct Script {
     fail: Vec<(String, &'static str)>,
     fail_stage: Vec<String>,
     interrupt_at: Option<(String, &'static str)>,
+    /// Another control plane takes the lock over while a host runs a step (this one
+    /// stalled past its lease).
+    take_over_at: Option<(String, &'static str)>,
     /// Health output, as an untrusted workload might print it.
     health_stderr: String,
     /// A step that takes this long on a host (a slow activation).
@@ -74,6 +77,7 @@ struct FakeVm {
     script: Arc<Mutex<Script>>,
     interrupt: &'static Interrupt,
     log: Arc<Mutex<Vec<String>>>,
+    store: SqlStore,
 }
 
 #[async_trait::async_trait]
@@ -146,6 +150,19 @@ impl GoldenVm for FakeVm {
             }
             script.stall.clone().filter(|(h, s, _)| *h == self.name && *s == what).map(|(_, _, d)| d)
         };
+        let take_over =
+            self.script.lock().unwrap().take_over_at.as_ref().is_some_and(|(h, s)| *h == self.name && *s == what);
+        if take_over {
+            let holder = self.store.lock_holder("prod", "api").await.unwrap().unwrap();
+            let expired = LockRecord { expires_at: Some(FixedClock.now() - chrono::Duration::seconds(1)), ..holder };
+            self.store.force_unlock("prod", "api").await.unwrap();
+            assert_eq!(
+                self.store.try_lock(&expired, FixedClock.now() - chrono::Duration::seconds(60)).await.unwrap(),
+                LockOutcome::Taken
+            );
+            let other = LockRecord { holder_user: "bob".into(), plan_id: "sha256:bobs-plan".into(), ..expired };
+            assert!(matches!(self.store.try_lock(&other, FixedClock.now()).await.unwrap(), LockOutcome::TakenOver(_)));
+        }
         if let Some(d) = stall {
             tokio::time::sleep(d).await;
         }
@@ -279,6 +296,7 @@ impl World {
                 script: self.script.clone(),
                 interrupt: self.interrupt,
                 log: self.log.clone(),
+                store: self.store.clone(),
             }) as Box<dyn GoldenVm>
         }))
     }
@@ -366,6 +384,32 @@ async fn a_rollout_moves_every_batch_and_records_the_way_back() {
     let receipt = w.last_receipt();
     assert_eq!((receipt.body.kind, receipt.body.outcome.as_str()), (ReceiptKind::Apply, "succeeded"));
     assert!(w.store.lock_holder("prod", "api").await.unwrap().is_none(), "lock released");
+}
+
+/// The lock taken over by another control plane while the canary batch runs (this one
+/// stalled past its lease): the store refuses this run's records of the hosts it moved
+/// (the plan is the fencing token), no further host step starts, and the receipt says why.
+#[tokio::test]
+async fn a_run_whose_lock_was_taken_over_records_nothing_more_and_starts_no_further_step() {
+    let w = World::new().await;
+    let (v1, plan) = w.v1_live_and_v2_in_staging().await;
+    w.script.lock().unwrap().take_over_at = Some(("prod-1".into(), "health check"));
+    w.log.lock().unwrap().clear();
+    let r = w.apply(&plan).await.unwrap();
+    assert_eq!(r.outcome, Outcome::Interrupted, "{r:#?}");
+    let failure = r.failure.clone().unwrap();
+    assert!(failure.starts_with("stopped: the lock of `api` in `prod` is no longer held by plan"), "{failure}");
+    assert!(failure.contains("taken over by plan sha256:bobs-plan"), "{failure}");
+    let log = w.log.lock().unwrap().clone();
+    let steps = |h: &str| log.iter().filter(|l| l.starts_with(h) && !l.contains(": stage ")).count();
+    assert_eq!((steps("prod-3"), steps("prod-4")), (0, 0), "no host step after the takeover: {log:?}");
+    let recorded = w.store.deployments("prod", "api").await.unwrap();
+    assert!(recorded.iter().all(|d| d.release_id == v1), "nothing recorded after the takeover: {recorded:?}");
+    let receipt = w.last_receipt();
+    assert_eq!(receipt.body.outcome, "interrupted");
+    let p1 = receipt.body.hosts.iter().find(|h| h.host == "prod-1").unwrap();
+    assert!(p1.detail.as_ref().unwrap().as_str().contains("live, but not recorded"), "{p1:?}");
+    assert_eq!(w.store.lock_holder("prod", "api").await.unwrap().unwrap().holder_user, "bob", "Bob's lock stays");
 }
 
 #[tokio::test]
@@ -465,7 +509,7 @@ async fn an_interrupt_at_any_step_leaves_every_host_on_old_or_new_and_a_receipt(
             assert!(w.store.lock_holder("prod", "api").await.unwrap().is_none(), "{case}: lock released");
             // A rerun converges.
             if !second_batch {
-                w.interrupt.0.store(0, Ordering::SeqCst);
+                w.interrupt.requests.store(0, Ordering::SeqCst);
                 w.script.lock().unwrap().interrupt_at = None;
                 w.promote("prod", DIGEST_2).await;
                 assert_eq!(w.prod(), vec![Some(v2.clone()); 4], "{case}: rerun");
