@@ -234,6 +234,25 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Record what SERVICE runs on the environment's hosts, where this control plane has no
+    /// record of it (a fleet deployed before, a fresh state): each live release is checked on
+    /// its host and its image verified against the trust policy, then recorded as the host's
+    /// release — its way back — with a receipt. Without `--apply` nothing is recorded.
+    Adopt {
+        service: String,
+        #[arg(long)]
+        env: String,
+        /// Only this host.
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        apply: bool,
+    },
+    /// Hosts of an environment.
+    Host {
+        #[command(subcommand)]
+        command: HostCommand,
+    },
     /// Show, or with `--force` take over, the (environment, service) lock; writes a receipt.
     Unlock {
         service: String,
@@ -337,6 +356,20 @@ pub enum PredicateType {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Retire HOST's recorded history in an environment, for every service (a host
+    /// re-imaged or replaced under the same name: its recorded releases are gone), with a
+    /// receipt naming what was recorded. Without `--apply` nothing is recorded.
+    Forget {
+        host: String,
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        apply: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ReleaseCommand {
     /// Verify IMAGE@DIGEST and record it as a release of SERVICE (with its evidence).
     Add {
@@ -417,6 +450,7 @@ impl Command {
                 | Self::Status { .. }
                 | Self::Rehearse { .. }
                 | Self::Prove { .. }
+                | Self::Adopt { .. }
         )
     }
 }

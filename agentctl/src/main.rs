@@ -181,6 +181,12 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
             };
             commands::approve::run(g, &plan, how, out.as_deref()).await
         }
+        Command::Adopt { service, env, host, apply } => {
+            commands::adopt::adopt(g, &service, &env, host.as_deref(), apply).await
+        }
+        Command::Host { command: cli::HostCommand::Forget { host, env, apply } } => {
+            commands::adopt::forget(g, &host, &env, apply).await
+        }
         Command::Unlock { service, env, force } => commands::deploy::unlock(g, &service, &env, force).await,
         Command::Status { service, env, watch, concurrency, timeout } => {
             let args = commands::status::Args {

@@ -20,12 +20,12 @@ pub mod jobs;
 pub mod keyless;
 
 pub use controlplane_core::{
-    approval, canonical, diagnostic, drift, egress, history, ids, image, lock, names, observe, plan, platform, podman,
-    receipt, records, release, remote, rollout, secrets, steps, tarball, untrusted, watch, workflow, VERSION,
+    adopt, approval, canonical, diagnostic, drift, egress, history, ids, image, lock, names, observe, plan, platform,
+    podman, receipt, records, release, remote, rollout, secrets, steps, tarball, untrusted, watch, workflow, VERSION,
 };
 pub use edges::{held, hygiene, keys, metrics, receipt_log, registry, ssh, sshsig, store, vm};
 pub use jobs::egress as egress_proof;
-pub use jobs::{catalog, deploy, init, migrate, sign, status, verify, verify_blob};
+pub use jobs::{adoption, catalog, deploy, init, migrate, sign, status, verify, verify_blob};
 
 /// The manifest set: the core's format and validation, and `load` from a directory.
 pub mod manifest {

@@ -18,6 +18,8 @@ pub fn stack(entries: &[HistoryEntry]) -> Vec<String> {
                 Some(i) => stack.truncate(i + 1),
                 None => stack.push(e.release_id.clone()),
             },
+            // The host was re-imaged or replaced: nothing before this is its way back.
+            "forget" => stack.clear(),
             _ => stack.push(e.release_id.clone()),
         }
     }
@@ -75,5 +77,13 @@ mod tests {
         let s = h(&[("promote", "v2"), ("rollback", "v1")]);
         assert_eq!((current(&s), back(&s)), (Some("v1"), Some("v2")));
         assert_eq!(back(&h(&[])), None);
+    }
+
+    #[test]
+    fn a_forgotten_host_starts_over_and_an_adopted_release_is_its_way_back() {
+        let s = h(&[("promote", "v1"), ("promote", "v2"), ("forget", "")]);
+        assert_eq!((current(&s), back(&s)), (None, None));
+        let s = h(&[("promote", "v1"), ("forget", ""), ("adopt", "v0"), ("promote", "v3")]);
+        assert_eq!((current(&s), back(&s)), (Some("v3"), Some("v0")));
     }
 }

@@ -8,7 +8,7 @@
 //! - inputs: `names`, `image`, `platform` (which manifest of an image index runs), `diagnostic`, `secrets`, `manifest::{raw, model, validate}`,
 //!   `untrusted` (what a host says, bounded and sanitized), `workflow` (CI workflow hygiene);
 //! - formats: `ids` (release id, content hash, plan id), `canonical`, `remote`, `release`, `tarball`, `receipt`, `records`;
-//! - decisions: `observe` (parse a probe), `drift`, `plan` (build, re-derive, compare),
+//! - decisions: `observe` (parse a probe), `adopt` (may a live, unrecorded release become the way back), `drift`, `plan` (build, re-derive, compare),
 //!   `history` (the way back, from what was recorded), `rollout` (the apply state machine), `lock` (is a holder alive), `watch` (drift events, jitter, webhook signatures), `steps` (remote steps as data).
 //!
 //! Nor can it reach the world through `std`: `core/clippy.toml` disallows files,
@@ -17,6 +17,7 @@
 // The tests run the scripts the core renders, and write fixtures: I/O is theirs only.
 #![cfg_attr(test, allow(clippy::disallowed_methods, clippy::disallowed_types))]
 
+pub mod adopt;
 pub mod approval;
 pub mod canonical;
 pub mod diagnostic;

@@ -90,6 +90,13 @@ pub enum PlanError {
     RollbackTargetBroken { host: String, reason: String },
     #[error("the release cannot be planned: {0}")]
     Invalid(String),
+    #[error(
+        "the live release of {} {} no record here: a failed rollout would leave {} with no release",
+        if hosts.len() == 1 { "host" } else { "hosts" },
+        hosts.iter().map(|(h, r)| format!("`{h}` (`{r}`)")).collect::<Vec<_>>().join(", ") + if hosts.len() == 1 { " has" } else { " have" },
+        if hosts.len() == 1 { "it" } else { "them" }
+    )]
+    Unadopted { service: String, environment: String, hosts: Vec<(String, String)> },
 }
 
 /// What a plan is computed from.
@@ -118,6 +125,7 @@ pub struct PlanInput<'a> {
 /// Computes the plan.
 pub fn build(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     let mut hosts = Vec::new();
+    let mut unadopted = Vec::new();
     for (name, obs) in input.observed {
         let unfit = |reason: String| PlanError::HostUnfit { host: name.clone(), reason };
         let before = match &obs.current {
@@ -164,6 +172,10 @@ pub fn build(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
                 Some(_) => {}
             }
         }
+        // A live release with no record at all: its host has no way back but "none".
+        if let (Some(live), None, false) = (&before, &recorded, in_place) {
+            unadopted.push((name.clone(), live.to_string()));
+        }
         hosts.push(HostPlan {
             host: name.clone(),
             rollback_target: recorded.clone(),
@@ -172,6 +184,13 @@ pub fn build(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
             after: input.release.release_id.clone(),
             action: if in_place { Action::None } else { Action::Change },
             observed: obs.fingerprint(),
+        });
+    }
+    if !unadopted.is_empty() {
+        return Err(PlanError::Unadopted {
+            service: input.service.name.to_string(),
+            environment: input.environment.name.to_string(),
+            hosts: unadopted,
         });
     }
     let changing: Vec<String> = hosts.iter().filter(|h| h.action == Action::Change).map(|h| h.host.clone()).collect();
@@ -627,9 +646,13 @@ mod tests {
         assert_eq!(h.action, Action::Change, "live but unrecorded: checked again");
         assert_eq!(h.before.as_ref().map(ReleaseId::as_str), Some(NEW));
         assert_eq!(h.rollback_target.as_ref().map(ReleaseId::as_str), Some(OLD), "the recorded release");
-        // Nothing recorded at all (a hand-made release is live): no way back but unsetting.
-        let p = build(&input(&BTreeMap::new())).unwrap();
-        assert_eq!(p.hosts[0].rollback_target, None);
+        // Nothing recorded at all (a hand-made release, a fleet deployed before): a failure
+        // would leave the host with nothing, so the rollout is refused until it is adopted.
+        let err = build(&input(&BTreeMap::new())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("the live release of host `vm-0` (`{NEW}`) has no record here: a failed rollout would leave it with no release")
+        );
     }
 
     #[test]

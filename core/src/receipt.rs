@@ -25,6 +25,10 @@ pub enum ReceiptKind {
     Drift,
     /// `prove egress`: what each host's workload could and could not reach.
     EgressProof,
+    /// `adopt`: a live release with no record, verified and recorded as its host's release.
+    Adoption,
+    /// `host forget`: a host's recorded history retired (re-imaged or replaced).
+    HostForget,
 }
 
 impl ReceiptKind {
@@ -38,6 +42,8 @@ impl ReceiptKind {
             Self::Rehearsal => "rehearsal",
             Self::Drift => "drift",
             Self::EgressProof => "egress-proof",
+            Self::Adoption => "adoption",
+            Self::HostForget => "host-forget",
         }
     }
 
@@ -51,6 +57,8 @@ impl ReceiptKind {
             Self::Rehearsal,
             Self::Drift,
             Self::EgressProof,
+            Self::Adoption,
+            Self::HostForget,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

@@ -59,7 +59,7 @@ fn catch_interrupts() {
 }
 
 /// The job, wired to this run's manifests, store and verifier.
-fn deployer<'a>(ctx: &'a Context, store: &'a SqlStore, verifier: &'a Verifier<'a>) -> Deployer<'a> {
+pub(crate) fn deployer<'a>(ctx: &'a Context, store: &'a SqlStore, verifier: &'a Verifier<'a>) -> Deployer<'a> {
     Deployer {
         set: &ctx.set,
         store,
@@ -73,7 +73,7 @@ fn deployer<'a>(ctx: &'a Context, store: &'a SqlStore, verifier: &'a Verifier<'a
     }
 }
 
-fn verifier(ctx: &Context) -> Result<Verifier<'_>, Failure> {
+pub(crate) fn verifier(ctx: &Context) -> Result<Verifier<'_>, Failure> {
     Ok(Verifier {
         registry: &ctx.registry,
         keys: ctx.trusted_keys(&[])?,
@@ -137,6 +137,13 @@ pub fn failure(e: DeployError) -> Failure {
         DeployError::AmbiguousRollbackImage { .. } => {
             Some("each of those release ids is the image with other configuration; `--to` takes the id".into())
         }
+        DeployError::Plan(controlplane::plan::PlanError::Unadopted { service, environment, hosts }) => Some(format!(
+            "record what runs as the way back: `agentctl adopt {service} --env {environment}` (a dry run; `--apply` records it), which verifies it first; what cannot be verified cannot be adopted — remove its `current` link on {} by hand",
+            if hosts.len() == 1 { "that host" } else { "those hosts" }
+        )),
+        DeployError::Plan(controlplane::plan::PlanError::RollbackTargetBroken { .. }) => Some(
+            "a host re-imaged or replaced under the same name: retire its recorded history with `agentctl host forget HOST --env ENV` (a dry run; `--apply` records it)".into(),
+        ),
         DeployError::Expired(_) | DeployError::Replayed(_) => {
             Some("make a new plan (`agentctl promote ... --out PLAN.json`), review it, apply it".into())
         }
@@ -158,7 +165,7 @@ pub fn failure(e: DeployError) -> Failure {
 
 /// What a dry-run reads: the real store if it exists, else an empty one in memory, so
 /// that a dry-run never creates state.
-async fn store_for(ctx: &Context, apply: bool) -> Result<SqlStore, Failure> {
+pub(crate) async fn store_for(ctx: &Context, apply: bool) -> Result<SqlStore, Failure> {
     if apply {
         return ctx.store().await;
     }

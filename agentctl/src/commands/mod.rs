@@ -1,5 +1,6 @@
 //! One module per subcommand, and the context they share.
 
+pub mod adopt;
 pub mod approve;
 pub mod check;
 pub mod context;

@@ -91,6 +91,10 @@ pub enum DeployError {
     Replayed(PlanId),
     #[error("host `{host}` cannot run `{service}`: {reason}")]
     HostNotReady { host: String, service: String, reason: String, hint: String },
+    #[error("no host `{host}` in environment `{environment}` (known: {known})")]
+    UnknownHost { host: String, environment: String, known: String },
+    #[error("what runs of `{service}` in `{environment}` cannot be adopted: {}", hosts.iter().map(|(h, why)| format!("host `{h}`: {why}")).collect::<Vec<_>>().join("; "))]
+    NotAdoptable { service: String, environment: String, hosts: Vec<(String, String)> },
 }
 
 impl DeployError {
@@ -109,6 +113,7 @@ impl DeployError {
                 | Self::Replayed(_)
                 | Self::NotRehearsed { .. }
                 | Self::HostNotReady { .. }
+                | Self::NotAdoptable { .. }
         )
     }
 
@@ -121,6 +126,7 @@ impl DeployError {
                 | Self::AmbiguousRelease { .. }
                 | Self::UnknownRollbackRelease { .. }
                 | Self::AmbiguousRollbackImage { .. }
+                | Self::UnknownHost { .. }
         )
     }
 
@@ -268,21 +274,21 @@ struct Made {
 }
 
 /// What the store says about (environment, service).
-struct Recorded {
+pub(crate) struct Recorded {
     /// Each host's history, read as a stack (see `controlplane_core::history`).
-    stacks: BTreeMap<String, Vec<String>>,
+    pub(crate) stacks: BTreeMap<String, Vec<String>>,
     /// Content identity of recorded releases, by release id.
-    hashes: BTreeMap<String, String>,
+    pub(crate) hashes: BTreeMap<String, String>,
 }
 
 impl Recorded {
     /// The release recorded as live on each host.
-    fn current(&self) -> BTreeMap<String, String> {
+    pub(crate) fn current(&self) -> BTreeMap<String, String> {
         self.stacks.iter().filter_map(|(h, s)| crate::history::current(s).map(|c| (h.clone(), c.to_owned()))).collect()
     }
 
     /// The releases to hash on each host: its recorded release, and `also`.
-    fn probe_targets(
+    pub(crate) fn probe_targets(
         &self,
         hosts: &[crate::manifest::Host],
         also: Option<&ReleaseId>,
@@ -306,21 +312,21 @@ pub struct Receipts<'a> {
 }
 
 impl<'a> Deployer<'a> {
-    fn environment(&self, name: &str) -> Result<&'a Environment, DeployError> {
+    pub(crate) fn environment(&self, name: &str) -> Result<&'a Environment, DeployError> {
         EnvName::new(name)
             .ok()
             .and_then(|n| self.set.environment(&n))
             .ok_or_else(|| DeployError::UnknownEnvironment(name.into()))
     }
 
-    fn service(&self, name: &str) -> Result<&'a Service, DeployError> {
+    pub(crate) fn service(&self, name: &str) -> Result<&'a Service, DeployError> {
         ServiceName::new(name)
             .ok()
             .and_then(|n| self.set.service(&n))
             .ok_or_else(|| DeployError::UnknownService(name.into()))
     }
 
-    fn now(&self) -> String {
+    pub(crate) fn now(&self) -> String {
         self.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     }
 
@@ -471,7 +477,7 @@ impl<'a> Deployer<'a> {
 
     /// What was recorded for (environment, service): each host's history as a stack, and
     /// the content identity of each recorded release.
-    async fn recorded(&self, env: &Environment, service: &Service) -> Result<Recorded, DeployError> {
+    pub(crate) async fn recorded(&self, env: &Environment, service: &Service) -> Result<Recorded, DeployError> {
         let (e, s) = (env.name.as_str(), service.name.as_str());
         let deployments = self.store.deployments(e, s).await?;
         let mut stacks: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -1004,7 +1010,7 @@ impl<'a> Deployer<'a> {
         Made { at: self.clock.now(), by: self.operator.clone() }
     }
 
-    fn lease(&self) -> chrono::Duration {
+    pub(crate) fn lease(&self) -> chrono::Duration {
         chrono::Duration::seconds(i64::try_from(self.set.settings.lock_lease_secs).unwrap_or(i64::MAX / 1000))
     }
 
@@ -1066,7 +1072,7 @@ impl<'a> Deployer<'a> {
     }
 
     /// The receipt of a takeover of an expired lease.
-    async fn record_takeover(
+    pub(crate) async fn record_takeover(
         &self,
         previous: &LockRecord,
         plan_id: &PlanId,

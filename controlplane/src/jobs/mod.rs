@@ -1,5 +1,6 @@
 //! Jobs: requests and plans walked through the edges, deciding with the core.
 
+pub mod adoption;
 pub mod approve;
 pub mod catalog;
 pub mod deploy;

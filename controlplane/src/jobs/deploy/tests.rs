@@ -826,14 +826,13 @@ async fn an_unrecorded_live_release_is_never_reactivated() {
         t.releases.insert(evil.clone(), BTreeMap::from([("release.json".to_owned(), b"{\"EVIL\":1}".to_vec())]));
         t.current = Some(evil.clone());
     }
-    let plan = w.plan("prod", DIGEST_1).await.unwrap();
-    assert_eq!(plan.hosts[0].rollback_target, None, "nothing recorded: no way back but unsetting");
-    w.script.lock().unwrap().fail.push(("prod-1".into(), "health check"));
+    // Nothing recorded: a failure would leave the host with nothing, so the rollout is
+    // refused before any host changes (and the hand-made release cannot be adopted).
     w.log.lock().unwrap().clear();
-    let r = w.apply(&plan).await.unwrap();
-    assert_eq!(r.outcome, Outcome::Failed);
-    assert_eq!(w.current("prod-1"), None, "unset, not back on the unrecorded release");
-    assert!(!w.log.lock().unwrap().iter().any(|l| l.contains("re-activation")), "{:?}", w.log.lock().unwrap());
+    let err = w.plan("prod", DIGEST_1).await.unwrap_err();
+    assert!(matches!(&err, DeployError::Plan(PlanError::Unadopted { hosts, .. }) if hosts[0].0 == "prod-1"), "{err}");
+    assert_eq!(w.current("prod-1"), Some(evil), "nothing moved");
+    assert!(w.log.lock().unwrap().iter().all(|l| !l.contains("activation")), "{:?}", w.log.lock().unwrap());
 }
 
 /// Regression: v1, v2, v3 promoted; `rollback` went to v2, and `rollback` again flipped
