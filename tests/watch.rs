@@ -335,3 +335,85 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Pins `host`'s `host_key` in `env`'s manifest to `key`.
+fn pin(w: &World, env: &str, host: &str, key: &str) {
+    let path = w.manifests().join(format!("environments/{env}.toml"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let blocks: Vec<String> = text
+        .split("\n[[host]]\n")
+        .map(|b| {
+            if b.starts_with(&format!("name = \"{host}\"\n")) {
+                b.lines()
+                    .map(|l| if l.starts_with("host_key = ") { format!("host_key = \"{key}\"") } else { l.to_owned() })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+                    + "\n"
+            } else {
+                b.to_owned()
+            }
+        })
+        .collect();
+    std::fs::write(&path, blocks.join("\n[[host]]\n")).unwrap();
+}
+
+/// Hosts pinned by their ECDSA and RSA host keys (each also has an ed25519 key, as real
+/// hosts do). OpenSSH (`status`) negotiates either; the watch's held connections negotiate
+/// the ECDSA pin and stay in sync for ten intervals, and say plainly that they cannot check
+/// an RSA pin (never a mismatch, never an empty reason). A host whose pinned key was
+/// replaced by another of the same type is a SECURITY event in both paths ("SECURITY:"
+/// once); a host that no longer offers the pinned type is a failed negotiation naming what
+/// it offers, in both paths.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_keys_of_every_type_are_pinned_in_both_ssh_paths() {
+    let w = World::start(fleet(2)).await;
+    w.deploy("v1", &["staging", "prod"]).await;
+    let ecdsa = w.lab.host_key("prod-1", "ecdsa").unwrap();
+    let rsa = w.lab.host_key("prod-2", "rsa").unwrap();
+    assert!(ecdsa.starts_with("ecdsa-sha2-nistp256 ") && rsa.starts_with("ssh-rsa "), "{ecdsa} {rsa}");
+    pin(&w, "prod", "prod-1", &ecdsa);
+    pin(&w, "prod", "prod-2", &rsa);
+    let out = w.agentctl(&["status", "--env", "prod"]);
+    assert_ok(&out);
+
+    let (child, mut events, url) = start_watch(&w, &["--env", "prod", "--interval", "0.2"], &[]);
+    events.wait(Duration::from_secs(15), |e| e["host"] == "prod-1" && e["to"] == "in-sync");
+    let e = events.wait(Duration::from_secs(15), |e| e["host"] == "prod-2");
+    let detail = e["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("is pinned by an RSA host key, which the watch's SSH client cannot check"), "{e}");
+    assert!(!detail.contains("SECURITY"), "{e}");
+    wait_probes(&url, "prod-1", "same", 10.0, Duration::from_secs(20)).await;
+    assert!(events.seen.is_empty(), "nothing else for ten intervals: {:#?}", events.seen);
+    stop(child);
+
+    // prod-1's ECDSA key is replaced: a SECURITY event on a fresh connection in both paths.
+    w.lab.host_key("prod-1", "ecdsa").unwrap();
+    let out = w.agentctl(&["status", "--env", "prod"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("SECURITY: host `prod-1` presented a host key that does not match the pinned key"), "{text}");
+    assert_eq!(text.matches("SECURITY:").count(), 1, "{text}");
+    let (child, mut events, _) = start_watch(&w, &["--env", "prod", "--interval", "0.2"], &[]);
+    let e = events.wait(Duration::from_secs(15), |e| e["host"] == "prod-1" && e["to"] != "in-sync");
+    let detail = e["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(detail.contains("does not match the pinned key"), "{e}");
+    assert_eq!(detail.matches("SECURITY:").count(), 1, "{e}");
+    stop(child);
+
+    // The pinned types are no longer offered: failed negotiations, named as such.
+    w.lab.drop_host_key("prod-2", "rsa").unwrap();
+    w.lab.drop_host_key("prod-1", "ecdsa").unwrap();
+    let out = w.agentctl(&["status", "--env", "prod"]);
+    let text = stdout(&out);
+    for h in ["prod-1", "prod-2"] {
+        assert!(text.contains(&format!("host `{h}` offers no host key of the pinned key's type")), "{text}");
+    }
+    assert!(text.contains("ssh-ed25519"), "it names what the host offers: {text}");
+    assert!(!text.contains("SECURITY"), "not a mismatch: {text}");
+    let (child, mut events, _) = start_watch(&w, &["--env", "prod", "--interval", "0.2"], &[]);
+    let e = events.wait(Duration::from_secs(15), |e| e["host"] == "prod-1" && e["to"] != "in-sync");
+    let detail = e["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("offers no host key of the pinned key's type") && detail.contains("ssh-ed25519"), "{e}");
+    assert!(!detail.contains("SECURITY"), "{e}");
+    stop(child);
+}

@@ -392,6 +392,53 @@ impl Lab {
         Ok(PinnedImage { repository: repo, digest })
     }
 
+    /// Gives host `name` one more host key of `kind` (`ecdsa` or `rsa`, as real hosts have
+    /// several), or replaces the one it has of that kind with a new key; returns its pin
+    /// (`ecdsa-sha2-nistp256 AAAA…`). sshd re-reads its configuration (SIGHUP) for the
+    /// connections that follow.
+    pub fn host_key(&self, name: &str, kind: &str) -> Result<String, LabError> {
+        let vm = self.host(name);
+        let key = vm.dir.join(format!("ssh_host_{kind}_key"));
+        let _ = std::fs::remove_file(&key);
+        let _ = std::fs::remove_file(key.with_extension("pub"));
+        let bits: &[&str] = if kind == "rsa" { &["-b", "2048"] } else { &[] };
+        run(Command::new("ssh-keygen").args(["-q", "-t", kind, "-N", "", "-C", "", "-f"]).arg(&key).args(bits))?;
+        let cfg = vm.dir.join("sshd_config");
+        let text = std::fs::read_to_string(&cfg).map_err(io(&cfg))?;
+        let line = format!("HostKey {}\n", key.display());
+        if !text.contains(&line) {
+            std::fs::write(&cfg, format!("{line}{text}")).map_err(io(&cfg))?;
+        }
+        self.reload_sshd(vm)?;
+        let pubkey = std::fs::read_to_string(key.with_extension("pub")).map_err(io(&key))?;
+        Ok(pubkey.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+    }
+
+    /// Host `name` stops offering its host key of `kind` (its line leaves sshd's configuration).
+    pub fn drop_host_key(&self, name: &str, kind: &str) -> Result<(), LabError> {
+        let vm = self.host(name);
+        let key = vm.dir.join(format!("ssh_host_{kind}_key"));
+        let cfg = vm.dir.join("sshd_config");
+        let text = std::fs::read_to_string(&cfg).map_err(io(&cfg))?;
+        std::fs::write(&cfg, text.replace(&format!("HostKey {}\n", key.display()), "")).map_err(io(&cfg))?;
+        self.reload_sshd(vm)
+    }
+
+    /// SIGHUP: sshd re-executes itself with its configuration read again; waits until it
+    /// listens again.
+    fn reload_sshd(&self, vm: &VmInfo) -> Result<(), LabError> {
+        run(Command::new("kill").args(["-HUP", &vm.pid.to_string()]))?;
+        std::thread::sleep(Duration::from_millis(200));
+        let since = Instant::now();
+        while !listening_on(vm.address(), vm.port) {
+            if since.elapsed() > START_LIMIT {
+                return Err(start_error("sshd after a reload", self.dir()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     /// Stops a host's sshd (to make it unreachable).
     pub fn stop_host(&mut self, name: &str) {
         let pid = self.host(name).pid;

@@ -19,6 +19,10 @@ pub enum SshError {
     Timeout { host: String, secs: u64 },
     #[error("SECURITY: host `{host}` presented a host key that does not match the pinned key; not connecting")]
     HostKeyMismatch { host: String },
+    #[error("host `{host}` offers no host key of the pinned key's type (we asked for {pinned}; it offers {offered}); pin the host's key of one of those types (`ssh-keyscan -t TYPE HOST`)")]
+    HostKeyAlgorithm { host: String, pinned: String, offered: HostText },
+    #[error("host `{host}` is pinned by an RSA host key, which the watch's SSH client cannot check in this build (OpenSSH, for plans, applies and `status`, can); pin its ed25519 or ECDSA key (`ssh-keyscan -t ed25519,ecdsa HOST`)")]
+    UnsupportedHostKey { host: String },
     #[error("host `{host}` rejected our SSH key for user `{user}`")]
     AuthFailed { host: String, user: String },
     #[error("cannot connect to host `{host}`: {detail}")]
@@ -42,10 +46,15 @@ impl SshError {
     pub fn from_ssh_message(host: &Host, message: &str, timeout_secs: u64) -> Self {
         let host_name = host.name.to_string();
         let m = message.to_ascii_lowercase();
-        if m.contains("host key verification failed")
-            || m.contains("remote host identification has changed")
-            || m.contains("no matching host key")
-        {
+        if m.contains("no matching host key type") {
+            // A failed negotiation, not another key: OpenSSH names the host's offer.
+            let offer = message.split("Their offer:").nth(1).map(str::trim).unwrap_or("nothing it names");
+            Self::HostKeyAlgorithm {
+                host: host_name,
+                pinned: host.host_key.algorithm.clone(),
+                offered: HostText::new(offer.lines().next().unwrap_or("")),
+            }
+        } else if m.contains("host key verification failed") || m.contains("remote host identification has changed") {
             Self::HostKeyMismatch { host: host_name }
         } else if m.contains("connection refused") {
             Self::Refused { host: host_name }
@@ -90,6 +99,15 @@ pub trait Remote: Send + Sync {
     async fn close(self: Box<Self>);
 }
 
+/// OpenSSH's `HostKeyAlgorithms` for a pinned key of type `algorithm`: RSA keys sign with
+/// SHA-2 (`rsa-sha2-512`, `rsa-sha2-256`), never SHA-1.
+pub fn host_key_algorithms(algorithm: &str) -> String {
+    match algorithm {
+        "ssh-rsa" => "rsa-sha2-512,rsa-sha2-256".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
 /// The `known_hosts` line that pins `host`'s key.
 pub fn known_hosts_line(host: &Host) -> String {
     let name = if host.port == 22 { host.address.clone() } else { format!("[{}]:{}", host.address, host.port) };
@@ -113,10 +131,32 @@ impl SshClient {
         let tmp = std::env::temp_dir();
         let local = |source| SshError::Local { path: tmp.clone(), source };
         let dir = tempfile::Builder::new().prefix("agentctl-ssh-").tempdir().map_err(local)?;
-        let lines: Vec<String> = hosts.into_iter().map(known_hosts_line).collect();
+        let hosts: Vec<&Host> = hosts.into_iter().collect();
+        let lines: Vec<String> = hosts.iter().map(|h| known_hosts_line(h)).collect();
         std::fs::write(dir.path().join("known_hosts"), lines.join("\n") + "\n").map_err(local)?;
         std::fs::write(dir.path().join("config"), "").map_err(local)?;
+        // Each host is asked for its pinned key's type only: a host with several host keys
+        // presents the pinned one, and one without that type fails the negotiation (named
+        // as such), never as another key.
+        for h in &hosts {
+            let text = format!(
+                "HostKeyAlgorithms {}\nInclude {}\n",
+                host_key_algorithms(&h.host_key.algorithm),
+                dir.path().join("config").display()
+            );
+            std::fs::write(dir.path().join(format!("config.{}", h.name)), text).map_err(local)?;
+        }
         Ok(Self { dir, identity: identity.to_path_buf(), connect_timeout })
+    }
+
+    /// The client configuration for `host` (its host key algorithms, then the shared file).
+    fn config_for(&self, host: &Host) -> PathBuf {
+        let own = self.dir.path().join(format!("config.{}", host.name));
+        if own.exists() {
+            own
+        } else {
+            self.dir.path().join("config")
+        }
     }
 
     /// Restricts key exchange to `algorithms` (written into the client config that both
@@ -139,7 +179,7 @@ impl SshClient {
     pub fn ssh_args(&self, host: &Host) -> Vec<String> {
         let secs = self.connect_timeout.as_secs().max(1);
         let o = |s: String| ["-o".to_owned(), s];
-        let mut args = vec!["-F".to_owned(), self.dir.path().join("config").display().to_string(), "-T".to_owned()];
+        let mut args = vec!["-F".to_owned(), self.config_for(host).display().to_string(), "-T".to_owned()];
         for opt in [
             "BatchMode=yes".to_owned(),
             "StrictHostKeyChecking=yes".to_owned(),
@@ -149,7 +189,9 @@ impl SshClient {
             "ControlMaster=no".to_owned(),
             "ControlPath=none".to_owned(),
             format!("ConnectTimeout={secs}"),
-            "LogLevel=ERROR".to_owned(),
+            // INFO: OpenSSH reports a failed negotiation ("Unable to negotiate … Their
+            // offer: …") at this level; ERROR would leave the failure without a reason.
+            "LogLevel=INFO".to_owned(),
         ] {
             args.extend(o(opt));
         }
@@ -167,7 +209,7 @@ impl SshClient {
             .keyfile(&self.identity)
             .known_hosts_check(KnownHosts::Strict)
             .user_known_hosts_file(self.known_hosts())
-            .config_file(self.dir.path().join("config"))
+            .config_file(self.config_for(host))
             .connect_timeout(self.connect_timeout)
             .control_directory(self.dir.path());
         let secs = self.connect_timeout.as_secs();
