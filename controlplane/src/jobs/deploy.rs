@@ -583,19 +583,44 @@ impl<'a> Deployer<'a> {
                 platform_digest: platform_digest.map(|d| d.to_string()),
             },
         };
-        let plan = plan::build(&PlanInput {
-            kind: PlanKind::Promote,
-            environment: env,
-            service,
-            release: planned,
-            content: Some(&content),
-            observed: &observed,
-            known_hashes: &recorded.hashes,
-            recorded: &recorded.current(),
-            created_at: made.at,
-            author: &made.by,
-        })?;
+        let plan = self
+            .build_plan(&PlanInput {
+                kind: PlanKind::Promote,
+                environment: env,
+                service,
+                release: planned,
+                content: Some(&content),
+                observed: &observed,
+                known_hashes: &recorded.hashes,
+                recorded: &recorded.current(),
+                created_at: made.at,
+                author: &made.by,
+            })
+            .await?;
         Ok(Derived { plan, observed })
+    }
+
+    /// [`plan::build`], except that a live release with no record on a host while another
+    /// apply holds the lock is that apply's move in progress: the refusal names the holder.
+    async fn build_plan(&self, input: &PlanInput<'_>) -> Result<Plan, DeployError> {
+        match plan::build(input) {
+            Err(e @ PlanError::Unadopted { .. }) => {
+                let (env, service) = (input.environment.name.as_str(), input.service.name.as_str());
+                match self.store.lock_holder(env, service).await? {
+                    Some(holder) if !holder.expired(self.clock.now()) => {
+                        let liveness = lock::holder(&holder, &self.machine, self.pid_exists);
+                        Err(DeployError::Locked {
+                            environment: env.to_owned(),
+                            service: service.to_owned(),
+                            holder: Box::new(holder),
+                            liveness,
+                        })
+                    }
+                    _ => Err(e.into()),
+                }
+            }
+            other => Ok(other?),
+        }
     }
 
     /// Plans a rollback to the recorded rollback target, or to release `to`.
@@ -742,18 +767,20 @@ impl<'a> Deployer<'a> {
                 ..applied.facts
             },
         };
-        let plan = plan::build(&PlanInput {
-            kind: PlanKind::Rollback,
-            environment: env,
-            service,
-            release: planned,
-            content: None,
-            observed: &observed,
-            known_hashes: &recorded.hashes,
-            recorded: &recorded.current(),
-            created_at: made.at,
-            author: &made.by,
-        })?;
+        let plan = self
+            .build_plan(&PlanInput {
+                kind: PlanKind::Rollback,
+                environment: env,
+                service,
+                release: planned,
+                content: None,
+                observed: &observed,
+                known_hashes: &recorded.hashes,
+                recorded: &recorded.current(),
+                created_at: made.at,
+                author: &made.by,
+            })
+            .await?;
         Ok(Derived { plan, observed })
     }
 
