@@ -148,3 +148,23 @@ async fn modes_links_and_extra_entries_are_tampering_live_and_break_the_way_back
     assert!(err.contains("host `prod-2`") && err.contains("content identity"), "{err}");
     assert_ne!(w.current("prod-1").as_deref(), Some(v1.as_str()), "nothing rolled back");
 }
+
+/// 100 services on one host whose sshd keeps OpenSSH's default limits (`MaxStartups
+/// 10:30:100` drops connections beyond ten starting at once): `status` opens one
+/// connection to a host at a time, so none is dropped — ten runs without an unreachable row.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hundred_services_on_one_host_are_probed_one_connection_at_a_time() {
+    let w = World::start(fleet(0)).await;
+    w.lab.sshd_defaults("stage-1").unwrap();
+    let services = w.manifests().join("services");
+    let api = std::fs::read_to_string(services.join("api.toml")).unwrap();
+    for i in 1..100 {
+        std::fs::write(services.join(format!("svc-{i:03}.toml")), &api).unwrap();
+    }
+    for run in 1..=10 {
+        let out = w.agentctl(&["status", "--env", "staging", "--concurrency", "32"]);
+        let text = stdout(&out);
+        assert!(text.contains("100 probed"), "run {run}: {text}\n{}", stderr(&out));
+        assert!(!text.contains("unreachable  "), "run {run}: a probe was dropped:\n{text}");
+    }
+}

@@ -414,6 +414,21 @@ impl Lab {
         Ok(pubkey.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
     }
 
+    /// Host `name`'s sshd goes back to OpenSSH's default connection limits
+    /// (`MaxStartups 10:30:100`, `MaxSessions 10`), as on a real host.
+    pub fn sshd_defaults(&self, name: &str) -> Result<(), LabError> {
+        let vm = self.host(name);
+        let cfg = vm.dir.join("sshd_config");
+        let text = std::fs::read_to_string(&cfg).map_err(io(&cfg))?;
+        let kept: String = text
+            .lines()
+            .filter(|l| !l.starts_with("MaxSessions ") && !l.starts_with("MaxStartups "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&cfg, kept).map_err(io(&cfg))?;
+        self.reload_sshd(vm)
+    }
+
     /// Host `name` stops offering its host key of `kind` (its line leaves sshd's configuration).
     pub fn drop_host_key(&self, name: &str, kind: &str) -> Result<(), LabError> {
         let vm = self.host(name);

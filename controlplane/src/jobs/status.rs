@@ -1,6 +1,8 @@
 //! `status`: probe every host over a fresh SSH connection (a multiplexed connection
 //! could outlive the host's sshd and fool a liveness check), one round trip per
-//! (host, service), bounded concurrency and a per-host timeout, then classify.
+//! (host, service) and at most one connection per host at a time (a host's services are
+//! probed one after the other, so sshd's `MaxStartups` never drops one), hosts in
+//! parallel up to the concurrency, a per-probe timeout, then classify.
 
 use crate::drift::{self, Status};
 use crate::manifest::{Environment, Host, Service};
@@ -43,41 +45,126 @@ pub async fn probe_all(
     let total = pairs.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
     let done = &done;
-    futures::stream::iter(pairs.iter().map(|(env, host, service)| async move {
-        let rec = recorded.iter().find(|d| {
-            d.environment == env.name.as_str() && d.service == service.name.as_str() && d.host == host.name.as_str()
-        });
-        let status = match probe_one(ssh, host, service, settings.timeout).await {
-            Ok(obs) => {
-                let mut status = drift::classify(service.name.as_str(), rec, &obs);
-                // Where the environment enforces egress, the loaded rules must mean what the
-                // live release's rules mean.
-                if env.egress.enforce && status == Status::InSync && service.lists_egress_rules() {
-                    status = match probe_egress(ssh, host, service, settings.timeout).await {
-                        Ok(out) => drift::classify_egress(service.name.as_str(), &out),
-                        Err(e) => Status::Unreachable { reason: e.to_string(), security: false },
-                    };
-                }
-                (status, obs.release_id().map(ToString::to_string))
-            }
-            Err(e) => {
-                let security = matches!(e, SshError::HostKeyMismatch { .. });
-                (Status::Unreachable { reason: e.to_string(), security }, None)
-            }
-        };
-        progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, total);
-        Row {
-            environment: env.name.to_string(),
-            service: service.name.to_string(),
-            host: host.name.to_string(),
-            recorded: rec.map(|r| r.release_id.clone()).filter(|r| !r.is_empty()),
-            live: status.1,
-            status: status.0,
+    // One queue per host (by address, port and user: the same machine may appear in
+    // several environments), in the order the pairs name them.
+    let mut queues: Vec<((String, u16, String), Vec<usize>)> = Vec::new();
+    for (i, (_, host, _)) in pairs.iter().enumerate() {
+        let key = (host.address.clone(), host.port, host.user.to_string());
+        match queues.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, q)) => q.push(i),
+            None => queues.push((key, vec![i])),
         }
-    }))
-    .buffered(settings.concurrency.max(1))
-    .collect()
-    .await
+    }
+    let one_host = |queue: Vec<usize>| async move {
+        let host = pairs[queue[0]].1;
+        let cmds: Vec<_> = queue.iter().map(|&i| observe::probe_command(host, pairs[i].2, &[])).collect();
+        let answers = run_fresh_many(ssh, host, &cmds, observe::MAX_PROBE_OUTPUT, settings.timeout).await;
+        let mut out = Vec::with_capacity(queue.len());
+        for (k, i) in queue.into_iter().enumerate() {
+            let (env, host, service) = pairs[i];
+            let rec = recorded.iter().find(|d| {
+                d.environment == env.name.as_str() && d.service == service.name.as_str() && d.host == host.name.as_str()
+            });
+            let observed = match &answers {
+                Err(e) => Err((e.to_string(), matches!(e, SshError::HostKeyMismatch { .. }))),
+                Ok(a) => observe::parse(&a[k]).map_err(|reason| {
+                    let e = SshError::Run {
+                        host: host.name.to_string(),
+                        detail: HostText::new(&format!("probe answer cannot be believed: {reason}")),
+                    };
+                    (e.to_string(), false)
+                }),
+            };
+            let status = match observed {
+                Ok(obs) => {
+                    let mut status = drift::classify(service.name.as_str(), rec, &obs);
+                    // Where the environment enforces egress, the loaded rules must mean what
+                    // the live release's rules mean.
+                    if env.egress.enforce && status == Status::InSync && service.lists_egress_rules() {
+                        status = match probe_egress(ssh, host, service, settings.timeout).await {
+                            Ok(out) => drift::classify_egress(service.name.as_str(), &out),
+                            Err(e) => Status::Unreachable { reason: e.to_string(), security: false },
+                        };
+                    }
+                    (status, obs.release_id().map(ToString::to_string))
+                }
+                Err((reason, security)) => (Status::Unreachable { reason, security }, None),
+            };
+            progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, total);
+            out.push((
+                i,
+                Row {
+                    environment: env.name.to_string(),
+                    service: service.name.to_string(),
+                    host: host.name.to_string(),
+                    recorded: rec.map(|r| r.release_id.clone()).filter(|r| !r.is_empty()),
+                    live: status.1,
+                    status: status.0,
+                },
+            ));
+        }
+        out
+    };
+    let one_host = &one_host;
+    let mut rows: Vec<(usize, Row)> = futures::stream::iter(queues.into_iter().map(|(_, q)| one_host(q)))
+        .buffer_unordered(settings.concurrency.max(1))
+        .flat_map(futures::stream::iter)
+        .collect()
+        .await;
+    rows.sort_by_key(|(i, _)| *i);
+    rows.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Runs `cmds` one after the other over one fresh connection to `host` (each under its own
+/// deadline), and returns each one's output, at most `limit` bytes each. The outputs are
+/// told apart by a marker holding a random nonce, which the host cannot guess, so one
+/// command's output cannot pass for another's.
+pub async fn run_fresh_many(
+    ssh: &SshClient,
+    host: &Host,
+    cmds: &[crate::remote::RemoteCommand],
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<Vec<u8>>, SshError> {
+    let nonce = hex::encode(rand::random::<[u8; 16]>());
+    let marker = |i: usize| format!("@@agentctl-probe {nonce} {i}@@\n");
+    let mut line = String::new();
+    for (i, c) in cmds.iter().enumerate() {
+        line.push_str(&format!(
+            "printf '%s' {}; {}; ",
+            crate::remote::quote(&marker(i)),
+            c.with_deadline(timeout.as_secs()).shell_line()
+        ));
+    }
+    let n = u32::try_from(cmds.len()).unwrap_or(u32::MAX).max(1);
+    // The script goes on stdin: a hundred probes are more than one argument may hold.
+    let whole = crate::remote::RemoteCommand { program: "sh".into(), args: vec!["-s".into()] };
+    let (limit_all, time_all) = (limit.saturating_mul(cmds.len()), timeout.saturating_mul(n));
+    let stdout = run_fresh_with(ssh, host, &whole, Some(line.as_bytes()), limit_all, time_all).await?;
+    let mut out = Vec::with_capacity(cmds.len());
+    let mut rest: &[u8] = &stdout;
+    for i in 0..cmds.len() {
+        let m = marker(i);
+        let Some(at) = find(rest, m.as_bytes()) else {
+            return Err(SshError::Run {
+                host: host.name.to_string(),
+                detail: HostText::new(&format!("the answer to probe {} of {} is missing", i + 1, cmds.len())),
+            });
+        };
+        if i > 0 {
+            out.push(rest[..at].to_vec());
+        }
+        rest = &rest[at + m.len()..];
+    }
+    out.push(rest.to_vec());
+    if out.iter().any(|o| o.len() > limit) {
+        return Err(SshError::OutputTooLarge { host: host.name.to_string(), limit });
+    }
+    Ok(out)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// One `ssh` process, one round trip.
@@ -110,10 +197,55 @@ pub async fn probe_egress(
     })
 }
 
+/// Attempts at a connection that the host reset during key exchange (sshd's `MaxStartups`
+/// drops connections beyond its limit that way; other clients may be connecting too).
+const KEX_RESET_ATTEMPTS: u32 = 3;
+
+/// Runs `cmd` over a fresh connection; a connection reset during key exchange is tried
+/// again, up to [`KEX_RESET_ATTEMPTS`] in all, after a short pause.
 async fn run_fresh(
     ssh: &SshClient,
     host: &Host,
     cmd: &crate::remote::RemoteCommand,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, SshError> {
+    run_fresh_with(ssh, host, cmd, None, limit, timeout).await
+}
+
+/// [`run_fresh`], with `stdin` given to the command.
+async fn run_fresh_with(
+    ssh: &SshClient,
+    host: &Host,
+    cmd: &crate::remote::RemoteCommand,
+    stdin: Option<&[u8]>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, SshError> {
+    let mut attempt = 1;
+    loop {
+        match run_once(ssh, host, cmd, stdin, limit, timeout).await {
+            Err(SshError::Connect { detail, .. }) if attempt < KEX_RESET_ATTEMPTS && reset_in_kex(detail.as_str()) => {
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether OpenSSH's message says the connection was dropped before it was set up.
+fn reset_in_kex(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("kex_exchange_identification")
+        || (m.contains("connection reset by peer") && !m.contains("authenticated"))
+}
+
+async fn run_once(
+    ssh: &SshClient,
+    host: &Host,
+    cmd: &crate::remote::RemoteCommand,
+    stdin: Option<&[u8]>,
     limit: usize,
     timeout: Duration,
 ) -> Result<Vec<u8>, SshError> {
@@ -122,7 +254,7 @@ async fn run_fresh(
         .args(ssh.ssh_args(host))
         .arg("--")
         .arg(cmd.shell_line())
-        .stdin(std::process::Stdio::null())
+        .stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -133,8 +265,16 @@ async fn run_fresh(
         })?;
     let mut out = child.stdout.take().expect("piped");
     let mut err = child.stderr.take().expect("piped");
+    let input = child.stdin.take();
     let work = async {
-        let (stdout, stderr) = tokio::join!(read_bounded(&mut out, limit), read_bounded(&mut err, 16 * 1024));
+        let feed = async {
+            if let (Some(mut w), Some(bytes)) = (input, stdin) {
+                use tokio::io::AsyncWriteExt as _;
+                // A host that stops reading fails the command, not the write.
+                let _ = w.write_all(bytes).await;
+            }
+        };
+        let (stdout, stderr, ()) = tokio::join!(read_bounded(&mut out, limit), read_bounded(&mut err, 16 * 1024), feed);
         let status = child.wait().await;
         (stdout, stderr, status)
     };
