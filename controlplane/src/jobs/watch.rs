@@ -132,11 +132,17 @@ impl<'a> Watcher<'a> {
             if vm.is_none() {
                 let connected = {
                     let _permit = self.connecting.acquire().await;
-                    self.ssh.held.hold(host).await
+                    // RSA pins are checked by OpenSSH (a multiplexed session), which the
+                    // in-process client cannot do in this build; every other by the held one.
+                    if host.host_key.algorithm == "ssh-rsa" {
+                        self.ssh.fresh.connect(host).await.map(SshVm::new)
+                    } else {
+                        self.ssh.held.hold(host).await.map(SshVm::new)
+                    }
                 };
                 match connected {
                     Ok(session) => {
-                        vm = Some(SshVm::new(session));
+                        vm = Some(session);
                         attempt = 0;
                         self.metrics.connection(env.name.as_str(), host.name.as_str(), true);
                     }
