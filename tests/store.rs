@@ -179,7 +179,7 @@ async fn round_trips_every_table(b: Backend) {
             provenance: None,
             sbom: Some("s".into()),
             signature: None,
-            platform_digest: None,
+            platform_digest: Some(format!("sha256:{}", "c".repeat(64))),
         },
         applied_at: t(6),
     };

@@ -79,7 +79,19 @@ pub fn check(service: &Service, environment: &str, obs: &Observation, recorded: 
     if image.digest.as_str() != json.digest {
         return Err(format!("its `release.json` names image `{}` but digest `{}`", json.image, json.digest));
     }
-    let platform = json.platform_image.as_deref().and_then(|i| i.rsplit_once('@')).map(|(_, d)| d.to_owned());
+    let platform = match json.platform_image.as_deref() {
+        None => None,
+        Some(p) => match crate::image::ImageRef::parse(p) {
+            Ok(crate::image::ImageRef::Pinned(pi)) if pi.repository == service.repository => {
+                Some(pi.digest.to_string())
+            }
+            _ => {
+                return Err(format!(
+                    "its `release.json` names `{p}` to run, which is not the service's image pinned by digest"
+                ))
+            }
+        },
+    };
     let expected = platform.clone().unwrap_or_else(|| json.digest.clone());
     let running = obs.running.as_ref().map(HostText::as_str);
     match running {
@@ -190,6 +202,7 @@ mod tests {
             (obs(json(|_| {}), Some("sha256:other")), "reports image `sha256:other` running"),
             (obs(json(|_| {}), Some("podman=1")), "not running as released"),
             (Observation { content_hash: None, ..obs(json(|_| {}), Some(&d)) }, "which is gone"),
+            (obs(json(|j| j.platform_image = Some("garbage".into())), Some(&d)), "names `garbage` to run"),
         ];
         for (o, why) in cases {
             let err = run(&o, None).unwrap_err();

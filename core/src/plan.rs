@@ -141,7 +141,7 @@ pub fn build(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
         let in_place = before.as_ref() == Some(&input.release.release_id)
             && recorded.as_ref() == Some(&input.release.release_id)
             && obs.content_hash.as_ref() == Some(&input.release.content_hash)
-            && runs(obs.running.as_ref(), &input.release.release_id, &input.release.facts.digest);
+            && runs(obs.running.as_ref(), &input.release.release_id, &input.release.facts);
         let broken = |reason: String| PlanError::RollbackTargetBroken { host: name.clone(), reason };
         if !in_place {
             // The way back is the recorded release, and it must be intact on the host.
@@ -389,12 +389,15 @@ fn staleness(plan: &Plan, now: &[(String, &Fingerprint)]) -> Vec<Moved> {
 /// Whether what the runtime reports as running is release `id` with image `digest`: the
 /// digest itself (the command runtime), or the Podman runtime's report of a running,
 /// agentctl-made container of that release on that image.
-fn runs(running: Option<&HostText>, id: &ReleaseId, digest: &str) -> bool {
+/// Whether the runtime's report says release `id` runs as released: Podman reports the
+/// digest it pulled (an image index's platform manifest); a runtime of the host's own may
+/// report the index's digest or the platform's.
+fn runs(running: Option<&HostText>, id: &ReleaseId, facts: &ReleaseFacts) -> bool {
     match running.map(HostText::as_str) {
-        Some(r) if r.starts_with("podman=") => {
-            crate::podman::Report::parse(r).is_ok_and(|rep| rep.findings(id.as_str(), digest).is_empty())
-        }
-        other => other == Some(digest),
+        Some(r) if r.starts_with("podman=") => crate::podman::Report::parse(r)
+            .is_ok_and(|rep| rep.findings(id.as_str(), facts.running_digest()).is_empty()),
+        Some(r) => r == facts.digest || r == facts.running_digest(),
+        None => false,
     }
 }
 

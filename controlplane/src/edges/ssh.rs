@@ -19,7 +19,7 @@ pub enum SshError {
     Timeout { host: String, secs: u64 },
     #[error("SECURITY: host `{host}` presented a host key that does not match the pinned key; not connecting")]
     HostKeyMismatch { host: String },
-    #[error("host `{host}` offers no host key of the pinned key's type (we asked for {pinned}; it offers {offered}); pin the host's key of one of those types (`ssh-keyscan -t TYPE HOST`)")]
+    #[error("host `{host}` offers no host key of the pinned key's type (we asked for {pinned}; it offers {offered}); not connecting. A host that lost its pinned key type may be an impostor: confirm its keys out of band (its console) before pinning another")]
     HostKeyAlgorithm { host: String, pinned: String, offered: HostText },
     #[error("host `{host}` is pinned by an RSA host key, which the watch's SSH client cannot check in this build (OpenSSH, for plans, applies and `status`, can); pin its ed25519 or ECDSA key (`ssh-keyscan -t ed25519,ecdsa HOST`)")]
     UnsupportedHostKey { host: String },
@@ -42,6 +42,12 @@ pub enum SshError {
 }
 
 impl SshError {
+    /// Whether this may be someone else answering for the host: another key of the pinned
+    /// type, or no key of that type at all (an impostor without the key offers another).
+    pub fn is_security(&self) -> bool {
+        matches!(self, Self::HostKeyMismatch { .. } | Self::HostKeyAlgorithm { .. })
+    }
+
     /// Classifies what `ssh` printed when a connection failed.
     pub fn from_ssh_message(host: &Host, message: &str, timeout_secs: u64) -> Self {
         let host_name = host.name.to_string();
@@ -108,6 +114,14 @@ pub fn host_key_algorithms(algorithm: &str) -> String {
     }
 }
 
+/// The file name of `host`'s client configuration: by what is connected to (address, port,
+/// user) and the pinned key's type — host names repeat across environments.
+fn host_config_name(host: &Host) -> String {
+    use sha2::Digest as _;
+    let key = format!("{} {} {} {}", host.address, host.port, host.user, host.host_key.algorithm);
+    format!("config.{}", &hex::encode(sha2::Sha256::digest(key.as_bytes()))[..16])
+}
+
 /// The `known_hosts` line that pins `host`'s key.
 pub fn known_hosts_line(host: &Host) -> String {
     let name = if host.port == 22 { host.address.clone() } else { format!("[{}]:{}", host.address, host.port) };
@@ -144,14 +158,14 @@ impl SshClient {
                 host_key_algorithms(&h.host_key.algorithm),
                 dir.path().join("config").display()
             );
-            std::fs::write(dir.path().join(format!("config.{}", h.name)), text).map_err(local)?;
+            std::fs::write(dir.path().join(host_config_name(h)), text).map_err(local)?;
         }
         Ok(Self { dir, identity: identity.to_path_buf(), connect_timeout })
     }
 
     /// The client configuration for `host` (its host key algorithms, then the shared file).
     fn config_for(&self, host: &Host) -> PathBuf {
-        let own = self.dir.path().join(format!("config.{}", host.name));
+        let own = self.dir.path().join(host_config_name(host));
         if own.exists() {
             own
         } else {

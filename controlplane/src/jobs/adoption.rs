@@ -169,6 +169,29 @@ impl Deployer<'_> {
         host: Option<&str>,
         receipts: &Receipts<'_>,
     ) -> Result<Adoption, DeployError> {
+        // Names first (a bad one writes nothing, not even a lock), then the lock, and only
+        // then what the hosts run and what is recorded: no apply can move them in between.
+        let env = self.environment(env_name)?;
+        self.service(service_name)?;
+        if let Some(h) = host {
+            self.host_in(env, h)?;
+        }
+        let token = self.token("adopt", env_name, service_name);
+        let fence = self.take_lock(env_name, service_name, &token, receipts).await?;
+        let result = self.adopt_locked(fleet, host, &token, &fence, receipts).await;
+        self.release_lock(&fence).await;
+        result
+    }
+
+    async fn adopt_locked(
+        &self,
+        fleet: &Fleet,
+        host: Option<&str>,
+        token: &PlanId,
+        fence: &Fence,
+        receipts: &Receipts<'_>,
+    ) -> Result<Adoption, DeployError> {
+        let (env_name, service_name) = (fence.environment.as_str(), fence.service.as_str());
         let (mut adoption, adoptable) = self.adoption(fleet, env_name, service_name, host).await?;
         let refused = adoption.refused();
         if !refused.is_empty() {
@@ -181,8 +204,6 @@ impl Deployer<'_> {
         if adoptable.is_empty() {
             return Ok(adoption);
         }
-        let token = self.token("adopt", env_name, service_name);
-        let fence = self.take_lock(env_name, service_name, &token, receipts).await?;
         let now = self.clock.now();
         let mut deployments = Vec::new();
         let mut entries = Vec::new();
@@ -237,7 +258,7 @@ impl Deployer<'_> {
         let mut writes: Vec<Write<'_>> = deployments.iter().map(Write::Deployment).collect();
         writes.extend(entries.iter().map(Write::History));
         writes.extend(applied.iter().map(Write::Applied));
-        let written = self.store.fenced(&fence, &writes).await;
+        let written = self.store.fenced(fence, &writes).await;
         let hosts = adoptable
             .iter()
             .map(|(host, c, _)| HostOutcome {
@@ -264,7 +285,6 @@ impl Deployer<'_> {
             detail: written.as_ref().err().map(ToString::to_string),
         };
         let receipt = receipts.log.append(body, receipts.key, self.store).await;
-        self.release_lock(&fence).await;
         written?;
         adoption.receipt = Some(receipt?.file_name());
         Ok(adoption)

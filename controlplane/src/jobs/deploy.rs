@@ -1043,8 +1043,9 @@ impl<'a> Deployer<'a> {
 
     /// Renews the lock lease every third of its length, for as long as it is polled. If
     /// another control plane took the lock over (this one stalled past its lease), or the
-    /// lease cannot be confirmed before it runs out (the store is unreachable), the apply
-    /// stops: no further host step starts, and the receipt says why.
+    /// lease cannot be confirmed before it runs out (the store fails or does not answer),
+    /// the apply stops — while the lease is still its own, a ninth of it ahead of expiry —
+    /// and no further host step starts; the receipt says why.
     async fn keep_lease(
         &self,
         plan: &Plan,
@@ -1053,46 +1054,50 @@ impl<'a> Deployer<'a> {
         taken: DateTime<Utc>,
     ) -> std::convert::Infallible {
         let every = lease.to_std().unwrap_or(Duration::from_secs(60)) / 3;
+        let margin = every / 3;
         // The lease is ours until this instant, as far as this process can tell (the time a
         // renewal was asked for plus the lease: the store may have written it later).
         let mut confirmed_until = taken + lease;
         let mut wait = every;
+        let stop = |why: String| {
+            self.sink.event(&format!("{why}: stopping"));
+            self.interrupt.lose_lease(why);
+        };
         loop {
-            tokio::time::sleep(wait).await;
+            // Never sleep past the point where the run must stop.
+            let left = (confirmed_until - self.clock.now()).to_std().unwrap_or_default();
+            tokio::time::sleep(wait.min(left.saturating_sub(margin))).await;
             let asked = self.clock.now();
-            // A store that does not answer is a store that cannot renew: bounded like a try.
+            let left = (confirmed_until - asked).to_std().unwrap_or_default();
+            if left <= margin {
+                stop(format!(
+                    "the lock's lease could not be renewed before it expires at {}",
+                    confirmed_until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ));
+                return std::future::pending().await;
+            }
+            // A store that does not answer is a store that cannot renew: bounded so that the
+            // answer, or its absence, comes while the lease is still ours.
+            let budget = every.min(left - margin);
             let renewed = tokio::time::timeout(
-                every,
+                budget,
                 self.store.renew_lock(&plan.environment, &plan.service, plan_id.as_str(), asked + lease),
             )
             .await
-            .unwrap_or_else(|_| Err(StoreError::Unanswered { what: "renew lock", secs: every.as_secs_f64() }));
+            .unwrap_or_else(|_| Err(StoreError::Unanswered { what: "renew lock", secs: budget.as_secs_f64() }));
             match renewed {
                 Ok(true) => {
                     confirmed_until = asked + lease;
                     wait = every;
                 }
                 Ok(false) => {
-                    let why = "the lock's lease was taken over by another control plane".to_owned();
-                    self.sink.event(&format!("{why}: stopping"));
-                    self.interrupt.lose_lease(why);
+                    stop("the lock's lease was taken over by another control plane".to_owned());
                     return std::future::pending().await;
                 }
                 Err(e) => {
-                    // Try again sooner; stop while the lease is still ours if the next try
-                    // could come too late.
-                    wait = every / 3;
-                    let left = confirmed_until - self.clock.now();
                     tracing::warn!(error = %e, "cannot renew the lock lease");
-                    if left.to_std().unwrap_or_default() <= wait * 2 {
-                        let why = format!(
-                            "the lock's lease could not be renewed before it expires at {} ({e})",
-                            confirmed_until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                        );
-                        self.sink.event(&format!("{why}: stopping"));
-                        self.interrupt.lose_lease(why);
-                        return std::future::pending().await;
-                    }
+                    self.sink.event(&format!("cannot renew the lock's lease ({e}); trying again"));
+                    wait = margin;
                 }
             }
         }
@@ -1450,7 +1455,12 @@ impl Run<'_, '_> {
         let interrupted = d.interrupt.requested();
         let changing: Vec<Option<HostEnd>> =
             plan.hosts.iter().filter(|h| h.action == Action::Change).map(|h| ends.get(&h.host).cloned()).collect();
-        let outcome = rollout::outcome(&changing, interrupted);
+        let mut outcome = rollout::outcome(&changing, interrupted);
+        // Without its lease the run cannot vouch for the state: never "succeeded", even when
+        // every host moved (their records may have been refused).
+        if d.interrupt.lease_lost().is_some() && outcome == Outcome::Succeeded {
+            outcome = Outcome::Interrupted;
+        }
         if outcome == Outcome::Interrupted {
             match d.interrupt.lease_lost() {
                 Some(why) => {

@@ -134,11 +134,17 @@ pub async fn push_bundle(registry: &Registry, image: &PinnedImage, bundle: &[u8]
         index.insert("manifests".into(), serde_json::Value::Array(all));
         // Conditional: a registry that honours `If-Match` refuses the write (412) when
         // another writer replaced the index since our read, and the merge runs again.
-        let precondition = was.map_or(Precondition::Absent, Precondition::Matches);
-        let written =
-            registry.push_index_if(repo, &tag, serde_json::to_vec(&index).expect("JSON"), &precondition).await?;
-        if written.is_none() {
-            continue;
+        let precondition = was.clone().map_or(Precondition::Absent, Precondition::Matches);
+        let bytes = serde_json::to_vec(&index).expect("JSON");
+        if registry.push_index_if(repo, &tag, bytes.clone(), &precondition).await?.is_none() {
+            // Refused: another writer came first — unless the index is still the one read
+            // (a registry whose entity tags are not digests): then write it plainly, and
+            // the read-back below decides.
+            let (_, _, now) = tag_schema(registry, repo, &image.digest).await?;
+            if now != was {
+                continue;
+            }
+            registry.push_manifest(repo, Some(&tag), bytes).await?;
         }
         // One that ignores preconditions may have let another writer in between our read
         // and our write: ours and every entry we kept must be there now, or the merge runs

@@ -66,7 +66,7 @@ pub async fn probe_all(
                 d.environment == env.name.as_str() && d.service == service.name.as_str() && d.host == host.name.as_str()
             });
             let observed = match &answers {
-                Err(e) => Err((e.to_string(), matches!(e, SshError::HostKeyMismatch { .. }))),
+                Err(e) => Err((e.to_string(), e.is_security())),
                 Ok(a) => observe::parse(&a[k]).map_err(|reason| {
                     let e = SshError::Run {
                         host: host.name.to_string(),
@@ -117,8 +117,8 @@ pub async fn probe_all(
 
 /// Runs `cmds` one after the other over one fresh connection to `host` (each under its own
 /// deadline), and returns each one's output, at most `limit` bytes each. The outputs are
-/// told apart by a marker holding a random nonce, which the host cannot guess, so one
-/// command's output cannot pass for another's.
+/// told apart by a marker holding a random nonce made for this run: content planted on the
+/// host before the probe cannot pass for another command's output.
 pub async fn run_fresh_many(
     ssh: &SshClient,
     host: &Host,
@@ -130,13 +130,16 @@ pub async fn run_fresh_many(
     let marker = |i: usize| format!("@@agentctl-probe {nonce} {i}@@\n");
     let mut line = String::new();
     for (i, c) in cmds.iter().enumerate() {
+        // `</dev/null`: a probe never reads the rest of the script from stdin.
         line.push_str(&format!(
-            "printf '%s' {}; {}; ",
+            "printf '%s' {}; {} </dev/null; ",
             crate::remote::quote(&marker(i)),
             c.with_deadline(timeout.as_secs()).shell_line()
         ));
     }
-    let n = u32::try_from(cmds.len()).unwrap_or(u32::MAX).max(1);
+    // Each probe has its own deadline on the host; the host as a whole gets at most three,
+    // so one that accepts and then stalls cannot hold `status` for a deadline per service.
+    let n = u32::try_from(cmds.len()).unwrap_or(u32::MAX).clamp(1, 3);
     // The script goes on stdin: a hundred probes are more than one argument may hold.
     let whole = crate::remote::RemoteCommand { program: "sh".into(), args: vec!["-s".into()] };
     let (limit_all, time_all) = (limit.saturating_mul(cmds.len()), timeout.saturating_mul(n));

@@ -9,7 +9,7 @@ use crate::held::HeldClient;
 use crate::manifest::{Environment, Host, Service};
 use crate::metrics::Metrics;
 use crate::observe::{Answer, Observation, Stamp};
-use crate::ssh::{SshClient, SshError};
+use crate::ssh::SshClient;
 use crate::status::probe_one;
 use crate::store::Store;
 use crate::vm::{GoldenVm, SshVm};
@@ -147,7 +147,7 @@ impl<'a> Watcher<'a> {
                         self.metrics.connection(env.name.as_str(), host.name.as_str(), true);
                     }
                     Err(e) => {
-                        let security = matches!(e, SshError::HostKeyMismatch { .. });
+                        let security = e.is_security();
                         self.all_unreachable(env, host, &e.to_string(), security, &stop);
                         let wait = backoff(attempt, interval_ms.max(100), 30_000);
                         attempt += 1;
@@ -209,7 +209,7 @@ impl<'a> Watcher<'a> {
                 next_fresh = Instant::now() + self.settings.fresh_interval;
                 if let Some(service) = self.services.first() {
                     if let Err(e) = probe_one(&self.ssh.fresh, host, service, self.settings.probe_timeout).await {
-                        let security = matches!(e, SshError::HostKeyMismatch { .. });
+                        let security = e.is_security();
                         let reason = format!("the host no longer accepts new connections: {e}");
                         self.all_unreachable(env, host, &reason, security, &stop);
                         if let Some(v) = vm.take() {

@@ -124,7 +124,20 @@ impl Registry {
                 400 | 405 | 406 if page == 0 => return Ok(ApiAnswer::Absent { not_found: false }),
                 _ => return Err(Self::status_error(repo, &url, resp.status())),
             }
-            let next = next_link(resp.headers(), &base);
+            let next = match next_link(resp.headers(), &base) {
+                Next::End => None,
+                Next::At(url) => Some(url),
+                // The list goes on where agentctl will not follow: an error, never a list cut short.
+                Next::Refused(target) => {
+                    return Err(RegistryError::Invalid {
+                        registry: repo.registry().into(),
+                        detail: format!(
+                            "the referrers list continues at `{}`, which is not on this registry; it is not followed",
+                            crate::untrusted::HostText::new(&target)
+                        ),
+                    })
+                }
+            };
             let body = Self::bounded_body(repo, resp).await?;
             match parse_list(&body) {
                 Some(entries) => out.extend(entries),
@@ -181,26 +194,41 @@ impl Registry {
     }
 }
 
-/// The `rel="next"` target of a `Link` header, as an absolute URL on `base` (a relative
-/// one is resolved against it; one on another host is dropped).
-fn next_link(headers: &reqwest::header::HeaderMap, base: &str) -> Option<String> {
+/// Where a referrers list goes on.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// No `rel="next"` link: the list ends here.
+    End,
+    /// The next page, as an absolute URL on the same registry.
+    At(String),
+    /// A next page agentctl does not follow (another host or scheme, a link it cannot read).
+    Refused(String),
+}
+
+/// The `rel="next"` target of a `Link` header: a path is resolved against `base`, an
+/// absolute URL must be on `base`; anything else is [`Next::Refused`].
+fn next_link(headers: &reqwest::header::HeaderMap, base: &str) -> Next {
     for value in headers.get_all(reqwest::header::LINK) {
-        let Ok(value) = value.to_str() else { continue };
+        let Ok(value) = value.to_str() else { return Next::Refused("(a Link header that is not text)".into()) };
         for link in value.split(',') {
             let (target, params) = link.split_once(';').unwrap_or((link, ""));
             let is_next = params.split(';').any(|p| {
                 let p = p.trim().replace(' ', "");
                 p.eq_ignore_ascii_case("rel=\"next\"") || p.eq_ignore_ascii_case("rel=next")
             });
-            let target = target.trim().strip_prefix('<').and_then(|t| t.strip_suffix('>'));
-            match (is_next, target) {
-                (true, Some(t)) if t.starts_with('/') && !t.starts_with("//") => return Some(format!("{base}{t}")),
-                (true, Some(t)) if t.starts_with(&format!("{base}/")) => return Some(t.to_owned()),
-                _ => {}
+            if !is_next {
+                continue;
             }
+            let target = target.trim().strip_prefix('<').and_then(|t| t.strip_suffix('>'));
+            return match target {
+                Some(t) if t.starts_with('/') && !t.starts_with("//") => Next::At(format!("{base}{t}")),
+                Some(t) if t.starts_with(&format!("{base}/")) => Next::At(t.to_owned()),
+                Some(t) => Next::Refused(t.to_owned()),
+                None => Next::Refused(link.trim().to_owned()),
+            };
         }
     }
-    None
+    Next::End
 }
 
 /// The entries of one page: `None` when it is not an OCI index.
@@ -214,7 +242,8 @@ fn parse_list(body: &[u8]) -> Option<Vec<Listed>> {
         entries
             .iter()
             .filter_map(|e| {
-                let digest = e.get("digest")?.as_str()?.to_owned();
+                // Only a well-formed digest is ever asked for (never read as a tag).
+                let digest = e.get("digest")?.as_str().filter(|d| Digest::new(d).is_ok())?.to_owned();
                 let artifact_type =
                     e.get("artifactType").and_then(|t| t.as_str()).filter(|t| *t != OCI_EMPTY).map(str::to_owned);
                 Some(Listed { digest, artifact_type })
@@ -235,28 +264,34 @@ mod tests {
             m.insert(reqwest::header::LINK, v.parse().unwrap());
             next_link(&m, base)
         };
+        let at = |u: &str| Next::At(u.to_owned());
         assert_eq!(
-            h(r#"</v2/demo/api/referrers/sha256:a?n=2&last=x>; rel="next""#).as_deref(),
-            Some("http://127.0.0.1:5000/v2/demo/api/referrers/sha256:a?n=2&last=x")
+            h(r#"</v2/demo/api/referrers/sha256:a?n=2&last=x>; rel="next""#),
+            at("http://127.0.0.1:5000/v2/demo/api/referrers/sha256:a?n=2&last=x")
         );
-        assert_eq!(
-            h(r#"<http://127.0.0.1:5000/v2/x?p=2>; rel=next"#).as_deref(),
-            Some("http://127.0.0.1:5000/v2/x?p=2")
-        );
-        assert_eq!(h(r#"<https://elsewhere.example/v2/x>; rel="next""#), None, "another host");
-        assert_eq!(h(r#"<//elsewhere.example/v2/x>; rel="next""#), None, "another host, scheme-relative");
-        assert_eq!(h(r#"</v2/x>; rel="prev""#), None);
-        assert_eq!(h(r#"</v2/x>; rel="prev", </v2/y>; rel="next""#).as_deref(), Some("http://127.0.0.1:5000/v2/y"));
+        assert_eq!(h(r#"<http://127.0.0.1:5000/v2/x?p=2>; rel=next"#), at("http://127.0.0.1:5000/v2/x?p=2"));
+        let refused = |u: &str| Next::Refused(u.to_owned());
+        assert_eq!(h(r#"<https://elsewhere.example/v2/x>; rel="next""#), refused("https://elsewhere.example/v2/x"));
+        assert_eq!(h(r#"<//elsewhere.example/v2/x>; rel="next""#), refused("//elsewhere.example/v2/x"));
+        assert_eq!(h(r#"<v2/x>; rel="next""#), refused("v2/x"), "relative without a leading slash");
+        assert_eq!(h(r#"</v2/x>; rel="prev""#), Next::End);
+        assert_eq!(h(r#"</v2/x>; rel="prev", </v2/y>; rel="next""#), at("http://127.0.0.1:5000/v2/y"));
     }
 
     #[test]
     fn a_page_is_an_oci_index_or_nothing() {
-        let page = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
-            {"digest":"sha256:a","artifactType":"application/vnd.dev.sigstore.bundle.v0.3+json"},
-            {"digest":"sha256:b","artifactType":"application/vnd.oci.empty.v1+json"},
-            {"digest":"sha256:c"},{"nodigest":1}]}"#;
-        let got = parse_list(page).unwrap();
-        assert_eq!(got.len(), 3);
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let page = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+            {{"digest":"{}","artifactType":"application/vnd.dev.sigstore.bundle.v0.3+json"}},
+            {{"digest":"{}","artifactType":"application/vnd.oci.empty.v1+json"}},
+            {{"digest":"{}"}},{{"nodigest":1}},{{"digest":"latest"}}]}}"#,
+            d('a'),
+            d('b'),
+            d('c')
+        );
+        let got = parse_list(page.as_bytes()).unwrap();
+        assert_eq!(got.len(), 3, "a tag or a missing digest is no entry");
         assert_eq!(got[0].artifact_type.as_deref(), Some("application/vnd.dev.sigstore.bundle.v0.3+json"));
         assert_eq!((got[1].artifact_type.as_deref(), got[2].artifact_type.as_deref()), (None, None));
         assert!(parse_list(b"<html></html>").is_none());

@@ -267,7 +267,7 @@ impl Registry {
             .iter()
             .filter_map(|e| {
                 Some(http::Listed {
-                    digest: e.get("digest")?.as_str()?.to_owned(),
+                    digest: e.get("digest")?.as_str().filter(|d| Digest::new(d).is_ok())?.to_owned(),
                     artifact_type: e
                         .get("artifactType")
                         .and_then(|t| t.as_str())

@@ -304,7 +304,10 @@ impl SqlStore {
             service: text(row, "service")?,
             release_id: text(row, "release_id")?,
             content_hash: text(row, "content_hash")?,
-            facts: Self::facts_from(row, repository)?,
+            facts: ReleaseFacts {
+                platform_digest: opt_text(row, "platform_digest")?,
+                ..Self::facts_from(row, repository)?
+            },
             applied_at: time(row, "applied_at")?,
         })
     }
@@ -449,8 +452,8 @@ const PUT_DEPLOYMENT: &str = "INSERT INTO deployments (environment, service, hos
        content_hash = excluded.content_hash, rollback_target = excluded.rollback_target,
        plan_id = excluded.plan_id, updated_at = excluded.updated_at";
 
-const PUT_APPLIED: &str = "INSERT INTO applied_releases (environment, service, release_id, image, digest, source_commit, content_hash, signer_key_id, provenance, sbom, applied_at)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING";
+const PUT_APPLIED: &str = "INSERT INTO applied_releases (environment, service, release_id, image, digest, source_commit, content_hash, signer_key_id, provenance, sbom, applied_at, platform_digest)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING";
 
 const PUT_APPROVAL: &str =
     "INSERT INTO approvals (plan_id, approver, approved_at, statement, signature) VALUES ($1, $2, $3, $4, $5)
@@ -490,6 +493,27 @@ fn put_deployment(d: &DeploymentRecord) -> sqlx::query::Query<'_, sqlx::Any, sql
         .bind(ts(&d.updated_at))
 }
 
+/// Whether `fence`'s plan holds the lock, read in `tx` with `sql`.
+async fn check_fence(tx: &mut sqlx::Transaction<'_, sqlx::Any>, sql: &str, fence: &Fence) -> Result<(), StoreError> {
+    let row = sqlx::query(sql)
+        .bind(&fence.environment)
+        .bind(&fence.service)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(q("read lock"))?;
+    let held = row.map(|r| text(&r, "plan_id")).transpose()?;
+    if held.as_deref() == Some(fence.plan_id.as_str()) {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced {
+            environment: fence.environment.clone(),
+            service: fence.service.clone(),
+            plan_id: fence.plan_id.clone(),
+            holder: held,
+        })
+    }
+}
+
 fn put_applied(r: &AppliedRelease) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
     sqlx::query(PUT_APPLIED)
         .bind(&r.environment)
@@ -503,6 +527,7 @@ fn put_applied(r: &AppliedRelease) -> sqlx::query::Query<'_, sqlx::Any, sqlx::an
         .bind(&r.facts.provenance)
         .bind(&r.facts.sbom)
         .bind(ts(&r.applied_at))
+        .bind(&r.facts.platform_digest)
 }
 
 fn put_approval(a: &Approval) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
@@ -573,26 +598,7 @@ impl Store for SqlStore {
             Backend::Postgres => "SELECT plan_id FROM locks WHERE environment = $1 AND service = $2 FOR UPDATE",
             Backend::Sqlite => "SELECT plan_id FROM locks WHERE environment = $1 AND service = $2",
         };
-        let holder = |row: Option<AnyRow>| row.map(|r| text(&r, "plan_id")).transpose();
-        let check = |held: Option<String>| {
-            if held.as_deref() == Some(fence.plan_id.as_str()) {
-                Ok(())
-            } else {
-                Err(StoreError::Fenced {
-                    environment: fence.environment.clone(),
-                    service: fence.service.clone(),
-                    plan_id: fence.plan_id.clone(),
-                    holder: held,
-                })
-            }
-        };
-        let row = sqlx::query(lock_row)
-            .bind(&fence.environment)
-            .bind(&fence.service)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(q("read lock"))?;
-        check(holder(row)?)?;
+        check_fence(&mut tx, lock_row, fence).await?;
         for w in writes {
             match w {
                 Write::Deployment(d) => put_deployment(d).execute(&mut *tx).await.map_err(q("put deployment"))?,
@@ -600,13 +606,7 @@ impl Store for SqlStore {
                 Write::Applied(a) => put_applied(a).execute(&mut *tx).await.map_err(q("put applied release"))?,
             };
         }
-        let row = sqlx::query(lock_row)
-            .bind(&fence.environment)
-            .bind(&fence.service)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(q("read lock"))?;
-        check(holder(row)?)?;
+        check_fence(&mut tx, lock_row, fence).await?;
         tx.commit().await.map_err(q("commit fenced write"))?;
         Ok(())
     }

@@ -412,6 +412,19 @@ async fn a_run_whose_lock_was_taken_over_records_nothing_more_and_starts_no_furt
     assert_eq!(w.store.lock_holder("prod", "api").await.unwrap().unwrap().holder_user, "bob", "Bob's lock stays");
 }
 
+/// The same takeover in the last batch: every host moved, yet the run cannot vouch for the
+/// state (the last records were refused), so it never reports success.
+#[tokio::test]
+async fn a_run_that_lost_its_lock_in_the_last_batch_does_not_report_success() {
+    let w = World::new().await;
+    let (_, plan) = w.v1_live_and_v2_in_staging().await;
+    w.script.lock().unwrap().take_over_at = Some(("prod-4".into(), "health check"));
+    let r = w.apply(&plan).await.unwrap();
+    assert_eq!(r.outcome, Outcome::Interrupted, "{r:#?}");
+    assert!(r.failure.unwrap().contains("is no longer held by plan"));
+    assert_eq!(w.last_receipt().body.outcome, "interrupted");
+}
+
 #[tokio::test]
 async fn a_health_check_failing_in_batch_two_rolls_that_host_back_and_stops() {
     let w = World::new().await;
