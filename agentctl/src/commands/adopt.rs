@@ -32,15 +32,9 @@ pub async fn adopt(
     };
     let text = render_adoption(&adoption, apply);
     let report = Report::new(text, serde_json::to_value(&adoption)?);
-    let refused = adoption.refused();
-    if !apply && !refused.is_empty() {
-        // The dry run shows every host, and says (exit 4) that applying would be refused.
-        let e = controlplane::deploy::DeployError::NotAdoptable {
-            service: adoption.service.clone(),
-            environment: adoption.environment.clone(),
-            hosts: refused,
-        };
-        return Err(failure(e).with_output(report.text));
+    // The dry run shows every host, and says (exit 4) that applying would be refused.
+    if let Some(refusal) = adoption.refusal().filter(|_| !apply) {
+        return Err(failure(refusal).with_output(report.text));
     }
     Ok(report)
 }

@@ -144,6 +144,12 @@ pub fn failure(e: DeployError) -> Failure {
         DeployError::Plan(controlplane::plan::PlanError::RollbackTargetBroken { .. }) => Some(
             "a host re-imaged or replaced under the same name: retire its recorded history with `agentctl host forget HOST --env ENV` (a dry run; `--apply` records it)".into(),
         ),
+        DeployError::NotAdoptable { service, environment, .. } => Some(format!(
+            "repair each host named by hand (put back what was released, or remove its `current` link), or adopt the others one by one: `agentctl adopt {service} --env {environment} --host HOST --apply`"
+        )),
+        DeployError::UnknownHost { environment, .. } => {
+            Some(format!("the hosts of `{environment}` are listed in `environments/{environment}.toml`"))
+        }
         DeployError::Expired(_) | DeployError::Replayed(_) => {
             Some("make a new plan (`agentctl promote ... --out PLAN.json`), review it, apply it".into())
         }

@@ -10,7 +10,7 @@ use crate::manifest::{Environment, Service};
 use crate::receipt::{HostOutcome, ReceiptBody, ReceiptKind};
 use crate::records::HistoryEntry;
 use crate::release::ReleaseFacts;
-use crate::store::{AppliedRelease, DeploymentRecord, Fence, LockOutcome, LockRecord, Write};
+use crate::store::{AppliedRelease, DeploymentRecord, Fence, Write};
 use crate::untrusted::HostText;
 use crate::verify::{Requirements, Verified};
 use crate::vm::Fleet;
@@ -47,6 +47,16 @@ pub struct Adoption {
 }
 
 impl Adoption {
+    /// Why applying this adoption is refused (some host runs what cannot be adopted), if it is.
+    pub fn refusal(&self) -> Option<DeployError> {
+        let hosts = self.refused();
+        (!hosts.is_empty()).then(|| DeployError::NotAdoptable {
+            service: self.service.clone(),
+            environment: self.environment.clone(),
+            hosts,
+        })
+    }
+
     /// The hosts whose live release cannot be adopted, with why.
     pub fn refused(&self) -> Vec<(String, String)> {
         self.hosts
@@ -193,13 +203,8 @@ impl Deployer<'_> {
     ) -> Result<Adoption, DeployError> {
         let (env_name, service_name) = (fence.environment.as_str(), fence.service.as_str());
         let (mut adoption, adoptable) = self.adoption(fleet, env_name, service_name, host).await?;
-        let refused = adoption.refused();
-        if !refused.is_empty() {
-            return Err(DeployError::NotAdoptable {
-                service: adoption.service.clone(),
-                environment: adoption.environment.clone(),
-                hosts: refused,
-            });
+        if let Some(refusal) = adoption.refusal() {
+            return Err(refusal);
         }
         if adoptable.is_empty() {
             return Ok(adoption);
@@ -374,43 +379,6 @@ impl Deployer<'_> {
             self.operator
         );
         PlanId::new(&crate::receipt::hash(text.as_bytes())).unwrap_or_else(|_| unreachable!("a sha256 is a plan id"))
-    }
-
-    /// Takes `(env, service)`'s lock for a short write (a takeover of an expired lease is
-    /// recorded); refuses while another holder has it.
-    async fn take_lock(
-        &self,
-        env: &str,
-        service: &str,
-        token: &PlanId,
-        receipts: &Receipts<'_>,
-    ) -> Result<Fence, DeployError> {
-        let now = self.clock.now();
-        let lock = LockRecord {
-            environment: env.to_owned(),
-            service: service.to_owned(),
-            holder_user: self.operator.clone(),
-            holder_host: self.machine.hostname.clone(),
-            holder_pid: i64::from(std::process::id()),
-            holder_boot: self.machine.boot_id.clone(),
-            plan_id: token.to_string(),
-            since: now,
-            expires_at: Some(now + self.lease()),
-        };
-        match self.store.try_lock(&lock, now).await? {
-            LockOutcome::Taken => {}
-            LockOutcome::TakenOver(previous) => self.record_takeover(&previous, token, receipts).await?,
-            LockOutcome::Held(holder) => {
-                let liveness = crate::lock::holder(&holder, &self.machine, self.pid_exists);
-                return Err(DeployError::Locked {
-                    environment: env.to_owned(),
-                    service: service.to_owned(),
-                    holder: Box::new(holder),
-                    liveness,
-                });
-            }
-        }
-        Ok(Fence { environment: env.to_owned(), service: service.to_owned(), plan_id: token.to_string() })
     }
 
     async fn release_lock(&self, fence: &Fence) {

@@ -934,31 +934,10 @@ impl<'a> Deployer<'a> {
         //    lease ran out (it died, or lost the database) is taken over, on the record.
         let lease = self.lease();
         let now = self.clock.now();
-        let lock = LockRecord {
-            environment: plan.environment.clone(),
-            service: plan.service.clone(),
-            holder_user: self.operator.clone(),
-            holder_host: self.machine.hostname.clone(),
-            holder_pid: i64::from(std::process::id()),
-            holder_boot: self.machine.boot_id.clone(),
-            plan_id: plan_id.to_string(),
-            since: now,
-            expires_at: Some(now + lease),
+        match self.take_lock(&plan.environment, &plan.service, &plan_id, receipts).await {
+            Err(e @ DeployError::Locked { .. }) => return refuse(e).await,
+            other => other?,
         };
-        match self.store.try_lock(&lock, now).await? {
-            LockOutcome::Taken => {}
-            LockOutcome::TakenOver(previous) => self.record_takeover(&previous, &plan_id, receipts).await?,
-            LockOutcome::Held(holder) => {
-                let liveness = lock::holder(&holder, &self.machine, self.pid_exists);
-                return refuse(DeployError::Locked {
-                    environment: plan.environment.clone(),
-                    service: plan.service.clone(),
-                    holder: Box::new(holder),
-                    liveness,
-                })
-                .await;
-            }
-        }
         // A plan that changes something is applied once, whatever the outcome.
         if !plan.is_noop() && !self.store.record_plan(plan_id.as_str(), self.clock.now()).await? {
             self.store.unlock(&plan.environment, &plan.service, plan_id.as_str()).await?;
@@ -1101,6 +1080,44 @@ impl<'a> Deployer<'a> {
                 }
             }
         }
+    }
+
+    /// Takes `(env, service)`'s lock for `token` (the plan, or an adoption's token) as a
+    /// lease from now; a holder whose lease ran out is taken over, with a receipt; a live
+    /// holder is [`DeployError::Locked`]. The fence is the token of writes under the lock.
+    pub(crate) async fn take_lock(
+        &self,
+        env: &str,
+        service: &str,
+        token: &PlanId,
+        receipts: &Receipts<'_>,
+    ) -> Result<Fence, DeployError> {
+        let now = self.clock.now();
+        let lock = LockRecord {
+            environment: env.to_owned(),
+            service: service.to_owned(),
+            holder_user: self.operator.clone(),
+            holder_host: self.machine.hostname.clone(),
+            holder_pid: i64::from(std::process::id()),
+            holder_boot: self.machine.boot_id.clone(),
+            plan_id: token.to_string(),
+            since: now,
+            expires_at: Some(now + self.lease()),
+        };
+        match self.store.try_lock(&lock, now).await? {
+            LockOutcome::Taken => {}
+            LockOutcome::TakenOver(previous) => self.record_takeover(&previous, token, receipts).await?,
+            LockOutcome::Held(holder) => {
+                let liveness = lock::holder(&holder, &self.machine, self.pid_exists);
+                return Err(DeployError::Locked {
+                    environment: env.to_owned(),
+                    service: service.to_owned(),
+                    holder: Box::new(holder),
+                    liveness,
+                });
+            }
+        }
+        Ok(Fence { environment: env.to_owned(), service: service.to_owned(), plan_id: token.to_string() })
     }
 
     /// The receipt of a takeover of an expired lease.

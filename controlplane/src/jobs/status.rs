@@ -292,3 +292,29 @@ async fn run_once(
     }
     stdout.map_err(|e| run(e.to_string()))?.ok_or(SshError::OutputTooLarge { host: host.name.to_string(), limit })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What OpenSSH prints when sshd drops a connection before key exchange (its
+    /// `MaxStartups` limit) is tried again; a refusal, a timeout or a key problem is not.
+    #[test]
+    fn only_a_reset_before_the_session_is_retried() {
+        for retried in [
+            "kex_exchange_identification: read: Connection reset by peer",
+            "kex_exchange_identification: Connection closed by remote host",
+            "Connection reset by peer",
+        ] {
+            assert!(reset_in_kex(retried), "{retried}");
+        }
+        for final_ in [
+            "ssh: connect to host 127.0.0.1 port 22: Connection refused",
+            "Host key verification failed.",
+            "Permission denied (publickey).",
+            "Connection timed out during banner exchange",
+        ] {
+            assert!(!reset_in_kex(final_), "{final_}");
+        }
+    }
+}
