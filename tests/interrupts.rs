@@ -198,7 +198,8 @@ async fn a_crash_then_an_unhealthy_rerun_ends_on_the_release_recorded_before_the
 }
 
 /// A second SIGTERM/SIGINT aborts at once (exit 130) instead of waiting for the moving
-/// host; the guard still leaves nothing behind.
+/// host; the guard still leaves nothing behind. Regression: the abort left no receipt and
+/// held the lock — now it ends with an `aborted` receipt and the lock released.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_interrupt_aborts_at_once_and_still_leaves_nothing() {
     let w = World::start(fleet(1)).await;
@@ -233,4 +234,12 @@ async fn a_second_interrupt_aborts_at_once_and_still_leaves_nothing() {
     assert!(stderr(&out).contains("aborted by a second interrupt"), "{}", stderr(&out));
     w.clear_runtime("prod-1", "hang-health");
     assert_nothing_left(tmp.path(), "second interrupt");
+    let last = w.receipts().last().cloned().unwrap();
+    assert_eq!(last["outcome"], "aborted", "{last}");
+    assert_eq!(last["hosts"][0]["outcome"], "unknown", "{last}");
+    assert!(stderr(&out).contains("records it"), "{}", stderr(&out));
+    assert_ok(&w.agentctl(&["receipts", "verify"]));
+    // The lock was released: the same promotion runs now and converges.
+    assert_ok(&w.promote("prod", &v2, &["--apply"]));
+    assert_ne!(w.current("prod-1").unwrap(), old);
 }

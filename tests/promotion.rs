@@ -134,7 +134,7 @@ async fn of_two_concurrent_applies_one_proceeds_and_the_other_names_the_holder()
 async fn wait_for_lock(w: &World) {
     for _ in 0..200 {
         let out = w.agentctl(&["unlock", "api", "--env", "staging"]);
-        if out.status.code() == Some(4) {
+        if out.status.code() == Some(0) && stdout(&out).contains("is locked by") {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -437,8 +437,11 @@ async fn prod_applies_only_with_signed_approvals_by_its_approvers() {
     let out =
         w.agentctl(&["approve", plan, "--statement", &key(&st), "--signature", &key(&sig), "--out", &key(&approval)]);
     assert_ok(&out);
-    // The author's own approval does not count (separation of duties).
-    assert_ok(&w.agentctl(&["approve", plan, "--key", &key(&tester)]));
+    // The author's own approval cannot count (separation of duties): refused at once,
+    // not accepted and then ignored at apply (which it was).
+    let out = w.agentctl(&["approve", plan, "--key", &key(&tester)]);
+    assert_exit(&out, 4, "`tester` made this plan");
+    assert!(stderr(&out).contains("another approver of `prod` signs it"), "{}", stderr(&out));
     let out = w.agentctl(&["apply", plan]);
     assert_ok(&out);
     assert!(w.current("prod-1").is_some());

@@ -182,9 +182,17 @@ async fn round_trips_every_table(b: Backend) {
             platform_digest: Some(format!("sha256:{}", "c".repeat(64))),
         },
         applied_at: t(6),
+        files: None,
     };
     store.put_applied_release(&applied).await.unwrap();
-    assert_eq!(store.applied_release("prod", "api", "r-1").await.unwrap(), Some(applied));
+    assert_eq!(store.applied_release("prod", "api", "r-1").await.unwrap(), Some(applied.clone()));
+    // A later write of the same release keeps what was recorded, and adds the files that
+    // were not kept yet (an adopted release promoted later).
+    let files = std::collections::BTreeMap::from([("config/api.env".to_owned(), "UE9SVD0xCg==".to_owned())]);
+    let again = AppliedRelease { files: Some(files.clone()), content_hash: "other".into(), ..applied.clone() };
+    store.put_applied_release(&again).await.unwrap();
+    let kept = store.applied_release("prod", "api", "r-1").await.unwrap().unwrap();
+    assert_eq!((kept.content_hash.as_str(), kept.files.as_ref()), ("h", Some(&files)));
     assert_eq!(store.applied_release("prod", "api", "r-2").await.unwrap(), None);
 
     let step = |host: &str, release: &str, kind: &str| HistoryEntry {

@@ -18,6 +18,16 @@ struct Events {
 }
 
 impl Events {
+    /// After the watch ended: every line it printed on stdout was one JSON object.
+    /// Regression: it ended with a text line (`watch stopped`), or a multi-line object.
+    fn assert_only_json_lines(mut self) {
+        while let Ok(e) = self.rx.recv_timeout(Duration::from_secs(10)) {
+            self.seen.push(e);
+        }
+        let bad: Vec<_> = self.seen.iter().filter(|e| e.get("not_json").is_some()).collect();
+        assert!(bad.is_empty(), "stdout lines that are not JSON objects: {bad:#?}");
+    }
+
     /// The first event matching `pred` (seen already, or arriving within `within`).
     fn wait(&mut self, within: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         if let Some(i) = self.seen.iter().position(&pred) {
@@ -195,6 +205,7 @@ async fn watch_reports_changes_metrics_webhooks_and_stops_cleanly() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
+    events.assert_only_json_lines();
     let needle = tmp.path().as_os_str().as_encoded_bytes().to_vec();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -231,9 +242,12 @@ fn start_watch(w: &World, args: &[&str], envs: &[(&str, &std::path::Path)]) -> (
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                let _ = tx.send(v);
-            }
+            // stdout is JSON lines only: anything else is kept to fail the test.
+            let v = serde_json::from_str::<serde_json::Value>(&line)
+                .ok()
+                .filter(serde_json::Value::is_object)
+                .unwrap_or_else(|| serde_json::json!({ "not_json": line }));
+            let _ = tx.send(v);
         }
     });
     let mut stderr = BufReader::new(child.stderr.take().unwrap());

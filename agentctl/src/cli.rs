@@ -19,7 +19,9 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// More log output on stderr (repeat for more); `AGENTCTL_LOG` sets a filter.
+    /// Log output on stderr: `-v` each SSH connection, remote step and receipt with timings;
+    /// `-vv` also each registry request; `-vvv` everything (SQL, SSH and HTTP internals).
+    /// `AGENTCTL_LOG` sets a filter instead.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
@@ -134,7 +136,9 @@ pub enum Command {
         service: String,
         #[arg(long)]
         env: String,
-        /// The release: `repo@sha256:...`, `sha256:...` or a unique digest prefix.
+        /// The release: its id (`r-…`, or a unique prefix), its image digest (`sha256:…`, a
+        /// unique prefix, or `REPO@sha256:…`), or a tag (`v2`, `REPO:v2`; resolved now and
+        /// shown pinned). It must have been recorded with `release add`.
         #[arg(long)]
         release: String,
         #[arg(long)]
@@ -159,14 +163,23 @@ pub enum Command {
         service: String,
         #[arg(long)]
         env: String,
-        /// A release applied to the environment before: its id (`r-…`), or its image digest
-        /// (`sha256:…`, a prefix, or `REPO@sha256:…`) as `promote --release` takes it.
+        /// A release applied to the environment before, by any of its names as
+        /// `promote --release` takes them: its id (`r-…` or a unique prefix), its image
+        /// digest (`sha256:…`, a prefix, `REPO@sha256:…`) or a tag (`v2`, resolved now).
         #[arg(long)]
         to: Option<String>,
         #[arg(long)]
         apply: bool,
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// What each host of SERVICE in ENV came to run, when and how (promote, rollback,
+    /// adopt, forget), oldest first, each release by id, short digest and commit; `*`
+    /// marks what each host should run now. Reads the state store only.
+    History {
+        service: String,
+        #[arg(long)]
+        env: String,
     },
     /// Continuous drift watch: held connections, Prometheus metrics, one JSON event per
     /// change of state on stdout (and optionally a signed webhook). SIGTERM/SIGINT stop it
@@ -245,6 +258,19 @@ pub enum Command {
         /// Only this host.
         #[arg(long)]
         host: Option<String>,
+        #[arg(long)]
+        apply: bool,
+    },
+    /// Put back a host's recorded release after it was changed by hand (`status` says
+    /// `tampered`): a dry run names each changed path; `--apply` stages the recorded
+    /// files again (the changed directory is set aside, not deleted), verifies the image,
+    /// restarts the workload from them, and writes a `repair` receipt.
+    Repair {
+        service: String,
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        host: String,
         #[arg(long)]
         apply: bool,
     },
@@ -387,6 +413,10 @@ pub enum ReleaseCommand {
     },
     /// List the recorded releases of SERVICE.
     List { service: String },
+    /// Show the recorded release of SERVICE that RELEASE names — a release id (`r-…`) or
+    /// a unique prefix, an image digest (`sha256:…`, a prefix, `REPO@sha256:…`) or a tag
+    /// (`v2`, `REPO:v2`, resolved now) — and where it was applied, under which ids.
+    Show { service: String, release: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -451,6 +481,7 @@ impl Command {
                 | Self::Rehearse { .. }
                 | Self::Prove { .. }
                 | Self::Adopt { .. }
+                | Self::Repair { .. }
         )
     }
 }

@@ -10,6 +10,8 @@ pub enum Code {
     Invalid = 2,
     Drift = 3,
     Refused = 4,
+    /// Stopped by a second interrupt (128 + SIGINT, as shells report it).
+    Aborted = 130,
 }
 
 /// A failed command: what to print and how to exit.
@@ -49,6 +51,7 @@ impl Failure {
             Code::Invalid => "invalid-input",
             Code::Drift => "drift",
             Code::Refused => "refused",
+            Code::Aborted => "aborted",
         };
         serde_json::json!({
             "error": {

@@ -63,7 +63,9 @@ fn main() -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     match result {
         Ok(report) => {
-            let _ = writeln!(stdout, "{}", report.render(globals.json));
+            if !report.is_streamed() {
+                let _ = writeln!(stdout, "{}", report.render(globals.json));
+            }
             ExitCode::SUCCESS
         }
         Err(failure) => {
@@ -135,6 +137,9 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
             commands::release::add(g, registration).await
         }
         Command::Release { command: ReleaseCommand::List { service } } => commands::release::list(g, &service).await,
+        Command::Release { command: ReleaseCommand::Show { service, release } } => {
+            commands::release::show(g, &service, &release).await
+        }
         Command::Promote { service, env, release, apply, out } => {
             let target = commands::deploy::Target::Promote { release: &release };
             commands::deploy::plan_and_maybe_apply(g, &service, &env, target, apply, out.as_deref()).await
@@ -143,6 +148,7 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
             let target = commands::deploy::Target::Rollback { to: to.as_deref() };
             commands::deploy::plan_and_maybe_apply(g, &service, &env, target, apply, out.as_deref()).await
         }
+        Command::History { service, env } => commands::history::run(g, &service, &env).await,
         Command::Watch {
             env,
             interval,
@@ -184,6 +190,7 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
         Command::Adopt { service, env, host, apply } => {
             commands::adopt::adopt(g, &service, &env, host.as_deref(), apply).await
         }
+        Command::Repair { service, env, host, apply } => commands::repair::run(g, &service, &env, &host, apply).await,
         Command::Host { command: cli::HostCommand::Forget { host, env, apply } } => {
             commands::adopt::forget(g, &host, &env, apply).await
         }
@@ -225,16 +232,21 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
 }
 
 /// Logs go to stderr; `AGENTCTL_LOG` overrides `-v`; no colour when `NO_COLOR` is set
-/// or stderr is not a terminal.
+/// or stderr is not a terminal. The levels (docs/OPERATIONS.md, "Logs"):
+/// none: warnings; `-v`: each SSH connection, remote step and receipt, with timings;
+/// `-vv`: also each registry request and agentctl's own debug events; `-vvv`: everything,
+/// the libraries' (SQL statements, SSH and HTTP internals) included.
 fn init_tracing(verbose: u8) {
+    const OURS: [&str; 3] = ["agentctl", "controlplane", "controlplane_core"];
+    let ours = |level: &str| OURS.iter().map(|c| format!(",{c}={level}")).collect::<String>();
     let default = match verbose {
-        0 => "warn",
-        1 => "info,agentctl=info,controlplane=info",
-        2 => "debug",
-        _ => "trace",
+        0 => "warn".to_owned(),
+        1 => format!("warn{}", ours("info")),
+        2 => format!("warn{}", ours("debug")),
+        _ => "debug".to_owned(),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTCTL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&default));
     let color = std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal();
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -21,10 +21,13 @@ pub mod keyless;
 
 pub use controlplane_core::{
     adopt, approval, canonical, diagnostic, drift, egress, history, ids, image, lock, names, observe, plan, platform,
-    podman, receipt, records, release, remote, rollout, secrets, steps, tarball, untrusted, watch, workflow, VERSION,
+    podman, receipt, records, release, remote, repair, rollout, secrets, steps, tarball, untrusted, watch, workflow,
+    VERSION,
 };
 pub use edges::{held, hygiene, keys, metrics, receipt_log, registry, ssh, sshsig, store, vm};
 pub use jobs::egress as egress_proof;
+pub use jobs::history as release_history;
+pub use jobs::repair as host_repair;
 pub use jobs::{adoption, catalog, deploy, init, migrate, sign, status, verify, verify_blob};
 
 /// The manifest set: the core's format and validation, and `load` from a directory.

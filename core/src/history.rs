@@ -10,6 +10,10 @@
 use crate::records::HistoryEntry;
 
 /// The stack of one host's history (`entries` in order, all of the same host).
+///
+/// Consecutive entries of one release collapse into one (re-promoting what runs, to
+/// repair it, is not a step the way back walks through), so the entry below the top is
+/// always a *different* release.
 pub fn stack(entries: &[HistoryEntry]) -> Vec<String> {
     let mut stack: Vec<String> = Vec::new();
     for e in entries {
@@ -20,6 +24,7 @@ pub fn stack(entries: &[HistoryEntry]) -> Vec<String> {
             },
             // The host was re-imaged or replaced: nothing before this is its way back.
             "forget" => stack.clear(),
+            _ if stack.last() == Some(&e.release_id) => {}
             _ => stack.push(e.release_id.clone()),
         }
     }
@@ -77,6 +82,15 @@ mod tests {
         let s = h(&[("promote", "v2"), ("rollback", "v1")]);
         assert_eq!((current(&s), back(&s)), (Some("v1"), Some("v2")));
         assert_eq!(back(&h(&[])), None);
+    }
+
+    /// Regression (the rollback loop): v1, v2, then v2 again to repair drift made `back`
+    /// v2 itself, so every rollback planned "nothing to do" and recorded a success.
+    #[test]
+    fn re_promoting_what_runs_keeps_the_way_back_on_the_release_before() {
+        let s = h(&[("promote", "v1"), ("promote", "v2"), ("promote", "v2"), ("adopt", "v2")]);
+        assert_eq!((current(&s), back(&s)), (Some("v2"), Some("v1")));
+        assert_eq!(s, ["v1", "v2"]);
     }
 
     #[test]

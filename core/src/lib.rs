@@ -37,6 +37,7 @@ pub mod receipt;
 pub mod records;
 pub mod release;
 pub mod remote;
+pub mod repair;
 pub mod rollout;
 pub mod secrets;
 pub mod steps;

@@ -170,8 +170,18 @@ echo "started $name"
 /// container stops (with its last log lines); HTTP and TCP checks connect to
 /// `127.0.0.1:port` from the host (bash's `/dev/tcp`), `exec` runs ARGV in the container.
 const CHECK: &str = r#"set -u
+@COMMON@
 root="$1"; service="$2"; id="$3"; period="$4"; interval="$5"; retries="$6"; to="$7"; kind="$8"; port="$9"; path="${10}"; shift 10
 name="agentctl-$service-$id"
+# Read back what the container runs: the release's pinned image, or the host fails.
+readback() {
+  image_of "$root/$service/releases/$id"
+  runs=$(podman container inspect --format '{{.ImageDigest}}' "$name" 2>/dev/null | tr -dc 'a-z0-9:' | cut -c 1-80)
+  # Podman may name an image pulled by its index and by its platform manifest by either.
+  index=$(sed -n 's/.*"image":"[^"@]*@\(sha256:[0-9a-f]*\)".*/\1/p' "$root/$service/releases/$id/release.json" | head -n 1)
+  case "$runs" in "${img##*@}"|"${index:-none}") ;;
+    *) echo "the container runs image ${runs:-(none)}, not the release's ${img##*@}" >&2; exit 1 ;; esac
+}
 start=$(date +%s); fails=0; why=""; pause=0.1
 attempt() {
   case "$kind" in
@@ -188,7 +198,7 @@ echo "GET $1 answered: $code"; exit 1' "$port" "$path" 2>&1) ;;
 }
 while :; do
   # The check first; Podman is asked (a whole process each time) only when it fails.
-  if attempt; then echo "healthy"; exit 0; fi
+  if attempt; then readback; echo "healthy"; exit 0; fi
   state=$(podman container inspect --format '{{.State.Status}} {{.State.ExitCode}}' "$name" 2>/dev/null) || {
     echo "the container $name does not exist" >&2; exit 1; }
   case "$state" in
@@ -377,7 +387,7 @@ pub fn check(host: &Host, service: &Service, p: &PodmanRuntime, id: &str) -> Rem
         path.to_owned(),
     ];
     args.extend(argv.iter().cloned());
-    RemoteCommand::script(CHECK, args)
+    RemoteCommand::script(&script(CHECK), args)
 }
 
 /// Swaps `current` to release `id` (and stops the others, with `overlap`).

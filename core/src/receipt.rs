@@ -29,6 +29,8 @@ pub enum ReceiptKind {
     Adoption,
     /// `host forget`: a host's recorded history retired (re-imaged or replaced).
     HostForget,
+    /// `repair`: a host's recorded release staged again from the recorded files.
+    Repair,
 }
 
 impl ReceiptKind {
@@ -44,6 +46,7 @@ impl ReceiptKind {
             Self::EgressProof => "egress-proof",
             Self::Adoption => "adoption",
             Self::HostForget => "host-forget",
+            Self::Repair => "repair",
         }
     }
 
@@ -59,6 +62,7 @@ impl ReceiptKind {
             Self::EgressProof,
             Self::Adoption,
             Self::HostForget,
+            Self::Repair,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

@@ -5,6 +5,7 @@
 use crate::release::ReleaseFacts;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// A release CI registered, with the evidence it was verified with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +57,11 @@ pub struct AppliedRelease {
     #[serde(flatten)]
     pub facts: ReleaseFacts,
     pub applied_at: DateTime<Utc>,
+    /// The release's rendered files (path → base64), as the promotion that first applied
+    /// it staged them: what `repair` stages again and what `status` names changes against.
+    /// `None` for releases adopted or applied before the files were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<BTreeMap<String, String>>,
 }
 
 /// Who holds the (environment, service) lock.

@@ -190,6 +190,18 @@ pub struct ReleaseFacts {
 }
 
 impl ReleaseFacts {
+    /// The release's one human name beside its id: the short digest (`sha256:` and 12 hex
+    /// digits) and the source commit (12 characters), e.g. `sha256:0a1b2c3d4e5f, commit 9f8e7d6c5b4a`.
+    pub fn short(&self) -> String {
+        let digest: String = self.digest.chars().take("sha256:".len() + 12).collect();
+        let commit: String = self.source_commit.chars().take(12).collect();
+        if commit.is_empty() {
+            digest
+        } else {
+            format!("{digest}, commit {commit}")
+        }
+    }
+
     /// `repository@digest`.
     pub fn image(&self) -> String {
         format!("{}@{}", self.repository, self.digest)

@@ -50,17 +50,21 @@ fn statement(env: &Environment, saved: &SavedPlan) -> Statement {
     )
 }
 
+fn approving(saved: &SavedPlan) -> approve::Approving<'_> {
+    approve::Approving { plan_id: saved.plan_id.as_str(), author: &saved.plan.author }
+}
+
 /// Verifies and records an approval (store and receipt chain): the receipt and the approver.
 pub async fn record(
     ctx: &Context,
     store: &dyn Store,
     env: &Environment,
-    plan_id: &str,
+    saved: &SavedPlan,
     file: &ApprovalFile,
 ) -> Result<(String, String), Failure> {
     let (key, log, operator) = (receipt_key(ctx)?, receipts(ctx), ctx.operator());
     let to = approve::Record { store, log: &log, key: &key, operator: &operator, now: chrono::Utc::now() };
-    approve::record(&to, env, plan_id, &file.statement, &file.signature).await.map_err(|e| {
+    approve::record(&to, env, approving(saved), &file.statement, &file.signature).await.map_err(|e| {
         let hint = e.hint(env);
         let code = if matches!(e, approve::ApproveError::Refused(_)) { Code::Refused } else { Code::Failed };
         let f = Failure::new(code, e);
@@ -95,12 +99,12 @@ pub async fn run(g: &Globals, plan: &Path, how: How, out: Option<&Path>) -> Resu
     };
     let plan_id = saved.plan_id.to_string();
     // Refused before anything is written (an unknown key, another plan).
-    approve::verify(env, &plan_id, &file.statement, &file.signature).map_err(|e| {
+    approve::verify(env, approving(&saved), &file.statement, &file.signature).map_err(|e| {
         let hint = e.hint(env).unwrap_or_default();
         Failure::new(Code::Refused, e).hint(hint)
     })?;
     let store = ctx.store().await?;
-    let (receipt, approver) = record(&ctx, &store, env, &plan_id, &file).await?;
+    let (receipt, approver) = record(&ctx, &store, env, &saved, &file).await?;
     if let Some(out) = out {
         std::fs::write(out, serde_json::to_vec_pretty(&file)?).map_err(|e| {
             Failure::new(Code::Failed, anyhow::Error::new(e).context(format!("cannot write `{}`", out.display())))

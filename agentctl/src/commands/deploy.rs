@@ -50,9 +50,18 @@ fn catch_interrupts() {
                 eprintln!(
                     "  · interrupted: the hosts that are moving finish, no further host starts (again to abort now)"
                 );
-            } else {
+            } else if !INTERRUPT.applying() {
                 eprintln!("error: aborted by a second interrupt");
                 std::process::exit(130);
+            } else {
+                // The apply writes its `aborted` receipt and releases the lock (each bounded);
+                // should that hang, the process ends anyway.
+                INTERRUPT.abort();
+                tokio::spawn(async {
+                    tokio::time::sleep(Duration::from_secs(15)).await;
+                    eprintln!("error: aborted by a second interrupt (the receipt could not be written in time)");
+                    std::process::exit(130);
+                });
             }
         }
     });
@@ -122,6 +131,9 @@ pub fn failure(e: DeployError) -> Failure {
         DeployError::Vm(_) => Some("nothing was changed".into()),
         DeployError::HostNotReady { hint, .. } => Some(format!("{hint}; nothing was changed")),
         DeployError::Interrupted => Some("nothing was changed; the receipt says `interrupted`".into()),
+        DeployError::Aborted { .. } => Some(
+            "hosts that were moving run their old or their new release: `agentctl status` shows which; the lock is released".into(),
+        ),
         DeployError::NotRehearsed { earlier, digest, .. } => Some(format!(
             "prove the way back first: `agentctl rehearse SERVICE --env {earlier} --release {digest} --apply`"
         )),
@@ -134,6 +146,9 @@ pub fn failure(e: DeployError) -> Failure {
         DeployError::UnknownRollbackRelease { environment, service, .. } => Some(format!(
             "`agentctl receipts list` shows the releases applied to `{environment}`; roll back `--to` one of those (`agentctl rollback {service} --env {environment}` goes one step back)"
         )),
+        DeployError::NothingToRollBack { environment, service, .. } => Some(format!(
+            "nothing was changed or recorded; go back to another release with `agentctl rollback {service} --env {environment} --to ID` (`agentctl history {service} --env {environment}` lists them)"
+        )),
         DeployError::AmbiguousRollbackImage { .. } => {
             Some("each of those release ids is the image with other configuration; `--to` takes the id".into())
         }
@@ -141,6 +156,19 @@ pub fn failure(e: DeployError) -> Failure {
             "record what runs as the way back: `agentctl adopt {service} --env {environment}` (a dry run; `--apply` records it), which verifies it first; what cannot be verified cannot be adopted — remove its `current` link on {} by hand",
             if hosts.len() == 1 { "that host" } else { "those hosts" }
         )),
+        DeployError::WayBackBroken { host, service, environment, changes, .. } => {
+            let repair = format!(
+                "`agentctl repair {service} --env {environment} --host {host}` shows the changes and, with `--apply`, stages the recorded release again (with a receipt)"
+            );
+            Some(if changes.is_empty() {
+                format!("if the release was changed by hand: {repair}; if the host was re-imaged or replaced under the same name: `agentctl host forget {host} --env {environment}` (a dry run; `--apply` records it)")
+            } else {
+                format!("the recorded release was changed on the host: {repair}")
+            })
+        }
+        DeployError::NotRepairable { .. } => Some(
+            "promote a release to the host (`agentctl promote SERVICE --env ENV --release ID`): it replaces what runs".into(),
+        ),
         DeployError::Plan(controlplane::plan::PlanError::RollbackTargetBroken { .. }) => Some(
             "a host re-imaged or replaced under the same name: retire its recorded history with `agentctl host forget HOST --env ENV` (a dry run; `--apply` records it)".into(),
         ),
@@ -150,13 +178,18 @@ pub fn failure(e: DeployError) -> Failure {
         DeployError::UnknownHost { environment, .. } => {
             Some(format!("the hosts of `{environment}` are listed in `environments/{environment}.toml`"))
         }
+        DeployError::AlreadyApplied { receipt, .. } => Some(format!(
+            "`agentctl receipts show {receipt}` says how it ended; to change the hosts again make a new plan (`agentctl promote ...` or `agentctl rollback ...`)"
+        )),
         DeployError::Expired(_) | DeployError::Replayed(_) => {
             Some("make a new plan (`agentctl promote ... --out PLAN.json`), review it, apply it".into())
         }
         _ => None,
     };
     let details = e.details();
-    let code = if e.is_refusal() {
+    let code = if matches!(e, DeployError::Aborted { .. }) {
+        Code::Aborted
+    } else if e.is_refusal() {
         Code::Refused
     } else if e.is_invalid_input() {
         Code::Invalid
@@ -234,6 +267,21 @@ fn save(plan: &Plan, out: &Path) -> Result<(), Failure> {
     })
 }
 
+/// What a saved plan is for: where it is, and the exact commands that take it further
+/// (approvals first, where the environment needs them).
+fn saved_next(plan: &Plan, env: &Environment, path: &Path) -> String {
+    let p = crate::render::quote(&path.display().to_string());
+    let mut text = format!("\n\nplan {} saved to {p}; nothing was changed.\nnext:", plan.id());
+    if env.approvals > 0 {
+        text.push_str(&format!(
+            "\n  {} approver(s) of `{}` sign it: agentctl approve {p} --key ~/.ssh/id_ed25519",
+            env.approvals, env.name
+        ));
+    }
+    text.push_str(&format!("\n  apply it: agentctl apply {p}"));
+    text
+}
+
 pub enum Target<'a> {
     Promote { release: &'a str },
     Rollback { to: Option<&'a str> },
@@ -284,12 +332,18 @@ pub async fn plan_and_maybe_apply(
     }
     if !apply {
         fleet.close().await;
-        let hint = if plan.is_noop() {
-            "\n\nnothing to do."
-        } else {
-            "\n\ndry-run: nothing was changed. Apply with `--apply`, or save with `--out PLAN.json`."
+        let hint = match out {
+            _ if plan.is_noop() => "\n\nnothing to do.".to_owned(),
+            Some(path) => saved_next(plan, env, path),
+            None => {
+                "\n\ndry-run: nothing was changed. Apply with `--apply`, or save with `--out PLAN.json`.".to_owned()
+            }
         };
-        return Ok(plan_report(plan, hint));
+        let mut report = plan_report(plan, &hint);
+        if let (Some(path), Some(doc)) = (out, report.json.as_object_mut()) {
+            doc.insert("saved_to".into(), serde_json::json!(path.display().to_string()));
+        }
+        return Ok(report);
     }
     eprintln!("{}", crate::render::plan::render(plan));
     let key = receipt_key(&ctx)?;
@@ -381,7 +435,7 @@ pub async fn apply_saved(g: &Globals, path: &Path, approvals: &[std::path::PathB
             Failure::new(Code::Invalid, anyhow::anyhow!("`{}` is not an approval file: {e}", file.display()))
                 .hint("approval files are what `agentctl approve ... --out FILE` writes")
         })?;
-        super::approve::record(&ctx, &store, env, saved.plan_id.as_str(), &a).await?;
+        super::approve::record(&ctx, &store, env, &saved, &a).await?;
     }
     let verifier = verifier(&ctx)?;
     let deployer = deployer(&ctx, &store, &verifier);
@@ -422,9 +476,11 @@ pub async fn unlock(g: &Globals, service: &str, env_name: &str, force: bool) -> 
                 format!("the holder runs on another machine; if it is gone, take the lock over with {take_over}")
             }
         };
-        return Err(
-            Failure::new(Code::Refused, anyhow::anyhow!("`{service}` in `{env_name}` is locked by {who}")).hint(hint)
-        );
+        // Showing a lock is not a failure: exit 0, with what to do next.
+        return Ok(Report::new(
+            format!("`{service}` in `{env_name}` is locked by {who}\nnext: {hint}"),
+            serde_json::json!({ "locked": true, "holder": holder, "hint": hint }),
+        ));
     }
     let key = receipt_key(&ctx)?;
     store.force_unlock(env_name, service).await?;

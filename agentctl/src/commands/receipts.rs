@@ -127,6 +127,18 @@ pub async fn verify(g: &Globals, dir: Option<&Path>, store: bool, key: Option<&P
     }
 }
 
+/// A receipt's release by its one name: the id the hosts moved to, the short digest and
+/// the commit (`-` for receipts about no release).
+fn release_name(body: &controlplane::receipt::ReceiptBody) -> String {
+    let Some(facts) = &body.release else { return "-".into() };
+    let id =
+        body.hosts.iter().find(|h| matches!(h.outcome.as_str(), "changed" | "unchanged")).and_then(|h| h.after.clone());
+    match id {
+        Some(id) => format!("{id} ({})", facts.short()),
+        None => facts.short(),
+    }
+}
+
 pub async fn list(g: &Globals, dir: Option<&Path>) -> Result<Report, Failure> {
     let src = sources(g, dir, None, false).await?;
     let (files, _) = src.log.read()?;
@@ -146,6 +158,7 @@ pub async fn list(g: &Globals, dir: Option<&Path>) -> Result<Report, Failure> {
                         r.body.environment.as_deref().unwrap_or("-"),
                         r.body.service.as_deref().unwrap_or("-")
                     ),
+                    release_name(&r.body),
                     r.body.operator.clone(),
                 ]);
                 rows.push(serde_json::to_value(&r)?);
@@ -157,7 +170,7 @@ pub async fn list(g: &Globals, dir: Option<&Path>) -> Result<Report, Failure> {
         "{} receipt(s) in `{}`\n{}{unreadable}",
         files.len(),
         src.log.dir().display(),
-        crate::render::table(&["SEQ", "KIND", "OUTCOME", "TIME", "TARGET", "BY"], table)
+        crate::render::table(&["SEQ", "KIND", "OUTCOME", "TIME", "TARGET", "RELEASE", "BY"], table)
     );
     Ok(Report::new(text, serde_json::Value::Array(rows)))
 }

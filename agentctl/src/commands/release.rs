@@ -27,6 +27,45 @@ pub async fn add(g: &Globals, r: Registration<'_>) -> Result<Report, Failure> {
             CatalogError::Store(_) => Failure::new(Code::Failed, e),
             other => Failure::new(Code::Invalid, other),
         })?;
+    let text = describe(&record);
+    Ok(Report::new(text, record_json(&record)?))
+}
+
+/// `release show SERVICE REF`: the recorded release REF names (id, digest, prefix or tag),
+/// and the release ids it was applied as in each environment.
+pub async fn show(g: &Globals, service: &str, reference: &str) -> Result<Report, Failure> {
+    let ctx = Context::load(g)?;
+    let store = super::deploy::store_for(&ctx, false).await?;
+    let verifier = super::deploy::verifier(&ctx)?;
+    let deployer = super::deploy::deployer(&ctx, &store, &verifier);
+    let svc = deployer.service(service).map_err(super::deploy::failure)?;
+    let record = deployer.resolve_release(svc, reference).await.map_err(super::deploy::failure)?;
+    let mut text = describe(&record);
+    let mut applied = Vec::new();
+    for env in &ctx.set.environments {
+        let mut ids: Vec<String> = Vec::new();
+        for h in store.history(env.name.as_str(), service).await? {
+            if ids.contains(&h.release_id) || h.release_id.is_empty() {
+                continue;
+            }
+            let same = store.applied_release(env.name.as_str(), service, &h.release_id).await?;
+            if same.is_some_and(|a| a.facts.digest == record.facts.digest) {
+                ids.push(h.release_id);
+            }
+        }
+        for id in ids {
+            text.push_str(&format!("\n  applied to `{}` as {id}", env.name));
+            applied.push(serde_json::json!({ "environment": env.name.to_string(), "release_id": id }));
+        }
+    }
+    let mut json = record_json(&record)?;
+    if let Some(o) = json.as_object_mut() {
+        o.insert("applied".into(), serde_json::Value::Array(applied));
+    }
+    Ok(Report::new(text, json))
+}
+
+fn describe(record: &controlplane::store::ReleaseRecord) -> String {
     let format = controlplane::catalog::signature_of(&record.evidence);
     let text = format!(
         "recorded release of `{}`: {}@{}\n  commit {}\n  signed by {} ({format})\n  provenance {}\n  sbom {}",
@@ -38,11 +77,10 @@ pub async fn add(g: &Globals, r: Registration<'_>) -> Result<Report, Failure> {
         record.facts.provenance.as_deref().unwrap_or("none"),
         record.facts.sbom.as_deref().unwrap_or("none")
     );
-    let text = match &record.facts.platform_digest {
+    match &record.facts.platform_digest {
         Some(d) => format!("{text}\n  an image index: hosts run its manifest {d}"),
         None => text,
-    };
-    Ok(Report::new(text, serde_json::to_value(&record)?))
+    }
 }
 
 pub async fn list(g: &Globals, service: &str) -> Result<Report, Failure> {
@@ -67,5 +105,18 @@ pub async fn list(g: &Globals, service: &str) -> Result<Report, Failure> {
             text.push_str(&format!("\n    an image index: hosts run its manifest {d}"));
         }
     }
-    Ok(Report::new(text, serde_json::to_value(&releases)?))
+    let json: Vec<serde_json::Value> = releases.iter().map(record_json).collect::<Result<_, _>>()?;
+    Ok(Report::new(text, serde_json::Value::Array(json)))
+}
+
+/// A release record as JSON all the way down: its evidence (stored as JSON text) is a
+/// JSON value, not a string holding JSON.
+fn record_json(r: &controlplane::store::ReleaseRecord) -> Result<serde_json::Value, serde_json::Error> {
+    let mut v = serde_json::to_value(r)?;
+    if let Some(obj) = v.as_object_mut() {
+        let evidence =
+            serde_json::from_str(&r.evidence).unwrap_or_else(|_| serde_json::Value::String(r.evidence.clone()));
+        obj.insert("evidence".into(), evidence);
+    }
+    Ok(v)
 }

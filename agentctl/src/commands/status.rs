@@ -69,7 +69,10 @@ pub async fn run(g: &Globals, a: Args<'_>) -> Result<Report, Failure> {
             Some(store) => store.all_deployments().await?,
             None => Vec::new(),
         };
-        let rows = status::probe_all(&ssh, &pairs, &recorded, settings, &progress).await;
+        let mut rows = status::probe_all(&ssh, &pairs, &recorded, settings, &progress).await;
+        if let Some(store) = ctx.read_store().await? {
+            status::explain_tampered(&ssh, &store, &pairs, &mut rows, settings.timeout).await;
+        }
         let Some(interval) = a.watch else { return finish(g, rows) };
         match &previous {
             None => println!("{}", render_status(&rows)),

@@ -8,10 +8,15 @@ use controlplane::verify::{Requirements, Verifier, VerifyError};
 use controlplane::verify_blob::{self, Blob, BlobError, Signer};
 use std::path::{Path, PathBuf};
 
-/// Every verification refusal is a policy refusal (exit 4), with its own message and hint.
+/// A verification refusal is a policy refusal (exit 4), with its own message and hint; a
+/// registry outage is a retryable failure (exit 1); a bad reference is bad input (exit 2).
 pub fn refusal(e: VerifyError) -> Failure {
     let hint = e.hint();
-    let code = if matches!(e, VerifyError::BadReference(..)) { Code::Invalid } else { Code::Refused };
+    let code = match &e {
+        VerifyError::BadReference(..) => Code::Invalid,
+        e if e.is_outage() => Code::Failed,
+        _ => Code::Refused,
+    };
     let mut f = Failure::new(code, e);
     f.hint = hint;
     f

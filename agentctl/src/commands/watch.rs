@@ -165,5 +165,7 @@ pub async fn run(g: &Globals, a: Args) -> Result<Report, Failure> {
         eprintln!("SIGHUP: reloading the manifests");
     }
     let _ = stop_server.send(());
-    Ok(Report::new("watch stopped".into(), serde_json::json!({ "stopped": true })))
+    // stdout carries only the events' JSON lines: how the watch ended goes to stderr.
+    eprintln!("watch stopped");
+    Ok(Report::streamed())
 }

@@ -18,6 +18,17 @@ impl Report {
         Self { text, json }
     }
 
+    /// A command that streamed its output as it ran (`watch`'s JSON lines): nothing more
+    /// is printed at the end, in either form.
+    pub fn streamed() -> Self {
+        Self { text: String::new(), json: serde_json::Value::Null }
+    }
+
+    /// Whether there is nothing to print (a streamed command).
+    pub fn is_streamed(&self) -> bool {
+        self.text.is_empty() && self.json.is_null()
+    }
+
     pub fn render(&self, json: bool) -> String {
         if json {
             serde_json::to_string_pretty(&self.json).expect("JSON values serialize")
@@ -28,6 +39,7 @@ impl Report {
 }
 
 pub mod apply;
+pub mod history;
 pub mod plan;
 pub mod report;
 pub mod status;
@@ -45,4 +57,25 @@ pub fn table(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> St
         c.set_padding((0, 2));
     });
     t.lines().map(|l| l.trim_end().to_owned()).collect::<Vec<_>>().join("\n")
+}
+
+/// `s` as one shell word for a command the operator may paste: as is when it holds only
+/// safe characters, else single-quoted (control characters shown as `?`).
+pub fn quote(s: &str) -> String {
+    let clean: String = s.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+    if !clean.is_empty() && clean.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:@=+,~".contains(c)) {
+        clean
+    } else {
+        format!("'{}'", clean.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_path_is_one_shell_word() {
+        assert_eq!(super::quote("plans/p.json"), "plans/p.json");
+        assert_eq!(super::quote("my plan's.json"), r"'my plan'\''s.json'");
+        assert_eq!(super::quote("a\nb"), "'a?b'");
+    }
 }

@@ -11,7 +11,12 @@ pub fn render(rows: &[Row]) -> String {
                 r.service.clone(),
                 r.host.clone(),
                 r.status.label().to_owned(),
-                r.live.clone().unwrap_or_else(|| "-".into()),
+                match (&r.live, &r.recorded_release) {
+                    // The one name of what runs, where it is the recorded release.
+                    (Some(live), Some(name)) if r.recorded.as_ref() == Some(live) => format!("{live} ({name})"),
+                    (Some(live), _) => live.clone(),
+                    (None, _) => "-".into(),
+                },
                 r.status.detail(),
             ]
         }),

@@ -154,6 +154,7 @@ impl ReceiptLog {
         let stored = store.append_receipt(&make).await.map_err(|source| ReceiptError::Append { source })?;
         let r: Receipt = serde_json::from_slice(&stored.bytes)
             .map_err(|e| ReceiptError::BrokenHead { name: stored.index.file.clone(), detail: e.to_string() })?;
+        tracing::info!(seq = r.seq, kind = %stored.index.kind, file = %stored.index.file, "receipt appended");
         if let Err(e) = self.sync(store).await {
             tracing::warn!(error = %e, dir = %self.dir.display(), "receipt {} is recorded in the state store; the receipts directory is behind", r.seq);
         }

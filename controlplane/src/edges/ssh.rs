@@ -227,10 +227,12 @@ impl SshClient {
             .connect_timeout(self.connect_timeout)
             .control_directory(self.dir.path());
         let secs = self.connect_timeout.as_secs();
+        let started = std::time::Instant::now();
         let session = tokio::time::timeout(self.connect_timeout + Duration::from_secs(5), b.connect_mux(&host.address))
             .await
             .map_err(|_| SshError::Timeout { host: host.name.to_string(), secs })?
             .map_err(|e| SshError::from_ssh_message(host, &error_chain(&e), secs))?;
+        tracing::info!(address = %host.address, port = host.port, ms = started.elapsed().as_millis() as u64, "ssh connected (host key verified)");
         Ok(SshSession { host: host.clone(), session })
     }
 }

@@ -74,6 +74,12 @@ pub trait GoldenVm: Send + Sync {
     async fn egress_state(&self, service: &Service) -> Result<crate::observe::EgressObservation, VmError> {
         Err(VmError::NoCommand { service: service.name.to_string(), field: "egress_rules" })
     }
+    /// Lists release `id`'s directory (what `repair` and a refusal compare with the
+    /// recorded files).
+    async fn list_release(&self, service: &Service, id: &str) -> Result<crate::repair::Listing, VmError> {
+        let _ = id;
+        Err(VmError::NoCommand { service: service.name.to_string(), field: "list_release" })
+    }
     /// Ends the connection.
     async fn close(self: Box<Self>) {}
 }
@@ -157,7 +163,7 @@ impl SshVm {
         let remote = cmd.with_deadline(timeout.as_secs());
         let started = std::time::Instant::now();
         let result = self.session.run(&remote, stdin, STEP_OUTPUT_LIMIT, timeout + DEADLINE_GRACE).await;
-        tracing::debug!(host = self.name(), step = what, ms = started.elapsed().as_millis() as u64, "remote step");
+        tracing::info!(host = self.name(), step = what, ms = started.elapsed().as_millis() as u64, "remote step");
         match result {
             Ok(o) if o.success() => Ok(()),
             Ok(o) if o.status.is_some_and(|c| RemoteCommand::DEADLINE_STATUSES.contains(&c)) => {
@@ -291,6 +297,20 @@ impl GoldenVm for SshVm {
         let cmd = observe::egress_command(host, service).with_deadline(PROBE_TIMEOUT.as_secs());
         let out = self.session.run(&cmd, None, observe::MAX_PROBE_OUTPUT, PROBE_TIMEOUT + DEADLINE_GRACE).await?;
         observe::parse_egress(&out.stdout)
+            .map_err(|reason| VmError::Probe { host: host.name.to_string(), reason: HostText::new(&reason) })
+    }
+
+    async fn list_release(&self, service: &Service, id: &str) -> Result<crate::repair::Listing, VmError> {
+        let host = self.session.host();
+        let cmd = crate::repair::listing_command(host, service, id).with_deadline(PROBE_TIMEOUT.as_secs());
+        let out = self.session.run(&cmd, None, crate::repair::MAX_LISTING, PROBE_TIMEOUT + DEADLINE_GRACE).await?;
+        if !out.success() {
+            return Err(VmError::Command {
+                host: host.name.to_string(),
+                detail: HostText::new(&out.stderr.to_string()),
+            });
+        }
+        crate::repair::parse_listing(&out.stdout)
             .map_err(|reason| VmError::Probe { host: host.name.to_string(), reason: HostText::new(&reason) })
     }
 

@@ -87,7 +87,7 @@ pub struct Forget {
 }
 
 impl Deployer<'_> {
-    fn host_in(&self, env: &Environment, host: &str) -> Result<(), DeployError> {
+    pub(crate) fn host_in(&self, env: &Environment, host: &str) -> Result<(), DeployError> {
         if env.hosts.iter().any(|h| h.name.as_str() == host) {
             Ok(())
         } else {
@@ -258,6 +258,7 @@ impl Deployer<'_> {
                 content_hash: c.content_hash.to_string(),
                 facts,
                 applied_at: now,
+                files: None,
             });
         }
         let mut writes: Vec<Write<'_>> = deployments.iter().map(Write::Deployment).collect();
@@ -371,7 +372,7 @@ impl Deployer<'_> {
     }
 
     /// A single-use token for a write under the lock (the fencing token).
-    fn token(&self, what: &str, env: &str, service: &str) -> PlanId {
+    pub(crate) fn token(&self, what: &str, env: &str, service: &str) -> PlanId {
         let text = format!(
             "{what} {env} {service} {} {} {}",
             self.clock.now().to_rfc3339(),
@@ -381,7 +382,7 @@ impl Deployer<'_> {
         PlanId::new(&crate::receipt::hash(text.as_bytes())).unwrap_or_else(|_| unreachable!("a sha256 is a plan id"))
     }
 
-    async fn release_lock(&self, fence: &Fence) {
+    pub(crate) async fn release_lock(&self, fence: &Fence) {
         if let Err(e) = self.store.unlock(&fence.environment, &fence.service, &fence.plan_id).await {
             self.sink.event(&format!("cannot release the lock ({e}); it ends when its lease runs out"));
         }

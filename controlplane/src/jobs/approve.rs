@@ -23,18 +23,45 @@ pub enum ApproveError {
 impl ApproveError {
     /// What to do about a refusal.
     pub fn hint(&self, env: &Environment) -> Option<String> {
-        matches!(self, Self::Refused(_))
-            .then(|| format!("sign with a key listed in `{}`'s approvers, in namespace `{NAMESPACE}`", env.name))
+        match self {
+            Self::Refused(why) if why.contains("separation of duties") => {
+                Some(format!("another approver of `{}` signs it (`agentctl approve PLAN.json --key KEY`)", env.name))
+            }
+            Self::Refused(_) => {
+                Some(format!("sign with a key listed in `{}`'s approvers, in namespace `{NAMESPACE}`", env.name))
+            }
+            _ => None,
+        }
     }
 }
 
-/// The approver's name, when `signature` over `statement` is by one of `env`'s approvers
-/// and the statement approves `plan_id`.
-pub fn verify(env: &Environment, plan_id: &str, statement: &str, signature: &str) -> Result<String, ApproveError> {
+/// The plan an approval is for: its id and who made it.
+#[derive(Debug, Clone, Copy)]
+pub struct Approving<'a> {
+    pub plan_id: &'a str,
+    pub author: &'a str,
+}
+
+/// The approver's name, when `signature` over `statement` is by one of `env`'s approvers,
+/// the statement approves `plan.plan_id`, and the approval can count: an approval by the
+/// plan's own author, where the environment does not let authors approve, is refused
+/// now rather than ignored at apply.
+pub fn verify(
+    env: &Environment,
+    plan: Approving<'_>,
+    statement: &str,
+    signature: &str,
+) -> Result<String, ApproveError> {
     let who = crate::sshsig::verify(&env.approvers, statement.as_bytes(), signature).map_err(ApproveError::Refused)?;
     let st = Statement::parse(statement.as_bytes()).map_err(ApproveError::Refused)?;
-    if st.plan_id != plan_id {
-        return Err(ApproveError::Refused(format!("it approves plan `{}`, not `{plan_id}`", st.plan_id)));
+    if st.plan_id != plan.plan_id {
+        return Err(ApproveError::Refused(format!("it approves plan `{}`, not `{}`", st.plan_id, plan.plan_id)));
+    }
+    if !env.author_may_approve && who == plan.author {
+        return Err(ApproveError::Refused(format!(
+            "`{who}` made this plan, and `{}` needs its approvals from someone other than the plan's author (separation of duties)",
+            env.name
+        )));
     }
     Ok(who)
 }
@@ -53,11 +80,12 @@ pub struct Record<'a> {
 pub async fn record(
     to: &Record<'_>,
     env: &Environment,
-    plan_id: &str,
+    plan: Approving<'_>,
     statement: &str,
     signature: &str,
 ) -> Result<(String, String), ApproveError> {
-    let approver = verify(env, plan_id, statement, signature)?;
+    let approver = verify(env, plan, statement, signature)?;
+    let plan_id = plan.plan_id;
     to.store
         .approve(&Approval {
             plan_id: plan_id.into(),

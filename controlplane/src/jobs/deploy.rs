@@ -30,7 +30,7 @@ use crate::verify::{Requirements, Verified, VerifyError, VerifyRelease};
 use crate::vm::{Fleet, GoldenVm, VmError};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +41,7 @@ pub enum DeployError {
     UnknownService(String),
     #[error("no recorded release of `{service}` matches `{reference}`")]
     UnknownRelease { service: String, reference: String },
-    #[error("`{reference}` matches {count} releases of `{service}`; give more of the digest")]
+    #[error("`{reference}` matches {count} releases of `{service}`; give more of it")]
     AmbiguousRelease { service: String, reference: String, count: usize },
     #[error(transparent)]
     Verify(#[from] VerifyError),
@@ -71,6 +71,10 @@ pub enum DeployError {
     NoRollbackTarget { environment: String, service: String },
     #[error("hosts of `{environment}` record different rollback targets ({targets}); choose one with `--to`")]
     SplitRollbackTarget { environment: String, targets: String },
+    #[error(
+        "rolling `{service}` in `{environment}` back to `{release}` would change nothing: every host already runs it"
+    )]
+    NothingToRollBack { environment: String, service: String, release: String, choices: Vec<(String, String)> },
     #[error("release `{release}` was never applied to `{service}` in `{environment}`, so it cannot be rolled back to")]
     UnknownRollbackRelease { environment: String, service: String, release: String },
     #[error("image `{digest}` was applied to `{environment}` as several releases ({releases}); roll back `--to` one of them")]
@@ -81,6 +85,8 @@ pub enum DeployError {
     Egress { service: String, detail: String },
     #[error("interrupted before any host was changed")]
     Interrupted,
+    #[error("aborted by a second interrupt; the receipt {receipt} records it")]
+    Aborted { receipt: String },
     #[error(transparent)]
     Expired(plan::Expiry),
     #[error("release `{digest}` has no rollback rehearsal before `{environment}`")]
@@ -89,10 +95,16 @@ pub enum DeployError {
     RehearsalFailed { step: &'static str, receipt: String },
     #[error("plan `{0}` was applied before; a plan is applied once")]
     Replayed(PlanId),
+    #[error("plan `{plan}` is already applied (receipt {receipt}); a plan is applied once")]
+    AlreadyApplied { plan: PlanId, receipt: String },
     #[error("host `{host}` cannot run `{service}`: {reason}")]
     HostNotReady { host: String, service: String, reason: String, hint: String },
     #[error("no host `{host}` in environment `{environment}` (known: {known})")]
     UnknownHost { host: String, environment: String, known: String },
+    #[error("host `{host}` cannot be repaired: {reason}")]
+    NotRepairable { host: String, service: String, environment: String, reason: String },
+    #[error("the way back is broken on host `{host}`: {reason}")]
+    WayBackBroken { host: String, service: String, environment: String, reason: String, changes: Vec<String> },
     #[error("what runs of `{service}` in `{environment}` cannot be adopted: {}", hosts.iter().map(|(h, why)| format!("host `{h}`: {why}")).collect::<Vec<_>>().join("; "))]
     NotAdoptable { service: String, environment: String, hosts: Vec<(String, String)> },
 }
@@ -100,10 +112,12 @@ pub enum DeployError {
 impl DeployError {
     /// A refusal by policy (exit 4) rather than a failure (exit 1) or bad input (exit 2).
     pub fn is_refusal(&self) -> bool {
+        if let Self::Verify(v) = self {
+            return !v.is_outage();
+        }
         matches!(
             self,
-            Self::Verify(_)
-                | Self::Gate { .. }
+            Self::Gate { .. }
                 | Self::Stale { .. }
                 | Self::Locked { .. }
                 | Self::Approvals { .. }
@@ -111,9 +125,13 @@ impl DeployError {
                 | Self::Plan(_)
                 | Self::Expired(_)
                 | Self::Replayed(_)
+                | Self::AlreadyApplied { .. }
                 | Self::NotRehearsed { .. }
                 | Self::HostNotReady { .. }
                 | Self::NotAdoptable { .. }
+                | Self::NothingToRollBack { .. }
+                | Self::NotRepairable { .. }
+                | Self::WayBackBroken { .. }
         )
     }
 
@@ -146,6 +164,13 @@ impl DeployError {
                 .iter()
                 .map(|d| format!("`{}`: the plan file says `{}`, the manifests give `{}`", d.field, d.file, d.derived))
                 .collect(),
+            Self::WayBackBroken { changes, .. } => changes.clone(),
+            Self::NothingToRollBack { choices, .. } if choices.is_empty() => {
+                vec!["no other release was applied here to go back to".into()]
+            }
+            Self::NothingToRollBack { choices, .. } => {
+                choices.iter().map(|(id, name)| format!("`--to {id}` goes back to {name}")).collect()
+            }
             _ => Vec::new(),
         }
     }
@@ -175,15 +200,44 @@ impl Clock for SystemClock {
 /// hosts it is moving, starts no more, and ends with an `interrupted` receipt. Set too,
 /// with a reason, when the run loses its lock's lease ([`Interrupt::lease_lost`]): then
 /// no further host step starts at all (a host that was moving goes back).
+///
+/// A second request aborts ([`Interrupt::abort`]): the hosts' steps are dropped where they
+/// are, and the apply ends with a bounded write of an `aborted` receipt and the lock
+/// released, then returns [`DeployError::Aborted`].
 #[derive(Debug, Default)]
 pub struct Interrupt {
     requests: AtomicU32,
     lease_lost: std::sync::Mutex<Option<String>>,
+    abort: AtomicBool,
+    /// An apply holds its lock (an abort then writes its receipt before the process exits).
+    applying: AtomicBool,
 }
 
 impl Interrupt {
     pub const fn new() -> Self {
-        Self { requests: AtomicU32::new(0), lease_lost: std::sync::Mutex::new(None) }
+        Self {
+            requests: AtomicU32::new(0),
+            lease_lost: std::sync::Mutex::new(None),
+            abort: AtomicBool::new(false),
+            applying: AtomicBool::new(false),
+        }
+    }
+
+    /// Asks a running apply to stop now, without waiting for the moving hosts.
+    pub fn abort(&self) {
+        self.abort.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether an apply holds its lock now (an abort is then worth waiting for).
+    pub fn applying(&self) -> bool {
+        self.applying.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once [`Interrupt::abort`] was called.
+    async fn aborted(&self) {
+        while !self.abort.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Records one request to stop; returns how many there were.
@@ -206,6 +260,9 @@ impl Interrupt {
         self.lease_lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
+
+/// How long an aborted apply may spend writing its receipt (and, again, releasing its lock).
+const ABORT_WRITE_BUDGET: Duration = Duration::from_secs(5);
 
 /// What happened on each host, and how the rollout ended.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -312,14 +369,14 @@ pub struct Receipts<'a> {
 }
 
 impl<'a> Deployer<'a> {
-    pub(crate) fn environment(&self, name: &str) -> Result<&'a Environment, DeployError> {
+    pub fn environment(&self, name: &str) -> Result<&'a Environment, DeployError> {
         EnvName::new(name)
             .ok()
             .and_then(|n| self.set.environment(&n))
             .ok_or_else(|| DeployError::UnknownEnvironment(name.into()))
     }
 
-    pub(crate) fn service(&self, name: &str) -> Result<&'a Service, DeployError> {
+    pub fn service(&self, name: &str) -> Result<&'a Service, DeployError> {
         ServiceName::new(name)
             .ok()
             .and_then(|n| self.set.service(&n))
@@ -330,12 +387,72 @@ impl<'a> Deployer<'a> {
         self.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     }
 
-    /// The recorded release `reference` names: `repo@sha256:...`, `sha256:...` or a digest prefix.
+    /// The recorded release `reference` names, by any of its names: a release id as plans,
+    /// status and history show it (`r-…`, or a unique prefix of one, in any environment);
+    /// its image digest (`repo@sha256:…`, `sha256:…` or a unique prefix); or a tag of the
+    /// service's repository (`v2` or `repo:v2`), resolved now to its digest and shown pinned.
     pub async fn resolve_release(&self, service: &Service, reference: &str) -> Result<ReleaseRecord, DeployError> {
-        crate::catalog::resolve(self.store, service.name.as_str(), reference).await
+        let s = service.name.as_str();
+        if reference.starts_with("r-") {
+            let mut digests = std::collections::BTreeSet::new();
+            for env in &self.set.environments {
+                for id in self.release_ids(env, service, reference).await? {
+                    if let Some(a) = self.store.applied_release(env.name.as_str(), s, &id).await? {
+                        digests.insert(a.facts.digest);
+                    }
+                }
+            }
+            let unknown = || DeployError::UnknownRelease { service: s.into(), reference: reference.into() };
+            return match digests.len() {
+                0 => Err(unknown()),
+                1 => crate::catalog::resolve(self.store, s, digests.first().ok_or_else(unknown)?).await,
+                count => Err(DeployError::AmbiguousRelease { service: s.into(), reference: reference.into(), count }),
+            };
+        }
+        match crate::catalog::resolve(self.store, s, reference).await {
+            Err(DeployError::UnknownRelease { .. }) if tag_of(service, reference).is_some() => {
+                let tag = tag_of(service, reference).unwrap_or_default();
+                let digest = self.verifier.resolve_tag(&service.repository, tag).await?.ok_or_else(|| {
+                    DeployError::UnknownRelease { service: s.into(), reference: format!("{reference} (no such tag)") }
+                })?;
+                self.sink.event(&format!("tag `{tag}` is {}@{digest} now", service.repository));
+                crate::catalog::resolve(self.store, s, digest.as_str()).await.map_err(|e| match e {
+                    DeployError::UnknownRelease { .. } => DeployError::UnknownRelease {
+                        service: s.into(),
+                        reference: format!("{reference} (now {digest})"),
+                    },
+                    other => other,
+                })
+            }
+            other => other,
+        }
     }
 
-    async fn verify_record(&self, env: &Environment, record: &ReleaseRecord) -> Result<Verified, DeployError> {
+    /// The release ids in `env`'s recorded history of `service` that are `prefix` or start
+    /// with it (the exact id alone when one is exactly it).
+    async fn release_ids(
+        &self,
+        env: &Environment,
+        service: &Service,
+        prefix: &str,
+    ) -> Result<Vec<String>, DeployError> {
+        let mut ids: Vec<String> = Vec::new();
+        for h in self.store.history(env.name.as_str(), service.name.as_str()).await? {
+            if h.release_id == prefix {
+                return Ok(vec![h.release_id]);
+            }
+            if !h.release_id.is_empty() && h.release_id.starts_with(prefix) && !ids.contains(&h.release_id) {
+                ids.push(h.release_id);
+            }
+        }
+        Ok(ids)
+    }
+
+    pub(crate) async fn verify_record(
+        &self,
+        env: &Environment,
+        record: &ReleaseRecord,
+    ) -> Result<Verified, DeployError> {
         let (image, req) = requirements(env, record)?;
         Ok(self.verifier.verify_release(&image, &req).await?)
     }
@@ -584,26 +701,45 @@ impl<'a> Deployer<'a> {
             },
         };
         let plan = self
-            .build_plan(&PlanInput {
-                kind: PlanKind::Promote,
-                environment: env,
-                service,
-                release: planned,
-                content: Some(&content),
-                observed: &observed,
-                known_hashes: &recorded.hashes,
-                recorded: &recorded.current(),
-                created_at: made.at,
-                author: &made.by,
-            })
+            .build_plan(
+                fleet,
+                &PlanInput {
+                    kind: PlanKind::Promote,
+                    environment: env,
+                    service,
+                    release: planned,
+                    content: Some(&content),
+                    observed: &observed,
+                    known_hashes: &recorded.hashes,
+                    recorded: &recorded.current(),
+                    created_at: made.at,
+                    author: &made.by,
+                },
+            )
             .await?;
         Ok(Derived { plan, observed })
     }
 
     /// [`plan::build`], except that a live release with no record on a host while another
     /// apply holds the lock is that apply's move in progress: the refusal names the holder.
-    async fn build_plan(&self, input: &PlanInput<'_>) -> Result<Plan, DeployError> {
+    ///
+    /// A broken way back whose release was changed by hand names what changed (the
+    /// recorded release's directory listed and compared with its recorded files).
+    async fn build_plan(&self, fleet: &Fleet, input: &PlanInput<'_>) -> Result<Plan, DeployError> {
         match plan::build(input) {
+            Err(PlanError::RollbackTargetBroken { host, reason }) => {
+                let changes = match input.recorded.get(&host) {
+                    Some(id) => self.changes_on(fleet, input.environment, input.service, &host, id).await,
+                    None => Vec::new(),
+                };
+                Err(DeployError::WayBackBroken {
+                    host,
+                    service: input.service.name.to_string(),
+                    environment: input.environment.name.to_string(),
+                    reason,
+                    changes,
+                })
+            }
             Err(e @ PlanError::Unadopted { .. }) => {
                 let (env, service) = (input.environment.name.as_str(), input.service.name.as_str());
                 match self.store.lock_holder(env, service).await? {
@@ -620,6 +756,28 @@ impl<'a> Deployer<'a> {
                 }
             }
             other => Ok(other?),
+        }
+    }
+
+    /// What changed in release `id`'s directory on `host` against its recorded files, as
+    /// lines (empty when the files were not kept; a line saying why when it cannot be listed).
+    async fn changes_on(
+        &self,
+        fleet: &Fleet,
+        env: &Environment,
+        service: &Service,
+        host: &str,
+        id: &str,
+    ) -> Vec<String> {
+        let (e, s) = (env.name.as_str(), service.name.as_str());
+        let files = match self.store.applied_release(e, s, id).await {
+            Ok(Some(AppliedRelease { files: Some(f), .. })) => f,
+            _ => return Vec::new(),
+        };
+        let (Ok(applied), Some(vm)) = (crate::repair::decode(&files), fleet.get(host)) else { return Vec::new() };
+        match vm.list_release(service, id).await {
+            Ok(listing) => crate::repair::describe(&crate::repair::changes(&applied, &listing)),
+            Err(e) => vec![format!("what changed cannot be listed: {e}")],
         }
     }
 
@@ -646,8 +804,16 @@ impl<'a> Deployer<'a> {
         let service = self.service(service_name)?;
         let (e, s) = (env.name.to_string(), service.name.to_string());
         let target = match to {
-            // A release id as plans and `status` show it.
-            Some(t) if t.starts_with("r-") => t.to_owned(),
+            // A release id as plans, `status` and `history` show it, or a unique prefix.
+            Some(t) if t.starts_with("r-") => {
+                let mut ids = self.release_ids(env, service, t).await?;
+                match ids.len() {
+                    // Not in the history: the store's record of applied releases decides.
+                    0 => t.to_owned(),
+                    1 => ids.remove(0),
+                    count => return Err(DeployError::AmbiguousRelease { service: s, reference: t.to_owned(), count }),
+                }
+            }
             // A digest (or `repo@sha256:…`, or a prefix), as `promote --release` takes it.
             Some(t) => self.applied_release_for(env, service, t).await?,
             None => {
@@ -676,7 +842,7 @@ impl<'a> Deployer<'a> {
         reference: &str,
     ) -> Result<String, DeployError> {
         let (e, s) = (env.name.as_str(), service.name.as_str());
-        let record = crate::catalog::resolve(self.store, s, reference).await.map_err(|err| match err {
+        let record = self.resolve_release(service, reference).await.map_err(|err| match err {
             DeployError::UnknownRelease { .. } => DeployError::UnknownRollbackRelease {
                 environment: e.into(),
                 service: s.into(),
@@ -768,20 +934,56 @@ impl<'a> Deployer<'a> {
             },
         };
         let plan = self
-            .build_plan(&PlanInput {
-                kind: PlanKind::Rollback,
-                environment: env,
-                service,
-                release: planned,
-                content: None,
-                observed: &observed,
-                known_hashes: &recorded.hashes,
-                recorded: &recorded.current(),
-                created_at: made.at,
-                author: &made.by,
-            })
+            .build_plan(
+                fleet,
+                &PlanInput {
+                    kind: PlanKind::Rollback,
+                    environment: env,
+                    service,
+                    release: planned,
+                    content: None,
+                    observed: &observed,
+                    known_hashes: &recorded.hashes,
+                    recorded: &recorded.current(),
+                    created_at: made.at,
+                    author: &made.by,
+                },
+            )
             .await?;
+        // A rollback that moves nothing is not a rollback: refused, never a success.
+        if plan.is_noop() {
+            return Err(DeployError::NothingToRollBack {
+                environment: e,
+                service: s,
+                release: target.to_owned(),
+                choices: self.rollback_choices(env, service, target).await?,
+            });
+        }
         Ok(Derived { plan, observed })
+    }
+
+    /// The releases (environment, service)'s hosts ran, other than `except`, newest first,
+    /// as `--to` takes them: (release id, short digest and commit).
+    async fn rollback_choices(
+        &self,
+        env: &Environment,
+        service: &Service,
+        except: &str,
+    ) -> Result<Vec<(String, String)>, DeployError> {
+        let (e, s) = (env.name.as_str(), service.name.as_str());
+        let mut ids: Vec<String> = Vec::new();
+        for h in self.store.history(e, s).await?.into_iter().rev() {
+            if !h.release_id.is_empty() && h.release_id != except && !ids.contains(&h.release_id) {
+                ids.push(h.release_id);
+            }
+        }
+        let mut choices = Vec::new();
+        for id in ids {
+            if let Some(a) = self.store.applied_release(e, s, &id).await? {
+                choices.push((id, a.facts.short()));
+            }
+        }
+        Ok(choices)
     }
 
     /// Records a refusal that happened before a plan existed (verification, gate), when
@@ -864,7 +1066,17 @@ impl<'a> Deployer<'a> {
             Err::<ApplyReport, _>(e)
         };
 
-        // 0. A plan is single use and expires.
+        // 0. A plan is single use and expires. One that was applied says so, with its receipt.
+        let applied = self
+            .store
+            .receipts()
+            .await?
+            .into_iter()
+            .rev()
+            .find(|r| r.plan_id.as_deref() == Some(id.as_str()) && matches!(r.kind.as_str(), "apply" | "rollback"));
+        if let Some(r) = applied {
+            return refuse(DeployError::AlreadyApplied { plan: id.clone(), receipt: r.file }).await;
+        }
         if let Err(e) = plan::check_age(requested, self.clock.now(), self.set.settings.plan_max_age_secs) {
             return refuse(DeployError::Expired(e)).await;
         }
@@ -897,10 +1109,15 @@ impl<'a> Deployer<'a> {
         };
         let plan = match derived {
             Ok(d) => d.plan,
-            Err(e @ (DeployError::Verify(_) | DeployError::Gate { .. } | DeployError::Plan(_))) => {
+            Err(
+                e @ (DeployError::Verify(_)
+                | DeployError::Gate { .. }
+                | DeployError::Plan(_)
+                | DeployError::WayBackBroken { .. }),
+            ) => return refuse(e).await,
+            Err(e @ (DeployError::UnknownRollbackRelease { .. } | DeployError::NothingToRollBack { .. })) => {
                 return refuse(e).await
             }
-            Err(e @ DeployError::UnknownRollbackRelease { .. }) => return refuse(e).await,
             Err(e) => return Err(e),
         };
         match plan::compare(requested, &plan) {
@@ -952,15 +1169,22 @@ impl<'a> Deployer<'a> {
             service,
             approvals: approval_records,
             egress_checks,
+            progress: std::sync::Mutex::new(BTreeMap::new()),
         };
+        self.interrupt.applying.store(true, Ordering::SeqCst);
         let result = tokio::select! {
             result = run.apply_locked(receipts) => result,
             never = self.keep_lease(&plan, &plan_id, lease, now) => match never {},
+            () = self.interrupt.aborted() => run.aborted(receipts).await,
         };
         // A lock that cannot be released now runs out with its lease.
-        if let Err(e) = self.store.unlock(&plan.environment, &plan.service, plan_id.as_str()).await {
-            self.sink.event(&format!("cannot release the lock ({e}); it ends when its lease runs out"));
+        let unlock = self.store.unlock(&plan.environment, &plan.service, plan_id.as_str());
+        match tokio::time::timeout(ABORT_WRITE_BUDGET, unlock).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => self.sink.event(&format!("cannot release the lock ({e}); it ends when its lease runs out")),
+            Err(_) => self.sink.event("the store did not answer the unlock; the lock ends when its lease runs out"),
         }
+        self.interrupt.applying.store(false, Ordering::SeqCst);
         result
     }
 
@@ -1167,6 +1391,23 @@ impl<'a> Deployer<'a> {
     }
 }
 
+/// The tag `reference` names in `service`'s repository (`v2`, or `REPOSITORY:v2`), if it
+/// is one: a tag as OCI allows it (`[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`).
+fn tag_of<'r>(service: &Service, reference: &'r str) -> Option<&'r str> {
+    if reference.contains('@') {
+        return None;
+    }
+    let repo = service.repository.as_str();
+    let tag = match reference.strip_prefix(repo).and_then(|t| t.strip_prefix(':')) {
+        Some(t) => t,
+        None if reference.contains('/') || reference.contains(':') => return None,
+        None => reference,
+    };
+    let mut chars = tag.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    (first_ok && tag.len() <= 128 && chars.all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))).then_some(tag)
+}
+
 /// Resolves the names of `service`'s egress allowlist (now: at plan time, and again at
 /// apply time, when the plan is derived again) and pins the rules to the addresses.
 pub async fn pin_egress(service: &Service) -> Result<crate::egress::Pinned, DeployError> {
@@ -1242,7 +1483,7 @@ fn requirements(env: &Environment, record: &ReleaseRecord) -> Result<(PinnedImag
     Ok((image, req))
 }
 
-fn vm<'f>(fleet: &'f Fleet, name: &str) -> Result<&'f dyn GoldenVm, DeployError> {
+pub(crate) fn vm<'f>(fleet: &'f Fleet, name: &str) -> Result<&'f dyn GoldenVm, DeployError> {
     fleet.get(name).ok_or_else(|| {
         DeployError::Vm(VmError::Probe { host: name.into(), reason: HostText::new("the host is not connected") })
     })
@@ -1288,6 +1529,8 @@ struct Run<'r, 'a> {
     approvals: Vec<ApprovalRecord>,
     /// With `prove_on_apply`: what each host's workload must (not) reach after its health check.
     egress_checks: Option<Vec<crate::egress::Expectation>>,
+    /// Each host's outcome so far (what an aborted run's receipt says).
+    progress: std::sync::Mutex<BTreeMap<String, HostOutcome>>,
 }
 
 impl Run<'_, '_> {
@@ -1345,6 +1588,8 @@ impl Run<'_, '_> {
             content_hash: plan.release.content_hash.to_string(),
             facts: plan.release.facts.clone(),
             applied_at: d.clock.now(),
+            // What `repair` stages again (a rollback's plan carries no files: kept as recorded).
+            files: (!plan.files.is_empty()).then(|| plan.files.clone()),
         };
         let mut writes: Vec<Write<'_>> = way_back.iter().map(Write::Deployment).collect();
         writes.push(Write::Applied(&applied));
@@ -1370,6 +1615,7 @@ impl Run<'_, '_> {
                 (h.host.clone(), o)
             })
             .collect();
+        self.note_progress(&outcomes, &[]);
 
         // 5. Stage everywhere first: staging changes nothing live, and a failure here stops
         //    the rollout before any host moved.
@@ -1396,6 +1642,7 @@ impl Run<'_, '_> {
             if d.interrupt.requested() {
                 break;
             }
+            self.note_progress(&outcomes, batch);
             d.sink.event(&format!(
                 "batch {} of {}{}: {}",
                 i + 1,
@@ -1464,6 +1711,7 @@ impl Run<'_, '_> {
                 }
                 ends.insert(name.clone(), end);
             }
+            self.note_progress(&outcomes, &[]);
             let batch_ends: Vec<HostEnd> = batch.iter().filter_map(|n| ends.get(n).cloned()).collect();
             if !rollout::continue_after(&batch_ends, false) {
                 break;
@@ -1493,6 +1741,39 @@ impl Run<'_, '_> {
         let hosts: Vec<HostOutcome> = outcomes.into_values().collect();
         let r = self.final_receipt(self.body(outcome.as_str(), failure.clone(), hosts.clone()), receipts).await?;
         Ok(ApplyReport { plan_id: self.plan_id.clone(), outcome, hosts, receipt: r.file_name(), failure })
+    }
+
+    /// Keeps each host's outcome so far; the hosts of `moving` are marked as such.
+    fn note_progress(&self, outcomes: &BTreeMap<String, HostOutcome>, moving: &[String]) {
+        let mut now = outcomes.clone();
+        for name in moving {
+            if let Some(o) = now.get_mut(name) {
+                o.outcome = "unknown".into();
+                o.after = None;
+                o.detail = Some(HostText::new(
+                    "aborted while it moved: it runs its old or its new release (`agentctl status` shows which)",
+                ));
+            }
+        }
+        *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = now;
+    }
+
+    /// A second interrupt dropped the run where it was: an `aborted` receipt with what is
+    /// known of each host, written once within a bounded time.
+    async fn aborted(&self, receipts: &Receipts<'_>) -> Result<ApplyReport, DeployError> {
+        self.d.sink.event("aborted: the moving hosts' steps were dropped where they were");
+        let hosts: Vec<HostOutcome> =
+            self.progress.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let detail = "aborted by a second interrupt: hosts marked `unknown` were moving".to_owned();
+        let body = self.body("aborted", Some(detail), hosts);
+        match tokio::time::timeout(ABORT_WRITE_BUDGET, receipts.log.append(body, receipts.key, self.d.store)).await {
+            Ok(Ok(r)) => Err(DeployError::Aborted { receipt: r.file_name() }),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(DeployError::Store(StoreError::Unanswered {
+                what: "the aborted run's receipt",
+                secs: ABORT_WRITE_BUDGET.as_secs_f64(),
+            })),
+        }
     }
 
     /// Appends the run's last receipt. Hosts may have moved, so a store that cannot be
@@ -1547,6 +1828,22 @@ impl Run<'_, '_> {
         Ok(())
     }
 
+    /// After a healthy check: the digest the host's runtime reports as running must be the
+    /// release's (or, for an image index, its platform manifest's).
+    async fn read_back(&self, vm: &dyn GoldenVm) -> Result<(), String> {
+        let obs = vm.probe(self.service, &[]).await.map_err(|e| format!("cannot read back what runs: {e}"))?;
+        let facts = &self.plan.release.facts;
+        let running = obs.running.as_ref().map(|r| r.as_str().trim().to_owned()).unwrap_or_default();
+        if running == facts.digest || Some(&running) == facts.platform_digest.as_ref() {
+            return Ok(());
+        }
+        Err(format!(
+            "the runtime reports `{}` running, not the release's `{}`",
+            if running.is_empty() { "nothing" } else { &running },
+            facts.running_digest()
+        ))
+    }
+
     /// Walks one host through its steps; the core's [`HostMove`] decides each next one.
     async fn move_host(&self, name: &str) -> HostEnd {
         let target = self.plan.hosts.iter().find(|h| h.host == name).and_then(|h| h.rollback_target.as_ref());
@@ -1575,6 +1872,15 @@ impl Run<'_, '_> {
                 let proof = crate::egress_proof::prove_host(vm, self.service, checks).await;
                 if !proof.held() {
                     result = Err(format!("egress proof failed: {}", proof.failures().join("; ")));
+                }
+            }
+            // What was started must be what runs: the runtime's own report is read back
+            // (the Podman runtime reads its container's image in the health check itself).
+            if let (Ok(()), true, crate::manifest::Runtime::Command(_)) =
+                (&result, step.is_health(), &self.service.runtime)
+            {
+                if let Err(why) = self.read_back(vm).await {
+                    result = Err(why);
                 }
             }
             if let Err(e) = &result {

@@ -22,6 +22,8 @@ pub struct Row {
     pub host: String,
     pub recorded: Option<String>,
     pub live: Option<String>,
+    /// The recorded release's image and commit (`sha256:…` short, commit short), when one is recorded.
+    pub recorded_release: Option<String>,
     #[serde(flatten)]
     pub status: Status,
 }
@@ -98,6 +100,14 @@ pub async fn probe_all(
                     service: service.name.to_string(),
                     host: host.name.to_string(),
                     recorded: rec.map(|r| r.release_id.clone()).filter(|r| !r.is_empty()),
+                    recorded_release: rec.filter(|r| !r.release_id.is_empty()).map(|r| {
+                        crate::release::ReleaseFacts {
+                            digest: r.digest.clone(),
+                            source_commit: r.source_commit.clone(),
+                            ..Default::default()
+                        }
+                        .short()
+                    }),
                     live: status.1,
                     status: status.0,
                 },
@@ -168,6 +178,46 @@ pub async fn run_fresh_many(
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Names what changed on each `tampered` row's host: its recorded release directory is
+/// listed (one more round trip, tampered rows only) and compared with the files recorded
+/// when the release was applied; the paths are added to the row's reason, with the
+/// command that repairs the host. A release whose files were not kept is left as it is.
+pub async fn explain_tampered(
+    ssh: &SshClient,
+    store: &dyn crate::store::Store,
+    pairs: &[(&Environment, &Host, &Service)],
+    rows: &mut [Row],
+    timeout: Duration,
+) {
+    for row in rows.iter_mut() {
+        let (Status::Tampered { reason }, Some(id)) = (&mut row.status, &row.recorded) else { continue };
+        let Some((env, host, service)) = pairs.iter().find(|(e, h, s)| {
+            e.name.as_str() == row.environment && h.name.as_str() == row.host && s.name.as_str() == row.service
+        }) else {
+            continue;
+        };
+        let files = match store.applied_release(&row.environment, &row.service, id).await {
+            Ok(Some(crate::store::AppliedRelease { files: Some(f), .. })) => f,
+            _ => continue,
+        };
+        let Ok(applied) = crate::repair::decode(&files) else { continue };
+        let cmd = crate::repair::listing_command(host, service, id);
+        let named = match run_fresh(ssh, host, &cmd, crate::repair::MAX_LISTING, timeout).await {
+            Ok(out) => match crate::repair::parse_listing(&out) {
+                Ok(listing) => crate::repair::describe(&crate::repair::changes(&applied, &listing)).join("; "),
+                Err(why) => format!("what changed cannot be listed: {why}"),
+            },
+            Err(e) => format!("what changed cannot be listed: {e}"),
+        };
+        if !named.is_empty() {
+            reason.push_str(&format!(
+                "; {named}; `agentctl repair {} --env {} --host {}` puts it back",
+                service.name, env.name, host.name
+            ));
+        }
+    }
 }
 
 /// One `ssh` process, one round trip.

@@ -68,6 +68,12 @@ pub enum VerifyError {
 }
 
 impl VerifyError {
+    /// The registry is unreachable or failing: a retryable failure (exit 1), not a
+    /// refusal by policy (exit 4).
+    pub fn is_outage(&self) -> bool {
+        matches!(self, Self::Registry { source, .. } if source.is_outage())
+    }
+
     /// What to do about it.
     pub fn hint(&self) -> Option<String> {
         Some(match self {
@@ -206,6 +212,13 @@ pub trait VerifyRelease: Send + Sync {
         let _ = (facts, req);
         Err(VerifyError::UntrustedKey(image.clone()))
     }
+
+    /// What `repository:tag` points at now (`None`: no such tag). Only ever used to find
+    /// a recorded release by a tag an operator typed; the digest is what is believed.
+    async fn resolve_tag(&self, repository: &Repository, tag: &str) -> Result<Option<Digest>, VerifyError> {
+        let _ = (repository, tag);
+        Ok(None)
+    }
 }
 
 #[async_trait::async_trait]
@@ -215,6 +228,11 @@ impl VerifyRelease for Verifier<'_> {
             return Err(VerifyError::NoKeys);
         }
         self.verify_pinned(image, req).await
+    }
+
+    async fn resolve_tag(&self, repository: &Repository, tag: &str) -> Result<Option<Digest>, VerifyError> {
+        let reg = |source| VerifyError::Registry { image: format!("{repository}:{tag}"), source };
+        Ok(self.registry.manifest(repository, tag).await.map_err(reg)?.map(|(_, d)| d))
     }
 
     fn verify_recorded(

@@ -80,6 +80,21 @@ pub enum RegistryError {
     MissingCredential { registry: String, var: String },
 }
 
+impl RegistryError {
+    /// The registry could not be reached or is failing (a connection error, a 5xx or 429
+    /// answer): worth retrying later, never a judgement on the image.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } => true,
+            Self::Failed { source: OciDistributionError::ServerError { code, .. }, .. } => *code >= 500 || *code == 429,
+            Self::Failed { source: OciDistributionError::RequestError(e), .. } => {
+                e.is_connect() || e.is_timeout() || e.status().is_some_and(|s| s.is_server_error())
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A registry client for the registries a manifest set lists.
 #[derive(Clone)]
 pub struct Registry {
@@ -205,7 +220,9 @@ impl Registry {
     ) -> Result<Option<(Vec<u8>, Digest)>, RegistryError> {
         let auth = self.auth(repo)?;
         self.count(1);
+        let started = std::time::Instant::now();
         let r = self.client.pull_manifest_raw(&Self::reference(repo, tag_or_digest), &auth, MANIFEST_TYPES).await;
+        tracing::debug!(repository = %repo, reference = tag_or_digest, ok = r.is_ok(), ms = started.elapsed().as_millis() as u64, "registry: manifest");
         let (bytes, _) = match r {
             Ok(x) => x,
             Err(e) if Self::is_not_found(&e) => return Ok(None),
@@ -336,7 +353,9 @@ impl Registry {
         self.count(1);
         // The bound holds while the body streams in: the download stops at the limit.
         let mut out = Bounded { buf: Vec::new(), limit: MAX_BLOB_BYTES, over: false };
+        let started = std::time::Instant::now();
         let pulled = self.client.pull_blob(&Self::reference(repo, digest.as_str()), digest.as_str(), &mut out).await;
+        tracing::debug!(repository = %repo, %digest, bytes = out.buf.len(), ms = started.elapsed().as_millis() as u64, "registry: blob");
         if out.over {
             return Err(RegistryError::TooLarge {
                 registry: repo.registry().into(),

@@ -309,6 +309,10 @@ impl SqlStore {
                 ..Self::facts_from(row, repository)?
             },
             applied_at: time(row, "applied_at")?,
+            files: opt_text(row, "files")?
+                .map(|t| serde_json::from_str(&t))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt { what: "applied release files", detail: e.to_string() })?,
         })
     }
 
@@ -452,8 +456,9 @@ const PUT_DEPLOYMENT: &str = "INSERT INTO deployments (environment, service, hos
        content_hash = excluded.content_hash, rollback_target = excluded.rollback_target,
        plan_id = excluded.plan_id, updated_at = excluded.updated_at";
 
-const PUT_APPLIED: &str = "INSERT INTO applied_releases (environment, service, release_id, image, digest, source_commit, content_hash, signer_key_id, provenance, sbom, applied_at, platform_digest)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING";
+const PUT_APPLIED: &str = "INSERT INTO applied_releases (environment, service, release_id, image, digest, source_commit, content_hash, signer_key_id, provenance, sbom, applied_at, platform_digest, files)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+     ON CONFLICT (environment, service, release_id) DO UPDATE SET files = COALESCE(applied_releases.files, excluded.files)";
 
 const PUT_APPROVAL: &str =
     "INSERT INTO approvals (plan_id, approver, approved_at, statement, signature) VALUES ($1, $2, $3, $4, $5)
@@ -528,6 +533,7 @@ fn put_applied(r: &AppliedRelease) -> sqlx::query::Query<'_, sqlx::Any, sqlx::an
         .bind(&r.facts.sbom)
         .bind(ts(&r.applied_at))
         .bind(&r.facts.platform_digest)
+        .bind(r.files.as_ref().map(|f| serde_json::to_string(f).expect("a map of strings serializes")))
 }
 
 fn put_approval(a: &Approval) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {

@@ -69,6 +69,8 @@ struct Script {
     health_stderr: String,
     /// A step that takes this long on a host (a slow activation).
     stall: Option<(String, &'static str, Duration)>,
+    /// A host whose runtime runs this digest once activated, whatever the release says.
+    report: Option<(String, String)>,
 }
 
 struct FakeVm {
@@ -177,7 +179,11 @@ impl GoldenVm for FakeVm {
             Step::Activate(id) | Step::Reactivate(id) => {
                 let json: release::ReleaseJson = serde_json::from_slice(&t.releases[id]["release.json"])
                     .map_err(|e| HostText::new(&e.to_string()))?;
-                t.running = Some(json.digest);
+                let other = self.script.lock().unwrap().report.clone().filter(|(h, _)| *h == self.name);
+                t.running = Some(match (step, other) {
+                    (Step::Activate(_), Some((_, digest))) => digest,
+                    _ => json.digest,
+                });
             }
             Step::Health | Step::Check(_) => {}
             Step::Unset => {
@@ -880,7 +886,8 @@ async fn an_applied_plan_replayed_after_the_hosts_return_to_its_fingerprints_is_
     w.rollback(None).await.unwrap();
     assert_eq!(w.prod(), vec![Some(v1.clone()); 4], "the hosts match the plan's fingerprints again");
     let e = w.apply(&plan).await.unwrap_err();
-    assert!(matches!(e, DeployError::Replayed(_)), "{e}");
+    // Said as what it is, with the receipt of the first apply (it said "stale" once).
+    assert!(matches!(&e, DeployError::AlreadyApplied { receipt, .. } if receipt.ends_with("-apply.json")), "{e}");
     assert_eq!(w.prod(), vec![Some(v1); 4]);
     assert_eq!(w.last_receipt().body.kind, ReceiptKind::Refusal);
     assert!(w.store.lock_holder("prod", "api").await.unwrap().is_none(), "lock released");
@@ -893,4 +900,43 @@ async fn a_saved_plan_older_than_the_configured_age_is_refused_as_expired() {
     plan.created_at = "2026-01-01T00:00:00Z".into();
     let e = w.apply(&plan).await.unwrap_err();
     assert!(matches!(e, DeployError::Expired(plan::Expiry::Expired { .. })), "{e}");
+}
+
+/// Regression: with the runtime reporting another digest after activation, the apply said
+/// "live and healthy". What runs is read back after the health check: a host that runs
+/// anything but the release fails like an unhealthy one and goes back.
+#[tokio::test]
+async fn a_host_whose_runtime_runs_another_digest_after_activation_fails_and_goes_back() {
+    let w = World::new().await;
+    let (v1, plan) = w.v1_live_and_v2_in_staging().await;
+    let other = format!("sha256:{}", "e".repeat(64));
+    w.script.lock().unwrap().report = Some(("prod-1".into(), other.clone()));
+    let r = w.apply(&plan).await.unwrap();
+    assert_eq!(r.outcome, Outcome::Failed, "{r:#?}");
+    assert_eq!(w.prod(), vec![Some(v1.clone()), Some(plan.release.release_id.to_string()), Some(v1.clone()), Some(v1)]);
+    let detail = r.hosts[0].detail.as_ref().unwrap().to_string();
+    assert!(detail.contains(&format!("the runtime reports `{other}` running")), "{detail}");
+}
+
+/// Regression (the rollback loop): v1, v2, then v2 promoted again to repair it: the way
+/// back is still v1; and a rollback that would move nothing is refused (never recorded
+/// as a success), naming the `--to` choices.
+#[tokio::test]
+async fn re_promoting_what_runs_keeps_the_way_back_and_a_rollback_that_moves_nothing_is_refused() {
+    let w = World::new().await;
+    let (v1, plan) = w.v1_live_and_v2_in_staging().await;
+    w.apply(&plan).await.unwrap();
+    w.promote("prod", DIGEST_2).await;
+    let back = w.deployer(&Verifies).plan_rollback(&w.fleet("prod"), "prod", "api", None).await.unwrap();
+    assert_eq!(back.release.release_id.as_str(), v1);
+    let receipts = w.receipts().len();
+    let e = w.rollback(Some(plan.release.release_id.as_str())).await.unwrap_err();
+    match &e {
+        DeployError::NothingToRollBack { choices, .. } => {
+            assert_eq!(choices.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(), [v1.as_str()])
+        }
+        other => panic!("{other}"),
+    }
+    assert!(e.is_refusal());
+    assert_eq!(w.receipts().len(), receipts, "nothing recorded, no success above all");
 }
