@@ -97,7 +97,7 @@ async fn a_re_imaged_host_is_forgotten_and_then_promoted_to() {
     let v2 = w.release("v2").await;
     let out = w.promote("staging", &v2, &["--apply"]);
     assert_exit(&out, 4, "the way back is broken on host `stage-1`");
-    assert!(stderr(&out).contains("agentctl host forget HOST --env ENV"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("agentctl host forget stage-1 --env staging"), "{}", stderr(&out));
 
     let out = w.agentctl(&["host", "forget", "stage-1", "--env", "staging"]);
     assert_ok(&out);

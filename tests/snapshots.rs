@@ -111,3 +111,48 @@ async fn the_deploy_path_as_an_operator_sees_it() {
     std::fs::write(&env, text.replace("approvals = 0", "approvals = -1\nbogus = true")).unwrap();
     snap!("invalid_manifests", shown(&w.promote("staging", &v1, &[])));
 }
+
+/// The messages that say what happens next (#28): a saved plan and the commands that take
+/// it further, an applied plan applied again, an approval by the plan's own author, every
+/// unknown field of a file with what it probably meant, and a rollback that moves nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_happens_next_is_said() {
+    let w = World::start(fleet(1)).await;
+    let keys = tempfile::tempdir().unwrap();
+    let tester = keys.path().join("tester");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "tester", "-f"])
+        .arg(&tester)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let public = std::fs::read_to_string(tester.with_extension("pub")).unwrap();
+    let line = format!("tester {}", public.split_whitespace().take(2).collect::<Vec<_>>().join(" "));
+    std::fs::write(w.manifests().join("trust/prod.allowed_signers"), format!("{line}\n")).unwrap();
+    let prod = w.manifests().join("environments/prod.toml");
+    let text = std::fs::read_to_string(&prod).unwrap();
+    std::fs::write(
+        &prod,
+        text.replacen("approvals = 0", "approvals = 1\napprovers = \"trust/prod.allowed_signers\"", 1),
+    )
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plan.json");
+    let path = path.to_str().unwrap();
+    let v1 = w.release("v1").await;
+    snap!("saved_plan", shown(&w.promote("staging", &v1, &["--out", path])));
+    assert_ok(&w.agentctl(&["apply", path]));
+    snap!("already_applied", shown(&w.agentctl(&["apply", path])));
+
+    assert_ok(&w.promote("prod", &v1, &["--out", path]));
+    snap!("author_approval", shown(&w.agentctl(&["approve", path, "--key", tester.to_str().unwrap()])));
+
+    snap!("nothing_to_roll_back", shown(&w.agentctl(&["rollback", "api", "--env", "staging", "--to", "r-"])));
+
+    let service = w.manifests().join("services/api.toml");
+    let text = std::fs::read_to_string(&service).unwrap();
+    std::fs::write(&service, format!("repostory = \"x\"\n{text}\nhelth_timeout = 3\n\n[runtim]\nkind = \"podman\"\n"))
+        .unwrap();
+    snap!("every_unknown_field", shown(&w.agentctl(&["check"])));
+}

@@ -160,10 +160,12 @@ pub fn failure(e: DeployError) -> Failure {
             let repair = format!(
                 "`agentctl repair {service} --env {environment} --host {host}` shows the changes and, with `--apply`, stages the recorded release again (with a receipt)"
             );
-            Some(if changes.is_empty() {
-                format!("if the release was changed by hand: {repair}; if the host was re-imaged or replaced under the same name: `agentctl host forget {host} --env {environment}` (a dry run; `--apply` records it)")
-            } else {
+            let forget = format!("`agentctl host forget {host} --env {environment}` (a dry run; `--apply` records it)");
+            let listed = !changes.is_empty() && !changes.iter().any(|c| c.starts_with("what changed cannot be listed"));
+            Some(if listed {
                 format!("the recorded release was changed on the host: {repair}")
+            } else {
+                format!("if the release was changed by hand: {repair}; if the host was re-imaged or replaced under the same name: {forget}")
             })
         }
         DeployError::NotRepairable { .. } => Some(

@@ -107,19 +107,34 @@ impl<'a> Validator<'a> {
         self.push(at.file, loc, field, message, hint.map(str::to_owned));
     }
 
-    /// Parses one TOML file into its as-written type, reporting a syntax or type error.
+    /// Parses one TOML file into its as-written type, reporting a syntax or type error,
+    /// and every unknown field (each blanked out in turn, so that the next is found too).
     fn parse<T: DeserializeOwned>(&mut self, path: &Path) -> Option<(T, LineIndex)> {
         let text = self.files.get(path)?;
         let index = LineIndex::new(text);
-        match toml::from_str::<T>(text) {
-            Ok(v) => Some((v, index)),
-            Err(e) => {
-                let offset = e.span().map_or(0, |s| s.start);
-                let field = field_at(text, offset);
-                let message = e.message().trim_end().replace('\n', " ");
-                let hint = hint_for_parse_error(&message);
-                self.push(path, index.locate(offset), &field, message, hint);
-                None
+        let mut current = std::borrow::Cow::Borrowed(text.as_str());
+        let mut unknown = 0;
+        loop {
+            let e = match toml::from_str::<T>(&current) {
+                Ok(v) if unknown == 0 => return Some((v, index)),
+                Ok(_) => return None,
+                Err(e) => e,
+            };
+            let offset = e.span().map_or(0, |s| s.start);
+            let field = field_at(text, offset);
+            let message = e.message().trim_end().replace('\n', " ");
+            let is_unknown = message.starts_with("unknown field");
+            let hint = match unknown::did_you_mean(&message).filter(|_| is_unknown) {
+                Some(meant) => Some(format!(
+                    "did you mean `{meant}`? unknown fields are refused so that a typo never switches a setting off"
+                )),
+                None => hint_for_parse_error(&message),
+            };
+            self.push(path, index.locate(offset), &field, message, hint);
+            unknown += 1;
+            match unknown::blank_entry(&current, offset).filter(|_| is_unknown && unknown < unknown::MAX_UNKNOWN) {
+                Some(next) => current = std::borrow::Cow::Owned(next),
+                None => return None,
             }
         }
     }
@@ -1157,6 +1172,7 @@ pub fn relative_path_ok(s: &str) -> bool {
 }
 
 mod runtime;
+mod unknown;
 
 #[cfg(test)]
 mod tests;
