@@ -17,6 +17,7 @@ macro_rules! snap {
         let filters = vec![
             (r"10\.\d+\.\d+\.\d+:\d+", "[BRIDGE]:[PORT]"),
             (r"sha256:[0-9a-f]{64}", "sha256:[HASH]"),
+            (r"sha256:[0-9a-f]{12}\b", "sha256:[SHORT]"),
             (r"\br-[0-9a-f]{16}\b", "r-[ID]"),
             (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", "[TIME]"),
             (r"/tmp/agentlab-[A-Za-z0-9]+", "[LAB]"),

@@ -534,7 +534,7 @@ async fn an_applied_plan_replayed_after_the_hosts_return_to_its_fingerprints_is_
     assert_ok(&w.agentctl(&["apply", path]));
     assert_ok(&w.agentctl(&["rollback", "api", "--env", "staging", "--apply"]));
     let before = hosts_only(w.snapshot());
-    assert_exit(&w.agentctl(&["apply", path]), 4, "was applied before");
+    assert_exit(&w.agentctl(&["apply", path]), 4, "is already applied (receipt");
     assert_same(&before, &hosts_only(w.snapshot()), "nothing moved");
     assert_eq!(w.receipts().last().unwrap()["kind"], "refusal");
 }

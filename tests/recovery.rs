@@ -181,3 +181,97 @@ async fn an_apply_checks_what_it_started() {
     assert_eq!(w.live_digest("stage-1").as_deref(), Some(v1.digest.as_str()), "back on v1");
     assert_ok(&w.agentctl(&["status", "--env", "staging"]));
 }
+
+/// The shell commands of a Markdown file: each ```sh block, and each 4-space indented block.
+fn shell_blocks(md: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut fenced: Option<String> = None;
+    let mut indented = String::new();
+    for line in md.lines() {
+        match (&mut fenced, line.trim_end()) {
+            (None, "```sh") => fenced = Some(String::new()),
+            (Some(b), "```") => {
+                blocks.push(std::mem::take(b));
+                fenced = None;
+            }
+            (Some(b), l) => {
+                b.push_str(l);
+                b.push('\n');
+            }
+            (None, _) if line.starts_with("    ") => {
+                indented.push_str(&line[4..]);
+                indented.push('\n');
+            }
+            (None, _) => {
+                if !indented.is_empty() {
+                    blocks.push(std::mem::take(&mut indented));
+                }
+            }
+        }
+    }
+    blocks
+}
+
+/// receipts/README.md's commands failed as written (`jq -r` added a newline to the signed
+/// statement: "incorrect signature"). Every one of them now runs, unedited, with bash in
+/// a project holding an approved prod apply: openssl, cosign 3.1 (Debian's), jq and
+/// `ssh-keygen -Y verify` each accept what agentctl signed.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_receipts_readme_commands_run_as_written() {
+    let w = World::start(fleet(1)).await;
+    let keys = tempfile::tempdir().unwrap();
+    let carol = keys.path().join("carol");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "carol", "-f"])
+        .arg(&carol)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let public = std::fs::read_to_string(carol.with_extension("pub")).unwrap();
+    let line = format!("carol {}", public.split_whitespace().take(2).collect::<Vec<_>>().join(" "));
+    std::fs::write(w.manifests().join("trust/prod.allowed_signers"), format!("{line}\n")).unwrap();
+    let prod = w.manifests().join("environments/prod.toml");
+    let text = std::fs::read_to_string(&prod).unwrap();
+    std::fs::write(
+        &prod,
+        text.replacen("approvals = 0", "approvals = 1\napprovers = \"trust/prod.allowed_signers\"", 1),
+    )
+    .unwrap();
+    let v1 = w.deploy("v1", &["staging"]).await;
+    let plan = keys.path().join("plan.json");
+    let plan = plan.to_str().unwrap();
+    assert_ok(&w.promote("prod", &v1, &["--out", plan]));
+    assert_ok(&w.agentctl(&["approve", plan, "--key", carol.to_str().unwrap()]));
+    assert_ok(&w.agentctl(&["apply", plan]));
+
+    let cosign = lab::cosign::COSIGN_3_1.install().expect("cosign 3.1 (`cargo xtask setup` installs it)");
+    let bin = std::path::Path::new(BIN).parent().unwrap().to_path_buf();
+    let path = format!("{}:{}:{}", bin.display(), cosign.parent().unwrap().display(), std::env::var("PATH").unwrap());
+    let md = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../receipts/README.md"))
+        .unwrap();
+    let blocks = shell_blocks(&md);
+    assert_eq!(blocks.len(), 4, "{blocks:#?}");
+    let work = tempfile::tempdir().unwrap();
+    for dir in ["manifests", "receipts"] {
+        std::os::unix::fs::symlink(w.lab.dir().join(dir), work.path().join(dir)).unwrap();
+    }
+    for block in &blocks {
+        let out = std::process::Command::new("bash")
+            .args(["-euo", "pipefail", "-c", block])
+            .current_dir(work.path())
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{block}\nstdout: {}\nstderr: {}", stdout(&out), stderr(&out));
+    }
+    // And the approval check is not vacuous: a changed statement fails it.
+    let check = blocks.iter().find(|b| b.contains("ssh-keygen -Y verify")).unwrap();
+    let broken = check.replace("> statement\n", "> statement\necho tampered >> statement\n");
+    let out = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &broken])
+        .current_dir(work.path())
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a changed statement verifies: {}", stderr(&out));
+}

@@ -851,6 +851,7 @@ async fn keyless_bundles_verify_for_allowed_identities_and_every_other_case_is_r
     ];
     let filters = vec![
         (r"sha256:[0-9a-f]{64}", "sha256:[HASH]"),
+        (r"sha256:[0-9a-f]{12}\b", "sha256:[SHORT]"),
         (r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]"),
         (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?", "[TIME]"),
         (r"\b\d{10}\b", "[UNIX]"),

@@ -13,6 +13,7 @@ fn filters() -> Vec<(&'static str, &'static str)> {
     vec![
         (r"\x22[A-Za-z0-9+/]{60,}={0,2}\x22", "\"[BASE64]\""),
         (r"sha256:[0-9a-f]{64}", "sha256:[HASH]"),
+        (r"sha256:[0-9a-f]{12}\b", "sha256:[SHORT]"),
         (r"sha256-[0-9a-f]{64}", "sha256-[HASH]"),
         (r"\br-[0-9a-f]{16}\b", "r-[ID]"),
         (r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]"),

@@ -228,6 +228,8 @@ pub fn setup() -> anyhow::Result<()> {
         ("fuse-overlayfs", "/usr/bin/fuse-overlayfs"),
         ("busybox-static", lab::BUSYBOX),
         ("strace", "/usr/bin/strace"),
+        // receipts/README.md's commands, run as written by a test.
+        ("jq", "/usr/bin/jq"),
     ];
     let missing: Vec<&str> = needed.iter().filter(|(_, bin)| !Path::new(bin).exists()).map(|(p, _)| *p).collect();
     if missing.is_empty() {
