@@ -338,9 +338,15 @@ async fn list_show_and_report() {
     assert_ok(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["seq"], 3);
+    // A refusal whose detail holds Markdown code and markup.
+    let mut refusal = body(6);
+    refusal.detail = Some("the way back is broken: run `agentctl repair api` <script>".into());
+    ReceiptLog::new(p.receipts()).append(refusal, &p.key(), &p.store().await).await.unwrap();
     let html = p.dir.join("report.html");
     assert_ok(&p.agentctl(&["receipts", "report", "--out", html.to_str().unwrap()]));
     let text = std::fs::read_to_string(&html).unwrap();
+    assert!(text.contains("run <code>agentctl repair api</code> &lt;script&gt;"), "code rendered as code: {text}");
+    assert!(!text.contains("<script>"), "markup from a receipt is escaped");
     assert!(text.contains("staging / api") && text.contains("prod / api"), "grouped per environment and service");
     assert!(text.contains("Every signature and every link of the chain verifies"));
     assert_exit(&p.agentctl(&["receipts", "show", "99"]), 2, "no receipt `99`");
@@ -404,4 +410,40 @@ async fn a_directory_that_fell_behind_is_caught_up_by_the_next_append_and_export
     assert_exit(&out, 1, "differ from the state store's chain");
     assert!(stderr(&out).contains(&name_of(&p.receipts(), 2)) || stdout(&out).contains(&name_of(&p.receipts(), 2)));
     assert_eq!(std::fs::read(&edited).unwrap(), bytes, "the edited file is kept as evidence");
+}
+
+/// A receipt-key rotation: receipts signed before it verify with the old public key,
+/// those after with the new one; `--key` given twice checks the whole chain, and either
+/// key alone names the receipts it cannot verify.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chain_signed_across_a_key_rotation_verifies_with_both_keys() {
+    let p = Project::init();
+    p.append(2).await;
+    let old = p.dir.join("old-receipts.pub");
+    std::fs::copy(p.dir.join("manifests/trust/receipts.pub"), &old).unwrap();
+    // Rotate: a new pair where the manifests look for it.
+    let new_key = SigningKey::generate().unwrap();
+    std::fs::remove_file(p.dir.join("state/receipt.key")).unwrap();
+    new_key.write_pair(&p.dir.join("state/receipt"), b"").unwrap();
+    std::fs::rename(p.dir.join("state/receipt.pub"), p.dir.join("manifests/trust/receipts.pub")).unwrap();
+    p.append(2).await;
+    let new = p.dir.join("manifests/trust/receipts.pub");
+    let dir = p.receipts();
+    let verify = |keys: &[&Path]| {
+        let mut args = vec!["receipts", "verify", "--dir", dir.to_str().unwrap()];
+        for k in keys {
+            args.extend(["--key", k.to_str().unwrap()]);
+        }
+        p.agentctl(&args)
+    };
+    let out = verify(&[&old, &new]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("ok: 4 receipt(s)"), "{}", stdout(&out));
+    let out = verify(&[&new]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stdout(&out).contains(&format!("BAD  {}", name_of(&dir, 1))), "{}", stdout(&out));
+    assert!(!stdout(&out).contains(&format!("BAD  {}", name_of(&dir, 3))), "{}", stdout(&out));
+    let out = verify(&[&old]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stdout(&out).contains(&format!("BAD  {}", name_of(&dir, 3))), "{}", stdout(&out));
 }

@@ -190,6 +190,38 @@ fn attest_provenance(w: &World, image: &str, dir: &std::path::Path, commit: &str
 const OTHER_COMMIT: &str = "89abcdef0123456789abcdef0123456789abcdef";
 const BUILDER: &str = "https://github.com/actions/runner";
 
+/// A provenance predicate without what the policy checks (`{}`: no builder id, no source
+/// commit) is refused when the release is recorded, naming what is missing, and nothing
+/// is recorded; it used to be accepted and refused later, in prod, with no reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_provenance_predicate_is_refused_when_recorded() {
+    let w = World::start(no_hosts()).await;
+    let img = w.signed_image("demo/api", "empty-provenance").await;
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.json");
+    std::fs::write(&empty, "{}").unwrap();
+    let key = w.release_key();
+    let args = ["attest", &s(&img), "--predicate", empty.to_str().unwrap(), "--type", "slsaprovenance", "--key", &key];
+    assert_ok(&w.agentctl(&args));
+    let out = w.agentctl(&["release", "add", "api", &s(&img), "--commit", COMMIT]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("does not name a builder id or a source commit"), "{err}");
+    assert!(err.contains("builder.id") && err.contains("agentctl attest"), "the fix is named: {err}");
+    assert!(!stdout(&w.agentctl(&["release", "list", "api"])).contains(img.digest.as_str()), "nothing recorded");
+
+    // A predicate naming only the builder: the commit is what is missing.
+    let img = w.signed_image("demo/api", "builder-only").await;
+    let builder_only = dir.path().join("builder.json");
+    std::fs::write(&builder_only, serde_json::json!({ "builder": { "id": BUILDER } }).to_string()).unwrap();
+    let args =
+        ["attest", &s(&img), "--predicate", builder_only.to_str().unwrap(), "--type", "slsaprovenance", "--key", &key];
+    assert_ok(&w.agentctl(&args));
+    let out = w.agentctl(&["release", "add", "api", &s(&img), "--commit", COMMIT]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not name a source commit"), "{}", stderr(&out));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn attestations_round_trip_and_release_add_records_the_evidence() {
     let w = World::start(no_hosts()).await;

@@ -114,7 +114,8 @@ async fn the_deploy_path_as_an_operator_sees_it() {
 }
 
 /// The messages that say what happens next (#28): a saved plan and the commands that take
-/// it further, an applied plan applied again, an approval by the plan's own author, every
+/// it further, an applied plan applied again, a public key given to `approve`, an approval
+/// by the plan's own author, every
 /// unknown field of a file with what it probably meant, and a rollback that moves nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn what_happens_next_is_said() {
@@ -147,6 +148,8 @@ async fn what_happens_next_is_said() {
     snap!("already_applied", shown(&w.agentctl(&["apply", path])));
 
     assert_ok(&w.promote("prod", &v1, &["--out", path]));
+    let public = tester.with_extension("pub");
+    snap!("approve_with_a_public_key", shown(&w.agentctl(&["approve", path, "--key", public.to_str().unwrap()])));
     snap!("author_approval", shown(&w.agentctl(&["approve", path, "--key", tester.to_str().unwrap()])));
 
     snap!("nothing_to_roll_back", shown(&w.agentctl(&["rollback", "api", "--env", "staging", "--to", "r-"])));

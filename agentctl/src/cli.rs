@@ -37,7 +37,8 @@ pub enum Command {
     /// Scaffold a manifest set, the state database and signing keys in DIR.
     ///
     /// Creates DIR/manifests (a commented example), DIR/state (SQLite database,
-    /// receipt- and release-signing keys encrypted with `AGENTCTL_RECEIPT_KEY_PASSWORD`,
+    /// the receipt key encrypted with `AGENTCTL_RECEIPT_KEY_PASSWORD`, the release-signing
+    /// key with `COSIGN_PASSWORD` (what `sign` and cosign read),
     /// an SSH client key) and DIR/receipts. Refuses to touch anything that exists.
     Init {
         /// Where to scaffold.
@@ -447,9 +448,11 @@ pub enum ReceiptsCommand {
         /// Verify the chain in the manifests' state store, not a directory.
         #[arg(long)]
         store: bool,
-        /// The receipt-signing public key (default: the manifests' `receipt_public_key`).
+        /// A receipt-signing public key (default: the manifests' `receipt_public_key`).
+        /// Give it more than once for a chain signed across a key rotation: a
+        /// signature holds when any of the keys verifies it.
         #[arg(long)]
-        key: Option<PathBuf>,
+        key: Vec<PathBuf>,
     },
     /// Write every receipt of the state store's chain into DIR (receipt and `.sig` files),
     /// the directory an auditor verifies offline. Files already there are kept; one whose
@@ -464,8 +467,9 @@ pub enum ReceiptsCommand {
         out: PathBuf,
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// A receipt-signing public key, as for `verify` (repeatable).
         #[arg(long)]
-        key: Option<PathBuf>,
+        key: Vec<PathBuf>,
     },
 }
 

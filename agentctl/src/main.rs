@@ -215,11 +215,11 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
             ReceiptsCommand::List { dir } => commands::receipts::list(g, dir.as_deref()).await,
             ReceiptsCommand::Show { id, dir } => commands::receipts::show(g, &id, dir.as_deref()).await,
             ReceiptsCommand::Verify { dir, store, key } => {
-                commands::receipts::verify(g, dir.as_deref(), store, key.as_deref()).await
+                commands::receipts::verify(g, dir.as_deref(), store, &key).await
             }
             ReceiptsCommand::Export { dir } => commands::receipts::export(g, &dir).await,
             ReceiptsCommand::Report { out, dir, key } => {
-                commands::receipts::report(g, &out, dir.as_deref(), key.as_deref()).await
+                commands::receipts::report(g, &out, dir.as_deref(), &key).await
             }
         },
         Command::Completions { shell } => {

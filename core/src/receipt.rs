@@ -209,6 +209,14 @@ pub trait SignatureCheck: Sync {
     fn verify(&self, msg: &[u8], signature: &[u8]) -> bool;
 }
 
+/// A chain signed across a receipt-key rotation: a signature holds when any of the keys
+/// verifies it (`receipts verify --key old.pub --key new.pub`).
+impl<T: SignatureCheck> SignatureCheck for Vec<T> {
+    fn verify(&self, msg: &[u8], signature: &[u8]) -> bool {
+        self.iter().any(|k| k.verify(msg, signature))
+    }
+}
+
 /// The state store's view of the chain head, when it is available.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreHead {

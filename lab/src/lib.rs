@@ -220,7 +220,7 @@ impl Lab {
         };
         // World-traversable, so the lab user can reach its runtime root under it.
         set_mode(&dir, 0o755)?;
-        controlplane::init::scaffold(&dir, b"").await?;
+        controlplane::init::scaffold(&dir, controlplane::init::Passwords::default()).await?;
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).map_err(io(&bin))?;
         write_mode(&bin.join("agent-runtime"), RUNTIME_SHIM.as_bytes(), 0o755)?;

@@ -88,7 +88,17 @@ pub async fn run(g: &Globals, plan: &Path, how: How, out: Option<&Path>) -> Resu
         How::Key(key) => {
             let st = statement(env, &saved);
             let signature = controlplane::sshsig::sign(&key, &st).map_err(|e| {
-                let hint = format!("for an encrypted key or an agent: `agentctl approve {} --print-statement > st`, `ssh-keygen -Y sign -f KEY -n {NAMESPACE} st`, then `--statement st --signature st.sig`", plan.display());
+                let hint = match &e {
+                    controlplane::sshsig::SshSigError::IsPublic { path } => {
+                        let private = path.to_string_lossy().strip_suffix(".pub").map(str::to_owned);
+                        format!(
+                            "give the private key: `agentctl approve {} --key {}` (the `.pub` is what `allowed_signers` lists)",
+                            plan.display(),
+                            private.as_deref().unwrap_or("~/.ssh/id_ed25519")
+                        )
+                    }
+                    _ => format!("for an encrypted key or an agent: `agentctl approve {} --print-statement > st`, `ssh-keygen -Y sign -f KEY -n {NAMESPACE} st`, then `--statement st --signature st.sig`", plan.display()),
+                };
                 Failure::new(Code::Invalid, e).hint(hint)
             })?;
             ApprovalFile { statement: String::from_utf8_lossy(&st.to_bytes()).into_owned(), signature }

@@ -104,6 +104,13 @@ pub fn signing_key(path: &Path) -> Result<SigningKey, Failure> {
         return Err(Failure::new(Code::Invalid, anyhow::anyhow!("`COSIGN_PASSWORD` is not set"))
             .hint("set it to the key's password (it may be empty: `COSIGN_PASSWORD=`)"));
     };
-    SigningKey::load(path, password.as_bytes())
-        .map_err(|e| Failure::new(Code::Invalid, e).hint("check the key file and `COSIGN_PASSWORD`"))
+    SigningKey::load(path, password.as_bytes()).map_err(|e| {
+        let hint = match e {
+            controlplane::keys::KeyError::IsPublic { .. } => {
+                "`--key` takes the private key (`cosign.key`); the `.pub` is what the trust policy lists"
+            }
+            _ => "check the key file and `COSIGN_PASSWORD`",
+        };
+        Failure::new(Code::Invalid, e).hint(hint)
+    })
 }

@@ -2,24 +2,32 @@
 
 use crate::failure::{Code, Failure};
 use crate::render::Report;
-use controlplane::init::{scaffold, InitError};
+use controlplane::init::{scaffold, InitError, Passwords};
 use std::path::Path;
 
-/// Environment variable whose value encrypts the scaffolded private keys.
+/// Environment variable whose value encrypts the scaffolded receipt key (the scaffolded
+/// `controlplane.toml` names it as `receipt_key_password_env`).
 pub const PASSWORD_ENV: &str = "AGENTCTL_RECEIPT_KEY_PASSWORD";
+/// cosign's variable: it encrypts the scaffolded release-signing key, which `sign`,
+/// `attest` and cosign itself decrypt with it.
+pub const COSIGN_PASSWORD_ENV: &str = "COSIGN_PASSWORD";
 
 pub async fn run(dir: &Path) -> Result<Report, Failure> {
-    let password = std::env::var(PASSWORD_ENV).unwrap_or_default();
-    if password.is_empty() {
-        tracing::warn!("{PASSWORD_ENV} is not set: the private keys are encrypted with an empty password");
+    let receipt = std::env::var(PASSWORD_ENV).unwrap_or_default();
+    let release = std::env::var(COSIGN_PASSWORD_ENV).unwrap_or_default();
+    for (var, value) in [(PASSWORD_ENV, &receipt), (COSIGN_PASSWORD_ENV, &release)] {
+        if value.is_empty() {
+            tracing::warn!("{var} is not set: its key is encrypted with an empty password");
+        }
     }
-    let report = scaffold(dir, password.as_bytes()).await.map_err(|e| match e {
+    let passwords = Passwords { receipt: receipt.as_bytes(), release: release.as_bytes() };
+    let report = scaffold(dir, passwords).await.map_err(|e| match e {
         InitError::Exists(_) => Failure::new(Code::Invalid, e)
             .hint("run `init` in an empty directory, or use the manifest set that is there"),
         other => Failure::new(Code::Failed, other),
     })?;
     let text = format!(
-        "initialized `{}`\n  manifests:  {}\n  state:      {}\n  receipts:   {}\n  receipt key: {} (public: {})\n  release key: {} (public: {})\n  ssh key:    {}\nnext: edit the hosts in {}/environments, then run `agentctl --manifests {} check`",
+        "initialized `{}`\n  manifests:  {}\n  state:      {}\n  receipts:   {}\n  receipt key: {} (public: {}; password: ${PASSWORD_ENV})\n  release key: {} (public: {}; password: ${COSIGN_PASSWORD_ENV})\n  ssh key:    {}\nnext: edit the hosts in {}/environments, then run `agentctl --manifests {} check`",
         dir.display(),
         report.manifests.display(),
         report.state_db.display(),

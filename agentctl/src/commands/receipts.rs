@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 /// Where the receipts are, the key to check them with, and the store's head if any.
 struct Sources {
     log: ReceiptLog,
-    key: Option<PublicKey>,
+    /// The receipt keys a signature may verify with (more than one across a rotation).
+    key: Option<Vec<PublicKey>>,
     head: Option<StoreHead>,
     store_note: &'static str,
     /// The chain read from the state store instead of the directory (`verify --store`).
@@ -22,22 +23,25 @@ struct Sources {
     origin: String,
 }
 
-async fn sources(g: &Globals, dir: Option<&Path>, key: Option<&Path>, need_key: bool) -> Result<Sources, Failure> {
+/// Loads each `--key`, or the manifests' `receipt_public_key` when none is given.
+fn load_keys(keys: &[PathBuf], ctx: Option<&Context>) -> Result<Vec<PublicKey>, Failure> {
+    let paths: Vec<PathBuf> = match (keys, ctx) {
+        ([], Some(c)) => vec![c.set.resolve(&c.set.settings.receipt_public_key)],
+        ([], None) => unreachable!("a context is loaded when no --key is given"),
+        (keys, _) => keys.to_vec(),
+    };
+    paths.iter().map(|k| PublicKey::load(k).map_err(|e| Failure::new(Code::Invalid, e))).collect()
+}
+
+async fn sources(g: &Globals, dir: Option<&Path>, keys: &[PathBuf], need_key: bool) -> Result<Sources, Failure> {
     // Manifests are optional for auditors who have only the receipts and the key.
-    let ctx = if dir.is_some() && key.is_some() { Context::load(g).ok() } else { Some(Context::load(g)?) };
+    let ctx = if dir.is_some() && !keys.is_empty() { Context::load(g).ok() } else { Some(Context::load(g)?) };
     let dir: PathBuf = match (dir, &ctx) {
         (Some(d), _) => d.to_path_buf(),
         (None, Some(c)) => c.set.resolve(&c.set.settings.receipts_dir),
         (None, None) => unreachable!("a context is loaded when --dir is absent"),
     };
-    let key = match (key, &ctx) {
-        (Some(k), _) => Some(PublicKey::load(k).map_err(|e| Failure::new(Code::Invalid, e))?),
-        (None, Some(c)) if need_key => Some(
-            PublicKey::load(&c.set.resolve(&c.set.settings.receipt_public_key))
-                .map_err(|e| Failure::new(Code::Invalid, e))?,
-        ),
-        _ => None,
-    };
+    let key = if need_key { Some(load_keys(keys, ctx.as_ref())?) } else { None };
     let mut head = None;
     let mut store_note = "state store not available: a removed tail of the chain cannot be detected";
     if let Some(c) = &ctx {
@@ -58,13 +62,9 @@ async fn sources(g: &Globals, dir: Option<&Path>, key: Option<&Path>, need_key: 
 }
 
 /// The chain as the manifests' state store holds it.
-async fn store_sources(g: &Globals, key: Option<&Path>) -> Result<Sources, Failure> {
+async fn store_sources(g: &Globals, keys: &[PathBuf]) -> Result<Sources, Failure> {
     let ctx = Context::load(g)?;
-    let key = match key {
-        Some(k) => PublicKey::load(k),
-        None => PublicKey::load(&ctx.set.resolve(&ctx.set.settings.receipt_public_key)),
-    }
-    .map_err(|e| Failure::new(Code::Invalid, e))?;
+    let key = load_keys(keys, Some(&ctx))?;
     let Some(store) = ctx.read_store().await? else {
         return Err(Failure::new(
             Code::Invalid,
@@ -95,8 +95,8 @@ fn check(src: &Sources) -> Result<ChainReport, Failure> {
     Ok(receipt::verify_chain(&files, &orphans, key, src.head.as_ref()))
 }
 
-pub async fn verify(g: &Globals, dir: Option<&Path>, store: bool, key: Option<&Path>) -> Result<Report, Failure> {
-    let src = if store { store_sources(g, key).await? } else { sources(g, dir, key, true).await? };
+pub async fn verify(g: &Globals, dir: Option<&Path>, store: bool, keys: &[PathBuf]) -> Result<Report, Failure> {
+    let src = if store { store_sources(g, keys).await? } else { sources(g, dir, keys, true).await? };
     let report = check(&src)?;
     let mut text = String::new();
     for p in &report.problems {
@@ -140,7 +140,7 @@ fn release_name(body: &controlplane::receipt::ReceiptBody) -> String {
 }
 
 pub async fn list(g: &Globals, dir: Option<&Path>) -> Result<Report, Failure> {
-    let src = sources(g, dir, None, false).await?;
+    let src = sources(g, dir, &[], false).await?;
     let (files, _) = src.log.read()?;
     let mut rows = Vec::new();
     let mut table = Vec::new();
@@ -176,7 +176,7 @@ pub async fn list(g: &Globals, dir: Option<&Path>) -> Result<Report, Failure> {
 }
 
 pub async fn show(g: &Globals, id: &str, dir: Option<&Path>) -> Result<Report, Failure> {
-    let src = sources(g, dir, None, false).await?;
+    let src = sources(g, dir, &[], false).await?;
     let (files, _) = src.log.read()?;
     let wanted = id.parse::<u64>().ok();
     let file = files.iter().find(|f| {
@@ -190,11 +190,11 @@ pub async fn show(g: &Globals, id: &str, dir: Option<&Path>) -> Result<Report, F
     Ok(Report::new(serde_json::to_string_pretty(&value)?, value))
 }
 
-pub async fn report(g: &Globals, out: &Path, dir: Option<&Path>, key: Option<&Path>) -> Result<Report, Failure> {
-    let src = sources(g, dir, key, true).await?;
+pub async fn report(g: &Globals, out: &Path, dir: Option<&Path>, keys: &[PathBuf]) -> Result<Report, Failure> {
+    let src = sources(g, dir, keys, true).await?;
     let chain = check(&src)?;
     let good = &chain.verified;
-    let key_id = src.key.as_ref().map(|k| k.key_id.clone()).unwrap_or_default();
+    let key_id = src.key.iter().flatten().map(|k| k.key_id.as_str()).collect::<Vec<_>>().join(", ");
     let html = crate::render::report::render(&src.log.dir().display().to_string(), &key_id, good, &chain)?;
     std::fs::write(out, html).map_err(|e| {
         Failure::new(Code::Failed, anyhow::Error::new(e).context(format!("cannot write `{}`", out.display())))

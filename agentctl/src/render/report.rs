@@ -41,5 +41,52 @@ pub fn render(dir: &str, key_id: &str, receipts: &[Receipt], chain: &ChainReport
     ctx.insert("ok", &chain.ok());
     ctx.insert("problems", &chain.problems);
     ctx.insert("groups", &groups);
-    tera::Tera::one_off(TEMPLATE, &ctx, true)
+    let mut tera = tera::Tera::default();
+    tera.add_raw_template("report.html", TEMPLATE)?;
+    tera.register_filter("code", code_filter);
+    tera.render("report.html", &ctx)
+}
+
+/// The template's `code` filter (followed by `safe`): the text HTML-escaped, with each
+/// Markdown `` `span` `` of our messages rendered as `<code>span</code>`.
+fn code_filter(value: &tera::Value, _: &std::collections::HashMap<String, tera::Value>) -> tera::Result<tera::Value> {
+    let text = match value {
+        tera::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    Ok(tera::Value::String(code_spans(&text)))
+}
+
+/// `text` HTML-escaped, backtick spans as `<code>`; an unpaired backtick stays as text.
+pub fn code_spans(text: &str) -> String {
+    let parts: Vec<&str> = text.split('`').collect();
+    let paired = if parts.len() % 2 == 1 { parts.len() } else { parts.len() - 1 };
+    let mut out = String::with_capacity(text.len() + 16);
+    for (i, part) in parts.iter().enumerate() {
+        let escaped = tera::escape_html(part);
+        if i >= paired {
+            out.push('`');
+            out.push_str(&escaped);
+        } else if i % 2 == 1 {
+            out.push_str("<code>");
+            out.push_str(&escaped);
+            out.push_str("</code>");
+        } else {
+            out.push_str(&escaped);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::code_spans;
+
+    #[test]
+    fn backticks_become_code_and_everything_is_escaped() {
+        assert_eq!(code_spans("run `agentctl repair` <now>"), "run <code>agentctl repair</code> &lt;now&gt;");
+        assert_eq!(code_spans("`<script>`"), "<code>&lt;script&gt;</code>");
+        assert_eq!(code_spans("a `b` c `d"), "a <code>b</code> c `d");
+        assert_eq!(code_spans("plain"), "plain");
+    }
 }

@@ -17,6 +17,8 @@ pub enum KeyError {
     Generate(String),
     #[error("cannot decrypt or parse private key `{}`: {detail}", path.display())]
     Private { path: PathBuf, detail: String },
+    #[error("`{}` is a public key; signing needs the private key (the `.key` file of the pair)", path.display())]
+    IsPublic { path: PathBuf },
     #[error("cannot parse public key `{name}`: {detail}")]
     Public { name: String, detail: String },
     #[error("refusing to overwrite `{}`", .0.display())]
@@ -63,6 +65,9 @@ impl SigningKey {
 
     /// Decrypts a cosign-format private key (ours or `cosign generate-key-pair`'s).
     pub fn from_encrypted_pem(path: &Path, pem: &[u8], password: &[u8]) -> Result<Self, KeyError> {
+        if is_public_key(pem) {
+            return Err(KeyError::IsPublic { path: path.to_path_buf() });
+        }
         let err =
             |e: sigstore::errors::SigstoreError| KeyError::Private { path: path.to_path_buf(), detail: e.to_string() };
         let pair = SigStoreKeyPair::from_encrypted_pem(pem, password).map_err(err)?;
@@ -185,6 +190,16 @@ impl PublicKey {
     }
 }
 
+/// True when `bytes` hold a public key rather than a private one: a PEM `PUBLIC KEY`
+/// block, or an OpenSSH public key line (`ssh-ed25519 AAAA…`, `ecdsa-sha2-…`,
+/// `sk-…`). What an operator hands over by mistake where a private key belongs.
+pub fn is_public_key(bytes: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]);
+    let first = text.trim_start();
+    first.starts_with("-----BEGIN PUBLIC KEY-----")
+        || ["ssh-", "ecdsa-sha2-", "sk-"].iter().any(|p| first.starts_with(p))
+}
+
 fn pem_body(pem: &str) -> Option<Vec<u8>> {
     use base64::Engine as _;
     let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
@@ -229,5 +244,17 @@ mod tests {
         assert!(sigstore_key.verify_signature(Signature::Raw(&sig), b"hellO").is_err());
 
         assert!(matches!(key.write_pair(&dir.path().join("k"), b"pw"), Err(KeyError::Exists(_))));
+    }
+
+    /// `sign --key cosign.pub`: named as a public key, not a PEM decryption error.
+    #[test]
+    fn a_public_key_given_as_the_private_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, public) = SigningKey::generate().unwrap().write_pair(&dir.path().join("k"), b"").unwrap();
+        let err = SigningKey::load(&public, b"").unwrap_err();
+        assert!(matches!(err, KeyError::IsPublic { .. }), "{err:?}");
+        assert!(err.to_string().contains("is a public key"), "{err}");
+        assert!(!is_public_key(b"-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\n"));
+        assert!(is_public_key(b"ssh-ed25519 AAAAC3Nza bob@example"));
     }
 }

@@ -16,6 +16,8 @@ pub enum SshSigError {
     },
     #[error("the SSH key `{}` is encrypted", path.display())]
     Encrypted { path: std::path::PathBuf },
+    #[error("`{}` is a public key; signing needs the private key", path.display())]
+    IsPublic { path: std::path::PathBuf },
     #[error("cannot sign with `{}`", path.display())]
     Sign {
         path: std::path::PathBuf,
@@ -27,6 +29,9 @@ pub enum SshSigError {
 /// Signs `statement` with the private key at `path` (OpenSSH format, unencrypted); the
 /// PEM `-----BEGIN SSH SIGNATURE-----` text.
 pub fn sign(path: &Path, statement: &Statement) -> Result<String, SshSigError> {
+    if std::fs::read(path).is_ok_and(|b| crate::keys::is_public_key(&b)) {
+        return Err(SshSigError::IsPublic { path: path.to_owned() });
+    }
     let key =
         PrivateKey::read_openssh_file(path).map_err(|source| SshSigError::Read { path: path.to_owned(), source })?;
     if key.is_encrypted() {
@@ -107,5 +112,16 @@ mod tests {
         let (_, dave_pub) = key(dir.path(), "dave");
         let dave = parse_allowed_signers(&format!("dave {dave_pub}")).unwrap();
         assert!(verify(&dave, &bytes, &sig).unwrap_err().contains("not one of the environment's approvers"));
+    }
+
+    /// `approve --key bob.pub`: named as a public key, not an OpenSSH parse error.
+    #[test]
+    fn a_public_key_given_to_sign_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bob, _) = key(dir.path(), "bob");
+        let public = bob.with_extension("pub");
+        let err = sign(&public, &statement()).unwrap_err();
+        assert!(matches!(err, SshSigError::IsPublic { .. }), "{err:?}");
+        assert!(err.to_string().contains("is a public key"), "{err}");
     }
 }

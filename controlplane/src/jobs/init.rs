@@ -42,8 +42,18 @@ pub struct InitReport {
 /// The top-level entries `init` creates in its directory.
 pub const ENTRIES: [&str; 3] = ["manifests", "state", "receipts"];
 
-/// Scaffolds into `dir`; `password` encrypts both private keys.
-pub async fn scaffold(dir: &Path, password: &[u8]) -> Result<InitReport, InitError> {
+/// The passwords that encrypt the private keys `init` writes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Passwords<'a> {
+    /// The receipt-signing key's (what `receipt_key_password_env` names at run time).
+    pub receipt: &'a [u8],
+    /// The release-signing key's (a cosign key: `COSIGN_PASSWORD`, as `sign`, `attest`
+    /// and cosign itself read it).
+    pub release: &'a [u8],
+}
+
+/// Scaffolds into `dir`; `passwords` encrypt the two private keys.
+pub async fn scaffold(dir: &Path, passwords: Passwords<'_>) -> Result<InitReport, InitError> {
     for entry in ENTRIES {
         let p = dir.join(entry);
         if p.symlink_metadata().is_ok() {
@@ -66,10 +76,10 @@ pub async fn scaffold(dir: &Path, password: &[u8]) -> Result<InitReport, InitErr
         }
     }
     let receipt = SigningKey::generate()?;
-    receipt.write_pair(&s.join("state/receipt"), password)?;
+    receipt.write_pair(&s.join("state/receipt"), passwords.receipt)?;
     std::fs::rename(s.join("state/receipt.pub"), s.join("manifests/trust/receipts.pub")).map_err(io(s))?;
     let release = SigningKey::generate()?;
-    release.write_pair(&s.join("state/release"), password)?;
+    release.write_pair(&s.join("state/release"), passwords.release)?;
     std::fs::rename(s.join("state/release.pub"), s.join("manifests/trust/release.pub")).map_err(io(s))?;
     ssh_keygen(&s.join("state/ssh/id_ed25519"))?;
     std::fs::create_dir_all(s.join("receipts")).map_err(io(s))?;
@@ -118,7 +128,7 @@ mod tests {
     #[tokio::test]
     async fn scaffolds_a_valid_set_and_never_overwrites() {
         let dir = tempfile::tempdir().unwrap();
-        let report = scaffold(dir.path(), b"").await.unwrap();
+        let report = scaffold(dir.path(), Passwords::default()).await.unwrap();
         let set = crate::manifest::load(&report.manifests).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(set.trust.keys.len(), 1);
         assert!(report.state_db.exists() && report.ssh_identity.exists());
@@ -126,7 +136,20 @@ mod tests {
         assert_eq!(names.len(), 3, "no staging directory left behind: {names:?}");
 
         let before = crate::keys::PublicKey::load(&report.receipt_public_key).unwrap().key_id;
-        assert!(matches!(scaffold(dir.path(), b"").await, Err(InitError::Exists(_))));
+        assert!(matches!(scaffold(dir.path(), Passwords::default()).await, Err(InitError::Exists(_))));
         assert_eq!(crate::keys::PublicKey::load(&report.receipt_public_key).unwrap().key_id, before);
+    }
+
+    /// One password story: the receipt key under the receipt password, the release key
+    /// (a cosign key) under `COSIGN_PASSWORD`'s — it was the receipt password, which `sign`
+    /// never read.
+    #[tokio::test]
+    async fn each_key_is_encrypted_with_the_password_of_what_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = scaffold(dir.path(), Passwords { receipt: b"receipts", release: b"cosign" }).await.unwrap();
+        assert!(SigningKey::load(&report.receipt_key, b"receipts").is_ok());
+        assert!(SigningKey::load(&report.receipt_key, b"cosign").is_err());
+        assert!(SigningKey::load(&report.release_key, b"cosign").is_ok());
+        assert!(SigningKey::load(&report.release_key, b"receipts").is_err());
     }
 }

@@ -49,6 +49,11 @@ pub enum VerifyError {
     MissingSbom(PinnedImage),
     #[error("provenance of `{image}` names source commit `{provenance}`, but the release is commit `{release}`")]
     CommitMismatch { image: PinnedImage, release: String, provenance: String },
+    #[error(
+        "the provenance attestation `{layer}` of `{image}` verifies but does not name {}: the policy checks them",
+        missing.join(" or ")
+    )]
+    IncompleteProvenance { image: PinnedImage, layer: String, missing: Vec<&'static str> },
     #[error("provenance of `{image}` was built by `{builder}`, which the trust policy does not allow")]
     UntrustedBuilder { image: PinnedImage, builder: String },
     #[error("image `{image}` is signed keyless by {found}, which the trust policy does not allow")]
@@ -115,6 +120,9 @@ impl VerifyError {
             }
             Self::MissingSbom(i) => format!("attach one: `agentctl attest {i} --type spdx --predicate FILE --key KEY`"),
             Self::UntrustedBuilder { .. } => "add the builder id to `[trust] builders` if it is trusted".into(),
+            Self::IncompleteProvenance { image, .. } => format!(
+                "attest a SLSA predicate that names both (v0.2: `builder.id` and `invocation.configSource.digest.sha1`; v1: `runDetails.builder.id` and a `buildDefinition.resolvedDependencies` entry with `digest.gitCommit`): `agentctl attest {image} --type slsaprovenance --predicate FILE --key KEY`"
+            ),
             Self::NotOffline { .. } => {
                 "bring the registry back and plan again (`agentctl status` shows what runs meanwhile)".into()
             }
@@ -439,6 +447,22 @@ impl Verifier<'_> {
     fn check_requirements(&self, v: &Verified, req: &Requirements) -> Result<(), VerifyError> {
         let image = &v.image;
         for p in v.attestations.iter().filter(|a| a.kind == cosign::PredicateKind::Slsaprovenance) {
+            // What the policy checks must be there: a predicate without it (`{}`) would be
+            // recorded now and refused later with no reason.
+            let missing: Vec<&'static str> = [
+                (p.builder.is_none(), "a builder id"),
+                (p.commit.is_none() && req.commit.is_some(), "a source commit"),
+            ]
+            .into_iter()
+            .filter_map(|(absent, what)| absent.then_some(what))
+            .collect();
+            if !missing.is_empty() {
+                return Err(VerifyError::IncompleteProvenance {
+                    image: image.clone(),
+                    layer: p.layer.clone(),
+                    missing,
+                });
+            }
             if let (Some(release), Some(named)) = (&req.commit, &p.commit) {
                 if release != named {
                     return Err(VerifyError::CommitMismatch {
