@@ -437,3 +437,103 @@ async fn egress_holds_from_inside_the_container_from_its_first_instruction() {
     assert!(logs.contains("first-connect: connected"), "{logs}");
     assert_ok(&w.agentctl(&["status", "--env", "staging"]));
 }
+
+/// A host without Podman (as one where it was never installed): `status` names it, a
+/// plan is refused naming the host and the fix, an apply too, with its receipt; the
+/// container that ran keeps answering; with Podman back, the same promotion goes through.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_without_podman_is_named_and_nothing_moves() {
+    let w = World::start(LabConfig { hosts: 1, ..podman_lab() }).await;
+    let v1 = w.app("v1", Behaviour::Healthy, None).await;
+    assert_ok(&w.promote("staging", &v1, &["--apply"]));
+    let v2 = w.app("v2", Behaviour::Healthy, None).await;
+    w.lab.without_podman("stage-1").unwrap();
+
+    let out = w.agentctl(&["status", "--env", "staging"]);
+    assert_ne!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).contains("podman is not installed"), "{}", stdout(&out));
+
+    // Refused at plan time, naming host and fix; at `--apply` the refusal is the receipt.
+    let out = w.promote("staging", &v2, &[]);
+    assert_exit(&out, 4, "host `stage-1` cannot run `api`: podman is not installed");
+    assert!(stderr(&out).contains("apt-get install podman"), "the fix is named: {}", stderr(&out));
+    let n = w.receipts().len();
+    let out = w.promote("staging", &v2, &["--apply"]);
+    assert_exit(&out, 4, "host `stage-1` cannot run `api`: podman is not installed");
+    assert_eq!(w.receipts().len(), n + 1, "the refused apply has its receipt");
+    assert_eq!(w.page("stage-1"), "api v1");
+
+    w.lab.with_podman("stage-1").unwrap();
+    assert_ok(&w.agentctl(&["status", "--env", "staging"]));
+    assert_ok(&w.promote("staging", &v2, &["--apply"]));
+    assert_eq!(w.page("stage-1"), "api v2");
+}
+
+/// A registry that answers only with credentials (a real distribution registry with
+/// htpasswd auth): the control plane reads it with its own (environment variables named
+/// in the manifests), each host pulls with the auth file the manifests name on it. Wrong
+/// credentials in the host's file: the apply fails naming the host and what the registry
+/// answered, nothing moves, a receipt; the right ones: the release runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_refusing_the_hosts_credentials_is_named_and_the_right_ones_pull() {
+    let mut w = World::start(LabConfig { hosts: 1, ..podman_lab() }).await;
+    let v1 = w.app("v1", Behaviour::Healthy, None).await;
+    assert_ok(&w.promote("staging", &v1, &["--apply"]));
+    let (user, password) = ("ci", "lab-registry-password-4b1d");
+    let private = w.lab.start_private_registry(user, password).unwrap();
+    // The control plane's credentials, by name (nextest runs each test in its own process).
+    std::env::set_var("LAB_PRIVATE_REGISTRY_USER", user);
+    std::env::set_var("LAB_PRIVATE_REGISTRY_PASSWORD", password);
+    edit(&w.manifests().join("controlplane.toml"), |t| {
+        t.replacen(
+            "[trust]",
+            &format!("[[registry]]\nhost = \"{private}\"\ninsecure = true\nusername_env = \"LAB_PRIVATE_REGISTRY_USER\"\npassword_env = \"LAB_PRIVATE_REGISTRY_PASSWORD\"\n\n[trust]"),
+            1,
+        )
+    });
+
+    // v2, copied digest and all into the private registry, signed and recorded there.
+    let built = w.lab.push_app("v2", "v2", &Behaviour::Healthy, None).await.unwrap();
+    let copied = std::process::Command::new("skopeo")
+        .args(["copy", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false", "--dest-creds"])
+        .arg(format!("{user}:{password}"))
+        .arg(format!("docker://{}", s(&built)))
+        .arg(format!("docker://{private}/demo/api:v2"))
+        .output()
+        .unwrap();
+    assert!(copied.status.success(), "{}", stderr(&copied));
+    let v2 = format!("{private}/demo/api@{}", built.digest);
+    let auth = w.lab.host("stage-1").dir.join("registry-auth.json");
+    let svc = w.manifests().join("services/api.toml");
+    edit(&svc, |t| {
+        t.replace(
+            &format!("image = \"{}/demo/api\"", w.lab.registry_host()),
+            &format!("image = \"{private}/demo/api\""),
+        )
+        .replace("# auth_file = \"/etc/agentctl/auth.json\"", &format!("auth_file = \"{}\"", auth.display()))
+    });
+    assert_ok(&w.agentctl(&["sign", &v2, "--key", &w.release_key()]));
+    assert_ok(&w.agentctl(&["release", "add", "api", &v2, "--commit", COMMIT]));
+
+    let auth_file = |password: &str| {
+        use base64::Engine as _;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        std::fs::write(&auth, serde_json::json!({ "auths": { private.as_str(): { "auth": token } } }).to_string())
+            .unwrap();
+    };
+    auth_file("not-the-password");
+    let n = w.receipts().len();
+    let out = w.promote("staging", &built, &["--apply"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("stage-1"), "the host is named: {err}");
+    assert!(err.to_lowercase().contains("unauthorized"), "what the registry answered: {err}");
+    assert!(!err.contains("not-the-password") && !err.contains(password), "no credential is shown: {err}");
+    assert_eq!(w.receipts().len(), n + 1, "the failed apply has its receipt");
+    assert_eq!(w.page("stage-1"), "api v1");
+    assert_ok(&w.agentctl(&["status", "--env", "staging"]));
+
+    auth_file(password);
+    assert_ok(&w.promote("staging", &built, &["--apply"]));
+    assert_eq!(w.page("stage-1"), "api v2");
+}

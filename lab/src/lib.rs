@@ -299,8 +299,8 @@ impl Lab {
             lab.info.registry = Some(reg);
         }
         for vm in lab.info.hosts.iter().filter(|h| h.podman) {
-            let registry = lab.info.registry.as_ref().map(RegistryInfo::host);
-            podman::write_registries(&vm.dir, registry.as_deref())?;
+            let registries: Vec<String> = lab.info.registry.iter().map(RegistryInfo::host).collect();
+            podman::write_registries(&vm.dir, &registries)?;
             let netns = vm.netns.as_ref().map(|a| a.netns.as_str()).unwrap_or_default();
             podman::create_secret(&vm.dir, netns, podman::SECRET_NAME, podman::SECRET_VALUE)?;
         }
@@ -429,6 +429,49 @@ impl Lab {
         self.reload_sshd(vm)
     }
 
+    /// Host `name` has no Podman, as a host where it was never installed: its sshd's
+    /// `PATH` (the only one its commands get) has a directory holding every program of
+    /// `/usr/bin` but `podman` in place of `/usr/bin` (`/bin` is `/usr/bin` on Debian 12).
+    /// What already runs keeps running. [`Lab::with_podman`] undoes it.
+    pub fn without_podman(&self, name: &str) -> Result<(), LabError> {
+        let vm = self.host(name);
+        let bin = vm.dir.join("usr-bin-without-podman");
+        if !bin.exists() {
+            std::fs::create_dir_all(&bin).map_err(io(&bin))?;
+            let usr_bin = Path::new("/usr/bin");
+            for entry in std::fs::read_dir(usr_bin).map_err(io(usr_bin))?.flatten() {
+                let program = entry.file_name();
+                if program != "podman" {
+                    std::os::unix::fs::symlink(entry.path(), bin.join(&program)).map_err(io(&bin))?;
+                }
+            }
+        }
+        self.set_path(vm, ":/usr/bin:/bin:", &format!(":{}:", bin.display()))
+    }
+
+    /// Host `name` has Podman again (after [`Lab::without_podman`]).
+    pub fn with_podman(&self, name: &str) -> Result<(), LabError> {
+        let vm = self.host(name);
+        let bin = vm.dir.join("usr-bin-without-podman");
+        self.set_path(vm, &format!(":{}:", bin.display()), ":/usr/bin:/bin:")
+    }
+
+    /// Replaces `from` with `to` in the `PATH` host `vm`'s sshd gives its sessions.
+    fn set_path(&self, vm: &VmInfo, from: &str, to: &str) -> Result<(), LabError> {
+        let cfg = vm.dir.join("sshd_config");
+        let text = std::fs::read_to_string(&cfg).map_err(io(&cfg))?;
+        let edited: String = text
+            .lines()
+            .map(|l| if l.starts_with("SetEnv ") { l.replacen(from, to, 1) } else { l.to_owned() })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if edited == text {
+            return Err(LabError::Command { command: "sshd_config PATH".into(), detail: format!("no `{from}` in it") });
+        }
+        std::fs::write(&cfg, edited).map_err(io(&cfg))?;
+        self.reload_sshd(vm)
+    }
+
     /// Host `name` stops offering its host key of `kind` (its line leaves sshd's configuration).
     pub fn drop_host_key(&self, name: &str, kind: &str) -> Result<(), LabError> {
         let vm = self.host(name);
@@ -461,6 +504,43 @@ impl Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Starts a second registry, beside the lab's and like it (plain HTTP, reachable from
+    /// every VM, listed in each Podman VM's `registries.conf`), that answers only requests
+    /// carrying `user` and `password` (distribution's `htpasswd` auth; a bcrypt entry of
+    /// the lowest cost, as it is checked on every request).
+    /// Returns its `host:port`; it stops with the lab.
+    pub fn start_private_registry(&mut self, user: &str, password: &str) -> Result<String, LabError> {
+        let address = match self.info.registry.as_ref() {
+            Some(r) => r.address,
+            None => std::net::Ipv4Addr::LOCALHOST,
+        };
+        let dir = self.dir().join("registry-private");
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let hash = bcrypt::hash(password, 4)
+            .map_err(|e| LabError::Command { command: "bcrypt".into(), detail: e.to_string() })?;
+        let htpasswd = dir.join("htpasswd");
+        std::fs::write(&htpasswd, format!("{user}:{hash}\n")).map_err(io(&htpasswd))?;
+        let lab_dir = self.dir().to_path_buf();
+        let (mut reg, mut child) = start_registry_in(&dir, address, Some(&htpasswd))?;
+        for attempt in 0.. {
+            if wait_listening("private registry", reg.address.into(), reg.port, &mut child, &lab_dir)? {
+                break;
+            }
+            if attempt == 4 {
+                return Err(start_error("private registry", &lab_dir));
+            }
+            (reg, child) = start_registry_in(&dir, address, Some(&htpasswd))?;
+        }
+        self.children.push(child);
+        let host = reg.host();
+        let mut registries: Vec<String> = self.info.registry.iter().map(RegistryInfo::host).collect();
+        registries.push(host.clone());
+        for vm in self.info.hosts.iter().filter(|h| h.podman) {
+            podman::write_registries(&vm.dir, &registries)?;
+        }
+        Ok(host)
     }
 
     /// Stops the registry (to test outages).
@@ -809,16 +889,28 @@ fn spawn_sshd(
 }
 
 fn start_registry(lab: &Path, address: std::net::Ipv4Addr) -> Result<(RegistryInfo, Child), LabError> {
-    let dir = lab.join("registry");
-    std::fs::create_dir_all(dir.join("storage")).map_err(io(&dir))?;
+    start_registry_in(&lab.join("registry"), address, None)
+}
+
+/// A CNCF distribution registry storing under `dir`, listening on `address`; with
+/// `htpasswd`, it answers only requests with those credentials (its `htpasswd` auth).
+fn start_registry_in(
+    dir: &Path,
+    address: std::net::Ipv4Addr,
+    htpasswd: Option<&Path>,
+) -> Result<(RegistryInfo, Child), LabError> {
+    std::fs::create_dir_all(dir.join("storage")).map_err(io(dir))?;
     let port = free_port_on(address)?;
+    let auth = htpasswd
+        .map(|p| format!("auth:\n  htpasswd:\n    realm: lab\n    path: {}\n", p.display()))
+        .unwrap_or_default();
     let config = format!(
-        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {address}:{port}\n",
+        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {address}:{port}\n{auth}",
         dir.join("storage").display()
     );
     let cfg = dir.join("config.yml");
     std::fs::write(&cfg, config).map_err(io(&cfg))?;
-    let log = std::fs::File::create(dir.join("registry.log")).map_err(io(&dir))?;
+    let log = std::fs::File::create(dir.join("registry.log")).map_err(io(dir))?;
     let child = Command::new(REGISTRY)
         .arg("serve")
         .arg(&cfg)

@@ -51,13 +51,13 @@ pub fn configure(vm_dir: &Path) -> Result<(), LabError> {
         let p = d.join(name);
         std::fs::write(&p, text).map_err(io(&p))?;
     }
-    write_registries(vm_dir, None)
+    write_registries(vm_dir, &[])
 }
 
-/// The VM's `registries.conf`: the lab registry, plain HTTP.
-pub fn write_registries(vm_dir: &Path, registry: Option<&str>) -> Result<(), LabError> {
+/// The VM's `registries.conf`: the lab's registries (`host:port`), plain HTTP.
+pub fn write_registries(vm_dir: &Path, registries: &[String]) -> Result<(), LabError> {
     let mut text = String::from("unqualified-search-registries = []\n");
-    if let Some(r) = registry {
+    for r in registries {
         text.push_str(&format!("\n[[registry]]\nlocation = \"{r}\"\ninsecure = true\n"));
     }
     let p = config_dir(vm_dir).join("registries.conf");
