@@ -72,6 +72,7 @@ fn body(i: u64) -> ReceiptBody {
             sbom: None,
             signature: None,
             platform_digest: None,
+            contents: None,
         }),
         hosts: vec![HostOutcome {
             host: "vm-1".into(),

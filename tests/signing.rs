@@ -907,3 +907,79 @@ async fn keyless_bundles_verify_for_allowed_identities_and_every_other_case_is_r
     assert!(stderr(&out).contains(CI_SUBJECT) && stderr(&out).contains("subjects matching"), "{}", stderr(&out));
     assert!(stdout(&w.agentctl(&["release", "list", "api"])).contains("1 release(s)"), "only the allowed one recorded");
 }
+
+/// Image contents (#24): each layer is streamed and scanned on its own, so a token in a
+/// middle layer that a later layer deletes (an OCI whiteout) is still found: `release
+/// add` and `verify` refuse it (exit 4) naming the layer and the path, never the value,
+/// and nothing is recorded. A clean image passes and its scan is in the evidence; a path
+/// the manifests allow, with its reason, passes and the plan shows the allowance.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_deleted_by_a_later_layer_is_still_found_and_named() {
+    let w = World::start(no_hosts()).await;
+    let token = "ghp_0123456789abcdefABCDEF0123456789ab";
+    let config = format!("API_TOKEN={token}\n");
+    let base: Vec<(&str, &[u8])> = vec![("app/run", b"#!/bin/sh\nexec /app/server\n"), ("etc/os-release", b"ID=lab\n")];
+    let leaky = w
+        .lab
+        .push_layers(
+            "demo/api",
+            "leaky",
+            &[base.clone(), vec![("app/config/token.env", config.as_bytes())], vec![("app/config/.wh.token.env", b"")]],
+            true,
+        )
+        .await
+        .unwrap();
+    let key = w.release_key();
+    assert_ok(&w.agentctl(&["sign", &s(&leaky), "--key", &key]));
+    let middle = {
+        let reg = w.lab.registry_client();
+        let (manifest, _) = reg.manifest(&leaky.repository, leaky.digest.as_str()).await.unwrap().unwrap();
+        cosign::manifest_layers(&manifest).unwrap()[1].digest.to_string()
+    };
+
+    for args in [vec!["release", "add", "api", &s(&leaky), "--commit", COMMIT], vec!["verify", &s(&leaky)]] {
+        let out = w.agentctl(&args);
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("`app/config/token.env`") && err.contains(&middle), "layer and path named: {err}");
+        assert!(err.contains("a token with the well-known prefix `ghp_`"), "{err}");
+        assert!(err.contains("[[contents.allow]]") && err.contains("multi-stage"), "the fix is named: {err}");
+        assert!(!err.contains(token) && !stdout(&out).contains(token), "never the value: {err}");
+    }
+    assert!(!stdout(&w.agentctl(&["release", "list", "api"])).contains(leaky.digest.as_str()), "nothing recorded");
+
+    // A clean image of three layers passes, and its scan is recorded with the release.
+    let clean = w
+        .lab
+        .push_layers("demo/api", "clean", &[base.clone(), vec![("app/config/app.env", b"LOG=info\n")], vec![]], true)
+        .await
+        .unwrap();
+    assert_ok(&w.agentctl(&["sign", &s(&clean), "--key", &key]));
+    let out = w.agentctl(&["release", "add", "api", &s(&clean), "--commit", COMMIT, "--json"]);
+    assert_ok(&out);
+    let rec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let layers = rec["evidence"]["contents"]["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3, "{rec}");
+    assert_eq!(layers.iter().map(|l| l["files"].as_u64().unwrap()).sum::<u64>(), 3);
+    assert!(stdout(&w.agentctl(&["release", "list", "api"])).contains("3 layer(s), 3 file(s)"));
+
+    // Allowed, with a reason: recorded, and the plan shows what was allowed and why.
+    let svc = w.manifests().join("services/api.toml");
+    let text = std::fs::read_to_string(&svc).unwrap();
+    std::fs::write(
+        &svc,
+        format!("{text}\n[[contents.allow]]\npath = \"/app/config/token.env\"\nreason = \"a revoked test token\"\n"),
+    )
+    .unwrap();
+    assert_ok(&w.agentctl(&["check"]));
+    let out = w.agentctl(&["release", "add", "api", &s(&leaky), "--commit", COMMIT]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("1 allowed (app/config/token.env: a revoked test token)"), "{}", stdout(&out));
+    let out = w.promote("staging", &leaky, &[]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("contents 3 layer(s)") && stdout(&out).contains("a revoked test token"),
+        "{}",
+        stdout(&out)
+    );
+}

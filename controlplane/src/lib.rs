@@ -20,11 +20,12 @@ pub mod jobs;
 pub mod keyless;
 
 pub use controlplane_core::{
-    adopt, approval, canonical, diagnostic, drift, egress, history, ids, image, lock, names, observe, plan, platform,
-    podman, receipt, records, release, remote, repair, rollout, secrets, steps, tarball, untrusted, watch, workflow,
-    VERSION,
+    adopt, approval, canonical, contents, diagnostic, drift, egress, history, ids, image, lock, names, observe, plan,
+    platform, podman, receipt, records, release, remote, repair, rollout, secrets, steps, tarball, untrusted, watch,
+    workflow, VERSION,
 };
 pub use edges::{held, hygiene, keys, metrics, receipt_log, registry, ssh, sshsig, store, vm};
+pub use jobs::contents as content_scan;
 pub use jobs::egress as egress_proof;
 pub use jobs::history as release_history;
 pub use jobs::repair as host_repair;

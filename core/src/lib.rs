@@ -5,7 +5,7 @@
 //! comes in as a value. The `controlplane` crate holds the effectful edges (ssh,
 //! registry, store, files) and the jobs that walk a plan through them.
 //!
-//! - inputs: `names`, `image`, `platform` (which manifest of an image index runs), `diagnostic`, `secrets`, `manifest::{raw, model, validate}`,
+//! - inputs: `names`, `image`, `platform` (which manifest of an image index runs), `diagnostic`, `secrets`, `contents` (secret values in an image's layers), `manifest::{raw, model, validate}`,
 //!   `untrusted` (what a host says, bounded and sanitized), `workflow` (CI workflow hygiene);
 //! - formats: `ids` (release id, content hash, plan id), `canonical`, `remote`, `release`, `tarball`, `receipt`, `records`;
 //! - decisions: `observe` (parse a probe), `adopt` (may a live, unrecorded release become the way back), `drift`, `plan` (build, re-derive, compare),
@@ -20,6 +20,7 @@
 pub mod adopt;
 pub mod approval;
 pub mod canonical;
+pub mod contents;
 pub mod diagnostic;
 pub mod drift;
 pub mod egress;

@@ -422,6 +422,7 @@ mod tests {
                 provenance: None,
                 sbom: None,
                 signature: None,
+                contents: None,
                 platform_digest: None,
             },
         }

@@ -187,6 +187,12 @@ pub struct ReleaseFacts {
     /// service's platform's entry). Absent for an image manifest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform_digest: Option<String>,
+    /// What the image's layers hold, as `release add` scanned them: one line, e.g.
+    /// `2 layer(s), 14 file(s), 3.1 MiB: no secret values; 1 allowed (/etc/x: why)`
+    /// ([`crate::contents::ContentScan::summary`]). Kept in the release's evidence, not
+    /// in the store's columns; absent for releases recorded before scans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contents: Option<String>,
 }
 
 impl ReleaseFacts {

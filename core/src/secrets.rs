@@ -85,14 +85,20 @@ pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// `token` (one run of `[A-Za-z0-9+_-]`) as a token with an issuer's well-known prefix
+/// and a key-sized tail, if it is one.
+pub fn known_token(token: &str) -> Option<SecretKind> {
+    TOKEN_PREFIXES.iter().find_map(|prefix| {
+        let rest = token.strip_prefix(prefix)?;
+        // `sk-` alone or `sk-1` is a word, not a key: require a key-sized tail.
+        (rest.len() >= 16 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b)))
+            .then_some(SecretKind::KnownToken(prefix))
+    })
+}
+
 fn classify_token(token: &str) -> Option<SecretKind> {
-    for prefix in TOKEN_PREFIXES {
-        if let Some(rest) = token.strip_prefix(prefix) {
-            // `sk-` alone or `sk-1` is a word, not a key: require a key-sized tail.
-            if rest.len() >= 16 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b)) {
-                return Some(SecretKind::KnownToken(prefix));
-            }
-        }
+    if let Some(known) = known_token(token) {
+        return Some(known);
     }
     let has = |f: fn(&u8) -> bool| token.as_bytes().iter().any(f);
     let mixed = has(u8::is_ascii_uppercase) && has(u8::is_ascii_lowercase) && has(u8::is_ascii_digit);

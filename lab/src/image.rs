@@ -29,6 +29,44 @@ pub fn build_image(content: &str) -> TestImage {
     }
 }
 
+/// An image of several layers, each a tar of `(path, bytes)` files (a file named
+/// `.wh.NAME` is an OCI whiteout: it deletes `NAME` of the layers below), gzip-compressed
+/// as registries usually serve them when `gzip`.
+pub fn build_layers(layers: &[Vec<(&str, &[u8])>], gzip: bool) -> TestImage {
+    use std::io::Write as _;
+    let mut diff_ids = Vec::new();
+    let mut blobs = Vec::new();
+    for files in layers {
+        let entries: Vec<(&str, &[u8], u32)> = files.iter().map(|(p, d)| (*p, *d, 0o644)).collect();
+        let tar = tar_entries(&entries);
+        diff_ids.push(Digest::of(&tar));
+        let (media_type, data) = if gzip {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&tar).expect("writing to memory");
+            (OCI_LAYER_TAR_GZIP, gz.finish().expect("writing to memory"))
+        } else {
+            (OCI_LAYER_TAR, tar)
+        };
+        blobs.push(Layer { media_type: media_type.into(), data, annotations: Default::default() });
+    }
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": { "Entrypoint": ["/app/run"] },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+    });
+    TestImage {
+        artifact: Artifact {
+            config_media_type: OCI_CONFIG.into(),
+            config: serde_json::to_vec(&config).expect("JSON"),
+            layers: blobs,
+        },
+    }
+}
+
+/// The OCI media type of a gzip-compressed layer.
+pub const OCI_LAYER_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
 fn tar_one_file(path: &str, data: &[u8]) -> Vec<u8> {
     controlplane::tarball::tar(&[(path, data)]).expect("lab layer paths are fixed and short")
 }

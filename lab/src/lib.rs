@@ -349,6 +349,21 @@ impl Lab {
         Ok(PinnedImage { repository: repo, digest })
     }
 
+    /// Builds an image of several layers ([`image::build_layers`]) and pushes it as `path:tag`.
+    pub async fn push_layers(
+        &self,
+        path: &str,
+        tag: &str,
+        layers: &[Vec<(&str, &[u8])>],
+        gzip: bool,
+    ) -> Result<PinnedImage, LabError> {
+        let repo =
+            Repository::new(&format!("{}/{path}", self.registry_host())).expect("lab repository names are valid");
+        let img = image::build_layers(layers, gzip);
+        let digest = self.registry_client().push_artifact(&repo, Some(tag), &img.artifact).await?;
+        Ok(PinnedImage { repository: repo, digest })
+    }
+
     /// Builds a runnable app image ([`build_app`]) and pushes it as `demo/api:TAG`.
     pub async fn push_app(
         &self,

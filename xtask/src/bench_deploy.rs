@@ -22,14 +22,14 @@ use std::time::Duration;
 
 /// One timed run: wall time, CPU seconds, peak RSS (KiB).
 #[derive(Debug, Clone, Copy)]
-struct Run {
+pub struct Run {
     wall: Duration,
     cpu: f64,
     rss_kib: u64,
 }
 
 /// Runs `cmd` under GNU time; fails unless it succeeds.
-fn timed(cmd: &mut Command, what: &str) -> anyhow::Result<Run> {
+pub fn timed(cmd: &mut Command, what: &str) -> anyhow::Result<Run> {
     let out_file = tempfile::NamedTempFile::new()?;
     let program = cmd.get_program().to_owned();
     let args: Vec<_> = cmd.get_args().map(ToOwned::to_owned).collect();
@@ -65,13 +65,13 @@ fn timed(cmd: &mut Command, what: &str) -> anyhow::Result<Run> {
     })
 }
 
-struct Summary {
-    wall: Duration,
-    cpu: f64,
-    rss_mib: f64,
+pub struct Summary {
+    pub wall: Duration,
+    pub cpu: f64,
+    pub rss_mib: f64,
 }
 
-fn summarize(runs: &[Run]) -> Summary {
+pub fn summarize(runs: &[Run]) -> Summary {
     let mut cpu: Vec<f64> = runs.iter().map(|r| r.cpu).collect();
     cpu.sort_by(f64::total_cmp);
     Summary {

@@ -6,6 +6,7 @@
 //! - `test`: `setup`, then the whole test suite.
 
 mod bench;
+mod bench_contents;
 mod bench_deploy;
 mod bench_store;
 mod bench_watch;
@@ -115,6 +116,15 @@ enum BenchCommand {
         #[arg(long)]
         no_ansible: bool,
     },
+    /// `verify` of an image with one large gzip layer (streamed and scanned for secret
+    /// values) vs `skopeo copy` of it to a directory.
+    Contents {
+        /// MiB of files in the large layer.
+        #[arg(long, default_value_t = 200)]
+        mib: usize,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// `receipts verify` over N receipts, in-process and through the binary.
     Receipts {
         #[arg(long, default_value_t = 10_000)]
@@ -175,6 +185,7 @@ fn main() -> anyhow::Result<()> {
                     rt.block_on(bench_deploy::deploy(&hosts, runs, !no_ansible, !no_pyinfra, kex.as_deref()))
                 }
                 BenchCommand::Receipts { count, runs } => rt.block_on(bench::receipts(count, runs)),
+                BenchCommand::Contents { mib, runs } => rt.block_on(bench_contents::contents(mib, runs)),
                 BenchCommand::Store { hosts, receipts, runs } => rt.block_on(bench_store::store(hosts, receipts, runs)),
                 BenchCommand::Watch { hosts, runs, no_ansible } => {
                     rt.block_on(bench_watch::watch(hosts, runs, !no_ansible))

@@ -21,14 +21,32 @@ pub async fn add(g: &Globals, r: Registration<'_>) -> Result<Report, Failure> {
     let store = ctx.store().await?;
     let record = catalog::register(&ctx.set, &verifier, &store, &Registration { operator: &operator, ..r })
         .await
-        .map_err(|e| match e {
-            CatalogError::Verify(v) => refusal(v),
-            CatalogError::EvidenceMismatch { .. } => Failure::new(Code::Refused, e),
-            CatalogError::Store(_) => Failure::new(Code::Failed, e),
-            other => Failure::new(Code::Invalid, other),
-        })?;
+        .map_err(catalog_failure)?;
     let text = describe(&record);
     Ok(Report::new(text, record_json(&record)?))
+}
+
+/// How a catalog error ends the command: a refusal by policy (exit 4), an outage or a
+/// store failure (exit 1), or bad input (exit 2).
+pub fn catalog_failure(e: CatalogError) -> Failure {
+    let code = match &e {
+        CatalogError::Verify(_) => None,
+        CatalogError::Scan(s) if s.is_outage() => Some(Code::Failed),
+        CatalogError::EvidenceMismatch { .. } | CatalogError::SecretsInImage { .. } | CatalogError::Scan(_) => {
+            Some(Code::Refused)
+        }
+        CatalogError::Store(_) => Some(Code::Failed),
+        _ => Some(Code::Invalid),
+    };
+    match (e, code) {
+        (CatalogError::Verify(v), _) => refusal(v),
+        (other, code) => {
+            let hint = other.hint();
+            let mut f = Failure::new(code.unwrap_or(Code::Invalid), other);
+            f.hint = hint;
+            f
+        }
+    }
 }
 
 /// `release show SERVICE REF`: the recorded release REF names (id, digest, prefix or tag),
@@ -77,6 +95,9 @@ fn describe(record: &controlplane::store::ReleaseRecord) -> String {
         record.facts.provenance.as_deref().unwrap_or("none"),
         record.facts.sbom.as_deref().unwrap_or("none")
     );
+    let contents =
+        catalog::contents_of(&record.evidence).unwrap_or_else(|| "not scanned (recorded before layer scans)".into());
+    let text = format!("{text}\n  contents {contents}");
     match &record.facts.platform_digest {
         Some(d) => format!("{text}\n  an image index: hosts run its manifest {d}"),
         None => text,
@@ -103,6 +124,9 @@ pub async fn list(g: &Globals, service: &str) -> Result<Report, Failure> {
         ));
         if let Some(d) = &r.facts.platform_digest {
             text.push_str(&format!("\n    an image index: hosts run its manifest {d}"));
+        }
+        if let Some(c) = catalog::contents_of(&r.evidence) {
+            text.push_str(&format!("\n    contents {c}"));
         }
     }
     let json: Vec<serde_json::Value> = releases.iter().map(record_json).collect::<Result<_, _>>()?;

@@ -31,6 +31,15 @@ pub async fn run(g: &Globals, image: &str, keys: &[PathBuf]) -> Result<Report, F
         keyless: ctx.keyless()?,
     };
     let verified = verifier.verify(image, &Requirements::default()).await.map_err(refusal)?;
+    // The layers too, as `release add` would scan them for the service of this
+    // repository (its platform and `[[contents.allow]]`), or for linux/amd64 and no
+    // allowances when no service has it.
+    let service = ctx.set.services.values().find(|s| s.repository == verified.image.repository);
+    let platform = service.map(|s| s.platform.clone()).unwrap_or_default();
+    let allow = service.map(|s| s.contents_allow.clone()).unwrap_or_default();
+    let (scan, _) = controlplane::catalog::scan_layers(&ctx.registry, &verified, &platform, &allow)
+        .await
+        .map_err(super::release::catalog_failure)?;
     let mut text = format!(
         "verified `{}`\n  signed by {}\n  signature {} ({})",
         verified.image, verified.signature.key_id, verified.signature.layer, verified.signature.format
@@ -41,8 +50,12 @@ pub async fn run(g: &Globals, image: &str, keys: &[PathBuf]) -> Result<Report, F
             text.push_str(&format!(", source commit {c}"));
         }
     }
+    text.push_str(&format!("\n  contents {}", scan.summary()));
     text.push_str(&format!("\n  registry round trips: {}", ctx.registry.round_trips()));
-    Ok(Report::new(text, serde_json::json!({ "verified": verified, "round_trips": ctx.registry.round_trips() })))
+    Ok(Report::new(
+        text,
+        serde_json::json!({ "verified": verified, "contents": scan, "round_trips": ctx.registry.round_trips() }),
+    ))
 }
 
 /// `--certificate-identity[-regexp]` and `--certificate-oidc-issuer`, as given.

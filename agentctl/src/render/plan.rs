@@ -26,6 +26,9 @@ pub fn render(plan: &Plan) -> String {
     if let Some(s) = &plan.release.facts.sbom {
         out.push_str(&format!("\n  sbom {s}"));
     }
+    if let Some(c) = &plan.release.facts.contents {
+        out.push_str(&format!("\n  contents {c}"));
+    }
     out.push('\n');
     for h in &plan.hosts {
         let before = h.before.as_ref().map(|r| r.as_str()).unwrap_or("(nothing)");

@@ -222,6 +222,7 @@ impl Deployer<'_> {
                 provenance: v.provenance().map(|p| p.layer.clone()),
                 sbom: v.sbom().map(|p| p.layer.clone()),
                 signature: Some(v.signature_summary()),
+                contents: None,
                 platform_digest: c
                     .json
                     .platform_image

@@ -23,6 +23,54 @@ pub enum CatalogError {
     EvidenceMismatch { what: &'static str, found: String, expected: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Scan(#[from] crate::content_scan::ScanError),
+    #[error("`{image}` holds {} secret value(s) in its layers: {}", findings.len(), findings.iter().map(|f| format!("`{}` in layer `{}` ({})", f.path, f.layer, f.kind)).collect::<Vec<_>>().join("; "))]
+    SecretsInImage { image: String, findings: Vec<crate::contents::Finding> },
+}
+
+impl CatalogError {
+    /// What to do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::SecretsInImage { .. } => Some("rebuild the image without the value (deleting it in a later layer leaves it in the image: use a multi-stage build or a build secret), rotate the credential, or, if it is not a secret, allow the path with a reason under `[[contents.allow]]` in the service's manifest".into()),
+            Self::Scan(e) => e.hint(),
+            Self::Verify(e) => e.hint(),
+            _ => None,
+        }
+    }
+}
+
+/// Scans the layers of what hosts on `platform` run of `verified` (the platform's
+/// manifest of an index, chosen from the verified index); a secret value in any layer —
+/// a later layer's deletion does not remove it from the image — that `allow` does not
+/// cover refuses it. Returns the scan and the platform manifest's digest (for an index).
+pub async fn scan_layers(
+    registry: &crate::registry::Registry,
+    verified: &crate::verify::Verified,
+    platform: &crate::platform::Platform,
+    allow: &[crate::contents::Allowed],
+) -> Result<(crate::contents::ContentScan, Option<crate::image::Digest>), CatalogError> {
+    let platform_digest = verified.platform_digest(platform)?;
+    let runs = platform_digest.clone().unwrap_or_else(|| verified.image.digest.clone());
+    let scan = crate::content_scan::scan_image(registry, &verified.image, &runs, allow).await?;
+    if !scan.clean() {
+        return Err(CatalogError::SecretsInImage { image: verified.image.to_string(), findings: scan.findings });
+    }
+    Ok((scan, platform_digest))
+}
+
+/// The release's evidence: the verification (signature, attestations) and the scan of
+/// its layers, as one JSON object.
+fn evidence(verified: &crate::verify::Verified, scan: &crate::contents::ContentScan) -> String {
+    let mut v = serde_json::to_value(verified).expect("evidence serializes");
+    v["contents"] = serde_json::to_value(scan).expect("a scan serializes");
+    v.to_string()
+}
+
+/// The scan summary a recorded release's evidence holds, if it was scanned.
+pub fn contents_of(evidence: &str) -> Option<String> {
+    crate::contents::ContentScan::from_evidence(evidence).map(|s| s.summary())
 }
 
 /// What CI says about a release.
@@ -84,7 +132,8 @@ pub async fn register(
     }
     // An image index runs as its entry for the service's platform: chosen now, from the
     // index that verified, and recorded (an index without that platform is refused).
-    let platform_digest = verified.platform_digest(&service.platform)?;
+    let (scan, platform_digest) =
+        scan_layers(verifier.registry, &verified, &service.platform, &service.contents_allow).await?;
     let record = ReleaseRecord {
         service: service.name.to_string(),
         facts: crate::release::ReleaseFacts {
@@ -96,8 +145,9 @@ pub async fn register(
             sbom: verified.sbom().map(|p| p.layer.clone()),
             signature: Some(verified.signature_summary()),
             platform_digest: platform_digest.map(|d| d.to_string()),
+            contents: Some(scan.summary()),
         },
-        evidence: serde_json::to_string(&verified).expect("evidence serializes"),
+        evidence: evidence(&verified, &scan),
         added_at: chrono::Utc::now(),
         added_by: r.operator.to_owned(),
     };

@@ -697,6 +697,7 @@ impl<'a> Deployer<'a> {
                 provenance: content.json.provenance.clone(),
                 sbom: content.json.sbom.clone(),
                 signature: Some(verified.signature_summary()),
+                contents: crate::contents::ContentScan::from_evidence(&record.evidence).map(|s| s.summary()),
                 platform_digest: platform_digest.map(|d| d.to_string()),
             },
         };

@@ -3,6 +3,7 @@
 pub mod adoption;
 pub mod approve;
 pub mod catalog;
+pub mod contents;
 pub mod deploy;
 pub mod egress;
 pub mod history;

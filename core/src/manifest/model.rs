@@ -276,6 +276,9 @@ pub struct Service {
     pub egress_rules: Vec<crate::egress::Rule>,
     /// Whether the workload may talk to loopback.
     pub egress_loopback: bool,
+    /// Paths of the image allowed to hold a secret-looking value (`[[contents.allow]]`),
+    /// each with its reason; `release add` refuses any other finding.
+    pub contents_allow: Vec<crate::contents::Allowed>,
 }
 
 impl Service {

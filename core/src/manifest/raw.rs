@@ -155,6 +155,24 @@ pub struct ServiceFile {
     pub egress_loopback: bool,
     pub egress_connect: Option<S<Vec<S<String>>>>,
     pub egress_rules: Option<S<Vec<S<String>>>>,
+    /// `[contents]`: what the image's layers may hold (`release add` scans them).
+    pub contents: Option<S<Contents>>,
+}
+
+/// `[contents]` of a service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contents {
+    /// `[[contents.allow]]`: paths allowed to hold a secret-looking value, each with why.
+    #[serde(default)]
+    pub allow: Vec<S<ContentsAllow>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContentsAllow {
+    pub path: S<String>,
+    pub reason: S<String>,
 }
 
 #[derive(Debug, Deserialize)]

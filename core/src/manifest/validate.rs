@@ -965,6 +965,7 @@ impl<'a> Validator<'a> {
                 ),
             }
         }
+        let contents_allow = self.contents_allow(at, f);
         let runtime = self.runtime(at, f, &templates);
         let platform = match f.runtime.as_ref().and_then(|r| r.get_ref().platform.as_ref()) {
             None => crate::platform::Platform::default(),
@@ -989,7 +990,48 @@ impl<'a> Validator<'a> {
             egress: f.egress.iter().map(|e| e.get_ref().clone()).collect(),
             egress_rules,
             egress_loopback: f.egress_loopback,
+            contents_allow,
         })
+    }
+
+    /// `[[contents.allow]]`: absolute paths in the image (a trailing `/` for a directory),
+    /// no `..`, each with a reason.
+    fn contents_allow(&mut self, at: &At<'_>, f: &raw::ServiceFile) -> Vec<crate::contents::Allowed> {
+        let mut out = Vec::new();
+        let Some(contents) = &f.contents else { return out };
+        for (i, a) in contents.get_ref().allow.iter().enumerate() {
+            let a = a.get_ref();
+            let path = a.path.get_ref();
+            let path_ok = path.starts_with('/')
+                && path.len() > 1
+                && !path.split('/').any(|c| c == ".." || c == ".")
+                && !path.chars().any(char::is_control);
+            if !path_ok {
+                self.err(
+                    at,
+                    &a.path,
+                    &format!("contents.allow[{i}].path"),
+                    format!("`{}` is not an absolute path in the image", path.escape_debug()),
+                    Some("write the file's path as the image has it, e.g. `/usr/share/doc/example/test-key.pem`, or a directory ending in `/`"),
+                );
+                continue;
+            }
+            let reason = a.reason.get_ref().trim();
+            if reason.is_empty() {
+                self.err(
+                    at,
+                    &a.reason,
+                    &format!("contents.allow[{i}].reason"),
+                    "an allowed path needs a reason".into(),
+                    Some(
+                        "say why the value is not a secret, e.g. `reason = \"a test key the upstream package ships\"`",
+                    ),
+                );
+                continue;
+            }
+            out.push(crate::contents::Allowed { path: path.clone(), reason: reason.to_owned() });
+        }
+        out
     }
 
     fn argv(&mut self, at: &At<'_>, v: &S<Vec<S<String>>>, field: &str) -> Option<Vec<String>> {

@@ -376,6 +376,48 @@ impl Registry {
         Ok(out)
     }
 
+    /// Streams the blob `digest` into `sink` as it arrives (memory: the sink's own), at
+    /// most `limit` bytes, and checks the digest of what streamed. `sink` is shut down at
+    /// the end (a reader on its other side sees the end of the stream). Returns the bytes
+    /// streamed.
+    pub async fn blob_into<W>(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+        sink: W,
+        limit: u64,
+    ) -> Result<u64, RegistryError>
+    where
+        W: tokio::io::AsyncWrite + Unpin + Send,
+    {
+        use sha2::Digest as _;
+        use tokio::io::AsyncWriteExt as _;
+        self.auth(repo)?;
+        self.count(1);
+        let mut out = Hashing { inner: sink, hasher: sha2::Sha256::new(), bytes: 0, limit, over: false };
+        let started = std::time::Instant::now();
+        let pulled = self.client.pull_blob(&Self::reference(repo, digest.as_str()), digest.as_str(), &mut out).await;
+        let _ = out.inner.shutdown().await;
+        tracing::debug!(repository = %repo, %digest, bytes = out.bytes, ms = started.elapsed().as_millis() as u64, "registry: blob streamed");
+        if out.over {
+            return Err(RegistryError::TooLarge {
+                registry: repo.registry().into(),
+                what: "a layer",
+                limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            });
+        }
+        pulled.map_err(|e| Self::classify(repo, e))?;
+        let actual = format!("sha256:{}", hex::encode(out.hasher.finalize()));
+        if actual != digest.as_str() {
+            return Err(RegistryError::DigestMismatch {
+                registry: repo.registry().into(),
+                expected: digest.to_string(),
+                actual,
+            });
+        }
+        Ok(out.bytes)
+    }
+
     /// Uploads `data` as a blob; returns its digest.
     pub async fn push_blob(&self, repo: &Repository, data: &[u8]) -> Result<Digest, RegistryError> {
         let auth = self.auth(repo)?;
@@ -471,6 +513,50 @@ impl tokio::io::AsyncWrite for Bounded {
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A sink that hashes and counts what passes through it, and stops at a bound.
+struct Hashing<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+    bytes: u64,
+    limit: u64,
+    over: bool,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Hashing<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use sha2::Digest as _;
+        if self.bytes + data.len() as u64 > self.limit {
+            self.over = true;
+            return std::task::Poll::Ready(Err(std::io::Error::other("over the size limit")));
+        }
+        let this = &mut *self;
+        let written = std::pin::Pin::new(&mut this.inner).poll_write(cx, data);
+        if let std::task::Poll::Ready(Ok(n)) = &written {
+            this.hasher.update(&data[..*n]);
+            this.bytes += *n as u64;
+        }
+        written
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

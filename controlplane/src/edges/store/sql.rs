@@ -263,6 +263,7 @@ impl SqlStore {
             provenance: opt_text(row, "provenance")?,
             sbom: opt_text(row, "sbom")?,
             signature: None,
+            contents: None,
             platform_digest: None,
         })
     }
@@ -271,6 +272,7 @@ impl SqlStore {
         Ok(ReleaseRecord {
             service: text(row, "service")?,
             facts: ReleaseFacts {
+                contents: None,
                 platform_digest: opt_text(row, "platform_digest")?,
                 ..Self::facts_from(row, text(row, "repository")?)?
             },
@@ -305,6 +307,7 @@ impl SqlStore {
             release_id: text(row, "release_id")?,
             content_hash: text(row, "content_hash")?,
             facts: ReleaseFacts {
+                contents: None,
                 platform_digest: opt_text(row, "platform_digest")?,
                 ..Self::facts_from(row, repository)?
             },

@@ -266,6 +266,7 @@ impl World {
                         provenance: None,
                         sbom: None,
                         signature: None,
+                        contents: None,
                         platform_digest: None,
                     },
                     evidence: String::new(),

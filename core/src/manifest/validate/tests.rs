@@ -333,8 +333,14 @@ fn every_table_refuses_unknown_fields() {
         (svc, "[[template]]\n".into(), format!("[[template]]\n{bogus}")),
         (svc, "[runtime]\n".into(), format!("[runtime]\n{bogus}")),
         (svc, "[runtime.health]\n".into(), format!("[runtime.health]\n{bogus}")),
+        (svc, "[runtime]\n".into(), format!("[contents]\n{bogus}\n[runtime]\n")),
+        (
+            svc,
+            "[runtime]\n".into(),
+            format!("[[contents.allow]]\npath = \"/etc/x\"\nreason = \"r\"\n{bogus}\n[runtime]\n"),
+        ),
     ];
-    assert_eq!(cases.len(), 14);
+    assert_eq!(cases.len(), 16);
     for (file, from, to) in cases {
         let d = diags(file, &from, &to);
         assert!(
@@ -342,4 +348,30 @@ fn every_table_refuses_unknown_fields() {
             "{file}: {to:?} was not refused by name: {d:#?}"
         );
     }
+}
+
+/// `[[contents.allow]]`: an absolute path in the image and a reason, or a diagnostic
+/// naming the entry's field.
+#[test]
+fn contents_allow_needs_an_absolute_path_and_a_reason() {
+    let svc = "services/api.toml";
+    let entry = |path: &str, reason: &str| {
+        format!("[[contents.allow]]\npath = \"{path}\"\nreason = \"{reason}\"\n\n[runtime]\n")
+    };
+    let d = diags(svc, "[runtime]\n", &entry("etc/x", "why"));
+    assert!(
+        d.iter().any(|d| d.field == "contents.allow[0].path" && d.message.contains("not an absolute path")),
+        "{d:#?}"
+    );
+    let d = diags(svc, "[runtime]\n", &entry("/etc/../x", "why"));
+    assert!(d.iter().any(|d| d.field == "contents.allow[0].path"), "{d:#?}");
+    let d = diags(svc, "[runtime]\n", &entry("/etc/x", " "));
+    assert!(d.iter().any(|d| d.field == "contents.allow[0].reason" && d.message.contains("needs a reason")), "{d:#?}");
+    let mut files = example();
+    let text = files.get_mut(Path::new(svc)).unwrap();
+    *text = text.replacen("[runtime]\n", &entry("/usr/share/doc/", "upstream docs"), 1);
+    let set = validate(Path::new("m"), &files).unwrap_or_else(|d| panic!("{d:#?}"));
+    let api = set.services.values().next().unwrap();
+    assert_eq!(api.contents_allow[0].path, "/usr/share/doc/");
+    assert_eq!(api.contents_allow[0].reason, "upstream docs");
 }

@@ -1,0 +1,225 @@
+//! Scanning an image's layers for secret values (`release add`, `verify`): each layer
+//! streams from the registry (digest-checked, bounded in size) through a decompressor and
+//! a tar reader, file by file through the core's [`FileScan`], in constant memory; what
+//! counts and what the manifests allow is the core's ([`controlplane_core::contents`]).
+
+use crate::image::{Digest, PinnedImage};
+use crate::registry::{Registry, RegistryError};
+use controlplane_core::contents::{Allowed, ContentScan, FileScan, Finding, LayerScan};
+use std::io::Read;
+
+/// The largest layer streamed, as served (compressed): 8 GiB.
+pub const MAX_LAYER_BYTES: u64 = 8 << 30;
+/// Bytes read from a file at a time, and the pipe between download and scan.
+const CHUNK: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("cannot scan the layers of `{image}`")]
+    Registry {
+        image: PinnedImage,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("the manifest `{digest}` of `{image}` is missing or has no layers list: {detail}")]
+    Manifest { image: PinnedImage, digest: String, detail: String },
+    #[error("layer `{layer}` of `{image}` has media type `{media_type}`, which agentctl cannot read, so it cannot be checked for secret values")]
+    Unsupported { image: PinnedImage, layer: String, media_type: String },
+    #[error("layer `{layer}` of `{image}` is not a readable tar stream: {detail}")]
+    Unreadable { image: PinnedImage, layer: String, detail: String },
+}
+
+impl ScanError {
+    /// The registry is unreachable or failing: retryable (exit 1).
+    pub fn is_outage(&self) -> bool {
+        matches!(self, Self::Registry { source, .. } if source.is_outage())
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::Unsupported { .. } => Some(
+                "publish the image with gzip or uncompressed layers (`docker buildx … --output compression=gzip`)"
+                    .into(),
+            ),
+            Self::Registry { .. } => {
+                Some("check that the registry is up and reachable, then retry; nothing was recorded".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// How a layer's bytes are compressed, from its media type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+}
+
+fn compression(media_type: &str) -> Option<Compression> {
+    let t = media_type.trim();
+    if t.ends_with("tar+gzip") || t.ends_with("tar.gzip") {
+        Some(Compression::Gzip)
+    } else if t.ends_with(".tar") || t.ends_with("tar") && t.contains("layer") {
+        Some(Compression::None)
+    } else {
+        None
+    }
+}
+
+/// Scans every layer of the image manifest `manifest` (the image's own digest, or for
+/// an index the platform manifest the hosts run) of `image`'s repository. A finding no
+/// entry of `allow` covers is in [`ContentScan::findings`]; the caller refuses on it.
+pub async fn scan_image(
+    registry: &Registry,
+    image: &PinnedImage,
+    manifest: &Digest,
+    allow: &[Allowed],
+) -> Result<ContentScan, ScanError> {
+    let reg = |source| ScanError::Registry { image: image.clone(), source };
+    let bad = |detail: String| ScanError::Manifest { image: image.clone(), digest: manifest.to_string(), detail };
+    let (bytes, _) = registry
+        .manifest(&image.repository, manifest.as_str())
+        .await
+        .map_err(reg)?
+        .ok_or_else(|| bad("not found".into()))?;
+    let layers = crate::cosign::manifest_layers(&bytes).map_err(bad)?;
+    let mut scan = ContentScan::default();
+    for layer in &layers {
+        let digest = layer.digest.to_string();
+        let Some(compression) = compression(&layer.media_type) else {
+            return Err(ScanError::Unsupported {
+                image: image.clone(),
+                layer: digest,
+                media_type: layer.media_type.clone(),
+            });
+        };
+        let (writer, reader) = tokio::io::duplex(4 * CHUNK);
+        let name = digest.clone();
+        let parse = tokio::task::spawn_blocking(move || {
+            scan_layer(tokio_util::io::SyncIoBridge::new(reader), compression, &name)
+        });
+        let pulled = registry.blob_into(&image.repository, &layer.digest, writer, MAX_LAYER_BYTES).await;
+        let parsed = parse.await.map_err(|e| ScanError::Unreadable {
+            image: image.clone(),
+            layer: digest.clone(),
+            detail: format!("the scan stopped: {e}"),
+        })?;
+        // A download cut short makes the tar reader fail too: the registry's error is
+        // the cause then. A reader that failed on its own input stops the download.
+        let (layer_scan, findings) = match (pulled, parsed) {
+            (Ok(_), Ok(done)) => done,
+            (Err(source), Err(_)) if source.is_outage() || blames_the_registry(&source) => return Err(reg(source)),
+            (_, Err(detail)) => return Err(ScanError::Unreadable { image: image.clone(), layer: digest, detail }),
+            (Err(source), Ok(_)) => return Err(reg(source)),
+        };
+        scan.layers.push(layer_scan);
+        for f in findings {
+            scan.add(f, allow);
+        }
+    }
+    Ok(scan)
+}
+
+/// Errors that are the registry's whatever the tar reader saw: bytes that are not what
+/// was asked for, or too many of them.
+fn blames_the_registry(e: &RegistryError) -> bool {
+    matches!(
+        e,
+        RegistryError::DigestMismatch { .. }
+            | RegistryError::Substituted { .. }
+            | RegistryError::TooLarge { .. }
+            | RegistryError::MissingCredential { .. }
+    )
+}
+
+/// Reads one layer's tar stream to its end (so the digest covers every byte), feeding
+/// each regular file through a [`FileScan`].
+fn scan_layer(reader: impl Read, compression: Compression, layer: &str) -> Result<(LayerScan, Vec<Finding>), String> {
+    let decoded: Box<dyn Read> = match compression {
+        Compression::None => Box::new(reader),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
+    };
+    let mut archive = tar::Archive::new(decoded);
+    let (mut files, mut bytes, mut findings) = (0u64, 0u64, Vec::new());
+    let mut buf = vec![0u8; CHUNK];
+    for entry in archive.entries().map_err(|e| e.to_string())? {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        if !matches!(entry.header().entry_type(), tar::EntryType::Regular | tar::EntryType::Continuous) {
+            continue;
+        }
+        let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let mut file = FileScan::new();
+        loop {
+            let n = entry.read(&mut buf).map_err(|e| format!("{path}: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            bytes += n as u64;
+            file.feed(&buf[..n]);
+        }
+        files += 1;
+        if let Some(kind) = file.finish() {
+            findings.push(Finding::new(layer, &path, kind));
+        }
+    }
+    // What follows the archive's end-of-file blocks (padding) is read too.
+    std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).map_err(|e| e.to_string())?;
+    Ok((LayerScan { digest: layer.to_owned(), files, bytes }, findings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, path, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn media_types_name_their_compression() {
+        assert_eq!(compression("application/vnd.oci.image.layer.v1.tar+gzip"), Some(Compression::Gzip));
+        assert_eq!(compression("application/vnd.docker.image.rootfs.diff.tar.gzip"), Some(Compression::Gzip));
+        assert_eq!(compression("application/vnd.oci.image.layer.v1.tar"), Some(Compression::None));
+        assert_eq!(
+            compression("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"),
+            Some(Compression::Gzip)
+        );
+        assert_eq!(compression("application/vnd.oci.image.layer.v1.tar+zstd"), None);
+        assert_eq!(compression("application/vnd.in-toto+json"), None);
+    }
+
+    #[test]
+    fn a_layer_is_read_file_by_file_gzip_or_not() {
+        let layer = tar(&[
+            ("etc/ok.conf", b"name=api\n"),
+            ("root/.ssh/id_ed25519", b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn\n"),
+            ("app/.wh.token", b""),
+        ]);
+        let (scan, findings) = scan_layer(&layer[..], Compression::None, "sha256:l").unwrap();
+        assert_eq!((scan.files, findings.len()), (3, 1));
+        assert_eq!(findings[0].path.to_string(), "root/.ssh/id_ed25519");
+        assert_eq!(findings[0].kind, "a private key block");
+
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&layer).unwrap();
+        let (_, findings) = scan_layer(&gz.finish().unwrap()[..], Compression::Gzip, "sha256:l").unwrap();
+        assert_eq!(findings.len(), 1);
+
+        assert!(scan_layer(
+            &b"not a tar stream at all, but long enough to be read as a header"[..],
+            Compression::Gzip,
+            "x"
+        )
+        .is_err());
+    }
+}
