@@ -290,17 +290,16 @@ fn usage_errors_exit_2_and_help_exits_0() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("agentctl"));
 }
 
-/// `check --ci` over a fixture of workflows: exactly the unsafe ones are flagged, each at
-/// its line; the safe ones pass.
-#[test]
-fn check_ci_flags_exactly_the_unsafe_workflows() {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/workflows");
-    let out = Command::new(BIN).args(["check", "--ci"]).arg(fixtures.join("safe")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = Command::new(BIN).args(["--json", "check", "--ci"]).arg(fixtures.join("unsafe")).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+/// The workflow fixtures: 15 safe (look-alikes included) and 16 unsafe files.
+fn workflow_fixtures() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/workflows")
+}
+
+/// `(file name, line, rule)` of `check --ci --json DIR`'s findings.
+fn ci_findings(dir: &Path) -> Vec<(String, u64, String)> {
+    let out = Command::new(BIN).args(["--json", "check", "--ci"]).arg(dir).output().unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let found: Vec<(String, u64, String)> = doc["findings"]
+    doc["findings"]
         .as_array()
         .unwrap()
         .iter()
@@ -308,22 +307,148 @@ fn check_ci_flags_exactly_the_unsafe_workflows() {
             let file = Path::new(f["file"].as_str().unwrap()).file_name().unwrap().to_string_lossy().into_owned();
             (file, f["line"].as_u64().unwrap(), f["rule"].as_str().unwrap().to_owned())
         })
-        .collect();
+        .collect()
+}
+
+/// `check --ci` over the fixtures (a YAML parse with positions): exactly the unsafe
+/// workflows are flagged, each at its line with its rule and fix — the three forms a line
+/// scanner missed (`permissions: {contents: write}`, an expression split over two lines
+/// in `run: |`, `github.event['pull_request']['title']`) included — and the safe ones,
+/// look-alikes included, pass. What a workflow says never reaches the terminal raw.
+#[test]
+fn check_ci_flags_exactly_the_unsafe_workflows() {
+    let fixtures = workflow_fixtures();
+    let count = |d: &str| std::fs::read_dir(fixtures.join(d)).unwrap().count();
+    assert!(count("safe") >= 15 && count("unsafe") >= 15, "at least 15 of each");
+    let out = Command::new(BIN).args(["check", "--ci"]).arg(fixtures.join("safe")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN).args(["check", "--ci"]).arg(fixtures.join("unsafe")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
     let want = [
-        ("06-title-in-run.yml", 9, "untrusted-input-in-run"),
-        ("07-head-ref-block.yml", 12, "untrusted-input-in-run"),
-        ("08-inputs-in-run.yml", 12, "untrusted-input-in-run"),
+        ("06-title-in-run.yml", 9, "template-injection"),
+        ("07-head-ref-block.yml", 12, "template-injection"),
+        ("08-inputs-in-run.yml", 12, "template-injection"),
         ("09-write-all.yml", 3, "undeclared-write"),
         ("10-job-write.yml", 9, "undeclared-write"),
         ("11-no-permissions.yml", 1, "default-permissions"),
-        ("12-comment-body.yml", 10, "untrusted-input-in-run"),
+        ("12-comment-body.yml", 10, "template-injection"),
+        ("13-flow-write.yml", 3, "undeclared-write"),
+        ("14-split-expression.yml", 11, "template-injection"),
+        ("15-bracket-title.yml", 9, "template-injection"),
+        ("16-upper-case.yml", 9, "template-injection"),
+        ("17-github-script.yml", 12, "template-injection"),
+        ("18-untrusted-checkout.yml", 12, "untrusted-checkout"),
+        ("19-unpinned-uses.yml", 9, "unpinned-uses"),
+        ("20-artipacked.yml", 9, "artipacked"),
+        ("21-escape-sequences.yml", 9, "unpinned-uses"),
     ];
     let want: Vec<(String, u64, String)> = want.iter().map(|(f, l, r)| (f.to_string(), *l, r.to_string())).collect();
-    assert_eq!(found, want);
-    // Both sets together: every unsafe file is flagged, no safe one.
-    let stderr = String::from_utf8_lossy(
-        &Command::new(BIN).args(["check", "--ci"]).arg(fixtures.join("unsafe")).output().unwrap().stderr,
-    )
-    .into_owned();
-    assert!(stderr.contains("06-title-in-run.yml:9: untrusted-input-in-run"), "{stderr}");
+    assert_eq!(ci_findings(&fixtures.join("unsafe")), want);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        stderr.contains("14-split-expression.yml:11:13: template-injection: `github.event.issue.title`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("fix: pass the value through `env:`"), "each finding names its fix: {stderr}");
+    // 21 holds raw escape sequences (and YAML `\e` escapes): none reaches the terminal or JSON.
+    assert!(!stderr.contains('\u{1b}') && !stderr.contains('\u{7}'), "{stderr:?}");
+    let json = Command::new(BIN).args(["--json", "check", "--ci"]).arg(fixtures.join("unsafe")).output().unwrap();
+    assert!(!String::from_utf8_lossy(&json.stdout).contains("\\u001b"), "escapes kept in --json");
+}
+
+/// One zizmor finding: rule, file, line (1-based), annotation.
+type Zizmor = (String, String, u64, String);
+
+/// The same fixtures through zizmor (PyPI, the independent implementation, installed by
+/// `cargo xtask setup`): on every rule both implement, both find the same lines. The
+/// differences, each with why (asserted, so a change on either side shows):
+/// - zizmor's `template-injection` also flags `github.ref_name` (safe/03): agentctl does
+///   not, as only those with push access name the branches and tags `push` runs for;
+/// - zizmor's `dangerous-triggers` flags every `pull_request_target`, `workflow_run` and
+///   `issue_comment` workflow; agentctl's `untrusted-checkout` only those that check out the
+///   untrusted head (each of which zizmor flags too);
+/// - zizmor (pedantic) wants a comment on every permission, reads included; agentctl on
+///   writes only, and it must say `# needs:`;
+/// - zizmor refuses to read a workflow with raw control characters (unsafe/21); agentctl
+///   reads it and reports it sanitized.
+#[test]
+fn check_ci_agrees_with_zizmor() {
+    let zizmor = Path::new(lab::ZIZMOR);
+    assert!(zizmor.exists(), "zizmor is not installed: run `cargo xtask setup`");
+    let fixtures = workflow_fixtures();
+    let mut files: Vec<String> = Vec::new();
+    for d in ["safe", "unsafe"] {
+        for e in std::fs::read_dir(fixtures.join(d)).unwrap() {
+            files.push(format!("{d}/{}", e.unwrap().file_name().to_string_lossy()));
+        }
+    }
+    files.sort();
+    // zizmor's findings of one run.
+    let run = |persona: &str| -> Vec<Zizmor> {
+        let out = Command::new(zizmor)
+            .args(["--offline", "--no-config", "--persona", persona, "--format", "json"])
+            .args(&files)
+            .current_dir(&fixtures)
+            .output()
+            .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("zizmor --format json: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+        doc.as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                let locs = f["locations"].as_array().unwrap();
+                let l = locs.iter().find(|l| l["symbolic"]["kind"] == "Primary").unwrap_or(&locs[0]);
+                let file = l["symbolic"]["key"]["Local"]["verbatim_path"].as_str().unwrap().trim_start_matches("./");
+                (
+                    f["ident"].as_str().unwrap().to_owned(),
+                    file.to_owned(),
+                    l["concrete"]["location"]["start_point"]["row"].as_u64().unwrap() + 1,
+                    l["symbolic"]["annotation"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    };
+    let (regular, pedantic) = (run("regular"), run("pedantic"));
+    let ours: Vec<(String, u64, String)> = ["safe", "unsafe"]
+        .iter()
+        .flat_map(|d| ci_findings(&fixtures.join(d)).into_iter().map(move |(f, l, r)| (format!("{d}/{f}"), l, r)))
+        .collect();
+    // Compared on what zizmor read (it refuses 21, see above).
+    let ours_of = |rule: &str| -> std::collections::BTreeSet<(String, u64)> {
+        ours.iter().filter(|(f, _, r)| r == rule && !f.contains("21-escape")).map(|(f, l, _)| (f.clone(), *l)).collect()
+    };
+    let theirs = |from: &[Zizmor], keep: &dyn Fn(&Zizmor) -> bool| {
+        from.iter().filter(|z| keep(z)).map(|(_, f, l, _)| (f.clone(), *l)).collect::<std::collections::BTreeSet<_>>()
+    };
+    let source_line = |file: &str, line: u64| {
+        std::fs::read_to_string(fixtures.join(file)).unwrap().lines().nth(line as usize - 1).unwrap_or("").to_owned()
+    };
+
+    // Same rule, same lines.
+    for rule in ["template-injection", "unpinned-uses", "artipacked"] {
+        let mut z = theirs(&regular, &|z| z.0 == rule);
+        if rule == "template-injection" {
+            assert!(z.remove(&("safe/03-stated-write.yml".to_owned(), 15)), "the `github.ref_name` difference: {z:?}");
+        }
+        assert_eq!(ours_of(rule), z, "{rule}");
+    }
+    // zizmor refused 21 (control characters), which agentctl reads.
+    assert!(!regular.iter().any(|z| z.1.contains("21-escape")), "zizmor read 21 after all");
+    // Undeclared writes: zizmor's undocumented-permissions on write lines, and write-all.
+    let z = theirs(&pedantic, &|z| {
+        z.0 == "undocumented-permissions" && source_line(&z.1, z.2).contains("write")
+            || z.0 == "excessive-permissions" && z.3.contains("write-all")
+    });
+    assert_eq!(ours_of("undeclared-write"), z, "undeclared-write");
+    // Default permissions: the same files (zizmor names each job, agentctl the file).
+    let files_of = |s: std::collections::BTreeSet<(String, u64)>| {
+        s.into_iter().map(|(f, _)| f).collect::<std::collections::BTreeSet<_>>()
+    };
+    let z = theirs(&regular, &|z| z.0 == "excessive-permissions" && z.3.contains("default permissions"));
+    assert_eq!(files_of(ours_of("default-permissions")), files_of(z), "default-permissions");
+    // Untrusted checkouts: each in a workflow zizmor flags for its trigger.
+    let z = files_of(theirs(&regular, &|z| z.0 == "dangerous-triggers"));
+    let o = files_of(ours_of("untrusted-checkout"));
+    assert!(!o.is_empty() && o.is_subset(&z), "ours {o:?} within zizmor's {z:?}");
 }

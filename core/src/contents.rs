@@ -209,7 +209,7 @@ mod tests {
         assert!(dir.covers("usr/share/doc/x/key.pem") && !dir.covers("usr/share/docs/key.pem"));
 
         let mut s = ContentScan::default();
-        s.add(Finding::new("sha256:a", "etc/test.pem", SecretKind::PrivateKeyBlock), &[file.clone()]);
+        s.add(Finding::new("sha256:a", "etc/test.pem", SecretKind::PrivateKeyBlock), std::slice::from_ref(&file));
         s.add(Finding::new("sha256:b", "root/.ssh/id_ed25519", SecretKind::PrivateKeyBlock), &[file]);
         assert_eq!(s.allowed.len(), 1);
         assert_eq!(s.findings.len(), 1);

@@ -1,17 +1,29 @@
-//! CI hygiene of GitHub Actions workflows (seed 003: "read-only workflow permissions and
-//! no untrusted event data interpolated into shell commands"), as a pure text check.
+//! CI hygiene of GitHub Actions workflows (`check --ci`), read as YAML with source
+//! positions (`marked-yaml`), so block, flow and quoted forms read alike and every finding
+//! has its line and column. Rules, with zizmor's identifier where it has the same rule:
 //!
-//! Two findings, each with its line:
-//! - an expression an attacker controls (`${{ github.event.… }}`, `${{ github.head_ref }}`,
-//!   `${{ inputs.… }}`) inside a `run:` script, where the runner pastes it into the shell
-//!   before the shell parses it (pass it through `env:` and quote the variable instead);
-//! - a write permission (`write-all`, or `SCOPE: write`) without a stated need. A need is
-//!   stated with a trailing comment `# needs: REASON` on that line; a workflow without any
-//!   `permissions:` gets the repository's default token, which may write, and is flagged too.
+//! - `template-injection`: an expression an outside contributor controls (a
+//!   `github.event.*` field they write — titles, bodies, branch names, commit messages —
+//!   `github.head_ref`, or `inputs.*`; any casing, dotted or bracketed, split over lines)
+//!   inside a `run:` script or an `actions/github-script` `script:`, where the runner
+//!   pastes it into the code before the shell or node parses it;
+//! - `undeclared-write`: a write permission (`write-all`, or `SCOPE: write` in block, flow
+//!   or quoted form) without a `# needs: REASON` comment on its line;
+//! - `default-permissions`: no `permissions:` at the top and a job without its own — the
+//!   token gets the repository's default, which may write;
+//! - `untrusted-checkout`: a `pull_request_target` or `workflow_run` workflow that checks
+//!   out the untrusted head (its ref or SHA), and so runs the contributor's code with the
+//!   base repository's token and secrets;
+//! - `unpinned-uses`: `uses:` not pinned to a full commit SHA (a tag or branch moves);
+//! - `artipacked`: `actions/checkout` without `persist-credentials: false` (the token stays
+//!   in `.git/config` for every later step, and any artifact of the work tree).
 //!
-//! The scan is line-based over YAML's block structure (the form workflows are written in):
-//! it knows block scalars (`run: |`) and indentation, which is all these rules need.
+//! Every text taken from a workflow reaches findings only as [`HostText`] (bounded,
+//! control characters and escape sequences stripped).
 
+use crate::untrusted::HostText;
+use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
+use marked_yaml::Node;
 use serde::Serialize;
 
 /// One problem in one workflow file.
@@ -19,123 +31,386 @@ use serde::Serialize;
 pub struct Finding {
     /// 1-based.
     pub line: usize,
+    /// 1-based, in characters.
+    pub column: usize,
     pub rule: &'static str,
-    pub message: String,
+    pub message: HostText,
+    /// How to fix it.
+    pub fix: &'static str,
 }
 
-const UNTRUSTED: &[&str] = &["github.event.", "github.head_ref", "inputs."];
+/// Every rule `check` implements, with its fix.
+pub const RULES: &[(&str, &str)] = &[
+    ("template-injection", "pass the value through `env:` and quote the variable in the script (`\"$TITLE\"`)"),
+    ("undeclared-write", "make it `read`, or state the need with `# needs: REASON` on the line"),
+    ("default-permissions", "add `permissions: {contents: read}` at the top (and widen per job where needed)"),
+    ("untrusted-checkout", "check out the base (the default), or split the workflow: an unprivileged `pull_request` job builds, a privileged one only consumes its artifact"),
+    ("unpinned-uses", "pin the action to a full commit SHA (`owner/repo@<40 hex>  # vX.Y`)"),
+    ("artipacked", "add `with: {persist-credentials: false}` to the checkout step"),
+    ("unparsable-workflow", "fix the YAML (GitHub would refuse the workflow too)"),
+];
 
-fn indent(line: &str) -> usize {
-    line.len() - line.trim_start().len()
+fn fix(rule: &str) -> &'static str {
+    RULES.iter().find(|(r, _)| *r == rule).map(|(_, f)| *f).unwrap_or("")
 }
 
-/// The column of a line's key: past a sequence dash (`- run:` keys sit two columns in).
-fn key_column(line: &str) -> usize {
-    let t = line.trim_start();
-    indent(line)
-        + match t.strip_prefix("- ") {
-            Some(rest) => 2 + (rest.len() - rest.trim_start().len()),
-            None => 0,
-        }
+/// Event fields an outside contributor writes (GitHub Security Lab's list), as lower-case
+/// dotted paths; `*` is one segment (an array index or a key).
+const UNTRUSTED: &[&str] = &[
+    "github.head_ref",
+    "github.event.issue.title",
+    "github.event.issue.body",
+    "github.event.pull_request.title",
+    "github.event.pull_request.body",
+    "github.event.pull_request.head.ref",
+    "github.event.pull_request.head.label",
+    "github.event.pull_request.head.repo.default_branch",
+    "github.event.comment.body",
+    "github.event.review.body",
+    "github.event.review_comment.body",
+    "github.event.pages.*.page_name",
+    "github.event.commits.*.message",
+    "github.event.commits.*.author.email",
+    "github.event.commits.*.author.name",
+    "github.event.head_commit.message",
+    "github.event.head_commit.author.email",
+    "github.event.head_commit.author.name",
+    "github.event.discussion.title",
+    "github.event.discussion.body",
+    "github.event.workflow_run.head_branch",
+    "github.event.workflow_run.head_commit.message",
+    "github.event.workflow_run.head_commit.author.email",
+    "github.event.workflow_run.head_commit.author.name",
+    "github.event.workflow_run.pull_requests.*.head.ref",
+    "inputs.*",
+];
+
+fn segment_matches(pattern: &str, seg: &str) -> bool {
+    pattern == "*" || seg == "*" || pattern == seg
 }
 
-/// The value after `key:` on a line like `  - key: value` or `key: value`, if the line is that key.
-fn key_value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let t = line.trim_start();
-    let t = t.strip_prefix("- ").map(str::trim_start).unwrap_or(t);
-    t.strip_prefix(key)?.strip_prefix(':').map(str::trim)
+/// Whether the context `path` (lower case, `*` for an index) reads attacker text: it is a
+/// listed field, inside one, or an object that contains one (`toJSON(github.event)`).
+fn untrusted(path: &[String]) -> bool {
+    UNTRUSTED.iter().any(|p| {
+        let pat: Vec<&str> = p.split('.').collect();
+        let n = pat.len().min(path.len());
+        pat[..n].iter().zip(&path[..n]).all(|(a, b)| segment_matches(a, b))
+            && (path.len() < pat.len() || n == pat.len())
+    })
 }
 
-/// Expressions `${{ … }}` on a line that read data an attacker controls.
-fn untrusted_expressions(line: &str) -> Vec<String> {
+/// The context references (`github.…`, `inputs.…`) in one expression's text, each with its
+/// byte offset in `expr`: segments lower-cased, `['x']` read as `.x`, an index as `*`.
+fn references(expr: &str) -> Vec<(usize, Vec<String>)> {
+    let b = expr.as_bytes();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'-';
     let mut out = Vec::new();
-    let mut rest = line;
-    while let Some(start) = rest.find("${{") {
-        let after = &rest[start + 3..];
-        let Some(end) = after.find("}}") else { break };
-        let expr = after[..end].trim();
-        if UNTRUSTED.iter().any(|u| {
-            expr.split(|c: char| c.is_whitespace() || "(),|&!".contains(c))
-                .any(|w| w.starts_with(u) || w == u.trim_end_matches('.'))
-        }) {
-            out.push(expr.to_owned());
+    let mut i = 0;
+    while i < b.len() {
+        let at_word = i == 0 || !(ident(b[i - 1]) || b[i - 1] == b'.');
+        let rest = expr[i..].to_ascii_lowercase();
+        let root = ["github", "inputs"]
+            .into_iter()
+            .find(|r| rest.starts_with(r) && !b.get(i + r.len()).is_some_and(|c| ident(*c)));
+        let (Some(root), true) = (root, at_word) else {
+            i += 1;
+            continue;
+        };
+        let start = i;
+        let mut segs = vec![root.to_owned()];
+        i += root.len();
+        loop {
+            let mut j = i;
+            while j < b.len() && b[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            match b.get(j) {
+                Some(b'.') => {
+                    j += 1;
+                    while j < b.len() && b[j].is_ascii_whitespace() {
+                        j += 1;
+                    }
+                    let s = j;
+                    while j < b.len() && (ident(b[j]) || b[j] == b'*') {
+                        j += 1;
+                    }
+                    if s == j {
+                        break;
+                    }
+                    segs.push(expr[s..j].to_ascii_lowercase());
+                    i = j;
+                }
+                Some(b'[') => {
+                    let Some(close) = expr[j..].find(']') else { break };
+                    let inner = expr[j + 1..j + close].trim();
+                    let quoted = inner.len() >= 2
+                        && (inner.starts_with('\'') && inner.ends_with('\'')
+                            || inner.starts_with('"') && inner.ends_with('"'));
+                    segs.push(if quoted { inner[1..inner.len() - 1].to_ascii_lowercase() } else { "*".into() });
+                    i = j + close + 1;
+                }
+                _ => break,
+            }
         }
-        rest = &after[end + 2..];
+        out.push((start, segs));
     }
     out
 }
 
-/// Checks one workflow's text.
-pub fn check(text: &str) -> Vec<Finding> {
-    let lines: Vec<&str> = text.lines().collect();
-    let mut findings = Vec::new();
-    let mut has_permissions = false;
-    let mut i = 0;
-    while i < lines.len() {
-        let line = lines[i];
-        let no_comment = line.split(" #").next().unwrap_or(line);
-        if let Some(v) = key_value(no_comment, "run") {
-            // The script: the inline value, or the block scalar's more-indented lines.
-            let mut script: Vec<(usize, &str)> = vec![(i, v)];
-            if v.starts_with('|') || v.starts_with('>') {
-                let base = key_column(line);
-                let mut j = i + 1;
-                while j < lines.len() && (lines[j].trim().is_empty() || indent(lines[j]) > base) {
-                    script.push((j, lines[j]));
-                    j += 1;
-                }
-                i = j - 1;
-            }
-            for (n, l) in script {
-                for expr in untrusted_expressions(l) {
-                    findings.push(Finding {
-                        line: n + 1,
-                        rule: "untrusted-input-in-run",
-                        message: format!(
-                            "`${{{{ {expr} }}}}` is pasted into a `run:` script: whoever controls it can run commands"
-                        ),
-                    });
-                }
-            }
-        } else if let Some(v) = key_value(no_comment, "permissions") {
-            has_permissions = true;
-            let stated = |l: &str| l.contains("# needs:");
-            if (v == "write-all") && !stated(line) {
-                findings.push(write_finding(i, "write-all"));
-            } else if v.is_empty() {
-                let base = key_column(line);
-                let mut j = i + 1;
-                while j < lines.len() && (lines[j].trim().is_empty() || indent(lines[j]) > base) {
-                    let l = lines[j];
-                    let body = l.split(" #").next().unwrap_or(l);
-                    if let Some((scope, level)) = body.trim().split_once(':') {
-                        if level.trim() == "write" && !stated(l) {
-                            findings.push(write_finding(j, &format!("{}: write", scope.trim())));
-                        }
-                    }
-                    j += 1;
-                }
-                i = j - 1;
-            }
-        }
-        i += 1;
-    }
-    if !has_permissions && !text.trim().is_empty() {
-        findings.push(Finding {
-            line: 1,
-            rule: "default-permissions",
-            message: "no `permissions:` anywhere: the token gets the repository's default, which may write".into(),
-        });
-    }
-    findings
+/// Where each character offset of a text is: line and column, 1-based.
+struct Lines<'a> {
+    text: &'a str,
+    /// Byte offset of each line's start.
+    starts: Vec<usize>,
 }
 
-fn write_finding(line: usize, what: &str) -> Finding {
-    Finding {
-        line: line + 1,
-        rule: "undeclared-write",
-        message: format!("`{what}` without a stated need (add `# needs: REASON` on the line, or make it `read`)"),
+impl<'a> Lines<'a> {
+    fn new(text: &'a str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Self { text, starts }
     }
+
+    /// (line, column) of byte offset `at`.
+    fn position(&self, at: usize) -> (usize, usize) {
+        let line = self.starts.partition_point(|&s| s <= at).max(1);
+        let column = self.text[self.starts[line - 1]..at].chars().count() + 1;
+        (line, column)
+    }
+
+    /// The text of 1-based line `n`.
+    fn line(&self, n: usize) -> &'a str {
+        let start = self.starts.get(n - 1).copied().unwrap_or(self.text.len());
+        let end = self.starts.get(n).map_or(self.text.len(), |e| e - 1);
+        &self.text[start..end.max(start)]
+    }
+
+    /// The byte range of a scalar's source: from its start to the end of its line, and
+    /// every following line that is blank or indented deeper than `key_column` (block
+    /// scalars and multi-line plain or quoted ones).
+    fn scalar_source(&self, line: usize, column: usize, key_column: usize) -> std::ops::Range<usize> {
+        let start_line = self.starts[line - 1];
+        let start = start_line + self.line(line).char_indices().nth(column - 1).map_or(0, |(i, _)| i);
+        let mut last = line;
+        while last < self.starts.len() {
+            let next = self.line(last + 1);
+            let indent = next.len() - next.trim_start().len();
+            if next.trim().is_empty() || indent + 1 > key_column {
+                last += 1;
+            } else {
+                break;
+            }
+        }
+        let end = self.starts.get(last).map_or(self.text.len(), |e| e - 1);
+        start..end.max(start)
+    }
+}
+
+fn map<'n>(node: &'n Node, key: &str) -> Option<&'n Node> {
+    node.as_mapping()?.get_node(key)
+}
+
+fn scalar<'n>(node: &'n Node, key: &str) -> Option<&'n MarkedScalarNode> {
+    map(node, key)?.as_scalar()
+}
+
+/// The key node of `key` in `m`, for its position.
+fn key_of<'n>(m: &'n MarkedMappingNode, key: &str) -> Option<&'n MarkedScalarNode> {
+    m.keys().find(|k| k.as_str() == key)
+}
+
+fn start(span: &marked_yaml::Span) -> (usize, usize) {
+    span.start().map_or((1, 1), |m| (m.line(), m.column()))
+}
+
+struct Checker<'a> {
+    lines: Lines<'a>,
+    findings: Vec<Finding>,
+}
+
+impl Checker<'_> {
+    fn push(&mut self, (line, column): (usize, usize), rule: &'static str, message: String) {
+        self.findings.push(Finding { line, column, rule, message: HostText::new(&message), fix: fix(rule) });
+    }
+
+    /// Untrusted references inside the `${{ … }}` expressions of the scalar `value` of
+    /// `key` (its source text, so positions are the file's).
+    fn injections(&mut self, key: &MarkedScalarNode, value: &MarkedScalarNode, place: &str) {
+        let (kl, kc) = start(key.span());
+        let Some(m) = value.span().start() else { return };
+        let _ = kl;
+        let range = self.lines.scalar_source(m.line(), m.column(), kc);
+        let source = &self.lines.text[range.clone()];
+        let mut rest = 0;
+        while let Some(open) = source[rest..].find("${{") {
+            let body_start = rest + open + 3;
+            let Some(close) = source[body_start..].find("}}") else { break };
+            let body = &source[body_start..body_start + close];
+            for (at, path) in references(body) {
+                if untrusted(&path) {
+                    let pos = self.lines.position(range.start + body_start + at);
+                    let shown = path.join(".");
+                    self.push(
+                        pos,
+                        "template-injection",
+                        format!("`{shown}` is pasted into {place}: whoever writes it can run code here"),
+                    );
+                }
+            }
+            rest = body_start + close + 2;
+        }
+    }
+
+    /// Write permissions without a stated need, in `permissions` (scalar or mapping).
+    fn permissions(&mut self, node: &Node) {
+        let stated = |c: &Self, line: usize| c.lines.line(line).contains("# needs:");
+        match node {
+            Node::Scalar(s) if s.as_str().trim() == "write-all" => {
+                let pos = start(s.span());
+                if !stated(self, pos.0) {
+                    self.push(pos, "undeclared-write", "`write-all` without a stated need".into());
+                }
+            }
+            Node::Mapping(m) => {
+                for (scope, level) in m.iter() {
+                    let Some(level) = level.as_scalar() else { continue };
+                    if level.as_str().trim() == "write" {
+                        let pos = start(level.span());
+                        if !stated(self, pos.0) {
+                            self.push(
+                                pos,
+                                "undeclared-write",
+                                format!("`{}: write` without a stated need", scope.as_str()),
+                            );
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn steps(&mut self, job: &Node, head_checkout_matters: bool) {
+        let Some(steps) = map(job, "steps").and_then(Node::as_sequence) else { return };
+        for step in steps.iter() {
+            let Some(m) = step.as_mapping() else { continue };
+            if let (Some(k), Some(v)) = (key_of(m, "run"), scalar(step, "run")) {
+                self.injections(k, v, "a `run:` script");
+            }
+            let Some(uses) = scalar(step, "uses") else { continue };
+            let action = uses.as_str().trim();
+            let pos = start(uses.span());
+            if !pinned(action) {
+                self.push(pos, "unpinned-uses", format!("`{action}` is not pinned to a commit SHA"));
+            }
+            let name = action.split('@').next().unwrap_or("").to_ascii_lowercase();
+            let with = map(step, "with");
+            if name == "actions/github-script" {
+                if let (Some(w), Some(v)) = (with.and_then(Node::as_mapping), with.and_then(|w| scalar(w, "script"))) {
+                    if let Some(k) = key_of(w, "script") {
+                        self.injections(k, v, "an `actions/github-script` script");
+                    }
+                }
+            }
+            if name == "actions/checkout" {
+                let persist =
+                    with.and_then(|w| scalar(w, "persist-credentials")).map(|s| s.as_str().trim().to_ascii_lowercase());
+                if persist.as_deref() != Some("false") {
+                    self.push(
+                        pos,
+                        "artipacked",
+                        "`actions/checkout` keeps the token in `.git/config` (`persist-credentials` is not `false`)"
+                            .into(),
+                    );
+                }
+                if head_checkout_matters {
+                    if let Some(r) = with.and_then(|w| scalar(w, "ref")) {
+                        let text = r.as_str().to_ascii_lowercase().replace(' ', "");
+                        let head = [
+                            "github.event.pull_request.head",
+                            "github.head_ref",
+                            "github.event.workflow_run.head",
+                            "refs/pull/",
+                        ]
+                        .iter()
+                        .any(|h| text.contains(h));
+                        if head {
+                            self.push(
+                                start(r.span()),
+                                "untrusted-checkout",
+                                "the untrusted head is checked out in a workflow that runs with the base repository's token and secrets".into(),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `owner/repo@<40 hex>`, a local action (`./…`) or `docker://…@sha256:…`.
+fn pinned(uses: &str) -> bool {
+    if uses.starts_with("./") {
+        return true;
+    }
+    if let Some(image) = uses.strip_prefix("docker://") {
+        return image.contains("@sha256:");
+    }
+    uses.rsplit_once('@').is_some_and(|(_, r)| r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The events a workflow runs on (`on:` as a scalar, a list or a mapping).
+fn triggers(root: &Node) -> Vec<String> {
+    match map(root, "on") {
+        Some(Node::Scalar(s)) => vec![s.as_str().to_owned()],
+        Some(Node::Sequence(q)) => q.iter().filter_map(|n| n.as_scalar().map(|s| s.as_str().to_owned())).collect(),
+        Some(Node::Mapping(m)) => m.keys().map(|k| k.as_str().to_owned()).collect(),
+        None => Vec::new(),
+    }
+}
+
+/// Checks one workflow's text.
+pub fn check(text: &str) -> Vec<Finding> {
+    let mut c = Checker { lines: Lines::new(text), findings: Vec::new() };
+    let root = match marked_yaml::parse_yaml(0, text) {
+        Ok(root) => root,
+        Err(e) => {
+            let pos = match &e {
+                marked_yaml::LoadError::TopLevelMustBeMapping(m)
+                | marked_yaml::LoadError::UnexpectedAnchor(m)
+                | marked_yaml::LoadError::MappingKeyMustBeScalar(m)
+                | marked_yaml::LoadError::UnexpectedTag(m)
+                | marked_yaml::LoadError::ScanError(m, _) => (m.line().max(1), m.column().max(1)),
+                _ => (1, 1),
+            };
+            c.push(pos, "unparsable-workflow", format!("not a workflow agentctl can read: {e}"));
+            return c.findings;
+        }
+    };
+    let privileged = triggers(&root).iter().any(|t| t == "pull_request_target" || t == "workflow_run");
+    let top = map(&root, "permissions");
+    if let Some(p) = top {
+        c.permissions(p);
+    }
+    let jobs = map(&root, "jobs").and_then(Node::as_mapping);
+    let mut unscoped = false;
+    for (_, job) in jobs.into_iter().flat_map(|j| j.iter()) {
+        match map(job, "permissions") {
+            Some(p) => c.permissions(p),
+            None => unscoped = true,
+        }
+        c.steps(job, privileged);
+    }
+    if top.is_none() && (unscoped || jobs.is_none()) {
+        c.push(
+            (1, 1),
+            "default-permissions",
+            "no `permissions:` at the top and a job without its own: the token gets the repository's default, which may write".into(),
+        );
+    }
+    c.findings.sort_by_key(|f| (f.line, f.column));
+    c.findings
 }
 
 #[cfg(test)]
@@ -146,17 +421,83 @@ mod tests {
         check(text).into_iter().map(|f| (f.line, f.rule)).collect()
     }
 
+    const HEAD: &str = "on: push\npermissions: {contents: read}\njobs:\n  b:\n    runs-on: x\n    steps:\n";
+
     #[test]
-    fn untrusted_expressions_in_run_scripts_are_found_with_their_lines() {
-        let w = "permissions:\n  contents: read\njobs:\n  a:\n    steps:\n      - run: echo ${{ github.head_ref }}\n      - name: x\n        run: |\n          echo hi\n          echo \"${{ github.event.pull_request.title }}\"\n      - run: echo ${{ github.sha }}\n      - uses: x\n        with:\n          title: ${{ github.event.issue.title }}\n      - run: |\n          echo \"$T\"\n        env:\n          T: ${{ inputs.t }}\n";
-        assert_eq!(rules(w), [(6, "untrusted-input-in-run"), (10, "untrusted-input-in-run")]);
+    fn untrusted_expressions_in_every_form() {
+        let cases = [
+            "      - run: echo \"${{ github.event.issue.title }}\"\n",
+            "      - run: echo \"${{ GITHUB.EVENT.ISSUE.TITLE }}\"\n",
+            "      - run: echo \"${{ github.event['pull_request']['title'] }}\"\n",
+            "      - run: echo \"${{ github.event[\"issue\"].body }}\"\n",
+            "      - run: echo ${{ github.event.commits[0].message }}\n",
+            "      - run: echo '${{ toJSON(github.event) }}'\n",
+            "      - run: echo ${{ inputs.target }}\n",
+            "      - run: echo ${{github.head_ref}}\n",
+        ];
+        for step in cases {
+            let found = rules(&format!("{HEAD}{step}"));
+            assert_eq!(found, [(7, "template-injection")], "{step}");
+        }
+        // Split over lines inside a block scalar: the line of the reference.
+        let split = format!("{HEAD}      - run: |\n          echo \"${{{{\n            github.head_ref }}}}\"\n");
+        assert_eq!(rules(&split), [(9, "template-injection")]);
+        let f = &check(&split)[0];
+        assert_eq!(f.column, 13);
+        // github-script.
+        let script = format!("{HEAD}      - uses: actions/github-script@60a0d83039c74a4aee543508d2ffcb1c3799cdea\n        with:\n          script: |\n            core.info(`${{{{ github.event.comment.body }}}}`)\n");
+        assert_eq!(rules(&script), [(10, "template-injection")]);
     }
 
     #[test]
-    fn writes_need_a_stated_need() {
-        let w = "permissions:\n  contents: read\njobs:\n  a:\n    permissions:\n      contents: write\n      packages: write  # needs: publish the image\n  b:\n    permissions: write-all\n";
-        assert_eq!(rules(w), [(6, "undeclared-write"), (9, "undeclared-write")]);
-        assert_eq!(rules("on: push\njobs: {}\n"), [(1, "default-permissions")]);
-        assert!(rules("permissions: read-all\n").is_empty());
+    fn look_alikes_are_not_findings() {
+        let cases = [
+            "      - run: echo \"${{ github.event.pull_request.number }}\"\n",
+            "      - run: echo \"${{ github.sha }} ${{ github.event.issue.id }}\"\n",
+            "      - run: echo \"$TITLE\"\n        env:\n          TITLE: ${{ github.event.issue.title }}\n",
+            "      - run: echo \"github.event.issue.title is not an expression\"\n",
+            "      - run: echo \"${{ github.repository_owner }}\"\n",
+            "      - uses: ./.github/actions/local\n        with:\n          title: ${{ github.event.issue.title }}\n",
+        ];
+        for step in cases {
+            assert_eq!(rules(&format!("{HEAD}{step}")), [], "{step}");
+        }
+    }
+
+    #[test]
+    fn write_permissions_in_block_flow_and_quoted_form() {
+        assert_eq!(rules("on: push\npermissions:\n  contents: write\njobs: {}\n"), [(3, "undeclared-write")]);
+        assert_eq!(rules("on: push\npermissions: {contents: write}\njobs: {}\n"), [(2, "undeclared-write")]);
+        assert_eq!(rules("on: push\npermissions:\n  contents: \"write\"\njobs: {}\n"), [(3, "undeclared-write")]);
+        assert_eq!(rules("on: push\npermissions: write-all\njobs: {}\n"), [(2, "undeclared-write")]);
+        assert_eq!(rules("on: push\npermissions:\n  contents: write  # needs: push tags\njobs: {}\n"), []);
+        assert_eq!(rules("on: push\npermissions: read-all\njobs: {}\n"), []);
+        assert_eq!(rules("on: push\njobs:\n  a:\n    runs-on: x\n    steps: []\n"), [(1, "default-permissions")]);
+        assert_eq!(rules("on: push\njobs:\n  a:\n    permissions: {}\n    runs-on: x\n    steps: []\n"), []);
+    }
+
+    #[test]
+    fn pinning_checkout_credentials_and_untrusted_checkouts() {
+        let sha = "8e5e7e5ab8b370d6c329ec480221332ada57f0ab";
+        let step = |uses: &str, with: &str| format!("{HEAD}      - uses: {uses}\n{with}");
+        assert_eq!(rules(&step("someone/action@v1", "")), [(7, "unpinned-uses")]);
+        assert_eq!(rules(&step(&format!("someone/action@{sha}"), "")), []);
+        assert_eq!(rules(&step("docker://alpine:3", "")), [(7, "unpinned-uses")]);
+        assert_eq!(rules(&step(&format!("actions/checkout@{sha}"), "")), [(7, "artipacked")]);
+        let quiet = "        with:\n          persist-credentials: false\n";
+        assert_eq!(rules(&step(&format!("actions/checkout@{sha}"), quiet)), []);
+        let head = "        with:\n          persist-credentials: false\n          ref: ${{ github.event.pull_request.head.sha }}\n";
+        let prt = step(&format!("actions/checkout@{sha}"), head).replacen("on: push", "on: pull_request_target", 1);
+        assert_eq!(rules(&prt), [(10, "untrusted-checkout")]);
+        assert_eq!(rules(&prt.replacen("pull_request_target", "pull_request", 1)), []);
+    }
+
+    #[test]
+    fn what_a_workflow_says_is_sanitized_and_bad_yaml_is_a_finding() {
+        let evil = format!("{HEAD}      - uses: \"evil/\\e[31mred\\e[0m@v1\"\n");
+        let f = check(&evil);
+        assert_eq!(f.len(), 1);
+        assert!(!f[0].message.to_string().contains('\u{1b}'), "{:?}", f[0].message);
+        assert_eq!(rules("on: [push\n"), [(2, "unparsable-workflow")]);
     }
 }

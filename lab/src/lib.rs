@@ -10,6 +10,12 @@ pub mod podman;
 pub mod postgres;
 pub mod sigstore;
 
+/// zizmor, the workflow auditor `check --ci` is compared with (`cargo xtask setup`
+/// installs it from PyPI into this venv).
+pub const ZIZMOR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/zizmor/bin/zizmor");
+/// The zizmor release the comparison was made with.
+pub const ZIZMOR_VERSION: &str = "1.32.0";
+
 pub use image::{build_app, build_image, Behaviour, TestImage, BUSYBOX};
 
 use controlplane::image::{PinnedImage, Repository};

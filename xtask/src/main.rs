@@ -245,6 +245,7 @@ pub fn setup() -> anyhow::Result<()> {
     let missing: Vec<&str> = needed.iter().filter(|(_, bin)| !Path::new(bin).exists()).map(|(p, _)| *p).collect();
     if missing.is_empty() {
         sigstore_python()?;
+        zizmor()?;
         return cosign();
     }
     let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
@@ -263,6 +264,7 @@ pub fn setup() -> anyhow::Result<()> {
         bail!("apt-get install {} failed", missing.join(" "));
     }
     sigstore_python()?;
+    zizmor()?;
     cosign()
 }
 
@@ -280,22 +282,29 @@ fn cosign() -> anyhow::Result<()> {
 /// sigstore-python (PyPI `sigstore`), the independent verifier the keyless tests compare
 /// with, in its own venv under `target/` (`lab::sigstore::PYTHON_CLI`).
 fn sigstore_python() -> anyhow::Result<()> {
-    let cli = Path::new(lab::sigstore::PYTHON_CLI);
+    pypi_tool(Path::new(lab::sigstore::PYTHON_CLI), "sigstore", lab::sigstore::PYTHON_VERSION)
+}
+
+/// zizmor (PyPI `zizmor`), the independent workflow auditor `check --ci` is compared with
+/// (`lab::ZIZMOR`).
+fn zizmor() -> anyhow::Result<()> {
+    pypi_tool(Path::new(lab::ZIZMOR), "zizmor", lab::ZIZMOR_VERSION)
+}
+
+/// `package==version` from PyPI in its own venv, whose `bin/` holds `cli`.
+fn pypi_tool(cli: &Path, package: &str, version: &str) -> anyhow::Result<()> {
     if cli.exists() {
         return Ok(());
     }
     let venv = cli.parent().and_then(Path::parent).context("the venv directory")?;
-    eprintln!("installing sigstore-python {} into {}", lab::sigstore::PYTHON_VERSION, venv.display());
+    eprintln!("installing {package} {version} into {}", venv.display());
     let ok = Command::new("python3").arg("-m").arg("venv").arg(venv).status()?.success()
         && Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", &format!("sigstore=={}", lab::sigstore::PYTHON_VERSION)])
+            .args(["install", "--quiet", &format!("{package}=={version}")])
             .status()?
             .success();
     if !ok {
-        bail!(
-            "could not install sigstore-python into {} (python3 with venv and pip, and PyPI, are needed)",
-            venv.display()
-        );
+        bail!("could not install {package} into {} (python3 with venv and pip, and PyPI, are needed)", venv.display());
     }
     Ok(())
 }

@@ -78,22 +78,37 @@ pub fn ci(dir: &std::path::Path) -> Result<Report, Failure> {
         let text = std::fs::read_to_string(f).map_err(|e| {
             Failure::new(Code::Invalid, anyhow::Error::new(e).context(format!("cannot read `{}`", f.display())))
         })?;
+        // A file name is the workflow author's text too: sanitized like the rest.
+        let name = controlplane::untrusted::HostText::new(&f.display().to_string());
         for finding in controlplane::workflow::check(&text) {
-            lines.push(format!("{}:{}: {}: {}", f.display(), finding.line, finding.rule, finding.message));
-            all.push(serde_json::json!({ "file": f, "line": finding.line, "rule": finding.rule, "message": finding.message }));
+            lines.push(format!(
+                "{name}:{}:{}: {}: {}\n  fix: {}",
+                finding.line, finding.column, finding.rule, finding.message, finding.fix
+            ));
+            all.push(serde_json::json!({
+                "file": name,
+                "line": finding.line,
+                "column": finding.column,
+                "rule": finding.rule,
+                "message": finding.message,
+                "fix": finding.fix,
+            }));
         }
     }
     if all.is_empty() {
         return Ok(Report::new(
             format!(
-                "ok: {} workflow(s) in `{}`: no untrusted input in `run:`, no undeclared writes",
+                "ok: {} workflow(s) in `{}`: no untrusted input in scripts, no undeclared writes, actions pinned, no persisted checkout credentials, no untrusted checkout",
                 files.len(),
                 root.display()
             ),
             serde_json::json!({ "ok": true, "workflows": files.len(), "findings": [] }),
         ));
     }
-    Err(Failure::new(Code::Invalid, anyhow::anyhow!("{} problem(s) in the workflows of `{}`:\n{}", all.len(), root.display(), lines.join("\n")))
-        .with_json(serde_json::json!({ "ok": false, "workflows": files.len(), "findings": all }))
-        .hint("pass event data through `env:` and quote the variable in the script; state a write permission's need with `# needs: REASON`"))
+    Err(Failure::new(
+        Code::Invalid,
+        anyhow::anyhow!("{} problem(s) in the workflows of `{}`:\n{}", all.len(), root.display(), lines.join("\n")),
+    )
+    .with_json(serde_json::json!({ "ok": false, "workflows": files.len(), "findings": all }))
+    .hint("each finding names its fix; the rules are in docs/MANIFESTS.md (`check --ci`)"))
 }
