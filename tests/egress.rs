@@ -242,3 +242,174 @@ fn nftables_reads_back_exactly_the_rules_we_render() {
         );
     }
 }
+
+/// `prove`'s rows: `(control, subject) -> (outcome, fix)`.
+type Rows = std::collections::BTreeMap<(String, String), (String, String)>;
+
+/// `prove ENV [--workflows DIR]`'s rows, with the whole output.
+fn prove(w: &World, env: &str, workflows: Option<&Path>) -> (std::process::Output, Rows) {
+    let mut args = vec!["--json", "prove", env];
+    let dir;
+    if let Some(d) = workflows {
+        dir = d.display().to_string();
+        args.extend(["--workflows", &dir]);
+    }
+    let out = w.agentctl(&args);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("prove --json: {e}: {}{}", stdout(&out), stderr(&out)));
+    let rows = doc["controls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or("").to_owned();
+            ((s("control"), s("subject")), (s("outcome"), s("fix")))
+        })
+        .collect();
+    (out, rows)
+}
+
+/// The rows that fail.
+fn failing(rows: &Rows) -> Vec<String> {
+    rows.iter().filter(|(_, (o, _))| o == "fails").map(|((c, s), _)| format!("{c} {s}")).collect()
+}
+
+/// `agentctl prove ENV` (#24): on a prepared staging (egress enforced and proven, the
+/// running release rehearsed, an allowed look-alike in its layers, clean workflows) every
+/// control holds, exit 0, with a signed `readiness` receipt that openssl verifies; then each
+/// control broken in turn fails its own row, naming its fix, exit 4. A production
+/// environment without approvals fails the approvals row.
+#[tokio::test(flavor = "multi_thread")]
+async fn prove_env_holds_when_prepared_and_each_broken_control_fails_its_row() {
+    let (w, _allowed) = gated_egress_lab().await;
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/workflows");
+    w.deploy("v1", &["staging"]).await;
+    // v2 ships a token a later layer deletes, allowed with a reason.
+    let svc = w.manifests().join("services/api.toml");
+    edit(&svc, |t| {
+        format!("{t}\n[[contents.allow]]\npath = \"/app/fixture.env\"\nreason = \"a revoked test token\"\n")
+    });
+    let token = b"TOKEN=ghp_0123456789abcdefABCDEF0123456789ab\n";
+    let v2 = w
+        .lab
+        .push_layers(
+            "demo/api",
+            "v2",
+            &[vec![("app/run", b"v2\n")], vec![("app/fixture.env", token)], vec![("app/.wh.fixture.env", b"")]],
+            true,
+        )
+        .await
+        .unwrap();
+    assert_ok(&w.agentctl(&["sign", &s(&v2), "--key", &w.release_key()]));
+    assert_ok(&w.agentctl(&["release", "add", "api", &s(&v2), "--commit", COMMIT]));
+    assert_ok(&w.agentctl(&["rehearse", "api", "--env", "staging", "--release", v2.digest.as_str(), "--apply"]));
+
+    let (out, rows) = prove(&w, "staging", Some(&fixtures.join("safe")));
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    let held: Vec<&str> = rows.iter().filter(|(_, (o, _))| o == "holds").map(|((c, _), _)| c.as_str()).collect();
+    for control in ["signature", "contents", "egress", "rollback", "secrets", "host-keys", "receipts", "workflows"] {
+        assert!(held.contains(&control), "{control} holds: {rows:?}");
+    }
+    assert_eq!(rows[&("approvals".into(), "env staging".into())].0, "not-applicable", "staging is not production");
+    // The readiness receipt: signed, verified by openssl with the receipt public key.
+    let last = w.receipts().last().unwrap().clone();
+    assert_eq!((last["kind"].as_str(), last["outcome"].as_str()), (Some("readiness"), Some("ready")), "{last}");
+    let dir = w.lab.dir().join("receipts");
+    let name = format!("{:06}-readiness.json", last["seq"].as_u64().unwrap());
+    let sig = std::fs::read_to_string(dir.join(format!("{name}.sig"))).unwrap();
+    let der = dir.join("readiness.sig.der");
+    use base64::Engine as _;
+    std::fs::write(&der, base64::engine::general_purpose::STANDARD.decode(sig.trim()).unwrap()).unwrap();
+    let openssl = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(w.manifests().join("trust/receipts.pub"))
+        .arg("-signature")
+        .arg(&der)
+        .arg(dir.join(&name))
+        .output()
+        .unwrap();
+    std::fs::remove_file(&der).unwrap();
+    assert!(String::from_utf8_lossy(&openssl.stdout).contains("Verified OK"), "{}", stderr(&openssl));
+
+    // Each control broken in turn: that row fails with its fix, exit 4.
+    let broken = |workflows: Option<&Path>, want: &[&str], fix: &str| {
+        let (out, rows) = prove(&w, "staging", workflows);
+        assert_eq!(out.status.code(), Some(4), "{}{}", stdout(&out), stderr(&out));
+        assert_eq!(failing(&rows), want, "{rows:?}");
+        let (control, subject) = want[0].split_once(' ').unwrap();
+        let named = &rows[&(control.to_owned(), subject.to_owned())].1;
+        assert!(named.contains(fix), "{control}: the fix `{fix}` is named: {named}");
+    };
+    broken(Some(&fixtures.join("unsafe")), &["workflows env staging"], "agentctl check --ci");
+
+    let trust = w.manifests().join("trust/release.pub");
+    let kept = std::fs::read(&trust).unwrap();
+    let other = controlplane::keys::SigningKey::generate().unwrap();
+    std::fs::write(&trust, other.public().pem()).unwrap();
+    broken(None, &["signature api"], "[trust] keys");
+    std::fs::write(&trust, &kept).unwrap();
+
+    let allowed = std::fs::read_to_string(&svc).unwrap();
+    edit(&svc, |t| t.split("\n[[contents.allow]]").next().unwrap().to_owned());
+    broken(None, &["contents api"], "[[contents.allow]]");
+    std::fs::write(&svc, allowed).unwrap();
+
+    let receipt = dir.join(&name);
+    let bytes = std::fs::read(&receipt).unwrap();
+    std::fs::write(&receipt, [&bytes[..], b" "].concat()).unwrap();
+    broken(None, &["receipts env staging"], "agentctl receipts verify");
+    std::fs::write(&receipt, &bytes).unwrap();
+
+    // A rendered file holding a value (as an older version could have recorded it).
+    let db = w.lab.dir().join("state/controlplane.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    let kept: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT release_id, files FROM applied_releases WHERE environment = 'staging'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let leaked =
+        serde_json::json!({ "config/leak.env": base64::engine::general_purpose::STANDARD.encode(token) }).to_string();
+    sqlx::query("UPDATE applied_releases SET files = ? WHERE environment = 'staging'")
+        .bind(&leaked)
+        .execute(&pool)
+        .await
+        .unwrap();
+    broken(None, &["secrets api"], "name it under `secrets`");
+    for (id, files) in &kept {
+        sqlx::query("UPDATE applied_releases SET files = ? WHERE environment = 'staging' AND release_id = ?")
+            .bind(files)
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    pool.close().await;
+
+    // A release promoted without a rehearsal.
+    let v3 = w.release("v3").await;
+    assert_ok(&w.promote("staging", &v3, &["--apply"]));
+    broken(None, &["rollback api"], "agentctl rehearse api --env staging");
+    assert_ok(&w.agentctl(&["rehearse", "api", "--env", "staging", "--release", v3.digest.as_str(), "--apply"]));
+    let (out, _) = prove(&w, "staging", None);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // Every rule flushed on a host.
+    let ns = w.lab.host("stage-1").netns.clone().unwrap();
+    assert!(ns.exec("nft", &["flush", "ruleset"]).unwrap().status.success());
+    broken(None, &["egress api"], "agentctl status --env staging");
+
+    // A host presenting another key: its row fails (and the egress proof cannot run).
+    w.lab.host_key("stage-1", "ed25519").unwrap();
+    broken(None, &["egress api", "host-keys env staging"], "agentctl status --env staging");
+
+    // Production: approvals required, from approvers, never the author.
+    let (out, rows) = prove(&w, "prod", None);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(failing(&rows), ["approvals env prod"], "{rows:?}");
+    edit(&w.manifests().join("environments/prod.toml"), |t| {
+        t.replacen("approvals = 0", "approvals = 1\napprovers = \"trust/prod.allowed_signers\"", 1)
+    });
+    let (out, rows) = prove(&w, "prod", None);
+    assert_eq!(out.status.code(), Some(0), "{rows:?}");
+}

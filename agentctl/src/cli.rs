@@ -312,10 +312,24 @@ pub enum Command {
         #[command(subcommand)]
         command: ReceiptsCommand,
     },
-    /// Prove a control on the hosts, with a signed receipt.
+    /// Prove that ENV meets the production controls, or one control (`prove egress`).
+    ///
+    /// `agentctl prove ENV` re-derives now, per service that runs there: its signature
+    /// (with the provenance and SBOM ENV requires), its layers' scan, the egress proof
+    /// (run from every host), a rollback rehearsal, no secret value in its rendered files;
+    /// and for ENV: approvals where it is the production end of the chain, every host's
+    /// pinned key, the receipt chain, and `check --ci` of `--workflows DIR` when given.
+    /// Prints a table (control, result, evidence, the fix) and writes a signed `readiness`
+    /// receipt; changes nothing else. Exit 0 only when every control holds, 4 otherwise.
+    #[command(args_conflicts_with_subcommands = true)]
     Prove {
         #[command(subcommand)]
-        command: ProveCommand,
+        command: Option<ProveCommand>,
+        /// The environment to check.
+        env: Option<String>,
+        /// A repository (with `.github/workflows/`) or a workflows directory for `check --ci`.
+        #[arg(long)]
+        workflows: Option<PathBuf>,
     },
     /// The state store: move it to another backend.
     State {

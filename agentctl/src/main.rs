@@ -205,9 +205,16 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
             };
             commands::status::run(g, args).await
         }
-        Command::Prove { command: ProveCommand::Egress { service, env } } => {
+        Command::Prove { command: Some(ProveCommand::Egress { service, env }), .. } => {
             commands::prove::egress(g, &service, &env).await
         }
+        Command::Prove { command: None, env: Some(env), workflows } => {
+            commands::prove::readiness(g, &env, workflows.as_deref()).await
+        }
+        Command::Prove { command: None, env: None, .. } => Err(crate::failure::Failure::new(
+            crate::failure::Code::Invalid,
+            anyhow::anyhow!("`prove` needs an environment (`agentctl prove ENV`) or a control (`agentctl prove egress SERVICE --env ENV`)"),
+        )),
         Command::State { command: StateCommand::Migrate { to, to_password_env } } => {
             commands::state::migrate(g, &to, to_password_env.as_deref()).await
         }

@@ -29,7 +29,7 @@ pub use jobs::contents as content_scan;
 pub use jobs::egress as egress_proof;
 pub use jobs::history as release_history;
 pub use jobs::repair as host_repair;
-pub use jobs::{adoption, catalog, deploy, init, migrate, sign, status, verify, verify_blob};
+pub use jobs::{adoption, catalog, deploy, init, migrate, readiness, sign, status, verify, verify_blob};
 
 /// The manifest set: the core's format and validation, and `load` from a directory.
 pub mod manifest {

@@ -31,6 +31,8 @@ pub enum ReceiptKind {
     HostForget,
     /// `repair`: a host's recorded release staged again from the recorded files.
     Repair,
+    /// `prove ENV`: whether an environment meets the production controls, each re-derived.
+    Readiness,
 }
 
 impl ReceiptKind {
@@ -47,6 +49,7 @@ impl ReceiptKind {
             Self::Adoption => "adoption",
             Self::HostForget => "host-forget",
             Self::Repair => "repair",
+            Self::Readiness => "readiness",
         }
     }
 
@@ -63,6 +66,7 @@ impl ReceiptKind {
             Self::Adoption,
             Self::HostForget,
             Self::Repair,
+            Self::Readiness,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

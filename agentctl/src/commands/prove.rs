@@ -1,4 +1,4 @@
-//! `agentctl prove egress SERVICE --env ENV`.
+//! `agentctl prove ENV` (readiness) and `agentctl prove egress SERVICE --env ENV`.
 
 use super::context::Context;
 use super::deploy::{connect, environment, failure, receipt_key, receipts, ssh_client};
@@ -68,5 +68,71 @@ pub async fn egress(g: &Globals, service_name: &str, env_name: &str) -> Result<R
         )
         .with_output(out)
         .hint("`agentctl status` shows whether the loaded rules still match the release's; the runtime reloads them when the release is activated again (roll back and promote it)"))
+    }
+}
+
+/// `prove ENV [--workflows DIR]`: every control, re-derived; the `readiness` receipt.
+pub async fn readiness(g: &Globals, env_name: &str, workflows: Option<&std::path::Path>) -> Result<Report, Failure> {
+    use controlplane::readiness::{self, Outcome, Readiness};
+    let ctx = Context::load(g)?;
+    let env = environment(&ctx, env_name)?;
+    let store = ctx.store().await?;
+    let verifier = super::deploy::verifier(&ctx)?;
+    let ssh = ssh_client(&ctx, env)?;
+    let fleet = controlplane::vm::Fleet::connect(&ssh, &env.hosts, ctx.set.ssh.concurrency).await;
+    let receipt_public = controlplane::keys::PublicKey::load(&ctx.set.resolve(&ctx.set.settings.receipt_public_key))
+        .map_err(|e| Failure::new(Code::Invalid, e))?;
+    let log = receipts(&ctx);
+    let controls = Readiness {
+        set: &ctx.set,
+        env,
+        store: &store,
+        verifier: &verifier,
+        fleet: fleet.as_ref().map_err(|e| e.to_string()),
+        receipts: &log,
+        receipt_keys: &receipt_public,
+        workflows,
+    }
+    .check()
+    .await;
+    if let Ok(f) = fleet {
+        f.close().await;
+    }
+    let key = receipt_key(&ctx)?;
+    let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let receipt = log.append(readiness::receipt_body(env, &ctx.operator(), time, &controls), &key, &store).await?;
+
+    let rows: Vec<Vec<String>> = controls
+        .iter()
+        .map(|c| {
+            vec![
+                c.control.to_owned(),
+                c.subject.clone(),
+                c.outcome.as_str().to_owned(),
+                c.evidence.to_string(),
+                c.fix.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let table = crate::render::table(&["CONTROL", "SUBJECT", "RESULT", "EVIDENCE", "FIX"], rows);
+    let ready = readiness::ready(&controls);
+    let json = serde_json::json!({ "ready": ready, "environment": env_name, "controls": controls, "receipt": receipt.file_name() });
+    let text = format!("readiness of `{env_name}`\n{table}\nreceipt {}", receipt.file_name());
+    if ready {
+        let held = controls.iter().filter(|c| c.outcome == Outcome::Holds).count();
+        Ok(Report::new(format!("{text}\nok: `{env_name}` is ready ({held} control(s) hold)"), json))
+    } else {
+        let failed: Vec<String> = controls
+            .iter()
+            .filter(|c| c.outcome == Outcome::Fails)
+            .map(|c| format!("{} ({})", c.control, c.subject))
+            .collect();
+        let out = if g.json { serde_json::to_string_pretty(&json)? } else { text };
+        Err(Failure::new(
+            Code::Refused,
+            anyhow::anyhow!("`{env_name}` is not ready: {} control(s) fail: {}", failed.len(), failed.join(", ")),
+        )
+        .with_output(out)
+        .hint("each failing row names its fix; the readiness receipt records this check"))
     }
 }

@@ -9,6 +9,7 @@ pub mod egress;
 pub mod history;
 pub mod init;
 pub mod migrate;
+pub mod readiness;
 pub mod repair;
 pub mod sign;
 pub mod status;
