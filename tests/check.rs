@@ -322,6 +322,10 @@ fn check_ci_flags_exactly_the_unsafe_workflows() {
     assert!(count("safe") >= 15 && count("unsafe") >= 15, "at least 15 of each");
     let out = Command::new(BIN).args(["check", "--ci"]).arg(fixtures.join("safe")).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN).args(["check", "--ci"]).arg(empty.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "an empty directory is not a clean one");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing was checked"));
     let out = Command::new(BIN).args(["check", "--ci"]).arg(fixtures.join("unsafe")).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let want = [

@@ -963,6 +963,28 @@ async fn a_secret_deleted_by_a_later_layer_is_still_found_and_named() {
     assert_eq!(layers.iter().map(|l| l["files"].as_u64().unwrap()).sum::<u64>(), 3);
     assert!(stdout(&w.agentctl(&["release", "list", "api"])).contains("3 layer(s), 3 file(s)"));
 
+    // A layer that is not what its media type says (and larger than the pipe between the
+    // download and the reader): unreadable, a refusal (exit 4), never "the registry is down".
+    let garbage: Vec<u8> = (0..600_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let artifact = controlplane::registry::Artifact {
+        config_media_type: controlplane::registry::OCI_CONFIG.into(),
+        config: br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec(),
+        layers: vec![controlplane::registry::Layer {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            data: garbage,
+            annotations: Default::default(),
+        }],
+    };
+    let reg = w.lab.registry_client();
+    let corrupt = controlplane::image::PinnedImage {
+        repository: clean.repository.clone(),
+        digest: reg.push_artifact(&clean.repository, Some("corrupt"), &artifact).await.unwrap(),
+    };
+    assert_ok(&w.agentctl(&["sign", &s(&corrupt), "--key", &key]));
+    let out = w.agentctl(&["verify", &s(&corrupt)]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not a readable tar stream"), "{}", stderr(&out));
+
     // Allowed, with a reason: recorded, and the plan shows what was allowed and why.
     let svc = w.manifests().join("services/api.toml");
     let text = std::fs::read_to_string(&svc).unwrap();

@@ -330,6 +330,10 @@ pub enum Command {
         /// A repository (with `.github/workflows/`) or a workflows directory for `check --ci`.
         #[arg(long)]
         workflows: Option<PathBuf>,
+        /// A receipt-signing public key the chain verifies with (default: the manifests'
+        /// `receipt_public_key`); repeat it for a chain signed across a key rotation.
+        #[arg(long = "receipt-key")]
+        receipt_keys: Vec<PathBuf>,
     },
     /// The state store: move it to another backend.
     State {

@@ -208,8 +208,8 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
         Command::Prove { command: Some(ProveCommand::Egress { service, env }), .. } => {
             commands::prove::egress(g, &service, &env).await
         }
-        Command::Prove { command: None, env: Some(env), workflows } => {
-            commands::prove::readiness(g, &env, workflows.as_deref()).await
+        Command::Prove { command: None, env: Some(env), workflows, receipt_keys } => {
+            commands::prove::readiness(g, &env, workflows.as_deref(), &receipt_keys).await
         }
         Command::Prove { command: None, env: None, .. } => Err(crate::failure::Failure::new(
             crate::failure::Code::Invalid,

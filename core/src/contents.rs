@@ -86,15 +86,35 @@ pub struct Allowed {
 }
 
 impl Allowed {
-    /// Whether this entry covers `path` (a layer path, with or without a leading `/`
-    /// or `./`).
+    /// Whether this entry covers `path`, a file's path exactly as the layer has it: resolved
+    /// as a runtime unpacks it (`.`, `..` and repeated `/` folded, relative to the root); a
+    /// path that climbs above the root or holds a control character is never covered.
     pub fn covers(&self, path: &str) -> bool {
-        let path = format!("/{}", path.trim_start_matches("./").trim_start_matches('/'));
+        let Some(path) = resolve(path) else { return false };
         match self.path.strip_suffix('/') {
             Some(dir) => path.starts_with(&format!("{dir}/")),
             None => path == self.path,
         }
     }
+}
+
+/// `path` as an absolute path in the image, `.` and `..` resolved, or `None` when it climbs
+/// above the root or holds a control character.
+fn resolve(path: &str) -> Option<String> {
+    if path.chars().any(char::is_control) {
+        return None;
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    Some(format!("/{}", parts.join("/")))
 }
 
 /// One layer as scanned.
@@ -115,21 +135,26 @@ pub struct ContentScan {
     pub findings: Vec<Finding>,
     /// Findings an `allow` entry covers, with its reason.
     pub allowed: Vec<(Finding, String)>,
+    /// Findings past [`MAX_FINDINGS`], refused and allowed, counted only.
+    #[serde(default)]
+    pub more_findings: u64,
+    #[serde(default)]
+    pub more_allowed: u64,
 }
 
 /// Findings kept in a scan's record; past it, only the count grows.
 pub const MAX_FINDINGS: usize = 50;
 
 impl ContentScan {
-    /// Records `finding`, as refused or as allowed by the first entry of `allow` that
-    /// covers its path.
-    pub fn add(&mut self, finding: Finding, allow: &[Allowed]) {
-        let path = finding.path.to_string();
-        match allow.iter().find(|a| a.covers(&path)) {
+    /// Records `finding` (whose file is at `path`, as the layer has it: allowances are
+    /// decided on it, never on the sanitized path shown), as refused or as allowed by the
+    /// first entry of `allow` that covers it.
+    pub fn add(&mut self, finding: Finding, path: &str, allow: &[Allowed]) {
+        match allow.iter().find(|a| a.covers(path)) {
             Some(a) if self.allowed.len() < MAX_FINDINGS => self.allowed.push((finding, a.reason.clone())),
-            Some(_) => {}
+            Some(_) => self.more_allowed += 1,
             None if self.findings.len() < MAX_FINDINGS => self.findings.push(finding),
-            None => {}
+            None => self.more_findings += 1,
         }
     }
 
@@ -154,11 +179,14 @@ impl ContentScan {
         if self.findings.is_empty() {
             s.push_str("no secret values");
         } else {
-            s.push_str(&format!("{} secret value(s)", self.findings.len()));
+            s.push_str(&format!("{} secret value(s)", self.findings.len() as u64 + self.more_findings));
         }
         if !self.allowed.is_empty() {
-            let named: Vec<String> = self.allowed.iter().map(|(f, why)| format!("{}: {why}", f.path)).collect();
-            s.push_str(&format!("; {} allowed ({})", self.allowed.len(), named.join("; ")));
+            let mut named: Vec<String> = self.allowed.iter().map(|(f, why)| format!("{}: {why}", f.path)).collect();
+            if self.more_allowed > 0 {
+                named.push(format!("{} more", self.more_allowed));
+            }
+            s.push_str(&format!("; {} allowed ({})", self.allowed.len() as u64 + self.more_allowed, named.join("; ")));
         }
         s
     }
@@ -207,13 +235,31 @@ mod tests {
         assert!(!file.covers("etc/test.pem.bak") && !file.covers("etc"));
         let dir = Allowed { path: "/usr/share/doc/".into(), reason: "docs".into() };
         assert!(dir.covers("usr/share/doc/x/key.pem") && !dir.covers("usr/share/docs/key.pem"));
+        // Resolved as unpacked: a climb out of the allowed directory is not in it.
+        assert!(!dir.covers("usr/share/doc/../../../root/.ssh/id_rsa"));
+        assert!(dir.covers("usr//share/./doc/x/../y/key.pem"));
+        assert!(!file.covers("../etc/test.pem") && !file.covers("etc/test.pem\u{1b}"));
 
         let mut s = ContentScan::default();
-        s.add(Finding::new("sha256:a", "etc/test.pem", SecretKind::PrivateKeyBlock), std::slice::from_ref(&file));
-        s.add(Finding::new("sha256:b", "root/.ssh/id_ed25519", SecretKind::PrivateKeyBlock), &[file]);
+        let a = Finding::new("sha256:a", "etc/test.pem", SecretKind::PrivateKeyBlock);
+        s.add(a, "etc/test.pem", std::slice::from_ref(&file));
+        let b = Finding::new("sha256:b", "root/.ssh/id_ed25519", SecretKind::PrivateKeyBlock);
+        s.add(b, "root/.ssh/id_ed25519", &[file]);
         assert_eq!(s.allowed.len(), 1);
         assert_eq!(s.findings.len(), 1);
         assert!(!s.clean());
         assert!(s.summary().contains("1 secret value(s); 1 allowed (etc/test.pem: fixture)"), "{}", s.summary());
+    }
+
+    /// Past [`MAX_FINDINGS`] only counts grow, and the summary says how many there were.
+    #[test]
+    fn findings_past_the_bound_are_counted() {
+        let mut s = ContentScan::default();
+        for i in 0..(MAX_FINDINGS + 7) {
+            let path = format!("f{i}");
+            s.add(Finding::new("sha256:a", &path, SecretKind::PrivateKeyBlock), &path, &[]);
+        }
+        assert_eq!((s.findings.len(), s.more_findings), (MAX_FINDINGS, 7));
+        assert!(s.summary().contains(&format!("{} secret value(s)", MAX_FINDINGS + 7)), "{}", s.summary());
     }
 }

@@ -201,7 +201,9 @@ pub fn build(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     Ok(Plan {
         version: PLAN_VERSION,
         kind: input.kind,
-        created_at: input.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        // Milliseconds: two plans for the same change made within one second (a rehearsal's
+        // first and last promotion) are two plans, each applied once.
+        created_at: input.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         author: input.author.to_owned(),
         environment: input.environment.name.to_string(),
         service: input.service.name.to_string(),

@@ -22,7 +22,7 @@
 //! control characters and escape sequences stripped).
 
 use crate::untrusted::HostText;
-use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
+use marked_yaml::types::MarkedScalarNode;
 use marked_yaml::Node;
 use serde::Serialize;
 
@@ -100,20 +100,64 @@ fn untrusted(path: &[String]) -> bool {
     })
 }
 
-/// The context references (`github.…`, `inputs.…`) in one expression's text, each with its
-/// byte offset in `expr`: segments lower-cased, `['x']` read as `.x`, an index as `*`.
-fn references(expr: &str) -> Vec<(usize, Vec<String>)> {
+/// The `${{ … }}` expressions of `text` (what GitHub evaluates: the parsed value), each
+/// body with its byte offset in `text`. A body ends at the first `}}` outside a quoted
+/// string literal (`'…'`, `''` inside one); one left open runs to the end.
+fn expressions(text: &str) -> Vec<(usize, &str)> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(open) = text[i..].find("${{") {
+        let body = i + open + 3;
+        let mut j = body;
+        let mut quoted = false;
+        let end = loop {
+            match b.get(j) {
+                None => break b.len(),
+                Some(b'\'') => quoted = !quoted,
+                Some(b'}') if !quoted && b.get(j + 1) == Some(&b'}') => break j,
+                _ => {}
+            }
+            j += 1;
+        };
+        out.push((body, &text[body..end]));
+        i = (end + 2).min(text.len());
+    }
+    out
+}
+
+/// The context references (`github.…`, `inputs.…`) in one expression's body, each with its
+/// byte offset and length in `expr`: segments lower-cased, `['x']` read as `.x`, an index as
+/// `*`. Quoted string literals are not references. Works on bytes (ASCII syntax), so any
+/// other text in the expression is passed over whole.
+fn references(expr: &str) -> Vec<(usize, usize, Vec<String>)> {
     let b = expr.as_bytes();
     let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'-';
+    let starts_with =
+        |at: usize, word: &str| b.get(at..at + word.len()).is_some_and(|s| s.eq_ignore_ascii_case(word.as_bytes()));
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
+        if b[i] == b'\'' {
+            // A string literal: skip to its end (`''` is a quote inside it).
+            i += 1;
+            while i < b.len() {
+                if b[i] == b'\'' && b.get(i + 1) == Some(&b'\'') {
+                    i += 2;
+                } else if b[i] == b'\'' {
+                    break;
+                } else {
+                    i += 1;
+                }
+            }
+            i += 1;
+            continue;
+        }
         let at_word = i == 0 || !(ident(b[i - 1]) || b[i - 1] == b'.');
-        let rest = expr[i..].to_ascii_lowercase();
         let root = ["github", "inputs"]
             .into_iter()
-            .find(|r| rest.starts_with(r) && !b.get(i + r.len()).is_some_and(|c| ident(*c)));
-        let (Some(root), true) = (root, at_word) else {
+            .find(|r| at_word && starts_with(i, r) && !b.get(i + r.len()).is_some_and(|c| ident(*c)));
+        let Some(root) = root else {
             i += 1;
             continue;
         };
@@ -142,23 +186,28 @@ fn references(expr: &str) -> Vec<(usize, Vec<String>)> {
                     i = j;
                 }
                 Some(b'[') => {
-                    let Some(close) = expr[j..].find(']') else { break };
+                    let Some(close) = b[j..].iter().position(|&c| c == b']') else { break };
                     let inner = expr[j + 1..j + close].trim();
                     let quoted = inner.len() >= 2
                         && (inner.starts_with('\'') && inner.ends_with('\'')
                             || inner.starts_with('"') && inner.ends_with('"'));
-                    segs.push(if quoted { inner[1..inner.len() - 1].to_ascii_lowercase() } else { "*".into() });
+                    segs.push(if quoted {
+                        inner[1..inner.len() - 1].replace("''", "'").to_ascii_lowercase()
+                    } else {
+                        "*".into()
+                    });
                     i = j + close + 1;
                 }
                 _ => break,
             }
         }
-        out.push((start, segs));
+        out.push((start, i - start, segs));
     }
     out
 }
 
-/// Where each character offset of a text is: line and column, 1-based.
+/// Where each offset of a text is: line and column, 1-based, with YAML's line breaks
+/// (`\r\n`, `\r` or `\n`, as the parser counts them).
 struct Lines<'a> {
     text: &'a str,
     /// Byte offset of each line's start.
@@ -167,43 +216,42 @@ struct Lines<'a> {
 
 impl<'a> Lines<'a> {
     fn new(text: &'a str) -> Self {
+        let b = text.as_bytes();
         let mut starts = vec![0];
-        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'\r' if b.get(i + 1) == Some(&b'\n') => {
+                    starts.push(i + 2);
+                    i += 2;
+                    continue;
+                }
+                b'\r' | b'\n' => starts.push(i + 1),
+                _ => {}
+            }
+            i += 1;
+        }
         Self { text, starts }
     }
 
-    /// (line, column) of byte offset `at`.
+    /// (line, column) of byte offset `at` (a character boundary).
     fn position(&self, at: usize) -> (usize, usize) {
         let line = self.starts.partition_point(|&s| s <= at).max(1);
-        let column = self.text[self.starts[line - 1]..at].chars().count() + 1;
+        let column = self.text.get(self.starts[line - 1]..at).map_or(0, |t| t.chars().count()) + 1;
         (line, column)
     }
 
-    /// The text of 1-based line `n`.
+    /// The text of 1-based line `n` without its line break (empty past the end).
     fn line(&self, n: usize) -> &'a str {
-        let start = self.starts.get(n - 1).copied().unwrap_or(self.text.len());
-        let end = self.starts.get(n).map_or(self.text.len(), |e| e - 1);
-        &self.text[start..end.max(start)]
+        let Some(&start) = n.checked_sub(1).and_then(|i| self.starts.get(i)) else { return "" };
+        let end = self.starts.get(n).copied().unwrap_or(self.text.len());
+        self.text.get(start..end).unwrap_or("").trim_end_matches(['\r', '\n'])
     }
 
-    /// The byte range of a scalar's source: from its start to the end of its line, and
-    /// every following line that is blank or indented deeper than `key_column` (block
-    /// scalars and multi-line plain or quoted ones).
-    fn scalar_source(&self, line: usize, column: usize, key_column: usize) -> std::ops::Range<usize> {
-        let start_line = self.starts[line - 1];
-        let start = start_line + self.line(line).char_indices().nth(column - 1).map_or(0, |(i, _)| i);
-        let mut last = line;
-        while last < self.starts.len() {
-            let next = self.line(last + 1);
-            let indent = next.len() - next.trim_start().len();
-            if next.trim().is_empty() || indent + 1 > key_column {
-                last += 1;
-            } else {
-                break;
-            }
-        }
-        let end = self.starts.get(last).map_or(self.text.len(), |e| e - 1);
-        start..end.max(start)
+    /// The byte offset of 1-based `line` and `column` (characters), clamped to the text.
+    fn offset(&self, line: usize, column: usize) -> usize {
+        let Some(&start) = line.checked_sub(1).and_then(|i| self.starts.get(i)) else { return self.text.len() };
+        start + self.line(line).char_indices().nth(column.saturating_sub(1)).map_or(0, |(i, _)| i)
     }
 }
 
@@ -213,11 +261,6 @@ fn map<'n>(node: &'n Node, key: &str) -> Option<&'n Node> {
 
 fn scalar<'n>(node: &'n Node, key: &str) -> Option<&'n MarkedScalarNode> {
     map(node, key)?.as_scalar()
-}
-
-/// The key node of `key` in `m`, for its position.
-fn key_of<'n>(m: &'n MarkedMappingNode, key: &str) -> Option<&'n MarkedScalarNode> {
-    m.keys().find(|k| k.as_str() == key)
 }
 
 fn start(span: &marked_yaml::Span) -> (usize, usize) {
@@ -234,31 +277,37 @@ impl Checker<'_> {
         self.findings.push(Finding { line, column, rule, message: HostText::new(&message), fix: fix(rule) });
     }
 
-    /// Untrusted references inside the `${{ … }}` expressions of the scalar `value` of
-    /// `key` (its source text, so positions are the file's).
-    fn injections(&mut self, key: &MarkedScalarNode, value: &MarkedScalarNode, place: &str) {
-        let (kl, kc) = start(key.span());
-        let Some(m) = value.span().start() else { return };
-        let _ = kl;
-        let range = self.lines.scalar_source(m.line(), m.column(), kc);
-        let source = &self.lines.text[range.clone()];
-        let mut rest = 0;
-        while let Some(open) = source[rest..].find("${{") {
-            let body_start = rest + open + 3;
-            let Some(close) = source[body_start..].find("}}") else { break };
-            let body = &source[body_start..body_start + close];
-            for (at, path) in references(body) {
-                if untrusted(&path) {
-                    let pos = self.lines.position(range.start + body_start + at);
-                    let shown = path.join(".");
-                    self.push(
-                        pos,
-                        "template-injection",
-                        format!("`{shown}` is pasted into {place}: whoever writes it can run code here"),
-                    );
+    /// Untrusted references inside the `${{ … }}` expressions of the scalar `value`. Found in the parsed value (what GitHub evaluates: escapes and folding already
+    /// undone); placed by finding the reference as written after the scalar's start, else
+    /// at the scalar's start.
+    fn injections(&mut self, value: &MarkedScalarNode, place: &str) {
+        let (vl, vc) = start(value.span());
+        // Its source and what follows (flow style may continue on shallower lines): the
+        // first occurrence after the scalar's start is the one written in it.
+        let range = self.lines.offset(vl, vc)..self.lines.text.len();
+        let source = self.lines.text.get(range.clone()).unwrap_or("");
+        let mut searched = 0;
+        let text = value.as_str();
+        for (body_at, body) in expressions(text) {
+            for (at, len, path) in references(body) {
+                if !untrusted(&path) {
+                    continue;
                 }
+                let written = &text[body_at + at..body_at + at + len];
+                let pos = match source.get(searched..).and_then(|s| s.find(written)) {
+                    Some(found) => {
+                        searched += found + written.len();
+                        self.lines.position(range.start + searched - written.len())
+                    }
+                    None => (vl, vc),
+                };
+                let shown = path.join(".");
+                self.push(
+                    pos,
+                    "template-injection",
+                    format!("`{shown}` is pasted into {place}: whoever writes it can run code here"),
+                );
             }
-            rest = body_start + close + 2;
         }
     }
 
@@ -294,9 +343,11 @@ impl Checker<'_> {
     fn steps(&mut self, job: &Node, head_checkout_matters: bool) {
         let Some(steps) = map(job, "steps").and_then(Node::as_sequence) else { return };
         for step in steps.iter() {
-            let Some(m) = step.as_mapping() else { continue };
-            if let (Some(k), Some(v)) = (key_of(m, "run"), scalar(step, "run")) {
-                self.injections(k, v, "a `run:` script");
+            if step.as_mapping().is_none() {
+                continue;
+            }
+            if let Some(v) = scalar(step, "run") {
+                self.injections(v, "a `run:` script");
             }
             let Some(uses) = scalar(step, "uses") else { continue };
             let action = uses.as_str().trim();
@@ -307,10 +358,8 @@ impl Checker<'_> {
             let name = action.split('@').next().unwrap_or("").to_ascii_lowercase();
             let with = map(step, "with");
             if name == "actions/github-script" {
-                if let (Some(w), Some(v)) = (with.and_then(Node::as_mapping), with.and_then(|w| scalar(w, "script"))) {
-                    if let Some(k) = key_of(w, "script") {
-                        self.injections(k, v, "an `actions/github-script` script");
-                    }
+                if let Some(v) = with.and_then(|w| scalar(w, "script")) {
+                    self.injections(v, "an `actions/github-script` script");
                 }
             }
             if name == "actions/checkout" {
@@ -447,6 +496,38 @@ mod tests {
         // github-script.
         let script = format!("{HEAD}      - uses: actions/github-script@60a0d83039c74a4aee543508d2ffcb1c3799cdea\n        with:\n          script: |\n            core.info(`${{{{ github.event.comment.body }}}}`)\n");
         assert_eq!(rules(&script), [(10, "template-injection")]);
+    }
+
+    /// What GitHub evaluates is the parsed value: escapes, doubled quotes, flow style over
+    /// shallower lines and `}}` inside a literal do not hide a reference; non-ASCII text and
+    /// lone-CR line breaks are read without a panic and lines are counted as YAML counts them.
+    #[test]
+    fn forms_a_source_scan_would_miss_and_hostile_text() {
+        let cases: &[(&str, usize)] = &[
+            ("      - run: \"echo \\x24{{ github.event.issue.title }}\"\n", 7),
+            ("      - run: \"echo \\u0024{{ github.event.issue.title }}\"\n", 7),
+            ("      - run: 'echo ${{ github.event[''issue''].title }}'\n", 7),
+            ("      - run: echo \"${{ format('}}', github.event.issue.title) }}\"\n", 7),
+            ("      - run: echo \"${{ github.event.issue.title == 'fix ✓ é' }}\"\n", 7),
+        ];
+        for (step, line) in cases {
+            assert_eq!(rules(&format!("{HEAD}{step}")), [(*line, "template-injection")], "{step}");
+        }
+        let flow = "on: push\npermissions: {contents: read}\njobs:\n  b:\n    runs-on: x\n    steps: [{run: \"echo\n      ${{ github.event.issue.title }}\"}]\n";
+        assert_eq!(rules(flow), [(7, "template-injection")]);
+        let cr = "on: push\rpermissions: {contents: read}\rjobs:\r  b:\r    runs-on: x\r    steps:\r      - run: echo ${{ github.head_ref }}\r";
+        assert_eq!(rules(cr), [(7, "template-injection")]);
+        let crlf = format!("{HEAD}      - run: echo ${{{{ github.head_ref }}}}\n").replace('\n', "\r\n");
+        assert_eq!(rules(&crlf), [(7, "template-injection")]);
+        assert_eq!(check(&crlf)[0].column, 23);
+        // Not references: a quoted literal, a comment after a plain scalar, non-ASCII text.
+        for step in [
+            "      - run: echo \"${{ github.repository_owner == 'github' }}\"\n",
+            "      - run: echo hi # ${{ github.head_ref }}\n",
+            "      - run: echo \"${{ 'ünïcode ✓' }}\"\n",
+        ] {
+            assert_eq!(rules(&format!("{HEAD}{step}")), [], "{step}");
+        }
     }
 
     #[test]

@@ -72,6 +72,13 @@ pub fn ci(dir: &std::path::Path) -> Result<Report, Failure> {
         .filter(|p| p.extension().is_some_and(|x| x == "yml" || x == "yaml"))
         .collect();
     files.sort();
+    if files.is_empty() {
+        return Err(Failure::new(
+            Code::Invalid,
+            anyhow::anyhow!("no workflow files (`*.yml`, `*.yaml`) in `{}`: nothing was checked", root.display()),
+        )
+        .hint("give a repository (with `.github/workflows/`) or a directory of workflow files"));
+    }
     let mut lines = Vec::new();
     let mut all = Vec::new();
     for f in &files {

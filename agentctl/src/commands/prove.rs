@@ -72,7 +72,12 @@ pub async fn egress(g: &Globals, service_name: &str, env_name: &str) -> Result<R
 }
 
 /// `prove ENV [--workflows DIR]`: every control, re-derived; the `readiness` receipt.
-pub async fn readiness(g: &Globals, env_name: &str, workflows: Option<&std::path::Path>) -> Result<Report, Failure> {
+pub async fn readiness(
+    g: &Globals,
+    env_name: &str,
+    workflows: Option<&std::path::Path>,
+    receipt_keys: &[std::path::PathBuf],
+) -> Result<Report, Failure> {
     use controlplane::readiness::{self, Outcome, Readiness};
     let ctx = Context::load(g)?;
     let env = environment(&ctx, env_name)?;
@@ -80,8 +85,14 @@ pub async fn readiness(g: &Globals, env_name: &str, workflows: Option<&std::path
     let verifier = super::deploy::verifier(&ctx)?;
     let ssh = ssh_client(&ctx, env)?;
     let fleet = controlplane::vm::Fleet::connect(&ssh, &env.hosts, ctx.set.ssh.concurrency).await;
-    let receipt_public = controlplane::keys::PublicKey::load(&ctx.set.resolve(&ctx.set.settings.receipt_public_key))
-        .map_err(|e| Failure::new(Code::Invalid, e))?;
+    let receipt_paths = match receipt_keys {
+        [] => vec![ctx.set.resolve(&ctx.set.settings.receipt_public_key)],
+        keys => keys.to_vec(),
+    };
+    let receipt_public = receipt_paths
+        .iter()
+        .map(|p| controlplane::keys::PublicKey::load(p).map_err(|e| Failure::new(Code::Invalid, e)))
+        .collect::<Result<Vec<_>, _>>()?;
     let log = receipts(&ctx);
     let controls = Readiness {
         set: &ctx.set,

@@ -6,6 +6,7 @@
 use crate::image::{Digest, PinnedImage};
 use crate::registry::{Registry, RegistryError};
 use controlplane_core::contents::{Allowed, ContentScan, FileScan, Finding, LayerScan};
+use controlplane_core::untrusted::HostText;
 use std::io::Read;
 
 /// The largest layer streamed, as served (compressed): 8 GiB.
@@ -107,51 +108,95 @@ pub async fn scan_image(
         })?;
         // A download cut short makes the tar reader fail too: the registry's error is
         // the cause then. A reader that failed on its own input stops the download.
+        // Which side stopped first decides whose error it is: a reader that failed on its
+        // input closes the pipe (the download then reports `SinkClosed`); a download cut
+        // short leaves the reader at a truncated stream.
         let (layer_scan, findings) = match (pulled, parsed) {
             (Ok(_), Ok(done)) => done,
-            (Err(source), Err(_)) if source.is_outage() || blames_the_registry(&source) => return Err(reg(source)),
-            (_, Err(detail)) => return Err(ScanError::Unreadable { image: image.clone(), layer: digest, detail }),
-            (Err(source), Ok(_)) => return Err(reg(source)),
+            (Err(RegistryError::SinkClosed { .. }) | Ok(_), Err(detail)) => {
+                return Err(ScanError::Unreadable { image: image.clone(), layer: digest, detail })
+            }
+            (Err(source), _) => return Err(reg(source)),
         };
         scan.layers.push(layer_scan);
-        for f in findings {
-            scan.add(f, allow);
+        for (path, kind) in findings {
+            scan.add(Finding::new(&digest, &path, kind), &path, allow);
         }
     }
     Ok(scan)
 }
 
-/// Errors that are the registry's whatever the tar reader saw: bytes that are not what
-/// was asked for, or too many of them.
-fn blames_the_registry(e: &RegistryError) -> bool {
-    matches!(
-        e,
-        RegistryError::DigestMismatch { .. }
-            | RegistryError::Substituted { .. }
-            | RegistryError::TooLarge { .. }
-            | RegistryError::MissingCredential { .. }
-    )
+/// The most a long-name or PAX header entry may hold (real ones hold a path).
+const MAX_HEADER_DATA: u64 = 64 * 1024;
+/// The most a layer may decompress to: 64 GiB (a gzip bomb stops here).
+pub const MAX_DECOMPRESSED: u64 = 64 << 30;
+
+/// A reader that fails past `left` bytes.
+struct Capped<R> {
+    inner: R,
+    left: u64,
 }
 
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
+            std::io::Error::other(format!("it decompresses to more than {} GiB", MAX_DECOMPRESSED >> 30))
+        })?;
+        Ok(n)
+    }
+}
+
+/// A secret value found in a layer: the file's path as the layer has it, and what it is.
+type Found = (String, controlplane_core::secrets::SecretKind);
+
 /// Reads one layer's tar stream to its end (so the digest covers every byte), feeding
-/// each regular file through a [`FileScan`].
-fn scan_layer(reader: impl Read, compression: Compression, layer: &str) -> Result<(LayerScan, Vec<Finding>), String> {
+/// each file's data (regular, contiguous and sparse entries) through a [`FileScan`].
+/// Memory is bounded: tar's long-name and PAX entries are read here, at most
+/// [`MAX_HEADER_DATA`] each, instead of whole by the tar reader.
+fn scan_layer(reader: impl Read, compression: Compression, layer: &str) -> Result<(LayerScan, Vec<Found>), String> {
     let decoded: Box<dyn Read> = match compression {
         Compression::None => Box::new(reader),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
     };
-    let mut archive = tar::Archive::new(decoded);
-    let (mut files, mut bytes, mut findings) = (0u64, 0u64, Vec::new());
+    let mut archive = tar::Archive::new(Capped { inner: decoded, left: MAX_DECOMPRESSED });
+    let (mut files, mut bytes, mut found) = (0u64, 0u64, Vec::new());
     let mut buf = vec![0u8; CHUNK];
-    for entry in archive.entries().map_err(|e| e.to_string())? {
+    // The path a GNU long-name or PAX entry gives the entry after it.
+    let mut next_path: Option<Vec<u8>> = None;
+    for entry in archive.entries().map_err(|e| e.to_string())?.raw(true) {
         let mut entry = entry.map_err(|e| e.to_string())?;
-        if !matches!(entry.header().entry_type(), tar::EntryType::Regular | tar::EntryType::Continuous) {
+        let kind = entry.header().entry_type();
+        if kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+            || kind.is_pax_local_extensions()
+            || kind.is_pax_global_extensions()
+        {
+            let size = entry.header().entry_size().map_err(|e| e.to_string())?;
+            if size > MAX_HEADER_DATA {
+                return Err(format!("a {kind:?} header entry of {size} bytes (at most {MAX_HEADER_DATA})"));
+            }
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).map_err(|e| e.to_string())?;
+            if kind.is_gnu_longname() {
+                next_path = Some(data.split(|&b| b == 0).next().unwrap_or_default().to_vec());
+            } else if kind.is_pax_local_extensions() {
+                let path = tar::PaxExtensions::new(&data)
+                    .filter_map(Result::ok)
+                    .find(|x| x.key_bytes() == b"path")
+                    .map(|x| x.value_bytes().to_vec());
+                next_path = path.or(next_path);
+            }
             continue;
         }
-        let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let path_bytes = next_path.take().unwrap_or_else(|| entry.path_bytes().into_owned());
+        if !matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse) {
+            continue;
+        }
+        let path = String::from_utf8_lossy(&path_bytes).into_owned();
         let mut file = FileScan::new();
         loop {
-            let n = entry.read(&mut buf).map_err(|e| format!("{path}: {e}"))?;
+            let n = entry.read(&mut buf).map_err(|e| format!("{}: {e}", HostText::new(&path)))?;
             if n == 0 {
                 break;
             }
@@ -160,12 +205,12 @@ fn scan_layer(reader: impl Read, compression: Compression, layer: &str) -> Resul
         }
         files += 1;
         if let Some(kind) = file.finish() {
-            findings.push(Finding::new(layer, &path, kind));
+            found.push((path, kind));
         }
     }
     // What follows the archive's end-of-file blocks (padding) is read too.
     std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).map_err(|e| e.to_string())?;
-    Ok((LayerScan { digest: layer.to_owned(), files, bytes }, findings))
+    Ok((LayerScan { digest: layer.to_owned(), files, bytes }, found))
 }
 
 #[cfg(test)]
@@ -207,8 +252,8 @@ mod tests {
         ]);
         let (scan, findings) = scan_layer(&layer[..], Compression::None, "sha256:l").unwrap();
         assert_eq!((scan.files, findings.len()), (3, 1));
-        assert_eq!(findings[0].path.to_string(), "root/.ssh/id_ed25519");
-        assert_eq!(findings[0].kind, "a private key block");
+        assert_eq!(findings[0].0, "root/.ssh/id_ed25519");
+        assert_eq!(findings[0].1.describe(), "a private key block");
 
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&layer).unwrap();
@@ -221,5 +266,26 @@ mod tests {
             "x"
         )
         .is_err());
+    }
+
+    /// A long path (a GNU long-name entry) names the file it belongs to; a long-name entry
+    /// claiming a huge size is refused before anything is read into memory.
+    #[test]
+    fn long_names_are_read_bounded() {
+        let long = format!("{}/id_ed25519", "deep/".repeat(40));
+        let layer = tar(&[(long.as_str(), b"-----BEGIN OPENSSH PRIVATE KEY-----\n")]);
+        let (_, findings) = scan_layer(&layer[..], Compression::None, "sha256:l").unwrap();
+        assert_eq!(findings.len(), 1);
+        assert_eq!(findings[0].0, long);
+
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::GNULongName);
+        h.set_size(1 << 30);
+        h.set_path("././@LongLink").unwrap();
+        h.set_cksum();
+        let mut bomb = h.as_bytes().to_vec();
+        bomb.extend_from_slice(&[0u8; 1024]);
+        let err = scan_layer(&bomb[..], Compression::None, "sha256:l").unwrap_err();
+        assert!(err.contains("header entry of 1073741824 bytes"), "{err}");
     }
 }

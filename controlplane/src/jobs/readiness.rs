@@ -110,16 +110,30 @@ impl Readiness<'_> {
         let mut ids: Vec<&str> = records.iter().map(|r| r.release_id.as_str()).filter(|id| !id.is_empty()).collect();
         ids.sort_unstable();
         ids.dedup();
-        let Some(id) = ids.first() else {
+        if ids.is_empty() {
             return ["signature", "contents", "egress", "rollback", "secrets"].into_iter().map(na).collect();
-        };
+        }
+        // Hosts mid-rollout run different releases: each is checked, under its own subject.
+        let mut rows = Vec::new();
+        for id in &ids {
+            let subject = if ids.len() > 1 { format!("{name} {id}") } else { name.to_owned() };
+            rows.extend(self.release(service, id, &subject).await);
+        }
+        rows.push(self.egress(service).await);
+        rows
+    }
+
+    /// The controls of one release of `service` that runs here.
+    async fn release(&self, service: &Service, id: &str, subject: &str) -> Vec<Control> {
+        let name = service.name.as_str();
+        let env = self.env.name.as_str();
         let applied = match self.store.applied_release(env, name, id).await {
             Ok(Some(a)) => a,
             other => {
                 let why = other.err().map(|e| e.to_string()).unwrap_or_else(|| format!("release {id} has no record"));
                 return vec![self.row(
                     "signature",
-                    name,
+                    subject,
                     Outcome::Fails,
                     &why,
                     Some(format!("agentctl status --env {env} {name}")),
@@ -129,11 +143,6 @@ impl Readiness<'_> {
         let facts = &applied.facts;
         let image = format!("{}@{}", facts.repository, facts.digest);
         let mut rows = Vec::new();
-        let mixed = if ids.len() > 1 {
-            format!(" (hosts run {} releases: {})", ids.len(), ids.join(", "))
-        } else {
-            String::new()
-        };
 
         // Signature, provenance and SBOM, now.
         let req = Requirements {
@@ -143,18 +152,18 @@ impl Readiness<'_> {
         };
         rows.push(match self.verifier.verify(&image, &req).await {
             Ok(v) => {
-                let mut evidence = format!("{id} {image}: {}{mixed}", v.signature_summary());
+                let mut evidence = format!("{id} {image}: {}", v.signature_summary());
                 if let Some(p) = v.provenance() {
                     evidence.push_str(&format!("; provenance {}", p.layer));
                 }
                 if let Some(s) = v.sbom() {
                     evidence.push_str(&format!("; SBOM {}", s.layer));
                 }
-                self.row("signature", name, Outcome::Holds, &evidence, None)
+                self.row("signature", subject, Outcome::Holds, &evidence, None)
             }
             Err(e) => {
                 let fix = e.hint().unwrap_or_else(|| format!("agentctl verify {image}"));
-                self.row("signature", name, Outcome::Fails, &format!("{id}: {e}"), Some(fix))
+                self.row("signature", subject, Outcome::Fails, &format!("{id}: {e}"), Some(fix))
             }
         });
 
@@ -170,21 +179,19 @@ impl Readiness<'_> {
             _ => Err(format!("`{image}` is not a pinned image")),
         };
         rows.push(match scanned {
-            Ok(s) if s.clean() => self.row("contents", name, Outcome::Holds, &s.summary(), None),
+            Ok(s) if s.clean() => self.row("contents", subject, Outcome::Holds, &s.summary(), None),
             Ok(s) => {
                 let found: Vec<String> = s.findings.iter().map(|f| format!("`{}` in layer {} ({})", f.path, f.layer, f.kind)).collect();
                 self.row(
                     "contents",
-                    name,
+                    subject,
                     Outcome::Fails,
                     &format!("{}: {}", s.summary(), found.join("; ")),
                     Some(format!("rebuild without the value and promote it (`agentctl promote {name} --env {env} --release REF`), or allow the path with a reason under `[[contents.allow]]`")),
                 )
             }
-            Err(e) => self.row("contents", name, Outcome::Fails, &e, Some("check that the registry is reachable, then run `agentctl prove` again".into())),
+            Err(e) => self.row("contents", subject, Outcome::Fails, &e, Some("check that the registry is reachable, then run `agentctl prove` again".into())),
         });
-
-        rows.push(self.egress(service).await);
 
         // The way back, rehearsed here or before here.
         let mut earlier = vec![env.to_owned()];
@@ -195,12 +202,16 @@ impl Readiness<'_> {
         }
         rows.push(match self.store.rehearsals(name, &facts.digest).await {
             Ok(done) => match done.iter().find(|(e, _)| earlier.contains(e)) {
-                Some((e, receipt)) => {
-                    self.row("rollback", name, Outcome::Holds, &format!("rehearsed in `{e}` (receipt {receipt})"), None)
-                }
+                Some((e, receipt)) => self.row(
+                    "rollback",
+                    subject,
+                    Outcome::Holds,
+                    &format!("rehearsed in `{e}` (receipt {receipt})"),
+                    None,
+                ),
                 None => self.row(
                     "rollback",
-                    name,
+                    subject,
                     Outcome::Fails,
                     &format!("{} has no rollback rehearsal in {}", facts.short(), earlier.join(", ")),
                     Some(format!(
@@ -210,28 +221,28 @@ impl Readiness<'_> {
                     )),
                 ),
             },
-            Err(e) => self.row("rollback", name, Outcome::Fails, &format!("the store: {e}"), None),
+            Err(e) => self.row("rollback", subject, Outcome::Fails, &format!("the store: {e}"), None),
         });
 
         // Secrets by name: nothing rendered for what runs holds a value.
         rows.push(match &applied.files {
-            None => self.row("secrets", name, Outcome::NotApplicable, "the rendered files of this release were not recorded (applied before they were kept)", None),
+            None => self.row("secrets", subject, Outcome::NotApplicable, "the rendered files of this release were not recorded (applied before they were kept)", None),
             Some(files) => {
                 use base64::Engine as _;
                 let found: Vec<String> = files
                     .iter()
-                    .filter_map(|(path, b64)| {
-                        let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
-                        let kind = crate::secrets::find_secret(&String::from_utf8_lossy(&bytes))?;
-                        Some(format!("`{path}` holds {}", kind.describe()))
+                    .filter_map(|(path, b64)| match base64::engine::general_purpose::STANDARD.decode(b64) {
+                        Err(_) => Some(format!("the recorded `{path}` cannot be decoded, so it cannot be checked")),
+                        Ok(bytes) => crate::secrets::find_secret(&String::from_utf8_lossy(&bytes))
+                            .map(|kind| format!("`{path}` holds {}", kind.describe())),
                     })
                     .collect();
                 let names: Vec<&str> = service.secrets.iter().map(|s| s.as_str()).collect();
                 if found.is_empty() {
                     let by_name = if names.is_empty() { "none".to_owned() } else { names.join(", ") };
-                    self.row("secrets", name, Outcome::Holds, &format!("{} rendered file(s) without secret values; secrets by name: {by_name}", files.len()), None)
+                    self.row("secrets", subject, Outcome::Holds, &format!("{} rendered file(s) without secret values; secrets by name: {by_name}", files.len()), None)
                 } else {
-                    self.row("secrets", name, Outcome::Fails, &found.join("; "), Some(format!("move the value into the hosts' secret store, name it under `secrets` in services/{name}.toml, and promote again")))
+                    self.row("secrets", subject, Outcome::Fails, &found.join("; "), Some(format!("move the value into the hosts' secret store, name it under `secrets` in services/{name}.toml, and promote again")))
                 }
             }
         });
@@ -289,9 +300,10 @@ impl Readiness<'_> {
         }
     }
 
-    /// A production environment: the end of the `after` chain (no environment comes after it).
+    /// A production environment: the end of the `after` chain — no environment comes after
+    /// it (a single environment is its own production).
     fn production(&self) -> bool {
-        self.env.after.is_some() && !self.set.environments.iter().any(|e| e.after.as_ref() == Some(&self.env.name))
+        !self.set.environments.iter().any(|e| e.after.as_ref() == Some(&self.env.name))
     }
 
     fn approvals(&self, subject: &str) -> Control {
@@ -407,9 +419,19 @@ impl Readiness<'_> {
             .filter(|p| p.extension().is_some_and(|x| x == "yml" || x == "yaml"))
             .collect();
         files.sort();
+        if files.is_empty() {
+            let why = format!("no workflow files (`*.yml`, `*.yaml`) in `{}`", root.display());
+            return self.row("workflows", subject, Outcome::Fails, &why, fix);
+        }
         let mut found = Vec::new();
         for f in &files {
-            let text = std::fs::read_to_string(f).unwrap_or_default();
+            let text = match std::fs::read_to_string(f) {
+                Ok(t) => t,
+                Err(e) => {
+                    let why = format!("cannot read `{}`: {e}", f.display());
+                    return self.row("workflows", subject, Outcome::Fails, &why, fix);
+                }
+            };
             for finding in crate::workflow::check(&text) {
                 let file = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 found.push(format!("{file}:{}:{}: {}", finding.line, finding.column, finding.rule));

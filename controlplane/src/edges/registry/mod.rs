@@ -78,6 +78,10 @@ pub enum RegistryError {
     Invalid { registry: String, detail: String },
     #[error("credentials for registry `{registry}`: environment variable `{var}` is not set")]
     MissingCredential { registry: String, var: String },
+    /// What a blob streamed into stopped taking it (its reader failed first): not the
+    /// registry's doing.
+    #[error("the reader of a blob from registry `{registry}` stopped before its end")]
+    SinkClosed { registry: String },
 }
 
 impl RegistryError {
@@ -394,11 +398,14 @@ impl Registry {
         use tokio::io::AsyncWriteExt as _;
         self.auth(repo)?;
         self.count(1);
-        let mut out = Hashing { inner: sink, hasher: sha2::Sha256::new(), bytes: 0, limit, over: false };
+        let mut out = Hashing { inner: sink, hasher: sha2::Sha256::new(), bytes: 0, limit, over: false, closed: false };
         let started = std::time::Instant::now();
         let pulled = self.client.pull_blob(&Self::reference(repo, digest.as_str()), digest.as_str(), &mut out).await;
         let _ = out.inner.shutdown().await;
         tracing::debug!(repository = %repo, %digest, bytes = out.bytes, ms = started.elapsed().as_millis() as u64, "registry: blob streamed");
+        if out.closed {
+            return Err(RegistryError::SinkClosed { registry: repo.registry().into() });
+        }
         if out.over {
             return Err(RegistryError::TooLarge {
                 registry: repo.registry().into(),
@@ -523,6 +530,8 @@ struct Hashing<W> {
     bytes: u64,
     limit: u64,
     over: bool,
+    /// The sink refused a write (its reader is gone).
+    closed: bool,
 }
 
 impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Hashing<W> {
@@ -538,9 +547,13 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Hashing<W> {
         }
         let this = &mut *self;
         let written = std::pin::Pin::new(&mut this.inner).poll_write(cx, data);
-        if let std::task::Poll::Ready(Ok(n)) = &written {
-            this.hasher.update(&data[..*n]);
-            this.bytes += *n as u64;
+        match &written {
+            std::task::Poll::Ready(Ok(n)) => {
+                this.hasher.update(&data[..*n]);
+                this.bytes += *n as u64;
+            }
+            std::task::Poll::Ready(Err(_)) => this.closed = true,
+            std::task::Poll::Pending => {}
         }
         written
     }
