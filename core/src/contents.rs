@@ -174,7 +174,11 @@ impl ContentScan {
     pub fn summary(&self) -> String {
         let files: u64 = self.layers.iter().map(|l| l.files).sum();
         let bytes: u64 = self.layers.iter().map(|l| l.bytes).sum();
-        let size = format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20));
+        let size = match bytes {
+            0..1024 => format!("{bytes} B"),
+            1024..1_048_576 => format!("{:.1} KiB", bytes as f64 / 1024.0),
+            _ => format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20)),
+        };
         let mut s = format!("{} layer(s), {files} file(s), {size}: ", self.layers.len());
         if self.findings.is_empty() {
             s.push_str("no secret values");
