@@ -54,9 +54,11 @@ fn find_in(text: &str) -> Option<SecretKind> {
     if text.contains("PRIVATE KEY-----") {
         return Some(SecretKind::PrivateKeyBlock);
     }
+    // A known token is its prefix (3 bytes or more) and a tail of 16 or more: shorter
+    // runs are skipped before the prefixes are compared (most of a file's words).
     text.split(|c: char| !(c.is_ascii_alphanumeric() || "+_-".contains(c)))
-        .filter_map(crate::secrets::known_token)
-        .next()
+        .filter(|t| t.len() >= 19)
+        .find_map(crate::secrets::known_token)
 }
 
 /// A secret value in a layer: where, and what kind (never the value).
