@@ -831,11 +831,17 @@ async fn keyless_bundles_verify_for_allowed_identities_and_every_other_case_is_r
                     &sigstore.sign_image(i.repository.as_str(), i.digest.hex(), &Signer::ci(ISSUER, CI_SUBJECT)),
                     |e| {
                         let cp = e["inclusionProof"]["checkpoint"]["envelope"].as_str().unwrap().to_owned();
-                        // The signature line's last base64 characters.
-                        let n = cp.trim_end().len();
-                        let c = if &cp[n - 2..n - 1] == "A" { "B" } else { "A" };
+                        // One bit of the signature flipped, still valid base64 (editing a
+                        // character could hit the `=` padding, which is a parse error).
+                        let body = cp.trim_end();
+                        let (head, sig) = body.rsplit_once(' ').unwrap();
+                        let b64 = &base64::engine::general_purpose::STANDARD;
+                        let mut raw = base64::Engine::decode(b64, sig).unwrap();
+                        // In the DER signature's last integer: its encoding stays valid.
+                        let n = raw.len();
+                        raw[n - 3] ^= 1;
                         e["inclusionProof"]["checkpoint"]["envelope"] =
-                            format!("{}{c}{}", &cp[..n - 2], &cp[n - 1..]).into();
+                            format!("{head} {}\n", base64::Engine::encode(b64, raw)).into();
                     },
                 )
             }),
