@@ -5,10 +5,12 @@
 //! - `edges/`: the only modules that touch the outside world, each behind a small type
 //!   or trait: `ssh` (openssh, trait `Remote`), `registry` (oci-client), `store` (sqlx,
 //!   trait `Store`), `receipt_log` (the receipts directory), `keys` (key files and
-//!   ECDSA), `manifest` (reading the manifest directory), `hygiene` (the guard that
+//!   ECDSA), `manifest` (reading the manifest directory), `workflow_files` (CI workflows
+//!   from disk), `hygiene` (the guard that
 //!   cleans up ssh processes and temp dirs, however agentctl ends).
 //! - `jobs/`: walk a plan or a request through the edges: `deploy` (plan, apply,
-//!   rollback), `status`, `catalog` (release add), `verify`, `sign`, `init`.
+//!   rollback), `status`, `catalog` (release add), `contents` (layer scans), `readiness`
+//!   (`prove ENV`), `verify`, `sign`, `init`.
 //! - `cosign`: cosign's formats (simple signing, DSSE/in-toto), pure but built on
 //!   sigstore's types, which is why it is not in the core crate.
 //!
@@ -24,7 +26,7 @@ pub use controlplane_core::{
     platform, podman, receipt, records, release, remote, repair, rollout, secrets, steps, tarball, untrusted, watch,
     workflow, VERSION,
 };
-pub use edges::{held, hygiene, keys, metrics, receipt_log, registry, ssh, sshsig, store, vm};
+pub use edges::{held, hygiene, keys, metrics, receipt_log, registry, ssh, sshsig, store, vm, workflow_files};
 pub use jobs::contents as content_scan;
 pub use jobs::egress as egress_proof;
 pub use jobs::history as release_history;

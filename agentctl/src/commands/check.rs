@@ -61,33 +61,16 @@ pub fn run(g: &Globals) -> Result<Report, Failure> {
 
 /// `check --ci DIR`: every workflow file, every finding with its file and line.
 pub fn ci(dir: &std::path::Path) -> Result<Report, Failure> {
-    let workflows = dir.join(".github/workflows");
-    let root = if workflows.is_dir() { workflows } else { dir.to_path_buf() };
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&root)
-        .map_err(|e| {
-            Failure::new(Code::Invalid, anyhow::Error::new(e).context(format!("cannot read `{}`", root.display())))
-                .hint("give a repository (with `.github/workflows/`) or a directory of workflow files")
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yml" || x == "yaml"))
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        return Err(Failure::new(
-            Code::Invalid,
-            anyhow::anyhow!("no workflow files (`*.yml`, `*.yaml`) in `{}`: nothing was checked", root.display()),
-        )
-        .hint("give a repository (with `.github/workflows/`) or a directory of workflow files"));
-    }
+    let (root, files) = controlplane::workflow_files::read(dir).map_err(|e| {
+        Failure::new(Code::Invalid, e)
+            .hint("give a repository (with `.github/workflows/`) or a directory of workflow files")
+    })?;
     let mut lines = Vec::new();
     let mut all = Vec::new();
     for f in &files {
-        let text = std::fs::read_to_string(f).map_err(|e| {
-            Failure::new(Code::Invalid, anyhow::Error::new(e).context(format!("cannot read `{}`", f.display())))
-        })?;
         // A file name is the workflow author's text too: sanitized like the rest.
-        let name = controlplane::untrusted::HostText::new(&f.display().to_string());
-        for finding in controlplane::workflow::check(&text) {
+        let name = controlplane::untrusted::HostText::new(&f.path.display().to_string());
+        for finding in controlplane::workflow::check(&f.text) {
             lines.push(format!(
                 "{name}:{}:{}: {}: {}\n  fix: {}",
                 finding.line, finding.column, finding.rule, finding.message, finding.fix

@@ -85,14 +85,7 @@ pub async fn readiness(
     let verifier = super::deploy::verifier(&ctx)?;
     let ssh = ssh_client(&ctx, env)?;
     let fleet = controlplane::vm::Fleet::connect(&ssh, &env.hosts, ctx.set.ssh.concurrency).await;
-    let receipt_paths = match receipt_keys {
-        [] => vec![ctx.set.resolve(&ctx.set.settings.receipt_public_key)],
-        keys => keys.to_vec(),
-    };
-    let receipt_public = receipt_paths
-        .iter()
-        .map(|p| controlplane::keys::PublicKey::load(p).map_err(|e| Failure::new(Code::Invalid, e)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let receipt_public = super::receipts::load_keys(receipt_keys, Some(&ctx))?;
     let log = receipts(&ctx);
     let controls = Readiness {
         set: &ctx.set,

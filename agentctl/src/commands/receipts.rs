@@ -24,7 +24,7 @@ struct Sources {
 }
 
 /// Loads each `--key`, or the manifests' `receipt_public_key` when none is given.
-fn load_keys(keys: &[PathBuf], ctx: Option<&Context>) -> Result<Vec<PublicKey>, Failure> {
+pub fn load_keys(keys: &[PathBuf], ctx: Option<&Context>) -> Result<Vec<PublicKey>, Failure> {
     let paths: Vec<PathBuf> = match (keys, ctx) {
         ([], Some(c)) => vec![c.set.resolve(&c.set.settings.receipt_public_key)],
         ([], None) => unreachable!("a context is loaded when no --key is given"),

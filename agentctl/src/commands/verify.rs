@@ -34,7 +34,7 @@ pub async fn run(g: &Globals, image: &str, keys: &[PathBuf]) -> Result<Report, F
     // The layers too, as `release add` would scan them for the service of this
     // repository (its platform and `[[contents.allow]]`), or for linux/amd64 and no
     // allowances when no service has it.
-    let service = ctx.set.services.values().find(|s| s.repository == verified.image.repository);
+    let service = ctx.set.service_of(&verified.image.repository);
     let platform = service.map(|s| s.platform.clone()).unwrap_or_default();
     let allow = service.map(|s| s.contents_allow.clone()).unwrap_or_default();
     let (scan, _) = controlplane::catalog::scan_layers(&ctx.registry, &verified, &platform, &allow)

@@ -11,3 +11,4 @@ pub mod ssh;
 pub mod sshsig;
 pub mod store;
 pub mod vm;
+pub mod workflow_files;

@@ -45,7 +45,9 @@ impl ScanError {
             Self::Registry { .. } => {
                 Some("check that the registry is up and reachable, then retry; nothing was recorded".into())
             }
-            _ => None,
+            Self::Unreadable { .. } | Self::Manifest { .. } => Some(
+                "the image as pushed is broken (a layer that is not the tar stream its media type says, or a missing manifest): build and push it again, then sign and record the new digest".into(),
+            ),
         }
     }
 }
@@ -287,5 +289,14 @@ mod tests {
         bomb.extend_from_slice(&[0u8; 1024]);
         let err = scan_layer(&bomb[..], Compression::None, "sha256:l").unwrap_err();
         assert!(err.contains("header entry of 1073741824 bytes"), "{err}");
+    }
+
+    /// A gzip bomb stops at the bound instead of decompressing without end.
+    #[test]
+    fn decompression_stops_at_its_bound() {
+        let mut capped = Capped { inner: &[7u8; 100][..], left: 10 };
+        let mut out = Vec::new();
+        let err = std::io::Read::read_to_end(&mut capped, &mut out).unwrap_err();
+        assert!(err.to_string().contains("decompresses to more than"), "{err}");
     }
 }

@@ -479,15 +479,7 @@ impl<'a> Deployer<'a> {
         if !env.require_rehearsal {
             return Ok(());
         }
-        let mut earlier = Vec::new();
-        let mut at = env.after.as_ref();
-        while let Some(name) = at {
-            if earlier.contains(&name.to_string()) {
-                break;
-            }
-            earlier.push(name.to_string());
-            at = self.set.environment(name).and_then(|e| e.after.as_ref());
-        }
+        let earlier = self.set.earlier(env);
         let done = self.store.rehearsals(service.name.as_str(), digest).await?;
         if done.iter().any(|(e, _)| earlier.contains(e)) {
             return Ok(());

@@ -194,12 +194,7 @@ impl Readiness<'_> {
         });
 
         // The way back, rehearsed here or before here.
-        let mut earlier = vec![env.to_owned()];
-        let mut at = self.env.after.as_ref();
-        while let Some(e) = at.filter(|e| !earlier.contains(&e.to_string())) {
-            earlier.push(e.to_string());
-            at = self.set.environment(e).and_then(|x| x.after.as_ref());
-        }
+        let earlier: Vec<String> = std::iter::once(env.to_owned()).chain(self.set.earlier(self.env)).collect();
         rows.push(match self.store.rehearsals(name, &facts.digest).await {
             Ok(done) => match done.iter().find(|(e, _)| earlier.contains(e)) {
                 Some((e, receipt)) => self.row(
@@ -400,40 +395,15 @@ impl Readiness<'_> {
             );
         };
         let fix = Some(format!("agentctl check --ci {}", dir.display()));
-        let root =
-            if dir.join(".github/workflows").is_dir() { dir.join(".github/workflows") } else { dir.to_path_buf() };
-        let entries = match std::fs::read_dir(&root) {
-            Ok(e) => e,
-            Err(e) => {
-                return self.row(
-                    "workflows",
-                    subject,
-                    Outcome::Fails,
-                    &format!("cannot read `{}`: {e}", root.display()),
-                    fix,
-                )
-            }
+        let files = match crate::workflow_files::read(dir) {
+            Ok((_, files)) => files,
+            Err(e) => return self.row("workflows", subject, Outcome::Fails, &e.to_string(), fix),
         };
-        let mut files: Vec<_> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "yml" || x == "yaml"))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            let why = format!("no workflow files (`*.yml`, `*.yaml`) in `{}`", root.display());
-            return self.row("workflows", subject, Outcome::Fails, &why, fix);
-        }
         let mut found = Vec::new();
         for f in &files {
-            let text = match std::fs::read_to_string(f) {
-                Ok(t) => t,
-                Err(e) => {
-                    let why = format!("cannot read `{}`: {e}", f.display());
-                    return self.row("workflows", subject, Outcome::Fails, &why, fix);
-                }
-            };
-            for finding in crate::workflow::check(&text) {
-                let file = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let text = &f.text;
+            for finding in crate::workflow::check(text) {
+                let file = f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 found.push(format!("{file}:{}:{}: {}", finding.line, finding.column, finding.rule));
             }
         }

@@ -29,6 +29,23 @@ impl ManifestSet {
         self.environments.iter().find(|e| &e.name == name)
     }
 
+    /// The environments a release passes before `env` (its `after`, that one's `after`,
+    /// …), nearest first; a loop in the chain ends it.
+    pub fn earlier(&self, env: &Environment) -> Vec<String> {
+        let mut earlier: Vec<String> = Vec::new();
+        let mut at = env.after.as_ref();
+        while let Some(name) = at.filter(|n| !earlier.contains(&n.to_string()) && **n != env.name) {
+            earlier.push(name.to_string());
+            at = self.environment(name).and_then(|e| e.after.as_ref());
+        }
+        earlier
+    }
+
+    /// The service whose image repository is `repository`, if any.
+    pub fn service_of(&self, repository: &crate::image::Repository) -> Option<&Service> {
+        self.services.values().find(|s| &s.repository == repository)
+    }
+
     pub fn service(&self, name: &ServiceName) -> Option<&Service> {
         self.services.get(name)
     }
