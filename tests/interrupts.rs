@@ -93,6 +93,14 @@ async fn however_an_apply_ends_hosts_are_old_or_new_nothing_survives_and_a_rerun
         assert_ne!(out.status.code(), Some(0), "{case}: exits non-zero");
         w.clear_runtime(host, control);
         assert_nothing_left(tmp.path(), &case);
+        // A killed run's remote step may still be running on the host (sshd does not stop
+        // it): the rerun starts once it has ended, or it would race the rerun's read-back of
+        // what runs (seen once in ten runs: "the runtime reports … running, not …").
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !processes_naming(&w.lab.host(host).root()).is_empty() {
+            assert!(Instant::now() < deadline, "{case}: the remote step never ended");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         // Every host is on its old or its new release.
         for h in ["prod-1", "prod-2", "prod-3"] {
             let c = w.current(h).unwrap();
