@@ -182,12 +182,17 @@ async fn failed_releases_roll_back_to_a_container_that_still_answers() {
 
     for (version, behaviour, says) in [
         ("v2", Behaviour::Unhealthy, "GET /healthz answered: HTTP/1.1 404"),
-        ("v3", Behaviour::ExitsAtStart, "the container stopped (exited, exit status 3)"),
+        // Podman reports an exited container as `exited`, or as `stopped` before its cleanup
+        // has run (seen once in ten runs): either way, the exit status is the workload's.
+        ("v3", Behaviour::ExitsAtStart, "exit status 3)"),
     ] {
         let img = w.app(version, behaviour, None).await;
         let out = w.promote("staging", &img, &["--apply"]);
         assert_exit(&out, 1, "rolled back");
         assert!(stderr(&out).contains(says), "{version}: {}", stderr(&out));
+        if version == "v3" {
+            assert!(stderr(&out).contains("the container stopped ("), "{}", stderr(&out));
+        }
         assert_eq!(w.page("stage-1"), "api v1", "after {version}");
         let receipt = w.receipts().pop().unwrap();
         assert_eq!(receipt["outcome"], "failed", "{receipt:#}");
