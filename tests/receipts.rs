@@ -57,6 +57,7 @@ fn body(i: u64) -> ReceiptBody {
     let kind =
         [ReceiptKind::Apply, ReceiptKind::Rollback, ReceiptKind::Refusal, ReceiptKind::Approval][(i % 4) as usize];
     ReceiptBody {
+        rollout: None,
         kind,
         time: format!("2026-11-23T12:{:02}:{:02}Z", (i / 60) % 60, i % 60),
         operator: "alice".into(),

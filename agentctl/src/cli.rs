@@ -159,6 +159,12 @@ pub enum Command {
         #[arg(long = "approval")]
         approvals: Vec<PathBuf>,
     },
+    /// Continue a rollout paused at its `pause_after` point, from the next batch.
+    ///
+    /// The plan file is the one the paused apply ran; it is derived again like any saved
+    /// plan (the hosts that moved must still run its release) and its approvals counted
+    /// again. `agentctl rollback` instead returns the hosts that moved.
+    Resume { plan: PathBuf },
     /// Plan going back to the recorded rollback target (or `--to RELEASE`); `--apply` applies.
     Rollback {
         service: String,
@@ -499,6 +505,7 @@ impl Command {
             Self::Promote { .. }
                 | Self::Rollback { .. }
                 | Self::Apply { .. }
+                | Self::Resume { .. }
                 | Self::Status { .. }
                 | Self::Rehearse { .. }
                 | Self::Prove { .. }

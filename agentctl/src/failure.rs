@@ -10,6 +10,8 @@ pub enum Code {
     Invalid = 2,
     Drift = 3,
     Refused = 4,
+    /// A rollout halted: its failure budget was spent.
+    Halted = 5,
     /// Stopped by a second interrupt (128 + SIGINT, as shells report it).
     Aborted = 130,
 }
@@ -51,6 +53,7 @@ impl Failure {
             Code::Invalid => "invalid-input",
             Code::Drift => "drift",
             Code::Refused => "refused",
+            Code::Halted => "halted",
             Code::Aborted => "aborted",
         };
         serde_json::json!({

@@ -175,6 +175,7 @@ async fn run(command: Command, g: &Globals) -> Result<Report, Failure> {
             commands::deploy::rehearse(g, &service, &env, &release, apply).await
         }
         Command::Apply { plan, approvals } => commands::deploy::apply_saved(g, &plan, &approvals).await,
+        Command::Resume { plan } => commands::deploy::resume(g, &plan).await,
         Command::Approve { plan, key, print_statement, statement, signature, out } => {
             let how = match (key, print_statement, statement.zip(signature)) {
                 (Some(key), _, _) => commands::approve::How::Key(key),

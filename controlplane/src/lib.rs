@@ -23,8 +23,8 @@ pub mod keyless;
 
 pub use controlplane_core::{
     adopt, approval, canonical, contents, diagnostic, drift, egress, history, ids, image, lock, names, observe, plan,
-    platform, podman, receipt, records, release, remote, repair, rollout, secrets, steps, tarball, untrusted, watch,
-    workflow, VERSION,
+    platform, podman, receipt, records, release, remote, repair, rollout, secrets, soak, steps, tarball, untrusted,
+    watch, workflow, VERSION,
 };
 pub use edges::{held, hygiene, keys, metrics, receipt_log, registry, ssh, sshsig, store, vm, workflow_files};
 pub use jobs::contents as content_scan;

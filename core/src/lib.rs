@@ -41,6 +41,7 @@ pub mod remote;
 pub mod repair;
 pub mod rollout;
 pub mod secrets;
+pub mod soak;
 pub mod steps;
 pub mod tarball;
 pub mod untrusted;

@@ -5,7 +5,7 @@
 
 use crate::canonical;
 use crate::ids::{ContentHash, PlanId, ReleaseId};
-use crate::manifest::{Environment, Service};
+use crate::manifest::{Environment, OnBudgetSpent, Service, Soak};
 use crate::observe::{Current, Fingerprint, Observation};
 use crate::release::{ReleaseContent, ReleaseFacts};
 use crate::untrusted::HostText;
@@ -80,6 +80,20 @@ pub struct Plan {
     pub batches: Vec<Vec<String>>,
     pub approvals_required: u32,
     pub health_timeout_secs: u64,
+    /// A promotion's soak (`[rollout] soak_secs`): how long the canary (or every batch)
+    /// is watched once healthy. Absent: none (and the plan's id is as before soaks existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak: Option<Soak>,
+    /// A promotion's failure budget: how many hosts may fail (each rolled back) before the
+    /// rollout halts. Absent: the first failing batch stops the rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failures: Option<usize>,
+    /// With a failure budget: what happens to the hosts that moved once it is spent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_budget_spent: Option<OnBudgetSpent>,
+    /// The apply stops after this batch (1: the canary), until `agentctl resume`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_after: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -195,7 +209,11 @@ pub fn build(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     }
     let changing: Vec<String> = hosts.iter().filter(|h| h.action == Action::Change).map(|h| h.host.clone()).collect();
     let per = input.environment.rollout.batch.per_batch(input.environment.hosts.len());
-    let batches = changing.chunks(per).map(<[String]>::to_vec).collect();
+    let batches: Vec<Vec<String>> = changing.chunks(per).map(<[String]>::to_vec).collect();
+    // The canary's proof applies to promotions; a rollback is the way back and runs at once.
+    let rollout = &input.environment.rollout;
+    let promote = input.kind == PlanKind::Promote;
+    let max_failures = rollout.max_failures.filter(|_| promote).map(|b| b.budget(input.environment.hosts.len()));
     let files =
         input.content.map(|c| c.files.iter().map(|(p, b)| (p.clone(), B64.encode(b))).collect()).unwrap_or_default();
     Ok(Plan {
@@ -210,9 +228,13 @@ pub fn build(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
         release: input.release.clone(),
         files,
         hosts,
-        batches,
         approvals_required: input.environment.approvals,
         health_timeout_secs: input.environment.rollout.health_timeout_secs,
+        soak: rollout.soak.filter(|_| promote),
+        max_failures,
+        on_budget_spent: max_failures.map(|_| rollout.on_budget_spent),
+        pause_after: rollout.pause_after.filter(|n| promote && *n < batches.len()),
+        batches,
     })
 }
 
@@ -338,11 +360,45 @@ pub fn compare(file: &Plan, derived: &Plan) -> Result<(), Mismatch> {
     cmp("batches", v(&file.batches), v(&derived.batches));
     cmp("approvals_required", v(&file.approvals_required), v(&derived.approvals_required));
     cmp("health_timeout_secs", v(&file.health_timeout_secs), v(&derived.health_timeout_secs));
+    cmp("soak", v(&file.soak), v(&derived.soak));
+    cmp("max_failures", v(&file.max_failures), v(&derived.max_failures));
+    cmp("on_budget_spent", v(&file.on_budget_spent), v(&derived.on_budget_spent));
+    cmp("pause_after", v(&file.pause_after), v(&derived.pause_after));
     if diffs.is_empty() {
         Ok(())
     } else {
         Err(Mismatch::Tampered(diffs))
     }
+}
+
+/// Compares a paused plan's file with the plan derived now, to resume it from batch
+/// `next` (0-based): the hosts of `moved` must still run the plan's release in place (they
+/// moved before the pause), the batches from `next` on must be what is left to move, and
+/// everything else must be as [`compare`] wants it. The pause point itself is the file's.
+pub fn compare_resumed(file: &Plan, derived: &Plan, moved: &[String], next: usize) -> Result<(), Mismatch> {
+    let mut expected = file.clone();
+    let mut left = Vec::new();
+    for h in &mut expected.hosts {
+        if !moved.contains(&h.host) {
+            continue;
+        }
+        match derived.hosts.iter().find(|d| d.host == h.host) {
+            Some(d) if d.action == Action::None => *h = d.clone(),
+            Some(d) => left.push(Moved {
+                host: h.host.clone(),
+                field: "current",
+                planned: format!("releases/{} (moved before the pause)", file.release.release_id),
+                now: d.observed.current.clone().unwrap_or_else(|| "none".into()),
+            }),
+            None => {}
+        }
+    }
+    if !left.is_empty() {
+        return Err(Mismatch::Stale(left));
+    }
+    expected.batches = file.batches.get(next..).unwrap_or_default().to_vec();
+    expected.pause_after = derived.pause_after;
+    compare(&expected, derived)
 }
 
 /// A short rendering of a JSON value for messages.

@@ -272,7 +272,7 @@ for c in $(podman ps --filter "label=agentctl.service=$service" --format '{{.Nam
 done
 [ -z "$others" ] || printf ' others=%s' "${others#,}"
 if [ -n "$id" ]; then
-  if c=$(podman container inspect --format ' container={{.State.Status}} digest={{.ImageDigest}} restarts={{.RestartCount}} release={{index .Config.Labels "agentctl.release"}}' "agentctl-$service-$id" 2>/dev/null); then
+  if c=$(podman container inspect --format ' container={{.State.Status}} digest={{.ImageDigest}} restarts={{.RestartCount}} release={{index .Config.Labels "agentctl.release"}} id={{.Id}}' "agentctl-$service-$id" 2>/dev/null); then
     printf %s "$c" | tr -d '\n'
   else
     printf ' container=absent'
@@ -454,6 +454,9 @@ pub enum ContainerState {
         restarts: u64,
         /// The `agentctl.release` label (empty: not created by agentctl).
         release: String,
+        /// Podman's container id (64 hex; empty when not reported): a container
+        /// recreated under the same name has another.
+        id: String,
     },
 }
 
@@ -472,7 +475,7 @@ impl Report {
             return Err("the runtime's report does not start with `podman=1`".into());
         }
         let mut r = Report { podman: true, ..Self::default() };
-        let (mut status, mut digest, mut restarts, mut release) = (None, None, None, None);
+        let (mut status, mut digest, mut restarts, mut release, mut id) = (None, None, None, None, None);
         let list = |v: &str| -> Result<Vec<String>, String> {
             let names: Vec<String> = v.split(',').take(MAX_NAMES).map(str::to_owned).collect();
             if names.iter().all(|n| safe(n, 128)) {
@@ -491,6 +494,9 @@ impl Report {
                 "digest" if v.is_empty() || crate::image::Digest::new(v).is_ok() => digest = Some(v.to_owned()),
                 "restarts" => restarts = Some(v.parse::<u64>().map_err(|_| "`restarts` is not a number".to_owned())?),
                 "release" if v.is_empty() || safe(v, 64) => release = Some(v.to_owned()),
+                "id" if v.is_empty() || (v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())) => {
+                    id = Some(v.to_owned())
+                }
                 _ => {
                     return Err(format!(
                         "unexpected `{}` in the runtime's report",
@@ -505,6 +511,7 @@ impl Report {
                 digest: digest.unwrap_or_default(),
                 restarts: restarts.unwrap_or(0),
                 release: release.unwrap_or_default(),
+                id: id.unwrap_or_default(),
             });
         }
         Ok(r)
@@ -586,7 +593,7 @@ impl Report {
         let mut out = Vec::new();
         match &self.container {
             None | Some(ContainerState::Absent) => out.push(Finding::Absent),
-            Some(ContainerState::Present { status, digest: live, restarts, release }) => {
+            Some(ContainerState::Present { status, digest: live, restarts, release, .. }) => {
                 if release != id {
                     out.push(Finding::Foreign(if release.is_empty() {
                         "it has no agentctl labels".to_owned()

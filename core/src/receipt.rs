@@ -116,9 +116,39 @@ pub struct ReceiptBody {
     pub release: Option<ReceiptRelease>,
     pub hosts: Vec<HostOutcome>,
     pub approvals: Vec<ApprovalRecord>,
-    /// `succeeded`, `failed`, `refused`, `recorded`.
+    /// `succeeded`, `failed`, `refused`, `recorded`, `paused`, `halted`, ….
     pub outcome: String,
     pub detail: Option<String>,
+    /// A rollout's canary proof: soaks, the failure budget, a pause (absent otherwise, so
+    /// receipts written before these existed keep their bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutRecord>,
+}
+
+/// What a receipt records of a rollout's soaks, failure budget and pause.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RolloutRecord {
+    /// Each host's soak, in the order they ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub soak: Vec<crate::soak::SoakRecord>,
+    /// With a failure budget: how many hosts failed, and how many may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<FailureBudget>,
+    /// The rollout paused after this batch (1: the canary); `agentctl resume` continues it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_after: Option<usize>,
+    /// Batches in the plan.
+    pub batches: usize,
+    /// A resumed run: the receipt of the pause it continues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<String>,
+}
+
+/// Hosts that failed against the plan's failure budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureBudget {
+    pub failed: usize,
+    pub max: usize,
 }
 
 /// A receipt as stored: the body, its sequence number and the hash of its predecessor.
@@ -395,6 +425,7 @@ mod tests {
 
     fn body(kind: ReceiptKind, n: u64) -> ReceiptBody {
         ReceiptBody {
+            rollout: None,
             kind,
             time: format!("2026-11-23T10:00:{:02}Z", n % 60),
             operator: "alice".into(),

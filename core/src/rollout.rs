@@ -184,6 +184,54 @@ pub fn continue_after(batch: &[HostEnd], interrupted: bool) -> bool {
     !interrupted && batch.iter().all(|e| *e == HostEnd::Changed)
 }
 
+/// The plan's canary policy, as [`after_batch`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Policy {
+    /// Hosts that may fail before the rollout halts; `None`: the first failure stops it.
+    pub max_failures: Option<usize>,
+    /// Pause after this batch (1: the canary).
+    pub pause_after: Option<usize>,
+}
+
+/// What the rollout does once a batch has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterBatch {
+    /// The next batch starts.
+    Next,
+    /// The apply stops here, the lock released, until `agentctl resume`.
+    Pause,
+    /// A failure (without a budget) or an interruption: no further host starts.
+    Stop,
+    /// The failure budget is spent: no further host starts, and the hosts that moved go
+    /// back unless the plan keeps them.
+    Halt,
+}
+
+/// Decides after batch `number` (1-based, of `total`) ended with `ends`, given the hosts
+/// that failed before it (`failed_before`) and whether an interruption was asked for.
+pub fn after_batch(
+    policy: Policy,
+    number: usize,
+    total: usize,
+    ends: &[HostEnd],
+    failed_before: usize,
+    interrupted: bool,
+) -> AfterBatch {
+    let failed = failed_before + ends.iter().filter(|e| **e != HostEnd::Changed).count();
+    match policy.max_failures {
+        Some(budget) if failed > budget => return AfterBatch::Halt,
+        None if failed > failed_before => return AfterBatch::Stop,
+        _ => {}
+    }
+    if interrupted {
+        AfterBatch::Stop
+    } else if policy.pause_after == Some(number) && number < total {
+        AfterBatch::Pause
+    } else {
+        AfterBatch::Next
+    }
+}
+
 /// How a whole apply ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -192,6 +240,10 @@ pub enum Outcome {
     Failed,
     /// Stopped early on SIGINT/SIGTERM: every host is on its old or its new release.
     Interrupted,
+    /// Stopped at the plan's pause point, lock released, until `agentctl resume`.
+    Paused,
+    /// The failure budget was spent: no further host started.
+    Halted,
 }
 
 impl Outcome {
@@ -200,6 +252,8 @@ impl Outcome {
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Interrupted => "interrupted",
+            Self::Paused => "paused",
+            Self::Halted => "halted",
         }
     }
 }
@@ -306,6 +360,40 @@ mod tests {
         assert!(continue_after(&ok, false));
         assert!(!continue_after(&ok, true));
         assert!(!continue_after(&bad, false));
+    }
+
+    #[test]
+    fn a_failure_budget_halts_only_once_spent_and_a_pause_waits_at_its_batch() {
+        let ok = [HostEnd::Changed];
+        let bad = [HostEnd::RolledBack { reason: "x".into() }];
+        let budget = Policy { max_failures: Some(1), pause_after: None };
+        assert_eq!(
+            after_batch(budget, 1, 4, &bad, 0, false),
+            AfterBatch::Next,
+            "one failure is within a budget of one"
+        );
+        assert_eq!(after_batch(budget, 2, 4, &ok, 1, false), AfterBatch::Next);
+        assert_eq!(after_batch(budget, 3, 4, &bad, 1, false), AfterBatch::Halt, "the second spends it");
+        assert_eq!(after_batch(budget, 1, 4, &[bad[0].clone(), bad[0].clone()], 0, false), AfterBatch::Halt);
+        assert_eq!(after_batch(Policy::default(), 1, 4, &bad, 0, false), AfterBatch::Stop, "no budget: stop");
+        assert_eq!(after_batch(Policy::default(), 2, 4, &ok, 0, true), AfterBatch::Stop);
+        assert_eq!(
+            after_batch(Policy { max_failures: Some(0), pause_after: None }, 1, 2, &bad, 0, false),
+            AfterBatch::Halt
+        );
+        for at in 1..4 {
+            let pause = Policy { max_failures: None, pause_after: Some(at) };
+            for n in 1..=4 {
+                let want = if n == at { AfterBatch::Pause } else { AfterBatch::Next };
+                assert_eq!(after_batch(pause, n, 4, &ok, 0, false), want, "pause after {at}, batch {n}");
+            }
+            assert_eq!(after_batch(pause, at, 4, &bad, 0, false), AfterBatch::Stop, "a failure is not a pause");
+            assert_eq!(after_batch(pause, at, 4, &ok, 0, true), AfterBatch::Stop, "an interruption is not a pause");
+        }
+        assert_eq!(
+            after_batch(Policy { max_failures: None, pause_after: Some(2) }, 2, 2, &ok, 0, false),
+            AfterBatch::Next
+        );
     }
 
     #[test]

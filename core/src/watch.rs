@@ -33,6 +33,7 @@ impl Event {
     pub fn receipt(&self, operator: &str) -> crate::receipt::ReceiptBody {
         use crate::receipt::{HostOutcome, ReceiptBody, ReceiptKind};
         ReceiptBody {
+            rollout: None,
             kind: ReceiptKind::Drift,
             time: self.time.clone(),
             operator: operator.to_owned(),

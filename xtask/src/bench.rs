@@ -118,6 +118,7 @@ pub async fn receipts(count: u64, runs: usize) -> anyhow::Result<()> {
     let mut previous = None;
     for seq in 1..=count {
         let body = ReceiptBody {
+            rollout: None,
             kind: ReceiptKind::Apply,
             time: "2026-11-23T12:00:00Z".into(),
             operator: "bench".into(),

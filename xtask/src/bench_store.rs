@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 fn body(i: usize) -> ReceiptBody {
     ReceiptBody {
+        rollout: None,
         kind: ReceiptKind::Apply,
         time: "2026-11-24T12:00:00Z".into(),
         operator: format!("cp{}", i % 4),

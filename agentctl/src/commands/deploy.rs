@@ -359,12 +359,14 @@ fn apply_result(result: Result<deploy::ApplyReport, DeployError>) -> Result<Repo
     let report = result.map_err(failure)?;
     let text = crate::render::apply::render(&report);
     let json = serde_json::to_value(&report)?;
-    if report.succeeded() {
+    // A pause is where the plan asked to stop: not a failure (exit 0), with what comes next.
+    if report.succeeded() || report.outcome == controlplane::rollout::Outcome::Paused {
         return Ok(Report::new(text, json));
     }
     let why = report.failure.clone().unwrap_or_default();
+    let code = if report.outcome == controlplane::rollout::Outcome::Halted { Code::Halted } else { Code::Failed };
     Err(Failure::new(
-        Code::Failed,
+        code,
         anyhow::anyhow!("rollout of plan {} ended {}: {why}", report.plan_id, report.outcome.as_str()),
     )
     .with_output(text)
@@ -450,6 +452,24 @@ pub async fn apply_saved(g: &Globals, path: &Path, approvals: &[std::path::PathB
     apply_result(result)
 }
 
+/// `resume PLAN.json`: continues a paused rollout.
+pub async fn resume(g: &Globals, path: &Path) -> Result<Report, Failure> {
+    catch_interrupts();
+    let saved = read_plan(path)?;
+    let ctx = Context::load(g)?;
+    let env = environment(&ctx, &saved.plan.environment)?;
+    let store = ctx.store().await?;
+    let verifier = verifier(&ctx)?;
+    let deployer = deployer(&ctx, &store, &verifier);
+    let key = receipt_key(&ctx)?;
+    let log = receipts(&ctx);
+    let ssh = ssh_client(&ctx, env)?;
+    let fleet = connect(&ssh, &ctx, env).await?;
+    let result = deployer.resume_saved(&fleet, &saved, &Receipts { log: &log, key: &key }).await;
+    fleet.close().await;
+    apply_result(result)
+}
+
 /// `unlock SERVICE --env ENV [--force]`.
 pub async fn unlock(g: &Globals, service: &str, env_name: &str, force: bool) -> Result<Report, Failure> {
     let ctx = Context::load(g)?;
@@ -492,6 +512,7 @@ pub async fn unlock(g: &Globals, service: &str, env_name: &str, force: bool) -> 
         Holder::Unknown => "holder on another machine".into(),
     };
     let body = ReceiptBody {
+        rollout: None,
         kind: ReceiptKind::LockOverride,
         time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         operator: ctx.operator(),

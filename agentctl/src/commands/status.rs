@@ -70,12 +70,16 @@ pub async fn run(g: &Globals, a: Args<'_>) -> Result<Report, Failure> {
             None => Vec::new(),
         };
         let mut rows = status::probe_all(&ssh, &pairs, &recorded, settings, &progress).await;
+        let mut held = Vec::new();
         if let Some(store) = ctx.read_store().await? {
             status::explain_tampered(&ssh, &store, &pairs, &mut rows, settings.timeout).await;
+            let names: Vec<(&str, &str)> =
+                envs.iter().flat_map(|e| services.iter().map(move |s| (e.name.as_str(), s.name.as_str()))).collect();
+            held = status::held_rollouts(&store, &names).await;
         }
-        let Some(interval) = a.watch else { return finish(g, rows) };
+        let Some(interval) = a.watch else { return finish(g, rows, held) };
         match &previous {
-            None => println!("{}", render_status(&rows)),
+            None => println!("{}", render_status(&rows, &held)),
             Some(prev) => {
                 for (old, new) in prev.iter().zip(&rows) {
                     if old.status != new.status {
@@ -98,10 +102,13 @@ pub async fn run(g: &Globals, a: Args<'_>) -> Result<Report, Failure> {
     }
 }
 
-fn finish(g: &Globals, rows: Vec<Row>) -> Result<Report, Failure> {
+fn finish(g: &Globals, rows: Vec<Row>, held: Vec<status::HeldRollout>) -> Result<Report, Failure> {
     let ok = rows.iter().all(|r| r.status.is_ok());
-    let text = render_status(&rows);
-    let json = serde_json::json!({ "in_sync": ok, "hosts": rows });
+    let text = render_status(&rows, &held);
+    let mut json = serde_json::json!({ "in_sync": ok, "hosts": rows });
+    if !held.is_empty() {
+        json["rollouts"] = serde_json::to_value(&held)?;
+    }
     if ok {
         Ok(Report::new(text, json))
     } else {

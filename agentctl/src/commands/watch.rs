@@ -46,6 +46,18 @@ impl Events for Sink {
             let _ = tx.send(event.clone());
         }
     }
+
+    /// A rollout's state: on stdout and to the webhook; its receipts are the rollout's own.
+    fn rollout(&self, event: &Event) {
+        let Ok(line) = serde_json::to_vec(event) else { return };
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&line);
+        let _ = out.write_all(b"\n");
+        let _ = out.flush();
+        if let Some(tx) = &self.webhook {
+            let _ = tx.send(line);
+        }
+    }
 }
 
 /// Writes a signed `drift` receipt for each event it is sent (when drift was first seen).

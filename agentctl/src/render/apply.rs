@@ -7,6 +7,8 @@ pub fn render(report: &ApplyReport) -> String {
         controlplane::rollout::Outcome::Succeeded => "applied",
         controlplane::rollout::Outcome::Failed => "FAILED",
         controlplane::rollout::Outcome::Interrupted => "INTERRUPTED",
+        controlplane::rollout::Outcome::Paused => "paused",
+        controlplane::rollout::Outcome::Halted => "HALTED",
     };
     let table = super::table(
         &["HOST", "OUTCOME", "BEFORE", "AFTER", "DETAIL"],
@@ -20,5 +22,9 @@ pub fn render(report: &ApplyReport) -> String {
             ]
         }),
     );
-    format!("plan {}: {verdict}\n{table}\nreceipt {}", report.plan_id, report.receipt)
+    let next = match (report.outcome, &report.failure) {
+        (controlplane::rollout::Outcome::Paused, Some(why)) => format!("\n{why}"),
+        _ => String::new(),
+    };
+    format!("plan {}: {verdict}\n{table}\nreceipt {}{next}", report.plan_id, report.receipt)
 }

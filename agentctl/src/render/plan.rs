@@ -57,6 +57,26 @@ pub fn render(plan: &Plan) -> String {
             if i == 0 { " (canary)" } else { "" },
             b.join(", ")
         ));
+        if let Some(s) = plan.soak.filter(|s| i == 0 || s.every_batch) {
+            out.push_str(&format!(
+                "\n    then soak {}s: running, same container, no restart, healthy (a look every {}s)",
+                s.secs, s.interval_secs
+            ));
+        }
+        if plan.pause_after == Some(i + 1) {
+            out.push_str(
+                "\n    then PAUSE: the apply stops here until `agentctl resume PLAN.json` (or `agentctl rollback`)",
+            );
+        }
+    }
+    if let Some(max) = plan.max_failures {
+        let then = match plan.on_budget_spent {
+            Some(controlplane::manifest::OnBudgetSpent::Keep) => "the hosts that moved stay",
+            _ => "the hosts that moved go back",
+        };
+        out.push_str(&format!(
+            "\n  failure budget: {max} host(s) may fail (each rolled back); one more halts the rollout and {then}"
+        ));
     }
     let changes = plan.hosts.iter().filter(|h| h.action == Action::Change).count();
     out.push_str(&format!("\n\n{changes} to change, {} unchanged.", plan.hosts.len() - changes));

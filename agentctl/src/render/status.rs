@@ -1,8 +1,9 @@
 //! The `status` table and its summary.
 
-use controlplane::status::Row;
+use controlplane::status::{HeldRollout, Row};
 
-pub fn render(rows: &[Row]) -> String {
+/// The table, its summary, and a line per paused or halted rollout.
+pub fn render(rows: &[Row], held: &[HeldRollout]) -> String {
     let table = super::table(
         &["ENV", "SERVICE", "HOST", "STATUS", "LIVE", "DETAIL"],
         rows.iter().map(|r| {
@@ -27,8 +28,14 @@ pub fn render(rows: &[Row]) -> String {
         0 => String::new(),
         n => format!(", {n} egress"),
     };
+    let held: String = held
+        .iter()
+        .map(|h| {
+            format!("\nrollout of `{}` in `{}` {}: {}", h.service, h.environment, h.state.to_uppercase(), h.detail)
+        })
+        .collect();
     format!(
-        "{table}\n{} probed: {} in sync, {} drifted, {} missing, {} tampered, {} unreachable, {} not deployed{egress}",
+        "{table}\n{} probed: {} in sync, {} drifted, {} missing, {} tampered, {} unreachable, {} not deployed{egress}{held}",
         rows.len(),
         count("in-sync"),
         count("drifted"),

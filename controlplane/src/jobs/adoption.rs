@@ -279,6 +279,7 @@ impl Deployer<'_> {
             .collect();
         let single = applied.first().map(|a| a.facts.clone()).filter(|f| applied.iter().all(|a| a.facts == *f));
         let body = ReceiptBody {
+            rollout: None,
             kind: ReceiptKind::Adoption,
             time: self.now(),
             operator: self.operator.clone(),
@@ -345,6 +346,7 @@ impl Deployer<'_> {
             };
             let written = self.store.fenced(&fence, &[Write::Deployment(&cleared), Write::History(&entry)]).await;
             let body = ReceiptBody {
+                rollout: None,
                 kind: ReceiptKind::HostForget,
                 time: self.now(),
                 operator: self.operator.clone(),

@@ -97,6 +97,7 @@ pub async fn record(
         .await?;
     let st = Statement::parse(statement.as_bytes()).ok();
     let body = ReceiptBody {
+        rollout: None,
         kind: ReceiptKind::Approval,
         time: to.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         operator: to.operator.into(),

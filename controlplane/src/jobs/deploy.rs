@@ -97,6 +97,8 @@ pub enum DeployError {
     Replayed(PlanId),
     #[error("plan `{plan}` is already applied (receipt {receipt}); a plan is applied once")]
     AlreadyApplied { plan: PlanId, receipt: String },
+    #[error("plan `{plan}` cannot be resumed: {why}")]
+    NotPaused { plan: PlanId, why: String },
     #[error("host `{host}` cannot run `{service}`: {reason}")]
     HostNotReady { host: String, service: String, reason: String, hint: String },
     #[error("no host `{host}` in environment `{environment}` (known: {known})")]
@@ -145,6 +147,7 @@ impl DeployError {
                 | Self::UnknownRollbackRelease { .. }
                 | Self::AmbiguousRollbackImage { .. }
                 | Self::UnknownHost { .. }
+                | Self::NotPaused { .. }
         )
     }
 
@@ -527,6 +530,7 @@ impl<'a> Deployer<'a> {
             forward.release.release_id, first.receipt, back.release.release_id, rolled.receipt, second.receipt
         );
         let body = ReceiptBody {
+            rollout: None,
             kind: ReceiptKind::Rehearsal,
             time: self.now(),
             operator: self.operator.clone(),
@@ -809,6 +813,8 @@ impl<'a> Deployer<'a> {
             }
             // A digest (or `repo@sha256:…`, or a prefix), as `promote --release` takes it.
             Some(t) => self.applied_release_for(env, service, t).await?,
+            // A paused rollout: its moved hosts go back where they came from.
+            None if let Some(t) = self.paused_way_back(env, service).await? => t,
             None => {
                 // One step back in each host's history; the hosts must agree.
                 let recorded = self.recorded(env, service).await?;
@@ -1002,6 +1008,7 @@ impl<'a> Deployer<'a> {
         receipts: &Receipts<'_>,
     ) -> Result<crate::receipt::Receipt, DeployError> {
         let body = ReceiptBody {
+            rollout: None,
             kind: ReceiptKind::Refusal,
             time: self.now(),
             operator: self.operator.clone(),
@@ -1131,8 +1138,34 @@ impl<'a> Deployer<'a> {
             let e = DeployError::Approvals { plan: plan_id, need: env.approvals, have: counted, not_counted };
             return refuse(e).await;
         }
+        let targets = plan.hosts.iter().map(|h| (h.host.clone(), h.rollback_target.clone())).collect();
+        self.run_locked(fleet, &plan, &plan_id, env, service, approval_records, None, targets, true, receipts).await
+    }
+
+    /// Applies a checked plan under the lock: the egress expectations pinned, the lock
+    /// taken (and, for a new plan, the plan recorded as applied once), the batches walked
+    /// while the lease is renewed, and the lock released whatever happens.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_locked(
+        &self,
+        fleet: &Fleet,
+        plan: &Plan,
+        plan_id: &PlanId,
+        env: &'_ Environment,
+        service: &'_ Service,
+        approvals: Vec<ApprovalRecord>,
+        resumed: Option<canary::Resumed>,
+        targets: BTreeMap<String, Option<ReleaseId>>,
+        record: bool,
+        receipts: &Receipts<'_>,
+    ) -> Result<ApplyReport, DeployError> {
+        let refuse = |e: DeployError| async move {
+            let (env, svc) = (Some(env.name.to_string()), Some(service.name.to_string()));
+            self.write_refusal(Some(plan_id.to_string()), env, svc, &e, receipts).await?;
+            Err::<ApplyReport, _>(e)
+        };
         if self.interrupt.requested() {
-            return self.finish_interrupted_early(&plan, approval_records, receipts).await;
+            return self.finish_interrupted_early(plan, approvals, receipts).await;
         }
 
         let egress_checks = match env.egress.prove_on_apply && !plan.is_noop() {
@@ -1144,30 +1177,34 @@ impl<'a> Deployer<'a> {
         //    lease ran out (it died, or lost the database) is taken over, on the record.
         let lease = self.lease();
         let now = self.clock.now();
-        match self.take_lock(&plan.environment, &plan.service, &plan_id, receipts).await {
+        match self.take_lock(&plan.environment, &plan.service, plan_id, receipts).await {
             Err(e @ DeployError::Locked { .. }) => return refuse(e).await,
             other => other?,
         };
         // A plan that changes something is applied once, whatever the outcome.
-        if !plan.is_noop() && !self.store.record_plan(plan_id.as_str(), self.clock.now()).await? {
+        if record && !plan.is_noop() && !self.store.record_plan(plan_id.as_str(), self.clock.now()).await? {
             self.store.unlock(&plan.environment, &plan.service, plan_id.as_str()).await?;
-            return refuse(DeployError::Replayed(plan_id)).await;
+            return refuse(DeployError::Replayed(plan_id.clone())).await;
         }
         let run = Run {
             d: self,
             fleet,
-            plan: &plan,
-            plan_id: &plan_id,
+            plan,
+            plan_id,
             env,
             service,
-            approvals: approval_records,
+            approvals,
             egress_checks,
             progress: std::sync::Mutex::new(BTreeMap::new()),
+            batches: plan.batches.clone(),
+            targets,
+            resumed,
+            soaked: std::sync::Mutex::new(Vec::new()),
         };
         self.interrupt.applying.store(true, Ordering::SeqCst);
         let result = tokio::select! {
             result = run.apply_locked(receipts) => result,
-            never = self.keep_lease(&plan, &plan_id, lease, now) => match never {},
+            never = self.keep_lease(plan, plan_id, lease, now) => match never {},
             () = self.interrupt.aborted() => run.aborted(receipts).await,
         };
         // A lock that cannot be released now runs out with its lease.
@@ -1355,6 +1392,7 @@ impl<'a> Deployer<'a> {
         );
         self.sink.event(&detail);
         let body = ReceiptBody {
+            rollout: None,
             kind: ReceiptKind::LockOverride,
             time: self.now(),
             operator: self.operator.clone(),
@@ -1497,6 +1535,7 @@ fn receipt_body(
     hosts: Vec<HostOutcome>,
 ) -> ReceiptBody {
     ReceiptBody {
+        rollout: None,
         kind: if plan.kind == PlanKind::Promote { ReceiptKind::Apply } else { ReceiptKind::Rollback },
         time: d.now(),
         operator: d.operator.clone(),
@@ -1524,6 +1563,14 @@ struct Run<'r, 'a> {
     egress_checks: Option<Vec<crate::egress::Expectation>>,
     /// Each host's outcome so far (what an aborted run's receipt says).
     progress: std::sync::Mutex<BTreeMap<String, HostOutcome>>,
+    /// The batches this run walks: all of the plan's, or what a paused run left.
+    batches: Vec<Vec<String>>,
+    /// Each changing host's way back (for a resumed run, as the paused plan recorded it).
+    targets: BTreeMap<String, Option<ReleaseId>>,
+    /// A resumed run: what the paused run left.
+    resumed: Option<canary::Resumed>,
+    /// What the soaks saw, for the receipt.
+    soaked: std::sync::Mutex<Vec<crate::soak::SoakRecord>>,
 }
 
 impl Run<'_, '_> {
@@ -1537,7 +1584,9 @@ impl Run<'_, '_> {
     }
 
     fn body(&self, outcome: &str, detail: Option<String>, hosts: Vec<HostOutcome>) -> ReceiptBody {
-        receipt_body(self.d, self.plan, self.plan_id, self.approvals.clone(), outcome, detail, hosts)
+        let mut body = receipt_body(self.d, self.plan, self.plan_id, self.approvals.clone(), outcome, detail, hosts);
+        body.rollout = self.rollout_record(None, None);
+        body
     }
 
     fn deployment(&self, host: &str, prev: Option<&DeploymentRecord>) -> DeploymentRecord {
@@ -1564,10 +1613,11 @@ impl Run<'_, '_> {
             .into_iter()
             .map(|r| (r.host.clone(), r))
             .collect();
+        let moving: Vec<&String> = self.batches.iter().flatten().collect();
 
         // 4. Record the way back before the first host is touched, under the lock.
         let mut way_back = Vec::new();
-        for h in plan.hosts.iter().filter(|h| h.action == Action::Change) {
+        for h in plan.hosts.iter().filter(|h| h.action == Action::Change && moving.contains(&&h.host)) {
             let mut r = self.deployment(&h.host, existing.get(&h.host));
             r.rollback_target = h.rollback_target.as_ref().map(ToString::to_string);
             r.plan_id = self.plan_id.to_string();
@@ -1608,6 +1658,10 @@ impl Run<'_, '_> {
                 (h.host.clone(), o)
             })
             .collect();
+        // A resumed run: the hosts the paused run moved (or failed) are as it left them.
+        if let Some(r) = &self.resumed {
+            outcomes.extend(r.settled.iter().map(|(h, o)| (h.clone(), o.clone())));
+        }
         self.note_progress(&outcomes, &[]);
 
         // 5. Stage everywhere first: staging changes nothing live, and a failure here stops
@@ -1628,95 +1682,96 @@ impl Run<'_, '_> {
         }
 
         // 6. Batch by batch: each host walks its steps (the core decides each next one);
-        //    the next batch starts only if every host of this one is healthy.
+        //    a soaking batch is watched; the core decides whether the next batch starts.
+        let offset = self.resumed.as_ref().map_or(0, |r| r.offset);
+        let total = offset + self.batches.len();
+        let policy = rollout::Policy { max_failures: plan.max_failures, pause_after: plan.pause_after };
+        let mut failed = self.resumed.as_ref().map_or(0, |r| r.failed_before);
         let mut ends: BTreeMap<String, HostEnd> = BTreeMap::new();
         let mut failure = None;
-        for (i, batch) in plan.batches.iter().enumerate() {
+        let mut decision = rollout::AfterBatch::Next;
+        let mut last = offset;
+        for (i, batch) in self.batches.iter().enumerate() {
+            let number = offset + i + 1;
             if d.interrupt.requested() {
+                decision = rollout::AfterBatch::Stop;
                 break;
             }
+            last = number;
             self.note_progress(&outcomes, batch);
             d.sink.event(&format!(
-                "batch {} of {}{}: {}",
-                i + 1,
-                plan.batches.len(),
-                if i == 0 { " (canary)" } else { "" },
+                "batch {number} of {total}{}: {}",
+                if number == 1 { " (canary)" } else { "" },
                 batch.join(", ")
             ));
             let results = futures::future::join_all(batch.iter().map(|name| self.move_host(name))).await;
             for (name, end) in batch.iter().zip(results) {
-                let Some(o) = outcomes.get_mut(name) else { continue };
-                o.outcome = end.outcome().into();
-                match &end {
-                    HostEnd::Changed => {
-                        o.after = Some(plan.release.release_id.to_string());
-                        let mut r = self.deployment(name, existing.get(name));
-                        r.release_id = plan.release.release_id.to_string();
-                        r.digest = plan.release.facts.digest.clone();
-                        r.source_commit = plan.release.facts.source_commit.clone();
-                        r.content_hash = plan.release.content_hash.to_string();
-                        r.rollback_target = o.rollback_target.clone().or(r.rollback_target);
-                        r.plan_id = self.plan_id.to_string();
-                        r.updated_at = d.clock.now();
-                        let entry = crate::records::HistoryEntry {
-                            environment: plan.environment.clone(),
-                            service: plan.service.clone(),
-                            host: name.clone(),
-                            seq: 0,
-                            release_id: plan.release.release_id.to_string(),
-                            kind: if plan.kind == PlanKind::Promote { "promote" } else { "rollback" }.into(),
-                            plan_id: self.plan_id.to_string(),
-                            at: d.clock.now(),
-                        };
-                        match d.store.fenced(&self.fence(), &[Write::Deployment(&r), Write::History(&entry)]).await {
-                            Ok(()) => d.sink.event(&format!("{name}: {} is live and healthy", plan.release.release_id)),
-                            // Another control plane holds the lock now, or the store cannot be
-                            // written: what this host runs is not recorded by us, and nothing
-                            // more starts.
-                            Err(e) => {
-                                o.detail = Some(HostText::new(&format!("live, but not recorded: {e}")));
-                                d.sink.event(&format!("{name}: live, but not recorded: {e}"));
-                                d.interrupt.lose_lease(e.to_string());
-                            }
-                        }
-                    }
-                    HostEnd::RolledBack { reason } => {
-                        // Back on its way back: the recorded release, or nothing.
-                        o.after = o.rollback_target.clone();
-                        o.detail = Some(HostText::new(reason));
-                        d.sink.event(&format!("{name}: FAILED: {reason}; rolled back"));
-                        failure.get_or_insert(format!(
-                            "host `{name}` failed in batch {} of {}: {reason}",
-                            i + 1,
-                            plan.batches.len()
-                        ));
-                    }
-                    HostEnd::Failed { reason, back } => {
-                        o.after = None;
-                        o.detail = Some(HostText::new(&format!("{reason}; the way back failed too: {back}")));
-                        d.sink.event(&format!("{name}: FAILED: {reason}; could not be rolled back: {back}"));
-                        failure.get_or_insert(format!(
-                            "host `{name}` failed in batch {} of {} and could not be rolled back: {reason}",
-                            i + 1,
-                            plan.batches.len()
-                        ));
-                    }
-                }
+                self.settle(name, &end, number, total, &existing, &mut outcomes, &mut failure).await;
                 ends.insert(name.clone(), end);
+            }
+            // The soak: a healthy batch keeps running under watch before the rollout goes on;
+            // a host whose workload changes goes back like one that failed its health check.
+            let soaks = plan.soak.filter(|s| number == 1 || s.every_batch);
+            if let (Some(soak), false) = (soaks, d.interrupt.requested()) {
+                let healthy: Vec<String> =
+                    batch.iter().filter(|n| ends.get(*n) == Some(&HostEnd::Changed)).cloned().collect();
+                for (name, why) in self.soak_batch(number, &healthy, soak).await {
+                    let end = self.revert_host(&name, format!("soak failed: {why}")).await;
+                    self.settle_revert(&name, &end, number, total, &mut outcomes, &mut failure).await;
+                    ends.insert(name, end);
+                }
             }
             self.note_progress(&outcomes, &[]);
             let batch_ends: Vec<HostEnd> = batch.iter().filter_map(|n| ends.get(n).cloned()).collect();
-            if !rollout::continue_after(&batch_ends, false) {
+            decision = rollout::after_batch(policy, number, total, &batch_ends, failed, d.interrupt.requested());
+            failed += batch_ends.iter().filter(|e| **e != HostEnd::Changed).count();
+            if decision != rollout::AfterBatch::Next {
                 break;
             }
         }
         let interrupted = d.interrupt.requested();
-        let changing: Vec<Option<HostEnd>> =
-            plan.hosts.iter().filter(|h| h.action == Action::Change).map(|h| ends.get(&h.host).cloned()).collect();
+        let changing: Vec<Option<HostEnd>> = plan
+            .hosts
+            .iter()
+            .filter(|h| h.action == Action::Change && moving.contains(&&h.host))
+            .map(|h| ends.get(&h.host).cloned())
+            .collect();
         let mut outcome = rollout::outcome(&changing, interrupted);
+        if outcome == Outcome::Succeeded && self.resumed.as_ref().is_some_and(|r| r.failed_before > 0) {
+            outcome = Outcome::Failed;
+            failure.get_or_insert_with(|| "hosts failed before the pause (within the failure budget)".into());
+        }
+        let mut paused_after = None;
+        match decision {
+            rollout::AfterBatch::Halt => {
+                let max = plan.max_failures.unwrap_or_default();
+                let why = format!("halted: failure budget spent ({failed} host(s) failed; the budget is {max})");
+                d.sink.event(&why);
+                if plan.on_budget_spent != Some(crate::manifest::OnBudgetSpent::Keep) {
+                    self.return_moved(&mut outcomes, total).await;
+                }
+                failure = Some(match failure {
+                    Some(first) => format!("{why}; first: {first}"),
+                    None => why,
+                });
+                outcome = Outcome::Halted;
+            }
+            rollout::AfterBatch::Pause if !interrupted => {
+                paused_after = Some(last);
+                outcome = Outcome::Paused;
+                let which = if last == 1 { "the canary".to_owned() } else { format!("batch {last} of {total}") };
+                let why = format!(
+                    "paused after {which}: `agentctl resume PLAN.json` continues with batch {} of {total}; `agentctl rollback` returns the hosts that moved",
+                    last + 1
+                );
+                d.sink.event(&why);
+                failure = Some(why);
+            }
+            _ => {}
+        }
         // Without its lease the run cannot vouch for the state: never "succeeded", even when
         // every host moved (their records may have been refused).
-        if d.interrupt.lease_lost().is_some() && outcome == Outcome::Succeeded {
+        if d.interrupt.lease_lost().is_some() && matches!(outcome, Outcome::Succeeded | Outcome::Paused) {
             outcome = Outcome::Interrupted;
         }
         if outcome == Outcome::Interrupted {
@@ -1732,8 +1787,83 @@ impl Run<'_, '_> {
             }
         }
         let hosts: Vec<HostOutcome> = outcomes.into_values().collect();
-        let r = self.final_receipt(self.body(outcome.as_str(), failure.clone(), hosts.clone()), receipts).await?;
+        let mut body = self.body(outcome.as_str(), failure.clone(), hosts.clone());
+        body.rollout = self.rollout_record(Some(failed), paused_after);
+        let r = self.final_receipt(body, receipts).await?;
         Ok(ApplyReport { plan_id: self.plan_id.clone(), outcome, hosts, receipt: r.file_name(), failure })
+    }
+
+    /// Records how host `name` ended in batch `number` of `total`: its outcome, and, when it
+    /// moved, its deployment and history (under the lock's fence).
+    #[allow(clippy::too_many_arguments)]
+    async fn settle(
+        &self,
+        name: &str,
+        end: &HostEnd,
+        number: usize,
+        total: usize,
+        existing: &BTreeMap<String, DeploymentRecord>,
+        outcomes: &mut BTreeMap<String, HostOutcome>,
+        failure: &mut Option<String>,
+    ) {
+        let (d, plan) = (self.d, self.plan);
+        let Some(o) = outcomes.get_mut(name) else { return };
+        o.outcome = end.outcome().into();
+        match end {
+            HostEnd::Changed => {
+                o.after = Some(plan.release.release_id.to_string());
+                let mut r = self.deployment(name, existing.get(name));
+                r.release_id = plan.release.release_id.to_string();
+                r.digest = plan.release.facts.digest.clone();
+                r.source_commit = plan.release.facts.source_commit.clone();
+                r.content_hash = plan.release.content_hash.to_string();
+                r.rollback_target = o.rollback_target.clone().or(r.rollback_target);
+                r.plan_id = self.plan_id.to_string();
+                r.updated_at = d.clock.now();
+                let kind = if plan.kind == PlanKind::Promote { "promote" } else { "rollback" };
+                let entry = self.history_entry(name, plan.release.release_id.as_str(), kind);
+                match d.store.fenced(&self.fence(), &[Write::Deployment(&r), Write::History(&entry)]).await {
+                    Ok(()) => d.sink.event(&format!("{name}: {} is live and healthy", plan.release.release_id)),
+                    // Another control plane holds the lock now, or the store cannot be
+                    // written: what this host runs is not recorded by us, and nothing
+                    // more starts.
+                    Err(e) => {
+                        o.detail = Some(HostText::new(&format!("live, but not recorded: {e}")));
+                        d.sink.event(&format!("{name}: live, but not recorded: {e}"));
+                        d.interrupt.lose_lease(e.to_string());
+                    }
+                }
+            }
+            HostEnd::RolledBack { reason } => {
+                // Back on its way back: the recorded release, or nothing.
+                o.after = o.rollback_target.clone();
+                o.detail = Some(HostText::new(reason));
+                d.sink.event(&format!("{name}: FAILED: {reason}; rolled back"));
+                failure.get_or_insert(format!("host `{name}` failed in batch {number} of {total}: {reason}"));
+            }
+            HostEnd::Failed { reason, back } => {
+                o.after = None;
+                o.detail = Some(HostText::new(&format!("{reason}; the way back failed too: {back}")));
+                d.sink.event(&format!("{name}: FAILED: {reason}; could not be rolled back: {back}"));
+                failure.get_or_insert(format!(
+                    "host `{name}` failed in batch {number} of {total} and could not be rolled back: {reason}"
+                ));
+            }
+        }
+    }
+
+    /// A history entry of this run for `host`.
+    fn history_entry(&self, host: &str, release_id: &str, kind: &str) -> crate::records::HistoryEntry {
+        crate::records::HistoryEntry {
+            environment: self.plan.environment.clone(),
+            service: self.plan.service.clone(),
+            host: host.to_owned(),
+            seq: 0,
+            release_id: release_id.to_owned(),
+            kind: kind.into(),
+            plan_id: self.plan_id.to_string(),
+            at: self.d.clock.now(),
+        }
     }
 
     /// Keeps each host's outcome so far; the hosts of `moving` are marked as such.
@@ -1889,5 +2019,7 @@ impl Run<'_, '_> {
     }
 }
 
+mod canary;
+pub use canary::{last_rollout, LastRollout};
 #[cfg(test)]
 mod tests;

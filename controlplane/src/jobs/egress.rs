@@ -129,6 +129,7 @@ pub fn receipt_body(
 ) -> ReceiptBody {
     let held = proofs.iter().all(HostProof::held);
     ReceiptBody {
+        rollout: None,
         kind: ReceiptKind::EgressProof,
         time,
         operator: operator.to_owned(),

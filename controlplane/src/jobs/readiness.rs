@@ -435,6 +435,7 @@ pub fn receipt_body(env: &Environment, operator: &str, time: String, controls: &
         .map(|c| format!("{} {}: {} ({})", c.control, c.subject, c.outcome.as_str(), c.evidence))
         .collect();
     ReceiptBody {
+        rollout: None,
         kind: ReceiptKind::Readiness,
         time,
         operator: operator.to_owned(),

@@ -156,6 +156,7 @@ impl Deployer<'_> {
         }
         let changed = crate::repair::describe(&repair.changes).join("; ");
         let body = ReceiptBody {
+            rollout: None,
             kind: ReceiptKind::Repair,
             time: self.now(),
             operator: self.operator.clone(),

@@ -368,3 +368,30 @@ mod tests {
         }
     }
 }
+
+/// A rollout that stands between two states: paused at its pause point, or halted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeldRollout {
+    pub environment: String,
+    pub service: String,
+    /// `paused` or `halted`.
+    pub state: String,
+    /// What it means and the next commands.
+    pub detail: String,
+}
+
+/// The paused or halted last rollout of each (environment, service) of `pairs`, read
+/// from the receipt chain. A store that cannot be read is named in the detail.
+pub async fn held_rollouts(store: &dyn crate::store::Store, pairs: &[(&str, &str)]) -> Vec<HeldRollout> {
+    let mut out = Vec::new();
+    for (env, service) in pairs {
+        let held = match crate::deploy::last_rollout(store, env, service).await {
+            Ok(last) => last.and_then(|l| l.held()).map(|(state, detail)| (state.to_owned(), detail)),
+            Err(e) => Some(("unknown".to_owned(), format!("the last rollout cannot be read: {e}"))),
+        };
+        if let Some((state, detail)) = held {
+            out.push(HeldRollout { environment: (*env).to_owned(), service: (*service).to_owned(), state, detail });
+        }
+    }
+    out
+}

@@ -44,6 +44,11 @@ pub struct Connections {
 /// Where events go.
 pub trait Events: Send + Sync {
     fn emit(&self, event: &Event);
+    /// A rollout changed state (`rollout-paused`, `rollout-halted`, `rollout-done`; host
+    /// `*`): shown like a host's event, but not drift.
+    fn rollout(&self, event: &Event) {
+        let _ = event;
+    }
 }
 
 /// One watch over some environments.
@@ -77,7 +82,48 @@ impl<'a> Watcher<'a> {
     pub async fn run(&self, envs: &[&Environment], stop: Receiver<bool>) {
         let hosts = envs.iter().flat_map(|e| e.hosts.iter().map(move |h| (*e, h)));
         let loops = hosts.enumerate().map(|(i, (e, h))| self.host_loop(e, h, i as u64, stop.clone()));
-        futures::future::join_all(loops).await;
+        futures::future::join(futures::future::join_all(loops), self.rollout_loop(envs, stop.clone())).await;
+    }
+
+    /// Reads each (environment, service)'s last rollout every interval; a rollout that
+    /// pauses, halts, or leaves either state is an event.
+    async fn rollout_loop(&self, envs: &[&Environment], mut stop: Receiver<bool>) {
+        let mut last: std::collections::HashMap<(String, String), &'static str> = Default::default();
+        loop {
+            for e in envs {
+                for s in &self.services {
+                    let Ok(rollout) = crate::deploy::last_rollout(self.store, e.name.as_str(), s.name.as_str()).await
+                    else {
+                        continue;
+                    };
+                    let held = rollout.as_ref().and_then(|r| r.held());
+                    let state = match &held {
+                        Some(("paused", _)) => "rollout-paused",
+                        Some(_) => "rollout-halted",
+                        None => "rollout-done",
+                    };
+                    let key = (e.name.to_string(), s.name.to_string());
+                    let before = last.insert(key, state);
+                    if before == Some(state) || (before.is_none() && held.is_none()) {
+                        continue;
+                    }
+                    let detail = match (held, rollout) {
+                        (Some((_, d)), _) => d,
+                        (None, Some(r)) => {
+                            format!("the last rollout ended `{}` (receipt {})", r.body.outcome, r.receipt)
+                        }
+                        (None, None) => String::new(),
+                    };
+                    let target =
+                        Target { environment: e.name.to_string(), service: s.name.to_string(), host: "*".into() };
+                    let from = before.unwrap_or("unknown").to_owned();
+                    self.events.rollout(&Event { time: self.now(), target, from, to: state.to_owned(), detail });
+                }
+            }
+            if !Self::pause(self.settings.interval.max(Duration::from_secs(1)), &mut stop).await {
+                return;
+            }
+        }
     }
 
     fn now(&self) -> String {

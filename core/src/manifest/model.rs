@@ -216,6 +216,50 @@ pub struct EgressPolicy {
 pub struct Rollout {
     pub batch: BatchSize,
     pub health_timeout_secs: u64,
+    /// How long the canary (or every batch) keeps running under watch before the rollout
+    /// goes on; `None`: the next batch starts once the last one is healthy.
+    pub soak: Option<Soak>,
+    /// How many hosts may fail (each rolled back) before the rollout halts; `None`: the
+    /// first failing batch stops the rollout (hosts that moved stay).
+    pub max_failures: Option<BatchSize>,
+    /// Once the failure budget is spent: roll the hosts that moved back (the default), or keep them.
+    pub on_budget_spent: OnBudgetSpent,
+    /// Stop the apply after this batch (1 is the canary), lock released, until `agentctl resume`.
+    pub pause_after: Option<usize>,
+}
+
+impl Rollout {
+    /// A rollout of `batch` hosts at a time with a health timeout and nothing else.
+    pub const fn plain(batch: BatchSize, health_timeout_secs: u64) -> Self {
+        Self {
+            batch,
+            health_timeout_secs,
+            soak: None,
+            max_failures: None,
+            on_budget_spent: OnBudgetSpent::RollBack,
+            pause_after: None,
+        }
+    }
+}
+
+/// `soak_secs`, `soak_interval_secs`, `soak = "canary" | "every-batch"` of `[rollout]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Soak {
+    /// How long a batch is watched after it is healthy, in seconds.
+    pub secs: u64,
+    /// Seconds between two checks of the workload during the soak.
+    pub interval_secs: u64,
+    /// Every batch soaks, not only the canary.
+    pub every_batch: bool,
+}
+
+/// What happens to the hosts that moved once the failure budget is spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnBudgetSpent {
+    #[default]
+    RollBack,
+    Keep,
 }
 
 /// How many hosts change at once; the first batch is the canary.
@@ -231,6 +275,19 @@ impl BatchSize {
         match self {
             Self::Count(n) => n.max(1),
             Self::Percent(p) => (hosts * usize::from(p)).div_ceil(100).max(1),
+        }
+    }
+
+    /// How many batches `hosts` changing hosts make.
+    pub fn batches(self, hosts: usize) -> usize {
+        hosts.div_ceil(self.per_batch(hosts))
+    }
+
+    /// As a failure budget: how many of `hosts` may fail (a percentage rounds down).
+    pub fn budget(self, hosts: usize) -> usize {
+        match self {
+            Self::Count(n) => n,
+            Self::Percent(p) => hosts * usize::from(p) / 100,
         }
     }
 }

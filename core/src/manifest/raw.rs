@@ -114,6 +114,15 @@ pub struct Egress {
 pub struct Rollout {
     pub batch: S<BatchValue>,
     pub health_timeout_secs: Option<S<i64>>,
+    pub soak_secs: Option<S<i64>>,
+    pub soak_interval_secs: Option<S<i64>>,
+    /// `"canary"` (the default) or `"every-batch"`.
+    pub soak: Option<S<String>>,
+    pub max_failures: Option<S<BatchValue>>,
+    /// `"roll-back"` (the default) or `"keep"`.
+    pub on_budget_spent: Option<S<String>>,
+    /// `"canary"` or a batch number.
+    pub pause_after: Option<S<BatchValue>>,
 }
 
 /// `batch = 2` or `batch = "34%"`.

@@ -17,7 +17,7 @@ pub const CONTROLPLANE_FILE: &str = "controlplane.toml";
 
 /// Validates the files of manifest directory `dir` (paths in `files` are relative to it).
 pub fn validate(dir: &Path, files: &BTreeMap<PathBuf, String>) -> Result<ManifestSet, Vec<Diagnostic>> {
-    let mut v = Validator { dir, files, diags: Vec::new() };
+    let mut v = Validator { dir, files, diags: Vec::new(), lease: None };
     let set = v.run();
     if v.diags.is_empty() {
         Ok(set.expect("a manifest set without diagnostics is complete"))
@@ -30,6 +30,8 @@ struct Validator<'a> {
     dir: &'a Path,
     files: &'a BTreeMap<PathBuf, String>,
     diags: Vec<Diagnostic>,
+    /// The lock's lease in seconds, once the control-plane settings are read.
+    lease: Option<u64>,
 }
 
 /// Where a value came from, for one diagnostic.
@@ -48,6 +50,7 @@ impl<'a> Validator<'a> {
             }
         }
         let cp = self.control_plane();
+        self.lease = cp.as_ref().map(|c| c.0.lock_lease_secs);
         let envs = self.environments();
         let services = self.services();
         if let (Some(envs), Some(services)) = (&envs, &services) {
@@ -650,7 +653,6 @@ impl<'a> Validator<'a> {
                     (None, None) => {}
                 }
             }
-            let rollout = self.rollout(&at, &file.rollout);
             let mut egress = EgressPolicy::default();
             if let Some(e) = &file.egress {
                 let e = e.get_ref();
@@ -716,6 +718,7 @@ impl<'a> Validator<'a> {
             if file.host.is_empty() {
                 self.push(&path, (1, 1), "host", "no hosts: an environment needs at least one `[[host]]`".into(), None);
             }
+            let rollout = self.rollout(&at, &file.rollout, file.host.len());
             envs.push(Environment {
                 name,
                 after,
@@ -727,7 +730,7 @@ impl<'a> Validator<'a> {
                 require_rehearsal: file.require_rehearsal,
                 require_provenance: file.require_provenance,
                 require_sbom: file.require_sbom,
-                rollout: rollout.unwrap_or(Rollout { batch: BatchSize::Count(1), health_timeout_secs: 30 }),
+                rollout: rollout.unwrap_or(Rollout::plain(BatchSize::Count(1), 30)),
                 egress,
                 hosts,
             });
@@ -791,30 +794,6 @@ impl<'a> Validator<'a> {
                 None
             }
         }
-    }
-
-    fn rollout(&mut self, at: &At<'_>, r: &S<raw::Rollout>) -> Option<Rollout> {
-        let r = r.get_ref();
-        let batch = match r.batch.get_ref() {
-            raw::BatchValue::Count(n) if *n >= 1 => Some(BatchSize::Count(*n as usize)),
-            raw::BatchValue::Text(t) => t
-                .strip_suffix('%')
-                .and_then(|p| p.parse::<u8>().ok())
-                .filter(|p| (1..=100).contains(p))
-                .map(BatchSize::Percent),
-            raw::BatchValue::Count(_) => None,
-        };
-        if batch.is_none() {
-            self.err(
-                at,
-                &r.batch,
-                "rollout.batch",
-                "expected a host count of at least 1 or a percentage from 1% to 100%".into(),
-                Some("write `batch = 2` or `batch = \"34%\"`"),
-            );
-        }
-        let timeout = self.ranged(at, r.health_timeout_secs.as_ref(), "rollout.health_timeout_secs", 1, 3600, 30);
-        Some(Rollout { batch: batch?, health_timeout_secs: timeout as u64 })
     }
 
     fn host(&mut self, at: &At<'_>, h: &raw::Host, i: usize) -> Option<Host> {
@@ -1213,6 +1192,7 @@ pub fn relative_path_ok(s: &str) -> bool {
     s.len() <= 99 && !s.starts_with('/') && s.split('/').all(component_ok)
 }
 
+mod rollout;
 mod runtime;
 mod unknown;
 
