@@ -111,6 +111,10 @@ pub enum Behaviour {
     NoEntrypoint,
 }
 
+/// An environment variable that makes every lab app exit at start (status 5): set on some
+/// hosts only ([`crate::Lab::mark_failing`]), a release fails there and runs elsewhere.
+pub const FAIL_MARKER: &str = "LAB_FAIL_ON_THIS_HOST";
+
 /// Where Debian's `busybox-static` puts its binary.
 pub const BUSYBOX: &str = "/bin/busybox";
 
@@ -121,7 +125,9 @@ pub const BUSYBOX: &str = "/bin/busybox";
 pub fn build_app(version: &str, behaviour: &Behaviour, first_connect: Option<&str>) -> std::io::Result<TestImage> {
     let busybox = std::fs::read(BUSYBOX)?;
     let base = tar_entries(&[("bin/busybox", &busybox, 0o755)]);
-    let mut run = String::from("B=/bin/busybox\n");
+    let mut run = format!(
+        "B=/bin/busybox\nif [ -n \"${{{FAIL_MARKER}:-}}\" ]; then echo 'this host is marked to fail'; exit 5; fi\n"
+    );
     if let Some(dest) = first_connect {
         let (addr, port) = dest.rsplit_once(':').unwrap_or((dest, "80"));
         run.push_str(&format!(

@@ -470,6 +470,19 @@ impl Lab {
         self.set_path(vm, ":/usr/bin:/bin:", &format!(":{}:", bin.display()))
     }
 
+    /// Marks Podman host `name` so that the containers it creates from now on get
+    /// [`image::FAIL_MARKER`] in their environment (a lab app then exits at start: a
+    /// release that fails on some hosts only); `false` removes the mark. Containers that
+    /// exist keep the environment they were created with (the way back still runs).
+    pub fn mark_failing(&self, name: &str, fail: bool) -> Result<(), LabError> {
+        let conf = podman::config_dir(&self.host(name).dir).join("containers.conf");
+        let text = std::fs::read_to_string(&conf).map_err(io(&conf))?;
+        let line = format!("env = [\"{}=1\"]\n", image::FAIL_MARKER);
+        let text = text.replace(&line, "");
+        let text = if fail { text.replacen("[containers]\n", &format!("[containers]\n{line}"), 1) } else { text };
+        std::fs::write(&conf, text).map_err(io(&conf))
+    }
+
     /// Host `name` has Podman again (after [`Lab::without_podman`]).
     pub fn with_podman(&self, name: &str) -> Result<(), LabError> {
         let vm = self.host(name);

@@ -5,6 +5,7 @@
 
 use controlplane::image::{PinnedImage, Repository};
 use controlplane::registry::Registry;
+use lab::Behaviour;
 use lab::{Lab, LabConfig};
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -260,6 +261,36 @@ impl World {
 
     pub fn clear_runtime(&self, host: &str, control: &str) {
         let _ = std::fs::remove_file(self.lab.host(host).runtime().join(format!("api.{control}")));
+    }
+
+    // ---- runnable apps on Podman labs ----
+
+    /// Pushes a runnable app, signs it, records it as a release of `api`.
+    pub async fn app(&self, version: &str, behaviour: Behaviour, first_connect: Option<&str>) -> PinnedImage {
+        let img = self.lab.push_app(version, version, &behaviour, first_connect).await.unwrap();
+        assert_ok(&self.agentctl(&["sign", &s(&img), "--key", &self.release_key()]));
+        assert_ok(&self.agentctl(&["release", "add", "api", &s(&img), "--commit", COMMIT]));
+        img
+    }
+
+    /// What `host`'s workload answers on `path` (status line and body), from outside.
+    pub fn http(&self, host: &str, path: &str) -> Result<String, String> {
+        use std::io::{Read as _, Write as _};
+        let addr = std::net::SocketAddr::new(self.lab.host(host).address(), 8080);
+        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))
+            .map_err(|e| format!("{addr}: {e}"))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(3))).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+        Ok(text)
+    }
+
+    /// The body `host`'s workload serves on `/`.
+    pub fn page(&self, host: &str) -> String {
+        let text = self.http(host, "/").unwrap_or_else(|e| panic!("{host} does not answer: {e}"));
+        assert!(text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"), "{text}");
+        text.split("\r\n\r\n").nth(1).unwrap_or("").trim_end().to_owned()
     }
 
     pub fn receipts(&self) -> Vec<serde_json::Value> {

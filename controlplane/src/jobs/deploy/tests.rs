@@ -24,6 +24,11 @@ fn manifests(prod_extra: &str) -> ManifestSet {
 
 /// The same, on the Podman runtime (start-first moves) when `podman`.
 fn manifests_with(prod_extra: &str, podman: bool) -> ManifestSet {
+    rollout_manifests(prod_extra, "batch = 2", podman)
+}
+
+/// The same with `rollout` as prod's `[rollout]` table (besides its health timeout).
+fn rollout_manifests(prod_extra: &str, rollout: &str, podman: bool) -> ManifestSet {
     let mut files: BTreeMap<PathBuf, String> =
         crate::manifest::example::FILES.iter().map(|(p, t)| (PathBuf::from(p), (*t).to_owned())).collect();
     if !podman {
@@ -40,7 +45,7 @@ fn manifests_with(prod_extra: &str, podman: bool) -> ManifestSet {
             .replace("2201", &format!("23{n:02}"))
     };
     let prod = format!(
-        "after = \"staging\"\napprovals = 0\n{prod_extra}\n[rollout]\nbatch = 2\nhealth_timeout_secs = 30\n{}",
+        "after = \"staging\"\napprovals = 0\n{prod_extra}\n[rollout]\n{rollout}\nhealth_timeout_secs = 30\n{}",
         (1..=4).map(|n| format!("[[host]]{}", host(n))).collect::<String>()
     );
     files.insert(PathBuf::from("environments/prod.toml"), prod);
@@ -53,6 +58,8 @@ struct Tree {
     releases: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
     current: Option<String>,
     running: Option<String>,
+    /// Probes since the workload last started.
+    looks: u32,
 }
 
 /// What the fakes should do: fail a step on a host, or deliver an interrupt while a
@@ -71,6 +78,9 @@ struct Script {
     stall: Option<(String, &'static str, Duration)>,
     /// A host whose runtime runs this digest once activated, whatever the release says.
     report: Option<(String, String)>,
+    /// (host, digest): once the host runs the digest, its workload stops after the first
+    /// look (a crash after its health check passed).
+    crashes: Vec<(String, String)>,
 }
 
 struct FakeVm {
@@ -89,7 +99,14 @@ impl GoldenVm for FakeVm {
     }
 
     async fn probe(&self, service: &Service, targets: &[&ReleaseId]) -> Result<Observation, VmError> {
-        let t = self.tree.lock().unwrap().clone();
+        let mut t = self.tree.lock().unwrap().clone();
+        let crashes = self.script.lock().unwrap().crashes.clone();
+        if crashes.iter().any(|(h, d)| *h == self.name && t.running.as_ref() == Some(d)) {
+            self.tree.lock().unwrap().looks += 1;
+            if t.looks >= 1 {
+                t.running = None;
+            }
+        }
         let live = t.current.as_ref().and_then(|id| t.releases.get(id));
         let json = live.and_then(|f| f.get("release.json").cloned());
         Ok(Observation {
@@ -112,6 +129,9 @@ impl GoldenVm for FakeVm {
             running: match (service.podman(), &t.current, &t.running) {
                 (Some(_), Some(id), Some(d)) => {
                     Some(HostText::new(&format!("podman=1 container=running digest={d} restarts=0 release={id}")))
+                }
+                (Some(_), Some(id), None) => {
+                    Some(HostText::new(&format!("podman=1 container=exited digest= restarts=0 release={id}")))
                 }
                 (Some(_), _, _) => Some(HostText::new("podman=1")),
                 (None, _, r) => r.as_deref().map(HostText::new),
@@ -169,6 +189,9 @@ impl GoldenVm for FakeVm {
             tokio::time::sleep(d).await;
         }
         let mut t = self.tree.lock().unwrap();
+        if matches!(step, Step::Start(_) | Step::Activate(_) | Step::Reactivate(_) | Step::Restore) {
+            t.looks = 0;
+        }
         match step {
             Step::Swap(id) | Step::SwapBack(id) => {
                 if !t.releases.contains_key(id) {
@@ -339,7 +362,11 @@ impl World {
     /// Plans and applies `digest` to `env`, expecting success.
     async fn promote(&self, env: &str, digest: &str) -> ApplyReport {
         let plan = self.plan(env, digest).await.unwrap();
-        let r = self.apply(&plan).await.unwrap();
+        let mut r = self.apply(&plan).await.unwrap();
+        // A rollout with a pause point is resumed at once.
+        while r.outcome == Outcome::Paused {
+            r = self.resume(&plan).await.unwrap();
+        }
         assert_eq!(r.outcome, Outcome::Succeeded, "{r:#?}");
         r
     }
@@ -940,4 +967,203 @@ async fn re_promoting_what_runs_keeps_the_way_back_and_a_rollback_that_moves_not
     }
     assert!(e.is_refusal());
     assert_eq!(w.receipts().len(), receipts, "nothing recorded, no success above all");
+}
+
+// ---- the canary's proof: soak, failure budget, pause ---------------------------------
+
+impl World {
+    async fn resume(&self, plan: &Plan) -> Result<ApplyReport, DeployError> {
+        let log = self.log();
+        let receipts = Receipts { log: &log, key: &self.key };
+        let saved = plan::SavedPlan { plan_id: plan.id(), plan: plan.clone() };
+        self.deployer(&Verifies).resume_saved(&self.fleet(&plan.environment), &saved, &receipts).await
+    }
+
+    fn outcomes(r: &ApplyReport) -> Vec<&str> {
+        r.hosts.iter().map(|h| h.outcome.as_str()).collect()
+    }
+}
+
+/// A workload that passes its health check and stops a moment later is caught by the
+/// canary's soak, on either runtime: that host goes back, the rest of its batch (healthy
+/// through the soak) stays, no later batch starts, and the receipt records each soak.
+#[tokio::test]
+async fn a_soak_catches_a_workload_that_stops_after_its_health_check() {
+    for podman in [false, true] {
+        let w = World::with(rollout_manifests("", "batch = 2\nsoak_secs = 2\nsoak_interval_secs = 1", podman)).await;
+        let (v1, plan) = w.v1_live_and_v2_in_staging().await;
+        assert_eq!(plan.soak.map(|s| (s.secs, s.interval_secs, s.every_batch)), Some((2, 1, false)));
+        let v2 = plan.release.release_id.to_string();
+        w.script.lock().unwrap().crashes.push(("prod-1".into(), DIGEST_2.into()));
+        w.log.lock().unwrap().clear();
+        let r = w.apply(&plan).await.unwrap();
+        let case = if podman { "podman" } else { "command" };
+        assert_eq!(r.outcome, Outcome::Failed, "{case}: {r:#?}");
+        assert_eq!(w.prod(), vec![Some(v1.clone()), Some(v2.clone()), Some(v1.clone()), Some(v1.clone())], "{case}");
+        assert_eq!(World::outcomes(&r), ["rolled-back", "changed", "untouched", "untouched"], "{case}");
+        let detail = r.hosts[0].detail.as_ref().unwrap().to_string();
+        assert!(detail.starts_with("soak failed: "), "{case}: {detail}");
+        let log = w.log.lock().unwrap().clone();
+        assert!(!log.iter().any(|l| l.starts_with("prod-3") && !l.contains("stage")), "{case}: {log:?}");
+        let receipt = w.last_receipt();
+        let soak = &receipt.body.rollout.as_ref().unwrap().soak;
+        assert_eq!(soak.len(), 2, "{case}: {soak:?}");
+        let of = |h: &str| soak.iter().find(|s| s.host == h).unwrap();
+        assert_eq!((of("prod-2").verdict.as_str(), of("prod-2").batch), ("held", 1), "{case}");
+        assert!(of("prod-2").checks >= 1, "{case}: {soak:?}");
+        assert!(of("prod-1").verdict.starts_with("failed after "), "{case}: {soak:?}");
+        // The way back is on the record: prod-1 runs v1 again, and its history says so.
+        let recorded = w.store.deployments("prod", "api").await.unwrap();
+        assert_eq!(recorded.iter().find(|d| d.host == "prod-1").unwrap().release_id, v1, "{case}");
+        let history = w.store.history("prod", "api").await.unwrap();
+        let last = history.iter().rev().find(|h| h.host == "prod-1").unwrap();
+        assert_eq!((last.kind.as_str(), last.release_id.as_str()), ("rollback", v1.as_str()), "{case}");
+    }
+}
+
+/// `soak = "every-batch"` watches each batch; a crash in the last one is caught there.
+#[tokio::test]
+async fn every_batch_soaks_when_asked() {
+    let rollout = "batch = 2\nsoak_secs = 1\nsoak_interval_secs = 1\nsoak = \"every-batch\"";
+    let w = World::with(rollout_manifests("", rollout, true)).await;
+    let (v1, plan) = w.v1_live_and_v2_in_staging().await;
+    let v2 = plan.release.release_id.to_string();
+    w.script.lock().unwrap().crashes.push(("prod-4".into(), DIGEST_2.into()));
+    let r = w.apply(&plan).await.unwrap();
+    assert_eq!(r.outcome, Outcome::Failed);
+    assert_eq!(w.prod(), vec![Some(v2.clone()), Some(v2.clone()), Some(v2), Some(v1)]);
+    let soak = &w.last_receipt().body.rollout.unwrap().soak;
+    assert_eq!(soak.iter().map(|s| s.batch).collect::<Vec<_>>().iter().filter(|b| **b == 2).count(), 2);
+}
+
+/// A failure budget of one host in four, two failing hosts: the first failure is rolled
+/// back and the rollout goes on; the second spends the budget, the rollout halts (no
+/// further host starts) and the hosts that moved go back — or stay, when the plan keeps them.
+#[tokio::test]
+async fn a_spent_failure_budget_halts_the_rollout_and_returns_the_moved_hosts() {
+    for keep in [false, true] {
+        let extra = if keep { "\non_budget_spent = \"keep\"" } else { "" };
+        let w = World::with(rollout_manifests("", &format!("batch = 1\nmax_failures = 1{extra}"), true)).await;
+        let (v1, plan) = w.v1_live_and_v2_in_staging().await;
+        assert_eq!((plan.max_failures, plan.batches.len()), (Some(1), 4));
+        let v2 = plan.release.release_id.to_string();
+        w.script.lock().unwrap().fail.extend([("prod-2".into(), "health check"), ("prod-3".into(), "health check")]);
+        w.log.lock().unwrap().clear();
+        let r = w.apply(&plan).await.unwrap();
+        assert_eq!(r.outcome, Outcome::Halted, "{r:#?}");
+        assert!(r
+            .failure
+            .as_ref()
+            .unwrap()
+            .starts_with("halted: failure budget spent (2 host(s) failed; the budget is 1)"));
+        let log = w.log.lock().unwrap().clone();
+        assert!(!log.iter().any(|l| l.starts_with("prod-4") && !l.contains("stage")), "prod-4 never started: {log:?}");
+        let first = if keep { Some(v2.clone()) } else { Some(v1.clone()) };
+        assert_eq!(w.prod(), vec![first, Some(v1.clone()), Some(v1.clone()), Some(v1.clone())], "keep: {keep}");
+        let want = if keep { "changed" } else { "returned" };
+        assert_eq!(World::outcomes(&r), [want, "rolled-back", "rolled-back", "untouched"]);
+        let receipt = w.last_receipt();
+        assert_eq!(receipt.body.outcome, "halted");
+        let budget = receipt.body.rollout.unwrap().failures.unwrap();
+        assert_eq!((budget.failed, budget.max), (2, 1));
+        assert!(w.store.lock_holder("prod", "api").await.unwrap().is_none(), "lock released");
+    }
+}
+
+/// Within the budget the rollout goes on past a failure: every other host moves, and the
+/// outcome still says a host did not.
+#[tokio::test]
+async fn failures_within_the_budget_do_not_stop_the_rollout() {
+    let w = World::with(rollout_manifests("", "batch = 1\nmax_failures = \"50%\"", true)).await;
+    let (v1, plan) = w.v1_live_and_v2_in_staging().await;
+    assert_eq!(plan.max_failures, Some(2));
+    let v2 = plan.release.release_id.to_string();
+    w.script.lock().unwrap().fail.push(("prod-1".into(), "health check"));
+    let r = w.apply(&plan).await.unwrap();
+    assert_eq!(r.outcome, Outcome::Failed);
+    assert_eq!(w.prod(), vec![Some(v1), Some(v2.clone()), Some(v2.clone()), Some(v2)]);
+}
+
+/// A pause after each batch in turn: the apply stops there with the lock released and a
+/// `paused` receipt; `resume` derives the plan again and completes it; a second resume,
+/// or the plan applied again, is refused.
+#[tokio::test]
+async fn a_pause_at_every_batch_then_resume_completes_the_rollout() {
+    for at in 1..=3 {
+        let w = World::with(rollout_manifests("", &format!("batch = 1\npause_after = {at}"), true)).await;
+        let (v1, plan) = w.v1_live_and_v2_in_staging().await;
+        assert_eq!(plan.pause_after, Some(at));
+        let v2 = plan.release.release_id.to_string();
+        let r = w.apply(&plan).await.unwrap();
+        assert_eq!(r.outcome, Outcome::Paused, "pause after {at}: {r:#?}");
+        let moved: Vec<Option<String>> = (1..=4).map(|n| Some(if n <= at { v2.clone() } else { v1.clone() })).collect();
+        assert_eq!(w.prod(), moved, "pause after {at}");
+        assert!(w.store.lock_holder("prod", "api").await.unwrap().is_none(), "lock released");
+        let paused = w.last_receipt();
+        assert_eq!(paused.body.outcome, "paused");
+        assert_eq!(paused.body.rollout.as_ref().unwrap().paused_after, Some(at));
+        assert!(r.failure.unwrap().contains("agentctl resume"));
+        let last = w.deployer(&Verifies).last_rollout("prod", "api").await.unwrap().unwrap();
+        assert_eq!(last.held().unwrap().0, "paused");
+
+        w.log.lock().unwrap().clear();
+        let r = w.resume(&plan).await.unwrap();
+        assert_eq!(r.outcome, Outcome::Succeeded, "resume after {at}: {r:#?}");
+        assert_eq!(w.prod(), vec![Some(v2.clone()); 4]);
+        assert!(World::outcomes(&r).iter().all(|o| *o == "changed"), "{r:#?}");
+        let log = w.log.lock().unwrap().clone();
+        for n in 1..=at {
+            let host = format!("prod-{n}");
+            assert!(!log.iter().any(|l| l.starts_with(&host)), "{host} moved before the pause: {log:?}");
+        }
+        let done = w.last_receipt();
+        assert_eq!(done.body.rollout.unwrap().resumed_from.as_deref(), Some(paused.file_name().as_str()));
+        assert!(w.deployer(&Verifies).last_rollout("prod", "api").await.unwrap().unwrap().held().is_none());
+        assert!(matches!(w.resume(&plan).await, Err(DeployError::NotPaused { .. })), "a finished rollout");
+        assert!(matches!(w.apply(&plan).await, Err(DeployError::AlreadyApplied { .. })));
+    }
+}
+
+/// `rollback` from a paused rollout returns the hosts that moved, and only them; the
+/// paused plan cannot be resumed after it.
+#[tokio::test]
+async fn rollback_from_a_pause_returns_every_moved_host() {
+    let w = World::with(rollout_manifests("", "batch = 1\npause_after = 2", true)).await;
+    let (v1, plan) = w.v1_live_and_v2_in_staging().await;
+    let v2 = plan.release.release_id.to_string();
+    assert_eq!(w.apply(&plan).await.unwrap().outcome, Outcome::Paused);
+    assert_eq!(w.prod(), vec![Some(v2.clone()), Some(v2), Some(v1.clone()), Some(v1.clone())]);
+    w.log.lock().unwrap().clear();
+    let r = w.rollback(None).await.unwrap();
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:#?}");
+    assert_eq!(w.prod(), vec![Some(v1); 4]);
+    assert_eq!(World::outcomes(&r), ["changed", "changed", "unchanged", "unchanged"]);
+    let e = w.resume(&plan).await.unwrap_err();
+    assert!(e.to_string().contains("its rollout ended") || e.to_string().contains("came after its pause"), "{e}");
+}
+
+/// Resuming what was never paused, or an edited plan file, is refused naming the plan and
+/// changes nothing (no host, no receipt).
+#[tokio::test]
+async fn a_resume_of_a_plan_never_paused_changes_nothing() {
+    let w = World::with(rollout_manifests("", "batch = 1\npause_after = \"canary\"", true)).await;
+    let (v1, plan) = w.v1_live_and_v2_in_staging().await;
+    let before = w.receipts().len();
+    let e = w.resume(&plan).await.unwrap_err();
+    assert!(matches!(e, DeployError::NotPaused { .. }), "{e}");
+    assert!(e.to_string().contains("was never paused"), "{e}");
+    assert!(e.is_invalid_input());
+    assert_eq!(w.prod(), vec![Some(v1.clone()); 4]);
+    assert_eq!(w.receipts().len(), before, "no receipt");
+    assert_eq!(w.apply(&plan).await.unwrap().outcome, Outcome::Paused);
+    let mut edited = plan.clone();
+    edited.pause_after = None;
+    let saved = plan::SavedPlan { plan_id: plan.id(), plan: edited };
+    let log = w.log();
+    let e = w
+        .deployer(&Verifies)
+        .resume_saved(&w.fleet("prod"), &saved, &Receipts { log: &log, key: &w.key })
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("the file was edited"), "{e}");
 }

@@ -7,8 +7,8 @@ use crate::manifest::raw::{self, S};
 
 /// Seconds between two checks of a soaking workload, when not given.
 pub const DEFAULT_SOAK_INTERVAL_SECS: i64 = 5;
-/// The longest soak (a day).
-pub const MAX_SOAK_SECS: i64 = 86_400;
+/// The longest soak (an hour: the longest lock lease).
+pub const MAX_SOAK_SECS: i64 = 3_600;
 
 impl Validator<'_> {
     /// `[rollout]`, checked against the environment's `hosts` count and the lock's lease.

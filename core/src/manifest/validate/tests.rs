@@ -375,3 +375,46 @@ fn contents_allow_needs_an_absolute_path_and_a_reason() {
     assert_eq!(api.contents_allow[0].path, "/usr/share/doc/");
     assert_eq!(api.contents_allow[0].reason, "upstream docs");
 }
+
+/// `[rollout]`'s canary proof: each field checked against the environment (its host
+/// count, its batches) and the lock's lease, named at its line.
+#[test]
+fn canary_fields_name_line_and_field() {
+    let prod = "environments/prod.toml";
+    let t = "health_timeout_secs = 30\n";
+    let with = |extra: &str| format!("{t}{extra}\n");
+    check(prod, t, &with("soak_secs = 60"), 14, "rollout.soak_secs", "not shorter than the lock's lease (60s)");
+    check(prod, t, &with("soak_secs = 0"), 14, "rollout.soak_secs", "out of range");
+    check(prod, t, &with("soak_interval_secs = 5"), 14, "rollout.soak_interval_secs", "no soak to configure");
+    check(
+        prod,
+        t,
+        &with("soak_secs = 10\nsoak_interval_secs = 20"),
+        15,
+        "rollout.soak_interval_secs",
+        "longer than the soak",
+    );
+    check(prod, t, &with("soak_secs = 10\nsoak = \"always\""), 15, "rollout.soak", "not `canary` or `every-batch`");
+    check(prod, t, &with("max_failures = 2"), 14, "rollout.max_failures", "not below the environment's 2 host(s)");
+    check(prod, t, &with("max_failures = \"100%\""), 14, "rollout.max_failures", "could never be spent");
+    check(prod, t, &with("max_failures = -1"), 14, "rollout.max_failures", "expected a host count");
+    check(prod, t, &with("on_budget_spent = \"keep\""), 14, "rollout.on_budget_spent", "no failure budget");
+    check(
+        prod,
+        t,
+        &with("max_failures = 1\non_budget_spent = \"ignore\""),
+        15,
+        "rollout.on_budget_spent",
+        "not `roll-back` or `keep`",
+    );
+    check(prod, t, &with("pause_after = 2"), 14, "rollout.pause_after", "not before the last of the environment's 2");
+    check(prod, t, &with("pause_after = \"later\""), 14, "rollout.pause_after", "expected `\"canary\"`");
+    let mut files = example();
+    let text = files.get_mut(Path::new(prod)).unwrap();
+    *text = text.replacen(t, &with("soak_secs = 30\nmax_failures = \"50%\"\npause_after = \"canary\""), 1);
+    let set = validate(Path::new("m"), &files).unwrap_or_else(|d| panic!("{d:#?}"));
+    let r = set.environments[1].rollout;
+    assert_eq!(r.soak, Some(Soak { secs: 30, interval_secs: 5, every_batch: false }));
+    assert_eq!((r.max_failures.map(|b| b.budget(2)), r.pause_after), (Some(1), Some(1)));
+    assert_eq!(r.on_budget_spent, OnBudgetSpent::RollBack);
+}
