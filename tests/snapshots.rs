@@ -160,3 +160,26 @@ async fn what_happens_next_is_said() {
         .unwrap();
     snap!("every_unknown_field", shown(&w.agentctl(&["check"])));
 }
+
+/// The canary's proof as an operator sees it: the plan with its soak, failure budget and
+/// pause point, the paused apply, the paused rollout in `status`, the resume, and a
+/// resume that is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_rollout_as_an_operator_sees_it() {
+    let w = World::start(fleet(3)).await;
+    w.deploy("v1", &["staging", "prod"]).await;
+    let prod = w.manifests().join("environments/prod.toml");
+    let text = std::fs::read_to_string(&prod).unwrap();
+    let canary =
+        "health_timeout_secs = 10\nsoak_secs = 2\nsoak_interval_secs = 1\nmax_failures = 1\npause_after = \"canary\"\n";
+    std::fs::write(&prod, text.replacen("health_timeout_secs = 10\n", canary, 1)).unwrap();
+    let v2 = w.deploy("v2", &["staging"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plan.json");
+    let path = path.to_str().unwrap();
+    snap!("canary_plan", shown(&w.promote("prod", &v2, &["--out", path])));
+    snap!("canary_paused", shown(&w.agentctl(&["apply", path])));
+    snap!("canary_status_paused", shown(&w.agentctl(&["status", "--env", "prod"])));
+    snap!("canary_resumed", shown(&w.agentctl(&["resume", path])));
+    snap!("canary_resume_refused", shown(&w.agentctl(&["resume", path])));
+}

@@ -95,6 +95,10 @@ pub fn failure(e: DeployError) -> Failure {
     let hint = match &e {
         DeployError::Verify(v) => v.hint(),
         DeployError::Stale { .. } => Some("make a new plan: `agentctl promote ...` shows what is live now".into()),
+        DeployError::NotPaused { .. } => Some(
+            "only the plan of a paused rollout resumes (its `paused` receipt names it); `agentctl status` shows a paused rollout, `agentctl promote ...` makes a new plan"
+                .into(),
+        ),
         DeployError::PlanTampered { .. } => Some(
             "a plan file is a request, not authority: make a new plan with `agentctl promote ... --out PLAN.json`"
                 .into(),

@@ -1761,8 +1761,10 @@ impl Run<'_, '_> {
                 outcome = Outcome::Paused;
                 let which = if last == 1 { "the canary".to_owned() } else { format!("batch {last} of {total}") };
                 let why = format!(
-                    "paused after {which}: `agentctl resume PLAN.json` continues with batch {} of {total}; `agentctl rollback` returns the hosts that moved",
-                    last + 1
+                    "paused after {which}: `agentctl resume PLAN.json` continues with batch {} of {total}; `agentctl rollback {} --env {} --apply` returns the hosts that moved",
+                    last + 1,
+                    plan.service,
+                    plan.environment
                 );
                 d.sink.event(&why);
                 failure = Some(why);
