@@ -142,7 +142,7 @@ async fn the_canary_soaks_a_failure_budget_halts_and_a_pause_resumes_or_rolls_ba
     let outcomes: Vec<&str> =
         receipt["hosts"].as_array().unwrap().iter().map(|h| h["outcome"].as_str().unwrap()).collect();
     assert_eq!(outcomes, ["changed", "unchanged", "unchanged", "unchanged"], "{receipt:#}");
-    assert_exit(&w.agentctl(&["resume", file]), 2, "came after its pause");
+    assert_exit(&w.agentctl(&["resume", file]), 2, "came after it");
 }
 
 /// `agentctl watch --json` over prod until a line holds `needle` (or 30 s pass); that

@@ -18,6 +18,8 @@
 
 pub mod cosign;
 pub mod edges;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod jobs;
 pub mod keyless;
 

@@ -218,6 +218,11 @@ pub fn after_batch(
     interrupted: bool,
 ) -> AfterBatch {
     let failed = failed_before + ends.iter().filter(|e| **e != HostEnd::Changed).count();
+    // A host whose way back failed too needs a person, whatever the budget: nothing more
+    // starts, and nothing is returned around it.
+    if ends.iter().any(|e| matches!(e, HostEnd::Failed { .. })) {
+        return AfterBatch::Stop;
+    }
     match policy.max_failures {
         Some(budget) if failed > budget => return AfterBatch::Halt,
         None if failed > failed_before => return AfterBatch::Stop,

@@ -17,6 +17,18 @@ pub enum Seen {
 }
 
 impl Seen {
+    /// What the look saw, for the receipt: `container 0123456789ab running, 0 restarts,
+    /// image sha256:…`, or the digest the runtime reports.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Container { status, id, restarts, digest, .. } => {
+                format!("container {} {status}, {restarts} restarts, image {digest}", short(id))
+            }
+            Self::Digest(d) if d.is_empty() => "the runtime reports nothing running".into(),
+            Self::Digest(d) => format!("the runtime reports {d} running"),
+        }
+    }
+
     /// Reads the probe's `running` report (already sanitized). `Err`: what the report says
     /// instead of a workload (no Podman, no container) or why it cannot be read.
     pub fn from_report(running: Option<&HostText>) -> Result<Self, String> {
@@ -36,9 +48,12 @@ impl Seen {
 }
 
 /// Whether the workload still holds at a later look `now`, against the first look `first`
-/// (taken when the soak began) and the release's `release` id and image `digest`. `Err`
-/// says what changed.
-pub fn judge(first: &Seen, now: &Seen, release: &str, digest: &str) -> Result<(), String> {
+/// (taken when the soak began) and the release's `release` id and image `digests` (the
+/// signed digest and, for an image index, its platform manifest's: a runtime may report
+/// either). `Err` says what changed.
+pub fn judge(first: &Seen, now: &Seen, release: &str, digests: &[&str]) -> Result<(), String> {
+    let ours = |d: &str| digests.contains(&d);
+    let wanted = digests.last().copied().unwrap_or_default();
     match (first, now) {
         (
             Seen::Container { id: id0, restarts: r0, .. },
@@ -56,14 +71,14 @@ pub fn judge(first: &Seen, now: &Seen, release: &str, digest: &str) -> Result<()
             if restarts != r0 {
                 return Err(format!("the container restarted (restart count {r0} is now {restarts})"));
             }
-            if live != digest {
-                return Err(format!("the container runs image {live}, not the release's {digest}"));
+            if !ours(live) {
+                return Err(format!("the container runs image {live}, not the release's {wanted}"));
             }
             Ok(())
         }
-        (_, Seen::Digest(live)) if live == digest => Ok(()),
+        (_, Seen::Digest(live)) if ours(live) => Ok(()),
         (_, Seen::Digest(live)) => Err(format!(
-            "the runtime reports `{}` running, not the release's `{digest}`",
+            "the runtime reports `{}` running, not the release's `{wanted}`",
             if live.is_empty() { "nothing" } else { live }
         )),
         (Seen::Digest(_), Seen::Container { .. }) => Err("the runtime changed during the soak".into()),
@@ -85,6 +100,8 @@ pub struct SoakRecord {
     pub to: String,
     /// Looks taken after the first.
     pub checks: u32,
+    /// What the first look saw (the workload each later look is held against).
+    pub observed: String,
     /// `held`, or what changed.
     pub verdict: String,
 }
@@ -105,18 +122,18 @@ mod tests {
     fn a_steady_workload_holds_and_every_change_is_named() {
         let id = &ID[..64];
         let first = look("running", id, 0);
-        assert_eq!(judge(&first, &look("running", id, 0), "r-1", D), Ok(()));
+        assert_eq!(judge(&first, &look("running", id, 0), "r-1", &[D]), Ok(()));
         let other = "b".repeat(64);
         for (now, says) in [
             (look("exited", id, 0), "the container is exited, not running"),
             (look("running", id, 1), "restart count 0 is now 1"),
             (look("running", &other, 0), "the container was replaced (id aaaaaaaaaaaa is now bbbbbbbbbbbb)"),
         ] {
-            let why = judge(&first, &now, "r-1", D).unwrap_err();
+            let why = judge(&first, &now, "r-1", &[D]).unwrap_err();
             assert!(why.contains(says), "{why}");
         }
-        assert!(judge(&first, &look("running", id, 0), "r-2", D).unwrap_err().contains("labelled `r-1`"));
-        assert!(judge(&first, &look("running", id, 0), "r-1", &D.replace('1', "2"))
+        assert!(judge(&first, &look("running", id, 0), "r-2", &[D]).unwrap_err().contains("labelled `r-1`"));
+        assert!(judge(&first, &look("running", id, 0), "r-1", &[&D.replace('1', "2")])
             .unwrap_err()
             .contains("runs image"));
     }
@@ -127,8 +144,13 @@ mod tests {
         assert!(gone.contains("gone"), "{gone}");
         assert!(Seen::from_report(Some(&HostText::new("podman=none"))).unwrap_err().contains("no longer installed"));
         let first = Seen::from_report(Some(&HostText::new(D))).unwrap();
-        assert_eq!(judge(&first, &first, "r-1", D), Ok(()));
+        assert_eq!(judge(&first, &first, "r-1", &[D]), Ok(()));
         let nothing = Seen::from_report(None).unwrap();
-        assert!(judge(&first, &nothing, "r-1", D).unwrap_err().contains("`nothing` running"));
+        assert!(judge(&first, &nothing, "r-1", &[D]).unwrap_err().contains("`nothing` running"));
+        // An image index: the runtime may report the index's digest or its platform's.
+        let platform = D.replace('1', "9");
+        let runs_platform = Seen::from_report(Some(&HostText::new(&platform))).unwrap();
+        assert_eq!(judge(&first, &runs_platform, "r-1", &[D, &platform]), Ok(()));
+        assert!(judge(&first, &runs_platform, "r-1", &[D]).is_err());
     }
 }

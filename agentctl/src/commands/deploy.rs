@@ -333,6 +333,18 @@ pub async fn plan_and_maybe_apply(
         }
     };
     let plan = derived.plan();
+    // A plan that pauses is resumed from its file: without one the pause could not end
+    // but by a rollback.
+    if let (true, Some(after), None) = (apply, plan.pause_after, out) {
+        fleet.close().await;
+        return Err(Failure::new(
+            Code::Invalid,
+            anyhow::anyhow!(
+                "this rollout pauses after batch {after}, and `agentctl resume` continues it from the plan file"
+            ),
+        )
+        .hint("save the plan as it is applied: add `--out PLAN.json` (then `agentctl resume PLAN.json`)"));
+    }
     if let Some(out) = out {
         save(plan, out)?;
     }

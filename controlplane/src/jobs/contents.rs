@@ -152,6 +152,14 @@ impl<R: Read> Read for Capped<R> {
 /// A secret value found in a layer: the file's path as the layer has it, and what it is.
 type Found = (String, controlplane_core::secrets::SecretKind);
 
+/// Scans one layer held in memory (`gzip`: compressed), as [`scan_image`] scans a fetched
+/// one: how many files it read and how many findings it made, or why it cannot be read. For the fuzz targets
+/// and property tests (`controlplane::fuzzing`).
+pub fn scan_bytes(data: &[u8], gzip: bool) -> Result<(u64, u64), String> {
+    let compression = if gzip { Compression::Gzip } else { Compression::None };
+    scan_layer(data, compression, "sha256:fuzz").map(|(scan, found)| (scan.files, found.len() as u64))
+}
+
 /// Reads one layer's tar stream to its end (so the digest covers every byte), feeding
 /// each file's data (regular, contiguous and sparse entries) through a [`FileScan`].
 /// Memory is bounded: tar's long-name and PAX entries are read here, at most

@@ -99,6 +99,10 @@ pub enum DeployError {
     AlreadyApplied { plan: PlanId, receipt: String },
     #[error("plan `{plan}` cannot be resumed: {why}")]
     NotPaused { plan: PlanId, why: String },
+    #[error(
+        "`{environment}` pauses its rollouts (`pause_after`): a rehearsal there would stop after its first canary"
+    )]
+    PausedRehearsal { environment: String },
     #[error("host `{host}` cannot run `{service}`: {reason}")]
     HostNotReady { host: String, service: String, reason: String, hint: String },
     #[error("no host `{host}` in environment `{environment}` (known: {known})")]
@@ -148,6 +152,7 @@ impl DeployError {
                 | Self::AmbiguousRollbackImage { .. }
                 | Self::UnknownHost { .. }
                 | Self::NotPaused { .. }
+                | Self::PausedRehearsal { .. }
         )
     }
 
@@ -512,6 +517,11 @@ impl<'a> Deployer<'a> {
                 Err(DeployError::RehearsalFailed { step: name, receipt: r.receipt })
             }
         };
+        // A rehearsal runs its three applies back to back: a pause point would stop it
+        // after its first canary, its environment left paused.
+        if self.environment(env_name)?.rollout.pause_after.is_some() {
+            return Err(DeployError::PausedRehearsal { environment: env_name.to_owned() });
+        }
         let forward = self.promotion(fleet, env_name, service_name, reference).await?;
         let first = step("promote", self.apply_derived(fleet, &forward, receipts).await?)?;
         let (forward, back) = (forward.plan, self.rollback(fleet, env_name, service_name, None).await?);
@@ -813,21 +823,28 @@ impl<'a> Deployer<'a> {
             }
             // A digest (or `repo@sha256:…`, or a prefix), as `promote --release` takes it.
             Some(t) => self.applied_release_for(env, service, t).await?,
-            // A paused rollout: its moved hosts go back where they came from.
-            None if let Some(t) = self.paused_way_back(env, service).await? => t,
-            None => {
-                // One step back in each host's history; the hosts must agree.
-                let recorded = self.recorded(env, service).await?;
-                let mut targets: Vec<String> =
-                    recorded.stacks.values().filter_map(|s| crate::history::back(s).map(str::to_owned)).collect();
-                targets.sort();
-                targets.dedup();
-                match targets.len() {
-                    0 => return Err(DeployError::NoRollbackTarget { environment: e, service: s }),
-                    1 => targets.remove(0),
-                    _ => return Err(DeployError::SplitRollbackTarget { environment: e, targets: targets.join(", ") }),
+            None => match self.paused_way_back(env, service).await? {
+                // A paused rollout: its moved hosts go back where they came from.
+                Some(t) => t,
+                None => {
+                    // One step back in each host's history; the hosts must agree.
+                    let recorded = self.recorded(env, service).await?;
+                    let mut targets: Vec<String> =
+                        recorded.stacks.values().filter_map(|s| crate::history::back(s).map(str::to_owned)).collect();
+                    targets.sort();
+                    targets.dedup();
+                    match targets.len() {
+                        0 => return Err(DeployError::NoRollbackTarget { environment: e, service: s }),
+                        1 => targets.remove(0),
+                        _ => {
+                            return Err(DeployError::SplitRollbackTarget {
+                                environment: e,
+                                targets: targets.join(", "),
+                            })
+                        }
+                    }
                 }
-            }
+            },
         };
         self.derive_rollback(fleet, env, service, &target, &self.made_now(), None).await
     }
@@ -1165,7 +1182,7 @@ impl<'a> Deployer<'a> {
             Err::<ApplyReport, _>(e)
         };
         if self.interrupt.requested() {
-            return self.finish_interrupted_early(plan, approvals, receipts).await;
+            return self.finish_interrupted_early(plan, plan_id, approvals, receipts).await;
         }
 
         let egress_checks = match env.egress.prove_on_apply && !plan.is_noop() {
@@ -1181,6 +1198,21 @@ impl<'a> Deployer<'a> {
             Err(e @ DeployError::Locked { .. }) => return refuse(e).await,
             other => other?,
         };
+        // A resume continues the pause it was checked against: still the last rollout, now
+        // that the lock is held (a concurrent resume or rollback came first otherwise).
+        if let Some(r) = &resumed {
+            let last = self.last_rollout(&plan.environment, &plan.service).await?;
+            if last.as_ref().map(|l| l.receipt.as_str()) != Some(r.from_receipt.as_str()) {
+                self.store.unlock(&plan.environment, &plan.service, plan_id.as_str()).await?;
+                let why = format!(
+                    "another rollout of `{}` in `{}` ended its pause while this one waited for the lock (receipt {})",
+                    plan.service,
+                    plan.environment,
+                    last.map(|l| l.receipt).unwrap_or_default()
+                );
+                return Err(DeployError::NotPaused { plan: plan_id.clone(), why });
+            }
+        }
         // A plan that changes something is applied once, whatever the outcome.
         if record && !plan.is_noop() && !self.store.record_plan(plan_id.as_str(), self.clock.now()).await? {
             self.store.unlock(&plan.environment, &plan.service, plan_id.as_str()).await?;
@@ -1413,10 +1445,11 @@ impl<'a> Deployer<'a> {
     async fn finish_interrupted_early(
         &self,
         plan: &Plan,
+        plan_id: &PlanId,
         approvals: Vec<ApprovalRecord>,
         receipts: &Receipts<'_>,
     ) -> Result<ApplyReport, DeployError> {
-        let body = receipt_body(self, plan, &plan.id(), approvals, Outcome::Interrupted.as_str(), None, Vec::new());
+        let body = receipt_body(self, plan, plan_id, approvals, Outcome::Interrupted.as_str(), None, Vec::new());
         receipts.log.append(body, receipts.key, self.store).await?;
         Err(DeployError::Interrupted)
     }
@@ -1709,6 +1742,7 @@ impl Run<'_, '_> {
                 self.settle(name, &end, number, total, &existing, &mut outcomes, &mut failure).await;
                 ends.insert(name.clone(), end);
             }
+            self.note_progress(&outcomes, &[]);
             // The soak: a healthy batch keeps running under watch before the rollout goes on;
             // a host whose workload changes goes back like one that failed its health check.
             let soaks = plan.soak.filter(|s| number == 1 || s.every_batch);
@@ -1747,8 +1781,11 @@ impl Run<'_, '_> {
                 let max = plan.max_failures.unwrap_or_default();
                 let why = format!("halted: failure budget spent ({failed} host(s) failed; the budget is {max})");
                 d.sink.event(&why);
-                if plan.on_budget_spent != Some(crate::manifest::OnBudgetSpent::Keep) {
-                    self.return_moved(&mut outcomes, total).await;
+                // Without the lease this run no longer owns the hosts: they stay as they are.
+                if plan.on_budget_spent != Some(crate::manifest::OnBudgetSpent::Keep)
+                    && d.interrupt.lease_lost().is_none()
+                {
+                    self.return_moved(&mut outcomes).await;
                 }
                 failure = Some(match failure {
                     Some(first) => format!("{why}; first: {first}"),
@@ -1773,7 +1810,9 @@ impl Run<'_, '_> {
         }
         // Without its lease the run cannot vouch for the state: never "succeeded", even when
         // every host moved (their records may have been refused).
-        if d.interrupt.lease_lost().is_some() && matches!(outcome, Outcome::Succeeded | Outcome::Paused) {
+        if d.interrupt.lease_lost().is_some()
+            && matches!(outcome, Outcome::Succeeded | Outcome::Paused | Outcome::Halted)
+        {
             outcome = Outcome::Interrupted;
         }
         if outcome == Outcome::Interrupted {
@@ -1931,19 +1970,22 @@ impl Run<'_, '_> {
             .decoded_files()
             .map_err(|reason| DeployError::Staging { host: "*".into(), reason: HostText::new(&reason) })?;
         let tar = crate::tarball::tar(&files.iter().map(|(p, b)| (p.as_str(), b.as_slice())).collect::<Vec<_>>())?;
-        let stage_all = plan.hosts.iter().filter(|h| h.action == Action::Change).map(|h| {
-            let tar = &tar;
-            async move {
-                let result = match self.fleet.get(&h.host) {
-                    Some(vm) => {
-                        let (id, hash) = (plan.release.release_id.as_str(), plan.release.content_hash.as_str());
-                        vm.stage(self.service, id, hash, tar).await
-                    }
-                    None => Err(HostText::new("the host is not connected")),
-                };
-                (h.host.clone(), result)
-            }
-        });
+        // The hosts of this run's batches (a resumed run's are what the pause left).
+        let moving: Vec<&String> = self.batches.iter().flatten().collect();
+        let stage_all =
+            plan.hosts.iter().filter(|h| h.action == Action::Change && moving.contains(&&h.host)).map(|h| {
+                let tar = &tar;
+                async move {
+                    let result = match self.fleet.get(&h.host) {
+                        Some(vm) => {
+                            let (id, hash) = (plan.release.release_id.as_str(), plan.release.content_hash.as_str());
+                            vm.stage(self.service, id, hash, tar).await
+                        }
+                        None => Err(HostText::new("the host is not connected")),
+                    };
+                    (h.host.clone(), result)
+                }
+            });
         for (name, result) in futures::future::join_all(stage_all).await {
             match result {
                 Ok(()) => self.d.sink.event(&format!("staged `{}` on {name}", plan.release.release_id)),

@@ -279,24 +279,8 @@ impl Registry {
             }
         }
         let Some(bytes) = self.tag_schema_index(repo, digest).await? else { return Ok(Vec::new()) };
-        let index: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Invalid {
-            registry: repo.registry().into(),
-            detail: format!("referrers index: {e}"),
-        })?;
-        let entries = index.get("manifests").and_then(|m| m.as_array()).cloned().unwrap_or_default();
-        let listed = entries
-            .iter()
-            .filter_map(|e| {
-                Some(http::Listed {
-                    digest: e.get("digest")?.as_str().filter(|d| Digest::new(d).is_ok())?.to_owned(),
-                    artifact_type: e
-                        .get("artifactType")
-                        .and_then(|t| t.as_str())
-                        .filter(|t| *t != OCI_EMPTY)
-                        .map(str::to_owned),
-                })
-            })
-            .collect();
+        let listed = listed_in_index(&bytes)
+            .map_err(|detail| RegistryError::Invalid { registry: repo.registry().into(), detail })?;
         self.typed(repo, listed).await
     }
 
@@ -571,6 +555,27 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Hashing<W> {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// The entries of a referrers index (the tag schema's `sha256-…` index): each well-formed
+/// digest with its artifact type; entries without a valid digest are skipped. `Err`: not
+/// JSON. The bytes are bounded by the manifest fetch ([`MAX_MANIFEST_BYTES`]).
+pub(crate) fn listed_in_index(bytes: &[u8]) -> Result<Vec<http::Listed>, String> {
+    let index: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("referrers index: {e}"))?;
+    let entries = index.get("manifests").and_then(|m| m.as_array()).map(Vec::as_slice).unwrap_or_default();
+    Ok(entries
+        .iter()
+        .filter_map(|e| {
+            Some(http::Listed {
+                digest: e.get("digest")?.as_str().filter(|d| Digest::new(d).is_ok())?.to_owned(),
+                artifact_type: e
+                    .get("artifactType")
+                    .and_then(|t| t.as_str())
+                    .filter(|t| *t != OCI_EMPTY)
+                    .map(str::to_owned),
+            })
+        })
+        .collect())
 }
 
 /// What a referrer is, from its own manifest (the OCI 1.1 rule): `artifactType`, else

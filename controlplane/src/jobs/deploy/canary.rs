@@ -70,7 +70,7 @@ impl LastRollout {
                 Some((
                     "paused",
                     format!(
-                        "paused after {which} of {of} batch(es), plan {plan} (receipt {}); moved: {moved}; `agentctl resume PLAN.json` continues, `agentctl rollback {service} --env {env}` returns them",
+                        "paused after {which} of {of} batch(es), plan {plan} (receipt {}); moved: {moved}; `agentctl resume PLAN.json` continues, `agentctl rollback {service} --env {env} --apply` returns them",
                         self.receipt
                     ),
                 ))
@@ -83,7 +83,7 @@ impl LastRollout {
                     if self.moved().is_empty() {
                         String::new()
                     } else {
-                        format!("; `agentctl rollback {service} --env {env}` returns them")
+                        format!("; `agentctl rollback {service} --env {env} --apply` returns them")
                     }
                 ),
             )),
@@ -96,18 +96,29 @@ impl LastRollout {
 /// receipt chain). A receipt that does not parse is [`StoreError::Corrupt`].
 pub async fn last_rollout(store: &dyn Store, env: &str, service: &str) -> Result<Option<LastRollout>, StoreError> {
     let index = store.receipts().await?;
-    let Some(last) = index.iter().rev().find(|r| {
-        r.environment.as_deref() == Some(env)
-            && r.service.as_deref() == Some(service)
-            && matches!(r.kind.as_str(), "apply" | "rollback")
-    }) else {
-        return Ok(None);
-    };
-    let stored = store.stored_receipts(last.seq - 1).await?;
-    let Some(s) = stored.into_iter().find(|s| s.index.seq == last.seq) else { return Ok(None) };
-    let receipt: Receipt =
-        serde_json::from_slice(&s.bytes).map_err(|e| StoreError::Corrupt { what: "receipt", detail: e.to_string() })?;
-    Ok(Some(LastRollout { receipt: last.file.clone(), body: receipt.body }))
+    let ours: Vec<_> = index
+        .iter()
+        .filter(|r| {
+            r.environment.as_deref() == Some(env)
+                && r.service.as_deref() == Some(service)
+                && matches!(r.kind.as_str(), "apply" | "rollback")
+        })
+        .collect();
+    let Some(first) = ours.first() else { return Ok(None) };
+    let stored = store.stored_receipts(first.seq - 1).await?;
+    // Newest first; a receipt of a run that moved no host (refused after its plan, stopped
+    // before the lock, failed at staging) leaves the last rollout as it was.
+    for r in ours.iter().rev() {
+        let Some(s) = stored.iter().find(|s| s.index.seq == r.seq) else { continue };
+        // A receipt indexed before its bytes were kept (an old store) says nothing here.
+        let Ok(receipt) = serde_json::from_slice::<Receipt>(&s.bytes) else { continue };
+        let moved = receipt.body.outcome == "paused"
+            || receipt.body.hosts.iter().any(|h| !matches!(h.outcome.as_str(), "untouched" | "unchanged"));
+        if moved {
+            return Ok(Some(LastRollout { receipt: r.file.clone(), body: receipt.body }));
+        }
+    }
+    Ok(None)
 }
 
 impl Deployer<'_> {
@@ -165,9 +176,9 @@ impl Deployer<'_> {
             Some(l) if l.body.plan_id.as_deref() == Some(id.as_str()) => {
                 return Err(not_paused(format!("its rollout ended `{}` (receipt {})", l.body.outcome, l.receipt)))
             }
-            Some(l) if l.paused() || self.was_paused(&id).await? => {
+            Some(l) if self.was_applied(&id).await? => {
                 return Err(not_paused(format!(
-                    "a later rollout of `{}` in `{}` came after its pause (receipt {}, plan {})",
+                    "a later rollout of `{}` in `{}` came after it (receipt {}, plan {})",
                     service.name,
                     env.name,
                     l.receipt,
@@ -222,6 +233,15 @@ impl Deployer<'_> {
             }
             Err(e) => return Err(e),
         };
+        let mut expected = derived.clone();
+        expected.batches = file.batches[offset..].to_vec();
+        match plan::compare_resumed(file, &expected, &moved, offset) {
+            Ok(()) => {}
+            Err(Mismatch::Stale(moved)) => return refuse(DeployError::Stale { plan: id.clone(), moved }).await,
+            Err(Mismatch::Tampered(diffs)) => {
+                return refuse(DeployError::PlanTampered { plan: id.clone(), diffs }).await
+            }
+        }
         // The hosts that failed before the pause stay where they went back to.
         let left: Vec<String> = file.batches[offset..].iter().flatten().cloned().collect();
         let mut changing: Vec<String> = derived
@@ -244,15 +264,6 @@ impl Deployer<'_> {
             })
             .await;
         }
-        let mut expected = derived.clone();
-        expected.batches = file.batches[offset..].to_vec();
-        match plan::compare_resumed(file, &expected, &moved, offset) {
-            Ok(()) => {}
-            Err(Mismatch::Stale(moved)) => return refuse(DeployError::Stale { plan: id.clone(), moved }).await,
-            Err(Mismatch::Tampered(diffs)) => {
-                return refuse(DeployError::PlanTampered { plan: id.clone(), diffs }).await
-            }
-        }
         let (approvals, counted, not_counted) = self.check_approvals(env, file, &id).await?;
         if (counted as u32) < env.approvals {
             let e = DeployError::Approvals { plan: id.clone(), need: env.approvals, have: counted, not_counted };
@@ -272,8 +283,8 @@ impl Deployer<'_> {
         self.run_locked(fleet, &plan, &id, env, service, approvals, Some(resumed), targets, false, receipts).await
     }
 
-    /// Whether a receipt records a pause of plan `id`.
-    async fn was_paused(&self, id: &PlanId) -> Result<bool, DeployError> {
+    /// Whether a receipt of plan `id` exists (it was applied, and perhaps paused).
+    async fn was_applied(&self, id: &PlanId) -> Result<bool, DeployError> {
         Ok(self.store.receipts().await?.iter().any(|r| r.plan_id.as_deref() == Some(id.as_str()) && r.kind == "apply"))
     }
 }
@@ -300,11 +311,13 @@ impl Run<'_, '_> {
         let started = tokio::time::Instant::now();
         let (length, every) = (Duration::from_secs(soak.secs), Duration::from_secs(soak.interval_secs));
         let mut checks = 0;
+        let mut observed = None;
         let verdict = match self.fleet.get(name) {
             None => Err("the host is not connected".to_owned()),
             Some(vm) => match self.look(vm).await {
                 Err(why) => Err(why),
                 Ok(first) => loop {
+                    observed.get_or_insert_with(|| first.describe());
                     let left = length.saturating_sub(started.elapsed());
                     if left.is_zero() {
                         break Ok("held");
@@ -335,6 +348,7 @@ impl Run<'_, '_> {
             from,
             to: self.d.now(),
             checks,
+            observed: HostText::new(observed.as_deref().unwrap_or("nothing: the first look failed")).to_string(),
             verdict: HostText::new(&text).to_string(),
         };
         self.soaked.lock().unwrap_or_else(|p| p.into_inner()).push(record);
@@ -354,7 +368,8 @@ impl Run<'_, '_> {
     async fn check(&self, vm: &dyn GoldenVm, first: &Seen) -> Result<(), String> {
         let now = self.look(vm).await?;
         let release = &self.plan.release;
-        judge(first, &now, release.release_id.as_str(), release.facts.running_digest())?;
+        let digests = [Some(release.facts.digest.as_str()), release.facts.platform_digest.as_deref()];
+        judge(first, &now, release.release_id.as_str(), &digests.into_iter().flatten().collect::<Vec<_>>())?;
         let step = match self.service.runtime {
             Runtime::Podman(_) => Step::Check(release.release_id.to_string()),
             Runtime::Command(_) => Step::Health,
@@ -392,7 +407,12 @@ impl Run<'_, '_> {
         self.d.sink.event(&format!("{name}: going back to {target}: {reason}"));
         let mut step = machine.first();
         loop {
-            let result = vm.step(self.service, &step, health, self.plan_id.as_str()).await.map_err(|t| t.to_string());
+            // Without the lease this run may no longer own the host: nothing forward starts.
+            let lost = if step.is_forward() { self.d.interrupt.lease_lost() } else { None };
+            let result = match lost {
+                Some(why) => Err(format!("not started: {why}")),
+                None => vm.step(self.service, &step, health, self.plan_id.as_str()).await.map_err(|t| t.to_string()),
+            };
             match machine.after(&step, result) {
                 Next::Run(s) => step = s,
                 Next::Done(HostEnd::Changed) => return HostEnd::RolledBack { reason },
@@ -414,7 +434,7 @@ impl Run<'_, '_> {
         outcomes: &mut BTreeMap<String, HostOutcome>,
         failure: &mut Option<String>,
     ) {
-        let (d, plan) = (self.d, self.plan);
+        let d = self.d;
         let target = self.targets.get(name).cloned().flatten();
         let Some(o) = outcomes.get_mut(name) else { return };
         o.outcome = end.outcome().into();
@@ -430,7 +450,8 @@ impl Run<'_, '_> {
                 }
             }
             HostEnd::Failed { reason, back } => {
-                o.after = Some(plan.release.release_id.to_string());
+                // On its new release, its old one, or between them: a person looks.
+                o.after = None;
                 o.detail = Some(HostText::new(&format!("{reason}; the way back failed: {back}")));
                 d.sink.event(&format!("{name}: FAILED: {reason}; could not be moved back: {back}"));
                 failure.get_or_insert(format!(
@@ -448,7 +469,8 @@ impl Run<'_, '_> {
         let Some(target) = target else {
             let mut r = self.deployment(host, None);
             r.plan_id = self.plan_id.to_string();
-            let entry = self.history_entry(host, "", "rollback");
+            // Nothing runs, as before the rollout: the host's history starts again.
+            let entry = self.history_entry(host, "", "forget");
             d.store.fenced(&fence, &[Write::Deployment(&r), Write::History(&entry)]).await?;
             return Ok(());
         };
@@ -473,23 +495,29 @@ impl Run<'_, '_> {
     }
 
     /// The failure budget is spent: every host this rollout moved (in this run or before
-    /// its pause) goes back.
-    pub(super) async fn return_moved(&self, outcomes: &mut BTreeMap<String, HostOutcome>, total: usize) {
+    /// its pause) goes back, a batch at a time (the environment's batch size), as they came.
+    pub(super) async fn return_moved(&self, outcomes: &mut BTreeMap<String, HostOutcome>) {
         let moved: Vec<String> = outcomes.values().filter(|o| o.outcome == "changed").map(|o| o.host.clone()).collect();
         if moved.is_empty() {
             return;
         }
         self.d.sink.event(&format!("the failure budget is spent: returning {}", moved.join(", ")));
         let why = "returned: the failure budget was spent".to_owned();
-        let ends = futures::future::join_all(moved.iter().map(|h| self.revert_host(h, why.clone()))).await;
+        let per = self.env.rollout.batch.per_batch(self.env.hosts.len());
         let mut ignored = None;
-        for (name, end) in moved.iter().zip(ends) {
-            self.settle_revert(name, &end, 0, total, outcomes, &mut ignored).await;
-            if let Some(o) = outcomes.get_mut(name) {
-                if end == (HostEnd::RolledBack { reason: why.clone() }) {
+        for batch in moved.chunks(per) {
+            if self.d.interrupt.lease_lost().is_some() {
+                break;
+            }
+            self.note_progress(outcomes, batch);
+            let ends = futures::future::join_all(batch.iter().map(|h| self.revert_host(h, why.clone()))).await;
+            for (name, end) in batch.iter().zip(ends) {
+                self.settle_revert(name, &end, 0, 0, outcomes, &mut ignored).await;
+                if let (Some(o), HostEnd::RolledBack { .. }) = (outcomes.get_mut(name), &end) {
                     o.outcome = "returned".into();
                 }
             }
+            self.note_progress(outcomes, &[]);
         }
     }
 
