@@ -10,6 +10,7 @@ mod bench_contents;
 mod bench_deploy;
 mod bench_store;
 mod bench_watch;
+mod fuzz;
 mod quickstart;
 
 use anyhow::{bail, Context as _};
@@ -45,6 +46,19 @@ enum Task {
     Bench {
         #[command(subcommand)]
         bench: BenchCommand,
+    },
+        /// A libFuzzer campaign over every parser of hostile input (`fuzz/`, docs/SECURITY.md
+    /// "Hostile input"); a finding is kept in `tests/fixtures/hostile/` and fails the run.
+    Fuzz {
+        /// Minutes per target.
+        #[arg(long, default_value_t = 5.0)]
+        minutes: f64,
+        /// Only these targets (repeatable); all by default.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// `none` (the default: safe Rust, the most cases) or `address`.
+        #[arg(long, default_value = "none")]
+        sanitizer: String,
     },
     /// Install what the tests need, then run them all (cargo nextest, else cargo test).
     Test {
@@ -195,6 +209,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
+                Task::Fuzz { minutes, targets, sanitizer } => fuzz::fuzz(minutes, &targets, &sanitizer),
         Task::Test { args } => {
             setup()?;
             // cargo-nextest runs each test in its own process with a time limit
@@ -246,6 +261,7 @@ pub fn setup() -> anyhow::Result<()> {
     if missing.is_empty() {
         sigstore_python()?;
         zizmor()?;
+        fuzz::install()?;
         return cosign();
     }
     let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
@@ -265,6 +281,7 @@ pub fn setup() -> anyhow::Result<()> {
     }
     sigstore_python()?;
     zizmor()?;
+    fuzz::install()?;
     cosign()
 }
 
