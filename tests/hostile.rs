@@ -73,6 +73,63 @@ fn the_allocation_count_is_real() {
     assert!(std::panic::catch_unwind(|| check(&hungry, &[1; 1000])).is_err(), "over the bound is a finding");
 }
 
+/// Runs `cases` generated inputs through every target, each its own property: no panic,
+/// within its bound. A failure names the target and the smallest input found.
+fn each_target(cases: u32, input: impl Fn(&'static Target) -> BoxedStrategy<Vec<u8>>) {
+    for t in TARGETS {
+        let config = ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() };
+        let mut runner = proptest::test_runner::TestRunner::new(config);
+        let result = runner.run(&input(t), |data| match std::panic::catch_unwind(|| check(t, &data)) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(TestCaseError::fail(format!("target `{}` panicked", t.name))),
+        });
+        if let Err(e) = result {
+            panic!("target `{}`: {e}", t.name);
+        }
+    }
+}
+
+/// Every target, arbitrary bytes and text.
+#[test]
+fn every_target_takes_arbitrary_bytes() {
+    each_target(256, |_| any_bytes().boxed());
+}
+
+/// Every target, its seeds with a few bytes changed, cut or repeated (the fuzzer's first moves).
+#[test]
+fn every_target_takes_mutated_seeds() {
+    each_target(256, |t| {
+        let seeds: Vec<Vec<u8>> = files("fuzz/seeds", t.name).into_iter().map(|(_, b)| b).collect();
+        (
+            proptest::sample::select(seeds),
+            proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 1..8),
+            0usize..3,
+            any::<proptest::sample::Index>(),
+        )
+            .prop_map(|(mut data, edits, how, at)| {
+                for (i, b) in edits {
+                    if !data.is_empty() {
+                        let i = i.index(data.len());
+                        data[i] = b;
+                    }
+                }
+                if !data.is_empty() {
+                    let at = at.index(data.len());
+                    match how {
+                        1 => data.truncate(at),
+                        2 => {
+                            let tail = data[at..].to_vec();
+                            data.extend_from_slice(&tail);
+                        }
+                        _ => {}
+                    }
+                }
+                data
+            })
+            .boxed()
+    });
+}
+
 fn any_bytes() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..512),
@@ -83,27 +140,6 @@ fn any_bytes() -> impl Strategy<Value = Vec<u8>> {
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
-
-    /// Every target, arbitrary bytes: no panic, within its bound.
-    #[test]
-    fn every_target_takes_arbitrary_bytes(data in any_bytes(), pick in 0..TARGETS.len()) {
-        check(&TARGETS[pick], &data);
-    }
-
-    /// Every target, a seed with a few bytes changed (the fuzzer's first move).
-    #[test]
-    fn every_target_takes_mutated_seeds(pick in 0..TARGETS.len(), at in any::<proptest::sample::Index>(), edits in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 1..8)) {
-        let t = &TARGETS[pick];
-        let seeds = files("fuzz/seeds", t.name);
-        let mut data = seeds[at.index(seeds.len())].1.clone();
-        for (i, b) in edits {
-            if !data.is_empty() {
-                let i = i.index(data.len());
-                data[i] = b;
-            }
-        }
-        check(t, &data);
-    }
 
     /// Sanitized host text: bounded, and no control, bidirectional or zero-width character.
     #[test]
@@ -248,4 +284,27 @@ proptest! {
             }
         }
     }
+}
+
+/// Files an operator or a pull request hands over are read with a bound: a plan file,
+/// an approval file or a workflow over it is refused (exit 2) before it is read whole.
+#[test]
+fn oversized_files_are_refused_before_they_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("plan.json");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(controlplane::bounded::MAX_PLAN_BYTES + 1).unwrap();
+    let bin = env!("CARGO_BIN_EXE_agentctl");
+    let out = std::process::Command::new(bin).arg("apply").arg(&big).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot read plan") && err.contains("is over 16777216 bytes"), "{err}");
+    let flows = dir.path().join("workflows");
+    std::fs::create_dir(&flows).unwrap();
+    let f = std::fs::File::create(flows.join("huge.yml")).unwrap();
+    f.set_len(controlplane::bounded::MAX_WORKFLOW_BYTES + 1).unwrap();
+    let out = std::process::Command::new(bin).args(["check", "--ci"]).arg(&flows).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("is over 1048576 bytes"), "{err}");
 }

@@ -28,7 +28,7 @@ pub use controlplane_core::{
     platform, podman, receipt, records, release, remote, repair, rollout, secrets, soak, steps, tarball, untrusted,
     watch, workflow, VERSION,
 };
-pub use edges::{held, hygiene, keys, metrics, receipt_log, registry, ssh, sshsig, store, vm, workflow_files};
+pub use edges::{bounded, held, hygiene, keys, metrics, receipt_log, registry, ssh, sshsig, store, vm, workflow_files};
 pub use jobs::contents as content_scan;
 pub use jobs::egress as egress_proof;
 pub use jobs::history as release_history;

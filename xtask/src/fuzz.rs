@@ -65,10 +65,8 @@ fn copy_files(from: &Path, to: &Path) -> anyhow::Result<()> {
 pub fn fuzz(minutes: f64, only: &[String], sanitizer: &str) -> anyhow::Result<()> {
     install()?;
     let root = root();
-    let targets: Vec<&'static controlplane::fuzzing::Target> = controlplane::fuzzing::TARGETS
-        .iter()
-        .filter(|t| only.is_empty() || only.iter().any(|o| o == t.name))
-        .collect();
+    let targets: Vec<&'static controlplane::fuzzing::Target> =
+        controlplane::fuzzing::TARGETS.iter().filter(|t| only.is_empty() || only.iter().any(|o| o == t.name)).collect();
     if targets.is_empty() {
         let names: Vec<&str> = controlplane::fuzzing::TARGETS.iter().map(|t| t.name).collect();
         bail!("no such target; the targets are: {}", names.join(", "));
@@ -87,7 +85,10 @@ pub fn fuzz(minutes: f64, only: &[String], sanitizer: &str) -> anyhow::Result<()
     for t in targets {
         outcomes.push(campaign(&root, t, secs, sanitizer)?);
     }
-    println!("{:<16} {:>7} {:>12} {:>9} {:>9} {:>7}  findings", "target", "secs", "cases", "cases/s", "peak MB", "corpus");
+    println!(
+        "{:<16} {:>7} {:>12} {:>9} {:>9} {:>7}  findings",
+        "target", "secs", "cases", "cases/s", "peak MB", "corpus"
+    );
     for o in &outcomes {
         println!(
             "{:<16} {:>7.0} {:>12} {:>9.0} {:>9} {:>7}  {}",
@@ -111,7 +112,12 @@ pub fn fuzz(minutes: f64, only: &[String], sanitizer: &str) -> anyhow::Result<()
     Ok(())
 }
 
-fn campaign(root: &Path, t: &'static controlplane::fuzzing::Target, secs: u64, sanitizer: &str) -> anyhow::Result<Outcome> {
+fn campaign(
+    root: &Path,
+    t: &'static controlplane::fuzzing::Target,
+    secs: u64,
+    sanitizer: &str,
+) -> anyhow::Result<Outcome> {
     let corpus = root.join("fuzz/corpus").join(t.name);
     let artifacts = root.join("fuzz/artifacts").join(t.name);
     let kept = root.join("tests/fixtures/hostile").join(t.name);
@@ -156,7 +162,11 @@ fn campaign(root: &Path, t: &'static controlplane::fuzzing::Target, secs: u64, s
     }
     if !out.status.success() && findings.is_empty() {
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
-        bail!("`{}`: cargo fuzz run failed without an artifact:\n{}", t.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        bail!(
+            "`{}`: cargo fuzz run failed without an artifact:\n{}",
+            t.name,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
     Ok(Outcome {
         target: t.name,

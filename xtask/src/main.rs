@@ -47,7 +47,7 @@ enum Task {
         #[command(subcommand)]
         bench: BenchCommand,
     },
-        /// A libFuzzer campaign over every parser of hostile input (`fuzz/`, docs/SECURITY.md
+    /// A libFuzzer campaign over every parser of hostile input (`fuzz/`, docs/SECURITY.md
     /// "Hostile input"); a finding is kept in `tests/fixtures/hostile/` and fails the run.
     Fuzz {
         /// Minutes per target.
@@ -209,7 +209,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-                Task::Fuzz { minutes, targets, sanitizer } => fuzz::fuzz(minutes, &targets, &sanitizer),
+        Task::Fuzz { minutes, targets, sanitizer } => fuzz::fuzz(minutes, &targets, &sanitizer),
         Task::Test { args } => {
             setup()?;
             // cargo-nextest runs each test in its own process with a time limit

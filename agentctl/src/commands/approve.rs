@@ -31,7 +31,7 @@ pub struct ApprovalFile {
 }
 
 fn read(path: &Path) -> Result<String, Failure> {
-    std::fs::read_to_string(path).map_err(|e| {
+    controlplane::bounded::read_to_string(path, controlplane::bounded::MAX_APPROVAL_BYTES).map_err(|e| {
         Failure::new(Code::Invalid, anyhow::Error::new(e).context(format!("cannot read `{}`", path.display())))
     })
 }

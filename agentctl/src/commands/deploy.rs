@@ -427,7 +427,7 @@ pub async fn rehearse(
 
 /// Reads a saved plan file (exit 2, with line and column, when it is not one).
 pub fn read_plan(path: &Path) -> Result<SavedPlan, Failure> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = controlplane::bounded::read_to_string(path, controlplane::bounded::MAX_PLAN_BYTES).map_err(|e| {
         Failure::new(Code::Invalid, anyhow::Error::new(e).context(format!("cannot read plan `{}`", path.display())))
     })?;
     deploy::read_saved(&text).map_err(|e| {
@@ -448,9 +448,10 @@ pub async fn apply_saved(g: &Globals, path: &Path, approvals: &[std::path::PathB
     let store = ctx.store().await?;
     // Approvals made on another machine travel as files: verified and recorded first.
     for file in approvals {
-        let text = std::fs::read_to_string(file).map_err(|e| {
-            Failure::new(Code::Invalid, anyhow::Error::new(e).context(format!("cannot read `{}`", file.display())))
-        })?;
+        let text =
+            controlplane::bounded::read_to_string(file, controlplane::bounded::MAX_APPROVAL_BYTES).map_err(|e| {
+                Failure::new(Code::Invalid, anyhow::Error::new(e).context(format!("cannot read `{}`", file.display())))
+            })?;
         let a: super::approve::ApprovalFile = serde_json::from_str(&text).map_err(|e| {
             Failure::new(Code::Invalid, anyhow::anyhow!("`{}` is not an approval file: {e}", file.display()))
                 .hint("approval files are what `agentctl approve ... --out FILE` writes")

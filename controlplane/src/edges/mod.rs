@@ -1,5 +1,6 @@
 //! The effectful edges: everything that talks to the outside world.
 
+pub mod bounded;
 pub mod held;
 pub mod hygiene;
 pub mod keys;

@@ -42,7 +42,11 @@ pub fn read(dir: &Path) -> Result<(PathBuf, Vec<Workflow>), WorkflowFilesError> 
     }
     let workflows = paths
         .into_iter()
-        .map(|path| Ok(Workflow { text: std::fs::read_to_string(&path).map_err(read_err(&path))?, path }))
+        .map(|path| {
+            let text =
+                super::bounded::read_to_string(&path, super::bounded::MAX_WORKFLOW_BYTES).map_err(read_err(&path))?;
+            Ok(Workflow { text, path })
+        })
         .collect::<Result<_, WorkflowFilesError>>()?;
     Ok((root, workflows))
 }
