@@ -4,38 +4,10 @@
 //! from run to run (digests, release and plan ids, ports, temp paths, times, pids,
 //! key ids) with placeholders.
 
+#[macro_use]
 mod common;
 
 use common::*;
-
-/// Placeholders for what changes between runs.
-fn filters() -> Vec<(&'static str, &'static str)> {
-    vec![
-        (r"\x22[A-Za-z0-9+/]{60,}={0,2}\x22", "\"[BASE64]\""),
-        (r"sha256:[0-9a-f]{64}", "sha256:[HASH]"),
-        (r"sha256:[0-9a-f]{12}\b", "sha256:[SHORT]"),
-        (r"sha256-[0-9a-f]{64}", "sha256-[HASH]"),
-        (r"\br-[0-9a-f]{16}\b", "r-[ID]"),
-        (r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]"),
-        (r"/tmp/agentlab-[A-Za-z0-9]+", "[LAB]"),
-        (r"/tmp/\.tmp[A-Za-z0-9]+", "[TMP]"),
-        (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", "[TIME]"),
-        (r"pid \d+", "pid [PID]"),
-        (r"no process \d+", "no process [PID]"),
-        (r"(signed by|signer_key_id\x22: \x22|key `)[0-9a-f]{16,64}", "$1[KEY]"),
-        (r"tester on [^\s]+ \(", "tester on [MACHINE] ("),
-        (r"runs on `[^`]+`", "runs on `[MACHINE]`"),
-    ]
-}
-
-macro_rules! snap {
-    ($name:expr, $value:expr) => {
-        let value = $value;
-        insta::with_settings!({ filters => filters(), prepend_module_to_snapshot => false, omit_expression => true }, {
-            insta::assert_snapshot!($name, value);
-        })
-    };
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_deploy_path_as_an_operator_sees_it() {

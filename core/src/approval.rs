@@ -80,6 +80,23 @@ pub struct AllowedSigner {
 
 /// Parses an `allowed_signers` file (`principals [options] keytype base64 [comment]`);
 /// errors carry the 1-based line.
+/// Splits `opt1,opt2="a,b"` at the commas outside quotes (as `ssh-keygen` reads options).
+fn split_options(text: &str) -> Vec<&str> {
+    let (mut out, mut start, mut quoted) = (Vec::new(), 0, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&text[start..]);
+    out
+}
+
 pub fn parse_allowed_signers(text: &str) -> Result<Vec<AllowedSigner>, (usize, String)> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -94,7 +111,7 @@ pub fn parse_allowed_signers(text: &str) -> Result<Vec<AllowedSigner>, (usize, S
         if !next.starts_with("ssh-") && !next.starts_with("ecdsa-") && !next.starts_with("sk-") {
             // Options: only `namespaces="a,b"` changes what we accept; others are refused so
             // that nothing is silently ignored.
-            for opt in next.split(',') {
+            for opt in split_options(next) {
                 match opt.strip_prefix("namespaces=") {
                     Some(v) => namespaces = Some(v.trim_matches('"').split(',').map(str::to_owned).collect::<Vec<_>>()),
                     None => return Err((i + 1, format!("option `{opt}` is not supported here"))),
@@ -265,6 +282,10 @@ mod tests {
         let s = parse_allowed_signers(text).unwrap();
         assert_eq!(s[0].principals, ["alice"]);
         assert_eq!(s[1].namespaces.as_deref(), Some(&["agentctl-approval".to_owned()][..]));
+        // Several namespaces, as ssh-keygen writes them: one quoted, comma-separated list.
+        let several = parse_allowed_signers("carol namespaces=\"git,agentctl-approval\" ssh-ed25519 AAAAB\n").unwrap();
+        assert_eq!(several[0].namespaces.as_deref(), Some(&["git".to_owned(), "agentctl-approval".to_owned()][..]));
+        assert!(parse_allowed_signers("carol namespaces=\"git\",cert-authority ssh-ed25519 AAAAB\n").is_err());
         assert_eq!(s[1].key, "ssh-ed25519 AAAAB");
         assert_eq!(parse_allowed_signers("carol cert-authority ssh-ed25519 AAAA").unwrap_err().0, 1);
         assert!(parse_allowed_signers("*@corp ssh-ed25519 AAAA").is_err());

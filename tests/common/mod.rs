@@ -14,6 +14,47 @@ use std::sync::Arc;
 
 pub mod registry_proxy;
 
+/// Placeholders for what changes between runs of a user-visible output (digests, release
+/// and plan ids, ports, temp paths, times, pids, key ids): the one filter set every
+/// snapshot uses ([`snap!`]).
+pub fn snapshot_filters() -> Vec<(&'static str, &'static str)> {
+    vec![
+        (r"\x22[A-Za-z0-9+/]{60,}={0,2}\x22", "\"[BASE64]\""),
+        (r"sha256:[0-9a-f]{64}", "sha256:[HASH]"),
+        (r"sha256:[0-9a-f]{12}\b", "sha256:[SHORT]"),
+        (r"sha256-[0-9a-f]{64}", "sha256-[HASH]"),
+        (r"\br-[0-9a-f]{16}\b", "r-[ID]"),
+        (r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]"),
+        (r"10\.\d+\.\d+\.\d+:\d+", "[BRIDGE]:[PORT]"),
+        (r"/tmp/agentlab-[A-Za-z0-9]+", "[LAB]"),
+        (r"/tmp/\.tmp[A-Za-z0-9]+", "[TMP]"),
+        (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?", "[TIME]"),
+        (r"\b\d{10}\b", "[UNIX]"),
+        (r"pid \d+", "pid [PID]"),
+        (r"no process \d+", "no process [PID]"),
+        (r"(signed by|signer_key_id\x22: \x22|key `)[0-9a-f]{16,64}", "$1[KEY]"),
+        (r"tester on [^\s]+ \(", "tester on [MACHINE] ("),
+        (r"runs on `[^`]+`", "runs on `[MACHINE]`"),
+    ]
+}
+
+/// Pins a user-visible output as a snapshot with [`snapshot_filters`] (and, optionally,
+/// more filters for one test's own variation).
+#[allow(unused_macros, reason = "each test binary uses part of the fixtures")]
+macro_rules! snap {
+    ($name:expr, $value:expr) => {
+        snap!($name, $value, Vec::<(&str, &str)>::new())
+    };
+    ($name:expr, $value:expr, $more:expr) => {
+        let value = $value;
+        let mut filters = $crate::common::snapshot_filters();
+        filters.extend($more);
+        insta::with_settings!({ filters => filters, prepend_module_to_snapshot => false, omit_expression => true }, {
+            insta::assert_snapshot!($name, value);
+        })
+    };
+}
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_agentctl");
 
 /// A lab and the binary.

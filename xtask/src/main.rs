@@ -11,6 +11,7 @@ mod bench_deploy;
 mod bench_store;
 mod bench_watch;
 mod fuzz;
+mod invariants;
 mod quickstart;
 
 use anyhow::{bail, Context as _};
@@ -60,6 +61,9 @@ enum Task {
         #[arg(long, default_value = "none")]
         sanitizer: String,
     },
+    /// The layering rules of docs/ARCHITECTURE.md, checked on the source (`cargo xtask test`
+    /// runs it first).
+    Invariants,
     /// Install what the tests need, then run them all (cargo nextest, else cargo test).
     Test {
         /// Extra arguments for the test runner.
@@ -210,7 +214,9 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Task::Fuzz { minutes, targets, sanitizer } => fuzz::fuzz(minutes, &targets, &sanitizer),
+        Task::Invariants => invariants::check(),
         Task::Test { args } => {
+            invariants::check()?;
             setup()?;
             // cargo-nextest runs each test in its own process with a time limit
             // (.config/nextest.toml); plain `cargo test` where it is not installed.

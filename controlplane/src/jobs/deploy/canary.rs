@@ -357,7 +357,15 @@ impl Run<'_, '_> {
 
     /// One look at what runs on `vm`.
     async fn look(&self, vm: &dyn GoldenVm) -> Result<Seen, String> {
-        let obs = vm.probe(self.service, &[]).await.map_err(|e| format!("cannot read what runs: {e}"))?;
+        // A probe that does not answer (a dropped connection) is asked once more before it
+        // counts as a change: the soak judges the workload, not the network.
+        let obs = match vm.probe(self.service, &[]).await {
+            Ok(o) => o,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                vm.probe(self.service, &[]).await.map_err(|e| format!("cannot read what runs: {e}"))?
+            }
+        };
         if obs.release_id() != Some(&self.plan.release.release_id) {
             return Err(format!("`current` no longer points at `{}`", self.plan.release.release_id));
         }
