@@ -1,7 +1,8 @@
 //! `agentctl adopt` and `agentctl host forget`.
 
 use super::context::Context;
-use super::deploy::{connect, deployer, environment, failure, receipt_key, receipts, ssh_client, store_for, verifier};
+use super::context::{environment, receipt_key, receipts};
+use super::deploy::{connect, deployer, failure, ssh_client, store_for, verifier};
 use crate::failure::Failure;
 use crate::render::Report;
 use crate::Globals;

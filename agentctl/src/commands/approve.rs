@@ -1,7 +1,7 @@
 //! `agentctl approve PLAN.json`: an SSH-signed approval by one of the environment's approvers.
 
 use super::context::Context;
-use super::deploy::{environment, read_plan, receipt_key, receipts};
+use super::context::{environment, read_plan, receipt_key, receipts};
 use crate::failure::{Code, Failure};
 use crate::render::Report;
 use crate::Globals;

@@ -114,3 +114,44 @@ pub fn signing_key(path: &Path) -> Result<SigningKey, Failure> {
         Failure::new(Code::Invalid, e).hint(hint)
     })
 }
+
+/// The environment `name` of the manifests (exit 2 naming the known ones, when none).
+pub fn environment<'a>(ctx: &'a Context, name: &str) -> Result<&'a controlplane::manifest::Environment, Failure> {
+    ctx.set.environments.iter().find(|e| e.name.as_str() == name).ok_or_else(|| {
+        let known: Vec<_> = ctx.set.environments.iter().map(|e| e.name.to_string()).collect();
+        Failure::new(Code::Invalid, anyhow::anyhow!("no environment `{name}` in the manifests"))
+            .hint(format!("known environments: {}", known.join(", ")))
+    })
+}
+
+/// The key that signs receipts, with its password from the variable the manifests name.
+pub fn receipt_key(ctx: &Context) -> Result<SigningKey, Failure> {
+    let password =
+        ctx.set.settings.receipt_key_password_env.as_ref().and_then(|v| std::env::var(v).ok()).unwrap_or_default();
+    let path = ctx.set.resolve(&ctx.set.settings.receipt_key);
+    SigningKey::load(&path, password.as_bytes()).map_err(|e| {
+        Failure::new(Code::Invalid, e).hint(format!(
+            "the receipt key's password comes from `{}`",
+            ctx.set.settings.receipt_key_password_env.as_deref().unwrap_or("(no variable configured: empty password)")
+        ))
+    })
+}
+
+/// The receipt log the manifests name.
+pub fn receipts(ctx: &Context) -> controlplane::receipt_log::ReceiptLog {
+    controlplane::receipt_log::ReceiptLog::new(ctx.set.resolve(&ctx.set.settings.receipts_dir))
+}
+
+/// Reads a saved plan file (exit 2, with line and column, when it is not one).
+pub fn read_plan(path: &Path) -> Result<controlplane::plan::SavedPlan, Failure> {
+    let text = controlplane::bounded::read_to_string(path, controlplane::bounded::MAX_PLAN_BYTES).map_err(|e| {
+        Failure::new(Code::Invalid, anyhow::Error::new(e).context(format!("cannot read plan `{}`", path.display())))
+    })?;
+    controlplane::deploy::read_saved(&text).map_err(|e| {
+        Failure::new(
+            Code::Invalid,
+            anyhow::anyhow!("`{}` line {}, column {}: not a plan file: {e}", path.display(), e.line(), e.column()),
+        )
+        .hint("write plans with `agentctl promote ... --out PLAN.json` and apply them unedited")
+    })
+}

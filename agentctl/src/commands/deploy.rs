@@ -1,16 +1,14 @@
 //! `agentctl promote | apply | rollback | approve | unlock`.
 
-use super::context::Context;
+use super::context::{environment, read_plan, receipt_key, receipts, Context};
 use crate::failure::{Code, Failure};
 use crate::render::Report;
 use crate::Globals;
 use controlplane::deploy::{self, DeployError, Deployer, Interrupt, Receipts, Sink, SystemClock};
-use controlplane::keys::SigningKey;
 use controlplane::lock::Holder;
 use controlplane::manifest::Environment;
 use controlplane::plan::{Plan, SavedPlan};
 use controlplane::receipt::{ReceiptBody, ReceiptKind};
-use controlplane::receipt_log::ReceiptLog;
 use controlplane::ssh::SshClient;
 use controlplane::store::{SqlStore, Store};
 use controlplane::verify::Verifier;
@@ -220,14 +218,6 @@ pub(crate) async fn store_for(ctx: &Context, apply: bool) -> Result<SqlStore, Fa
     }
 }
 
-pub fn environment<'a>(ctx: &'a Context, name: &str) -> Result<&'a Environment, Failure> {
-    ctx.set.environments.iter().find(|e| e.name.as_str() == name).ok_or_else(|| {
-        let known: Vec<_> = ctx.set.environments.iter().map(|e| e.name.to_string()).collect();
-        Failure::new(Code::Invalid, anyhow::anyhow!("no environment `{name}` in the manifests"))
-            .hint(format!("known environments: {}", known.join(", ")))
-    })
-}
-
 /// One SSH session to every host of `env` (all or none). The sessions live as long as `ssh`.
 pub async fn connect(ssh: &SshClient, ctx: &Context, env: &Environment) -> Result<Fleet, Failure> {
     Fleet::connect(ssh, &env.hosts, ctx.set.ssh.concurrency).await.map_err(|e| failure(DeployError::Vm(e.into())))
@@ -240,22 +230,6 @@ pub fn ssh_client(ctx: &Context, env: &Environment) -> Result<SshClient, Failure
         Duration::from_secs(ctx.set.ssh.connect_timeout_secs),
     )?
     .with_key_exchange(ctx.set.ssh.key_exchange.as_deref())?)
-}
-
-pub fn receipt_key(ctx: &Context) -> Result<SigningKey, Failure> {
-    let password =
-        ctx.set.settings.receipt_key_password_env.as_ref().and_then(|v| std::env::var(v).ok()).unwrap_or_default();
-    let path = ctx.set.resolve(&ctx.set.settings.receipt_key);
-    SigningKey::load(&path, password.as_bytes()).map_err(|e| {
-        Failure::new(Code::Invalid, e).hint(format!(
-            "the receipt key's password comes from `{}`",
-            ctx.set.settings.receipt_key_password_env.as_deref().unwrap_or("(no variable configured: empty password)")
-        ))
-    })
-}
-
-pub fn receipts(ctx: &Context) -> ReceiptLog {
-    ReceiptLog::new(ctx.set.resolve(&ctx.set.settings.receipts_dir))
 }
 
 fn plan_report(plan: &Plan, extra: &str) -> Report {
@@ -423,20 +397,6 @@ pub async fn rehearse(
     fleet.close().await;
     let r = result.map_err(failure)?;
     Ok(Report::new(format!("rehearsal succeeded: {}; receipt {}", r.detail, r.receipt), serde_json::to_value(&r)?))
-}
-
-/// Reads a saved plan file (exit 2, with line and column, when it is not one).
-pub fn read_plan(path: &Path) -> Result<SavedPlan, Failure> {
-    let text = controlplane::bounded::read_to_string(path, controlplane::bounded::MAX_PLAN_BYTES).map_err(|e| {
-        Failure::new(Code::Invalid, anyhow::Error::new(e).context(format!("cannot read plan `{}`", path.display())))
-    })?;
-    deploy::read_saved(&text).map_err(|e| {
-        Failure::new(
-            Code::Invalid,
-            anyhow::anyhow!("`{}` line {}, column {}: not a plan file: {e}", path.display(), e.line(), e.column()),
-        )
-        .hint("write plans with `agentctl promote ... --out PLAN.json` and apply them unedited")
-    })
 }
 
 /// `apply PLAN.json [--approval FILE]...`.

@@ -1,7 +1,7 @@
 //! `agentctl history SERVICE --env ENV`: what each host ran when, as recorded.
 
+use super::context::environment;
 use super::context::Context;
-use super::deploy::environment;
 use crate::failure::{Code, Failure};
 use crate::render::Report;
 use crate::Globals;

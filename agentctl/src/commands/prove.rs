@@ -1,7 +1,8 @@
 //! `agentctl prove ENV` (readiness) and `agentctl prove egress SERVICE --env ENV`.
 
 use super::context::Context;
-use super::deploy::{connect, environment, failure, receipt_key, receipts, ssh_client};
+use super::context::{environment, receipt_key, receipts};
+use super::deploy::{connect, failure, ssh_client};
 use crate::failure::{Code, Failure};
 use crate::render::Report;
 use crate::Globals;

@@ -1,11 +1,11 @@
 //! `agentctl release add | list`.
 
 use super::context::Context;
-use super::verify::refusal;
-use crate::failure::{Code, Failure};
+use super::verify::catalog_failure;
+use crate::failure::Failure;
 use crate::render::Report;
 use crate::Globals;
-use controlplane::catalog::{self, CatalogError, Registration};
+use controlplane::catalog::{self, Registration};
 use controlplane::store::Store as _;
 use controlplane::verify::Verifier;
 
@@ -24,29 +24,6 @@ pub async fn add(g: &Globals, r: Registration<'_>) -> Result<Report, Failure> {
         .map_err(catalog_failure)?;
     let text = describe(&record);
     Ok(Report::new(text, record_json(&record)?))
-}
-
-/// How a catalog error ends the command: a refusal by policy (exit 4), an outage or a
-/// store failure (exit 1), or bad input (exit 2).
-pub fn catalog_failure(e: CatalogError) -> Failure {
-    let code = match &e {
-        CatalogError::Verify(_) => None,
-        CatalogError::Scan(s) if s.is_outage() => Some(Code::Failed),
-        CatalogError::EvidenceMismatch { .. } | CatalogError::SecretsInImage { .. } | CatalogError::Scan(_) => {
-            Some(Code::Refused)
-        }
-        CatalogError::Store(_) => Some(Code::Failed),
-        _ => Some(Code::Invalid),
-    };
-    match (e, code) {
-        (CatalogError::Verify(v), _) => refusal(v),
-        (other, code) => {
-            let hint = other.hint();
-            let mut f = Failure::new(code.unwrap_or(Code::Invalid), other);
-            f.hint = hint;
-            f
-        }
-    }
 }
 
 /// `release show SERVICE REF`: the recorded release REF names (id, digest, prefix or tag),

@@ -39,7 +39,7 @@ pub async fn run(g: &Globals, image: &str, keys: &[PathBuf]) -> Result<Report, F
     let allow = service.map(|s| s.contents_allow.clone()).unwrap_or_default();
     let (scan, _) = controlplane::catalog::scan_layers(&ctx.registry, &verified, &platform, &allow)
         .await
-        .map_err(super::release::catalog_failure)?;
+        .map_err(catalog_failure)?;
     let mut text = format!(
         "verified `{}`\n  signed by {}\n  signature {} ({})",
         verified.image, verified.signature.key_id, verified.signature.layer, verified.signature.format
@@ -99,4 +99,27 @@ pub fn blob(
     })?;
     let text = format!("verified `{artifact}`\n  signed by {who}\n  bundle {}", bundle.display());
     Ok(Report::new(text, serde_json::json!({ "verified": artifact, "signer": who })))
+}
+
+/// How a catalog error ends the command: a refusal by policy (exit 4), an outage or a
+/// store failure (exit 1), or bad input (exit 2).
+pub fn catalog_failure(e: controlplane::catalog::CatalogError) -> Failure {
+    let code = match &e {
+        controlplane::catalog::CatalogError::Verify(_) => None,
+        controlplane::catalog::CatalogError::Scan(s) if s.is_outage() => Some(Code::Failed),
+        controlplane::catalog::CatalogError::EvidenceMismatch { .. }
+        | controlplane::catalog::CatalogError::SecretsInImage { .. }
+        | controlplane::catalog::CatalogError::Scan(_) => Some(Code::Refused),
+        controlplane::catalog::CatalogError::Store(_) => Some(Code::Failed),
+        _ => Some(Code::Invalid),
+    };
+    match (e, code) {
+        (controlplane::catalog::CatalogError::Verify(v), _) => refusal(v),
+        (other, code) => {
+            let hint = other.hint();
+            let mut f = Failure::new(code.unwrap_or(Code::Invalid), other);
+            f.hint = hint;
+            f
+        }
+    }
 }

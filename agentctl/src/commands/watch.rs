@@ -62,8 +62,8 @@ impl Events for Sink {
 
 /// Writes a signed `drift` receipt for each event it is sent (when drift was first seen).
 fn drift_receipts(ctx: &Context) -> Result<tokio::sync::mpsc::UnboundedSender<Event>, Failure> {
-    let key = super::deploy::receipt_key(ctx)?;
-    let log = super::deploy::receipts(ctx);
+    let key = super::context::receipt_key(ctx)?;
+    let log = super::context::receipts(ctx);
     let operator = ctx.operator();
     let state = ctx.location()?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
