@@ -495,7 +495,7 @@ async fn an_approval_of_another_plan_is_refused_with_its_reason() {
         "--out",
         &p("first.approval"),
     ]));
-    std::thread::sleep(std::time::Duration::from_millis(1100)); // another second: another plan
+    // Plans carry their making time in milliseconds: the next plan is another plan.
     assert_ok(&w.promote("prod", &img, &["--out", &p("second.json")]));
     let out = w.agentctl(&["apply", &p("second.json"), "--approval", &p("first.approval")]);
     assert_exit(&out, 4, "it approves plan");
