@@ -401,6 +401,21 @@ pub async fn rehearse(
 
 /// `apply PLAN.json [--approval FILE]...`.
 pub async fn apply_saved(g: &Globals, path: &Path, approvals: &[std::path::PathBuf]) -> Result<Report, Failure> {
+    run_saved(g, path, approvals, false).await
+}
+
+/// `resume PLAN.json`: continues a paused rollout.
+pub async fn resume(g: &Globals, path: &Path) -> Result<Report, Failure> {
+    run_saved(g, path, &[], true).await
+}
+
+/// A saved plan applied (`resume`: continued from its pause), with the approval files given.
+async fn run_saved(
+    g: &Globals,
+    path: &Path,
+    approvals: &[std::path::PathBuf],
+    resume: bool,
+) -> Result<Report, Failure> {
     catch_interrupts();
     let saved = read_plan(path)?;
     let ctx = Context::load(g)?;
@@ -424,25 +439,11 @@ pub async fn apply_saved(g: &Globals, path: &Path, approvals: &[std::path::PathB
     let log = receipts(&ctx);
     let ssh = ssh_client(&ctx, env)?;
     let fleet = connect(&ssh, &ctx, env).await?;
-    let result = deployer.apply_saved(&fleet, &saved, &Receipts { log: &log, key: &key }).await;
-    fleet.close().await;
-    apply_result(result)
-}
-
-/// `resume PLAN.json`: continues a paused rollout.
-pub async fn resume(g: &Globals, path: &Path) -> Result<Report, Failure> {
-    catch_interrupts();
-    let saved = read_plan(path)?;
-    let ctx = Context::load(g)?;
-    let env = environment(&ctx, &saved.plan.environment)?;
-    let store = ctx.store().await?;
-    let verifier = verifier(&ctx)?;
-    let deployer = deployer(&ctx, &store, &verifier);
-    let key = receipt_key(&ctx)?;
-    let log = receipts(&ctx);
-    let ssh = ssh_client(&ctx, env)?;
-    let fleet = connect(&ssh, &ctx, env).await?;
-    let result = deployer.resume_saved(&fleet, &saved, &Receipts { log: &log, key: &key }).await;
+    let receipts = Receipts { log: &log, key: &key };
+    let result = match resume {
+        false => deployer.apply_saved(&fleet, &saved, &receipts).await,
+        true => deployer.resume_saved(&fleet, &saved, &receipts).await,
+    };
     fleet.close().await;
     apply_result(result)
 }

@@ -33,15 +33,10 @@ struct Sink {
 }
 
 impl Events for Sink {
+    /// A host's change of state: printed and sent like a rollout's, and recorded as drift
+    /// (a drift receipt) unless it is back in sync.
     fn emit(&self, event: &Event) {
-        let Ok(line) = serde_json::to_vec(event) else { return };
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(&line);
-        let _ = out.write_all(b"\n");
-        let _ = out.flush();
-        if let Some(tx) = &self.webhook {
-            let _ = tx.send(line);
-        }
+        self.rollout(event);
         if let Some(tx) = self.receipts.as_ref().filter(|_| event.to != "in-sync") {
             let _ = tx.send(event.clone());
         }
