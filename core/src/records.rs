@@ -34,6 +34,25 @@ pub struct DeploymentRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+impl DeploymentRecord {
+    /// `host` of (`environment`, `service`) with nothing recorded as live, written by
+    /// `plan_id` at `at` (empty strings are the store's "none").
+    pub fn nothing(environment: &str, service: &str, host: &str, plan_id: &str, at: DateTime<Utc>) -> Self {
+        Self {
+            environment: environment.to_owned(),
+            service: service.to_owned(),
+            host: host.to_owned(),
+            release_id: String::new(),
+            digest: String::new(),
+            source_commit: String::new(),
+            content_hash: String::new(),
+            rollback_target: None,
+            plan_id: plan_id.to_owned(),
+            updated_at: at,
+        }
+    }
+}
+
 /// One receipt in the index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReceiptIndexEntry {

@@ -322,18 +322,7 @@ impl Deployer<'_> {
             let token = self.token("forget", env_name, &f.service);
             let fence = self.take_lock(env_name, &f.service, &token, receipts).await?;
             let now = self.clock.now();
-            let cleared = DeploymentRecord {
-                environment: env_name.to_owned(),
-                service: f.service.clone(),
-                host: host.to_owned(),
-                release_id: String::new(),
-                digest: String::new(),
-                source_commit: String::new(),
-                content_hash: String::new(),
-                rollback_target: None,
-                plan_id: token.to_string(),
-                updated_at: now,
-            };
+            let cleared = DeploymentRecord::nothing(env_name, &f.service, host, token.as_str(), now);
             let entry = HistoryEntry {
                 environment: env_name.to_owned(),
                 service: f.service.clone(),

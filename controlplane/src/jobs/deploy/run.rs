@@ -21,17 +21,8 @@ impl Run<'_, '_> {
     }
 
     pub(super) fn deployment(&self, host: &str, prev: Option<&DeploymentRecord>) -> DeploymentRecord {
-        prev.cloned().unwrap_or_else(|| DeploymentRecord {
-            environment: self.plan.environment.clone(),
-            service: self.plan.service.clone(),
-            host: host.to_owned(),
-            release_id: String::new(),
-            digest: String::new(),
-            source_commit: String::new(),
-            content_hash: String::new(),
-            rollback_target: None,
-            plan_id: String::new(),
-            updated_at: self.d.clock.now(),
+        prev.cloned().unwrap_or_else(|| {
+            DeploymentRecord::nothing(&self.plan.environment, &self.plan.service, host, "", self.d.clock.now())
         })
     }
 

@@ -4,13 +4,31 @@
 use super::*;
 
 impl Validator<'_> {
-    pub(super) fn named_files(&mut self, folder: &str) -> Vec<(PathBuf, String)> {
+    /// The `.toml` files of `folder` with the name each gives its `what` (an environment, a
+    /// service): a file whose name is not a valid one is reported, and left out.
+    pub(super) fn named_files<N, E: std::fmt::Display>(
+        &mut self,
+        folder: &str,
+        what: &str,
+        name: impl Fn(&str) -> Result<N, E>,
+    ) -> Vec<(PathBuf, N)> {
         let mut out = Vec::new();
-        for path in self.files.keys() {
+        let paths: Vec<PathBuf> = self.files.keys().cloned().collect();
+        for path in paths {
             let in_folder = path.parent() == Some(Path::new(folder)) && path.extension().is_some_and(|e| e == "toml");
-            if in_folder {
-                let stem = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
-                out.push((path.clone(), stem));
+            if !in_folder {
+                continue;
+            }
+            let stem = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            match name(&stem) {
+                Ok(n) => out.push((path, n)),
+                Err(e) => self.push(
+                    &path,
+                    (0, 0),
+                    "",
+                    format!("file name: {e}"),
+                    Some(format!("rename the file; the {what} is called after it")),
+                ),
             }
         }
         out
@@ -21,20 +39,7 @@ impl Validator<'_> {
         let mut envs = Vec::new();
         let mut afters = Vec::new();
         let mut seen_hosts: BTreeMap<(String, u16), (EnvName, HostName)> = BTreeMap::new();
-        for (path, stem) in self.named_files("environments") {
-            let name = match EnvName::new(&stem) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.push(
-                        &path,
-                        (0, 0),
-                        "",
-                        format!("file name: {e}"),
-                        Some("rename the file; the environment is called after it".into()),
-                    );
-                    continue;
-                }
-            };
+        for (path, name) in self.named_files("environments", "environment", EnvName::new) {
             let Some((file, index)) = self.parse::<raw::EnvironmentFile>(&path) else { continue };
             let at = At { file: &path, index: &index };
             let after = file.after.as_ref().and_then(|a| match EnvName::new(a.get_ref()) {
@@ -157,7 +162,12 @@ impl Validator<'_> {
             });
         }
         // Files that failed to parse still name an environment: no cascade of "does not exist".
-        let known: Vec<String> = self.named_files("environments").into_iter().map(|(_, stem)| stem).collect();
+        let known: Vec<String> = self
+            .files
+            .keys()
+            .filter(|p| p.parent() == Some(Path::new("environments")) && p.extension().is_some_and(|e| e == "toml"))
+            .map(|p| p.file_stem().unwrap_or_default().to_string_lossy().into_owned())
+            .collect();
         for (path, loc, env, after) in afters.iter().cloned() {
             if env.as_str() == after {
                 self.push(

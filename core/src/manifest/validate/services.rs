@@ -7,20 +7,7 @@ impl Validator<'_> {
     pub(super) fn services(&mut self) -> Option<BTreeMap<ServiceName, Service>> {
         let before = self.diags.len();
         let mut out = BTreeMap::new();
-        for (path, stem) in self.named_files("services") {
-            let name = match ServiceName::new(&stem) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.push(
-                        &path,
-                        (0, 0),
-                        "",
-                        format!("file name: {e}"),
-                        Some("rename the file; the service is called after it".into()),
-                    );
-                    continue;
-                }
-            };
+        for (path, name) in self.named_files("services", "service", ServiceName::new) {
             let Some((file, index)) = self.parse::<raw::ServiceFile>(&path) else { continue };
             let at = At { file: &path, index: &index };
             if let Some(svc) = self.service(&at, name.clone(), &file) {
