@@ -29,13 +29,27 @@ pub struct Target {
     pub run: fn(&[u8]),
     /// The most a run may hold allocated, in bytes, for an input of this many bytes.
     pub bound: fn(usize) -> usize,
+    /// The largest input the edge hands this parser (longer inputs are cut to it first).
+    pub max_input: usize,
 }
 
 const MIB: usize = 1 << 20;
 
-/// JSON and text parsers: the document, its tree and what is built from it.
+/// A bundle file `verify-blob` reads (`jobs/verify_blob.rs`); bundles from a registry are
+/// refused above 1 MiB before they are parsed.
+const BUNDLE_FILE_BYTES: usize = 4 * MIB;
+
+/// JSON and text parsers: the document, its tree and what is built from it. The worst
+/// case is a document of the smallest objects (`{"":0}`, 7 bytes, a B-tree node of about
+/// 600 bytes each): about 100 times the input, measured at every target's largest input
+/// by `tests/hostile.rs::the_worst_documents_at_each_cut_stay_within_bounds`.
 fn linear(len: usize) -> usize {
-    64 * len + 4 * MIB
+    128 * len + 4 * MIB
+}
+
+/// YAML (workflows): a node per scalar, about 210 times the input at worst.
+fn yaml(len: usize) -> usize {
+    256 * len + 4 * MIB
 }
 
 /// The layer scan holds a constant window whatever the layer's size.
@@ -50,23 +64,23 @@ fn validation(len: usize) -> usize {
 
 /// Every target, in the order `cargo xtask fuzz` runs them.
 pub const TARGETS: &[Target] = &[
-    Target { name: "probe", what: "a golden VM: the probe's output (`observe::parse`, `parse_answer`)", run: probe, bound: linear },
-    Target { name: "egress_probe", what: "a golden VM: the egress probe's output (`observe::parse_egress`)", run: egress_probe, bound: linear },
-    Target { name: "podman_report", what: "a golden VM: the runtime's report from `podman inspect` (`podman::Report::parse`, `soak::Seen`)", run: podman_report, bound: linear },
-    Target { name: "release_json", what: "a golden VM: the live release's `release.json` (`Observation::release`)", run: release_json, bound: linear },
-    Target { name: "nft_rules", what: "a golden VM: `nft -j list table` (`egress::from_nft_json`)", run: nft_rules, bound: linear },
-    Target { name: "repair_listing", what: "a golden VM: a release directory's listing (`repair::parse_listing`)", run: repair_listing, bound: linear },
-    Target { name: "oci_manifest", what: "a registry: image manifests and indexes (`platform::manifest_for`, `cosign::manifest_layers`, `artifact_type_of`)", run: oci_manifest, bound: linear },
-    Target { name: "referrers", what: "a registry: a referrers index (`registry::listed_in_index`)", run: referrers, bound: linear },
-    Target { name: "cosign_payload", what: "a registry: a `.sig` layer's simple-signing payload, signed by a trusted key (`cosign::evaluate_signatures`)", run: cosign_payload, bound: linear },
-    Target { name: "dsse", what: "a registry: a DSSE envelope and, signed by a trusted key, its in-toto statement (`cosign::evaluate_attestations`)", run: dsse, bound: linear },
-    Target { name: "bundle", what: "a registry or a file: a Sigstore bundle (`cosign::evaluate_bundles`, `evaluate_bundle_attestations`, `evaluate_blob_bundle`)", run: bundle, bound: linear },
-    Target { name: "layer", what: "a registry: an image layer, tar or gzip (`contents::scan_layer`)", run: layer, bound: constant },
-    Target { name: "manifests", what: "an operator or a pull request: one file of the manifest set, templates included (`manifest::validate`)", run: manifests, bound: validation },
-    Target { name: "plan_file", what: "an operator: a saved plan (`deploy::read_saved`, `plan::compare`)", run: plan_file, bound: linear },
-    Target { name: "approval", what: "an approver: an approval statement, `allowed_signers` and an SSH signature (`approval::Statement::parse`, `parse_allowed_signers`, `sshsig::verify`)", run: approval, bound: linear },
-    Target { name: "workflow", what: "a pull request: a CI workflow (`workflow::check`)", run: workflow, bound: linear },
-    Target { name: "receipt", what: "the store or a receipts directory: a receipt (`receipt::verify_one`, `verify_chain`)", run: receipt, bound: linear },
+    Target { name: "probe", what: "a golden VM: the probe's output (`observe::parse`, `parse_answer`)", run: probe, bound: linear, max_input: crate::observe::MAX_PROBE_OUTPUT },
+    Target { name: "egress_probe", what: "a golden VM: the egress probe's output (`observe::parse_egress`)", run: egress_probe, bound: linear, max_input: crate::observe::MAX_PROBE_OUTPUT },
+    Target { name: "podman_report", what: "a golden VM: the runtime's report from `podman inspect` (`podman::Report::parse`, `soak::Seen`)", run: podman_report, bound: linear, max_input: crate::untrusted::MAX_HOST_TEXT },
+    Target { name: "release_json", what: "a golden VM: the live release's `release.json` (`Observation::release`)", run: release_json, bound: linear, max_input: crate::release::MAX_RELEASE_JSON + 1 },
+    Target { name: "nft_rules", what: "a golden VM: `nft -j list table` (`egress::from_nft_json`)", run: nft_rules, bound: linear, max_input: crate::observe::MAX_PROBE_OUTPUT },
+    Target { name: "repair_listing", what: "a golden VM: a release directory's listing (`repair::parse_listing`)", run: repair_listing, bound: linear, max_input: crate::repair::MAX_LISTING },
+    Target { name: "oci_manifest", what: "a registry: image manifests and indexes (`platform::manifest_for`, `cosign::manifest_layers`, `artifact_type_of`)", run: oci_manifest, bound: linear, max_input: crate::registry::MAX_MANIFEST_BYTES },
+    Target { name: "referrers", what: "a registry: a referrers index (`registry::listed_in_index`)", run: referrers, bound: linear, max_input: crate::registry::MAX_MANIFEST_BYTES },
+    Target { name: "cosign_payload", what: "a registry: a `.sig` layer's simple-signing payload, signed by a trusted key (`cosign::evaluate_signatures`)", run: cosign_payload, bound: linear, max_input: crate::registry::MAX_BLOB_BYTES },
+    Target { name: "dsse", what: "a registry: a DSSE envelope and, signed by a trusted key, its in-toto statement (`cosign::evaluate_attestations`)", run: dsse, bound: linear, max_input: crate::registry::MAX_BLOB_BYTES },
+    Target { name: "bundle", what: "a registry or a file: a Sigstore bundle (`cosign::evaluate_bundles`, `evaluate_bundle_attestations`, `evaluate_blob_bundle`)", run: bundle, bound: linear, max_input: BUNDLE_FILE_BYTES },
+    Target { name: "layer", what: "a registry: an image layer, tar or gzip (`contents::scan_layer`)", run: layer, bound: constant, max_input: crate::registry::MAX_BLOB_BYTES },
+    Target { name: "manifests", what: "an operator or a pull request: one file of the manifest set, templates included (`manifest::validate`)", run: manifests, bound: validation, max_input: MIB + 1 },
+    Target { name: "plan_file", what: "an operator: a saved plan (`deploy::read_saved`, `plan::compare`)", run: plan_file, bound: linear, max_input: crate::bounded::MAX_PLAN_BYTES as usize },
+    Target { name: "approval", what: "an approver: an approval statement, `allowed_signers` and an SSH signature (`approval::Statement::parse`, `parse_allowed_signers`, `sshsig::verify`)", run: approval, bound: linear, max_input: 3 * crate::bounded::MAX_APPROVAL_BYTES as usize },
+    Target { name: "workflow", what: "a pull request: a CI workflow (`workflow::check`)", run: workflow, bound: yaml, max_input: crate::bounded::MAX_WORKFLOW_BYTES as usize },
+    Target { name: "receipt", what: "the store or a receipts directory: a receipt (`receipt::verify_one`, `verify_chain`)", run: receipt, bound: linear, max_input: crate::bounded::MAX_RECEIPT_BYTES as usize },
 ];
 
 /// The target named `name`.
@@ -218,12 +232,14 @@ fn manifests(data: &[u8]) {
         crate::manifest::example::FILES.iter().map(|(p, t)| (PathBuf::from(p), (*t).to_owned())).collect();
     let names: Vec<PathBuf> = files.keys().cloned().collect();
     let name = &names[usize::from(pick) % names.len()];
-    files.insert(name.clone(), text(cut(rest, 64 * 1024)));
+    files.insert(name.clone(), text(cut(rest, MIB)));
     let _ = crate::manifest::validate(Path::new("m"), &files);
 }
 
 fn plan_file(data: &[u8]) {
-    let Ok(saved) = crate::deploy::read_saved(&text(cut(data, crate::registry::MAX_BLOB_BYTES))) else { return };
+    let Ok(saved) = crate::deploy::read_saved(&text(cut(data, crate::bounded::MAX_PLAN_BYTES as usize))) else {
+        return;
+    };
     let plan = &saved.plan;
     let _ = plan.id();
     let _ = plan.decoded_files();
@@ -241,7 +257,7 @@ fn approval(data: &[u8]) {
 }
 
 fn workflow(data: &[u8]) {
-    let _ = crate::workflow::check(&text(cut(data, 1 << 20)));
+    let _ = crate::workflow::check(&text(cut(data, crate::bounded::MAX_WORKFLOW_BYTES as usize)));
 }
 
 struct Anything;
@@ -255,7 +271,7 @@ impl crate::receipt::SignatureCheck for Anything {
 fn receipt(data: &[u8]) {
     let file = crate::receipt::ReceiptFile {
         name: "000001-apply.json".into(),
-        bytes: cut(data, crate::registry::MAX_BLOB_BYTES).to_vec(),
+        bytes: cut(data, crate::bounded::MAX_RECEIPT_BYTES as usize).to_vec(),
         signature: Some(b"AAAA".to_vec()),
     };
     let _ = crate::receipt::verify_one(&file, &Anything);

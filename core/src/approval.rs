@@ -78,8 +78,6 @@ pub struct AllowedSigner {
     pub key: String,
 }
 
-/// Parses an `allowed_signers` file (`principals [options] keytype base64 [comment]`);
-/// errors carry the 1-based line.
 /// Splits `opt1,opt2="a,b"` at the commas outside quotes (as `ssh-keygen` reads options).
 fn split_options(text: &str) -> Vec<&str> {
     let (mut out, mut start, mut quoted) = (Vec::new(), 0, false);
@@ -97,6 +95,8 @@ fn split_options(text: &str) -> Vec<&str> {
     out
 }
 
+/// Parses an `allowed_signers` file (`principals [options] keytype base64 [comment]`);
+/// errors carry the 1-based line.
 pub fn parse_allowed_signers(text: &str) -> Result<Vec<AllowedSigner>, (usize, String)> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {

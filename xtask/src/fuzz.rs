@@ -75,15 +75,21 @@ pub fn fuzz(minutes: f64, only: &[String], sanitizer: &str) -> anyhow::Result<()
     let built = Command::new(env!("CARGO"))
         .current_dir(root.join("fuzz"))
         .env("RUSTC_BOOTSTRAP", "1")
-        .args(["fuzz", "build", "--release", "--sanitizer", sanitizer])
+        .args(["fuzz", "build", "--release", "--debug-assertions", "--sanitizer", sanitizer])
         .status()?;
     if !built.success() {
         bail!("cargo fuzz build failed");
     }
     let secs = (minutes * 60.0).max(1.0).round() as u64;
     let mut outcomes = Vec::new();
+    let mut failed = Vec::new();
     for t in targets {
-        outcomes.push(campaign(&root, t, secs, sanitizer)?);
+        // One target's trouble (a crash at start-up, a build problem) is reported with the
+        // rest: the campaign goes on with the other targets.
+        match campaign(&root, t, secs, sanitizer) {
+            Ok(o) => outcomes.push(o),
+            Err(e) => failed.push(format!("{}: {e:#}", t.name)),
+        }
     }
     println!(
         "{:<16} {:>7} {:>12} {:>9} {:>9} {:>7}  findings",
@@ -105,7 +111,13 @@ pub fn fuzz(minutes: f64, only: &[String], sanitizer: &str) -> anyhow::Result<()
             }
         );
     }
+    for f in &failed {
+        println!("could not fuzz {f}");
+    }
     let found: usize = outcomes.iter().map(|o| o.findings.len()).sum();
+    if !failed.is_empty() {
+        bail!("{} target(s) could not run; {found} finding(s)", failed.len());
+    }
     if found > 0 {
         bail!("{found} finding(s), each kept in tests/fixtures/hostile/ (the suite replays them): fix, then run again");
     }
@@ -121,24 +133,26 @@ fn campaign(
     let corpus = root.join("fuzz/corpus").join(t.name);
     let artifacts = root.join("fuzz/artifacts").join(t.name);
     let kept = root.join("tests/fixtures/hostile").join(t.name);
+    // Artifacts of earlier runs were kept already: a finding now is a file of this run.
+    let _ = std::fs::remove_dir_all(&artifacts);
     for d in [&corpus, &artifacts] {
         std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
     }
     copy_files(&root.join("fuzz/seeds").join(t.name), &corpus)?;
     copy_files(&kept, &corpus)?;
-    let before: std::collections::BTreeSet<PathBuf> =
-        std::fs::read_dir(&artifacts)?.flatten().map(|e| e.path()).collect();
+
     eprintln!("fuzzing `{}` for {secs} s: {}", t.name, t.what);
     let started = std::time::Instant::now();
     let out = Command::new(env!("CARGO"))
         .current_dir(root.join("fuzz"))
         .env("RUSTC_BOOTSTRAP", "1")
-        .args(["fuzz", "run", "--release", "--sanitizer", sanitizer, t.name])
+        .args(["fuzz", "run", "--release", "--debug-assertions", "--sanitizer", sanitizer, t.name])
         .arg(&corpus)
         .arg("--")
         .arg(format!("-max_total_time={secs}"))
         .arg(format!("-artifact_prefix={}/", artifacts.display()))
-        .args(["-rss_limit_mb=2048", "-timeout=20", "-print_final_stats=1", "-max_len=65536"])
+        .arg(format!("-max_len={}", t.max_input.min(1 << 20)))
+        .args(["-rss_limit_mb=4096", "-timeout=20", "-print_final_stats=1"])
         .output()?;
     let elapsed = started.elapsed().as_secs_f64();
     let log = String::from_utf8_lossy(&out.stderr);
@@ -149,10 +163,12 @@ fn campaign(
             .next_back()
             .unwrap_or(0)
     };
-    // Every new artifact is a finding, kept where the suite replays it.
+    // Every crash, out-of-memory, time-out or leak artifact of this run is a finding, kept
+    // where the suite replays it (libFuzzer's `slow-unit-` reports are not findings).
     let mut findings = Vec::new();
     for e in std::fs::read_dir(&artifacts)?.flatten() {
-        if before.contains(&e.path()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !["crash-", "oom-", "timeout-", "leak-"].iter().any(|p| name.starts_with(p)) {
             continue;
         }
         std::fs::create_dir_all(&kept)?;

@@ -30,7 +30,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install the Debian packages the lab needs (apt-get, as root).
+    /// Install what the lab and the tests need (Debian packages, as root; sigstore-python,
+    /// zizmor, Debian's cosign 2.5 and 3.1), and cargo-fuzz for `cargo xtask fuzz`.
     Setup,
     /// A lab of real parts on loopback: a registry and golden VMs.
     Lab {
@@ -189,7 +190,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new()?;
     match cli.task {
-        Task::Setup => setup(),
+        Task::Setup => setup().and_then(|()| fuzz::install()),
         Task::Lab { command } => rt.block_on(lab_command(command)),
         Task::Quickstart { keep } => {
             setup()?;
@@ -267,7 +268,6 @@ pub fn setup() -> anyhow::Result<()> {
     if missing.is_empty() {
         sigstore_python()?;
         zizmor()?;
-        fuzz::install()?;
         return cosign();
     }
     let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
@@ -287,7 +287,6 @@ pub fn setup() -> anyhow::Result<()> {
     }
     sigstore_python()?;
     zizmor()?;
-    fuzz::install()?;
     cosign()
 }
 

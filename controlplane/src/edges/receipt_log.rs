@@ -114,9 +114,11 @@ impl ReceiptLog {
 
     fn read_one(&self, name: &str, has_signature: bool) -> Result<ReceiptFile, ReceiptError> {
         let path = self.dir.join(name);
-        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        let max = super::bounded::MAX_RECEIPT_BYTES;
+        let bytes = super::bounded::read(&path, max).map_err(io(&path))?;
         let sig_path = self.dir.join(format!("{name}.sig"));
-        let signature = if has_signature { Some(std::fs::read(&sig_path).map_err(io(&sig_path))?) } else { None };
+        let signature =
+            if has_signature { Some(super::bounded::read(&sig_path, max).map_err(io(&sig_path))?) } else { None };
         Ok(ReceiptFile { name: name.to_owned(), bytes, signature })
     }
 
