@@ -306,4 +306,6 @@ mod services;
 mod unknown;
 
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod tests;
