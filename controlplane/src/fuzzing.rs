@@ -244,7 +244,7 @@ fn plan_file(data: &[u8]) {
     let _ = plan.id();
     let _ = plan.decoded_files();
     let _ = crate::plan::compare(plan, plan);
-    let _ = crate::plan::compare_resumed(plan, plan, &[], 1);
+    let _ = crate::plan::compare_resumed(plan, plan, &[], &[], 1);
     let _ = crate::plan::check_age(plan, chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap_or_default(), 3600);
 }
 

@@ -373,9 +373,16 @@ pub fn compare(file: &Plan, derived: &Plan) -> Result<(), Mismatch> {
 
 /// Compares a paused plan's file with the plan derived now, to resume it from batch
 /// `next` (0-based): the hosts of `moved` must still run the plan's release in place (they
-/// moved before the pause), the batches from `next` on must be what is left to move, and
-/// everything else must be as [`compare`] wants it. The pause point itself is the file's.
-pub fn compare_resumed(file: &Plan, derived: &Plan, moved: &[String], next: usize) -> Result<(), Mismatch> {
+/// moved before the pause: else stale), the hosts of the batches from `next` on must be
+/// exactly those that still change, but for `failed` (they failed before the pause and
+/// stay back: else tampered), and everything else must be as [`compare`] wants it.
+pub fn compare_resumed(
+    file: &Plan,
+    derived: &Plan,
+    moved: &[String],
+    failed: &[String],
+    next: usize,
+) -> Result<(), Mismatch> {
     let mut expected = file.clone();
     let mut left = Vec::new();
     for h in &mut expected.hosts {
@@ -396,7 +403,29 @@ pub fn compare_resumed(file: &Plan, derived: &Plan, moved: &[String], next: usiz
     if !left.is_empty() {
         return Err(Mismatch::Stale(left));
     }
-    expected.batches = file.batches.get(next..).unwrap_or_default().to_vec();
+    // What is left to move: the hosts of the batches after the pause, which must be the
+    // hosts that still change now, but for those that failed before it (they stay back).
+    let left = file.batches.get(next..).unwrap_or_default();
+    let mut want: Vec<&String> = left.iter().flatten().collect();
+    let mut changing: Vec<&String> = derived
+        .hosts
+        .iter()
+        .filter(|h| h.action == Action::Change && !failed.contains(&h.host))
+        .map(|h| &h.host)
+        .collect();
+    want.sort();
+    changing.sort();
+    if want != changing {
+        let join = |v: &[&String]| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+        return Err(Mismatch::Tampered(vec![FieldDiff {
+            field: "batches".into(),
+            file: HostText::new(&join(&want)).to_string(),
+            derived: join(&changing),
+        }]));
+    }
+    // The rest as `compare` wants it; the batches are the file's (checked above) and the
+    // pause point is the file's.
+    expected.batches = derived.batches.clone();
     expected.pause_after = derived.pause_after;
     compare(&expected, derived)
 }

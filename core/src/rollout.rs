@@ -4,7 +4,8 @@
 //! happened; it never decides on its own. Per host: swap → activate → health, and on a
 //! failure back to the rollback target (swap back → re-activate, or unset when there was
 //! nothing before). Per rollout: the next batch starts only when every host of the last
-//! one is healthy and no interruption was asked for. An interruption never stops a host
+//! one is healthy (or, with a failure budget, while the budget lasts), no interruption was
+//! asked for and the plan's pause point is not reached ([`after_batch`]). An interruption never stops a host
 //! between its steps: the host's sequence runs to its end (forward, or back on failure),
 //! so every host is on its old or its new release.
 
@@ -179,11 +180,6 @@ impl HostMove {
     }
 }
 
-/// Whether the next batch may start.
-pub fn continue_after(batch: &[HostEnd], interrupted: bool) -> bool {
-    !interrupted && batch.iter().all(|e| *e == HostEnd::Changed)
-}
-
 /// The plan's canary policy, as [`after_batch`] reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Policy {
@@ -356,15 +352,6 @@ mod tests {
             _ => None,
         });
         assert!(matches!(end, HostEnd::Failed { ref back, .. } if back.contains("old container gone")), "{end:?}");
-    }
-
-    #[test]
-    fn batches_stop_on_failure_or_interruption() {
-        let ok = [HostEnd::Changed, HostEnd::Changed];
-        let bad = [HostEnd::Changed, HostEnd::RolledBack { reason: "x".into() }];
-        assert!(continue_after(&ok, false));
-        assert!(!continue_after(&ok, true));
-        assert!(!continue_after(&bad, false));
     }
 
     #[test]

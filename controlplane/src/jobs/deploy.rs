@@ -1,7 +1,7 @@
 //! The job: plan a promotion or rollback (verify, render, observe; changes nothing) and
 //! apply a plan. This is the only code that mutates hosts; it talks to them through
 //! [`GoldenVm`] and decides nothing itself: the plan (`plan::build`, `plan::compare`),
-//! each host's next step (`rollout::HostMove`), whether to go on (`rollout::continue_after`)
+//! each host's next step (`rollout::HostMove`), whether to go on (`rollout::after_batch`)
 //! and the outcome (`rollout::outcome`) are the core's pure functions.
 //!
 //! A plan handed to [`Deployer::apply`] — from a file or just shown — is a request, never

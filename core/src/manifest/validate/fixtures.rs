@@ -58,6 +58,14 @@ health = ["/usr/local/bin/agent-runtime", "health"]
 probe = ["/usr/local/bin/agent-runtime", "probe"]
 "#;
 
+/// `environments/prod.toml` of `BASE` with `rollout` as its `[rollout]` table (annotations
+/// allowed): the two hosts stay as they are.
+fn prod(rollout: &str) -> String {
+    let base = sections(BASE).into_iter().find(|(p, _)| p == "environments/prod.toml").expect("prod").1;
+    let hosts = &base[base.find("[[host]]").expect("hosts")..];
+    format!("//- environments/prod.toml\napprovals = 0\n\n[rollout]\n{}\n{hosts}", rollout.trim_matches('\n'))
+}
+
 /// One expected diagnostic: file, line, column (1-based), field, part of the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Expected {
@@ -185,34 +193,14 @@ fn a_wrong_or_missing_mark_fails() {
 /// The canary's fields, valid, as the model holds them.
 #[test]
 fn canary_fields_reach_the_model() {
-    let (files, _) = files_of(
+    let (files, _) = files_of(&prod(
         r#"
-//- environments/prod.toml
-approvals = 0
-
-[rollout]
 batch = 1
 soak_secs = 30
 max_failures = "50%"
 pause_after = "canary"
-
-[[host]]
-name = "prod-1"
-address = "127.0.0.1"
-port = 2201
-user = "deploy"
-host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIyPBE+48fJQkNljcYR9YCLfLAvLxnzRrA76hds5xAWG"
-root = "/srv/agents"
-
-[[host]]
-name = "prod-2"
-address = "127.0.0.1"
-port = 2202
-user = "deploy"
-host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIyPBE+48fJQkNljcYR9YCLfLAvLxnzRrA76hds5xAWG"
-root = "/srv/agents"
 "#,
-    );
+    ));
     let set = validate(Path::new("m"), &files).unwrap_or_else(|d| panic!("{d:#?}"));
     let r = set.environments[0].rollout;
     assert_eq!(r.soak, Some(Soak { secs: 30, interval_secs: 5, every_batch: false }));
@@ -222,38 +210,22 @@ root = "/srv/agents"
 
 #[test]
 fn a_soak_must_be_shorter_than_the_lease_and_checked_within_it() {
-    check(
+    check(&prod(
         r#"
-//- environments/prod.toml
-approvals = 0
-
-[rollout]
 batch = 1
 soak_secs = 60
 #           ^^ rollout.soak_secs: not shorter than the lock's lease (60s)
 soak_interval_secs = 5
 soak = "always"
 #      ^^^^^^^^ rollout.soak: not `canary` or `every-batch`
-
-[[host]]
-name = "prod-1"
-address = "127.0.0.1"
-port = 2201
-user = "deploy"
-host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIyPBE+48fJQkNljcYR9YCLfLAvLxnzRrA76hds5xAWG"
-root = "/srv/agents"
 "#,
-    );
+    ));
 }
 
 #[test]
 fn a_budget_below_the_hosts_and_a_pause_before_the_last_batch() {
-    check(
+    check(&prod(
         r#"
-//- environments/prod.toml
-approvals = 0
-
-[rollout]
 batch = 1
 max_failures = 2
 #              ^ rollout.max_failures: not below the environment's 2 host(s)
@@ -261,24 +233,8 @@ pause_after = 2
 #             ^ rollout.pause_after: not before the last of the environment's 2 batch(es)
 on_budget_spent = "ignore"
 #                 ^^^^^^^^ rollout.on_budget_spent: not `roll-back` or `keep`
-
-[[host]]
-name = "prod-1"
-address = "127.0.0.1"
-port = 2201
-user = "deploy"
-host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIyPBE+48fJQkNljcYR9YCLfLAvLxnzRrA76hds5xAWG"
-root = "/srv/agents"
-
-[[host]]
-name = "prod-2"
-address = "127.0.0.1"
-port = 2202
-user = "deploy"
-host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIyPBE+48fJQkNljcYR9YCLfLAvLxnzRrA76hds5xAWG"
-root = "/srv/agents"
 "#,
-    );
+    ));
 }
 
 #[test]
